@@ -1,0 +1,116 @@
+"""Account, position, trade-outcome and operator messages."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from sovereign.messages.base import Message, NDArray
+
+FeatureValue = float | int | str | bool | None
+
+
+class AccountSnapshot(Message, frozen=True, gc=False):
+    """The account after the latest bar, marked to market (``equity`` includes unrealised
+    P&L). Exposures are notional, in account currency."""
+
+    cash: float
+    equity: float
+    realized_pnl: float
+    unrealized_pnl: float
+    gross_exposure: float
+    net_exposure: float
+    commissions: float
+    open_positions: int
+    session_date: str = ""
+
+
+class PositionSnapshot(Message, frozen=True, gc=False):
+    """One symbol's position after a change (a quantity of 0 means flat)."""
+
+    symbol: str
+    quantity: int
+    avg_price: float
+    market_price: float
+    unrealized_pnl: float
+    realized_pnl: float
+
+
+class TradeClosed(Message, frozen=True, gc=False):
+    """A round trip, from the first entry fill to the fill that made the position flat.
+
+    ``features`` are the values the entry decision saw (ATR, volume percentile, S/R score,
+    ...), so the learner and the weakness analyser can slice trade memory by them.
+    ``pnl`` is net of commissions; ``return_pct`` is ``pnl`` over the entry notional.
+    """
+
+    trade_id: str
+    shard: int
+    symbol: str
+    side: Literal["LONG", "SHORT"]
+    quantity: int
+    entry_ts: int
+    exit_ts: int
+    entry_price: float
+    exit_price: float
+    pnl: float
+    commission: float
+    return_pct: float
+    bars_held: int
+    exit_reason: str
+    regime: str
+    confidence: float
+    features: dict[str, FeatureValue] = msgspec.field(default_factory=dict)
+
+
+class Notification(Message, frozen=True, gc=False):
+    """Something an operator should see (console or Telegram)."""
+
+    kind: str
+    level: Literal["info", "warning", "critical"]
+    title: str
+    text: str
+    data: dict[str, FeatureValue] = msgspec.field(default_factory=dict)
+
+
+class SessionStarted(Message, frozen=True, gc=False):
+    """Sent to every actor once before the first bar."""
+
+    run_id: str
+    mode: Literal["backtest", "paper", "live"]
+    symbols: NDArray
+    initial_capital: float
+
+
+class SessionEnded(Message, frozen=True, gc=False):
+    """Sent to every actor after the last bar: flush stores and report."""
+
+    run_id: str
+    steps: int
+
+
+class ShardReport(Message, frozen=True, gc=False):
+    """A shard's account of the session: what it saw, rejected and did."""
+
+    shard: int
+    symbols: int
+    bars: int
+    rejected_bars: dict[str, int]
+    intents: int
+    trades_closed: int
+    open_trades: int
+    decode_errors: int = 0
+
+
+class EquityCurve(Message, frozen=True, gc=False):
+    """The monitor's end-of-session record: one row per step.
+
+    ``ts`` is ``<i8`` (bar start, ns), the others ``<f8``.
+    """
+
+    ts: NDArray
+    equity: NDArray
+    cash: NDArray
+    gross_exposure: NDArray
+    counters: dict[str, int] = msgspec.field(default_factory=dict)
