@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sovereign.messages.account import (
     AccountSnapshot,
+    ActorStats,
     EquityCurve,
     Notification,
     PositionSnapshot,
@@ -58,6 +59,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     SessionEnded,
     ShardReport,
     EquityCurve,
+    ActorStats,
 )
 
 WIRE = Codec(ALL_MESSAGES, name="wire")
@@ -68,6 +70,7 @@ __all__ = [
     "REGIME_UNKNOWN",
     "WIRE",
     "AccountSnapshot",
+    "ActorStats",
     "Approval",
     "Bar",
     "BarBatch",

@@ -114,3 +114,11 @@ class EquityCurve(Message, frozen=True, gc=False):
     cash: NDArray
     gross_exposure: NDArray
     counters: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class ActorStats(Message, frozen=True, gc=False):
+    """An actor's counters at the end of a session (what it refused, dropped, did)."""
+
+    role: str
+    index: int
+    counters: dict[str, int] = msgspec.field(default_factory=dict)

@@ -82,7 +82,7 @@ class BarBatch(Message, frozen=True, gc=False):
         ts: int,
         interval_s: int,
         symbols: np.ndarray,
-        open: np.ndarray,  # noqa: A002 - the OHLC vocabulary
+        open: np.ndarray,
         high: np.ndarray,
         low: np.ndarray,
         close: np.ndarray,
@@ -124,6 +124,7 @@ class RegimeUpdate(Message, frozen=True, gc=False):
     probabilities: NDArray
     market: str
     model: str
+    shard: int = -1
 
     def __post_init__(self) -> None:
         n = self.symbols.shape

@@ -1,0 +1,49 @@
+"""What every actor is: a small class with state and one inbox.
+
+``receive`` takes the batch of messages delivered to the actor for one step and returns
+the messages it sends. The runtime decides where they go; an actor never calls another
+actor and never reaches into another actor's state. Actors hold no trading logic of their
+own: they turn messages into calls into ``sovereign.core`` and results back into messages.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar
+
+from sovereign.messages import ActorStats, IdSource, Message
+
+
+class Actor:
+    """Base class: identity, deterministic message ids, counters."""
+
+    role: ClassVar[str] = "actor"
+
+    def __init__(self, index: int = 0) -> None:
+        self.index = index
+        self.ids = IdSource(f"{self.role}/{index}")
+        self.counters: dict[str, int] = {}
+        self.log = logging.getLogger(f"sovereign.{self.role}.{index}")
+
+    @property
+    def name(self) -> str:
+        return f"sovereign/{self.role}/{self.index}"
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def receive(self, messages: list[Message]) -> list[Message]:
+        raise NotImplementedError
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counters[key] = self.counters.get(key, 0) + n
+
+    def stats(self, ts: int) -> ActorStats:
+        return ActorStats(
+            msg_id=self.ids.next(),
+            ts_event=ts,
+            ts_init=ts,
+            role=self.role,
+            index=self.index,
+            counters=dict(sorted(self.counters.items())),
+        )

@@ -1,0 +1,123 @@
+"""GatewayActor: the only actor that talks to a broker.
+
+It refuses any SubmitOrder whose guardian approval does not verify (bad signature, order
+differs from what was signed, expired, or already used), tracks every order's lifecycle in
+the order manager (duplicate order ids refused, fills deduplicated by execution id), and
+publishes fills, position snapshots for what changed, and an account snapshot per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sovereign.actors.base import Actor
+from sovereign.brokers.base import BrokerAdapter
+from sovereign.core.risk import ApprovalVerifier
+from sovereign.execution.order_manager import OrderManager
+from sovereign.messages import (
+    BarBatch,
+    CancelOrder,
+    Message,
+    OrderAccepted,
+    OrderCanceled,
+    OrderFilled,
+    OrderRejected,
+    SessionEnded,
+    SubmitOrder,
+)
+
+
+class GatewayActor(Actor):
+    role = "gateway"
+
+    def __init__(
+        self, index: int, broker_factory: Callable[[], BrokerAdapter], secret: bytes
+    ) -> None:
+        super().__init__(index)
+        # Built here, inside the actor's process: a broker holds sockets and state that
+        # must not be pickled across processes.
+        self.broker = broker_factory()
+        self.verifier = ApprovalVerifier(secret)
+        self.orders = OrderManager()
+        self.clock = 0
+
+    def receive(self, messages: list[Message]) -> list[Message]:
+        out: list[Message] = []
+        touched: list[str] = []
+        saw_bars = False
+        for msg in messages:
+            match msg:
+                case BarBatch():
+                    saw_bars = True
+                    self.clock = max(self.clock, msg.ts_event)
+                    out.extend(self._track(self.broker.on_bars(msg), touched))
+                case SubmitOrder():
+                    out.extend(self._submit(msg, touched))
+                case CancelOrder():
+                    out.extend(self._cancel(msg, touched))
+                case SessionEnded():
+                    self.counters.update(self.orders.counters)
+                    self.counters.update(
+                        {f"refused_{k}": v for k, v in self.verifier.refused.items()}
+                    )
+                    out.append(self.broker.account(msg.ts_event))
+                    out.append(self.stats(msg.ts_event))
+                case _:
+                    pass
+        if touched:
+            out.extend(self.broker.position_snapshots(sorted(set(touched)), self.clock))
+        if saw_bars:
+            out.append(self.broker.account(self.clock))
+        return out
+
+    def _submit(self, order: SubmitOrder, touched: list[str]) -> list[Message]:
+        reason = self.verifier.check(order, self.clock)
+        if reason is not None:
+            self.log.warning("refused order %s: %s", order.order_id, reason)
+            return [self._reject(order, reason, "the guardian's approval did not verify")]
+        if not self.orders.register(order):
+            return [self._reject(order, "DUPLICATE_ORDER_ID", "this order id was already sent")]
+        return self._track(self.broker.submit(order, self.clock), touched)
+
+    def _cancel(self, cancel: CancelOrder, touched: list[str]) -> list[Message]:
+        rec = self.orders.get(cancel.order_id)
+        if rec is None or rec.state.terminal:
+            self.count("cancel_unknown_or_done")
+            return []
+        return self._track(self.broker.cancel(cancel.order_id, self.clock), touched)
+
+    def _track(self, events: list[Message], touched: list[str]) -> list[Message]:
+        """Run broker events through the order manager; drop duplicates."""
+        out: list[Message] = []
+        for ev in events:
+            match ev:
+                case OrderFilled():
+                    if self.orders.on_fill(ev):
+                        out.append(ev)
+                        touched.append(ev.symbol)
+                case OrderAccepted():
+                    if self.orders.on_accepted(ev):
+                        out.append(ev)
+                case OrderCanceled():
+                    if self.orders.on_canceled(ev):
+                        out.append(ev)
+                case OrderRejected():
+                    self.orders.on_rejected(ev)
+                    out.append(ev)
+                case _:
+                    out.append(ev)
+        return out
+
+    def _reject(self, order: SubmitOrder, code: str, detail: str) -> OrderRejected:
+        self.count(f"rejected_{code}")
+        return OrderRejected(
+            msg_id=self.ids.next(),
+            ts_event=self.clock,
+            ts_init=self.clock,
+            correlation_id=order.msg_id,
+            order_id=order.order_id,
+            shard=order.shard,
+            symbol=order.symbol,
+            reason_code=code,
+            detail=detail,
+        )

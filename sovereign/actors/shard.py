@@ -1,0 +1,268 @@
+"""ShardActor: one slice of the watchlist.
+
+Per step it receives, in this order, the order events and verdicts about its own orders,
+the regime update for its universe and its BarBatch; it returns OrderIntents (and cancels
+for entries it is abandoning) and TradeClosed for finished round trips, which it also
+writes to its trade-memory shard.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sovereign.actors.base import Actor
+from sovereign.config import StrategyConfig
+from sovereign.core.bars import clean_rows
+from sovereign.core.signals import ClosedTrade, ShardStrategy
+from sovereign.core.universe import Universe
+from sovereign.memory.trade_memory import ShardTradeStore, shard_path
+from sovereign.messages import (
+    REGIME_NAMES,
+    REGIME_UNKNOWN,
+    BarBatch,
+    CancelOrder,
+    Message,
+    OrderCanceled,
+    OrderFilled,
+    OrderIntent,
+    OrderRejected,
+    RegimeUpdate,
+    RiskVerdict,
+    SessionEnded,
+    SessionStarted,
+    ShardReport,
+    TradeClosed,
+)
+
+
+class ShardActor(Actor):
+    role = "shard"
+
+    def __init__(
+        self,
+        index: int,
+        symbols: list[str],
+        strategy: StrategyConfig,
+        state_dir: str,
+    ) -> None:
+        super().__init__(index)
+        self.universe = Universe(symbols)
+        self.strategy = ShardStrategy(self.universe, strategy, shard=index)
+        self.state_dir = Path(state_dir)
+        self.store: ShardTradeStore | None = None
+        self.run_id = ""
+        n = len(self.universe)
+        self.regime_codes = np.full(n, REGIME_UNKNOWN, dtype=np.uint8)
+        self.regime_probs = np.full((n, len(REGIME_NAMES)), 0.25, dtype=np.float32)
+        self.last_ts = -1
+        self.rejected_bars: dict[str, int] = {}
+        self.trades_closed = 0
+        self.intents = 0
+        # Preallocated full-width columns: a batch is scattered into them each step.
+        self._o = np.full(n, np.nan)
+        self._h = np.full(n, np.nan)
+        self._l = np.full(n, np.nan)
+        self._c = np.full(n, np.nan)
+        self._v = np.full(n, np.nan)
+        self._mask = np.zeros(n, dtype=bool)
+
+    def receive(self, messages: list[Message]) -> list[Message]:
+        out: list[Message] = []
+        closed: list[ClosedTrade] = []
+        for msg in messages:
+            match msg:
+                case OrderFilled() | RiskVerdict() | OrderRejected() | OrderCanceled():
+                    trade = self._on_order_event(msg)
+                    if trade is not None:
+                        closed.append(trade)
+                case RegimeUpdate(shard=s) if s == self.index:
+                    self._on_regime(msg)
+                case BarBatch():
+                    if msg.shard in (self.index, -1):
+                        out.extend(self._on_bars(msg))
+                case SessionStarted():
+                    self._on_session_started(msg)
+                case SessionEnded():
+                    out.append(self._on_session_ended(msg))
+                case _:
+                    pass
+        for trade in closed:
+            out.append(self._trade_message(trade))
+        if closed and self.store is not None:
+            # One transaction per step that closed trades: batched, and nothing older
+            # than a step is lost if the process dies.
+            self.store.flush()
+        return out
+
+    # -- HANDLERS -----------------------------------------------------------------------
+
+    def _on_order_event(
+        self, msg: OrderFilled | RiskVerdict | OrderRejected | OrderCanceled
+    ) -> ClosedTrade | None:
+        """Events about our own orders only; everything else is someone else's."""
+        match msg:
+            case OrderFilled(shard=s) if s == self.index:
+                return self.strategy.on_fill(
+                    msg.order_id,
+                    msg.quantity,
+                    msg.price,
+                    msg.commission,
+                    msg.leaves_quantity,
+                    msg.ts_event,
+                )
+            case RiskVerdict(approved=False) if msg.intent_id in self.strategy.orders:
+                return self.strategy.on_denied(msg.intent_id, msg.ts_event)
+            case OrderRejected(shard=s) if s == self.index:
+                return self.strategy.on_denied(msg.order_id, msg.ts_event)
+            case OrderCanceled(shard=s) if s == self.index:
+                return self.strategy.on_canceled(msg.order_id, msg.ts_event)
+        return None
+
+    def _on_session_started(self, msg: SessionStarted) -> None:
+        self.run_id = msg.run_id
+        if self.store is None:
+            self.store = ShardTradeStore(shard_path(self.state_dir, self.index), self.index)
+
+    def _on_session_ended(self, msg: SessionEnded) -> ShardReport:
+        if self.store is not None:
+            self.store.flush()
+        return ShardReport(
+            msg_id=self.ids.next(),
+            ts_event=msg.ts_event,
+            ts_init=msg.ts_init,
+            shard=self.index,
+            symbols=len(self.universe),
+            bars=self.strategy.counters.bars,
+            rejected_bars=dict(sorted(self.rejected_bars.items())),
+            intents=self.intents,
+            trades_closed=self.trades_closed,
+            open_trades=self.strategy.open_trades,
+            decode_errors=self.counters.get("decode_errors", 0),
+        )
+
+    def _on_regime(self, msg: RegimeUpdate) -> None:
+        idx = self.universe.locate(msg.symbols.to_numpy())
+        ok = idx >= 0
+        self.regime_codes[idx[ok]] = msg.codes.to_numpy()[ok]
+        self.regime_probs[idx[ok]] = msg.probabilities.to_numpy()[ok]
+
+    def _on_bars(self, batch: BarBatch) -> list[Message]:
+        if batch.ts <= self.last_ts:
+            key = "duplicate_time" if batch.ts == self.last_ts else "out_of_order_time"
+            self.rejected_bars[key] = self.rejected_bars.get(key, 0) + len(batch)
+            return []
+        idx = self.universe.locate(batch.symbols.to_numpy())
+        o, h, lo = batch.open.to_numpy(), batch.high.to_numpy(), batch.low.to_numpy()
+        c, v = batch.close.to_numpy(), batch.volume.to_numpy()
+        good, reasons = clean_rows(o, h, lo, c, v)
+        known = idx >= 0
+        if not known.all():
+            self.rejected_bars["unknown_symbol"] = self.rejected_bars.get(
+                "unknown_symbol", 0
+            ) + int((~known).sum())
+        if not good.all():
+            for reason, hit in reasons.items():
+                n = int((hit & known).sum())
+                if n:
+                    self.rejected_bars[reason] = self.rejected_bars.get(reason, 0) + n
+        take = good & known
+        rows = idx[take]
+        self.last_ts = batch.ts
+        self._mask[:] = False
+        self._mask[rows] = True
+        self._o[rows], self._h[rows], self._l[rows] = o[take], h[take], lo[take]
+        self._c[rows], self._v[rows] = c[take], v[take]
+        entries, exits, cancels = self.strategy.on_bars(
+            batch.ts,
+            self._mask,
+            self._h,
+            self._l,
+            self._c,
+            self._v,
+            self.regime_codes,
+            self.regime_probs,
+        )
+        now = batch.ts_event
+        out: list[Message] = []
+        for cancel in cancels:
+            out.append(
+                CancelOrder(
+                    msg_id=self.ids.next(),
+                    ts_event=now,
+                    ts_init=now,
+                    correlation_id=batch.msg_id,
+                    order_id=cancel.order_id,
+                    reason=cancel.reason,
+                )
+            )
+        for x in exits:
+            out.append(
+                OrderIntent(
+                    msg_id=self.ids.next(),
+                    ts_event=now,
+                    ts_init=now,
+                    correlation_id=batch.msg_id,
+                    intent_id=x.intent_id,
+                    shard=self.index,
+                    symbol=x.symbol,
+                    side="SELL",
+                    purpose="CLOSE",
+                    quantity=x.quantity,
+                    ref_price=x.ref_price,
+                    confidence=1.0,
+                    regime=x.regime,
+                    reason=x.reason,
+                )
+            )
+        for e in entries:
+            out.append(
+                OrderIntent(
+                    msg_id=self.ids.next(),
+                    ts_event=now,
+                    ts_init=now,
+                    correlation_id=batch.msg_id,
+                    intent_id=e.intent_id,
+                    shard=self.index,
+                    symbol=e.symbol,
+                    side="BUY",
+                    purpose="OPEN",
+                    quantity=0,
+                    ref_price=e.ref_price,
+                    confidence=e.confidence,
+                    regime=e.regime,
+                    reason=e.reason,
+                    stop_price=e.stop_price if e.stop_price > 0 else None,
+                )
+            )
+        self.intents += len(exits) + len(entries)
+        return out
+
+    def _trade_message(self, t: ClosedTrade) -> TradeClosed:
+        msg = TradeClosed(
+            msg_id=self.ids.next(),
+            ts_event=t.exit_ts,
+            ts_init=t.exit_ts,
+            trade_id=t.trade_id,
+            shard=self.index,
+            symbol=t.symbol,
+            side="LONG",
+            quantity=t.quantity,
+            entry_ts=t.entry_ts,
+            exit_ts=t.exit_ts,
+            entry_price=t.entry_price,
+            exit_price=t.exit_price,
+            pnl=t.pnl,
+            commission=t.commission,
+            return_pct=t.return_pct,
+            bars_held=t.bars_held,
+            exit_reason=t.exit_reason,
+            regime=t.regime,
+            confidence=t.confidence,
+            features=t.features,
+        )
+        self.trades_closed += 1
+        if self.store is not None:
+            self.store.add(msg, self.run_id)
+        return msg

@@ -1,0 +1,273 @@
+"""The simulated broker used by backtests and the default paper demo.
+
+Fill model (documented in the README):
+
+* An order submitted after the bar at time t works from the next bar of its symbol on.
+* Market orders fill at that bar's open, moved against us by ``slippage_bps``.
+* Buy limits fill when the bar trades at or below the limit, at min(open, limit); sell
+  limits when it trades at or above, at max(open, limit) (a gap through the limit fills at
+  the better open). Limit fills get no slippage.
+* A fill never exceeds ``max_volume_share`` of the bar's volume; the rest carries over to
+  later bars. A bar with zero volume fills nothing; a bar with unknown (NaN) volume is not
+  capped, and that is counted.
+* Commission per order fill: ``commission_per_share`` per share, at least
+  ``commission_min`` and at most ``commission_max_pct`` of the trade value (IBKR Pro fixed
+  pricing by default: $0.005/share, $1.00 minimum, 1 % maximum).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from sovereign.config import SimConfig
+from sovereign.core.portfolio import Portfolio
+from sovereign.messages import (
+    AccountSnapshot,
+    BarBatch,
+    IdSource,
+    Message,
+    OrderAccepted,
+    OrderCanceled,
+    OrderFilled,
+    OrderRejected,
+    PositionSnapshot,
+    SubmitOrder,
+)
+
+
+@dataclass(slots=True)
+class _Working:
+    order: SubmitOrder
+    submitted_ns: int
+    filled: int = 0
+    executions: int = 0
+    commission: float = 0.0
+
+    @property
+    def remaining(self) -> int:
+        return self.order.quantity - self.filled
+
+
+def commission_for(quantity: int, price: float, config: SimConfig) -> float:
+    """IBKR-style fixed commission for one fill."""
+    value = quantity * price
+    fee = max(quantity * config.commission_per_share, config.commission_min)
+    if config.commission_max_pct > 0:
+        fee = min(fee, value * config.commission_max_pct)
+    return round(fee, 6)
+
+
+class SimBroker:
+    """An in-process broker filling orders against the bars it is shown."""
+
+    name = "sim"
+
+    def __init__(self, config: SimConfig, initial_cash: float) -> None:
+        self.config = config
+        self.portfolio = Portfolio(initial_cash)
+        self._working: dict[str, _Working] = {}
+        self._ids = IdSource("sim")
+        self._index_cache: dict[int, tuple[bytes, dict[str, int]]] = {}
+        self.last_ts = 0
+        self.counters = {"fills": 0, "uncapped_unknown_volume": 0, "zero_volume_bars": 0}
+
+    # -- COMMANDS -----------------------------------------------------------------------
+
+    def submit(self, order: SubmitOrder, now_ns: int) -> list[Message]:
+        if order.order_id in self._working:
+            return [self._rejected(order, "DUPLICATE_ORDER_ID", "order id already working", now_ns)]
+        self._working[order.order_id] = _Working(order, submitted_ns=now_ns)
+        return [
+            OrderAccepted(
+                msg_id=self._ids.next(),
+                ts_event=now_ns,
+                ts_init=now_ns,
+                correlation_id=order.msg_id,
+                order_id=order.order_id,
+                shard=order.shard,
+                symbol=order.symbol,
+                side=order.side,
+                quantity=order.quantity,
+                broker_order_id=f"SIM-{order.order_id}",
+            )
+        ]
+
+    def cancel(self, order_id: str, now_ns: int) -> list[Message]:
+        w = self._working.pop(order_id, None)
+        if w is None:
+            return []
+        return [
+            OrderCanceled(
+                msg_id=self._ids.next(),
+                ts_event=now_ns,
+                ts_init=now_ns,
+                order_id=order_id,
+                shard=w.order.shard,
+                symbol=w.order.symbol,
+                filled_quantity=w.filled,
+                reason="canceled on request",
+            )
+        ]
+
+    # -- MARKET DATA --------------------------------------------------------------------
+
+    def on_bars(self, batch: BarBatch) -> list[Message]:
+        """Fill working orders against this batch, then mark positions to its closes."""
+        self.last_ts = max(self.last_ts, batch.ts)
+        if not self._working and not self.portfolio.positions:
+            return []
+        index = self._index(batch)
+        opens = batch.open.to_numpy()
+        highs = batch.high.to_numpy()
+        lows = batch.low.to_numpy()
+        closes = batch.close.to_numpy()
+        volumes = batch.volume.to_numpy()
+        now = batch.ts_event
+        events: list[Message] = []
+        done: list[str] = []
+        # Orders fill in submission order (dicts keep insertion order): deterministic.
+        for order_id, w in self._working.items():
+            i = index.get(w.order.symbol)
+            if i is None or w.submitted_ns > batch.ts:
+                continue
+            fill = self._try_fill(
+                w, float(opens[i]), float(highs[i]), float(lows[i]), float(volumes[i]), batch.ts
+            )
+            if fill is None:
+                continue
+            events.append(self._book_fill(w, *fill, ts=batch.ts, now=now))
+            if w.remaining == 0:
+                done.append(order_id)
+        for order_id in done:
+            del self._working[order_id]
+        for symbol, pos in self.portfolio.positions.items():
+            i = index.get(symbol)
+            if pos.quantity and i is not None:
+                pos.market_price = float(closes[i])
+        return events
+
+    def _try_fill(
+        self, w: _Working, open_: float, high: float, low: float, volume: float, ts: int
+    ) -> tuple[int, float] | None:
+        order = w.order
+        if order.order_type == "MARKET":
+            slip = self.config.slippage_bps / 10_000.0
+            price = open_ * (1 + slip) if order.side == "BUY" else open_ * (1 - slip)
+        else:
+            limit = float(order.limit_price)  # type: ignore[arg-type]
+            if order.side == "BUY":
+                if low > limit:
+                    return None
+                price = min(open_, limit)
+            else:
+                if high < limit:
+                    return None
+                price = max(open_, limit)
+        quantity = w.remaining
+        if math.isnan(volume):
+            self.counters["uncapped_unknown_volume"] += 1
+        else:
+            cap = math.floor(volume * self.config.max_volume_share)
+            if cap <= 0:
+                self.counters["zero_volume_bars"] += 1
+                return None
+            quantity = min(quantity, cap)
+        return quantity, price
+
+    def _book_fill(
+        self, w: _Working, quantity: int, price: float, *, ts: int, now: int
+    ) -> OrderFilled:
+        order = w.order
+        commission = commission_for(quantity, price, self.config)
+        self.portfolio.apply_fill(order.symbol, order.side, quantity, price, commission)
+        w.filled += quantity
+        w.executions += 1
+        w.commission += commission
+        self.counters["fills"] += 1
+        return OrderFilled(
+            msg_id=self._ids.next(),
+            ts_event=ts,
+            ts_init=now,
+            correlation_id=order.msg_id,
+            order_id=order.order_id,
+            execution_id=f"{order.order_id}/E{w.executions}",
+            shard=order.shard,
+            symbol=order.symbol,
+            side=order.side,
+            quantity=quantity,
+            price=price,
+            commission=commission,
+            cum_quantity=w.filled,
+            leaves_quantity=w.remaining,
+            purpose=order.purpose,
+            liquidity="SIM",
+        )
+
+    # -- QUERIES ------------------------------------------------------------------------
+
+    def account(self, now_ns: int) -> AccountSnapshot:
+        p = self.portfolio
+        return AccountSnapshot(
+            msg_id=self._ids.next(),
+            ts_event=now_ns,
+            ts_init=now_ns,
+            cash=p.cash,
+            equity=p.equity,
+            realized_pnl=p.realized_pnl,
+            unrealized_pnl=p.unrealized_pnl,
+            gross_exposure=p.gross_exposure,
+            net_exposure=p.net_exposure,
+            commissions=p.commissions,
+            open_positions=p.open_positions,
+        )
+
+    def position_snapshots(self, symbols: list[str], now_ns: int) -> list[PositionSnapshot]:
+        out = []
+        for symbol in symbols:
+            pos = self.portfolio.position(symbol)
+            out.append(
+                PositionSnapshot(
+                    msg_id=self._ids.next(),
+                    ts_event=now_ns,
+                    ts_init=now_ns,
+                    symbol=symbol,
+                    quantity=pos.quantity,
+                    avg_price=pos.avg_price,
+                    market_price=pos.market_price if math.isfinite(pos.market_price) else 0.0,
+                    unrealized_pnl=pos.unrealized_pnl,
+                    realized_pnl=pos.realized_pnl,
+                )
+            )
+        return out
+
+    @property
+    def working_orders(self) -> int:
+        return len(self._working)
+
+    # -- HELPERS ------------------------------------------------------------------------
+
+    def _index(self, batch: BarBatch) -> dict[str, int]:
+        # A fixed universe sends the same symbols column every step: build the map once.
+        key = batch.symbols.data
+        cached = self._index_cache.get(batch.shard)
+        if cached is None or cached[0] != key:
+            syms = np.frombuffer(key, dtype=batch.symbols.dtype)
+            cached = (key, {s.decode(): i for i, s in enumerate(syms.tolist())})
+            self._index_cache[batch.shard] = cached
+        return cached[1]
+
+    def _rejected(self, order: SubmitOrder, code: str, detail: str, now: int) -> OrderRejected:
+        return OrderRejected(
+            msg_id=self._ids.next(),
+            ts_event=now,
+            ts_init=now,
+            correlation_id=order.msg_id,
+            order_id=order.order_id,
+            shard=order.shard,
+            symbol=order.symbol,
+            reason_code=code,
+            detail=detail,
+        )

@@ -1,0 +1,255 @@
+"""The ``sovereign`` command.
+
+Every command takes ``--config FILE`` (TOML, validated; errors name the field) and
+``--state DIR`` (where the SQLite stores live; default ``.sovereign/`` in the working
+directory). Exit codes: 0 success, 2 bad usage or configuration, 1 a failure while running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+import sovereign
+from sovereign.config import Config, ConfigError, load_config
+
+
+class UsageError(Exception):
+    """Bad arguments: reported on stderr with exit code 2."""
+
+
+# -- OUTPUT -----------------------------------------------------------------------------
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal; periodic lines when not a terminal."""
+
+    def __init__(self, stream: TextIO, label: str) -> None:
+        self.stream = stream
+        self.label = label
+        self.tty = stream.isatty()
+        self._last = 0.0
+        self._last_pct = -10
+
+    def update(self, progress: object) -> None:
+        from sovereign.engine import Progress
+
+        assert isinstance(progress, Progress)
+        now = time.monotonic()
+        done = progress.step == progress.total
+        pct = int(100 * progress.step / max(progress.total, 1))
+        when = datetime.fromtimestamp(progress.ts / 1e9, tz=UTC).strftime("%Y-%m-%d")
+        rate = progress.step / progress.elapsed_s if progress.elapsed_s > 0 else 0.0
+        text = (
+            f"{self.label} {pct:3d}% {progress.step}/{progress.total} steps  {when}  "
+            f"{rate:,.0f} steps/s  {progress.notifications} notes"
+        )
+        if self.tty:
+            if not done and now - self._last < 0.1:
+                return
+            width = 24
+            filled = int(width * progress.step / max(progress.total, 1))
+            bar = "#" * filled + "." * (width - filled)
+            self.stream.write(f"\r[{bar}] {text}\x1b[K")
+            if done:
+                self.stream.write("\n")
+        else:
+            if not done and pct < self._last_pct + 10:
+                return
+            self._last_pct = pct
+            self.stream.write(f"{text}\n")
+        self._last = now
+        self.stream.flush()
+
+
+def _console_notifier(stream: TextIO, tty: bool) -> object:
+    from sovereign.comms.console import ConsoleNotifier
+
+    return ConsoleNotifier(stream, clear_line=tty)
+
+
+# -- COMMANDS ---------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace, config: Config) -> object:
+    from sovereign.data.loaders import load_ohlcv
+
+    symbols = [s.strip() for s in args.symbols.split(",") if s.strip()] if args.symbols else None
+    try:
+        return load_ohlcv(
+            args.data,
+            symbols=symbols,
+            start=args.start,
+            end=args.end,
+            split_adjust=config.data.split_adjust,
+            splits_file=config.data.splits_file or None,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(f"cannot load data {args.data!r}: {exc}") from None
+
+
+def _with_overrides(args: argparse.Namespace, config: Config) -> Config:
+    import msgspec
+
+    if getattr(args, "shards", None):
+        config = msgspec.structs.replace(
+            config, engine=msgspec.structs.replace(config.engine, shards=args.shards)
+        )
+    if getattr(args, "address", None):
+        config = msgspec.structs.replace(
+            config, ray=msgspec.structs.replace(config.ray, address=args.address)
+        )
+    if getattr(args, "no_dashboard", False):
+        config = msgspec.structs.replace(
+            config, ray=msgspec.structs.replace(config.ray, dashboard=False)
+        )
+    return config
+
+
+def _run(args: argparse.Namespace, *, mode: str) -> int:
+    from sovereign.data.loaders import LoadedData
+    from sovereign.report import format_summary_table
+    from sovereign.session import run_session
+
+    config = _with_overrides(args, load_config(args.config))
+    data = _load(args, config)
+    assert isinstance(data, LoadedData)
+    if data.frame.empty:
+        raise UsageError("no bars left after validation and filters")
+    human = sys.stderr if args.json else sys.stdout
+    human.write(data.describe() + "\n")
+    if data.validation.rejected:
+        human.write(data.validation.summary() + "\n")
+    notifier = _console_notifier(human, human.isatty())
+    bar = ProgressBar(sys.stderr, mode)
+
+    def on_started(engine: object) -> None:
+        from sovereign.engine import Engine
+
+        assert isinstance(engine, Engine)
+        human.write(
+            f"{mode}: {len(data.symbols)} symbols on {len(engine.shard_symbols)} shards, "
+            f"{len(engine.feed)} steps, runtime {args.runtime}\n"
+        )
+        human.flush()
+
+    output = run_session(
+        config,
+        data,
+        runtime=args.runtime,
+        mode=mode,  # type: ignore[arg-type]
+        state_dir=args.state,
+        out_dir=args.out,
+        speed=getattr(args, "speed", 0.0),
+        max_steps=getattr(args, "max_steps", None),
+        on_notification=notifier.notify,  # type: ignore[attr-defined]
+        on_progress=bar.update,
+        on_started=on_started,
+    )
+    r = output.result
+    human.write(
+        f"\n{mode} {r.run_id}: {r.steps} steps, {r.bars} bars in {r.engine_seconds:.2f} s "
+        f"({r.bars / max(r.engine_seconds, 1e-9):,.0f} bars/s) on the {r.runtime} runtime\n"
+    )
+    human.write(format_summary_table(output.metrics) + "\n")
+    if output.paths is not None:
+        human.write(
+            f"report: {output.paths.report_html}\n"
+            f"        {output.paths.metrics_json}, {output.paths.trades_csv.name}, "
+            f"{output.paths.equity_png.name}\n"
+        )
+    if args.json:
+        sys.stdout.write(json.dumps(output.metrics, sort_keys=True) + "\n")
+    return 0
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    return _run(args, mode="backtest")
+
+
+def cmd_paper(args: argparse.Namespace) -> int:
+    if args.broker != "sim":
+        raise UsageError(f"broker {args.broker!r} is not available yet; use --broker sim")
+    return _run(args, mode="paper")
+
+
+# -- PARSER -----------------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None, help="TOML configuration file")
+    p.add_argument(
+        "--state", type=Path, default=Path(".sovereign"), help="state directory (SQLite stores)"
+    )
+
+
+def _session_args(p: argparse.ArgumentParser, *, runtime: str, out: str) -> None:
+    p.add_argument(
+        "--data", default="sample", help="CSV/Parquet file, or sample[:daily|hourly|minute]"
+    )
+    p.add_argument("--symbols", default=None, help="comma-separated symbols (default: all)")
+    p.add_argument("--start", default=None, help="first date (inclusive)")
+    p.add_argument("--end", default=None, help="last date (inclusive)")
+    p.add_argument("--runtime", choices=("local", "ray"), default=runtime)
+    p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto)")
+    p.add_argument("--no-dashboard", action="store_true", help="local Ray without dashboard")
+    p.add_argument("--shards", type=int, default=None, help="number of shard actors")
+    p.add_argument("--out", type=Path, default=Path(out), help="report directory")
+    p.add_argument("--json", action="store_true", help="print the metrics JSON on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sovereign",
+        description="Sovereign: an autonomous trading system inside an immutable constitution.",
+    )
+    parser.add_argument("--version", action="version", version=f"sovereign {sovereign.__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    bt = sub.add_parser("backtest", help="replay historical data through the actor graph")
+    _common(bt)
+    _session_args(bt, runtime="local", out="out/backtest")
+    bt.set_defaults(func=cmd_backtest)
+
+    pp = sub.add_parser("paper", help="a paper-trading session (sim broker on replayed data)")
+    _common(pp)
+    _session_args(pp, runtime="ray", out="out/paper")
+    pp.add_argument("--broker", default="sim", help="broker adapter (sim)")
+    pp.add_argument(
+        "--speed",
+        type=float,
+        default=0.0,
+        help="replay speed as a multiple of real time (0 = as fast as possible)",
+    )
+    pp.add_argument("--max-steps", type=int, default=None, help="stop after this many bars")
+    pp.set_defaults(func=cmd_paper)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except (ConfigError, UsageError) as exc:
+        sys.stderr.write(f"sovereign: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("sovereign: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

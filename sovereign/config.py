@@ -1,0 +1,325 @@
+"""Typed, validated configuration.
+
+One frozen msgspec Struct per component, each forbidding unknown fields, so a typo in the
+TOML file is a startup error naming the field instead of a silently ignored setting. The
+file passed with ``--config`` has one table per component (``[engine]``, ``[strategy]``,
+``[regime]``, ``[sim]``, ``[risk]``, ``[constitution]``, ``[data]``, ``[ray]``); every key is
+optional and defaults to the value documented on the Struct.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from sovereign.core.constitution import Constitution, ConstitutionError
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid. The message names the field."""
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+def _positive(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+class EngineConfig(_Section, frozen=True):
+    """The actor graph and the session.
+
+    Parameters
+    ----------
+    shards
+        Number of shard actors; symbols are dealt to them in sorted order, round robin.
+        Default 2.
+    initial_capital
+        Starting cash of a backtest or sim paper session, in USD. Default 100,000.
+    seed
+        Seed for anything random in a run. Default 7.
+    max_in_flight_steps
+        How many steps the driver may have submitted but not yet completed on the Ray
+        runtime; bounds memory and latency. Default 16.
+    approval_ttl_s
+        How long a guardian approval stays valid, in seconds of the session clock.
+        Default 300.
+    """
+
+    shards: int = 2
+    initial_capital: float = 100_000.0
+    seed: int = 7
+    max_in_flight_steps: int = 16
+    approval_ttl_s: int = 300
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.shards <= 1024:
+            raise ValueError(f"shards must be between 1 and 1024, got {self.shards}")
+        _positive("initial_capital", self.initial_capital)
+        if self.max_in_flight_steps < 1:
+            raise ValueError("max_in_flight_steps must be >= 1")
+        if self.approval_ttl_s < 1:
+            raise ValueError("approval_ttl_s must be >= 1")
+
+
+class StrategyConfig(_Section, frozen=True):
+    """The baseline strategy of the shards (long-only trend breakout).
+
+    Parameters
+    ----------
+    atr_period
+        Wilder ATR period. Default 14.
+    breakout_window
+        Entry needs close > the highest high of this many previous bars. Default 20.
+    volume_window
+        Bars in the volume-percentile window. Default 20.
+    volume_threshold
+        Minimum volume percentile (0-100) that confirms a breakout. Default 50. Data
+        without volume (IB MIDPOINT bars) needs ``volume_confirmation = false``.
+    volume_confirmation
+        Require volume confirmation. Default true. Turning it off is logged at start.
+    stop_atr_mult, target_atr_mult
+        Protective stop and take-profit distances in ATRs from the entry fill, with the ATR
+        frozen at the signal bar. Defaults 1.5 and 3.0.
+    max_hold_bars
+        Exit after this many bars in the trade. Default 20.
+    exit_on_regime_change
+        Exit when the symbol's regime differs from the one at entry. Default true.
+    entry_regimes
+        Regimes in which entries are allowed. Default ["TrendingUp"].
+    sr_swing, sr_memory, sr_band_atr
+        Support/resistance score parameters (see ``core.indicators.SupportResistance``).
+    """
+
+    atr_period: int = 14
+    breakout_window: int = 20
+    volume_window: int = 20
+    volume_threshold: float = 50.0
+    volume_confirmation: bool = True
+    stop_atr_mult: float = 1.5
+    target_atr_mult: float = 3.0
+    max_hold_bars: int = 20
+    exit_on_regime_change: bool = True
+    entry_regimes: tuple[str, ...] = ("TrendingUp",)
+    sr_swing: int = 3
+    sr_memory: int = 10
+    sr_band_atr: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("atr_period", "breakout_window", "volume_window", "max_hold_bars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.volume_threshold <= 100:
+            raise ValueError(f"volume_threshold must be in [0, 100], got {self.volume_threshold}")
+        _positive("stop_atr_mult", self.stop_atr_mult)
+        _positive("target_atr_mult", self.target_atr_mult)
+        _positive("sr_band_atr", self.sr_band_atr)
+        if self.sr_swing < 1 or self.sr_memory < 1:
+            raise ValueError("sr_swing and sr_memory must be >= 1")
+        from sovereign.messages.market import REGIME_NAMES
+
+        unknown = [r for r in self.entry_regimes if r not in REGIME_NAMES]
+        if unknown:
+            raise ValueError(f"entry_regimes has unknown regimes {unknown}; known: {REGIME_NAMES}")
+
+
+class RegimeConfig(_Section, frozen=True):
+    """The baseline trend/volatility regime classifier.
+
+    Parameters
+    ----------
+    fast_span, slow_span
+        EMA spans of the close for the trend test. Defaults 20 and 50.
+    trend_margin
+        The fast EMA must be this fraction above (below) the slow EMA for TrendingUp
+        (TrendingDown). Default 0.01.
+    vol_short_span, vol_long_span
+        EWMA spans of squared log returns for short- and long-run volatility.
+        Defaults 20 and 250.
+    volatile_ratio
+        Short-run volatility above this multiple of the long-run volatility is Volatile.
+        Default 1.6.
+    """
+
+    fast_span: int = 20
+    slow_span: int = 50
+    trend_margin: float = 0.01
+    vol_short_span: int = 20
+    vol_long_span: int = 250
+    volatile_ratio: float = 1.6
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.fast_span < self.slow_span:
+            raise ValueError("fast_span must be >= 1 and below slow_span")
+        if not 1 <= self.vol_short_span < self.vol_long_span:
+            raise ValueError("vol_short_span must be >= 1 and below vol_long_span")
+        _non_negative("trend_margin", self.trend_margin)
+        if self.volatile_ratio <= 1:
+            raise ValueError(f"volatile_ratio must be > 1, got {self.volatile_ratio}")
+
+
+class SimConfig(_Section, frozen=True):
+    """The simulated broker.
+
+    Parameters
+    ----------
+    slippage_bps
+        Adverse slippage on market fills, in basis points of the fill price. Default 2.
+    commission_per_share
+        USD per share. Default 0.005 (IBKR Pro fixed pricing).
+    commission_min
+        Minimum commission per order, USD. Default 1.00 (IBKR Pro fixed).
+    commission_max_pct
+        Maximum commission as a fraction of the trade value. Default 0.01 (IBKR Pro fixed).
+    max_volume_share
+        A fill never exceeds this fraction of the bar's volume; the rest carries over to
+        the next bar. Default 0.10. Bars with unknown volume are not capped (counted).
+    """
+
+    slippage_bps: float = 2.0
+    commission_per_share: float = 0.005
+    commission_min: float = 1.0
+    commission_max_pct: float = 0.01
+    max_volume_share: float = 0.10
+
+    def __post_init__(self) -> None:
+        _non_negative("slippage_bps", self.slippage_bps)
+        _non_negative("commission_per_share", self.commission_per_share)
+        _non_negative("commission_min", self.commission_min)
+        _non_negative("commission_max_pct", self.commission_max_pct)
+        if not 0 < self.max_volume_share <= 1:
+            raise ValueError(f"max_volume_share must be in (0, 1], got {self.max_volume_share}")
+
+
+class RiskConfig(_Section, frozen=True):
+    """How the guardian sizes positions inside the constitution's limits.
+
+    Parameters
+    ----------
+    volatile_scale
+        Size multiplier in the Volatile regime. Default 0.5.
+    max_gross_exposure
+        Refuse entries that would take gross exposure above this multiple of equity.
+        Default 1.0 (no leverage).
+    """
+
+    volatile_scale: float = 0.5
+    max_gross_exposure: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.volatile_scale <= 1:
+            raise ValueError(f"volatile_scale must be in (0, 1], got {self.volatile_scale}")
+        if not 0 < self.max_gross_exposure <= 4:
+            raise ValueError(f"max_gross_exposure must be in (0, 4], got {self.max_gross_exposure}")
+
+
+class DataConfig(_Section, frozen=True):
+    """Loading market data.
+
+    Parameters
+    ----------
+    split_adjust
+        ``detect`` finds and removes share splits from raw prices (see
+        ``sovereign.data.splits``); ``off`` leaves prices as they are. Default ``detect``.
+    splits_file
+        A CSV of known splits (``symbol,date,ratio``) used instead of detection.
+    """
+
+    split_adjust: Literal["detect", "off"] = "detect"
+    splits_file: str = ""
+
+
+class RayConfig(_Section, frozen=True):
+    """The Ray runtime.
+
+    Parameters
+    ----------
+    address
+        Cluster address (``auto`` after ``ray start --head``); empty starts a local
+        single-node Ray.
+    dashboard
+        Start the Ray dashboard with a local Ray (needed by the state API and
+        ``ray list actors``). Default true.
+    num_cpus
+        CPUs for a local Ray; 0 means all. Default 0.
+    """
+
+    address: str = ""
+    dashboard: bool = True
+    num_cpus: int = 0
+
+
+class ConstitutionOverrides(_Section, frozen=True):
+    """The ``[constitution]`` table: values may only make a limit stricter."""
+
+    max_position_size: float | None = None
+    max_daily_loss: float | None = None
+    max_drawdown: float | None = None
+    min_confidence_for_trade: float | None = None
+    max_rule_changes_per_day: int | None = None
+    max_active_rules: int | None = None
+
+
+class Config(_Section, frozen=True):
+    """The whole configuration."""
+
+    engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
+    strategy: StrategyConfig = msgspec.field(default_factory=StrategyConfig)
+    regime: RegimeConfig = msgspec.field(default_factory=RegimeConfig)
+    sim: SimConfig = msgspec.field(default_factory=SimConfig)
+    risk: RiskConfig = msgspec.field(default_factory=RiskConfig)
+    data: DataConfig = msgspec.field(default_factory=DataConfig)
+    ray: RayConfig = msgspec.field(default_factory=RayConfig)
+    constitution: ConstitutionOverrides = msgspec.field(default_factory=ConstitutionOverrides)
+
+    def build_constitution(self) -> Constitution:
+        """The constitution with this config's (stricter-only) overrides applied."""
+        overrides = {
+            k: v for k, v in msgspec.structs.asdict(self.constitution).items() if v is not None
+        }
+        try:
+            return Constitution.default().tightened(**overrides)
+        except ConstitutionError as exc:
+            raise ConfigError(f"[constitution] {exc}") from None
+
+
+def parse_config(data: dict[str, Any], *, source: str = "config") -> Config:
+    """Validate a mapping (as read from TOML) into a Config; errors name the field."""
+    try:
+        config = msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_humanise(str(exc))}") from None
+    config.build_constitution()  # a looser constitution value is a startup error
+    return config
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a TOML config file; ``None`` gives the defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return parse_config(data, source=str(p))
+
+
+def _humanise(message: str) -> str:
+    # msgspec paths look like `$.engine.shards`; in a TOML file that is [engine] shards.
+    return message.replace("`$.", "`").replace("- at `$`", "")

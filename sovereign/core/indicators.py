@@ -1,0 +1,573 @@
+"""Streaming technical indicators, vectorised across the symbols of a shard.
+
+A shard steps all of its N symbols through one bar time at once, so each indicator keeps
+its state in arrays of length N (a structure of arrays). ``update`` is called once per bar
+time with float64 inputs of length N and a boolean ``mask`` that is True where the symbol
+has a bar at that time. Rows where the mask is False are left exactly as they were.
+Symbols can therefore advance at different rates, and the rolling windows keep a write
+position and a fill count for each symbol.
+
+These conventions hold for every indicator:
+
+- ``value`` is a float64 array of length N and ``ready`` is a bool array. ``value`` is NaN
+  wherever ``ready`` is False, and the invariant ``ready == ~isnan(value)`` always holds.
+- A masked-in row whose price inputs are NaN counts as having no bar, so its state does
+  not change. `VolumePercentile` and `SupportResistance` document their own NaN rules.
+- Rolling windows exclude the current bar. The statistic is taken over the previous
+  ``window`` values, and only then is the current value pushed. That is what breakout
+  rules such as ``close > max(high[t-20..t-1])`` need.
+- ``reset()`` puts the indicator back in its freshly constructed state.
+
+Each step costs a fixed handful of numpy operations; there is no Python loop over symbols.
+The ``*_series`` functions at the bottom are batch references over the bars of one
+symbol. They are for tests and research and favour clarity over speed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Literal, TypeVar
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "ATR",
+    "EMA",
+    "RollingExtreme",
+    "RollingMedian",
+    "SupportResistance",
+    "VolumePercentile",
+    "atr_series",
+    "sr_score_series",
+    "volume_percentile_series",
+]
+
+ArrayOrSeries = TypeVar("ArrayOrSeries", np.ndarray, pd.Series)
+
+
+def _check_size(name: str, value: int, minimum: int) -> None:
+    if int(value) != value or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+class _Ring:
+    # Ring buffers holding the last ``width`` values pushed for each of n columns. Masks
+    # let symbols push at different rates, so each column keeps its own push count, and
+    # its next write slot is ``count % width``. The
+    # layout is (width, n), window-major: numpy reduces over a short leading axis several
+    # times faster than over a short trailing one, so a statistic is cheaper to take over
+    # all n columns and then index than to take over gathered rows. Slots start as
+    # ``fill``. Callers either read only full windows or rely on NaN never matching.
+
+    __slots__ = ("buf", "count", "fill", "width")
+
+    def __init__(self, n: int, width: int, fill: float = np.nan):
+        self.width = width
+        self.fill = fill
+        self.buf = np.full((width, n), fill, dtype=np.float64)
+        self.count = np.zeros(n, dtype=np.intp)
+
+    def reset(self) -> None:
+        self.buf.fill(self.fill)
+        self.count.fill(0)
+
+    def push(self, rows: np.ndarray, values: np.ndarray) -> None:
+        # ``rows`` must not repeat: a repeated row would be written and counted once.
+        self.buf[self.count[rows] % self.width, rows] = values
+        self.count[rows] += 1
+
+
+class ATR:
+    """Wilder's Average True Range.
+
+    The true range of a bar is ``max(high, prev_close) - min(low, prev_close)``. A
+    symbol's first bar has no previous close, so its true range is ``high - low``. The
+    first ATR is the simple mean of the first ``period`` true ranges, and after that
+    ``ATR_t = (ATR_{t-1} * (period - 1) + TR_t) / period``.
+
+    Parameters
+    ----------
+    n
+        Number of symbols.
+    period
+        Smoothing period. Default 14.
+
+    Attributes
+    ----------
+    value : np.ndarray
+        ATR per symbol, NaN until ``period`` true ranges have been seen.
+    ready : np.ndarray
+        True where ``value`` is defined.
+    tr : np.ndarray
+        The last true range per symbol, NaN before the symbol's first bar.
+    """
+
+    def __init__(self, n: int, period: int = 14) -> None:
+        _check_size("n", n, 0)
+        _check_size("period", period, 1)
+        self.n = n
+        self.period = period
+        self.value = np.full(n, np.nan)
+        self.ready = np.zeros(n, dtype=bool)
+        self.tr = np.full(n, np.nan)
+        self._prev_close = np.full(n, np.nan)
+        self._count = np.zeros(n, dtype=np.int64)
+        self._state = np.zeros(n)
+        self._scratch = np.zeros(n)
+
+    def reset(self) -> None:
+        """Forget all history."""
+        self.value.fill(np.nan)
+        self.ready.fill(False)
+        self.tr.fill(np.nan)
+        self._prev_close.fill(np.nan)
+        self._count.fill(0)
+        self._state.fill(0.0)
+
+    def update(
+        self, mask: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray
+    ) -> None:
+        """Advance by one bar time.
+
+        Parameters
+        ----------
+        mask
+            True where the symbol has a bar. Rows with a NaN price count as no bar.
+        high, low, close
+            The bar's prices, float64 of length N.
+        """
+        valid = mask & np.isfinite(high + low + close)
+        # fmax/fmin skip the NaN previous close, so a first bar's range is high - low.
+        tr = np.fmax(high, self._prev_close) - np.fmin(low, self._prev_close)
+        np.copyto(self.tr, tr, where=valid)
+        self._count += valid
+        # One recursion, state += (tr - state) / min(count, period), covers both phases.
+        # Up to ``period`` bars it is a running mean, so at ``period`` it equals the SMA
+        # seed. After that it is Wilder's (state * (period - 1) + tr) / period.
+        tr -= self._state
+        np.divide(tr, np.minimum(self._count, self.period), out=self._scratch, where=valid)
+        np.add(self._state, self._scratch, out=self._state, where=valid)
+        np.copyto(self._prev_close, close, where=valid)
+        np.greater_equal(self._count, self.period, out=self.ready)
+        # Readiness never reverts, so rows that are not ready still hold the NaN they
+        # started with.
+        np.copyto(self.value, self._state, where=self.ready)
+
+
+class EMA:
+    """Exponential moving average with ``alpha = 2 / (span + 1)``.
+
+    It is seeded with a symbol's first value and then follows
+    ``ema_t = ema_{t-1} + alpha * (x_t - ema_{t-1})``, which is pandas
+    ``ewm(span=span, adjust=False)``. It is ready after ``span`` values.
+
+    Parameters
+    ----------
+    n
+        Number of symbols.
+    span
+        Span of the average.
+    """
+
+    def __init__(self, n: int, span: int) -> None:
+        _check_size("n", n, 0)
+        _check_size("span", span, 1)
+        self.n = n
+        self.span = span
+        self.alpha = 2.0 / (span + 1.0)
+        self.value = np.full(n, np.nan)
+        self.ready = np.zeros(n, dtype=bool)
+        self._ema = np.full(n, np.nan)
+        self._count = np.zeros(n, dtype=np.int64)
+
+    def reset(self) -> None:
+        """Forget all history."""
+        self.value.fill(np.nan)
+        self.ready.fill(False)
+        self._ema.fill(np.nan)
+        self._count.fill(0)
+
+    def update(self, mask: np.ndarray, x: np.ndarray) -> None:
+        """Advance by one bar time; rows with ``mask`` False or ``x`` NaN keep their state."""
+        valid = mask & ~np.isnan(x)
+        stepped = self._ema + self.alpha * (x - self._ema)
+        np.copyto(self._ema, np.where(self._count == 0, x, stepped), where=valid)
+        self._count += valid
+        np.greater_equal(self._count, self.span, out=self.ready)
+        self.value.fill(np.nan)
+        np.copyto(self.value, self._ema, where=self.ready)
+
+
+class _PreviousWindow:
+    # Shared machinery for statistics of the previous ``window`` values of each symbol:
+    # compute on the window as it stands, then push the current value.
+
+    def __init__(self, n: int, window: int = 20) -> None:
+        _check_size("n", n, 0)
+        _check_size("window", window, 1)
+        self.n = n
+        self.window = window
+        self.value = np.full(n, np.nan)
+        self.ready = np.zeros(n, dtype=bool)
+        self._ring = _Ring(n, window)
+
+    def reset(self) -> None:
+        """Forget all history."""
+        self.value.fill(np.nan)
+        self.ready.fill(False)
+        self._ring.reset()
+
+    def update(self, mask: np.ndarray, x: np.ndarray) -> None:
+        """Advance by one bar time; rows with ``mask`` False or ``x`` NaN keep their state."""
+        self._step(mask & ~np.isnan(x), x)
+
+    def _step(self, valid: np.ndarray, x: np.ndarray) -> None:
+        rows = np.flatnonzero(valid)
+        if rows.size == 0:
+            return
+        ring = self._ring
+        ready = ring.count[rows] >= self.window
+        self.value[rows] = np.where(ready, self._statistic(ring.buf, x)[rows], np.nan)
+        self.ready[rows] = ready
+        ring.push(rows, x[rows])
+
+    def _statistic(self, window: np.ndarray, x: np.ndarray) -> np.ndarray:
+        # ``window`` is (width, n) and ``x`` is the current input; return one value per
+        # column. Columns without a bar are computed too and then discarded.
+        raise NotImplementedError
+
+
+class RollingExtreme(_PreviousWindow):
+    """Maximum or minimum of the previous ``window`` values, excluding the current one.
+
+    ``value`` at a bar is the extreme of the ``window`` values before that bar. It equals
+    pandas ``x.rolling(window).max().shift(1)`` on one symbol's bars.
+
+    Parameters
+    ----------
+    n
+        Number of symbols.
+    window
+        Number of previous values. Default 20.
+    kind
+        ``"max"`` or ``"min"``. Default ``"max"``.
+    """
+
+    def __init__(self, n: int, window: int = 20, kind: Literal["max", "min"] = "max") -> None:
+        if kind not in ("max", "min"):
+            raise ValueError(f"kind must be 'max' or 'min', got {kind!r}")
+        super().__init__(n, window)
+        self.kind = kind
+        self._reduce = np.max if kind == "max" else np.min
+
+    def _statistic(self, window: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return self._reduce(window, axis=0)
+
+
+class RollingMedian(_PreviousWindow):
+    """Median of the previous ``window`` values, excluding the current one.
+
+    It equals pandas ``x.rolling(window).median().shift(1)`` on one symbol's bars.
+
+    Parameters
+    ----------
+    n
+        Number of symbols.
+    window
+        Number of previous values. Default 20.
+    """
+
+    def _statistic(self, window: np.ndarray, x: np.ndarray) -> np.ndarray:
+        # A full sort of these short columns costs half of np.median and a third of
+        # np.partition, whose introselect branches badly on fresh data.
+        ordered = np.sort(window, axis=0)
+        mid = self.window // 2
+        if self.window % 2:
+            return ordered[mid]
+        return 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+class VolumePercentile(_PreviousWindow):
+    """Percentile rank (0..100) of the current volume among the previous ``window`` volumes.
+
+    ``pct = 100 * (count(prev < v) + 0.5 * count(prev == v)) / window``, in which ties
+    count half. The current bar is not part of ``prev``. The indicator is ready once
+    ``window`` previous volumes exist.
+
+    An unknown (NaN) volume on a masked-in row makes ``value`` NaN and ``ready`` False for
+    that bar, and the NaN is not pushed into the window. Some sources, such as IB MIDPOINT
+    bars, carry no volume.
+
+    Parameters
+    ----------
+    n
+        Number of symbols.
+    window
+        Number of previous volumes. Default 20.
+    """
+
+    def update(self, mask: np.ndarray, volume: np.ndarray) -> None:
+        """Advance by one bar time with the bar volumes (NaN where unknown)."""
+        unknown = np.isnan(volume)
+        blank = mask & unknown
+        if blank.any():
+            self.value[blank] = np.nan
+            self.ready[blank] = False
+        self._step(mask & ~unknown, volume)
+
+    def _statistic(self, window: np.ndarray, x: np.ndarray) -> np.ndarray:
+        below = (window < x).sum(axis=0)
+        tied = (window == x).sum(axis=0)
+        return (below + 0.5 * tied) * (100.0 / self.window)
+
+
+class SupportResistance:
+    """Integer support/resistance score: how many remembered swing levels sit near the close.
+
+    A swing high at bar ``j`` is a high that is the strict maximum of the highs in
+    ``[j - swing, j + swing]``, and a swing low is a low that is the strict minimum of the
+    lows in that range. Ties disqualify a bar. A swing is only known (confirmed) at bar
+    ``j + swing``, so there is no look-ahead. Each symbol remembers its last ``memory``
+    confirmed levels, highs and lows together, oldest evicted first. When a bar is both
+    a swing high and a swing low, the high is remembered first.
+
+    The score at bar ``t`` is the number of remembered levels ``L``, including any
+    confirmed at ``t``, with ``|L - close_t| <= band_atr * ATR_t``. A score of 0 means
+    clear air, and 3 or more means a clustered, well-tested level.
+
+    A masked-in row with a NaN high or low counts as no bar. A row with a bar but a NaN
+    close or ATR still updates the swing state, but it has score 0 and is not ready.
+
+    Parameters
+    ----------
+    n
+        Number of symbols.
+    swing
+        Bars on each side of a swing point. Default 3.
+    memory
+        Number of swing levels remembered per symbol. Default 10.
+    band_atr
+        Half-width of the band around the close, in ATRs. Default 0.5.
+
+    Attributes
+    ----------
+    value : np.ndarray
+        The score as float64, NaN where not ready.
+    score : np.ndarray
+        The score as int16, 0 where not ready.
+    ready : np.ndarray
+        True where the score was computed with a finite close and ATR.
+    """
+
+    def __init__(self, n: int, swing: int = 3, memory: int = 10, band_atr: float = 0.5) -> None:
+        _check_size("n", n, 0)
+        _check_size("swing", swing, 1)
+        _check_size("memory", memory, 1)
+        if not band_atr >= 0.0:
+            raise ValueError(f"band_atr must be >= 0, got {band_atr!r}")
+        self.n = n
+        self.swing = swing
+        self.memory = memory
+        self.band_atr = float(band_atr)
+        self.value = np.full(n, np.nan)
+        self.score = np.zeros(n, dtype=np.int16)
+        self.ready = np.zeros(n, dtype=bool)
+        # Highs sit in columns [0, n) and negated lows in [n, 2n) of one buffer, so a
+        # single strict-maximum test finds both kinds of swing.
+        self._swings = _Ring(2 * n, 2 * swing + 1)
+        # Empty slots stay NaN and never fall inside a band, so no fill count is needed.
+        self._levels = _Ring(n, memory)
+        self._columns = np.arange(2 * n)
+
+    def reset(self) -> None:
+        """Forget all history."""
+        self.value.fill(np.nan)
+        self.score.fill(0)
+        self.ready.fill(False)
+        self._swings.reset()
+        self._levels.reset()
+
+    def update(
+        self,
+        mask: np.ndarray,
+        high: np.ndarray,
+        low: np.ndarray,
+        close: np.ndarray,
+        atr: np.ndarray,
+    ) -> None:
+        """Advance by one bar time.
+
+        Parameters
+        ----------
+        mask
+            True where the symbol has a bar.
+        high, low, close
+            The bar's prices, float64 of length N.
+        atr
+            The ATR at this bar, for example `ATR.value`, NaN where unknown.
+        """
+        rows = np.flatnonzero(mask & np.isfinite(high + low))
+        if rows.size == 0:
+            return
+        swings = self._swings
+        both = np.concatenate((rows, rows + self.n))
+        swings.push(both, np.concatenate((high[rows], -low[rows])))
+        # Bar j = t - swing sits ``swing`` slots behind the newest. The test runs over all
+        # columns, and only those in ``both`` are used.
+        centre = swings.buf[(swings.count - (1 + self.swing)) % swings.width, self._columns]
+        # The centre is counted against itself, so exactly one hit means it is strictly
+        # above every other bar in the window.
+        strict = (swings.buf >= centre).sum(axis=0)[both] == 1
+        strict &= swings.count[both] >= swings.width
+        # Two pushes, highs first, because one symbol can confirm both kinds at once.
+        is_high, is_low = strict[: rows.size], strict[rows.size :]
+        if is_high.any():
+            self._levels.push(rows[is_high], centre[rows[is_high]])
+        if is_low.any():
+            self._levels.push(rows[is_low], -centre[rows[is_low] + self.n])
+
+        band = self.band_atr * atr
+        hits = (np.abs(self._levels.buf - close) <= band).sum(axis=0)[rows]
+        scored = np.isfinite(close[rows]) & np.isfinite(band[rows])
+        hits[~scored] = 0
+        self.score[rows] = hits
+        self.value[rows] = np.where(scored, hits, np.nan)
+        self.ready[rows] = scored
+
+
+# -- BATCH REFERENCES --
+
+
+def _as_float_array(x: np.ndarray | pd.Series) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"expected a 1-D series, got shape {arr.shape}")
+    return arr
+
+
+def _like(result: np.ndarray, template: ArrayOrSeries) -> ArrayOrSeries:
+    if isinstance(template, pd.Series):
+        return pd.Series(result, index=template.index, name=template.name)
+    return result
+
+
+def atr_series(
+    high: ArrayOrSeries, low: ArrayOrSeries, close: ArrayOrSeries, period: int = 14
+) -> ArrayOrSeries:
+    """Compute Wilder's ATR over one symbol's bars; the batch twin of `ATR`.
+
+    Rows with a NaN price are skipped as if absent and come out as NaN.
+
+    Parameters
+    ----------
+    high, low, close
+        One symbol's prices in time order.
+    period
+        Smoothing period.
+
+    Returns
+    -------
+    np.ndarray or pd.Series
+        ATR per row (a Series with the index of ``high`` when given Series), NaN until
+        ``period`` true ranges have been seen.
+    """
+    _check_size("period", period, 1)
+    h, lo, c = _as_float_array(high), _as_float_array(low), _as_float_array(close)
+    out = np.full(h.shape, np.nan)
+    valid = np.isfinite(h + lo + c)
+    h, lo, c = h[valid], lo[valid], c[valid]
+    if h.size >= period:
+        prev = np.concatenate(([np.nan], c[:-1]))
+        tr = np.fmax(h, prev) - np.fmin(lo, prev)
+        # Seeding the recursion with the simple mean makes an alpha = 1/period EWM
+        # exactly Wilder's smoothing.
+        seeded = np.concatenate(([tr[:period].mean()], tr[period:]))
+        smooth = pd.Series(seeded).ewm(alpha=1.0 / period, adjust=False).mean().to_numpy()
+        atr = np.full(h.size, np.nan)
+        atr[period - 1 :] = smooth
+        out[valid] = atr
+    return _like(out, high)
+
+
+def volume_percentile_series(volume: ArrayOrSeries, window: int = 20) -> ArrayOrSeries:
+    """Compute the percentile rank of each volume among the previous ``window`` known volumes.
+
+    This is the batch twin of `VolumePercentile`. NaN volumes give NaN and are left
+    out of later windows.
+
+    Parameters
+    ----------
+    volume
+        One symbol's volumes in time order.
+    window
+        Number of previous volumes.
+
+    Returns
+    -------
+    np.ndarray or pd.Series
+        Percentile rank in 0..100, NaN until ``window`` previous volumes exist.
+    """
+    _check_size("window", window, 1)
+    v = _as_float_array(volume)
+    out = np.full(v.shape, np.nan)
+    known = np.flatnonzero(~np.isnan(v))
+    vals = v[known]
+    if vals.size > window:
+        prev = np.lib.stride_tricks.sliding_window_view(vals[:-1], window)
+        cur = vals[window:, None]
+        below = (prev < cur).sum(axis=1)
+        tied = (prev == cur).sum(axis=1)
+        out[known[window:]] = 100.0 * (below + 0.5 * tied) / window
+    return _like(out, volume)
+
+
+def sr_score_series(
+    high: ArrayOrSeries,
+    low: ArrayOrSeries,
+    close: ArrayOrSeries,
+    atr: ArrayOrSeries,
+    swing: int = 3,
+    memory: int = 10,
+    band_atr: float = 0.5,
+) -> ArrayOrSeries:
+    """Compute the support/resistance score over one symbol's bars, bar by bar.
+
+    This is the batch twin of `SupportResistance`, which gives the definition. Rows with
+    a NaN high or low are skipped as if absent. The loop is deliberately plain so that it
+    can serve as a reference.
+
+    Parameters
+    ----------
+    high, low, close, atr
+        One symbol's prices and ATR in time order.
+    swing, memory, band_atr
+        As for `SupportResistance`.
+
+    Returns
+    -------
+    np.ndarray or pd.Series
+        The score as float64, NaN where the close or ATR is NaN or the row was skipped.
+    """
+    _check_size("swing", swing, 1)
+    _check_size("memory", memory, 1)
+    h, lo = _as_float_array(high), _as_float_array(low)
+    c, a = _as_float_array(close), _as_float_array(atr)
+    out = np.full(h.shape, np.nan)
+    rows = np.flatnonzero(np.isfinite(h + lo))
+    h, lo, c, a = h[rows], lo[rows], c[rows], a[rows]
+    levels: deque[float] = deque(maxlen=memory)
+    for t in range(h.size):
+        j = t - swing
+        if j - swing >= 0:
+            span = slice(j - swing, t + 1)
+            others_h = np.delete(h[span], swing)
+            others_l = np.delete(lo[span], swing)
+            if h[j] > others_h.max():
+                levels.append(float(h[j]))
+            if lo[j] < others_l.min():
+                levels.append(float(lo[j]))
+        if np.isfinite(c[t]) and np.isfinite(a[t]):
+            band = band_atr * a[t]
+            out[rows[t]] = sum(1 for level in levels if abs(level - c[t]) <= band)
+    return _like(out, high)

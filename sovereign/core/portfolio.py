@@ -1,0 +1,116 @@
+"""Cash, positions and P&L accounting (average-cost method).
+
+Pure bookkeeping: fills in, marks in, numbers out. Quantities are whole shares, signed
+(positive long). Realised P&L is booked when a fill reduces a position, against the
+average entry price; commissions are tracked apart and subtracted from cash when paid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Position:
+    """One symbol's position."""
+
+    symbol: str
+    quantity: int = 0
+    avg_price: float = 0.0
+    realized_pnl: float = 0.0
+    market_price: float = math.nan
+
+    @property
+    def market_value(self) -> float:
+        price = self.market_price if math.isfinite(self.market_price) else self.avg_price
+        return self.quantity * price
+
+    @property
+    def unrealized_pnl(self) -> float:
+        if self.quantity == 0 or not math.isfinite(self.market_price):
+            return 0.0
+        return (self.market_price - self.avg_price) * self.quantity
+
+
+class Portfolio:
+    """An account: cash plus positions, marked to the latest price of each symbol."""
+
+    __slots__ = ("cash", "commissions", "positions", "realized_pnl")
+
+    def __init__(self, cash: float) -> None:
+        if not math.isfinite(cash):
+            raise ValueError(f"cash must be finite, got {cash!r}")
+        self.cash = float(cash)
+        self.commissions = 0.0
+        self.realized_pnl = 0.0
+        self.positions: dict[str, Position] = {}
+
+    def position(self, symbol: str) -> Position:
+        pos = self.positions.get(symbol)
+        if pos is None:
+            pos = self.positions[symbol] = Position(symbol)
+        return pos
+
+    def quantity(self, symbol: str) -> int:
+        pos = self.positions.get(symbol)
+        return 0 if pos is None else pos.quantity
+
+    def apply_fill(
+        self, symbol: str, side: str, quantity: int, price: float, commission: float
+    ) -> float:
+        """Book a fill; return the realised P&L it produced (before commission)."""
+        if quantity <= 0:
+            raise ValueError(f"fill quantity must be positive, got {quantity}")
+        if not (math.isfinite(price) and price > 0):
+            raise ValueError(f"fill price must be positive and finite, got {price!r}")
+        signed = quantity if side == "BUY" else -quantity
+        pos = self.position(symbol)
+        realized = 0.0
+        old = pos.quantity
+        new = old + signed
+        if old == 0 or (old > 0) == (signed > 0):
+            # Opening or adding: the average price moves.
+            pos.avg_price = (pos.avg_price * abs(old) + price * quantity) / abs(new)
+        else:
+            closed = min(abs(old), quantity)
+            direction = 1 if old > 0 else -1
+            realized = (price - pos.avg_price) * closed * direction
+            if abs(signed) > abs(old):
+                # Flipped through zero: the remainder opens at the fill price.
+                pos.avg_price = price
+            elif new == 0:
+                pos.avg_price = 0.0
+        pos.quantity = new
+        pos.realized_pnl += realized
+        pos.market_price = price if not math.isfinite(pos.market_price) else pos.market_price
+        self.realized_pnl += realized
+        self.cash -= signed * price + commission
+        self.commissions += commission
+        return realized
+
+    def mark(self, symbol: str, price: float) -> None:
+        """Set the latest price of a symbol we hold (ignored when we hold nothing)."""
+        pos = self.positions.get(symbol)
+        if pos is not None and math.isfinite(price) and price > 0:
+            pos.market_price = price
+
+    @property
+    def unrealized_pnl(self) -> float:
+        return sum(p.unrealized_pnl for p in self.positions.values() if p.quantity)
+
+    @property
+    def equity(self) -> float:
+        return self.cash + sum(p.market_value for p in self.positions.values() if p.quantity)
+
+    @property
+    def gross_exposure(self) -> float:
+        return sum(abs(p.market_value) for p in self.positions.values() if p.quantity)
+
+    @property
+    def net_exposure(self) -> float:
+        return sum(p.market_value for p in self.positions.values() if p.quantity)
+
+    @property
+    def open_positions(self) -> int:
+        return sum(1 for p in self.positions.values() if p.quantity)

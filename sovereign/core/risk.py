@@ -1,0 +1,252 @@
+"""Position sizing, the guardian's decision logic, and the signed approval capability.
+
+Sizing (all notionals at the intent's reference price ``P``, ``E`` = current equity
+including unrealised P&L):
+
+    cap        = max_position_size * E                       (the constitution: 5 %)
+    conf_scale = 0.5 + 0.5 * (c - c_min) / (1 - c_min)       (0.5 at the floor, 1 at c = 1)
+    reg_scale  = volatile_scale in Volatile, else 1          (smaller in Volatile)
+    target     = cap * conf_scale * reg_scale
+    room       = cap - P * (held + pending buys)             (what is already held and pending)
+    quantity   = floor(min(target, room, cash room, gross-exposure room) / P)
+
+An entry whose confidence is below the constitution's floor is denied (``LOW_CONFIDENCE``);
+one that rounds to zero shares is denied (``POSITION_LIMIT``). Exits are approved up to the
+held quantity less the sells already pending.
+
+Every approval is signed: an HMAC-SHA256 under a per-run secret that only the guardian and
+the gateway hold, over the order id, symbol, side, quantity, limit price and expiry. The
+gateway verifies it, refuses it after expiry, and accepts each one once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+from dataclasses import dataclass, field
+
+import msgspec
+
+from sovereign.core.constitution import Constitution
+from sovereign.messages.orders import Approval, OrderIntent, SubmitOrder
+
+# -- APPROVALS -------------------------------------------------------------------------
+
+_canonical = msgspec.msgpack.Encoder()
+
+
+def _approval_payload(
+    order_id: str, symbol: str, side: str, quantity: int, limit_price: float | None, expires_ns: int
+) -> bytes:
+    return _canonical.encode((order_id, symbol, side, quantity, limit_price, expires_ns))
+
+
+def sign_approval(
+    secret: bytes,
+    *,
+    order_id: str,
+    symbol: str,
+    side: str,
+    quantity: int,
+    limit_price: float | None,
+    expires_ns: int,
+) -> Approval:
+    """Sign an approval for exactly this order."""
+    payload = _approval_payload(order_id, symbol, side, quantity, limit_price, expires_ns)
+    signature = hmac.new(secret, payload, hashlib.sha256).digest()
+    return Approval(
+        order_id=order_id,
+        symbol=symbol,
+        side=side,  # type: ignore[arg-type]
+        quantity=quantity,
+        limit_price=limit_price,
+        expires_ns=expires_ns,
+        signature=signature,
+    )
+
+
+class ApprovalVerifier:
+    """The gateway's side of the capability: verify, check expiry, accept once.
+
+    ``check`` returns ``None`` for a valid approval (and marks it used) or a reason code:
+    ``BAD_SIGNATURE``, ``APPROVAL_MISMATCH`` (the order differs from what was signed),
+    ``APPROVAL_EXPIRED`` or ``APPROVAL_REPLAYED``.
+    """
+
+    __slots__ = ("_secret", "_used", "refused")
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ValueError("the approval secret must be at least 16 bytes")
+        self._secret = secret
+        self._used: set[bytes] = set()
+        self.refused: dict[str, int] = {}
+
+    def check(self, order: SubmitOrder, now_ns: int) -> str | None:
+        reason = self._check(order, now_ns)
+        if reason is not None:
+            self.refused[reason] = self.refused.get(reason, 0) + 1
+        return reason
+
+    def _check(self, order: SubmitOrder, now_ns: int) -> str | None:
+        a = order.approval
+        payload = _approval_payload(
+            a.order_id, a.symbol, a.side, a.quantity, a.limit_price, a.expires_ns
+        )
+        expected = hmac.new(self._secret, payload, hashlib.sha256).digest()
+        if not hmac.compare_digest(expected, a.signature):
+            return "BAD_SIGNATURE"
+        if (
+            a.order_id != order.order_id
+            or a.symbol != order.symbol
+            or a.side != order.side
+            or a.quantity != order.quantity
+            or a.limit_price != order.limit_price
+        ):
+            return "APPROVAL_MISMATCH"
+        if now_ns > a.expires_ns:
+            return "APPROVAL_EXPIRED"
+        if a.signature in self._used:
+            return "APPROVAL_REPLAYED"
+        self._used.add(a.signature)
+        return None
+
+
+# -- SIZING AND DECISIONS ----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Decision:
+    """The outcome of evaluating one intent."""
+
+    approved: bool
+    reason_code: str
+    detail: str
+    quantity: int = 0
+
+
+@dataclass(slots=True)
+class _Pending:
+    symbol: str
+    side: str
+    remaining: int
+    price: float
+
+
+@dataclass(slots=True)
+class RiskBook:
+    """What the guardian knows of the account: equity, cash, holdings, pending orders."""
+
+    equity: float
+    cash: float
+    gross_exposure: float = 0.0
+    held: dict[str, int] = field(default_factory=dict)
+    pending: dict[str, _Pending] = field(default_factory=dict)
+
+    def pending_quantity(self, symbol: str, side: str) -> int:
+        return sum(
+            p.remaining for p in self.pending.values() if p.symbol == symbol and p.side == side
+        )
+
+    def pending_buy_notional(self) -> float:
+        """Notional of all pending buys, at the prices they were approved at."""
+        return sum(p.remaining * p.price for p in self.pending.values() if p.side == "BUY")
+
+    def add_pending(
+        self, order_id: str, symbol: str, side: str, quantity: int, price: float
+    ) -> None:
+        self.pending[order_id] = _Pending(symbol, side, quantity, price)
+
+    def on_fill(self, order_id: str, quantity: int) -> None:
+        p = self.pending.get(order_id)
+        if p is None:
+            return
+        p.remaining -= quantity
+        if p.remaining <= 0:
+            del self.pending[order_id]
+
+    def on_done(self, order_id: str) -> None:
+        self.pending.pop(order_id, None)
+
+
+@dataclass(frozen=True, slots=True)
+class SizingPolicy:
+    """Knobs for sizing inside the constitution (see the module docstring)."""
+
+    volatile_scale: float = 0.5
+    max_gross_exposure: float = 1.0
+
+
+def confidence_scale(confidence: float, floor: float) -> float:
+    """0.5 at the confidence floor rising linearly to 1.0 at full confidence."""
+    if floor >= 1.0:
+        return 1.0
+    return 0.5 + 0.5 * min(1.0, max(0.0, (confidence - floor) / (1.0 - floor)))
+
+
+def evaluate_intent(
+    intent: OrderIntent,
+    book: RiskBook,
+    constitution: Constitution,
+    policy: SizingPolicy,
+) -> Decision:
+    """Approve and size an intent, or deny it with a reason code. Never raises."""
+    price = intent.ref_price
+    if not (math.isfinite(price) and price > 0):
+        return Decision(False, "BAD_PRICE", f"reference price {price!r} is not usable")
+    if not math.isfinite(book.equity) or book.equity <= 0:
+        return Decision(False, "NO_EQUITY", f"equity is {book.equity!r}")
+    held = book.held.get(intent.symbol, 0)
+
+    if intent.purpose == "CLOSE":
+        if intent.side != "SELL":
+            return Decision(False, "LONG_ONLY", "only long positions are traded; a CLOSE sells")
+        closable = held - book.pending_quantity(intent.symbol, "SELL")
+        quantity = min(intent.quantity or closable, closable)
+        if quantity <= 0:
+            return Decision(False, "NOTHING_TO_CLOSE", f"{intent.symbol}: nothing left to close")
+        return Decision(True, "APPROVED", f"close {quantity} {intent.symbol}", quantity)
+
+    if intent.side != "BUY":
+        return Decision(False, "LONG_ONLY", "short selling is not enabled")
+    floor = constitution.min_confidence_for_trade
+    if intent.confidence < floor:
+        return Decision(
+            False,
+            "LOW_CONFIDENCE",
+            f"confidence {intent.confidence:.3f} is below the constitution's {floor:.2f}",
+        )
+    cap = constitution.max_position_size * book.equity
+    scale = confidence_scale(intent.confidence, floor)
+    if intent.regime == "Volatile":
+        scale *= policy.volatile_scale
+    target = cap * scale
+    committed = (held + book.pending_quantity(intent.symbol, "BUY")) * price
+    room = cap - committed
+    # Pending buys of every symbol will consume cash and add exposure when they fill.
+    pending_buys = book.pending_buy_notional()
+    gross_room = policy.max_gross_exposure * book.equity - book.gross_exposure - pending_buys
+    cash_room = book.cash - pending_buys
+    notional = min(target, room, gross_room, cash_room)
+    quantity = math.floor(notional / price) if notional > 0 else 0
+    if quantity <= 0:
+        if room <= min(gross_room, cash_room):
+            code, which = "POSITION_LIMIT", "position limit"
+        elif gross_room <= cash_room:
+            code, which = "EXPOSURE_LIMIT", "gross exposure limit"
+        else:
+            code, which = "INSUFFICIENT_CASH", "available cash"
+        return Decision(
+            False,
+            code,
+            f"{intent.symbol}: no room under the {which} "
+            f"(cap {cap:,.0f}, already committed {committed:,.0f})",
+        )
+    return Decision(
+        True,
+        "APPROVED",
+        f"buy {quantity} {intent.symbol} at ~{price:.2f} (notional {quantity * price:,.0f}, "
+        f"{quantity * price / book.equity:.2%} of equity)",
+        quantity,
+    )

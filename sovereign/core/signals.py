@@ -1,0 +1,444 @@
+"""The shard's baseline strategy: entries, exits and the trade book, vectorised per bar.
+
+Long only (short selling is not enabled yet). For every symbol of the shard, at each bar
+close:
+
+Entry (flat, nothing pending, all indicators warm):
+    regime in ``entry_regimes`` (TrendingUp by default)
+    and close > highest high of the previous ``breakout_window`` bars
+    and volume percentile >= ``volume_threshold`` (unless volume confirmation is off).
+
+Exit (in a trade, no exit pending), first that applies:
+    ``stop``           low <= entry - ``stop_atr_mult`` * ATR at the signal bar
+    ``target``         high >= entry + ``target_atr_mult`` * ATR at the signal bar
+    ``regime_change``  the symbol's regime is no longer the one at entry
+    ``max_hold``       ``max_hold_bars`` bar closes in the trade.
+Orders are market orders decided at the close and filled by the broker at the next open.
+
+Confidence (transparent, until the learner calibrates it), in [0, 1]:
+    0.30 + 0.30 * breakout_strength + 0.25 * volume_pct / 100 + 0.15 * (1 - min(sr, 4) / 4)
+where breakout_strength = clip((close - prior high) / ATR, 0, 1) and sr is the
+support/resistance score (clustered levels near the price make a breakout less clean).
+Without volume confirmation the volume term uses 50.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from sovereign.config import StrategyConfig
+from sovereign.core.indicators import ATR, RollingExtreme, SupportResistance, VolumePercentile
+from sovereign.core.universe import Universe
+from sovereign.messages.market import REGIME_NAMES, REGIME_UNKNOWN
+
+_NEW_YORK = ZoneInfo("America/New_York")
+
+
+@dataclass(frozen=True, slots=True)
+class EntrySignal:
+    intent_id: str
+    index: int
+    symbol: str
+    ref_price: float
+    stop_price: float
+    confidence: float
+    regime: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExitSignal:
+    intent_id: str
+    index: int
+    symbol: str
+    quantity: int
+    ref_price: float
+    regime: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelSignal:
+    order_id: str
+    index: int
+    symbol: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedTrade:
+    """A finished round trip (see ``TradeClosed`` for the meaning of the fields)."""
+
+    trade_id: str
+    symbol: str
+    quantity: int
+    entry_ts: int
+    exit_ts: int
+    entry_price: float
+    exit_price: float
+    pnl: float
+    commission: float
+    return_pct: float
+    bars_held: int
+    exit_reason: str
+    regime: str
+    confidence: float
+    features: dict[str, float | int | str | bool | None]
+
+
+@dataclass(slots=True)
+class _Trade:
+    """One symbol's open trade, from its first entry fill until flat."""
+
+    trade_id: str
+    regime_code: int
+    confidence: float
+    atr: float
+    features: dict[str, float | int | str | bool | None]
+    entry_ts: int = 0
+    entry_qty: int = 0
+    entry_cost: float = 0.0
+    exit_qty: int = 0
+    exit_proceeds: float = 0.0
+    commission: float = 0.0
+    exit_reason: str = ""
+    filled_once: bool = False
+
+
+@dataclass(slots=True)
+class _Order:
+    index: int
+    purpose: str  # "OPEN" or "CLOSE"
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class StrategyCounters:
+    bars: int = 0
+    entries: int = 0
+    exits: int = 0
+    denied: int = 0
+    no_volume_blocked: int = 0
+    unknown_order_events: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class ShardStrategy:
+    """Indicators, signals and the trade book of one shard's universe."""
+
+    def __init__(self, universe: Universe, config: StrategyConfig, shard: int) -> None:
+        n = len(universe)
+        self.universe = universe
+        self.config = config
+        self.shard = shard
+        self.atr = ATR(n, period=config.atr_period)
+        self.volume_pct = VolumePercentile(n, window=config.volume_window)
+        self.prior_high = RollingExtreme(n, window=config.breakout_window, kind="max")
+        self.sr = SupportResistance(
+            n, swing=config.sr_swing, memory=config.sr_memory, band_atr=config.sr_band_atr
+        )
+        self.entry_codes = np.array(
+            [REGIME_NAMES.index(r) for r in config.entry_regimes], dtype=np.uint8
+        )
+        self.quantity = np.zeros(n, dtype=np.int64)
+        self.pending_entry = np.zeros(n, dtype=bool)
+        self.pending_exit = np.zeros(n, dtype=bool)
+        self.bars_held = np.zeros(n, dtype=np.int64)
+        self.stop = np.full(n, np.nan)
+        self.target = np.full(n, np.nan)
+        self.entry_regime = np.full(n, REGIME_UNKNOWN, dtype=np.uint8)
+        self.trades: dict[int, _Trade] = {}
+        self.orders: dict[str, _Order] = {}
+        self._seq = 0
+        self.counters = StrategyCounters()
+
+    # -- ORDER EVENTS -------------------------------------------------------------------
+
+    def on_denied(self, order_id: str, ts: int) -> ClosedTrade | None:
+        """The guardian denied the intent, or the gateway/broker rejected the order."""
+        if order_id in self.orders:
+            self.counters.denied += 1
+        return self.on_canceled(order_id, ts)
+
+    def on_canceled(self, order_id: str, ts: int) -> ClosedTrade | None:
+        """An order stopped working; return the trade if that leaves it closed."""
+        order = self.orders.pop(order_id, None)
+        if order is None:
+            return None
+        i = order.index
+        self._clear_pending(order)
+        trade = self.trades.get(i)
+        if trade is None:
+            return None
+        if not trade.filled_once:
+            # The entry never filled: there is no trade to remember.
+            del self.trades[i]
+            self.entry_regime[i] = REGIME_UNKNOWN
+            return None
+        if self.quantity[i] == 0 and trade.exit_qty > 0 and not self.pending_exit[i]:
+            return self._close(i, trade, ts)
+        return None
+
+    def on_fill(
+        self,
+        order_id: str,
+        quantity: int,
+        price: float,
+        commission: float,
+        leaves: int,
+        ts: int,
+    ) -> ClosedTrade | None:
+        """Book a fill of one of our orders; return the trade if it is now closed."""
+        order = self.orders.get(order_id)
+        if order is None:
+            self.counters.unknown_order_events += 1
+            return None
+        i = order.index
+        trade = self.trades.get(i)
+        if trade is None:
+            self.counters.unknown_order_events += 1
+            return None
+        trade.commission += commission
+        if order.purpose == "OPEN":
+            if not trade.filled_once:
+                trade.filled_once = True
+                trade.entry_ts = ts
+                self.bars_held[i] = 0
+            trade.entry_qty += quantity
+            trade.entry_cost += quantity * price
+            self.quantity[i] += quantity
+            avg = trade.entry_cost / trade.entry_qty
+            self.stop[i] = avg - self.config.stop_atr_mult * trade.atr
+            self.target[i] = avg + self.config.target_atr_mult * trade.atr
+        else:
+            trade.exit_qty += quantity
+            trade.exit_proceeds += quantity * price
+            self.quantity[i] -= quantity
+        if leaves == 0:
+            self.orders.pop(order_id, None)
+            self._clear_pending(order)
+        if self.quantity[i] == 0 and trade.exit_qty > 0 and not self.pending_entry[i]:
+            return self._close(i, trade, ts)
+        return None
+
+    def _clear_pending(self, order: _Order) -> None:
+        if order.purpose == "OPEN":
+            self.pending_entry[order.index] = False
+        else:
+            self.pending_exit[order.index] = False
+
+    def _close(self, i: int, trade: _Trade, ts: int) -> ClosedTrade:
+        del self.trades[i]
+        entry_price = trade.entry_cost / trade.entry_qty
+        exit_price = trade.exit_proceeds / trade.exit_qty
+        pnl = trade.exit_proceeds - trade.entry_cost - trade.commission
+        closed = ClosedTrade(
+            trade_id=trade.trade_id,
+            symbol=self.universe.symbols[i],
+            quantity=trade.entry_qty,
+            entry_ts=trade.entry_ts,
+            exit_ts=ts,
+            entry_price=entry_price,
+            exit_price=exit_price,
+            pnl=pnl,
+            commission=trade.commission,
+            return_pct=pnl / trade.entry_cost if trade.entry_cost else 0.0,
+            bars_held=int(self.bars_held[i]),
+            exit_reason=trade.exit_reason or "unknown",
+            regime=REGIME_NAMES[trade.regime_code]
+            if trade.regime_code < len(REGIME_NAMES)
+            else "Unknown",
+            confidence=trade.confidence,
+            features=trade.features,
+        )
+        self.stop[i] = self.target[i] = np.nan
+        self.bars_held[i] = 0
+        self.entry_regime[i] = REGIME_UNKNOWN
+        return closed
+
+    # -- BARS ---------------------------------------------------------------------------
+
+    def on_bars(
+        self,
+        ts: int,
+        mask: np.ndarray,
+        high: np.ndarray,
+        low: np.ndarray,
+        close: np.ndarray,
+        volume: np.ndarray,
+        regime_codes: np.ndarray,
+        regime_probs: np.ndarray,
+    ) -> tuple[list[EntrySignal], list[ExitSignal], list[CancelSignal]]:
+        """Update indicators with one bar time and decide exits and entries."""
+        self.counters.bars += int(mask.sum())
+        self.atr.update(mask, high, low, close)
+        atr = self.atr.value
+        self.volume_pct.update(mask, volume)
+        self.prior_high.update(mask, high)
+        self.sr.update(mask, high, low, close, atr)
+
+        in_trade = mask & (self.quantity > 0)
+        self.bars_held[in_trade] += 1
+        exits, cancels = self._exits(in_trade & ~self.pending_exit, high, low, close, regime_codes)
+        entries = self._entries(ts, mask, close, atr, regime_codes, regime_probs)
+        return entries, exits, cancels
+
+    def _exits(
+        self,
+        candidates: np.ndarray,
+        high: np.ndarray,
+        low: np.ndarray,
+        close: np.ndarray,
+        regime_codes: np.ndarray,
+    ) -> tuple[list[ExitSignal], list[CancelSignal]]:
+        if not candidates.any():
+            return [], []
+        cfg = self.config
+        stop_hit = low <= self.stop
+        target_hit = high >= self.target
+        changed = (
+            (regime_codes != self.entry_regime) & (regime_codes != REGIME_UNKNOWN)
+            if cfg.exit_on_regime_change
+            else np.zeros_like(candidates)
+        )
+        timeout = self.bars_held >= cfg.max_hold_bars
+        fire = candidates & (stop_hit | target_hit | changed | timeout)
+        exits: list[ExitSignal] = []
+        cancels: list[CancelSignal] = []
+        for i in np.flatnonzero(fire).tolist():
+            if stop_hit[i]:
+                reason = "stop"
+            elif target_hit[i]:
+                reason = "target"
+            elif changed[i]:
+                reason = "regime_change"
+            else:
+                reason = "max_hold"
+            symbol = self.universe.symbols[i]
+            if self.pending_entry[i]:
+                # Stop adding to a position we are leaving.
+                for order_id, order in self.orders.items():
+                    if order.index == i and order.purpose == "OPEN":
+                        cancels.append(CancelSignal(order_id, i, symbol, f"exit: {reason}"))
+            intent_id = self._next_id(symbol)
+            self.orders[intent_id] = _Order(i, "CLOSE", reason)
+            self.pending_exit[i] = True
+            self.trades[i].exit_reason = reason
+            code = int(regime_codes[i])
+            exits.append(
+                ExitSignal(
+                    intent_id=intent_id,
+                    index=i,
+                    symbol=symbol,
+                    quantity=int(self.quantity[i]),
+                    ref_price=float(close[i]),
+                    regime=REGIME_NAMES[code] if code < len(REGIME_NAMES) else "Unknown",
+                    reason=reason,
+                )
+            )
+            self.counters.exits += 1
+        return exits, cancels
+
+    def _entries(
+        self,
+        ts: int,
+        mask: np.ndarray,
+        close: np.ndarray,
+        atr: np.ndarray,
+        regime_codes: np.ndarray,
+        regime_probs: np.ndarray,
+    ) -> list[EntrySignal]:
+        cfg = self.config
+        flat = mask & (self.quantity == 0) & ~self.pending_entry & ~self.pending_exit
+        if not flat.any():
+            return []
+        ready = self.atr.ready & self.prior_high.ready & np.isin(regime_codes, self.entry_codes)
+        prior_high = self.prior_high.value
+        with np.errstate(invalid="ignore"):
+            breakout = close > prior_high
+        candidates = flat & ready & breakout
+        if not candidates.any():
+            return []
+        vol_pct = self.volume_pct.value
+        if cfg.volume_confirmation:
+            known = self.volume_pct.ready & ~np.isnan(vol_pct)
+            self.counters.no_volume_blocked += int((candidates & ~known).sum())
+            with np.errstate(invalid="ignore"):
+                candidates &= known & (vol_pct >= cfg.volume_threshold)
+            vol_term = np.nan_to_num(vol_pct, nan=50.0)
+        else:
+            vol_term = np.full(len(close), 50.0)
+        if not candidates.any():
+            return []
+        minute, weekday = _new_york_time(ts)
+        sr_score = self.sr.score
+        out: list[EntrySignal] = []
+        for i in np.flatnonzero(candidates).tolist():
+            a = float(atr[i])
+            c = float(close[i])
+            strength = min(1.0, max(0.0, (c - float(prior_high[i])) / a)) if a > 0 else 0.0
+            sr = int(sr_score[i])
+            confidence = (
+                0.30
+                + 0.30 * strength
+                + 0.25 * float(vol_term[i]) / 100.0
+                + 0.15 * (1.0 - min(sr, 4) / 4.0)
+            )
+            confidence = min(1.0, max(0.0, confidence))
+            code = int(regime_codes[i])
+            symbol = self.universe.symbols[i]
+            intent_id = self._next_id(symbol)
+            features: dict[str, float | int | str | bool | None] = {
+                "atr": a,
+                "atr_pct": a / c,
+                "volume_pct": None if np.isnan(vol_pct[i]) else float(vol_pct[i]),
+                "sr_score": sr,
+                "breakout_strength": strength,
+                "regime_probability": float(regime_probs[i, code])
+                if code < len(REGIME_NAMES)
+                else None,
+                "minute_of_day": minute,
+                "day_of_week": weekday,
+            }
+            self.orders[intent_id] = _Order(i, "OPEN", "breakout")
+            self.trades[i] = _Trade(
+                trade_id=intent_id,
+                regime_code=code,
+                confidence=confidence,
+                atr=a,
+                features=features,
+            )
+            self.pending_entry[i] = True
+            self.entry_regime[i] = code
+            out.append(
+                EntrySignal(
+                    intent_id=intent_id,
+                    index=i,
+                    symbol=symbol,
+                    ref_price=c,
+                    stop_price=c - cfg.stop_atr_mult * a,
+                    confidence=confidence,
+                    regime=REGIME_NAMES[code],
+                    reason=f"breakout above {float(prior_high[i]):.2f} in {REGIME_NAMES[code]}",
+                )
+            )
+            self.counters.entries += 1
+        return out
+
+    def _next_id(self, symbol: str) -> str:
+        self._seq += 1
+        return f"s{self.shard}-{symbol}-{self._seq}"
+
+    @property
+    def open_trades(self) -> int:
+        return int((self.quantity > 0).sum())
+
+
+def _new_york_time(ts: int) -> tuple[int, int]:
+    """Minute of the day and weekday (Mon=0) of a bar start in New York."""
+    local = datetime.fromtimestamp(ts / 1e9, tz=UTC).astimezone(_NEW_YORK)
+    return local.hour * 60 + local.minute, local.weekday()

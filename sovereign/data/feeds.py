@@ -1,0 +1,86 @@
+"""Feeds turn market data into one BarBatch per shard per bar time.
+
+``ReplayFeed`` replays a loaded (validated, split-adjusted) frame: it pivots the data once
+into (time x symbol) arrays per shard, then builds each step's batches by slicing them, so
+the per-step cost is a few numpy views and one small Struct per shard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from sovereign.messages import BarBatch, IdSource
+
+_COLUMNS = ("open", "high", "low", "close", "volume")
+
+
+def deal_symbols(symbols: Sequence[str], shards: int) -> list[list[str]]:
+    """Deal sorted symbols to shards round robin; never more shards than symbols."""
+    ordered = sorted(set(symbols))
+    n = max(1, min(shards, len(ordered)))
+    return [ordered[i::n] for i in range(n)]
+
+
+class ReplayFeed:
+    """Bars of a historical frame, step by step, split by shard."""
+
+    def __init__(
+        self, frame: pd.DataFrame, shard_symbols: list[list[str]], interval_s: int
+    ) -> None:
+        self.interval_s = int(interval_s)
+        self.shard_symbols = shard_symbols
+        self.timestamps = np.unique(frame["ts"].to_numpy(dtype=np.int64))
+        self._ids = IdSource("feed")
+        t_index = np.searchsorted(self.timestamps, frame["ts"].to_numpy(dtype=np.int64))
+        symbol_col = frame["symbol"].to_numpy()
+        self._shards: list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]] = []
+        for symbols in shard_symbols:
+            col = {s: j for j, s in enumerate(symbols)}
+            sym_index = pd.Series(symbol_col).map(col).to_numpy()
+            rows = ~pd.isna(sym_index)
+            j = sym_index[rows].astype(np.int64)
+            t = t_index[rows]
+            shape = (len(self.timestamps), len(symbols))
+            present = np.zeros(shape, dtype=bool)
+            present[t, j] = True
+            arrays: dict[str, np.ndarray] = {}
+            for name in _COLUMNS:
+                a = np.full(shape, np.nan)
+                a[t, j] = frame[name].to_numpy(dtype=np.float64)[rows]
+                arrays[name] = a
+            width = max((len(s.encode()) for s in symbols), default=1)
+            names = np.array([s.encode() for s in symbols], dtype=f"S{width}")
+            self._shards.append((present, arrays, names))
+
+    def __len__(self) -> int:
+        return len(self.timestamps)
+
+    def batches(self, step: int) -> list[BarBatch | None]:
+        """One batch per shard for this step (None where the shard has no bars)."""
+        ts = int(self.timestamps[step])
+        out: list[BarBatch | None] = []
+        for shard, (present, arrays, names) in enumerate(self._shards):
+            row = present[step]
+            if not row.any():
+                out.append(None)
+                continue
+            if row.all():
+                cols = {k: v[step] for k, v in arrays.items()}
+                syms = names
+            else:
+                cols = {k: v[step][row] for k, v in arrays.items()}
+                syms = names[row]
+            out.append(
+                BarBatch.from_arrays(
+                    msg_id=self._ids.next(),
+                    ts=ts,
+                    interval_s=self.interval_s,
+                    symbols=syms,
+                    shard=shard,
+                    **cols,
+                )
+            )
+        return out

@@ -1,0 +1,321 @@
+"""Load OHLCV bars from CSV, gzip CSV or Parquet files, or from the bundled samples.
+
+The pipeline is read → parse timestamps → validate → split-adjust → filter, and the
+result is a :class:`LoadedData` whose frame is sorted by ``(ts, symbol)``. Every bar's
+``ts`` is its START in int64 ns UTC, so daily and intraday data line up on one clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+from sovereign.data.bundled import SAMPLES, sample_path
+from sovereign.data.splits import (
+    SplitEvent,
+    adjust_for_splits,
+    annotate_volume,
+    detect_splits,
+    load_splits_file,
+)
+from sovereign.data.validation import (
+    BAD_TS,
+    DAILY_INTERVAL_S,
+    ValidationReport,
+    format_ts,
+    parse_timestamps,
+    validate_ohlcv,
+)
+
+__all__ = ["FILE_COLUMNS", "LoadedData", "load_ohlcv"]
+
+FILE_COLUMNS: tuple[str, ...] = ("timestamp", "symbol", "open", "high", "low", "close", "volume")
+_NUMERIC = FILE_COLUMNS[2:]
+_NS_PER_S = 1_000_000_000
+_NEW_YORK = "America/New_York"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LoadedData:
+    """Validated, split-adjusted OHLCV bars and how they were obtained.
+
+    Parameters
+    ----------
+    frame
+        Columns ``ts`` (int64 ns UTC, bar start), ``symbol`` (str), ``open``, ``high``,
+        ``low``, ``close``, ``volume`` (float64, NaN = unknown), sorted by
+        ``(ts, symbol)`` with a fresh index. Treat it as read-only.
+    interval_s
+        Bar length in seconds: 23400 for daily bars, otherwise the most common gap
+        between consecutive bars of a symbol (0 if no symbol has two bars).
+    validation
+        What validation accepted and rejected (on the whole source, before filters).
+    splits
+        Split events applied to the returned symbols, with the volume decision appended
+        to each event's evidence.
+    source
+        The ``source`` argument as given (a path or ``"sample:<name>"``).
+    """
+
+    frame: pd.DataFrame
+    interval_s: int
+    validation: ValidationReport
+    splits: list[SplitEvent]
+    source: str
+
+    @property
+    def symbols(self) -> list[str]:
+        """Sorted distinct symbols."""
+        return sorted(self.frame["symbol"].unique().tolist())
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        """Sorted distinct bar starts (int64 ns UTC)."""
+        return np.unique(self.frame["ts"].to_numpy(dtype=np.int64))
+
+    def describe(self) -> str:
+        """Return a few human-readable lines about the data."""
+        n = len(self.frame)
+        syms = self.symbols
+        lines = [f"source: {self.source}", f"rows: {n:,}"]
+        shown = ", ".join(syms[:10]) + (f", ... (+{len(syms) - 10})" if len(syms) > 10 else "")
+        lines.append(f"symbols: {len(syms)} ({shown})")
+        if n:
+            ts = self.frame["ts"].to_numpy(dtype=np.int64)
+            lines.append(f"range: {format_ts(int(ts.min()))} .. {format_ts(int(ts.max()))}")
+        kind = " (daily session)" if self.interval_s == DAILY_INTERVAL_S else ""
+        lines.append(f"interval: {self.interval_s} s{kind}")
+        v = self.validation
+        rejected = ", ".join(f"{k}={c:,}" for k, c in v.rejected.items()) or "none"
+        lines.append(
+            f"validation: {v.total_rows:,} rows read, {v.rejected_rows:,} rejected ({rejected})"
+        )
+        applied = ", ".join(str(e) for e in self.splits) or "none"
+        lines.append(f"splits applied: {applied}")
+        return "\n".join(lines)
+
+
+# -- READING --
+
+
+def _resolve(source: str | Path) -> tuple[Path, str]:
+    text = str(source)
+    if isinstance(source, str) and (text == "sample" or text.startswith("sample:")):
+        name = text.partition(":")[2] or "daily"
+        if name not in SAMPLES:
+            raise ValueError(
+                f"unknown sample {text!r}; use one of "
+                + ", ".join(f"'sample:{k}'" for k in sorted(SAMPLES))
+            )
+        return sample_path(name), f"sample:{name}"
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"OHLCV source not found: {path} (no such file)")
+    return path, text
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    # Symbols stay strings and never become null: a ticker such as "NA" is real.
+    types = {"timestamp": pa.string(), "symbol": pa.string()}
+    try:
+        table = pa_csv.read_csv(
+            path,
+            convert_options=pa_csv.ConvertOptions(
+                column_types={**types, **dict.fromkeys(_NUMERIC, pa.float64())},
+                strings_can_be_null=False,
+            ),
+        )
+        return table.to_pandas()
+    except pa.ArrowInvalid:
+        pass
+    # Some numeric cell is not a number. Read everything as text and let those cells
+    # become NaN, so validation rejects the row instead of the whole file failing.
+    table = pa_csv.read_csv(
+        path,
+        convert_options=pa_csv.ConvertOptions(
+            column_types=dict.fromkeys(FILE_COLUMNS, pa.string()),
+            strings_can_be_null=False,
+        ),
+    )
+    df = table.to_pandas()
+    for col in _NUMERIC:
+        if col in df.columns:
+            df[col] = pd.to_numeric(df[col].str.strip(), errors="coerce")
+    return df
+
+
+def _read(path: Path) -> pd.DataFrame:
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        df = pd.read_parquet(path)
+    elif name.endswith((".csv", ".csv.gz")):
+        df = _read_csv(path)
+    else:
+        raise ValueError(f"unsupported file type: {path} (expected .csv, .csv.gz or .parquet)")
+    df.columns = [str(c).strip().lower() for c in df.columns]
+    missing = [c for c in FILE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s): {', '.join(missing)}")
+    return df
+
+
+# -- PIPELINE --
+
+
+def _interval_s(frame: pd.DataFrame, daily: bool) -> int:
+    if daily:
+        return DAILY_INTERVAL_S
+    if len(frame) < 2:
+        return 0
+    ordered = frame.sort_values(["symbol", "ts"], kind="stable")
+    ts = ordered["ts"].to_numpy(dtype=np.int64)
+    same = ordered["symbol"].to_numpy()[1:] == ordered["symbol"].to_numpy()[:-1]
+    gaps = np.diff(ts)[same]
+    gaps = gaps[gaps > 0]
+    if gaps.size == 0:
+        return 0
+    values, counts = np.unique(gaps, return_counts=True)
+    # np.unique sorts, so ties resolve to the shortest gap.
+    return int(values[np.argmax(counts)] // _NS_PER_S)
+
+
+def _bound_ns(text: str, *, end: bool) -> int:
+    """Convert an inclusive ``start``/``end`` filter to a ts bound in ns UTC.
+
+    A date is a New York calendar day (the trading day), so ``end="2024-01-02"`` keeps
+    every bar that starts before midnight New York at the end of that day.
+    """
+    ts, is_date = parse_timestamps(pd.Series([text], dtype="str"))
+    if ts[0] == BAD_TS:
+        kind = "end" if end else "start"
+        raise ValueError(f"cannot parse {kind}={text!r}; use YYYY-MM-DD or an ISO timestamp")
+    if not is_date[0]:
+        return int(ts[0])
+    day = pd.Timestamp(text.strip())
+    if end:
+        day += pd.Timedelta(days=1)
+    # New York midnight is never inside a DST transition (those happen at 02:00).
+    midnight = int(day.tz_localize(_NEW_YORK).tz_convert("UTC").as_unit("ns").value)
+    return midnight - 1 if end else midnight
+
+
+def _numeric(col: pd.Series) -> np.ndarray:
+    """Return a column as float64; cells that are not numbers become NaN."""
+    if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
+        return col.to_numpy(dtype=np.float64, na_value=np.nan)
+    return pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def load_ohlcv(
+    source: str | Path,
+    *,
+    symbols: Sequence[str] | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    split_adjust: Literal["detect", "off"] = "detect",
+    splits_file: str | Path | None = None,
+) -> LoadedData:
+    """Load, validate and split-adjust OHLCV bars.
+
+    Parameters
+    ----------
+    source
+        A ``.csv``, ``.csv.gz`` or ``.parquet`` file with the columns ``timestamp, symbol,
+        open, high, low, close, volume`` (header names are matched case-insensitively),
+        or a bundled sample: ``"sample"`` / ``"sample:daily"`` (AAPL, FB, GOOG, IBM, MSFT
+        daily, raw prices), ``"sample:hourly"`` or ``"sample:minute"`` (AAPL).
+    symbols
+        Keep only these symbols. Every one must be present after validation.
+    start, end
+        Inclusive filters on the bar start: ``YYYY-MM-DD`` (a New York calendar day) or
+        an ISO timestamp (naive = UTC).
+    split_adjust
+        ``"detect"`` finds splits with :func:`sovereign.data.splits.detect_splits`;
+        ``"off"`` leaves prices raw. Ignored when ``splits_file`` is given.
+    splits_file
+        CSV of known splits (``symbol,date,ratio``); its events replace detection.
+
+    Returns
+    -------
+    LoadedData
+        The bars and their provenance.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the source or splits file does not exist.
+    ValueError
+        On missing columns, an unknown sample, an unsupported file type, a file mixing
+        date-only and intraday timestamps, unparsable filters, ``start > end``, or
+        requested symbols that are not in the data.
+
+    Notes
+    -----
+    Timestamps: ``YYYY-MM-DD`` is a daily bar that starts at 09:30 America/New_York on
+    that date and lasts 23400 s; an ISO timestamp with ``Z`` or an offset is an intraday
+    bar start; a naive timestamp with a time of day is taken to be UTC. Unparsable
+    timestamps and non-numeric prices are not fatal: those rows are rejected by
+    validation and counted in ``validation`` (``row N`` in its samples is data line N of
+    the file, 0-based). A non-numeric volume cell counts as unknown volume.
+    """
+    if split_adjust not in ("detect", "off"):
+        raise ValueError(f"split_adjust must be 'detect' or 'off', got {split_adjust!r}")
+    path, label = _resolve(source)
+    lo = _bound_ns(start, end=False) if start is not None else None
+    hi = _bound_ns(end, end=True) if end is not None else None
+    if lo is not None and hi is not None and lo > hi:
+        raise ValueError(f"start={start!r} is after end={end!r}")
+    file_events = load_splits_file(splits_file) if splits_file is not None else None
+
+    raw = _read(path)
+    ts, is_date = parse_timestamps(raw["timestamp"])
+    parsed = ts != BAD_TS
+    daily = bool(is_date[parsed].all()) if parsed.any() else True
+    if parsed.any() and is_date[parsed].any() and not daily:
+        raise ValueError(f"{path}: mixes date-only (daily) and intraday timestamps; split the file")
+    frame, report = validate_ohlcv(
+        pd.DataFrame(
+            {
+                "ts": ts,
+                "symbol": raw["symbol"],
+                **{c: _numeric(raw[c]) for c in _NUMERIC},
+            }
+        )
+    )
+    interval = _interval_s(frame, daily)
+
+    if file_events is not None:
+        events = file_events
+    elif split_adjust == "detect":
+        events = detect_splits(frame)
+    else:
+        events = []
+    applied = annotate_volume(frame, events)
+    frame = adjust_for_splits(frame, events)
+
+    keep = np.ones(len(frame), dtype=bool)
+    if symbols is not None:
+        wanted = list(dict.fromkeys(symbols))
+        present = set(frame["symbol"].unique().tolist())
+        absent = [s for s in wanted if s not in present]
+        if absent:
+            raise ValueError(f"symbol(s) not in {label}: {', '.join(absent)}")
+        keep &= frame["symbol"].isin(wanted).to_numpy()
+        applied = [e for e in applied if e.symbol in wanted]
+    ts_col = frame["ts"].to_numpy(dtype=np.int64)
+    if lo is not None:
+        keep &= ts_col >= lo
+    if hi is not None:
+        keep &= ts_col <= hi
+    if not keep.all():
+        frame = frame[keep].reset_index(drop=True)
+    return LoadedData(
+        frame=frame, interval_s=interval, validation=report, splits=applied, source=label
+    )

@@ -1,0 +1,368 @@
+"""The engine: builds the actor graph from config and runs the clock.
+
+One step is one bar time. The wiring of a step (every arrow is one ``tell``; on Ray each
+is an actor call whose inputs are earlier calls' object references, so data flows from
+actor to actor without a round trip through the driver):
+
+    feed ──bars──> RegimeActor ───────────────regime────────────────┐
+    feed ──bars──> GatewayActor (fills at the open, marks, account) ─┤
+                          │                                          v
+                          └──events──> ShardActor xN <──verdicts, acks of step t-1
+                                              │ intents, trades
+                                              v
+                                        GuardianActor ──approved SubmitOrder──> GatewayActor
+                                              │
+                        MonitorActor, OperatorActor <── everything of the step
+
+The clock is a replay clock: timestamps come from the data. In a paper session the driver
+paces steps against the wall clock, scaled by ``speed``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from sovereign.actors.gateway import GatewayActor
+from sovereign.actors.guardian import GuardianActor
+from sovereign.actors.monitor import MonitorActor
+from sovereign.actors.operator import OperatorActor
+from sovereign.actors.regime import RegimeActor
+from sovereign.actors.runtime import ActorSpec, LocalRuntime, RayRuntime
+from sovereign.actors.shard import ShardActor
+from sovereign.brokers.sim import SimBroker
+from sovereign.config import Config
+from sovereign.core.risk import SizingPolicy
+from sovereign.data.feeds import ReplayFeed, deal_symbols
+from sovereign.data.loaders import LoadedData
+from sovereign.messages import (
+    AccountSnapshot,
+    ActorStats,
+    EquityCurve,
+    Message,
+    NDArray,
+    Notification,
+    SessionEnded,
+    SessionStarted,
+    ShardReport,
+)
+
+log = logging.getLogger("sovereign.engine")
+
+Runtime = LocalRuntime | RayRuntime
+Mode = Literal["backtest", "paper"]
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    step: int
+    total: int
+    ts: int
+    notifications: int
+    elapsed_s: float
+
+
+@dataclass(slots=True)
+class SessionResult:
+    """Everything a report needs from a finished session."""
+
+    run_id: str
+    mode: str
+    runtime: str
+    steps: int
+    bars: int
+    wall_seconds: float
+    engine_seconds: float
+    shard_symbols: list[list[str]]
+    ts: np.ndarray
+    equity: np.ndarray
+    cash: np.ndarray
+    gross_exposure: np.ndarray
+    counters: dict[str, int]
+    shard_reports: list[ShardReport]
+    actor_stats: list[ActorStats]
+    final_account: AccountSnapshot | None
+    notifications: int
+    actor_names: list[str] = field(default_factory=list)
+
+
+def build_specs(
+    config: Config,
+    shard_symbols: list[list[str]],
+    state_dir: Path,
+    secret: bytes,
+    *,
+    notify_fills: bool = False,
+) -> dict[str, Any]:
+    """The actor graph as specs (role -> spec or list of specs)."""
+    constitution = config.build_constitution()
+    policy = SizingPolicy(
+        volatile_scale=config.risk.volatile_scale,
+        max_gross_exposure=config.risk.max_gross_exposure,
+    )
+    broker_factory = functools.partial(SimBroker, config.sim, config.engine.initial_capital)
+    return {
+        "shards": [
+            ActorSpec(
+                ShardActor,
+                index=i,
+                kwargs={
+                    "symbols": symbols,
+                    "strategy": config.strategy,
+                    "state_dir": str(state_dir),
+                },
+                spread=True,
+            )
+            for i, symbols in enumerate(shard_symbols)
+        ],
+        "regime": ActorSpec(
+            RegimeActor, kwargs={"shard_symbols": shard_symbols, "config": config.regime}
+        ),
+        "guardian": ActorSpec(
+            GuardianActor,
+            kwargs={
+                "constitution": constitution,
+                "policy": policy,
+                "secret": secret,
+                "approval_ttl_s": config.engine.approval_ttl_s,
+            },
+        ),
+        "gateway": ActorSpec(
+            GatewayActor, kwargs={"broker_factory": broker_factory, "secret": secret}
+        ),
+        "monitor": ActorSpec(MonitorActor),
+        "operator": ActorSpec(OperatorActor, kwargs={"notify_fills": notify_fills}),
+    }
+
+
+class Engine:
+    """Runs one session (a backtest or a paper session) over replayed data."""
+
+    def __init__(
+        self,
+        config: Config,
+        data: LoadedData,
+        runtime: Runtime,
+        *,
+        mode: Mode = "backtest",
+        run_id: str,
+        state_dir: str | Path,
+        speed: float = 0.0,
+        max_steps: int | None = None,
+        on_notification: Callable[[Notification], None] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        notify_fills: bool = False,
+    ) -> None:
+        if data.frame.empty:
+            raise ValueError("no bars to replay: the data is empty after validation and filters")
+        self.config = config
+        self.data = data
+        self.runtime = runtime
+        self.mode = mode
+        self.run_id = run_id
+        self.state_dir = Path(state_dir)
+        self.speed = speed
+        self.max_steps = max_steps
+        self.on_notification = on_notification
+        self.on_progress = on_progress
+        self.notify_fills = notify_fills
+        self.shard_symbols = deal_symbols(data.symbols, config.engine.shards)
+        self.feed = ReplayFeed(data.frame, self.shard_symbols, data.interval_s)
+
+    def run(self) -> SessionResult:
+        wall_start = time.perf_counter()
+        rt = self.runtime
+        specs = build_specs(
+            self.config,
+            self.shard_symbols,
+            self.state_dir,
+            os.urandom(32),
+            notify_fills=self.notify_fills,
+        )
+        shards = [rt.spawn(s) for s in specs["shards"]]
+        regime = rt.spawn(specs["regime"])
+        guardian = rt.spawn(specs["guardian"])
+        gateway = rt.spawn(specs["gateway"])
+        monitor = rt.spawn(specs["monitor"])
+        operator = rt.spawn(specs["operator"])
+        names = [s.name for s in specs["shards"]] + [
+            specs[k].name for k in ("regime", "guardian", "gateway", "monitor", "operator")
+        ]
+        everyone = [*shards, regime, guardian, gateway, monitor, operator]
+        try:
+            return self._run(
+                rt,
+                shards,
+                regime,
+                guardian,
+                gateway,
+                monitor,
+                operator,
+                everyone,
+                names,
+                wall_start,
+            )
+        finally:
+            rt.shutdown()
+
+    def _run(
+        self,
+        rt: Runtime,
+        shards: list[Any],
+        regime: Any,
+        guardian: Any,
+        gateway: Any,
+        monitor: Any,
+        operator: Any,
+        everyone: list[Any],
+        names: list[str],
+        wall_start: float,
+    ) -> SessionResult:
+        total = len(self.feed) if self.max_steps is None else min(len(self.feed), self.max_steps)
+        first_ts = int(self.feed.timestamps[0])
+        symbols_col = NDArray.from_numpy(
+            np.array([s.encode() for s in self.data.symbols], dtype="S")
+        )
+        started = SessionStarted(
+            msg_id=f"engine/{self.run_id}:start",
+            ts_event=first_ts,
+            ts_init=first_ts,
+            run_id=self.run_id,
+            mode=self.mode,
+            symbols=symbols_col,
+            initial_capital=self.config.engine.initial_capital,
+        )
+        start_results = [rt.tell(a, [started]) for a in everyone]
+        self._deliver(rt.fetch([start_results[-1]])[0])
+
+        engine_start = time.perf_counter()
+        in_flight: deque[tuple[int, Any]] = deque()
+        notified = 0
+        prev_verdicts: Any = []
+        prev_acks: Any = []
+        bars = 0
+        window = self.config.engine.max_in_flight_steps
+        for step in range(total):
+            ts = int(self.feed.timestamps[step])
+            self._pace(ts, first_ts, engine_start)
+            batches = self.feed.batches(step)
+            present = [b for b in batches if b is not None]
+            bars += sum(len(b) for b in present)
+            regime_r = rt.tell(regime, present)
+            gw_r = rt.tell(gateway, present)
+            shard_rs = [
+                rt.tell(
+                    shard,
+                    prev_verdicts,
+                    prev_acks,
+                    gw_r,
+                    regime_r,
+                    [batches[i]] if batches[i] is not None else [],
+                )
+                for i, shard in enumerate(shards)
+            ]
+            verdicts_r = rt.tell(guardian, prev_acks, gw_r, *shard_rs)
+            acks_r = rt.tell(gateway, verdicts_r)
+            rt.tell(monitor, gw_r, verdicts_r, acks_r, *shard_rs)
+            op_r = rt.tell(operator, gw_r, acks_r, *shard_rs)
+            prev_verdicts, prev_acks = verdicts_r, acks_r
+            in_flight.append((step, op_r))
+            # Bound the work in flight, and deliver notifications as steps finish.
+            while in_flight and (
+                len(in_flight) > window or rt.ready([in_flight[0][1]], timeout=0) == 1
+            ):
+                done_step, ref = in_flight.popleft()
+                notified += self._deliver(rt.fetch([ref])[0])
+                self._report_progress(done_step, total, notified, engine_start)
+        while in_flight:
+            done_step, ref = in_flight.popleft()
+            notified += self._deliver(rt.fetch([ref])[0])
+            self._report_progress(done_step, total, notified, engine_start)
+        engine_seconds = time.perf_counter() - engine_start
+
+        last_ts = int(self.feed.timestamps[total - 1]) if total else first_ts
+        end_ts = last_ts + self.data.interval_s * 1_000_000_000
+        ended = SessionEnded(
+            msg_id=f"engine/{self.run_id}:end",
+            ts_event=end_ts,
+            ts_init=end_ts,
+            run_id=self.run_id,
+            steps=total,
+        )
+        final = rt.fetch([rt.tell(a, [ended]) for a in everyone])
+        flat = [m for batch in final for m in batch]
+        notified += self._deliver([m for m in final[-1] if isinstance(m, Notification)])
+        curve = next(m for m in flat if isinstance(m, EquityCurve))
+        return SessionResult(
+            run_id=self.run_id,
+            mode=self.mode,
+            runtime=rt.name,
+            steps=total,
+            bars=bars,
+            wall_seconds=time.perf_counter() - wall_start,
+            engine_seconds=engine_seconds,
+            shard_symbols=self.shard_symbols,
+            ts=np.array(curve.ts.to_numpy()),
+            equity=np.array(curve.equity.to_numpy()),
+            cash=np.array(curve.cash.to_numpy()),
+            gross_exposure=np.array(curve.gross_exposure.to_numpy()),
+            counters=dict(curve.counters),
+            shard_reports=sorted(
+                (m for m in flat if isinstance(m, ShardReport)), key=lambda r: r.shard
+            ),
+            actor_stats=[m for m in flat if isinstance(m, ActorStats)],
+            final_account=next((m for m in flat if isinstance(m, AccountSnapshot)), None),
+            notifications=notified,
+            actor_names=names,
+        )
+
+    def _pace(self, ts: int, first_ts: int, engine_start: float) -> None:
+        if self.speed <= 0:
+            return
+        due = engine_start + (ts - first_ts) / 1e9 / self.speed
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+
+    def _deliver(self, messages: list[Message]) -> int:
+        n = 0
+        for m in messages:
+            if isinstance(m, Notification):
+                n += 1
+                if self.on_notification is not None:
+                    self.on_notification(m)
+        return n
+
+    def _report_progress(self, step: int, total: int, notified: int, start: float) -> None:
+        if self.on_progress is not None:
+            self.on_progress(
+                Progress(
+                    step=step + 1,
+                    total=total,
+                    ts=int(self.feed.timestamps[step]),
+                    notifications=notified,
+                    elapsed_s=time.perf_counter() - start,
+                )
+            )
+
+
+def make_runtime(kind: str, config: Config, *, wire: bool = False) -> Runtime:
+    """Build the runtime named on the command line."""
+    if kind == "local":
+        return LocalRuntime(wire=wire)
+    if kind == "ray":
+        return RayRuntime(
+            address=config.ray.address,
+            dashboard=config.ray.dashboard,
+            num_cpus=config.ray.num_cpus,
+        )
+    raise ValueError(f"unknown runtime {kind!r}; use local or ray")

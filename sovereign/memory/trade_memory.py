@@ -1,0 +1,562 @@
+"""Sharded SQLite trade memory: one file per shard, written by its shard actor.
+
+Each shard actor owns a :class:`ShardTradeStore` and appends its closed trades to its own
+file, so writers never contend for a lock. :class:`TradeMemory` is the read side: it opens
+every shard file read-only and merges them into one ordered view for the learner, the
+weakness analyser and the report.
+
+The files use WAL journaling so readers can query while a shard is writing. WAL needs
+shared memory between the processes that open a file, so the state directory must be on a
+local disk, not a network filesystem.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import operator
+import re
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import closing
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import msgspec
+import pandas as pd
+
+from sovereign.messages.account import FeatureValue, TradeClosed
+
+SCHEMA_VERSION = 1
+"""Stored in ``PRAGMA user_version``; bump it (and migrate) when the table changes."""
+
+_SHARD_FILE_RE = re.compile(r"^shard-(\d+)\.sqlite$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS trades (
+    run_id      TEXT    NOT NULL,
+    trade_id    TEXT    NOT NULL,
+    shard       INTEGER NOT NULL,
+    symbol      TEXT    NOT NULL,
+    side        TEXT    NOT NULL,
+    quantity    INTEGER NOT NULL,
+    entry_ts    INTEGER NOT NULL,
+    exit_ts     INTEGER NOT NULL,
+    entry_price REAL,
+    exit_price  REAL,
+    pnl         REAL,
+    commission  REAL,
+    return_pct  REAL,
+    bars_held   INTEGER NOT NULL,
+    exit_reason TEXT    NOT NULL,
+    regime      TEXT    NOT NULL,
+    confidence  REAL,
+    features    TEXT    NOT NULL,
+    msg_id      TEXT    NOT NULL,
+    PRIMARY KEY (run_id, trade_id)
+);
+CREATE INDEX IF NOT EXISTS trades_run_exit ON trades (run_id, exit_ts);
+CREATE INDEX IF NOT EXISTS trades_symbol ON trades (symbol);
+CREATE INDEX IF NOT EXISTS trades_regime ON trades (regime);
+"""
+# REAL columns are nullable on purpose: SQLite stores a NaN as NULL, and a NaN return (a
+# zero-notional entry) is data, not a reason to lose the trade.
+
+_INSERT = (
+    "INSERT OR IGNORE INTO trades (run_id, trade_id, shard, symbol, side, quantity, entry_ts,"
+    " exit_ts, entry_price, exit_price, pnl, commission, return_pct, bars_held, exit_reason,"
+    " regime, confidence, features, msg_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+_SELECT_COLUMNS = (
+    "run_id, trade_id, shard, symbol, side, quantity, entry_ts, exit_ts, entry_price,"
+    " exit_price, pnl, commission, return_pct, bars_held, exit_reason, regime, confidence,"
+    " features"
+)
+
+# Sorted keys make the stored JSON a pure function of the features, so identical replays
+# write identical rows.
+_FEATURES_ENCODER = msgspec.json.Encoder(order="sorted")
+_FEATURES_DECODER = msgspec.json.Decoder(dict[str, FeatureValue])
+
+
+class TradeRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A closed trade as stored in trade memory.
+
+    The fields of :class:`~sovereign.messages.account.TradeClosed` without the message
+    envelope, plus the ``run_id`` of the session that produced it. Float fields are NaN
+    where the trade carried a NaN.
+    """
+
+    run_id: str
+    trade_id: str
+    shard: int
+    symbol: str
+    side: Literal["LONG", "SHORT"]
+    quantity: int
+    entry_ts: int
+    exit_ts: int
+    entry_price: float
+    exit_price: float
+    pnl: float
+    commission: float
+    return_pct: float
+    bars_held: int
+    exit_reason: str
+    regime: str
+    confidence: float
+    features: dict[str, FeatureValue] = msgspec.field(default_factory=dict)
+
+
+_RECORD_FIELDS: tuple[str, ...] = tuple(f for f in TradeRecord.__struct_fields__ if f != "features")
+_INT_FIELDS = frozenset({"shard", "quantity", "entry_ts", "exit_ts", "bars_held"})
+_FLOAT_FIELDS = frozenset(
+    {"entry_price", "exit_price", "pnl", "commission", "return_pct", "confidence"}
+)
+
+
+def shard_path(state_dir: str | Path, shard: int) -> Path:
+    """Return the trade-memory file of one shard under a state directory.
+
+    Parameters
+    ----------
+    state_dir
+        The session's state directory.
+    shard
+        The shard number (non-negative).
+
+    Returns
+    -------
+    Path
+        ``<state_dir>/trade_memory/shard-<shard>.sqlite``.
+    """
+    shard = operator.index(shard)
+    if shard < 0:
+        raise ValueError(f"shard must be non-negative, got {shard}")
+    return Path(state_dir) / "trade_memory" / f"shard-{shard}.sqlite"
+
+
+class ShardTradeStore:
+    """Append-only writer for one shard's trade-memory file.
+
+    Trades are buffered and written in one transaction per batch, because a commit per
+    trade would make the shard actor wait on the disk after every fill. Writes are keyed
+    by ``(run_id, trade_id)`` and duplicates are ignored, so a replay after a crash can
+    rewrite trades that were already stored.
+
+    Not thread-safe: the store has one owner (its shard actor), which must not call it
+    concurrently. It may be called from different threads one at a time, as an actor
+    runtime may do.
+
+    Parameters
+    ----------
+    path
+        The SQLite file; its parent directories are created. See :func:`shard_path`.
+    shard
+        The shard number, used to identify the store. Rows keep each trade's own
+        ``shard`` field.
+    batch_size
+        Buffered trades that trigger an automatic :meth:`flush` (default 256).
+
+    Attributes
+    ----------
+    written
+        Rows inserted so far.
+    duplicates
+        Trades ignored because ``(run_id, trade_id)`` was already stored.
+    """
+
+    def __init__(self, path: str | Path, shard: int, *, batch_size: int = 256) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.path = Path(path)
+        self.shard = operator.index(shard)
+        self.batch_size = batch_size
+        self.written = 0
+        self.duplicates = 0
+        self._buffer: list[tuple[Any, ...]] = []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are explicit (one per flush). The owner may be
+        # driven by different threads over its life, never concurrently, so the sqlite3
+        # same-thread check would only produce false alarms.
+        self._conn: sqlite3.Connection | None = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False
+        )
+        try:
+            self._init_schema(self._conn)
+        except BaseException:
+            self._conn.close()
+            self._conn = None
+            raise
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise RuntimeError(f"{self.path}: cannot enable WAL journaling (got {mode!r})")
+        # NORMAL is durable across process crashes in WAL mode; only a power loss can drop
+        # the last commits, which a replay restores.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise RuntimeError(
+                    f"{self.path}: trade memory schema version {version}, expected {SCHEMA_VERSION}"
+                )
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def __repr__(self) -> str:
+        return f"ShardTradeStore(shard={self.shard}, path={str(self.path)!r})"
+
+    @property
+    def pending(self) -> int:
+        """Trades buffered and not yet written."""
+        return len(self._buffer)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._conn is None
+
+    def add(self, trade: TradeClosed, run_id: str) -> None:
+        """Buffer a closed trade, flushing when the buffer reaches ``batch_size``.
+
+        Parameters
+        ----------
+        trade
+            The closed trade.
+        run_id
+            The session that produced it (non-empty).
+        """
+        if self._conn is None:
+            raise RuntimeError(f"{self!r} is closed")
+        if not run_id:
+            raise ValueError("run_id must be a non-empty string")
+        self._buffer.append(_to_row(trade, run_id))
+        if len(self._buffer) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> int:
+        """Write the buffered trades in one transaction.
+
+        On failure the transaction is rolled back and the buffer kept, so nothing is
+        half-written and the caller may retry.
+
+        Returns
+        -------
+        int
+            Rows written (buffered trades minus ignored duplicates).
+        """
+        if self._conn is None:
+            raise RuntimeError(f"{self!r} is closed")
+        if not self._buffer:
+            return 0
+        conn = self._conn
+        before = conn.total_changes
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_INSERT, self._buffer)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        written = conn.total_changes - before
+        self.written += written
+        self.duplicates += len(self._buffer) - written
+        self._buffer.clear()
+        return written
+
+    def close(self) -> None:
+        """Flush the buffer and close the file. Closing twice is a no-op."""
+        if self._conn is None:
+            return
+        try:
+            self.flush()
+        finally:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _to_row(trade: TradeClosed, run_id: str) -> tuple[Any, ...]:
+    # Structs are not validated on construction, so coerce here: sqlite3 cannot bind numpy
+    # integers, and operator.index refuses a float where an integer belongs.
+    index = operator.index
+    return (
+        run_id,
+        trade.trade_id,
+        index(trade.shard),
+        trade.symbol,
+        trade.side,
+        index(trade.quantity),
+        index(trade.entry_ts),
+        index(trade.exit_ts),
+        float(trade.entry_price),
+        float(trade.exit_price),
+        float(trade.pnl),
+        float(trade.commission),
+        float(trade.return_pct),
+        index(trade.bars_held),
+        trade.exit_reason,
+        trade.regime,
+        float(trade.confidence),
+        _FEATURES_ENCODER.encode(trade.features).decode(),
+        trade.msg_id,
+    )
+
+
+def _nan_if_null(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+def _to_record(row: tuple[Any, ...]) -> TradeRecord:
+    (
+        run_id,
+        trade_id,
+        shard,
+        symbol,
+        side,
+        quantity,
+        entry_ts,
+        exit_ts,
+        entry_price,
+        exit_price,
+        pnl,
+        commission,
+        return_pct,
+        bars_held,
+        exit_reason,
+        regime,
+        confidence,
+        features,
+    ) = row
+    return TradeRecord(
+        run_id=run_id,
+        trade_id=trade_id,
+        shard=shard,
+        symbol=symbol,
+        side=side,
+        quantity=quantity,
+        entry_ts=entry_ts,
+        exit_ts=exit_ts,
+        entry_price=_nan_if_null(entry_price),
+        exit_price=_nan_if_null(exit_price),
+        pnl=_nan_if_null(pnl),
+        commission=_nan_if_null(commission),
+        return_pct=_nan_if_null(return_pct),
+        bars_held=bars_held,
+        exit_reason=exit_reason,
+        regime=regime,
+        confidence=_nan_if_null(confidence),
+        features=_FEATURES_DECODER.decode(features),
+    )
+
+
+def _sort_key(record: TradeRecord) -> tuple[int, str, str, str]:
+    return (record.exit_ts, record.symbol, record.trade_id, record.run_id)
+
+
+class TradeMemory:
+    """Read-only queries over every shard file of a state directory.
+
+    Each call opens the shard files read-only, so shards written since the last call are
+    included and a reader never blocks a writer. Trades still in a writer's buffer are
+    not visible until it flushes.
+
+    Parameters
+    ----------
+    state_dir
+        The session's state directory; a missing directory reads as empty memory.
+    """
+
+    def __init__(self, state_dir: str | Path) -> None:
+        self.state_dir = Path(state_dir)
+
+    def __repr__(self) -> str:
+        return f"TradeMemory(state_dir={str(self.state_dir)!r})"
+
+    def shard_files(self) -> list[Path]:
+        """Return the shard files present, ordered by shard number."""
+        directory = shard_path(self.state_dir, 0).parent
+        if not directory.is_dir():
+            return []
+        found: list[tuple[int, Path]] = []
+        for path in directory.iterdir():
+            match = _SHARD_FILE_RE.match(path.name)
+            if match and path.is_file():
+                found.append((int(match.group(1)), path))
+        return [path for _, path in sorted(found)]
+
+    def query(
+        self,
+        *,
+        run_id: str | None = None,
+        symbols: Sequence[str] | None = None,
+        regime: str | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        limit: int | None = None,
+    ) -> list[TradeRecord]:
+        """Return stored trades matching every given filter.
+
+        Parameters
+        ----------
+        run_id
+            Only trades of this session.
+        symbols
+            Only trades in these symbols; an empty sequence matches nothing.
+        regime
+            Only trades entered in this regime.
+        since_ns, until_ns
+            Only trades with ``since_ns <= exit_ts < until_ns`` (ns since the Unix epoch).
+        limit
+            At most this many trades, the earliest first.
+
+        Returns
+        -------
+        list[TradeRecord]
+            Ordered by ``(exit_ts, symbol, trade_id)``, then ``run_id``, across all shards.
+        """
+        if isinstance(symbols, str):
+            # A bare string is a Sequence[str] of its characters; that is never meant.
+            raise TypeError("symbols must be a sequence of symbols, not a string")
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be non-negative, got {limit}")
+        if limit == 0 or (symbols is not None and len(symbols) == 0):
+            return []
+        where: list[str] = []
+        params: list[Any] = []
+        if run_id is not None:
+            where.append("run_id = ?")
+            params.append(run_id)
+        if symbols is not None:
+            unique = sorted(set(symbols))
+            where.append(f"symbol IN ({', '.join(['?'] * len(unique))})")
+            params.extend(unique)
+        if regime is not None:
+            where.append("regime = ?")
+            params.append(regime)
+        if since_ns is not None:
+            where.append("exit_ts >= ?")
+            params.append(operator.index(since_ns))
+        if until_ns is not None:
+            where.append("exit_ts < ?")
+            params.append(operator.index(until_ns))
+        sql = f"SELECT {_SELECT_COLUMNS} FROM trades"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        # SQLite's BINARY collation compares UTF-8 bytes, which orders like Python str
+        # comparison, so the per-shard orders agree with the merge key.
+        sql += " ORDER BY exit_ts, symbol, trade_id, run_id"
+        if limit is not None:
+            # The global first N are among each shard's first N.
+            sql += " LIMIT ?"
+            params.append(limit)
+
+        per_shard: list[list[TradeRecord]] = []
+        for handle in self._connections():
+            with handle as conn:
+                per_shard.append([_to_record(row) for row in conn.execute(sql, params)])
+        merged = heapq.merge(*per_shard, key=_sort_key)
+        return list(itertools.islice(merged, limit))
+
+    def to_frame(
+        self,
+        *,
+        run_id: str | None = None,
+        symbols: Sequence[str] | None = None,
+        regime: str | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        limit: int | None = None,
+    ) -> pd.DataFrame:
+        """Return :meth:`query` results as a frame.
+
+        Parameters are those of :meth:`query`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per trade in query order, one column per :class:`TradeRecord` field,
+            and each feature as an ``f_<name>`` column (sorted by name; missing where a
+            trade lacks the feature).
+        """
+        records = self.query(
+            run_id=run_id,
+            symbols=symbols,
+            regime=regime,
+            since_ns=since_ns,
+            until_ns=until_ns,
+            limit=limit,
+        )
+        columns: dict[str, pd.Series] = {}
+        for name in _RECORD_FIELDS:
+            values = [getattr(r, name) for r in records]
+            if name in _INT_FIELDS:
+                dtype: Any = "int64"
+            elif name in _FLOAT_FIELDS:
+                dtype = "float64"
+            else:
+                dtype = str
+            columns[name] = pd.Series(values, dtype=dtype)
+        feature_names = sorted({key for r in records for key in r.features})
+        for key in feature_names:
+            columns[f"f_{key}"] = pd.Series([r.features.get(key) for r in records])
+        return pd.DataFrame(columns)
+
+    def runs(self) -> list[str]:
+        """Return the run ids present in any shard, sorted."""
+        found: set[str] = set()
+        for handle in self._connections():
+            with handle as conn:
+                found.update(row[0] for row in conn.execute("SELECT DISTINCT run_id FROM trades"))
+        return sorted(found)
+
+    def count(self, run_id: str | None = None) -> int:
+        """Return the number of stored trades, optionally of one run only."""
+        sql = "SELECT COUNT(*) FROM trades"
+        params: tuple[str, ...] = ()
+        if run_id is not None:
+            sql += " WHERE run_id = ?"
+            params = (run_id,)
+        total = 0
+        for handle in self._connections():
+            with handle as conn:
+                total += conn.execute(sql, params).fetchone()[0]
+        return total
+
+    def _connections(self) -> Iterator[closing[sqlite3.Connection]]:
+        for path in self.shard_files():
+            uri = f"{path.resolve().as_uri()}?mode=ro"
+            conn = sqlite3.connect(uri, uri=True)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                # A writer is creating this file and has not committed the schema yet.
+                conn.close()
+                continue
+            if version != SCHEMA_VERSION:
+                conn.close()
+                raise RuntimeError(
+                    f"{path}: trade memory schema version {version}, expected {SCHEMA_VERSION}"
+                )
+            # closing(): a Connection's own context manager commits but does not close.
+            yield closing(conn)

@@ -1,0 +1,183 @@
+"""Running a session end to end: data in, actor graph, report out.
+
+Shared by ``sovereign backtest`` and ``sovereign paper`` (and the tests), so both commands
+produce the same report from the same kind of session.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sovereign.config import Config
+from sovereign.core.metrics import compute_metrics
+from sovereign.data.loaders import LoadedData
+from sovereign.engine import Engine, Mode, Progress, SessionResult, make_runtime
+from sovereign.memory.trade_memory import TradeMemory
+from sovereign.messages import Notification
+from sovereign.report import ReportPaths, write_report
+
+
+@dataclass(slots=True)
+class SessionOutput:
+    result: SessionResult
+    metrics: dict[str, Any]
+    trades: pd.DataFrame
+    paths: ReportPaths | None
+
+
+def new_run_id(mode: str) -> str:
+    """A readable, unique run id: mode, UTC wall time, and random suffix."""
+    import secrets
+
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{mode}-{stamp}-{secrets.token_hex(3)}"
+
+
+def run_session(
+    config: Config,
+    data: LoadedData,
+    *,
+    runtime: str,
+    mode: Mode,
+    state_dir: str | Path,
+    out_dir: str | Path | None,
+    run_id: str | None = None,
+    speed: float = 0.0,
+    max_steps: int | None = None,
+    on_notification: Callable[[Notification], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    wire: bool = False,
+    on_started: Callable[[Engine], None] | None = None,
+) -> SessionOutput:
+    """Run one session and, when ``out_dir`` is given, write its report."""
+    run_id = run_id or new_run_id(mode)
+    rt = make_runtime(runtime, config, wire=wire)
+    engine = Engine(
+        config,
+        data,
+        rt,
+        mode=mode,
+        run_id=run_id,
+        state_dir=state_dir,
+        speed=speed,
+        max_steps=max_steps,
+        on_notification=on_notification,
+        on_progress=on_progress,
+    )
+    if on_started is not None:
+        on_started(engine)
+    result = engine.run()
+    trades = TradeMemory(state_dir).to_frame(run_id=run_id)
+    metrics = session_metrics(result, trades, config)
+    paths = None
+    if out_dir is not None:
+        paths = write_report(
+            out_dir,
+            title=f"Sovereign {mode} {run_id}",
+            metrics=metrics,
+            trades=trades,
+            ts=result.ts,
+            equity=result.equity,
+            meta=session_meta(result, data, config),
+        )
+    return SessionOutput(result=result, metrics=metrics, trades=trades, paths=paths)
+
+
+def session_metrics(result: SessionResult, trades: pd.DataFrame, config: Config) -> dict[str, Any]:
+    """The report's metrics: performance of the equity curve and the closed trades."""
+    if trades.empty:
+        pnl = bars_held = duration = np.zeros(0)
+    else:
+        pnl = trades["pnl"].to_numpy(dtype=np.float64)
+        bars_held = trades["bars_held"].to_numpy(dtype=np.float64)
+        duration = (
+            trades["exit_ts"].to_numpy(dtype=np.int64) - trades["entry_ts"].to_numpy(dtype=np.int64)
+        ) / 1e9
+    perf = compute_metrics(
+        ts=result.ts,
+        equity=result.equity,
+        trade_pnl=pnl,
+        trade_bars_held=bars_held,
+        trade_duration_s=duration,
+        exposure=result.gross_exposure,
+        initial_capital=config.engine.initial_capital,
+    )
+    return perf.to_dict()
+
+
+def _iso(ts: int) -> str:
+    return dt.datetime.fromtimestamp(ts / 1e9, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def session_meta(result: SessionResult, data: LoadedData, config: Config) -> dict[str, Any]:
+    """Facts about the run for the report: what ran, on what, and what was refused."""
+    rejected_bars: dict[str, int] = {}
+    for report in result.shard_reports:
+        for k, v in report.rejected_bars.items():
+            rejected_bars[k] = rejected_bars.get(k, 0) + v
+    decode_errors = sum(r.decode_errors for r in result.shard_reports)
+    notes = [
+        f"Data: {data.source}; {data.validation.accepted_rows} of "
+        f"{data.validation.total_rows} rows accepted.",
+    ]
+    for reason, n in sorted(data.validation.rejected.items()):
+        notes.append(f"Rejected at load: {n} rows ({reason}).")
+    for event in data.splits:
+        notes.append(
+            f"Split adjusted: {event.symbol} {event.ratio:g}:1 at {_iso(event.ts)[:10]} "
+            f"({event.source}; {event.evidence})."
+        )
+    for reason, n in sorted(rejected_bars.items()):
+        notes.append(f"Rejected by shards at run time: {n} bars ({reason}).")
+    if decode_errors:
+        notes.append(f"Undecodable message batches dropped: {decode_errors}.")
+    open_trades = sum(r.open_trades for r in result.shard_reports)
+    if open_trades:
+        notes.append(
+            f"{open_trades} positions were still open at the end; they are marked to market "
+            "in the equity curve and are not in trades.csv."
+        )
+    notes.append(
+        "Fill model: market orders decided at a bar's close fill at the next bar's open with "
+        f"{config.sim.slippage_bps:g} bps slippage; commission ${config.sim.commission_per_share}"
+        f"/share (min ${config.sim.commission_min:.2f}, max "
+        f"{config.sim.commission_max_pct:.0%} of value); fills capped at "
+        f"{config.sim.max_volume_share:.0%} of bar volume."
+    )
+    counters: dict[str, int] = dict(result.counters)
+    for stats in result.actor_stats:
+        for k, v in stats.counters.items():
+            counters[f"{stats.role}.{k}"] = v
+    account = result.final_account
+    return {
+        "run_id": result.run_id,
+        "mode": result.mode,
+        "runtime": result.runtime,
+        "data_source": data.source,
+        "symbols": ", ".join(data.symbols),
+        "shards": len(result.shard_symbols),
+        "period": f"{_iso(int(result.ts[0]))} .. {_iso(int(result.ts[-1]))}"
+        if len(result.ts)
+        else "",
+        "bar_interval_s": data.interval_s,
+        "steps": result.steps,
+        "bars": result.bars,
+        "engine_seconds": round(result.engine_seconds, 3),
+        "bars_per_second": round(result.bars / result.engine_seconds, 1)
+        if result.engine_seconds > 0
+        else None,
+        "initial_capital": config.engine.initial_capital,
+        "final_equity": account.equity if account else None,
+        "final_cash": account.cash if account else None,
+        "open_positions_at_end": account.open_positions if account else None,
+        "constitution_fingerprint": config.build_constitution().fingerprint,
+        "counters": dict(sorted(counters.items())),
+        "notes": notes,
+    }
