@@ -4,8 +4,8 @@ A shard steps all of its N symbols through one bar time at once, so each indicat
 its state in arrays of length N (a structure of arrays). ``update`` is called once per bar
 time with float64 inputs of length N and a boolean ``mask`` that is True where the symbol
 has a bar at that time. Rows where the mask is False are left exactly as they were.
-Symbols can therefore advance at different rates, and the rolling windows keep a write
-position and a fill count for each symbol.
+Symbols can therefore advance at different rates, and the rolling windows keep a push
+count for each symbol.
 
 These conventions hold for every indicator:
 
@@ -54,11 +54,11 @@ def _check_size(name: str, value: int, minimum: int) -> None:
 class _Ring:
     # Ring buffers holding the last ``width`` values pushed for each of n columns. Masks
     # let symbols push at different rates, so each column keeps its own push count, and
-    # its next write slot is ``count % width``. The
-    # layout is (width, n), window-major: numpy reduces over a short leading axis several
-    # times faster than over a short trailing one, so a statistic is cheaper to take over
-    # all n columns and then index than to take over gathered rows. Slots start as
-    # ``fill``. Callers either read only full windows or rely on NaN never matching.
+    # its next write slot is ``count % width``. The layout is (width, n), window-major:
+    # numpy reduces over a short leading axis several times faster than over a short
+    # trailing one, so a statistic is cheaper to take over all n columns and then index
+    # than to take over gathered rows. Slots start as ``fill``. Callers either read only
+    # full windows or rely on NaN never matching.
 
     __slots__ = ("buf", "count", "fill", "width")
 
@@ -150,8 +150,7 @@ class ATR:
         np.add(self._state, self._scratch, out=self._state, where=valid)
         np.copyto(self._prev_close, close, where=valid)
         np.greater_equal(self._count, self.period, out=self.ready)
-        # Readiness never reverts, so rows that are not ready still hold the NaN they
-        # started with.
+        # Readiness never reverts, so rows that are not ready still hold their initial NaN.
         np.copyto(self.value, self._state, where=self.ready)
 
 
@@ -195,7 +194,7 @@ class EMA:
         np.copyto(self._ema, np.where(self._count == 0, x, stepped), where=valid)
         self._count += valid
         np.greater_equal(self._count, self.span, out=self.ready)
-        self.value.fill(np.nan)
+        # Readiness never reverts, so rows that are not ready still hold their initial NaN.
         np.copyto(self.value, self._ema, where=self.ready)
 
 
@@ -336,8 +335,9 @@ class SupportResistance:
     confirmed at ``t``, with ``|L - close_t| <= band_atr * ATR_t``. A score of 0 means
     clear air, and 3 or more means a clustered, well-tested level.
 
-    A masked-in row with a NaN high or low counts as no bar. A row with a bar but a NaN
-    close or ATR still updates the swing state, but it has score 0 and is not ready.
+    A masked-in row with a NaN high or low counts as no bar. A row with a bar but a
+    non-finite close or ATR still updates the swing state, but it has score 0 and is not
+    ready.
 
     Parameters
     ----------
@@ -376,7 +376,7 @@ class SupportResistance:
         # Highs sit in columns [0, n) and negated lows in [n, 2n) of one buffer, so a
         # single strict-maximum test finds both kinds of swing.
         self._swings = _Ring(2 * n, 2 * swing + 1)
-        # Empty slots stay NaN and never fall inside a band, so no fill count is needed.
+        # Empty slots stay NaN and never fall inside a band, so scoring ignores the count.
         self._levels = _Ring(n, memory)
         self._columns = np.arange(2 * n)
 
@@ -531,11 +531,12 @@ def sr_score_series(
     memory: int = 10,
     band_atr: float = 0.5,
 ) -> ArrayOrSeries:
-    """Compute the support/resistance score over one symbol's bars, bar by bar.
+    """Compute the support/resistance score over one symbol's bars.
 
     This is the batch twin of `SupportResistance`, which gives the definition. Rows with
-    a NaN high or low are skipped as if absent. The loop is deliberately plain so that it
-    can serve as a reference.
+    a NaN high or low are skipped as if absent. Swings are found as "greater than every
+    other bar in the window", a different formulation from the streaming class, and the
+    memory is a plain deque, so the function can serve as an independent reference.
 
     Parameters
     ----------
@@ -556,17 +557,24 @@ def sr_score_series(
     out = np.full(h.shape, np.nan)
     rows = np.flatnonzero(np.isfinite(h + lo))
     h, lo, c, a = h[rows], lo[rows], c[rows], a[rows]
+    width = 2 * swing + 1
+    # Row k of each window view covers bars k .. k + 2 * swing: its centre is bar
+    # k + swing, which is confirmed at bar k + 2 * swing.
+    swing_high = np.zeros(h.size, dtype=bool)
+    swing_low = np.zeros(h.size, dtype=bool)
+    if h.size >= width:
+        h_win = np.lib.stride_tricks.sliding_window_view(h, width)
+        lo_win = np.lib.stride_tricks.sliding_window_view(lo, width)
+        centre = slice(swing, h.size - swing)
+        swing_high[centre] = h[centre] > np.delete(h_win, swing, axis=1).max(axis=1)
+        swing_low[centre] = lo[centre] < np.delete(lo_win, swing, axis=1).min(axis=1)
     levels: deque[float] = deque(maxlen=memory)
     for t in range(h.size):
         j = t - swing
-        if j - swing >= 0:
-            span = slice(j - swing, t + 1)
-            others_h = np.delete(h[span], swing)
-            others_l = np.delete(lo[span], swing)
-            if h[j] > others_h.max():
-                levels.append(float(h[j]))
-            if lo[j] < others_l.min():
-                levels.append(float(lo[j]))
+        if j >= 0 and swing_high[j]:
+            levels.append(float(h[j]))
+        if j >= 0 and swing_low[j]:
+            levels.append(float(lo[j]))
         if np.isfinite(c[t]) and np.isfinite(a[t]):
             band = band_atr * a[t]
             out[rows[t]] = sum(1 for level in levels if abs(level - c[t]) <= band)

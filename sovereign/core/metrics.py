@@ -208,19 +208,7 @@ def compute_metrics(
     positive = prev > 0.0
     returns = curve[1:][positive] / prev[positive] - 1.0
 
-    annualiser = math.sqrt(periods_per_year)
-    sharpe = sortino = volatility = None
-    if returns.size >= 2:
-        mean = float(returns.mean())
-        std = float(returns.std(ddof=1))
-        volatility = std * annualiser
-        if std > _MIN_DISPERSION:
-            sharpe = mean / std * annualiser
-    if returns.size >= 1:
-        downside = math.sqrt(float(np.mean(np.minimum(returns, 0.0) ** 2)))
-        if downside > _MIN_DISPERSION:
-            sortino = float(returns.mean()) / downside * annualiser
-
+    sharpe, sortino, volatility = _risk_ratios(returns, math.sqrt(periods_per_year))
     max_dd, max_dd_steps = _drawdown(curve)
     span_ns = float(ts_arr[-1] - ts_arr[0]) if ts_arr.size else 0.0
     if initial_capital is not None:
@@ -278,6 +266,25 @@ def _finite(name: str, values: np.ndarray) -> np.ndarray:
 
 def _finite_or_none(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
+
+
+def _risk_ratios(
+    returns: np.ndarray, annualiser: float
+) -> tuple[float | None, float | None, float | None]:
+    # Sharpe, Sortino and volatility, each None when undefined.
+    sharpe = sortino = volatility = None
+    if returns.size == 0:
+        return sharpe, sortino, volatility
+    mean = float(returns.mean())
+    if returns.size >= 2:
+        std = float(returns.std(ddof=1))
+        volatility = std * annualiser
+        if std > _MIN_DISPERSION:
+            sharpe = mean / std * annualiser
+    downside = math.sqrt(float(np.mean(np.minimum(returns, 0.0) ** 2)))
+    if downside > _MIN_DISPERSION:
+        sortino = mean / downside * annualiser
+    return sharpe, sortino, volatility
 
 
 def _median_spacing_s(ts: np.ndarray) -> float:

@@ -153,7 +153,7 @@ class ShardStrategy:
         self.entry_regime = np.full(n, REGIME_UNKNOWN, dtype=np.uint8)
         self.trades: dict[int, _Trade] = {}
         self.orders: dict[str, _Order] = {}
-        self._seq = 0
+        self._seq: dict[str, int] = {}
         self.counters = StrategyCounters()
 
     # -- ORDER EVENTS -------------------------------------------------------------------
@@ -430,8 +430,11 @@ class ShardStrategy:
         return out
 
     def _next_id(self, symbol: str) -> str:
-        self._seq += 1
-        return f"s{self.shard}-{symbol}-{self._seq}"
+        # Numbered per symbol: ids (and so trades.csv) do not depend on how symbols are
+        # dealt to shards, and each symbol lives in exactly one shard, so they are unique.
+        n = self._seq.get(symbol, 0) + 1
+        self._seq[symbol] = n
+        return f"{symbol}-{n}"
 
     @property
     def open_trades(self) -> int:

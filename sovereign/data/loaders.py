@@ -54,7 +54,8 @@ class LoadedData:
         ``(ts, symbol)`` with a fresh index. Treat it as read-only.
     interval_s
         Bar length in seconds: 23400 for daily bars, otherwise the most common gap
-        between consecutive bars of a symbol (0 if no symbol has two bars).
+        between consecutive bars of a symbol (0 when unknown: no parsable timestamps,
+        or no symbol with two bars).
     validation
         What validation accepted and rejected (on the whole source, before filters).
     splits
@@ -137,13 +138,16 @@ def _read_csv(path: Path) -> pd.DataFrame:
         pass
     # Some numeric cell is not a number. Read everything as text and let those cells
     # become NaN, so validation rejects the row instead of the whole file failing.
-    table = pa_csv.read_csv(
-        path,
-        convert_options=pa_csv.ConvertOptions(
-            column_types=dict.fromkeys(FILE_COLUMNS, pa.string()),
-            strings_can_be_null=False,
-        ),
-    )
+    try:
+        table = pa_csv.read_csv(
+            path,
+            convert_options=pa_csv.ConvertOptions(
+                column_types=dict.fromkeys(FILE_COLUMNS, pa.string()),
+                strings_can_be_null=False,
+            ),
+        )
+    except pa.ArrowInvalid as exc:
+        raise ValueError(f"{path}: cannot read as CSV: {exc}") from None
     df = table.to_pandas()
     for col in _NUMERIC:
         if col in df.columns:
@@ -160,10 +164,14 @@ def _read(path: Path) -> pd.DataFrame:
     else:
         raise ValueError(f"unsupported file type: {path} (expected .csv, .csv.gz or .parquet)")
     df.columns = [str(c).strip().lower() for c in df.columns]
+    if "timestamp" not in df.columns and "ts" in df.columns:
+        # A saved LoadedData.frame (or SyntheticBars.to_frame()) names it ts, in int64 ns.
+        df = df.rename(columns={"ts": "timestamp"})
     missing = [c for c in FILE_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s): {', '.join(missing)}")
-    return df
+    # A parquet file may carry a stored index; row positions are what validation reports.
+    return df.reset_index(drop=True)
 
 
 # -- PIPELINE --
@@ -173,11 +181,13 @@ def _interval_s(frame: pd.DataFrame, daily: bool) -> int:
     if daily:
         return DAILY_INTERVAL_S
     if len(frame) < 2:
+        # Unknown: no bars, or a single intraday bar.
         return 0
-    ordered = frame.sort_values(["symbol", "ts"], kind="stable")
-    ts = ordered["ts"].to_numpy(dtype=np.int64)
-    same = ordered["symbol"].to_numpy()[1:] == ordered["symbol"].to_numpy()[:-1]
-    gaps = np.diff(ts)[same]
+    codes, _ = pd.factorize(frame["symbol"])
+    ts = frame["ts"].to_numpy(dtype=np.int64)
+    order = np.lexsort((ts, codes))
+    codes, ts = codes[order], ts[order]
+    gaps = np.diff(ts)[codes[1:] == codes[:-1]]
     gaps = gaps[gaps > 0]
     if gaps.size == 0:
         return 0
@@ -228,11 +238,14 @@ def load_ohlcv(
     ----------
     source
         A ``.csv``, ``.csv.gz`` or ``.parquet`` file with the columns ``timestamp, symbol,
-        open, high, low, close, volume`` (header names are matched case-insensitively),
+        open, high, low, close, volume`` (header names are matched case-insensitively;
+        an int64 ns ``ts`` column may stand in for ``timestamp``, so a saved
+        ``LoadedData.frame`` loads back),
         or a bundled sample: ``"sample"`` / ``"sample:daily"`` (AAPL, FB, GOOG, IBM, MSFT
         daily, raw prices), ``"sample:hourly"`` or ``"sample:minute"`` (AAPL).
     symbols
-        Keep only these symbols. Every one must be present after validation.
+        Keep only these symbols (a bare string is one symbol). Every one must be present
+        after validation.
     start, end
         Inclusive filters on the bar start: ``YYYY-MM-DD`` (a New York calendar day) or
         an ISO timestamp (naive = UTC).
@@ -276,9 +289,9 @@ def load_ohlcv(
 
     raw = _read(path)
     ts, is_date = parse_timestamps(raw["timestamp"])
-    parsed = ts != BAD_TS
-    daily = bool(is_date[parsed].all()) if parsed.any() else True
-    if parsed.any() and is_date[parsed].any() and not daily:
+    parsed_dates = is_date[ts != BAD_TS]
+    daily = bool(parsed_dates.size and parsed_dates.all())
+    if parsed_dates.any() and not daily:
         raise ValueError(f"{path}: mixes date-only (daily) and intraday timestamps; split the file")
     frame, report = validate_ohlcv(
         pd.DataFrame(
@@ -302,7 +315,8 @@ def load_ohlcv(
 
     keep = np.ones(len(frame), dtype=bool)
     if symbols is not None:
-        wanted = list(dict.fromkeys(symbols))
+        # A bare string is one symbol, not a sequence of one-letter symbols.
+        wanted = [symbols] if isinstance(symbols, str) else list(dict.fromkeys(symbols))
         present = set(frame["symbol"].unique().tolist())
         absent = [s for s in wanted if s not in present]
         if absent:

@@ -78,6 +78,7 @@ CLOSE_TOLERANCE = 0.15
 SURGE_LOOKBACK = 20
 MIN_VOLUME_BARS = 5
 VOLUME_WINDOW = 20
+_MIN_LOG_GAP = min(abs(math.log(k)) for k in CANDIDATE_RATIOS) + math.log(1 - OPEN_TOLERANCE)
 # Fraction of the way from 1 to k (in log space) the after/before volume ratio must reach
 # before volume is treated as unadjusted. The plain midpoint (0.5) is too eager: volume
 # often rises after a split, and the bundled AAPL 2000-06-21 split, whose volume IS
@@ -170,6 +171,10 @@ def detect_splits(df: pd.DataFrame) -> list[SplitEvent]:
     open_ratio = opn[pos] / prev_close
     close_ratio = close[pos] / prev_close
 
+    # Cheap prefilter: no candidate band comes within _MIN_LOG_GAP of an unchanged open,
+    # so ordinary bars never reach the (rows x candidates) comparison below.
+    near = np.abs(np.log(open_ratio)) >= _MIN_LOG_GAP
+    pos, open_ratio, close_ratio = pos[near], open_ratio[near], close_ratio[near]
     ks = np.asarray(CANDIDATE_RATIOS)
     # Open bands of the candidates do not overlap, so the nearest k in log space is the
     # only one that can pass the open test.
@@ -192,7 +197,7 @@ def detect_splits(df: pd.DataFrame) -> list[SplitEvent]:
         if np.isnan(v):
             note = "volume unknown: surge check skipped"
         elif cnt < MIN_VOLUME_BARS or not m > 0:
-            note = f"only {cnt} earlier bars with volume: surge check skipped"
+            note = f"{cnt} earlier bars with volume, median {m:g}: surge check skipped"
         else:
             surge = v / m
             if surge >= limit:

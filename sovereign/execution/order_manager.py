@@ -5,7 +5,8 @@ States: ``PENDING`` (submitted to the broker, not yet acknowledged) -> ``ACCEPTE
 A second submit with a known order id is a duplicate and is refused, so a retried command
 never places a second order; a fill whose execution id was already seen is dropped, and a
 fill that would exceed the order quantity is refused and counted, so the book never
-over-fills.
+over-fills. A fill that arrives after a cancel (the two crossed on the wire) is still
+booked: it happened at the broker, and dropping it would desynchronise our positions.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class OrderManager:
             "duplicate_fills": 0,
             "overfills_refused": 0,
             "unknown_order_events": 0,
+            "fills_after_cancel": 0,
             "filled": 0,
             "canceled": 0,
             "rejected": 0,
@@ -112,7 +114,11 @@ class OrderManager:
         rec.filled = total
         rec.commission += event.commission
         rec.executions.append(event.execution_id)
-        if rec.filled == rec.order.quantity:
+        if rec.state is OrderState.CANCELED or rec.state is OrderState.REJECTED:
+            # A fill can cross a cancel on the wire. It happened at the broker, so it is
+            # booked; the order stays terminal.
+            self.counters["fills_after_cancel"] += 1
+        elif rec.filled == rec.order.quantity:
             rec.state = OrderState.FILLED
             self.counters["filled"] += 1
         else:

@@ -36,7 +36,7 @@ def random_panel(seed: int) -> dict[str, np.ndarray]:
     low = close - np.round(rng.uniform(0.0, 1.5, close.shape), 1)
     volume = rng.integers(1, 30, close.shape).astype(np.float64) * 100.0
     mask = rng.random(close.shape) < 0.7
-    mask[:, 0] = True  # one symbol that never misses a bar takes the all-rows path
+    mask[:, 0] = True  # one symbol never misses a bar
     mask[rng.random(N_STEPS) < 0.1] = True  # some steps where every symbol has a bar
     panel = {"high": high, "low": low, "close": close, "volume": volume}
     for name, values in panel.items():
@@ -83,15 +83,16 @@ def assert_matches_per_symbol(
 # -- ATR --
 
 
-def wilder_atr_loop(high: np.ndarray, low: np.ndarray, close: np.ndarray, period: int) -> list:
+def wilder_atr_loop(
+    high: np.ndarray, low: np.ndarray, close: np.ndarray, period: int
+) -> list[float]:
     """Wilder's ATR written as the textbook loop, independent of the module's code."""
     trs: list[float] = []
     out: list[float] = []
     atr = float("nan")
     for t in range(len(high)):
-        if t == 0:
-            tr = high[t] - low[t]
-        else:
+        tr = high[t] - low[t]
+        if t > 0:
             tr = max(high[t], close[t - 1]) - min(low[t], close[t - 1])
         trs.append(tr)
         if len(trs) == period:
@@ -150,7 +151,7 @@ def test_atr_matches_wilder_loop_on_random_masked_panel() -> None:
     period = 5
     values, ready = run_stream(ATR(N_SYMBOLS, period), p["mask"], p["high"], p["low"], p["close"])
 
-    def reference(i: int, bars: np.ndarray) -> list:
+    def reference(i: int, bars: np.ndarray) -> list[float]:
         return wilder_atr_loop(p["high"][bars, i], p["low"][bars, i], p["close"][bars, i], period)
 
     assert_matches_per_symbol(values, ready, p["mask"], reference)
@@ -381,6 +382,10 @@ def test_sr_nan_atr_scores_zero_and_not_ready_but_tracks_swings() -> None:
     assert scores == [0] * 8 + SR_EXPECTED[8:]
     # The last score counts the levels confirmed while the ATR was still unknown.
     assert scores[-1] == 2
+    # An infinite ATR is not a usable band either: it would count every level.
+    one = np.array([True])
+    sr.update(one, np.array([11.0]), np.array([10.0]), np.array([10.5]), np.array([np.inf]))
+    assert sr.score[0] == 0 and not sr.ready[0] and np.isnan(sr.value[0])
     sr.reset()
     assert not sr.ready.any() and not sr.score.any()
 

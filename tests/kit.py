@@ -1,0 +1,116 @@
+"""Test kit: builders for messages and small bar series, shared by the tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from sovereign.core.risk import sign_approval
+from sovereign.messages import BarBatch, IdSource, OrderIntent, SubmitOrder
+
+SECRET = b"test-secret-0123456789abcdef"
+DAY_NS = 86_400 * 1_000_000_000
+
+_ids = IdSource("kit")
+
+
+def bars(
+    ts: int,
+    symbols: Sequence[str],
+    open: Sequence[float],  # noqa: A002
+    high: Sequence[float],
+    low: Sequence[float],
+    close: Sequence[float],
+    volume: Sequence[float],
+    *,
+    shard: int = 0,
+    interval_s: int = 60,
+) -> BarBatch:
+    return BarBatch.from_arrays(
+        msg_id=_ids.next(),
+        ts=ts,
+        interval_s=interval_s,
+        symbols=np.array([s.encode() for s in symbols]),
+        open=np.asarray(open, dtype=float),
+        high=np.asarray(high, dtype=float),
+        low=np.asarray(low, dtype=float),
+        close=np.asarray(close, dtype=float),
+        volume=np.asarray(volume, dtype=float),
+        shard=shard,
+    )
+
+
+def one_bar(
+    ts: int, symbol: str, o: float, h: float, lo: float, c: float, v: float = 1e6, **kw: int
+) -> BarBatch:
+    return bars(ts, [symbol], [o], [h], [lo], [c], [v], **kw)
+
+
+def submit(
+    order_id: str,
+    symbol: str,
+    side: str,
+    quantity: int,
+    *,
+    now: int = 0,
+    ttl_ns: int = DAY_NS,
+    order_type: str = "MARKET",
+    limit_price: float | None = None,
+    secret: bytes = SECRET,
+    shard: int = 0,
+    purpose: str = "OPEN",
+) -> SubmitOrder:
+    approval = sign_approval(
+        secret,
+        order_id=order_id,
+        symbol=symbol,
+        side=side,
+        quantity=quantity,
+        limit_price=limit_price,
+        expires_ns=now + ttl_ns,
+    )
+    return SubmitOrder(
+        msg_id=_ids.next(),
+        ts_event=now,
+        ts_init=now,
+        order_id=order_id,
+        intent_id=order_id,
+        shard=shard,
+        symbol=symbol,
+        side=side,  # type: ignore[arg-type]
+        quantity=quantity,
+        order_type=order_type,  # type: ignore[arg-type]
+        approval=approval,
+        limit_price=limit_price,
+        purpose=purpose,  # type: ignore[arg-type]
+    )
+
+
+def intent(
+    symbol: str,
+    *,
+    side: str = "BUY",
+    purpose: str = "OPEN",
+    quantity: int = 0,
+    ref_price: float = 100.0,
+    confidence: float = 0.8,
+    regime: str = "TrendingUp",
+    intent_id: str | None = None,
+    ts: int = 0,
+) -> OrderIntent:
+    return OrderIntent(
+        msg_id=_ids.next(),
+        ts_event=ts,
+        ts_init=ts,
+        intent_id=intent_id or _ids.next(),
+        shard=0,
+        symbol=symbol,
+        side=side,  # type: ignore[arg-type]
+        purpose=purpose,  # type: ignore[arg-type]
+        quantity=quantity,
+        ref_price=ref_price,
+        confidence=confidence,
+        regime=regime,
+        reason="test",
+    )

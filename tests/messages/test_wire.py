@@ -1,0 +1,282 @@
+"""The wire: every message round-trips; hostile bytes only ever raise MessageDecodeError."""
+
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sovereign.messages import (
+    ALL_MESSAGES,
+    WIRE,
+    Approval,
+    BarBatch,
+    EquityCurve,
+    Message,
+    MessageDecodeError,
+    NDArray,
+    OrderIntent,
+    RegimeUpdate,
+    SessionStarted,
+    SubmitOrder,
+)
+
+i64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+ts = st.integers(min_value=0, max_value=2**62)
+text = st.text(max_size=20)
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+price = st.floats(min_value=0.01, max_value=1e6, allow_nan=False)
+symbols = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=1, max_size=6)
+
+
+def envelope() -> dict[str, st.SearchStrategy[object]]:
+    return {"msg_id": text, "ts_event": ts, "ts_init": ts, "correlation_id": text}
+
+
+@st.composite
+def arrays(draw: st.DrawFn, dtype: str | None = None, shape: tuple[int, ...] | None = None):
+    dtype = dtype or draw(st.sampled_from(["<f8", "<f4", "<i8", "<i4", "|u1", "|b1", "|S4"]))
+    shape = shape if shape is not None else (draw(st.integers(0, 5)),)
+    n = int(np.prod(shape))
+    raw = draw(
+        st.binary(min_size=n * np.dtype(dtype).itemsize, max_size=n * np.dtype(dtype).itemsize)
+    )
+    return NDArray(dtype=dtype, shape=shape, data=raw)
+
+
+@st.composite
+def bar_batches(draw: st.DrawFn) -> BarBatch:
+    n = draw(st.integers(0, 6))
+    col = lambda: draw(st.lists(finite, min_size=n, max_size=n))  # noqa: E731
+    return BarBatch.from_arrays(
+        msg_id=draw(text),
+        ts=draw(ts),
+        interval_s=draw(st.integers(1, 86_400)),
+        symbols=np.array(draw(st.lists(symbols, min_size=n, max_size=n)), dtype="S6"),
+        open=np.array(col()),
+        high=np.array(col()),
+        low=np.array(col()),
+        close=np.array(col()),
+        volume=np.array(col()),
+        shard=draw(st.integers(-1, 64)),
+    )
+
+
+@st.composite
+def regime_updates(draw: st.DrawFn) -> RegimeUpdate:
+    n = draw(st.integers(0, 6))
+    return RegimeUpdate(
+        **{k: draw(v) for k, v in envelope().items()},
+        ts=draw(ts),
+        symbols=draw(arrays("|S6", (n,))),
+        codes=draw(arrays("|u1", (n,))),
+        probabilities=draw(arrays("<f4", (n, 4))),
+        market=draw(text),
+        model=draw(text),
+        shard=draw(st.integers(-1, 64)),
+    )
+
+
+approvals = st.builds(
+    Approval,
+    order_id=text,
+    symbol=symbols,
+    side=st.sampled_from(["BUY", "SELL"]),
+    quantity=st.integers(1, 10**9),
+    limit_price=st.none() | price,
+    expires_ns=ts,
+    signature=st.binary(min_size=32, max_size=32),
+)
+
+SPECIAL: dict[type, st.SearchStrategy[Message]] = {
+    BarBatch: bar_batches(),
+    RegimeUpdate: regime_updates(),
+    OrderIntent: st.builds(
+        OrderIntent,
+        **envelope(),
+        intent_id=text,
+        shard=st.integers(0, 64),
+        symbol=symbols,
+        side=st.sampled_from(["BUY", "SELL"]),
+        purpose=st.sampled_from(["OPEN", "CLOSE"]),
+        quantity=st.integers(0, 10**9),
+        ref_price=price,
+        confidence=st.floats(0, 1),
+        regime=text,
+        reason=text,
+        order_type=st.just("MARKET"),
+        limit_price=st.none() | price,
+        stop_price=st.none() | price,
+    ),
+    SubmitOrder: st.builds(
+        SubmitOrder,
+        **envelope(),
+        order_id=text,
+        intent_id=text,
+        shard=st.integers(0, 64),
+        symbol=symbols,
+        side=st.sampled_from(["BUY", "SELL"]),
+        quantity=st.integers(1, 10**9),
+        order_type=st.just("LIMIT"),
+        approval=approvals,
+        limit_price=price,
+    ),
+    SessionStarted: st.builds(
+        SessionStarted,
+        **envelope(),
+        run_id=text,
+        mode=st.sampled_from(["backtest", "paper", "live"]),
+        symbols=arrays("|S4"),
+        initial_capital=finite,
+    ),
+    EquityCurve: st.builds(
+        EquityCurve,
+        **envelope(),
+        ts=arrays("<i8", (3,)),
+        equity=arrays("<f8", (3,)),
+        cash=arrays("<f8", (3,)),
+        gross_exposure=arrays("<f8", (3,)),
+        counters=st.dictionaries(text, i64, max_size=3),
+    ),
+}
+
+
+def strategy_for(cls: type[Message]) -> st.SearchStrategy[Message]:
+    if cls in SPECIAL:
+        return SPECIAL[cls]
+    # Simple messages: let hypothesis fill the fields, keeping ints inside msgpack's range.
+    hints = msgspec.structs.fields(cls)
+    overrides: dict[str, st.SearchStrategy[object]] = {}
+    for f in hints:
+        if f.type is int:
+            overrides[f.name] = i64
+        elif f.type is float:
+            overrides[f.name] = st.floats(width=64)
+        elif f.name in ("counters", "rejected_bars"):
+            overrides[f.name] = st.dictionaries(text, i64, max_size=3)
+        elif f.name in ("features", "data"):
+            overrides[f.name] = st.dictionaries(
+                text, st.none() | st.booleans() | i64 | finite | text, max_size=3
+            )
+    return st.builds(cls, **overrides)
+
+
+any_message = st.one_of([strategy_for(cls) for cls in ALL_MESSAGES])
+
+
+@pytest.mark.parametrize("cls", ALL_MESSAGES, ids=lambda c: c.__name__)
+@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_message_round_trips_byte_for_byte(cls: type[Message], data: st.DataObject) -> None:
+    msg = data.draw(strategy_for(cls))
+    blob = WIRE.encode(msg)
+    back = WIRE.decode(blob)
+    assert type(back) is cls
+    # Byte equality also covers NaN fields, which never compare equal to themselves.
+    assert WIRE.encode(back) == blob
+
+
+@settings(max_examples=100)
+@given(st.lists(any_message, max_size=5))
+def test_batches_round_trip(messages: list[Message]) -> None:
+    blob = WIRE.encode_batch(messages)
+    back = WIRE.decode_batch(blob)
+    assert [type(m) for m in back] == [type(m) for m in messages]
+    assert WIRE.encode_batch(back) == blob
+
+
+@settings(max_examples=1000)
+@given(st.binary(max_size=512))
+def test_random_bytes_only_raise_message_decode_error(blob: bytes) -> None:
+    for decode in (WIRE.decode, WIRE.decode_batch):
+        try:
+            decode(blob)
+        except MessageDecodeError:
+            pass
+
+
+@settings(max_examples=300)
+@given(any_message, st.data())
+def test_mutated_messages_only_raise_message_decode_error(
+    msg: Message, data: st.DataObject
+) -> None:
+    blob = bytearray(WIRE.encode_batch([msg]))
+    if not blob:
+        return
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(blob) - 1))
+        blob[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(blob)))
+    for candidate in (bytes(blob), bytes(blob[:cut])):
+        try:
+            WIRE.decode_batch(candidate)
+        except MessageDecodeError:
+            pass
+
+
+def test_unknown_tag_is_named() -> None:
+    blob = msgspec.msgpack.encode([{"type": "LaunchMissiles", "msg_id": "x"}])
+    with pytest.raises(MessageDecodeError, match="LaunchMissiles"):
+        WIRE.decode_batch(blob)
+
+
+def test_wrong_type_is_named() -> None:
+    blob = msgspec.msgpack.encode(
+        {
+            "type": "CancelOrder",
+            "msg_id": 5,
+            "ts_event": 1,
+            "ts_init": 1,
+            "order_id": "a",
+            "reason": "",
+        }
+    )
+    with pytest.raises(MessageDecodeError, match="msg_id"):
+        WIRE.decode(blob)
+
+
+def test_truncated_column_is_refused() -> None:
+    batch = BarBatch.from_arrays(
+        msg_id="b",
+        ts=1,
+        interval_s=60,
+        symbols=np.array([b"AAPL", b"MSFT"]),
+        open=np.ones(2),
+        high=np.ones(2),
+        low=np.ones(2),
+        close=np.ones(2),
+        volume=np.ones(2),
+    )
+    raw = msgspec.msgpack.decode(WIRE.encode(batch))
+    raw["close"][2] = raw["close"][2][:-1]  # one byte short of two float64s
+    with pytest.raises(MessageDecodeError, match="need 16"):
+        WIRE.decode(msgspec.msgpack.encode(raw))
+
+
+def test_column_dtype_must_be_little_endian_and_known() -> None:
+    with pytest.raises(ValueError, match="unsupported array dtype"):
+        NDArray(dtype=">f8", shape=(1,), data=b"\0" * 8)
+    with pytest.raises(ValueError, match="unsupported array dtype"):
+        NDArray(dtype="|O", shape=(1,), data=b"\0" * 8)
+
+
+def test_bar_batch_columns_are_raw_bytes_not_python_objects() -> None:
+    batch = BarBatch.from_arrays(
+        msg_id="b",
+        ts=1,
+        interval_s=60,
+        symbols=np.array([b"AAPL", b"MSFT"]),
+        open=np.array([1.0, 2.0]),
+        high=np.array([1.5, 2.5]),
+        low=np.array([0.5, 1.5]),
+        close=np.array([1.2, 2.2]),
+        volume=np.array([100.0, 200.0]),
+    )
+    raw = msgspec.msgpack.decode(WIRE.encode(batch))
+    assert raw["close"] == ["<f8", [2], np.array([1.2, 2.2]).tobytes()]
+    decoded = WIRE.decode(WIRE.encode(batch))
+    assert isinstance(decoded, BarBatch)
+    np.testing.assert_array_equal(decoded.close.to_numpy(), [1.2, 2.2])
+    assert decoded.symbols.to_numpy().tolist() == [b"AAPL", b"MSFT"]
