@@ -90,6 +90,7 @@ def _load(args: argparse.Namespace, config: Config) -> object:
             end=args.end,
             split_adjust=config.data.split_adjust,
             splits_file=config.data.splits_file or None,
+            seed=config.engine.seed,
         )
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(f"cannot load data {args.data!r}: {exc}") from None
@@ -138,6 +139,12 @@ def _run(args: argparse.Namespace, *, mode: str) -> int:
             f"{mode}: {len(data.symbols)} symbols on {len(engine.shard_symbols)} shards, "
             f"{len(engine.feed)} steps, runtime {args.runtime}\n"
         )
+        url = getattr(engine.runtime, "dashboard_url", None)
+        if url:
+            human.write(
+                f"Ray dashboard: http://{url} (token: `ray get-auth-token`); actors: "
+                "RAY_AUTH_MODE=token ray list actors --filter ray_namespace=sovereign\n"
+            )
         human.flush()
 
     output = run_session(
@@ -192,7 +199,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _session_args(p: argparse.ArgumentParser, *, runtime: str, out: str) -> None:
     p.add_argument(
-        "--data", default="sample", help="CSV/Parquet file, or sample[:daily|hourly|minute]"
+        "--data",
+        default="sample",
+        help="CSV/Parquet file, sample[:daily|hourly|minute], or synthetic:<symbols>x<bars>",
     )
     p.add_argument("--symbols", default=None, help="comma-separated symbols (default: all)")
     p.add_argument("--start", default=None, help="first date (inclusive)")

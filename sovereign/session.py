@@ -116,6 +116,10 @@ def _iso(ts: int) -> str:
     return dt.datetime.fromtimestamp(ts / 1e9, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _ratio(ratio: float) -> str:
+    return f"{ratio:g}:1" if ratio >= 1 else f"1:{1 / ratio:g}"
+
+
 def session_meta(result: SessionResult, data: LoadedData, config: Config) -> dict[str, Any]:
     """Facts about the run for the report: what ran, on what, and what was refused."""
     rejected_bars: dict[str, int] = {}
@@ -131,7 +135,7 @@ def session_meta(result: SessionResult, data: LoadedData, config: Config) -> dic
         notes.append(f"Rejected at load: {n} rows ({reason}).")
     for event in data.splits:
         notes.append(
-            f"Split adjusted: {event.symbol} {event.ratio:g}:1 at {_iso(event.ts)[:10]} "
+            f"Split adjusted: {event.symbol} {_ratio(event.ratio)} at {_iso(event.ts)[:10]} "
             f"({event.source}; {event.evidence})."
         )
     for reason, n in sorted(rejected_bars.items()):

@@ -29,3 +29,10 @@ def ray_session() -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def gcs_address() -> str:
+    """This session's Ray address (explicit, in case another Ray runs on the machine)."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address

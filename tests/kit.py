@@ -18,7 +18,7 @@ _ids = IdSource("kit")
 def bars(
     ts: int,
     symbols: Sequence[str],
-    open: Sequence[float],  # noqa: A002
+    open: Sequence[float],
     high: Sequence[float],
     low: Sequence[float],
     close: Sequence[float],

@@ -143,6 +143,7 @@ class RayRuntime:
         self._ray = ray
         self.max_restarts = max_restarts
         self._owns_ray = False
+        self.dashboard_url: str | None = None
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {
                 "namespace": NAMESPACE,
@@ -161,9 +162,10 @@ class RayRuntime:
                         for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
                     }
                 }
-            ray.init(**kwargs)
+            context = ray.init(**kwargs)
+            self.dashboard_url = context.dashboard_url or None
             self._owns_ray = True
-        self._remote_host = ray.remote(_Host)
+        self._remote_classes: dict[type[Actor], Any] = {}
         self.handles: dict[str, Any] = {}
 
     @property
@@ -181,9 +183,18 @@ class RayRuntime:
         }
         if spec.spread:
             options["scheduling_strategy"] = "SPREAD"
-        handle = self._remote_host.options(**options).remote(spec)
+        handle = self._remote_class(spec.cls).options(**options).remote(spec)
         self.handles[spec.name] = handle
         return handle
+
+    def _remote_class(self, cls: type[Actor]) -> Any:
+        # One host subclass per actor class, named after it, so the dashboard and
+        # `ray list actors` show ShardActor, GuardianActor, ... rather than one host name.
+        remote = self._remote_classes.get(cls)
+        if remote is None:
+            host = type(cls.__name__, (_Host,), {"__qualname__": cls.__name__})
+            remote = self._remote_classes[cls] = self._ray.remote(host)
+        return remote
 
     def tell(self, handle: Any, *inputs: Any) -> Any:
         args = [WIRE.encode_batch(x) if isinstance(x, list) else x for x in inputs]

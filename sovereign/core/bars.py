@@ -16,16 +16,21 @@ def clean_rows(
     """
     with np.errstate(invalid="ignore"):
         nan_price = ~(np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c))
-        nonpositive = ~nan_price & ((o <= 0) | (h <= 0) | (lo <= 0) | (c <= 0))
-        high_lt_low = ~nan_price & (h < lo)
-        outside = ~nan_price & ((o < lo) | (o > h) | (c < lo) | (c > h))
-        negative_volume = v < 0
+        bad = nan_price.copy()
+        nonpositive = ~bad & ((o <= 0) | (h <= 0) | (lo <= 0) | (c <= 0))
+        bad |= nonpositive
+        high_lt_low = ~bad & (h < lo)
+        bad |= high_lt_low
+        outside = ~bad & ((o < lo) | (o > h) | (c < lo) | (c > h))
+        bad |= outside
+        negative_volume = ~bad & (v < 0)
+        bad |= negative_volume
+    # Each bad row is counted once, under the first reason that applies.
     reasons = {
         "nan_price": nan_price,
         "nonpositive_price": nonpositive,
         "high_lt_low": high_lt_low,
-        "open_or_close_outside_range": outside & ~high_lt_low,
+        "open_or_close_outside_range": outside,
         "negative_volume": negative_volume,
     }
-    bad = nan_price | nonpositive | high_lt_low | outside | negative_volume
     return ~bad, reasons

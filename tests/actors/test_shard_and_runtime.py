@@ -1,0 +1,98 @@
+"""Actors under the runtimes: bad bars and garbage bytes are refused, counted, and harmless."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sovereign.actors.runtime import ActorSpec, LocalRuntime, RayRuntime
+from sovereign.actors.shard import ShardActor
+from sovereign.config import StrategyConfig
+from sovereign.messages import WIRE, SessionEnded, ShardReport
+from tests.conftest import gcs_address
+from tests.kit import bars
+
+MIN = 60 * 1_000_000_000
+
+
+def shard_spec(tmp_path, symbols=("AAA", "BBB", "CCC")) -> ActorSpec:
+    return ActorSpec(
+        ShardActor,
+        index=0,
+        kwargs={"symbols": list(symbols), "strategy": StrategyConfig(), "state_dir": str(tmp_path)},
+    )
+
+
+def end() -> SessionEnded:
+    return SessionEnded(msg_id="end", ts_event=0, ts_init=0, run_id="r", steps=0)
+
+
+def report_of(messages) -> ShardReport:
+    (report,) = [m for m in messages if isinstance(m, ShardReport)]
+    return report
+
+
+def test_bad_bars_never_reach_the_indicators_and_are_counted_by_reason(tmp_path) -> None:
+    rt = LocalRuntime()
+    shard = rt.spawn(shard_spec(tmp_path))
+    good = bars(
+        MIN, ["AAA", "BBB", "CCC"], [10, 10, 10], [11, 11, 11], [9, 9, 9], [10, 10, 10], [100] * 3
+    )
+    rt.tell(shard, [good])
+    atr_before = shard.strategy.atr.tr.copy()
+    bad = bars(
+        2 * MIN,
+        ["AAA", "BBB", "CCC", "ZZZ"],
+        [math.nan, 10, 10, 10],
+        [11, 8, 11, 11],  # BBB: high < low
+        [9, 9, 9, 9],
+        [10, 10, -1, 10],  # CCC: close outside range and non-positive
+        [100, 100, 100, 100],
+    )
+    rt.tell(shard, [bad])
+    # No row of that batch was good: the indicators did not move.
+    assert shard.strategy.atr.tr.tolist() == atr_before.tolist()
+    stale = bars(MIN, ["AAA"], [10], [11], [9], [10], [100])
+    rt.tell(shard, [stale])
+    report = report_of(rt.tell(shard, [end()]))
+    assert report.rejected_bars == {
+        "high_lt_low": 1,
+        "nan_price": 1,
+        "nonpositive_price": 1,
+        "out_of_order_time": 1,
+        "unknown_symbol": 1,
+    }
+    assert report.bars == 3
+
+
+def test_local_wire_runtime_counts_and_drops_undecodable_batches(tmp_path) -> None:
+    from sovereign.actors.runtime import _decode_inputs
+
+    actor = shard_spec(tmp_path).build()
+    messages = _decode_inputs(actor, [b"\xc1garbage", WIRE.encode_batch([end()])])
+    assert [type(m).__name__ for m in messages] == ["SessionEnded"]
+    assert actor.counters["decode_errors"] == 1
+
+
+@pytest.mark.ray
+def test_ray_actor_survives_garbage_bytes_and_reports_them(tmp_path, ray_session) -> None:
+    rt = RayRuntime()
+    try:
+        handle = rt.spawn(shard_spec(tmp_path))
+        good = bars(MIN, ["AAA"], [10], [11], [9], [10], [100])
+        r1 = rt.tell(handle, [good])
+        r2 = handle.receive.remote(b"\x00\x01\x02 definitely not msgpack", b"")
+        r3 = rt.tell(handle, [end()])
+        out1, out2, out3 = rt.fetch([r1, r2, r3])
+        assert out1 == [] and out2 == []
+        report = report_of(out3)
+        assert report.decode_errors == 2
+        assert report.bars == 1
+        from ray.util.state import list_actors
+
+        alive = list_actors(address=gcs_address(), filters=[("state", "=", "ALIVE")])
+        names = {a.name for a in alive}
+        assert "sovereign/shard/0" in names
+    finally:
+        rt.shutdown()
