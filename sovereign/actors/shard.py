@@ -197,13 +197,12 @@ class ShardActor(Actor):
                     reason=cancel.reason,
                 )
             )
+        envelope = {"ts_event": now, "ts_init": now, "correlation_id": batch.msg_id}
         for x in exits:
             out.append(
                 OrderIntent(
                     msg_id=self.ids.next(),
-                    ts_event=now,
-                    ts_init=now,
-                    correlation_id=batch.msg_id,
+                    **envelope,
                     intent_id=x.intent_id,
                     shard=self.index,
                     symbol=x.symbol,
@@ -220,9 +219,7 @@ class ShardActor(Actor):
             out.append(
                 OrderIntent(
                     msg_id=self.ids.next(),
-                    ts_event=now,
-                    ts_init=now,
-                    correlation_id=batch.msg_id,
+                    **envelope,
                     intent_id=e.intent_id,
                     shard=self.index,
                     symbol=e.symbol,
