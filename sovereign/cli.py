@@ -99,6 +99,10 @@ def _load(args: argparse.Namespace, config: Config) -> object:
 def _with_overrides(args: argparse.Namespace, config: Config) -> Config:
     import msgspec
 
+    if getattr(args, "account", None):
+        config = msgspec.structs.replace(
+            config, engine=msgspec.structs.replace(config.engine, account=args.account)
+        )
     if getattr(args, "shards", None):
         config = msgspec.structs.replace(
             config, engine=msgspec.structs.replace(config.engine, shards=args.shards)
@@ -181,6 +185,105 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return _run(args, mode="backtest")
 
 
+def _scope(args: argparse.Namespace, config: Config) -> str:
+    if getattr(args, "run", None):
+        return f"run/{args.run}"
+    account = getattr(args, "account", None) or config.engine.account
+    if not account:
+        raise UsageError("name the account (--account NAME) or the run (--run RUN_ID)")
+    return f"account/{account}"
+
+
+def cmd_constitution(args: argparse.Namespace) -> int:
+    from contextlib import closing
+
+    from sovereign.core.guardian import GuardianState
+    from sovereign.memory.state_store import open_state_store
+
+    config = load_config(args.config)
+    c = config.build_constitution()
+    lines = [
+        "Constitution (immutable; configuration may only tighten it)",
+        f"  {'max_position_size':<26} {c.max_position_size:.2%} of equity",
+        f"  {'max_daily_loss':<26} {c.max_daily_loss:.2%} (then no new positions today)",
+        f"  {'max_drawdown':<26} {c.max_drawdown:.2%} (then all trading halts)",
+        f"  {'min_confidence_for_trade':<26} {c.min_confidence_for_trade:.2f}",
+        f"  {'max_rule_changes_per_day':<26} {c.max_rule_changes_per_day}",
+        f"  {'max_active_rules':<26} {c.max_active_rules}",
+        f"  {'forbidden_modifications':<26} {', '.join(sorted(c.forbidden_modifications))}",
+        f"  {'fingerprint (sha256)':<26} {c.fingerprint}",
+        "",
+        "Trading state",
+    ]
+    named = getattr(args, "account", None) or getattr(args, "run", None) or config.engine.account
+    with closing(open_state_store(args.state, config.state.redis_url)) as store:
+        keys = [f"guardian/{_scope(args, config)}"] if named else store.keys("guardian/account/")
+        if not keys:
+            lines.append("  no named account has state yet (--account NAME names one)")
+        for key in keys:
+            doc = store.get(key)
+            scope = key.removeprefix("guardian/")
+            if doc is None:
+                lines.append(f"  {scope}: no state yet (it starts ACTIVE)")
+                continue
+            g = GuardianState.from_dict(doc)
+            drawdown = 1 - g.last_equity / g.high_water_mark if g.high_water_mark else 0.0
+            lines.append(
+                f"  {scope}: {g.state}  equity {g.last_equity:,.2f}  high-water mark "
+                f"{g.high_water_mark:,.2f}  drawdown {drawdown:.2%}  session "
+                f"{g.session_date or '-'}"
+            )
+            if g.state == "HALTED":
+                lines.append(f"      halted: {g.halted_reason}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    import time as _time
+    from contextlib import closing
+
+    from sovereign.core.guardian import GuardianState, resume
+    from sovereign.memory.audit import AuditLog, governance_path
+    from sovereign.memory.state_store import open_state_store
+
+    if not args.confirm:
+        raise UsageError("resuming trading after a halt needs --confirm (and --reason)")
+    if not args.reason or not args.reason.strip():
+        raise UsageError("--reason is required: say why trading may resume")
+    config = load_config(args.config)
+    scope = _scope(args, config)
+    key = f"guardian/{scope}"
+    with closing(open_state_store(args.state, config.state.redis_url)) as store:
+        doc = store.get(key)
+        if doc is None:
+            raise UsageError(f"no trading state for {scope} in {args.state}")
+        state = GuardianState.from_dict(doc)
+        try:
+            record = resume(state, reason=args.reason, operator=_operator(), ts=_time.time_ns())
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        with AuditLog(governance_path(args.state)) as audit:
+            entry = audit.append(
+                ts_ns=record["ts"], actor="cli", action="resume", payload={"scope": scope, **record}
+            )
+        store.put(key, state.to_dict())
+    sys.stdout.write(
+        f"{scope}: HALTED -> ACTIVE (audit entry {entry.seq}). High-water mark reset to "
+        f"{state.high_water_mark:,.2f}. Reason: {args.reason}\n"
+    )
+    return 0
+
+
+def _operator() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
 def cmd_paper(args: argparse.Namespace) -> int:
     if args.broker != "sim":
         raise UsageError(f"broker {args.broker!r} is not available yet; use --broker sim")
@@ -212,6 +315,11 @@ def _session_args(p: argparse.ArgumentParser, *, runtime: str, out: str) -> None
     p.add_argument("--shards", type=int, default=None, help="number of shard actors")
     p.add_argument("--out", type=Path, default=Path(out), help="report directory")
     p.add_argument("--json", action="store_true", help="print the metrics JSON on stdout")
+    p.add_argument(
+        "--account",
+        default=None,
+        help="a named account whose trading state persists across sessions",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,6 +348,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pp.add_argument("--max-steps", type=int, default=None, help="stop after this many bars")
     pp.set_defaults(func=cmd_paper)
+
+    cp = sub.add_parser("constitution", help="show the limits, the fingerprint and trading state")
+    _common(cp)
+    cp.add_argument("--account", default=None, help="account to show (default: all named)")
+    cp.add_argument("--run", default=None, help="a run's own state (sessions without --account)")
+    cp.set_defaults(func=cmd_constitution)
+
+    rp = sub.add_parser("resume", help="leave HALTED (audited; needs --confirm and --reason)")
+    _common(rp)
+    rp.add_argument("--account", default=None, help="the halted account")
+    rp.add_argument("--run", default=None, help="the halted run (sessions without --account)")
+    rp.add_argument("--confirm", action="store_true", help="yes, resume trading")
+    rp.add_argument("--reason", default="", help="why trading may resume (audited)")
+    rp.set_defaults(func=cmd_resume)
     return parser
 
 

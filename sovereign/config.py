@@ -3,7 +3,8 @@
 One frozen msgspec Struct per component, each forbidding unknown fields, so a typo in the
 TOML file is a startup error naming the field instead of a silently ignored setting. The
 file passed with ``--config`` has one table per component (``[engine]``, ``[strategy]``,
-``[regime]``, ``[sim]``, ``[risk]``, ``[constitution]``, ``[data]``, ``[ray]``); every key is
+``[regime]``, ``[sim]``, ``[risk]``, ``[constitution]``, ``[data]``, ``[ray]``,
+``[state]``); every key is
 optional and defaults to the value documented on the Struct.
 """
 
@@ -47,6 +48,10 @@ class EngineConfig(_Section, frozen=True):
         Default 2.
     initial_capital
         Starting cash of a backtest or sim paper session, in USD. Default 100,000.
+    account
+        A named account whose guardian state (and, with the sim broker, simulated account)
+        persists across sessions in the state store: a HALTED account stays HALTED until
+        ``sovereign resume``. Empty (the default) scopes the state to the run.
     seed
         Seed for anything random in a run. Default 7.
     max_in_flight_steps
@@ -59,6 +64,7 @@ class EngineConfig(_Section, frozen=True):
 
     shards: int = 2
     initial_capital: float = 100_000.0
+    account: str = ""
     seed: int = 7
     max_in_flight_steps: int = 16
     approval_ttl_s: int = 300
@@ -100,6 +106,9 @@ class StrategyConfig(_Section, frozen=True):
         Regimes in which entries are allowed. Default ["TrendingUp"].
     sr_swing, sr_memory, sr_band_atr
         Support/resistance score parameters (see ``core.indicators.SupportResistance``).
+    entry_timeout_bars
+        An entry order not completely filled after this many bars is canceled (its signal
+        is stale). Default 1.
     """
 
     atr_period: int = 14
@@ -115,9 +124,16 @@ class StrategyConfig(_Section, frozen=True):
     sr_swing: int = 3
     sr_memory: int = 10
     sr_band_atr: float = 0.5
+    entry_timeout_bars: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("atr_period", "breakout_window", "volume_window", "max_hold_bars"):
+        for name in (
+            "atr_period",
+            "breakout_window",
+            "volume_window",
+            "max_hold_bars",
+            "entry_timeout_bars",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.volume_threshold <= 100:
@@ -212,10 +228,23 @@ class RiskConfig(_Section, frozen=True):
     max_gross_exposure
         Refuse entries that would take gross exposure above this multiple of equity.
         Default 1.0 (no leverage).
+    entry_limit_buffer
+        Entries are marketable limit orders at the decision price times (1 + buffer), sized
+        at that limit, so a gap up cannot fill them above what was approved. Default 0.01;
+        it must be positive: an entry at market could fill anywhere.
+    flatten_on_halt
+        On a halt, sell every position at market (working orders are always canceled).
+        Default true.
+    review_after_losses
+        This many consecutive losing trades ask the self-modification engine for a rule
+        evaluation. Default 3.
     """
 
     volatile_scale: float = 0.5
     max_gross_exposure: float = 1.0
+    entry_limit_buffer: float = 0.01
+    flatten_on_halt: bool = True
+    review_after_losses: int = 3
 
     def __post_init__(self) -> None:
         if not 0 < self.volatile_scale <= 1:
@@ -260,6 +289,23 @@ class RayConfig(_Section, frozen=True):
     num_cpus: int = 0
 
 
+class StateConfig(_Section, frozen=True):
+    """Where state that must survive restarts lives.
+
+    Parameters
+    ----------
+    redis_url
+        ``redis://host:port/db`` to keep the state store in Redis (shared by every node of
+        a cluster); empty keeps it in SQLite in the state directory.
+    """
+
+    redis_url: str = ""
+
+    def __post_init__(self) -> None:
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis_url must start with redis://, got {self.redis_url!r}")
+
+
 class ConstitutionOverrides(_Section, frozen=True):
     """The ``[constitution]`` table: values may only make a limit stricter."""
 
@@ -281,6 +327,7 @@ class Config(_Section, frozen=True):
     risk: RiskConfig = msgspec.field(default_factory=RiskConfig)
     data: DataConfig = msgspec.field(default_factory=DataConfig)
     ray: RayConfig = msgspec.field(default_factory=RayConfig)
+    state: StateConfig = msgspec.field(default_factory=StateConfig)
     constitution: ConstitutionOverrides = msgspec.field(default_factory=ConstitutionOverrides)
 
     def build_constitution(self) -> Constitution:

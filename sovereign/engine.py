@@ -37,7 +37,13 @@ from sovereign.actors.guardian import GuardianActor
 from sovereign.actors.monitor import MonitorActor
 from sovereign.actors.operator import OperatorActor
 from sovereign.actors.regime import RegimeActor
-from sovereign.actors.runtime import ActorSpec, LocalRuntime, RayRuntime
+from sovereign.actors.runtime import (
+    ActorCallError,
+    ActorSpec,
+    Lenient,
+    LocalRuntime,
+    RayRuntime,
+)
 from sovereign.actors.shard import ShardActor
 from sovereign.brokers.sim import SimBroker
 from sovereign.config import Config
@@ -95,12 +101,18 @@ class SessionResult:
     actor_names: list[str] = field(default_factory=list)
 
 
+def state_scope(config: Config, run_id: str) -> str:
+    """Whose guardian state this is: a named account's, or this run's alone."""
+    return f"account/{config.engine.account}" if config.engine.account else f"run/{run_id}"
+
+
 def build_specs(
     config: Config,
     shard_symbols: list[list[str]],
     state_dir: Path,
     secret: bytes,
     *,
+    run_id: str,
     notify_fills: bool = False,
 ) -> dict[str, Any]:
     """The actor graph as specs (role -> spec or list of specs)."""
@@ -108,8 +120,16 @@ def build_specs(
     policy = SizingPolicy(
         volatile_scale=config.risk.volatile_scale,
         max_gross_exposure=config.risk.max_gross_exposure,
+        entry_limit_buffer=config.risk.entry_limit_buffer,
     )
-    broker_factory = functools.partial(SimBroker, config.sim, config.engine.initial_capital)
+    broker_factory = functools.partial(
+        SimBroker,
+        config.sim,
+        config.engine.initial_capital,
+        position_cap=constitution.max_position_size,
+    )
+    shard_of = {s: i for i, symbols in enumerate(shard_symbols) for s in symbols}
+    account = config.engine.account
     return {
         "shards": [
             ActorSpec(
@@ -134,10 +154,23 @@ def build_specs(
                 "policy": policy,
                 "secret": secret,
                 "approval_ttl_s": config.engine.approval_ttl_s,
+                "state_dir": str(state_dir),
+                "state_scope": state_scope(config, run_id),
+                "shard_of": shard_of,
+                "flatten_on_halt": config.risk.flatten_on_halt,
+                "review_after_losses": config.risk.review_after_losses,
+                "redis_url": config.state.redis_url,
             },
         ),
         "gateway": ActorSpec(
-            GatewayActor, kwargs={"broker_factory": broker_factory, "secret": secret}
+            GatewayActor,
+            kwargs={
+                "broker_factory": broker_factory,
+                "secret": secret,
+                "state_dir": str(state_dir),
+                "account_key": f"sim-account/{account}" if account else "",
+                "redis_url": config.state.redis_url,
+            },
         ),
         "monitor": ActorSpec(MonitorActor),
         "operator": ActorSpec(OperatorActor, kwargs={"notify_fills": notify_fills}),
@@ -176,6 +209,7 @@ class Engine:
         self.on_progress = on_progress
         self.notify_fills = notify_fills
         self.shard_symbols = deal_symbols(data.symbols, config.engine.shards)
+        self.failed_steps = 0
         self.feed = ReplayFeed(data.frame, self.shard_symbols, data.interval_s)
 
     def run(self) -> SessionResult:
@@ -186,6 +220,7 @@ class Engine:
             self.shard_symbols,
             self.state_dir,
             os.urandom(32),
+            run_id=self.run_id,
             notify_fills=self.notify_fills,
         )
         shards = [rt.spawn(s) for s in specs["shards"]]
@@ -259,34 +294,32 @@ class Engine:
             bars += sum(len(b) for b in present)
             regime_r = rt.tell(regime, present)
             gw_r = rt.tell(gateway, present)
+            # Inputs from the previous step are lenient: if that step failed (an actor died
+            # and is restarting), this step goes on without them.
             shard_rs = [
                 rt.tell(
                     shard,
-                    prev_verdicts,
-                    prev_acks,
+                    Lenient(prev_verdicts),
+                    Lenient(prev_acks),
                     gw_r,
                     regime_r,
                     [batches[i]] if batches[i] is not None else [],
                 )
                 for i, shard in enumerate(shards)
             ]
-            verdicts_r = rt.tell(guardian, prev_acks, gw_r, *shard_rs)
+            verdicts_r = rt.tell(guardian, Lenient(prev_acks), gw_r, *shard_rs)
             acks_r = rt.tell(gateway, verdicts_r)
             rt.tell(monitor, gw_r, verdicts_r, acks_r, *shard_rs)
-            op_r = rt.tell(operator, gw_r, acks_r, *shard_rs)
+            op_r = rt.tell(operator, gw_r, verdicts_r, acks_r, *shard_rs)
             prev_verdicts, prev_acks = verdicts_r, acks_r
             in_flight.append((step, op_r))
             # Bound the work in flight, and deliver notifications as steps finish.
             while in_flight and (
                 len(in_flight) > window or rt.ready([in_flight[0][1]], timeout=0) == 1
             ):
-                done_step, ref = in_flight.popleft()
-                notified += self._deliver(rt.fetch([ref])[0])
-                self._report_progress(done_step, total, notified, engine_start)
+                notified += self._complete(rt, in_flight.popleft(), total, engine_start, notified)
         while in_flight:
-            done_step, ref = in_flight.popleft()
-            notified += self._deliver(rt.fetch([ref])[0])
-            self._report_progress(done_step, total, notified, engine_start)
+            notified += self._complete(rt, in_flight.popleft(), total, engine_start, notified)
         engine_seconds = time.perf_counter() - engine_start
 
         last_ts = int(self.feed.timestamps[total - 1]) if total else first_ts
@@ -315,7 +348,7 @@ class Engine:
             equity=np.array(curve.equity.to_numpy()),
             cash=np.array(curve.cash.to_numpy()),
             gross_exposure=np.array(curve.gross_exposure.to_numpy()),
-            counters=dict(curve.counters),
+            counters={**curve.counters, "failed_steps": self.failed_steps},
             shard_reports=sorted(
                 (m for m in flat if isinstance(m, ShardReport)), key=lambda r: r.shard
             ),
@@ -324,6 +357,22 @@ class Engine:
             notifications=notified,
             actor_names=names,
         )
+
+    def _complete(
+        self, rt: Runtime, item: tuple[int, Any], total: int, start: float, notified: int
+    ) -> int:
+        """Collect a finished step: deliver its notifications, count it if it failed."""
+        step, ref = item
+        try:
+            delivered = self._deliver(rt.fetch([ref])[0])
+        except ActorCallError as exc:
+            # An actor of this step died (Ray restarts it). Nothing it did not finish was
+            # sent on: the gateway only acts on the guardian's completed output.
+            self.failed_steps += 1
+            log.error("step %d failed: %s", step, exc)
+            delivered = 0
+        self._report_progress(step, total, notified + delivered, start)
+        return delivered
 
     def _pace(self, ts: int, first_ts: int, engine_start: float) -> None:
         if self.speed <= 0:

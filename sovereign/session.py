@@ -15,10 +15,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sovereign.actors.guardian import guardian_state_key
 from sovereign.config import Config
+from sovereign.core.guardian import GuardianState
 from sovereign.core.metrics import compute_metrics
 from sovereign.data.loaders import LoadedData
-from sovereign.engine import Engine, Mode, Progress, SessionResult, make_runtime
+from sovereign.engine import Engine, Mode, Progress, SessionResult, make_runtime, state_scope
+from sovereign.memory.state_store import open_state_store
 from sovereign.memory.trade_memory import TradeMemory
 from sovereign.messages import Notification
 from sovereign.report import ReportPaths, write_report
@@ -30,6 +33,7 @@ class SessionOutput:
     metrics: dict[str, Any]
     trades: pd.DataFrame
     paths: ReportPaths | None
+    guardian: GuardianState | None = None
 
 
 def new_run_id(mode: str) -> str:
@@ -76,6 +80,7 @@ def run_session(
     result = engine.run()
     trades = TradeMemory(state_dir).to_frame(run_id=run_id)
     metrics = session_metrics(result, trades, config)
+    guardian = load_guardian_state(config, state_dir, state_scope(config, run_id))
     paths = None
     if out_dir is not None:
         paths = write_report(
@@ -85,9 +90,47 @@ def run_session(
             trades=trades,
             ts=result.ts,
             equity=result.equity,
-            meta=session_meta(result, data, config),
+            meta=session_meta(result, data, config, guardian, metrics),
         )
-    return SessionOutput(result=result, metrics=metrics, trades=trades, paths=paths)
+    return SessionOutput(
+        result=result, metrics=metrics, trades=trades, paths=paths, guardian=guardian
+    )
+
+
+def load_guardian_state(config: Config, state_dir: str | Path, scope: str) -> GuardianState | None:
+    """The guardian's persisted state for a scope (``account/<name>`` or ``run/<id>``)."""
+    from contextlib import closing
+
+    with closing(open_state_store(state_dir, config.state.redis_url)) as store:
+        doc = store.get(guardian_state_key(scope))
+    return None if doc is None else GuardianState.from_dict(doc)
+
+
+def guardian_notes(
+    guardian: GuardianState | None, metrics: dict[str, Any], config: Config
+) -> list[str]:
+    """What the report says about the kill conditions."""
+    if guardian is None:
+        return []
+    limit = config.build_constitution().max_drawdown
+    worst = float(metrics.get("max_drawdown") or 0.0)
+    notes = [
+        f"Trading state at the end: {guardian.state}. Worst drawdown seen by the guardian "
+        f"{guardian.worst_drawdown:.2%}; worst realised drawdown of the equity curve "
+        f"{worst:.2%} (limit {limit:.0%})."
+    ]
+    if guardian.state == "HALTED":
+        notes.append(f"HALTED: {guardian.halted_reason}.")
+    if worst > limit:
+        notes.append(
+            f"The drawdown overshot the {limit:.0%} limit by {worst - limit:.2%}: the guardian "
+            "checks equity once per bar, so a loss that happens between two bars (an "
+            "overnight or intraday gap) is only seen at the next bar, after it happened; the "
+            "positions were then flattened at the next open, which can add the next gap. "
+            "This is gap risk, which a stop on bar data cannot remove; smaller positions, "
+            "fewer of them, or intraday bars reduce it."
+        )
+    return notes
 
 
 def session_metrics(result: SessionResult, trades: pd.DataFrame, config: Config) -> dict[str, Any]:
@@ -120,7 +163,13 @@ def _ratio(ratio: float) -> str:
     return f"{ratio:g}:1" if ratio >= 1 else f"1:{1 / ratio:g}"
 
 
-def session_meta(result: SessionResult, data: LoadedData, config: Config) -> dict[str, Any]:
+def session_meta(
+    result: SessionResult,
+    data: LoadedData,
+    config: Config,
+    guardian: GuardianState | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Facts about the run for the report: what ran, on what, and what was refused."""
     rejected_bars: dict[str, int] = {}
     for report in result.shard_reports:
@@ -148,9 +197,13 @@ def session_meta(result: SessionResult, data: LoadedData, config: Config) -> dic
             f"{open_trades} positions were still open at the end; they are marked to market "
             "in the equity curve and are not in trades.csv."
         )
+    notes.extend(guardian_notes(guardian, metrics or {}, config))
     notes.append(
-        "Fill model: market orders decided at a bar's close fill at the next bar's open with "
-        f"{config.sim.slippage_bps:g} bps slippage; commission ${config.sim.commission_per_share}"
+        "Fill model: orders decided at a bar's close work from the next bar's open. Entries "
+        f"are marketable limits at the decision price + {config.risk.entry_limit_buffer:.1%} "
+        "(filled at the better of open and limit, canceled if not filled in "
+        f"{config.strategy.entry_timeout_bars} bar(s)); exits are market orders with "
+        f"{config.sim.slippage_bps:g} bps slippage. Commission ${config.sim.commission_per_share}"
         f"/share (min ${config.sim.commission_min:.2f}, max "
         f"{config.sim.commission_max_pct:.0%} of value); fills capped at "
         f"{config.sim.max_volume_share:.0%} of bar volume."
@@ -182,6 +235,8 @@ def session_meta(result: SessionResult, data: LoadedData, config: Config) -> dic
         "final_cash": account.cash if account else None,
         "open_positions_at_end": account.open_positions if account else None,
         "constitution_fingerprint": config.build_constitution().fingerprint,
+        "trading_state": guardian.state if guardian else None,
+        "guardian_worst_drawdown": guardian.worst_drawdown if guardian else None,
         "counters": dict(sorted(counters.items())),
         "notes": notes,
     }

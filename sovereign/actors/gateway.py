@@ -9,13 +9,19 @@ publishes fills, position snapshots for what changed, and an account snapshot pe
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import closing
+
+import msgspec
 
 from sovereign.actors.base import Actor
 from sovereign.brokers.base import BrokerAdapter
+from sovereign.core.calendar import session_date
 from sovereign.core.risk import ApprovalVerifier
 from sovereign.execution.order_manager import OrderManager
+from sovereign.memory.state_store import open_state_store
 from sovereign.messages import (
     BarBatch,
+    BookSnapshot,
     CancelOrder,
     Message,
     OrderAccepted,
@@ -23,6 +29,7 @@ from sovereign.messages import (
     OrderFilled,
     OrderRejected,
     SessionEnded,
+    SessionStarted,
     SubmitOrder,
 )
 
@@ -31,7 +38,14 @@ class GatewayActor(Actor):
     role = "gateway"
 
     def __init__(
-        self, index: int, broker_factory: Callable[[], BrokerAdapter], secret: bytes
+        self,
+        index: int,
+        broker_factory: Callable[[], BrokerAdapter],
+        secret: bytes,
+        *,
+        state_dir: str = "",
+        account_key: str = "",
+        redis_url: str = "",
     ) -> None:
         super().__init__(index)
         # Built here, inside the actor's process: a broker holds sockets and state that
@@ -40,6 +54,10 @@ class GatewayActor(Actor):
         self.verifier = ApprovalVerifier(secret)
         self.orders = OrderManager()
         self.clock = 0
+        self.session_date = ""
+        self.state_dir = state_dir
+        self.account_key = account_key
+        self.redis_url = redis_url
 
     def receive(self, messages: list[Message]) -> list[Message]:
         out: list[Message] = []
@@ -50,13 +68,18 @@ class GatewayActor(Actor):
                 case BarBatch():
                     saw_bars = True
                     self.clock = max(self.clock, msg.ts_event)
+                    self.session_date = session_date(msg.ts)
                     out.extend(self._track(self.broker.on_bars(msg), touched))
                 case SubmitOrder():
                     out.extend(self._submit(msg, touched))
                 case CancelOrder():
                     out.extend(self._cancel(msg, touched))
+                case SessionStarted():
+                    self._restore_account()
                 case SessionEnded():
+                    self._save_account()
                     self.counters.update(self.orders.counters)
+                    self.counters.update(getattr(self.broker, "counters", {}))
                     self.counters.update(
                         {f"refused_{k}": v for k, v in self.verifier.refused.items()}
                     )
@@ -67,8 +90,38 @@ class GatewayActor(Actor):
         if touched:
             out.extend(self.broker.position_snapshots(sorted(set(touched)), self.clock))
         if saw_bars:
-            out.append(self.broker.account(self.clock))
+            # The book first: whoever reads the account snapshot already knows the book.
+            positions, working = self.broker.book()
+            out.append(
+                BookSnapshot(
+                    msg_id=self.ids.next(),
+                    ts_event=self.clock,
+                    ts_init=self.clock,
+                    positions=positions,
+                    working=working,
+                    session_date=self.session_date,
+                )
+            )
+            account = self.broker.account(self.clock)
+            out.append(msgspec.structs.replace(account, session_date=self.session_date))
         return out
+
+    # -- NAMED ACCOUNTS -----------------------------------------------------------------
+
+    def _restore_account(self) -> None:
+        if not self.account_key or not hasattr(self.broker, "restore"):
+            return
+        with closing(open_state_store(self.state_dir, self.redis_url)) as store:
+            doc = store.get(self.account_key)
+        if doc is not None:
+            self.broker.restore(doc)
+            self.count("account_restored")
+
+    def _save_account(self) -> None:
+        if not self.account_key or not hasattr(self.broker, "snapshot"):
+            return
+        with closing(open_state_store(self.state_dir, self.redis_url)) as store:
+            store.put(self.account_key, self.broker.snapshot())
 
     def _submit(self, order: SubmitOrder, touched: list[str]) -> list[Message]:
         reason = self.verifier.check(order, self.clock)

@@ -1,30 +1,50 @@
 """GuardianActor: the single gate between what the strategy wants and what reaches a broker.
 
-It keeps its own book of the account (equity, cash, holdings, pending orders) from the
-gateway's snapshots and order events, checks every intent against the constitution and
-sizes it (``sovereign.core.risk``), and signs an approval for each order it lets through.
-It denies rather than raises: every intent gets a RiskVerdict with a reason code.
+Per step it reads the broker's book (positions and working orders) and the account,
+updates the trading state (ACTIVE / NO_NEW_POSITIONS / HALTED, ``core.guardian``), and
+then checks every intent against the constitution and sizes it (``core.risk``). Approved
+orders carry an HMAC approval that the gateway verifies. It denies rather than raises:
+every intent gets a RiskVerdict with a reason code.
+
+Its trading state (state, high-water mark, day-start equity, session date, streak) is
+persisted in the state store after every change and reloaded by the constructor, so a
+guardian that Ray restarts comes back in the same state. Until the first book snapshot
+after a (re)start it approves no entries: it does not yet know what is held and pending.
 """
 
 from __future__ import annotations
 
+import msgspec
+
 from sovereign.actors.base import Actor
 from sovereign.core.constitution import Constitution
+from sovereign.core.guardian import GuardianState, TradingState, TradingStateMachine, Transition
 from sovereign.core.risk import RiskBook, SizingPolicy, evaluate_intent, sign_approval
+from sovereign.memory.audit import AuditLog, governance_path
+from sovereign.memory.state_store import open_state_store
 from sovereign.messages import (
     AccountSnapshot,
+    BookSnapshot,
     CancelOrder,
     Message,
+    Notification,
     OrderCanceled,
     OrderFilled,
     OrderIntent,
     OrderRejected,
     PositionSnapshot,
     RiskVerdict,
+    RuleEvaluationRequested,
     SessionEnded,
     SessionStarted,
     SubmitOrder,
+    TradeClosed,
+    TradingStateChanged,
 )
+
+
+def guardian_state_key(scope: str) -> str:
+    return f"guardian/{scope}"
 
 
 class GuardianActor(Actor):
@@ -37,39 +57,87 @@ class GuardianActor(Actor):
         policy: SizingPolicy,
         secret: bytes,
         approval_ttl_s: int,
+        *,
+        state_dir: str,
+        state_scope: str,
+        shard_of: dict[str, int] | None = None,
+        flatten_on_halt: bool = True,
+        review_after_losses: int = 3,
+        redis_url: str = "",
     ) -> None:
         super().__init__(index)
         self.constitution = constitution
-        self.fingerprint = constitution.fingerprint
         self.policy = policy
         self._secret = secret
         self.ttl_ns = approval_ttl_s * 1_000_000_000
+        self.flatten_on_halt = flatten_on_halt
+        self.shard_of = shard_of or {}
         self.book = RiskBook(equity=0.0, cash=0.0)
+        self.working: list = []
         self.reasons: dict[str, int] = {}
+        self.reconciled = False
+        self.recent_losses: list[str] = []
+        self._flatten_seq = 0
+        self.key = guardian_state_key(state_scope)
+        self.store = open_state_store(state_dir, redis_url)
+        self.audit = AuditLog(governance_path(state_dir))
+        stored = self.store.get(self.key)
+        state = GuardianState.from_dict(stored) if stored is not None else None
+        self.machine = (
+            TradingStateMachine(constitution, state, review_after_losses=review_after_losses)
+            if state is not None
+            else None
+        )
+        self._review_after = review_after_losses
+        self._persisted = stored
+        # The fingerprint every decision is checked against: written to the audit log now.
+        self.fingerprint = constitution.fingerprint
+        self.audit.append(
+            ts_ns=0,
+            actor=self.name,
+            action="constitution",
+            payload={
+                "fingerprint": self.fingerprint,
+                "limits": _limits(constitution),
+                "state_scope": state_scope,
+                "restored_state": None if state is None else state.state,
+            },
+        )
+        if state is not None:
+            self.log.warning("restored trading state %s for %s", state.state, state_scope)
+
+    # -- INBOX --------------------------------------------------------------------------
 
     def receive(self, messages: list[Message]) -> list[Message]:
         out: list[Message] = []
         intents: list[OrderIntent] = []
         for msg in messages:
             match msg:
+                case BookSnapshot():
+                    self._on_book(msg)
                 case AccountSnapshot():
-                    self.book.equity = msg.equity
-                    self.book.cash = msg.cash
-                    self.book.gross_exposure = msg.gross_exposure
+                    out.extend(self._on_account(msg))
                 case PositionSnapshot():
                     self.book.held[msg.symbol] = msg.quantity
                 case OrderFilled():
                     self.book.on_fill(msg.order_id, msg.quantity)
                 case OrderCanceled() | OrderRejected():
                     self.book.on_done(msg.order_id)
+                case TradeClosed():
+                    out.extend(self._on_trade_closed(msg))
                 case OrderIntent():
                     intents.append(msg)
                 case CancelOrder():
                     out.append(msg)  # cancels only reduce risk; pass them to the gateway
                 case SessionStarted():
-                    self.book.equity = self.book.cash = msg.initial_capital
+                    self._on_session_started(msg)
                 case SessionEnded():
+                    self._persist()
                     self.counters.update({f"verdict_{k}": v for k, v in self.reasons.items()})
+                    if self.machine is not None:
+                        self.counters["worst_drawdown_bp"] = round(
+                            self.machine.s.worst_drawdown * 10_000
+                        )
                     out.append(self.stats(msg.ts_event))
                 case _:
                     pass
@@ -78,28 +146,211 @@ class GuardianActor(Actor):
         intents.sort(key=lambda m: (m.purpose != "CLOSE", m.symbol, m.intent_id))
         for intent in intents:
             out.extend(self._decide(intent))
+        self._persist()
         return out
 
-    def _decide(self, intent: OrderIntent) -> list[Message]:
-        if self.constitution.fingerprint != self.fingerprint:
-            # The limits changed under us: nothing is approved until a restart.
-            decision_code, detail, quantity, approved = (
-                "CONSTITUTION_TAMPERED",
-                "the constitution fingerprint no longer matches",
-                0,
-                False,
+    # -- STATE --------------------------------------------------------------------------
+
+    def _on_session_started(self, msg: SessionStarted) -> None:
+        if self.machine is None:
+            self.machine = TradingStateMachine(
+                self.constitution,
+                GuardianState.fresh(msg.initial_capital),
+                review_after_losses=self._review_after,
             )
+        self.book.equity = self.book.cash = self.machine.s.last_equity or msg.initial_capital
+
+    def _on_book(self, msg: BookSnapshot) -> None:
+        # The broker's book is the truth: rebuild holdings and pending orders from it.
+        self.book.held = {p.symbol: p.quantity for p in msg.positions}
+        self.book.pending = {}
+        for o in msg.working:
+            self.book.add_pending(o.order_id, o.symbol, o.side, o.remaining, o.price)
+        self.working = list(msg.working)
+        self.reconciled = True
+
+    def _on_account(self, msg: AccountSnapshot) -> list[Message]:
+        self.book.equity = msg.equity
+        self.book.cash = msg.cash
+        self.book.gross_exposure = msg.gross_exposure
+        if self.machine is None:
+            self.machine = TradingStateMachine(
+                self.constitution,
+                GuardianState.fresh(msg.equity),
+                review_after_losses=self._review_after,
+            )
+        if self.machine.state is TradingState.HALTED:
+            self._adopt_external_resume()
+        out: list[Message] = []
+        for t in self.machine.observe(msg.equity, msg.session_date, msg.ts_event):
+            out.extend(self._announce(t, msg.ts_event))
+            out.extend(self._act_on(t.state, msg.ts_event))
+        if self.machine.state is TradingState.HALTED and self.flatten_on_halt:
+            out.extend(self._flatten(msg.ts_event))
+        return out
+
+    def _adopt_external_resume(self) -> None:
+        """``sovereign resume`` writes the store; a running guardian picks it up here."""
+        assert self.machine is not None
+        stored = self.store.get(self.key)
+        if stored is None:
+            return
+        theirs = GuardianState.from_dict(stored)
+        if theirs.state != TradingState.HALTED.value and len(theirs.resumed) > len(
+            self.machine.s.resumed
+        ):
+            self.machine.s = theirs
+            self._persisted = stored
+            self.log.warning("trading resumed by an operator: %s", theirs.resumed[-1])
+
+    def _announce(self, t: Transition, ts: int) -> list[Message]:
+        self.count(f"to_{t.state.value}")
+        self.audit.append(
+            ts_ns=ts,
+            actor=self.name,
+            action="trading_state",
+            payload={
+                "from": t.previous.value,
+                "to": t.state.value,
+                "reason": t.reason,
+                "equity": t.equity,
+                "high_water_mark": t.high_water_mark,
+                "drawdown": t.drawdown,
+                "day_loss": t.day_loss,
+                "session_date": t.session_date,
+            },
+        )
+        level = {"HALTED": "critical", "NO_NEW_POSITIONS": "warning"}.get(t.state.value, "info")
+        return [
+            TradingStateChanged(
+                msg_id=self.ids.next(),
+                ts_event=ts,
+                ts_init=ts,
+                previous=t.previous.value,
+                state=t.state.value,
+                reason=t.reason,
+                equity=t.equity,
+                high_water_mark=t.high_water_mark,
+                day_start_equity=t.day_start_equity,
+                drawdown=t.drawdown,
+                day_loss=t.day_loss,
+                session_date=t.session_date,
+            ),
+            Notification(
+                msg_id=self.ids.next(),
+                ts_event=ts,
+                ts_init=ts,
+                kind="trading_state",
+                level=level,  # type: ignore[arg-type]
+                title=f"trading {t.previous.value} -> {t.state.value}",
+                text=t.reason,
+                data={"equity": t.equity, "drawdown": t.drawdown, "day_loss": t.day_loss},
+            ),
+        ]
+
+    def _act_on(self, state: TradingState, ts: int) -> list[Message]:
+        """Cancel what the new state forbids: every working order on a halt (the flatten
+        orders follow), working entries when new positions stop."""
+        if state is TradingState.HALTED:
+            doomed = self.working
+        elif state is TradingState.NO_NEW_POSITIONS:
+            doomed = [o for o in self.working if o.side == "BUY"]
         else:
-            d = evaluate_intent(intent, self.book, self.constitution, self.policy)
-            decision_code, detail, quantity, approved = (
-                d.reason_code,
-                d.detail,
-                d.quantity,
-                d.approved,
+            return []
+        out: list[Message] = []
+        for o in doomed:
+            out.append(
+                CancelOrder(
+                    msg_id=self.ids.next(),
+                    ts_event=ts,
+                    ts_init=ts,
+                    order_id=o.order_id,
+                    reason=f"guardian: {state.value}",
+                )
             )
-        self.reasons[decision_code] = self.reasons.get(decision_code, 0) + 1
+            self.book.on_done(o.order_id)
+        self.count("orders_canceled_by_state", len(out))
+        return out
+
+    def _flatten(self, ts: int) -> list[Message]:
+        """Sell every long position not already being sold, at market."""
+        out: list[Message] = []
+        for symbol, held in sorted(self.book.held.items()):
+            quantity = held - self.book.pending_quantity(symbol, "SELL")
+            if quantity <= 0:
+                continue
+            self._flatten_seq += 1
+            order_id = f"G-{symbol}-{self._flatten_seq}"
+            out.append(
+                self._submit(
+                    order_id=order_id,
+                    intent_id=order_id,
+                    symbol=symbol,
+                    side="SELL",
+                    quantity=quantity,
+                    order_type="MARKET",
+                    limit_price=None,
+                    purpose="CLOSE",
+                    ts=ts,
+                    correlation_id="",
+                )
+            )
+            self.book.add_pending(order_id, symbol, "SELL", quantity, 0.0)
+            self.count("flatten_orders")
+        return out
+
+    def _on_trade_closed(self, msg: TradeClosed) -> list[Message]:
+        if self.machine is None:
+            return []
+        if msg.pnl < 0:
+            self.recent_losses.append(msg.trade_id)
+        else:
+            self.recent_losses.clear()
+        if not self.machine.on_trade_closed(msg.pnl):
+            return []
+        losses, self.recent_losses = self.recent_losses, []
+        self.count("rule_evaluations_requested")
+        self.log.info("%d consecutive losses: asking for a rule evaluation", len(losses))
+        return [
+            RuleEvaluationRequested(
+                msg_id=self.ids.next(),
+                ts_event=msg.ts_event,
+                ts_init=msg.ts_event,
+                correlation_id=msg.msg_id,
+                reason=f"{len(losses)} consecutive losing trades",
+                consecutive_losses=len(losses),
+                trade_ids=losses,
+            )
+        ]
+
+    def _persist(self) -> None:
+        if self.machine is None:
+            return
+        doc = self.machine.s.to_dict()
+        if doc != self._persisted:
+            self.store.put(self.key, doc)
+            self._persisted = doc
+
+    # -- DECISIONS ----------------------------------------------------------------------
+
+    def _decide(self, intent: OrderIntent) -> list[Message]:
+        limit_price: float | None = None
+        if intent.purpose == "OPEN":
+            limit_price = self.policy.entry_limit(intent.ref_price)
+            if intent.order_type == "LIMIT" and intent.limit_price is not None:
+                limit_price = min(limit_price, intent.limit_price)
+        elif intent.order_type == "LIMIT":
+            limit_price = intent.limit_price
+        refusal = self._refusal(intent)
+        if refusal is not None:
+            code, detail, quantity, approved = *refusal, 0, False
+        else:
+            d = evaluate_intent(
+                intent, self.book, self.constitution, self.policy, price=limit_price
+            )
+            code, detail, quantity, approved = d.reason_code, d.detail, d.quantity, d.approved
+        self.reasons[code] = self.reasons.get(code, 0) + 1
         now = intent.ts_event
-        order_id = intent.intent_id
         verdict = RiskVerdict(
             msg_id=self.ids.next(),
             ts_event=now,
@@ -108,38 +359,86 @@ class GuardianActor(Actor):
             intent_id=intent.intent_id,
             symbol=intent.symbol,
             approved=approved,
-            reason_code=decision_code,
+            reason_code=code,
             detail=detail,
             quantity=quantity,
-            order_id=order_id if approved else "",
+            order_id=intent.intent_id if approved else "",
         )
         if not approved:
             return [verdict]
-        limit_price = intent.limit_price if intent.order_type == "LIMIT" else None
+        order_type = "LIMIT" if limit_price is not None else "MARKET"
+        submit = self._submit(
+            order_id=intent.intent_id,
+            intent_id=intent.intent_id,
+            symbol=intent.symbol,
+            side=intent.side,
+            quantity=quantity,
+            order_type=order_type,
+            limit_price=limit_price,
+            purpose=intent.purpose,
+            ts=now,
+            correlation_id=intent.msg_id,
+            shard=intent.shard,
+        )
+        self.book.add_pending(
+            intent.intent_id, intent.symbol, intent.side, quantity, limit_price or intent.ref_price
+        )
+        return [verdict, submit]
+
+    def _refusal(self, intent: OrderIntent) -> tuple[str, str] | None:
+        if self.constitution.fingerprint != self.fingerprint:
+            return "CONSTITUTION_TAMPERED", "the constitution no longer matches its fingerprint"
+        if self.machine is None:
+            return "NOT_STARTED", "no account state yet"
+        if intent.purpose == "CLOSE":
+            return None
+        if not self.reconciled:
+            return "RECONCILING", "no book snapshot from the broker since the guardian started"
+        return self.machine.entry_refusal()
+
+    def _submit(
+        self,
+        *,
+        order_id: str,
+        intent_id: str,
+        symbol: str,
+        side: str,
+        quantity: int,
+        order_type: str,
+        limit_price: float | None,
+        purpose: str,
+        ts: int,
+        correlation_id: str,
+        shard: int | None = None,
+    ) -> SubmitOrder:
         approval = sign_approval(
             self._secret,
             order_id=order_id,
-            symbol=intent.symbol,
-            side=intent.side,
+            symbol=symbol,
+            side=side,
             quantity=quantity,
             limit_price=limit_price,
-            expires_ns=now + self.ttl_ns,
+            expires_ns=ts + self.ttl_ns,
         )
-        self.book.add_pending(order_id, intent.symbol, intent.side, quantity, intent.ref_price)
-        submit = SubmitOrder(
+        return SubmitOrder(
             msg_id=self.ids.next(),
-            ts_event=now,
-            ts_init=now,
-            correlation_id=intent.msg_id,
+            ts_event=ts,
+            ts_init=ts,
+            correlation_id=correlation_id,
             order_id=order_id,
-            intent_id=intent.intent_id,
-            shard=intent.shard,
-            symbol=intent.symbol,
-            side=intent.side,
+            intent_id=intent_id,
+            shard=self.shard_of.get(symbol, 0) if shard is None else shard,
+            symbol=symbol,
+            side=side,  # type: ignore[arg-type]
             quantity=quantity,
-            order_type=intent.order_type,
+            order_type=order_type,  # type: ignore[arg-type]
             approval=approval,
             limit_price=limit_price,
-            purpose=intent.purpose,
+            purpose=purpose,  # type: ignore[arg-type]
         )
-        return [verdict, submit]
+
+
+def _limits(constitution: Constitution) -> dict[str, object]:
+    data = msgspec.structs.asdict(constitution)
+    data["forbidden_modifications"] = sorted(constitution.forbidden_modifications)
+    return data

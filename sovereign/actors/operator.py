@@ -15,6 +15,7 @@ from sovereign.messages import (
     OrderFilled,
     OrderRejected,
     RegimeUpdate,
+    RuleEvaluationRequested,
     SessionEnded,
     SessionStarted,
     TradeClosed,
@@ -37,6 +38,20 @@ class OperatorActor(Actor):
         out: list[Message] = []
         for msg in messages:
             match msg:
+                case Notification():
+                    # Raised elsewhere (the guardian's state changes): deliver as is.
+                    self.count(f"notified_{msg.kind}")
+                    out.append(msg)
+                case RuleEvaluationRequested():
+                    out.append(
+                        self._note(
+                            msg.ts_event,
+                            "rule_evaluation",
+                            "info",
+                            f"rule evaluation requested: {msg.reason}",
+                            ", ".join(msg.trade_ids),
+                        )
+                    )
                 case TradeClosed():
                     out.append(self._trade(msg))
                 case OrderFilled() if self.notify_fills:

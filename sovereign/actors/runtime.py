@@ -37,6 +37,19 @@ log = logging.getLogger("sovereign.runtime")
 NAMESPACE = "sovereign"
 
 
+class ActorCallError(RuntimeError):
+    """An actor call did not complete (the actor died, or raised)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lenient:
+    """An input the receiver can do without: if the call that produces it failed (say,
+    its actor was killed and is restarting), the receiver counts the loss and goes on,
+    instead of failing too. Used for inputs that come from the previous step."""
+
+    value: Any
+
+
 @dataclass(frozen=True, slots=True)
 class ActorSpec:
     """How to build one actor: its class and constructor arguments (picklable)."""
@@ -83,7 +96,8 @@ class LocalRuntime:
         self.actors[spec.name] = actor
         return actor
 
-    def tell(self, handle: Actor, *inputs: list[Message]) -> list[Message]:
+    def tell(self, handle: Actor, *inputs: list[Message] | Lenient) -> list[Message]:
+        inputs = tuple(x.value if isinstance(x, Lenient) else x for x in inputs)  # type: ignore[assignment]
         if self.wire:
             blobs = [WIRE.encode_batch(batch) for batch in inputs]
             out = handle.receive(_decode_inputs(handle, blobs))
@@ -115,8 +129,22 @@ class _Host:
         logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
         self.actor = spec.build()
 
-    def receive(self, *blobs: bytes) -> bytes:
+    def receive(self, *args: bytes | list[Any]) -> bytes:
+        blobs = [a if isinstance(a, bytes | bytearray) else self._lenient(a) for a in args]
         return WIRE.encode_batch(self.actor.receive(_decode_inputs(self.actor, blobs)))
+
+    def _lenient(self, wrapped: list[Any]) -> bytes:
+        # A reference inside a list is not resolved by Ray before the call: fetch it here
+        # and survive the failure of the call that was to produce it.
+        import ray
+
+        try:
+            value = ray.get(wrapped[0])
+        except ray.exceptions.RayError as exc:
+            self.actor.count("lost_inputs")
+            self.actor.log.error("%s lost an input from a failed call: %s", self.actor.name, exc)
+            return WIRE.encode_batch([])
+        return value if isinstance(value, bytes) else WIRE.encode_batch([])
 
     def ping(self) -> bytes:
         return b""
@@ -197,11 +225,20 @@ class RayRuntime:
         return remote
 
     def tell(self, handle: Any, *inputs: Any) -> Any:
-        args = [WIRE.encode_batch(x) if isinstance(x, list) else x for x in inputs]
+        args: list[Any] = []
+        for x in inputs:
+            if isinstance(x, Lenient):
+                x = x.value
+                args.append([x] if isinstance(x, self._ray.ObjectRef) else WIRE.encode_batch(x))
+            else:
+                args.append(WIRE.encode_batch(x) if isinstance(x, list) else x)
         return handle.receive.remote(*args)
 
     def fetch(self, results: Sequence[Any]) -> list[list[Message]]:
-        blobs = self._ray.get(list(results))
+        try:
+            blobs = self._ray.get(list(results))
+        except self._ray.exceptions.RayError as exc:
+            raise ActorCallError(str(exc).splitlines()[0]) from exc
         return [WIRE.decode_batch(b) for b in blobs]
 
     def ready(self, results: Sequence[Any], timeout: float | None = 0) -> int:

@@ -104,6 +104,11 @@ class ShardActor(Actor):
         """Events about our own orders only; everything else is someone else's."""
         match msg:
             case OrderFilled(shard=s) if s == self.index:
+                if msg.order_id not in self.strategy.orders:
+                    # Not ours: the guardian flattening a position on a halt.
+                    return self.strategy.on_external_fill(
+                        msg.symbol, msg.side, msg.quantity, msg.price, msg.commission, msg.ts_event
+                    )
                 return self.strategy.on_fill(
                     msg.order_id,
                     msg.quantity,

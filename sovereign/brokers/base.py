@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from sovereign.messages import AccountSnapshot, BarBatch, Message, PositionSnapshot, SubmitOrder
+from sovereign.messages import (
+    AccountSnapshot,
+    BarBatch,
+    BookOrder,
+    BookPosition,
+    Message,
+    PositionSnapshot,
+    SubmitOrder,
+)
 
 
 class BrokerError(RuntimeError):
@@ -40,4 +48,8 @@ class BrokerAdapter(Protocol):
 
     def position_snapshots(self, symbols: list[str], now_ns: int) -> list[PositionSnapshot]:
         """Snapshots of the given symbols' positions."""
+        ...
+
+    def book(self) -> tuple[list[BookPosition], list[BookOrder]]:
+        """Every open position and working order, as the broker sees them."""
         ...

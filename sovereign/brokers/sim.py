@@ -13,6 +13,11 @@ Fill model (documented in the README):
 * Commission per order fill: ``commission_per_share`` per share, at least
   ``commission_min`` and at most ``commission_max_pct`` of the trade value (IBKR Pro fixed
   pricing by default: $0.005/share, $1.00 minimum, 1 % maximum).
+* With a ``position_cap`` (the constitution's max position size), an opening fill is cut
+  so that the position's notional at the fill price stays within that fraction of the
+  equity at that moment (positions marked at this bar's open); the cut remainder is
+  canceled (``POSITION_CAP_AT_FILL``). This is the last line of defence behind the
+  guardian's sizing, for gaps between the decision and the fill.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from sovereign.core.portfolio import Portfolio
 from sovereign.messages import (
     AccountSnapshot,
     BarBatch,
+    BookOrder,
+    BookPosition,
     IdSource,
     Message,
     OrderAccepted,
@@ -65,14 +72,22 @@ class SimBroker:
 
     name = "sim"
 
-    def __init__(self, config: SimConfig, initial_cash: float) -> None:
+    def __init__(
+        self, config: SimConfig, initial_cash: float, *, position_cap: float | None = None
+    ) -> None:
         self.config = config
+        self.position_cap = position_cap
         self.portfolio = Portfolio(initial_cash)
         self._working: dict[str, _Working] = {}
         self._ids = IdSource("sim")
         self._index_cache: dict[int, tuple[bytes, dict[str, int]]] = {}
         self.last_ts = 0
-        self.counters = {"fills": 0, "uncapped_unknown_volume": 0, "zero_volume_bars": 0}
+        self.counters = {
+            "fills": 0,
+            "uncapped_unknown_volume": 0,
+            "zero_volume_bars": 0,
+            "position_cap_cuts": 0,
+        }
 
     # -- COMMANDS -----------------------------------------------------------------------
 
@@ -128,6 +143,11 @@ class SimBroker:
         now = batch.ts_event
         events: list[Message] = []
         done: list[str] = []
+        # Fills happen at the open: that is what positions are worth at that moment.
+        for symbol, pos in self.portfolio.positions.items():
+            i = index.get(symbol)
+            if pos.quantity and i is not None:
+                pos.market_price = float(opens[i])
         # Orders fill in submission order (dicts keep insertion order): deterministic.
         for order_id, w in self._working.items():
             i = index.get(w.order.symbol)
@@ -138,8 +158,14 @@ class SimBroker:
             )
             if fill is None:
                 continue
-            events.append(self._book_fill(w, *fill, ts=batch.ts, now=now))
-            if w.remaining == 0:
+            quantity, price = fill
+            capped = self._cap_at_fill(w, quantity, price)
+            if capped > 0:
+                events.append(self._book_fill(w, capped, price, ts=batch.ts, now=now))
+            if capped < quantity:
+                events.append(self._cut(w, now))
+                done.append(order_id)
+            elif w.remaining == 0:
                 done.append(order_id)
         for order_id in done:
             del self._working[order_id]
@@ -176,6 +202,34 @@ class SimBroker:
                 return None
             quantity = min(quantity, cap)
         return quantity, price
+
+    def _cap_at_fill(self, w: _Working, quantity: int, price: float) -> int:
+        """The part of an opening fill that keeps the position within the cap."""
+        if self.position_cap is None or w.order.purpose != "OPEN" or w.order.side != "BUY":
+            return quantity
+        p = self.portfolio
+        held = p.quantity(w.order.symbol)
+        commission = commission_for(quantity, price, self.config)
+        equity = p.equity - commission
+        room = self.position_cap * equity - held * price
+        allowed = max(0, math.floor(room / price)) if room > 0 else 0
+        if allowed >= quantity:
+            return quantity
+        self.counters["position_cap_cuts"] += 1
+        return allowed
+
+    def _cut(self, w: _Working, now: int) -> OrderCanceled:
+        return OrderCanceled(
+            msg_id=self._ids.next(),
+            ts_event=now,
+            ts_init=now,
+            correlation_id=w.order.msg_id,
+            order_id=w.order.order_id,
+            shard=w.order.shard,
+            symbol=w.order.symbol,
+            filled_quantity=w.filled,
+            reason="POSITION_CAP_AT_FILL",
+        )
 
     def _book_fill(
         self, w: _Working, quantity: int, price: float, *, ts: int, now: int
@@ -246,6 +300,63 @@ class SimBroker:
     @property
     def working_orders(self) -> int:
         return len(self._working)
+
+    def book(self) -> tuple[list[BookPosition], list[BookOrder]]:
+        """Every open position and working order (for the guardian's reconciliation)."""
+        positions = [
+            BookPosition(
+                symbol=s,
+                quantity=p.quantity,
+                avg_price=p.avg_price,
+                market_price=p.market_price if math.isfinite(p.market_price) else p.avg_price,
+            )
+            for s, p in sorted(self.portfolio.positions.items())
+            if p.quantity
+        ]
+        working = []
+        for w in self._working.values():
+            o = w.order
+            pos = self.portfolio.positions.get(o.symbol)
+            last = pos.market_price if pos is not None else math.nan
+            price = o.limit_price if o.limit_price is not None else last
+            working.append(
+                BookOrder(
+                    order_id=o.order_id,
+                    symbol=o.symbol,
+                    side=o.side,
+                    remaining=w.remaining,
+                    price=price if price is not None and math.isfinite(price) else 0.0,
+                    purpose=o.purpose,
+                )
+            )
+        return positions, working
+
+    # -- PERSISTENCE (named paper accounts) ----------------------------------------------
+
+    def snapshot(self) -> dict[str, object]:
+        """The simulated account as a JSON document. Working orders are not kept: a new
+        session starts without them, as a broker's DAY orders would."""
+        p = self.portfolio
+        return {
+            "cash": p.cash,
+            "commissions": p.commissions,
+            "realized_pnl": p.realized_pnl,
+            "positions": {
+                s: [pos.quantity, pos.avg_price, pos.realized_pnl, pos.market_price]
+                for s, pos in p.positions.items()
+                if pos.quantity
+            },
+        }
+
+    def restore(self, doc: dict[str, object]) -> None:
+        p = Portfolio(float(doc["cash"]))  # type: ignore[arg-type]
+        p.commissions = float(doc.get("commissions", 0.0))  # type: ignore[arg-type]
+        p.realized_pnl = float(doc.get("realized_pnl", 0.0))  # type: ignore[arg-type]
+        for symbol, (qty, avg, realized, mark) in dict(doc.get("positions", {})).items():  # type: ignore[call-overload]
+            pos = p.position(symbol)
+            pos.quantity, pos.avg_price = int(qty), float(avg)
+            pos.realized_pnl, pos.market_price = float(realized), float(mark)
+        self.portfolio = p
 
     # -- HELPERS ------------------------------------------------------------------------
 

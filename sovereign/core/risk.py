@@ -172,10 +172,24 @@ class RiskBook:
 
 @dataclass(frozen=True, slots=True)
 class SizingPolicy:
-    """Knobs for sizing inside the constitution (see the module docstring)."""
+    """Knobs for sizing inside the constitution (see the module docstring).
+
+    ``entry_limit_buffer``: entries go out as marketable limit orders at
+    ``ref_price * (1 + buffer)`` and are sized at that price, so the notional at any fill
+    is at most what was approved, whatever the market did since the decision.
+    """
 
     volatile_scale: float = 0.5
     max_gross_exposure: float = 1.0
+    entry_limit_buffer: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not self.entry_limit_buffer > 0:
+            raise ValueError("entry_limit_buffer must be positive: entries are never at market")
+
+    def entry_limit(self, ref_price: float) -> float:
+        # Rounded down to a hundredth of a cent: never above what was sized.
+        return math.floor(ref_price * (1.0 + self.entry_limit_buffer) * 10_000) / 10_000
 
 
 def confidence_scale(confidence: float, floor: float) -> float:
@@ -190,9 +204,15 @@ def evaluate_intent(
     book: RiskBook,
     constitution: Constitution,
     policy: SizingPolicy,
+    *,
+    price: float | None = None,
 ) -> Decision:
-    """Approve and size an intent, or deny it with a reason code. Never raises."""
-    price = intent.ref_price
+    """Approve and size an intent, or deny it with a reason code. Never raises.
+
+    ``price`` is the worst price the order can fill at (an entry's limit price); it
+    defaults to the intent's reference price.
+    """
+    price = intent.ref_price if price is None else price
     if not (math.isfinite(price) and price > 0):
         return Decision(False, "BAD_PRICE", f"reference price {price!r} is not usable")
     if not math.isfinite(book.equity) or book.equity <= 0:

@@ -25,17 +25,17 @@ Without volume confirmation the volume term uses 50.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
 
 import numpy as np
 
 from sovereign.config import StrategyConfig
+from sovereign.core.calendar import new_york_time
 from sovereign.core.indicators import ATR, RollingExtreme, SupportResistance, VolumePercentile
 from sovereign.core.universe import Universe
 from sovereign.messages.market import REGIME_NAMES, REGIME_UNKNOWN
 
-_NEW_YORK = ZoneInfo("America/New_York")
+ORPHAN_GRACE_BARS = 3
+"""Bars to wait for an answer about an order before forgetting it (see _stale_orders)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +114,9 @@ class _Order:
     index: int
     purpose: str  # "OPEN" or "CLOSE"
     reason: str = ""
+    age: int = 0  # bar closes seen since the order was decided
+    cancel_sent: bool = False
+    filled: int = 0
 
 
 @dataclass(slots=True)
@@ -124,6 +127,7 @@ class StrategyCounters:
     denied: int = 0
     no_volume_blocked: int = 0
     unknown_order_events: int = 0
+    orphaned_orders: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -203,6 +207,7 @@ class ShardStrategy:
             self.counters.unknown_order_events += 1
             return None
         trade.commission += commission
+        order.filled += quantity
         if order.purpose == "OPEN":
             if not trade.filled_once:
                 trade.filled_once = True
@@ -222,6 +227,29 @@ class ShardStrategy:
             self.orders.pop(order_id, None)
             self._clear_pending(order)
         if self.quantity[i] == 0 and trade.exit_qty > 0 and not self.pending_entry[i]:
+            return self._close(i, trade, ts)
+        return None
+
+    def on_external_fill(
+        self, symbol: str, side: str, quantity: int, price: float, commission: float, ts: int
+    ) -> ClosedTrade | None:
+        """A fill of an order the shard did not send: the guardian flattening a position
+        (a halt). It is booked as an exit of the open trade."""
+        i = self.universe.index.get(symbol)
+        trade = self.trades.get(i) if i is not None else None
+        if i is None or trade is None or side != "SELL":
+            self.counters.unknown_order_events += 1
+            return None
+        trade.commission += commission
+        trade.exit_qty += quantity
+        trade.exit_proceeds += quantity * price
+        trade.exit_reason = trade.exit_reason or "guardian_flatten"
+        self.quantity[i] -= quantity
+        if self.quantity[i] <= 0 and not self.pending_entry[i]:
+            self.quantity[i] = 0
+            self.pending_exit[i] = False
+            for order_id in [k for k, o in self.orders.items() if o.index == i]:
+                del self.orders[order_id]
             return self._close(i, trade, ts)
         return None
 
@@ -283,9 +311,37 @@ class ShardStrategy:
 
         in_trade = mask & (self.quantity > 0)
         self.bars_held[in_trade] += 1
+        stale = self._stale_orders(mask, ts)
         exits, cancels = self._exits(in_trade & ~self.pending_exit, high, low, close, regime_codes)
+        cancels = stale + [c for c in cancels if c.order_id not in {s.order_id for s in stale}]
         entries = self._entries(ts, mask, close, atr, regime_codes, regime_probs)
         return entries, exits, cancels
+
+    def _stale_orders(self, mask: np.ndarray, ts: int) -> list[CancelSignal]:
+        """Entries not completely filled within ``entry_timeout_bars`` are canceled (their
+        signal is stale). Orders nobody ever answered for (their verdict or
+        acknowledgement was lost with a failed actor call) are forgotten after a grace
+        period, so the symbol can trade again; the guardian's book prevents doubles."""
+        out: list[CancelSignal] = []
+        forget: list[str] = []
+        grace = ORPHAN_GRACE_BARS
+        for order_id, order in self.orders.items():
+            if not mask[order.index]:
+                continue
+            order.age += 1
+            if order.purpose == "OPEN":
+                if not order.cancel_sent and order.age > self.config.entry_timeout_bars:
+                    order.cancel_sent = True
+                    symbol = self.universe.symbols[order.index]
+                    out.append(CancelSignal(order_id, order.index, symbol, "entry timed out"))
+                elif order.cancel_sent and order.age > self.config.entry_timeout_bars + grace:
+                    forget.append(order_id)
+            elif order.filled == 0 and order.age > grace:
+                forget.append(order_id)
+        for order_id in forget:
+            self.counters.orphaned_orders += 1
+            self.on_canceled(order_id, ts)
+        return out
 
     def _exits(
         self,
@@ -322,7 +378,8 @@ class ShardStrategy:
             if self.pending_entry[i]:
                 # Stop adding to a position we are leaving.
                 for order_id, order in self.orders.items():
-                    if order.index == i and order.purpose == "OPEN":
+                    if order.index == i and order.purpose == "OPEN" and not order.cancel_sent:
+                        order.cancel_sent = True
                         cancels.append(CancelSignal(order_id, i, symbol, f"exit: {reason}"))
             intent_id = self._next_id(symbol)
             self.orders[intent_id] = _Order(i, "CLOSE", reason)
@@ -374,7 +431,7 @@ class ShardStrategy:
             vol_term = np.full(len(close), 50.0)
         if not candidates.any():
             return []
-        minute, weekday = _new_york_time(ts)
+        minute, weekday = new_york_time(ts)
         sr_score = self.sr.score
         out: list[EntrySignal] = []
         for i in np.flatnonzero(candidates).tolist():
@@ -439,9 +496,3 @@ class ShardStrategy:
     @property
     def open_trades(self) -> int:
         return int((self.quantity > 0).sum())
-
-
-def _new_york_time(ts: int) -> tuple[int, int]:
-    """Minute of the day and weekday (Mon=0) of a bar start in New York."""
-    local = datetime.fromtimestamp(ts / 1e9, tz=UTC).astimezone(_NEW_YORK)
-    return local.hour * 60 + local.minute, local.weekday()

@@ -224,31 +224,47 @@ def _numeric(col: pd.Series) -> np.ndarray:
 
 
 def load_synthetic(spec: str, *, seed: int = 0) -> LoadedData:
-    """Generated bars: ``synthetic:<symbols>x<bars>`` (e.g. ``synthetic:100x10000``).
+    """Generated bars: ``synthetic:<symbols>x<bars>[:crash=<bar>[@<fraction>]]``.
 
     One-minute regime-switching bars from :func:`sovereign.data.synthetic.generate`,
-    validated like any other source, for scale tests and benchmarks.
+    validated like any other source, for scale tests and benchmarks. ``crash=300@0.3``
+    makes every symbol gap down 30 % at the open of bar 300 (the default fraction) and
+    stay there: a market crash, for testing the kill switches.
     """
     from sovereign.data.synthetic import generate
 
-    body = spec.split(":", 1)[1] if ":" in spec else ""
+    parts = spec.split(":")
+    usage = (
+        "synthetic data is 'synthetic:<symbols>x<bars>[:crash=<bar>[@<fraction>]]', "
+        f"e.g. synthetic:100x10000; got {spec!r}"
+    )
     try:
-        n_symbols, n_bars = (int(x) for x in body.lower().split("x"))
-    except ValueError:
-        raise ValueError(
-            "synthetic data is 'synthetic:<symbols>x<bars>', e.g. synthetic:100x10000; "
-            f"got {spec!r}"
-        ) from None
+        n_symbols, n_bars = (int(x) for x in parts[1].lower().split("x"))
+        crash_bar, crash_size = None, 0.30
+        for option in parts[2:]:
+            name, _, value = option.partition("=")
+            if name != "crash":
+                raise ValueError(option)
+            bar, _, size = value.partition("@")
+            crash_bar, crash_size = int(bar), float(size) if size else 0.30
+    except (ValueError, IndexError):
+        raise ValueError(usage) from None
     if n_symbols < 1 or n_bars < 2:
         raise ValueError(f"{spec!r}: need at least 1 symbol and 2 bars")
     bars = generate(n_symbols, n_bars, seed=seed)
+    if crash_bar is not None:
+        if not (0 < crash_bar < n_bars and 0 < crash_size < 1):
+            raise ValueError(f"{spec!r}: the crash bar must be inside the data, size in (0, 1)")
+        for column in (bars.open, bars.high, bars.low, bars.close):
+            column[crash_bar:] *= 1.0 - crash_size
     frame, report = validate_ohlcv(bars.to_frame())
     return LoadedData(
         frame=frame,
         interval_s=int(bars.ts[1] - bars.ts[0]) // 1_000_000_000,
         validation=report,
         splits=[],
-        source=f"synthetic {n_symbols}x{n_bars} seed={seed}",
+        source=f"synthetic {n_symbols}x{n_bars} seed={seed}"
+        + (f", {crash_size:.0%} crash at bar {crash_bar}" if crash_bar is not None else ""),
     )
 
 

@@ -9,13 +9,18 @@ from __future__ import annotations
 from sovereign.messages.account import (
     AccountSnapshot,
     ActorStats,
+    BookOrder,
+    BookPosition,
+    BookSnapshot,
     EquityCurve,
     Notification,
     PositionSnapshot,
+    RuleEvaluationRequested,
     SessionEnded,
     SessionStarted,
     ShardReport,
     TradeClosed,
+    TradingStateChanged,
 )
 from sovereign.messages.base import IdSource, Message, MessageDecodeError, NDArray
 from sovereign.messages.codec import Codec
@@ -60,6 +65,9 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     ShardReport,
     EquityCurve,
     ActorStats,
+    BookSnapshot,
+    TradingStateChanged,
+    RuleEvaluationRequested,
 )
 
 WIRE = Codec(ALL_MESSAGES, name="wire")
@@ -74,6 +82,9 @@ __all__ = [
     "Approval",
     "Bar",
     "BarBatch",
+    "BookOrder",
+    "BookPosition",
+    "BookSnapshot",
     "CancelOrder",
     "Codec",
     "EquityCurve",
@@ -90,10 +101,12 @@ __all__ = [
     "PositionSnapshot",
     "RegimeUpdate",
     "RiskVerdict",
+    "RuleEvaluationRequested",
     "SessionEnded",
     "SessionStarted",
     "ShardReport",
     "SubmitOrder",
     "TradeClosed",
+    "TradingStateChanged",
     "regime_name",
 ]

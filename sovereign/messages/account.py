@@ -122,3 +122,58 @@ class ActorStats(Message, frozen=True, gc=False):
     role: str
     index: int
     counters: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class BookPosition(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """One non-flat position in a BookSnapshot."""
+
+    symbol: str
+    quantity: int
+    avg_price: float
+    market_price: float
+
+
+class BookOrder(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """One working order in a BookSnapshot. ``price`` is the limit, or the last price of a
+    market order, so its notional can be counted against the limits."""
+
+    order_id: str
+    symbol: str
+    side: Literal["BUY", "SELL"]
+    remaining: int
+    price: float
+    purpose: Literal["OPEN", "CLOSE"] = "OPEN"
+
+
+class BookSnapshot(Message, frozen=True, gc=False):
+    """The broker's view of the book after a step: every open position and working order.
+
+    The guardian rebuilds its holdings and pending orders from it every step, so a guardian
+    that restarts is reconciled with the broker by the next snapshot.
+    """
+
+    positions: list[BookPosition] = msgspec.field(default_factory=list)
+    working: list[BookOrder] = msgspec.field(default_factory=list)
+    session_date: str = ""
+
+
+class TradingStateChanged(Message, frozen=True, gc=False):
+    """The guardian's trading state moved (ACTIVE, NO_NEW_POSITIONS, HALTED)."""
+
+    previous: Literal["ACTIVE", "NO_NEW_POSITIONS", "HALTED"]
+    state: Literal["ACTIVE", "NO_NEW_POSITIONS", "HALTED"]
+    reason: str
+    equity: float
+    high_water_mark: float
+    day_start_equity: float
+    drawdown: float
+    day_loss: float
+    session_date: str
+
+
+class RuleEvaluationRequested(Message, frozen=True, gc=False):
+    """The guardian asks the self-modification engine to look at recent losses."""
+
+    reason: str
+    consecutive_losses: int
+    trade_ids: list[str] = msgspec.field(default_factory=list)

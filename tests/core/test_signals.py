@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sovereign.config import StrategyConfig
-from sovereign.core.signals import ShardStrategy
+from sovereign.core.signals import ORPHAN_GRACE_BARS, ShardStrategy
 from sovereign.core.universe import Universe
 from sovereign.messages import REGIME_NAMES
 
@@ -95,11 +95,15 @@ def test_regime_change_and_max_hold_exit() -> None:
     warm(s)
     (e,) = step(s, 10, 103.0, 100.0, 102.0, 5000.0)[0]
     s.on_fill(e.intent_id, 10, 102.0, 0.0, 0, ts=11)
-    reasons = []
+    fired = []
     for t in range(11, 20):
         _, exits, _ = step(s, t, 102.5, 101.5, 102.0, 1000.0)
-        reasons += [x.reason for x in exits]
-    assert reasons == ["max_hold"]
+        fired += [(t, x.reason) for x in exits]
+    # Held from the close of bar 11; the 5th close in the trade is bar 15. Nobody answers
+    # the exit here, so after the grace period it is forgotten and fires again.
+    assert fired[0] == (15, "max_hold")
+    assert fired[1] == (15 + ORPHAN_GRACE_BARS + 1, "max_hold")
+    assert s.counters.orphaned_orders == 1
 
 
 def test_denied_entry_clears_pending_so_the_next_signal_can_fire() -> None:
@@ -130,3 +134,18 @@ def test_unknown_order_events_are_counted_not_fatal() -> None:
     s = strategy()
     assert s.on_fill("nope", 1, 1.0, 0.0, 0, ts=0) is None
     assert s.counters.unknown_order_events == 1
+
+
+def test_unfilled_entry_is_canceled_after_the_timeout_and_forgotten_if_never_answered() -> None:
+    s = strategy()
+    warm(s)
+    (e,) = step(s, 10, 103.0, 100.0, 102.0, 5000.0)[0]
+    # Bar 11: the order's one bar to fill. Bar 12: stale -> canceled.
+    assert step(s, 11, 101.5, 100.5, 101.0, 1000.0)[2] == []
+    _, _, cancels = step(s, 12, 101.5, 100.5, 101.0, 1000.0)
+    assert [c.order_id for c in cancels] == [e.intent_id]
+    assert s.pending_entry[0]
+    for t in range(13, 13 + ORPHAN_GRACE_BARS):
+        step(s, t, 101.5, 100.5, 101.0, 1000.0)
+    # No OrderCanceled ever came back: the order is forgotten, the symbol is free again.
+    assert not s.pending_entry[0] and not s.orders and not s.trades

@@ -1,0 +1,228 @@
+"""The trading-state machine: the kill conditions of the constitution.
+
+States, computed on equity including unrealised P&L at every account observation (and
+consulted before every approval):
+
+``ACTIVE``
+    Entries and exits allowed.
+``NO_NEW_POSITIONS``
+    The loss since the day's starting equity exceeded ``max_daily_loss`` (3 %). Exits are
+    allowed; entries are refused until the next trading session, when the state returns
+    to ACTIVE. The day's starting equity is the equity at the end of the previous session
+    (the initial capital on the first day), so an overnight gap counts against the day.
+``HALTED``
+    Drawdown from the high-water mark exceeded ``max_drawdown`` (10 %). Everything but
+    flattening is refused. Only an audited ``sovereign resume --confirm --reason`` leaves
+    this state: no message, command or proposal inside the system can.
+
+Losing streaks: after ``review_after_losses`` consecutive losing trades the machine asks
+for a rule evaluation (and starts counting again).
+
+The machine is pure: equity and the session date arrive as arguments; it never reads a
+clock. Its whole state is a small document persisted by the guardian after every change.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from sovereign.core.constitution import Constitution
+
+
+class TradingState(StrEnum):
+    ACTIVE = "ACTIVE"
+    NO_NEW_POSITIONS = "NO_NEW_POSITIONS"
+    HALTED = "HALTED"
+
+
+@dataclass(slots=True)
+class GuardianState:
+    """The persisted document."""
+
+    state: str = TradingState.ACTIVE.value
+    high_water_mark: float = 0.0
+    day_start_equity: float = 0.0
+    session_date: str = ""
+    last_equity: float = 0.0
+    consecutive_losses: int = 0
+    worst_drawdown: float = 0.0
+    halted_reason: str = ""
+    halted_ts: int = 0
+    halted_equity: float = 0.0
+    resumed: list[dict[str, Any]] = field(default_factory=list)
+    version: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GuardianState:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        state = cls(**known)
+        if state.state not in TradingState.__members__:
+            raise ValueError(f"stored trading state {state.state!r} is not a trading state")
+        return state
+
+    @classmethod
+    def fresh(cls, equity: float) -> GuardianState:
+        return cls(high_water_mark=equity, day_start_equity=equity, last_equity=equity)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    previous: TradingState
+    state: TradingState
+    reason: str
+    equity: float
+    high_water_mark: float
+    day_start_equity: float
+    drawdown: float
+    day_loss: float
+    session_date: str
+
+
+class TradingStateMachine:
+    """ACTIVE / NO_NEW_POSITIONS / HALTED from equity observations."""
+
+    def __init__(
+        self, constitution: Constitution, state: GuardianState, *, review_after_losses: int = 3
+    ) -> None:
+        if review_after_losses < 1:
+            raise ValueError("review_after_losses must be >= 1")
+        self.constitution = constitution
+        self.s = state
+        self.review_after_losses = review_after_losses
+
+    @property
+    def state(self) -> TradingState:
+        return TradingState(self.s.state)
+
+    def drawdown(self, equity: float) -> float:
+        hwm = self.s.high_water_mark
+        return 0.0 if hwm <= 0 else max(0.0, 1.0 - equity / hwm)
+
+    def day_loss(self, equity: float) -> float:
+        start = self.s.day_start_equity
+        return 0.0 if start <= 0 else max(0.0, 1.0 - equity / start)
+
+    def observe(self, equity: float, session_date: str, ts: int) -> list[Transition]:
+        """Take an equity observation; return the transitions it caused (oldest first)."""
+        s = self.s
+        out: list[Transition] = []
+        if not math.isfinite(equity):
+            # Corrupt input: refuse to trade on it rather than guess.
+            return self._move(TradingState.HALTED, f"non-finite equity {equity!r}", equity, out, ts)
+        if session_date and session_date != s.session_date:
+            if s.session_date:
+                # The previous session's closing equity is the new day's starting point.
+                s.day_start_equity = s.last_equity
+            elif s.day_start_equity <= 0:
+                s.day_start_equity = equity
+            s.session_date = session_date
+            if self.state is TradingState.NO_NEW_POSITIONS:
+                self._move(TradingState.ACTIVE, f"new session {session_date}", equity, out, ts)
+        s.high_water_mark = max(s.high_water_mark, equity)
+        s.last_equity = equity
+        dd = self.drawdown(equity)
+        s.worst_drawdown = max(s.worst_drawdown, dd)
+        limit = self.constitution
+        if self.state is not TradingState.HALTED and dd > limit.max_drawdown:
+            self._move(
+                TradingState.HALTED,
+                f"drawdown {dd:.2%} from the high-water mark {s.high_water_mark:,.2f} exceeds "
+                f"{limit.max_drawdown:.0%}",
+                equity,
+                out,
+                ts,
+            )
+        elif self.state is TradingState.ACTIVE and self.day_loss(equity) > limit.max_daily_loss:
+            self._move(
+                TradingState.NO_NEW_POSITIONS,
+                f"loss {self.day_loss(equity):.2%} since the day's start "
+                f"{s.day_start_equity:,.2f} exceeds {limit.max_daily_loss:.0%}",
+                equity,
+                out,
+                ts,
+            )
+        return out
+
+    def _move(
+        self, to: TradingState, reason: str, equity: float, out: list[Transition], ts: int
+    ) -> list[Transition]:
+        previous = self.state
+        if previous is to:
+            return out
+        s = self.s
+        s.state = to.value
+        if to is TradingState.HALTED:
+            s.halted_reason = reason
+            s.halted_ts = ts
+            s.halted_equity = equity
+        out.append(
+            Transition(
+                previous=previous,
+                state=to,
+                reason=reason,
+                equity=equity,
+                high_water_mark=s.high_water_mark,
+                day_start_equity=s.day_start_equity,
+                drawdown=self.drawdown(equity) if math.isfinite(equity) else 1.0,
+                day_loss=self.day_loss(equity) if math.isfinite(equity) else 1.0,
+                session_date=s.session_date,
+            )
+        )
+        return out
+
+    def entry_refusal(self) -> tuple[str, str] | None:
+        """Why an entry must be refused now, or None if entries are allowed."""
+        match self.state:
+            case TradingState.HALTED:
+                return "HALTED", f"trading is halted: {self.s.halted_reason}"
+            case TradingState.NO_NEW_POSITIONS:
+                return (
+                    "DAILY_LOSS_LIMIT",
+                    f"no new positions until the next session after a "
+                    f"{self.day_loss(self.s.last_equity):.2%} loss today",
+                )
+        return None
+
+    def on_trade_closed(self, pnl: float) -> bool:
+        """Count a closed trade; True when a losing streak asks for a rule evaluation."""
+        if pnl < 0:
+            self.s.consecutive_losses += 1
+            if self.s.consecutive_losses >= self.review_after_losses:
+                self.s.consecutive_losses = 0
+                return True
+        else:
+            self.s.consecutive_losses = 0
+        return False
+
+
+def resume(state: GuardianState, *, reason: str, operator: str, ts: int) -> dict[str, Any]:
+    """Leave HALTED (the operator's explicit, audited decision).
+
+    The high-water mark and the day's start are reset to the last equity: the operator has
+    accepted the loss, and the next drawdown is measured from here.
+    """
+    if not reason.strip():
+        raise ValueError("a reason is required to resume trading")
+    if state.state != TradingState.HALTED.value:
+        raise ValueError(f"trading is {state.state}, not HALTED: nothing to resume")
+    record = {
+        "ts": ts,
+        "operator": operator,
+        "reason": reason,
+        "halted_reason": state.halted_reason,
+        "halted_ts": state.halted_ts,
+        "high_water_mark_before": state.high_water_mark,
+        "equity": state.last_equity,
+    }
+    state.state = TradingState.ACTIVE.value
+    state.high_water_mark = state.last_equity
+    state.day_start_equity = state.last_equity
+    state.halted_reason = ""
+    state.resumed.append(record)
+    return record

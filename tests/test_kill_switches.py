@@ -1,0 +1,279 @@
+"""Kill switches end to end: a crash halts, the halt persists, only an audited resume
+leaves it, and a guardian killed by Ray comes back in the same state."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from sovereign.config import Config, parse_config
+from sovereign.core.constitution import Constitution
+from sovereign.core.risk import SizingPolicy
+from sovereign.data.loaders import load_ohlcv
+from sovereign.memory.audit import AuditLog, governance_path
+from sovereign.messages import (
+    AccountSnapshot,
+    BookSnapshot,
+    NDArray,
+    OrderIntent,
+    RiskVerdict,
+    SessionStarted,
+)
+from sovereign.session import load_guardian_state, run_session
+from tests.kit import SECRET, intent
+
+CRASH_BAR = 400
+CRASH_DATA = f"synthetic:40x600:crash={CRASH_BAR}"
+# A strategy that stays invested, so a 30 % crash is a > 10 % drawdown.
+HOLDING = {
+    "regime": {"trend_margin": 0.0005},
+    "strategy": {
+        "max_hold_bars": 1000,
+        "exit_on_regime_change": False,
+        "target_atr_mult": 50.0,
+        "stop_atr_mult": 20.0,
+        "volume_threshold": 0.0,
+    },
+}
+
+
+def crash_config(**engine: object) -> Config:
+    return parse_config({**HOLDING, "engine": {"shards": 2, **engine}})
+
+
+@pytest.fixture(scope="module")
+def crash_data():
+    return load_ohlcv(CRASH_DATA, seed=7)
+
+
+def test_a_crash_ends_halted_and_the_report_explains_the_overshoot(tmp_path, crash_data) -> None:
+    out = run_session(
+        crash_config(),
+        crash_data,
+        runtime="local",
+        mode="backtest",
+        state_dir=tmp_path / "state",
+        out_dir=tmp_path / "out",
+        run_id="crash",
+    )
+    g = out.guardian
+    assert g is not None and g.state == "HALTED"
+    assert g.worst_drawdown > 0.10
+    crash_ts = int(crash_data.timestamps[CRASH_BAR])
+    assert g.halted_ts >= crash_ts
+    trades = out.trades
+    # Nothing was bought after the halt, and everything held was flattened by the guardian.
+    assert (trades["entry_ts"] < g.halted_ts).all()
+    assert out.result.final_account.open_positions == 0
+    assert (trades.loc[trades["exit_ts"] > g.halted_ts, "exit_reason"] == "guardian_flatten").all()
+    meta = json.loads((tmp_path / "out" / "metrics.json").read_text())["meta"]
+    assert meta["trading_state"] == "HALTED"
+    notes = " ".join(meta["notes"])
+    assert "Worst drawdown seen by the guardian" in notes
+    assert "overshot the 10% limit" in notes and "gap risk" in notes
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "overshot the 10% limit" in html
+
+
+def sovereign(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sovereign", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
+
+
+def test_a_halted_account_stays_halted_until_an_audited_resume(tmp_path, crash_data) -> None:
+    state = tmp_path / "state"
+    cfg = crash_config(account="prop-1")
+
+    def session(run_id: str):
+        return run_session(
+            cfg,
+            crash_data,
+            runtime="local",
+            mode="paper",
+            state_dir=state,
+            out_dir=None,
+            run_id=run_id,
+        )
+
+    first = session("one")
+    assert first.guardian is not None and first.guardian.state == "HALTED"
+    # A new session of the same account starts HALTED: it approves no entry at all.
+    second = session("two")
+    assert second.guardian.state == "HALTED"  # type: ignore[union-attr]
+    assert len(second.trades) == 0
+    assert second.result.counters.get("intents_approved", 0) == 0
+    assert second.result.counters["intents_denied"] > 0
+
+    shown = sovereign("constitution", "--state", str(state), "--account", "prop-1", cwd=tmp_path)
+    assert shown.returncode == 0 and "account/prop-1: HALTED" in shown.stdout
+    assert Constitution().fingerprint in shown.stdout
+    refused = sovereign("resume", "--state", str(state), "--account", "prop-1", cwd=tmp_path)
+    assert refused.returncode == 2 and "--confirm" in refused.stderr
+    no_reason = sovereign(
+        "resume", "--state", str(state), "--account", "prop-1", "--confirm", cwd=tmp_path
+    )
+    assert no_reason.returncode == 2 and "--reason" in no_reason.stderr
+    ok = sovereign(
+        "resume",
+        "--state",
+        str(state),
+        "--account",
+        "prop-1",
+        "--confirm",
+        "--reason",
+        "crash reviewed; limits unchanged",
+        cwd=tmp_path,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "HALTED -> ACTIVE" in ok.stdout
+    with AuditLog(governance_path(state)) as audit:
+        (entry,) = audit.entries(action="resume")
+        assert entry.payload["reason"] == "crash reviewed; limits unchanged"
+        assert entry.payload["scope"] == "account/prop-1"
+        assert audit.verify().ok
+    again = sovereign(
+        "resume",
+        "--state",
+        str(state),
+        "--account",
+        "prop-1",
+        "--confirm",
+        "--reason",
+        "x",
+        cwd=tmp_path,
+    )
+    assert again.returncode == 2 and "not HALTED" in again.stderr
+    third = session("three")
+    assert len(third.trades) > 0  # trading again (until the replayed crash halts it again)
+
+
+def test_a_restarted_guardian_restores_its_state_and_waits_for_the_book(tmp_path) -> None:
+    from sovereign.actors.guardian import GuardianActor
+
+    def guardian() -> GuardianActor:
+        return GuardianActor(
+            0,
+            Constitution(),
+            SizingPolicy(),
+            SECRET,
+            300,
+            state_dir=str(tmp_path),
+            state_scope="run/restart",
+        )
+
+    def account(equity: float, ts: int) -> AccountSnapshot:
+        return AccountSnapshot(
+            msg_id=f"a{ts}",
+            ts_event=ts,
+            ts_init=ts,
+            cash=equity,
+            equity=equity,
+            realized_pnl=0,
+            unrealized_pnl=0,
+            gross_exposure=0,
+            net_exposure=0,
+            commissions=0,
+            open_positions=0,
+            session_date="2024-01-02",
+        )
+
+    book = BookSnapshot(msg_id="b", ts_event=1, ts_init=1, session_date="2024-01-02")
+    g = guardian()
+    g.receive(
+        [
+            SessionStarted(
+                msg_id="s",
+                ts_event=0,
+                ts_init=0,
+                run_id="r",
+                mode="paper",
+                symbols=NDArray.from_numpy(__import__("numpy").array([b"AAA"])),
+                initial_capital=100_000.0,
+            )
+        ]
+    )
+    out = g.receive([book, account(85_000.0, 1)])
+    assert any(type(m).__name__ == "TradingStateChanged" for m in out)
+    del g  # the process dies
+
+    g2 = guardian()
+    assert g2.machine is not None and g2.machine.state.value == "HALTED"
+    first: list = g2.receive([intent("AAA", intent_id="AAA-1")])
+    (v,) = [m for m in first if isinstance(m, RiskVerdict)]
+    assert not v.approved and v.reason_code == "RECONCILING"
+    later = g2.receive([book, account(90_000.0, 2), intent("AAA", intent_id="AAA-2")])
+    (v,) = [m for m in later if isinstance(m, RiskVerdict)]
+    assert not v.approved and v.reason_code == "HALTED"
+    with AuditLog(governance_path(tmp_path)) as audit:
+        starts = audit.entries(action="constitution")
+        assert len(starts) == 2 and starts[1].payload["restored_state"] == "HALTED"
+        assert starts[0].payload["fingerprint"] == Constitution().fingerprint
+
+
+@pytest.mark.ray
+def test_ray_restarts_a_killed_guardian_in_the_same_state_and_it_approves_nothing(
+    tmp_path, crash_data, ray_session
+) -> None:
+    """Kill the guardian actor after the crash has halted trading, mid-session."""
+    from sovereign.engine import Progress
+
+    killed: list[int] = []
+
+    def on_progress(p: Progress) -> None:
+        if not killed and p.step >= CRASH_BAR + 20:
+            guardian = ray_session.get_actor("sovereign/guardian/0", namespace="sovereign")
+            ray_session.kill(guardian, no_restart=False)
+            killed.append(p.ts)
+
+    out = run_session(
+        crash_config(),
+        crash_data,
+        runtime="ray",
+        mode="paper",
+        state_dir=tmp_path / "state",
+        out_dir=tmp_path / "out",
+        run_id="fault",
+        on_progress=on_progress,
+    )
+    assert killed, "the guardian was never killed"
+    assert out.guardian is not None and out.guardian.state == "HALTED"
+    # The restarted guardian's own counters: it denied entries and approved nothing.
+    (stats,) = [s for s in out.result.actor_stats if s.role == "guardian"]
+    assert stats.counters.get("verdict_APPROVED", 0) == 0
+    assert (
+        stats.counters.get("verdict_HALTED", 0) + stats.counters.get("verdict_RECONCILING", 0) > 0
+    )
+    assert (out.trades["entry_ts"] < out.guardian.halted_ts).all()
+    with AuditLog(governance_path(tmp_path / "state")) as audit:
+        restored = [e.payload["restored_state"] for e in audit.entries(action="constitution")]
+    assert restored == [None, "HALTED"]
+
+
+def test_intent_strategy_defaults_are_what_the_readme_says() -> None:
+    cfg = Config()
+    assert cfg.risk.flatten_on_halt and cfg.risk.review_after_losses == 3
+    assert msgspec.structs.asdict(Constitution()) == {
+        "max_position_size": 0.05,
+        "max_daily_loss": 0.03,
+        "max_drawdown": 0.10,
+        "min_confidence_for_trade": 0.40,
+        "max_rule_changes_per_day": 3,
+        "max_active_rules": 50,
+        "forbidden_modifications": frozenset(
+            {"max_drawdown", "constitution", "forbidden_modifications"}
+        ),
+    }
+    assert isinstance(OrderIntent, type)
+    assert load_guardian_state(cfg, "nowhere", "run/none") is None
