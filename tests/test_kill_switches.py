@@ -277,3 +277,45 @@ def test_intent_strategy_defaults_are_what_the_readme_says() -> None:
     }
     assert isinstance(OrderIntent, type)
     assert load_guardian_state(cfg, "nowhere", "run/none") is None
+
+
+def test_guardian_state_can_live_in_redis(tmp_path, redis_url: str) -> None:
+    from sovereign.actors.guardian import GuardianActor
+    from sovereign.memory.state_store import RedisStateStore
+
+    def guardian() -> GuardianActor:
+        return GuardianActor(
+            0,
+            Constitution(),
+            SizingPolicy(),
+            SECRET,
+            300,
+            state_dir=str(tmp_path),
+            state_scope="account/redis-test",
+            redis_url=redis_url,
+        )
+
+    g = guardian()
+    g.receive(
+        [
+            AccountSnapshot(
+                msg_id="a",
+                ts_event=1,
+                ts_init=1,
+                cash=80_000.0,
+                equity=80_000.0,
+                realized_pnl=0,
+                unrealized_pnl=0,
+                gross_exposure=0,
+                net_exposure=0,
+                commissions=0,
+                open_positions=0,
+                session_date="2024-01-02",
+            )
+        ]
+    )
+    doc = RedisStateStore(redis_url).get("guardian/account/redis-test")
+    assert doc is not None and doc["last_equity"] == 80_000.0
+    # Nothing went to the SQLite store: Redis is the state store when configured.
+    assert not (tmp_path / "state.sqlite").exists()
+    assert guardian().machine.s.last_equity == 80_000.0  # type: ignore[union-attr]
