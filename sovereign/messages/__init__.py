@@ -24,6 +24,12 @@ from sovereign.messages.account import (
 )
 from sovereign.messages.base import IdSource, Message, MessageDecodeError, NDArray
 from sovereign.messages.codec import Codec
+from sovereign.messages.governance import (
+    ModificationDecision,
+    ModificationProposal,
+    RollbackRequest,
+    RuleSetSnapshot,
+)
 from sovereign.messages.market import (
     REGIME_NAMES,
     REGIME_UNKNOWN,
@@ -68,6 +74,10 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     BookSnapshot,
     TradingStateChanged,
     RuleEvaluationRequested,
+    RuleSetSnapshot,
+    ModificationProposal,
+    ModificationDecision,
+    RollbackRequest,
 )
 
 WIRE = Codec(ALL_MESSAGES, name="wire")
@@ -91,6 +101,8 @@ __all__ = [
     "IdSource",
     "Message",
     "MessageDecodeError",
+    "ModificationDecision",
+    "ModificationProposal",
     "NDArray",
     "Notification",
     "OrderAccepted",
@@ -101,7 +113,9 @@ __all__ = [
     "PositionSnapshot",
     "RegimeUpdate",
     "RiskVerdict",
+    "RollbackRequest",
     "RuleEvaluationRequested",
+    "RuleSetSnapshot",
     "SessionEnded",
     "SessionStarted",
     "ShardReport",

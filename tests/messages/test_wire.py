@@ -18,12 +18,15 @@ from sovereign.messages import (
     EquityCurve,
     Message,
     MessageDecodeError,
+    ModificationProposal,
     NDArray,
     OrderIntent,
     RegimeUpdate,
+    RuleSetSnapshot,
     SessionStarted,
     SubmitOrder,
 )
+from tests.strategies import rule, rules
 
 i64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 ts = st.integers(min_value=0, max_value=2**62)
@@ -93,6 +96,29 @@ approvals = st.builds(
 )
 
 SPECIAL: dict[type, st.SearchStrategy[Message]] = {
+    RuleSetSnapshot: st.builds(
+        RuleSetSnapshot,
+        **envelope(),
+        version=st.integers(0, 10**6),
+        rules=rules,
+        parameters=st.dictionaries(text, finite, max_size=3),
+        ruleset_hash=text,
+        modification_id=text,
+    ),
+    ModificationProposal: st.builds(
+        ModificationProposal,
+        **envelope(),
+        proposal_id=text,
+        kind=st.sampled_from(["add_rule", "remove_rule", "set_parameter"]),
+        reason=text,
+        session_date=text,
+        rule=st.none() | rule,
+        rule_id=text,
+        parameter=text,
+        value=finite,
+        evidence=st.dictionaries(text, st.none() | st.booleans() | i64 | finite | text, max_size=3),
+        trigger=text,
+    ),
     BarBatch: bar_batches(),
     RegimeUpdate: regime_updates(),
     OrderIntent: st.builds(
@@ -156,6 +182,8 @@ def strategy_for(cls: type[Message]) -> st.SearchStrategy[Message]:
             overrides[f.name] = i64
         elif f.type is float:
             overrides[f.name] = st.floats(width=64)
+        elif f.type == list[str]:
+            overrides[f.name] = st.lists(text, max_size=3)
         elif f.name in ("counters", "rejected_bars"):
             overrides[f.name] = st.dictionaries(text, i64, max_size=3)
         elif f.name in ("features", "data"):
