@@ -111,6 +111,11 @@ def _with_overrides(args: argparse.Namespace, config: Config) -> Config:
         config = msgspec.structs.replace(
             config, ray=msgspec.structs.replace(config.ray, address=args.address)
         )
+    if getattr(args, "no_volume_confirmation", False):
+        config = msgspec.structs.replace(
+            config,
+            strategy=msgspec.structs.replace(config.strategy, volume_confirmation=False),
+        )
     if getattr(args, "no_dashboard", False):
         config = msgspec.structs.replace(
             config, ray=msgspec.structs.replace(config.ray, dashboard=False)
@@ -128,6 +133,12 @@ def _run(args: argparse.Namespace, *, mode: str) -> int:
     assert isinstance(data, LoadedData)
     if data.frame.empty:
         raise UsageError("no bars left after validation and filters")
+    if not data.has_volume and config.strategy.volume_confirmation:
+        raise UsageError(
+            f"{data.source} has no volume, so volume confirmation would block every entry; "
+            "turn it off explicitly with --no-volume-confirmation or [strategy] "
+            "volume_confirmation = false"
+        )
     human = sys.stderr if args.json else sys.stdout
     human.write(data.describe() + "\n")
     if data.validation.rejected:
@@ -275,6 +286,113 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def _governance_scope(args: argparse.Namespace, store: object) -> str:
+    if getattr(args, "run", None):
+        return f"run/{args.run}"
+    if getattr(args, "account", None):
+        return f"account/{args.account}"
+    scopes = store.scopes()  # type: ignore[attr-defined]
+    if not scopes:
+        raise UsageError(f"no self-modification has been recorded in {args.state} yet")
+    return str(scopes[0])
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from sovereign.memory.governance import GovernanceStore
+
+    with GovernanceStore(args.state) as store:
+        scope = _governance_scope(args, store)
+        book = store.current(scope)
+    lines = [f"Active rules of {scope} (rule set v{book.version}, hash {book.hash[:12]})"]
+    if not book.rules:
+        lines.append("  none")
+    for rule in book.rules:
+        lines.append(f"  {rule.rule_id:<10} {rule.render()}")
+        if rule.provenance:
+            lines.append(f"  {'':<10} from {rule.provenance}")
+    if book.parameters:
+        lines.append("Tuned parameters")
+        lines += [f"  {k} = {v:g}" for k, v in sorted(book.parameters.items())]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from sovereign.memory.governance import GovernanceStore
+
+    with GovernanceStore(args.state) as store:
+        scope = None if args.all else _governance_scope(args, store)
+        records = store.history(scope, limit=args.limit, offset=(args.page - 1) * args.limit)
+        total = store.count(scope)
+    pages = max(1, -(-total // args.limit))
+    lines = [
+        f"Modifications of {scope or 'every scope'}, newest first "
+        f"(page {args.page} of {pages}, {total} in all)"
+    ]
+    for r in records:
+        when = datetime.fromtimestamp(r.ts_ns / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M")
+        lines.append(f"  #{r.id:<5} {when}  {r.status:<13} {r.summary}")
+        if r.violations:
+            lines += [f"         violates {v}" for v in r.violations]
+        if r.rolled_back_ts:
+            lines.append(f"         rolled back by {r.rolled_back_by}: {r.rollback_reason}")
+        q = r.evidence.get("q_value")
+        if q is not None:
+            lines.append(
+                f"         evidence: n={r.evidence.get('n')}, win rate "
+                f"{r.evidence.get('win_rate', 0):.1%}, q={q:.3g}, trigger {r.trigger}"
+            )
+    if not records:
+        lines.append("  none")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    import time as _time
+
+    from sovereign.memory.governance import GovernanceStore, RollbackError
+
+    try:
+        modification_id = int(args.id)
+    except ValueError:
+        raise UsageError(
+            f"a modification id is a number (see `sovereign history`), not {args.id!r}"
+        ) from None
+    with GovernanceStore(args.state) as store:
+        try:
+            result = store.rollback(
+                modification_id, reason=args.reason, by=f"cli:{_operator()}", ts_ns=_time.time_ns()
+            )
+        except RollbackError as exc:
+            raise UsageError(str(exc)) from None
+    undone = ", ".join(f"#{i}" for i in result.undone)
+    sys.stdout.write(
+        f"rolled back #{modification_id} in {result.scope}: rule set v{result.book.version} "
+        f"restores the rules from before it ({len(result.book.rules)} active); undone: "
+        f"{undone}. A running session adopts it at its next step.\n"
+    )
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from sovereign.memory.audit import AuditLog, governance_path
+
+    path = governance_path(args.state)
+    if not path.exists():
+        raise UsageError(f"no audit log in {args.state}")
+    with AuditLog(path) as log:
+        result = log.verify()
+    if result.ok:
+        sys.stdout.write(f"audit log intact: {result.entries} entries, hash chain verified\n")
+        return 0
+    sys.stdout.write(
+        f"AUDIT LOG TAMPERED: {len(result.problems)} problem(s) in {result.entries} entries\n"
+    )
+    sys.stdout.write("".join(f"  {p}\n" for p in result.problems))
+    return 1
+
+
 def _operator() -> str:
     import getpass
 
@@ -313,6 +431,11 @@ def _session_args(p: argparse.ArgumentParser, *, runtime: str, out: str) -> None
     p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto)")
     p.add_argument("--no-dashboard", action="store_true", help="local Ray without dashboard")
     p.add_argument("--shards", type=int, default=None, help="number of shard actors")
+    p.add_argument(
+        "--no-volume-confirmation",
+        action="store_true",
+        help="trade without volume confirmation (data without volume needs it)",
+    )
     p.add_argument("--out", type=Path, default=Path(out), help="report directory")
     p.add_argument("--json", action="store_true", help="print the metrics JSON on stdout")
     p.add_argument(
@@ -362,6 +485,32 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--confirm", action="store_true", help="yes, resume trading")
     rp.add_argument("--reason", default="", help="why trading may resume (audited)")
     rp.set_defaults(func=cmd_resume)
+
+    ru = sub.add_parser("rules", help="the active rules and tuned parameters")
+    _common(ru)
+    ru.add_argument("--account", default=None, help="a named account's rules")
+    ru.add_argument("--run", default=None, help="a run's rules (default: the latest scope)")
+    ru.set_defaults(func=cmd_rules)
+
+    hi = sub.add_parser("history", help="self-modifications, newest first")
+    _common(hi)
+    hi.add_argument("--account", default=None)
+    hi.add_argument("--run", default=None)
+    hi.add_argument("--all", action="store_true", help="every scope")
+    hi.add_argument("--limit", type=int, default=20, help="entries per page")
+    hi.add_argument("--page", type=int, default=1)
+    hi.set_defaults(func=cmd_history)
+
+    rb = sub.add_parser("rollback", help="restore the rule set from before a modification")
+    _common(rb)
+    rb.add_argument("id", help="the modification id (see `sovereign history`)")
+    rb.add_argument("--reason", default="operator rollback", help="why (audited)")
+    rb.set_defaults(func=cmd_rollback)
+
+    au = sub.add_parser("audit", help="the hash-chained audit log")
+    _common(au)
+    au.add_argument("action", choices=["verify"])
+    au.set_defaults(func=cmd_audit)
     return parser
 
 

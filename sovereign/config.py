@@ -4,7 +4,7 @@ One frozen msgspec Struct per component, each forbidding unknown fields, so a ty
 TOML file is a startup error naming the field instead of a silently ignored setting. The
 file passed with ``--config`` has one table per component (``[engine]``, ``[strategy]``,
 ``[regime]``, ``[sim]``, ``[risk]``, ``[constitution]``, ``[data]``, ``[ray]``,
-``[state]``); every key is
+``[state]``, ``[selfmod]``); every key is
 optional and defaults to the value documented on the Struct.
 """
 
@@ -289,6 +289,46 @@ class RayConfig(_Section, frozen=True):
     num_cpus: int = 0
 
 
+class SelfModConfig(_Section, frozen=True):
+    """Self-modification: finding weaknesses and deploying rules (no human approval).
+
+    Parameters
+    ----------
+    enabled
+        Run the engine. Default true. Off, the session trades with no rules at all (the
+        counterfactual replay of a report uses this).
+    min_trades
+        A slice of trade memory is tested only with at least this many trades in it and
+        outside it. Default 20.
+    fdr
+        False-discovery rate of the Benjamini-Hochberg control over all tests of one
+        analysis. Default 0.10.
+    min_new_trades
+        The end-of-day analysis runs only when this many trades have closed since the last
+        one (the losing-streak trigger always runs). Default 10.
+    max_proposals
+        Proposals per analysis. Default 1.
+    compare_without_rules
+        After a backtest that deployed rules, replay it without self-modification and
+        report both, from the first deployment on. Default true.
+    """
+
+    enabled: bool = True
+    min_trades: int = 20
+    fdr: float = 0.10
+    min_new_trades: int = 10
+    max_proposals: int = 1
+    compare_without_rules: bool = True
+
+    def __post_init__(self) -> None:
+        if self.min_trades < 5:
+            raise ValueError(f"min_trades must be >= 5, got {self.min_trades}")
+        if not 0 < self.fdr < 1:
+            raise ValueError(f"fdr must be in (0, 1), got {self.fdr}")
+        if self.min_new_trades < 1 or self.max_proposals < 1:
+            raise ValueError("min_new_trades and max_proposals must be >= 1")
+
+
 class StateConfig(_Section, frozen=True):
     """Where state that must survive restarts lives.
 
@@ -328,6 +368,7 @@ class Config(_Section, frozen=True):
     data: DataConfig = msgspec.field(default_factory=DataConfig)
     ray: RayConfig = msgspec.field(default_factory=RayConfig)
     state: StateConfig = msgspec.field(default_factory=StateConfig)
+    selfmod: SelfModConfig = msgspec.field(default_factory=SelfModConfig)
     constitution: ConstitutionOverrides = msgspec.field(default_factory=ConstitutionOverrides)
 
     def build_constitution(self) -> Constitution:

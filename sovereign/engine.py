@@ -44,6 +44,7 @@ from sovereign.actors.runtime import (
     LocalRuntime,
     RayRuntime,
 )
+from sovereign.actors.selfmod import SelfModActor
 from sovereign.actors.shard import ShardActor
 from sovereign.brokers.sim import SimBroker
 from sovereign.config import Config
@@ -66,6 +67,19 @@ log = logging.getLogger("sovereign.engine")
 
 Runtime = LocalRuntime | RayRuntime
 Mode = Literal["backtest", "paper"]
+
+
+@dataclass(frozen=True, slots=True)
+class Graph:
+    """Handles of the actors of one session."""
+
+    shards: list[Any]
+    regime: Any
+    guardian: Any
+    gateway: Any
+    selfmod: Any
+    monitor: Any
+    operator: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +186,18 @@ def build_specs(
                 "redis_url": config.state.redis_url,
             },
         ),
+        "selfmod": ActorSpec(
+            SelfModActor,
+            kwargs={
+                "state_dir": str(state_dir),
+                "scope": state_scope(config, run_id),
+                "enabled": config.selfmod.enabled,
+                "min_trades": config.selfmod.min_trades,
+                "fdr": config.selfmod.fdr,
+                "min_new_trades": config.selfmod.min_new_trades,
+                "max_proposals": config.selfmod.max_proposals,
+            },
+        ),
         "monitor": ActorSpec(MonitorActor),
         "operator": ActorSpec(OperatorActor, kwargs={"notify_fills": notify_fills}),
     }
@@ -227,21 +253,18 @@ class Engine:
         regime = rt.spawn(specs["regime"])
         guardian = rt.spawn(specs["guardian"])
         gateway = rt.spawn(specs["gateway"])
+        selfmod = rt.spawn(specs["selfmod"])
         monitor = rt.spawn(specs["monitor"])
         operator = rt.spawn(specs["operator"])
         names = [s.name for s in specs["shards"]] + [
-            specs[k].name for k in ("regime", "guardian", "gateway", "monitor", "operator")
+            specs[k].name
+            for k in ("regime", "guardian", "gateway", "selfmod", "monitor", "operator")
         ]
-        everyone = [*shards, regime, guardian, gateway, monitor, operator]
+        everyone = [*shards, regime, guardian, gateway, selfmod, monitor, operator]
         try:
             return self._run(
                 rt,
-                shards,
-                regime,
-                guardian,
-                gateway,
-                monitor,
-                operator,
+                Graph(shards, regime, guardian, gateway, selfmod, monitor, operator),
                 everyone,
                 names,
                 wall_start,
@@ -250,17 +273,7 @@ class Engine:
             rt.shutdown()
 
     def _run(
-        self,
-        rt: Runtime,
-        shards: list[Any],
-        regime: Any,
-        guardian: Any,
-        gateway: Any,
-        monitor: Any,
-        operator: Any,
-        everyone: list[Any],
-        names: list[str],
-        wall_start: float,
+        self, rt: Runtime, g: Graph, everyone: list[Any], names: list[str], wall_start: float
     ) -> SessionResult:
         total = len(self.feed) if self.max_steps is None else min(len(self.feed), self.max_steps)
         first_ts = int(self.feed.timestamps[0])
@@ -278,6 +291,8 @@ class Engine:
         )
         start_results = [rt.tell(a, [started]) for a in everyone]
         self._deliver(rt.fetch([start_results[-1]])[0])
+        # The self-modification actor answers the start with the rule set in force.
+        prev_selfmod: Any = start_results[everyone.index(g.selfmod)]
 
         engine_start = time.perf_counter()
         in_flight: deque[tuple[int, Any]] = deque()
@@ -292,8 +307,8 @@ class Engine:
             batches = self.feed.batches(step)
             present = [b for b in batches if b is not None]
             bars += sum(len(b) for b in present)
-            regime_r = rt.tell(regime, present)
-            gw_r = rt.tell(gateway, present)
+            regime_r = rt.tell(g.regime, present)
+            gw_r = rt.tell(g.gateway, present)
             # Inputs from the previous step are lenient: if that step failed (an actor died
             # and is restarting), this step goes on without them.
             shard_rs = [
@@ -301,17 +316,21 @@ class Engine:
                     shard,
                     Lenient(prev_verdicts),
                     Lenient(prev_acks),
+                    Lenient(prev_selfmod),
                     gw_r,
                     regime_r,
                     [batches[i]] if batches[i] is not None else [],
                 )
-                for i, shard in enumerate(shards)
+                for i, shard in enumerate(g.shards)
             ]
-            verdicts_r = rt.tell(guardian, Lenient(prev_acks), gw_r, *shard_rs)
-            acks_r = rt.tell(gateway, verdicts_r)
-            rt.tell(monitor, gw_r, verdicts_r, acks_r, *shard_rs)
-            op_r = rt.tell(operator, gw_r, verdicts_r, acks_r, *shard_rs)
-            prev_verdicts, prev_acks = verdicts_r, acks_r
+            verdicts_r = rt.tell(
+                g.guardian, Lenient(prev_acks), Lenient(prev_selfmod), gw_r, *shard_rs
+            )
+            acks_r = rt.tell(g.gateway, verdicts_r)
+            selfmod_r = rt.tell(g.selfmod, gw_r, verdicts_r, *shard_rs)
+            rt.tell(g.monitor, gw_r, verdicts_r, acks_r, selfmod_r, *shard_rs)
+            op_r = rt.tell(g.operator, gw_r, verdicts_r, acks_r, selfmod_r, *shard_rs)
+            prev_verdicts, prev_acks, prev_selfmod = verdicts_r, acks_r, selfmod_r
             in_flight.append((step, op_r))
             # Bound the work in flight, and deliver notifications as steps finish.
             while in_flight and (

@@ -117,6 +117,7 @@ def write_report(
     ts: np.ndarray,
     equity: np.ndarray,
     meta: dict[str, object],
+    selfmod: dict[str, Any] | None = None,
 ) -> ReportPaths:
     """Write the report of one backtest or paper session.
 
@@ -145,6 +146,12 @@ def write_report(
         Facts about the run (run id, runtime, data source, symbols, period, bars, ...),
         shown as given; ``meta["notes"]``, a list of strings, becomes the validation and
         notes section.
+    selfmod
+        The self-modification record, when there is one: ``modifications`` (a list of
+        dicts with ``id``, ``time``, ``status``, ``summary``, ``evidence``) and
+        ``comparison`` (``from``, ``with_rules`` and ``without_rules`` metric dicts).
+        It goes into ``metrics.json`` under ``self_modification`` and gets its own
+        section in the HTML page.
 
     Returns
     -------
@@ -164,13 +171,17 @@ def write_report(
     )
     rows = _trade_rows(trades)
 
-    document = _json_safe({**metrics, "meta": meta})
+    document = _json_safe(
+        {**metrics, "meta": meta, **({"self_modification": selfmod} if selfmod else {})}
+    )
     text = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
     _write_atomic(paths.metrics_json, (text + "\n").encode())
     _write_atomic(paths.trades_csv, _trades_csv(rows))
     png = _equity_png(ts_ns, equity_values, title)
     _write_atomic(paths.equity_png, png)
     page = _html_page(title=title, metrics=metrics, meta=meta, rows=rows, png=png)
+    if selfmod:
+        page = page.replace("</main>", _selfmod_section(selfmod) + "\n</main>", 1)
     _write_atomic(paths.report_html, page.encode())
     return paths
 
@@ -516,6 +527,60 @@ def _html_page(
         )
     parts += ["</main>", "</body>", "</html>", ""]
     return "\n".join(parts)
+
+
+def _selfmod_section(selfmod: Mapping[str, Any]) -> str:
+    esc = _esc
+    parts = ["<section><h2>Self-modification</h2>"]
+    mods = list(selfmod.get("modifications") or [])
+    if mods:
+        head = _thead(
+            [
+                ("#", True),
+                ("Time", False),
+                ("Status", False),
+                ("Change", False),
+                ("Evidence", False),
+            ]
+        )
+        body = "".join(
+            _tr(
+                [
+                    (str(m.get("id", "")), "num"),
+                    (str(m.get("time", "")), ""),
+                    (str(m.get("status", "")), ""),
+                    (str(m.get("summary", "")), ""),
+                    (str(m.get("evidence", "")), ""),
+                ]
+            )
+            for m in mods
+        )
+        parts.append(f"<table>{head}<tbody>{body}</tbody></table>")
+    else:
+        parts.append("<p>No modification was proposed in this run.</p>")
+    comparison = selfmod.get("comparison")
+    if comparison:
+        with_rules = comparison.get("with_rules") or {}
+        without = comparison.get("without_rules") or {}
+        parts.append(
+            f"<h3>From the first deployment ({esc(str(comparison.get('from', '')))}) to the "
+            "end: this run, and the same period replayed without self-modification</h3>"
+        )
+        head = _thead([("Metric", False), ("With the rules", True), ("Without", True)])
+        body = "".join(
+            _tr(
+                [
+                    (_label(k), ""),
+                    (format_metric(k, with_rules.get(k)), "num"),
+                    (format_metric(k, without.get(k)), "num"),
+                ]
+            )
+            for k in with_rules
+            if not isinstance(with_rules.get(k), Mapping | list)
+        )
+        parts.append(f"<table>{head}<tbody>{body}</tbody></table>")
+    parts.append("</section>")
+    return "".join(parts)
 
 
 def _trades_section(rows: Sequence[dict[str, Any]]) -> str:

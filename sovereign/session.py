@@ -34,6 +34,7 @@ class SessionOutput:
     trades: pd.DataFrame
     paths: ReportPaths | None
     guardian: GuardianState | None = None
+    selfmod: dict[str, Any] | None = None
 
 
 def new_run_id(mode: str) -> str:
@@ -81,6 +82,9 @@ def run_session(
     trades = TradeMemory(state_dir).to_frame(run_id=run_id)
     metrics = session_metrics(result, trades, config)
     guardian = load_guardian_state(config, state_dir, state_scope(config, run_id))
+    selfmod = self_modification_record(
+        config, data, result, trades, state_dir=state_dir, run_id=run_id, mode=mode
+    )
     paths = None
     if out_dir is not None:
         paths = write_report(
@@ -91,10 +95,114 @@ def run_session(
             ts=result.ts,
             equity=result.equity,
             meta=session_meta(result, data, config, guardian, metrics),
+            selfmod=selfmod,
         )
     return SessionOutput(
-        result=result, metrics=metrics, trades=trades, paths=paths, guardian=guardian
+        result=result,
+        metrics=metrics,
+        trades=trades,
+        paths=paths,
+        guardian=guardian,
+        selfmod=selfmod,
     )
+
+
+def self_modification_record(
+    config: Config,
+    data: LoadedData,
+    result: SessionResult,
+    trades: pd.DataFrame,
+    *,
+    state_dir: str | Path,
+    run_id: str,
+    mode: str,
+) -> dict[str, Any] | None:
+    """What the self-modification engine did in this run, and — for a backtest that
+    deployed rules — the period after the first deployment compared with the same period
+    replayed without self-modification."""
+    if not config.selfmod.enabled:
+        return None
+    from sovereign.memory.governance import DEPLOYED, ROLLED_BACK, GovernanceStore
+
+    scope = state_scope(config, run_id)
+    with GovernanceStore(state_dir) as store:
+        history = sorted(store.history(scope, limit=10_000), key=lambda r: r.id)
+    since = int(result.ts[0]) if len(result.ts) else 0
+    history = [r for r in history if r.ts_ns >= since]
+    record: dict[str, Any] = {
+        "scope": scope,
+        "deployed": sum(r.status in (DEPLOYED, ROLLED_BACK) for r in history),
+        "rejected": sum(r.status == "AutoRejected" for r in history),
+        "modifications": [
+            {
+                "id": r.id,
+                "time": _iso(r.ts_ns),
+                "status": r.status,
+                "summary": r.summary,
+                "violations": r.violations,
+                "evidence": ", ".join(
+                    f"{k}={_fmt(r.evidence.get(k))}"
+                    for k in ("n", "win_rate", "q_value", "actual_pnl", "counterfactual_pnl")
+                    if k in r.evidence
+                ),
+            }
+            for r in history
+        ],
+    }
+    deployed = [r for r in history if r.status in (DEPLOYED, ROLLED_BACK)]
+    if mode == "backtest" and deployed and config.selfmod.compare_without_rules:
+        import msgspec
+
+        start = deployed[0].ts_ns
+        plain = msgspec.structs.replace(
+            config, selfmod=msgspec.structs.replace(config.selfmod, enabled=False)
+        )
+        other = run_session(
+            plain,
+            data,
+            runtime="local",
+            mode="backtest",
+            state_dir=state_dir,
+            out_dir=None,
+            run_id=f"{run_id}-without-rules",
+        )
+        record["comparison"] = {
+            "from": _iso(start),
+            "with_rules": window_metrics(result, trades, start, config),
+            "without_rules": window_metrics(other.result, other.trades, start, config),
+            "replay_run_id": f"{run_id}-without-rules",
+        }
+    return record
+
+
+def window_metrics(
+    result: SessionResult, trades: pd.DataFrame, start_ns: int, config: Config
+) -> dict[str, Any]:
+    """Metrics of the part of a session from ``start_ns`` on (equity rebased there)."""
+    keep = result.ts >= start_ns
+    before = np.flatnonzero(~keep)
+    base = float(result.equity[before[-1]]) if before.size else config.engine.initial_capital
+    if not trades.empty:
+        trades = trades[trades["entry_ts"].to_numpy(dtype=np.int64) >= start_ns]
+    window = SessionResult(
+        **{
+            **{f: getattr(result, f) for f in result.__slots__},  # type: ignore[attr-defined]
+            "ts": result.ts[keep],
+            "equity": result.equity[keep],
+            "cash": result.cash[keep],
+            "gross_exposure": result.gross_exposure[keep],
+        }
+    )
+    import msgspec
+
+    rebased = msgspec.structs.replace(
+        config, engine=msgspec.structs.replace(config.engine, initial_capital=base)
+    )
+    return session_metrics(window, trades, rebased)
+
+
+def _fmt(v: object) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def load_guardian_state(config: Config, state_dir: str | Path, scope: str) -> GuardianState | None:

@@ -187,3 +187,24 @@ def test_paper_session_on_ray_lists_named_actors_while_running(tmp_path: Path, r
     assert "session paper-" in out  # console notifications
     assert (tmp_path / "paper" / "report.html").exists()
     assert json.loads((tmp_path / "paper" / "metrics.json").read_text())["meta"]["runtime"] == "ray"
+
+
+def test_data_without_volume_needs_volume_confirmation_turned_off_explicitly(
+    tmp_path: Path,
+) -> None:
+    p = sovereign("backtest", "--data", "sample:sp500", "--end", "1991-12-31", cwd=tmp_path)
+    assert p.returncode == 2
+    assert "has no volume" in p.stderr and "--no-volume-confirmation" in p.stderr
+    ok = sovereign(
+        "backtest",
+        "--data",
+        "sample:sp500",
+        "--end",
+        "1991-12-31",
+        "--no-volume-confirmation",
+        "--out",
+        "rep",
+        cwd=tmp_path,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "close-only source" in ok.stdout

@@ -20,6 +20,7 @@ from sovereign.actors.base import Actor
 from sovereign.core.constitution import Constitution
 from sovereign.core.guardian import GuardianState, TradingState, TradingStateMachine, Transition
 from sovereign.core.risk import RiskBook, SizingPolicy, evaluate_intent, sign_approval
+from sovereign.core.selfmod import Change, DailyChanges, RuleBook, check_proposal
 from sovereign.memory.audit import AuditLog, governance_path
 from sovereign.memory.state_store import open_state_store
 from sovereign.messages import (
@@ -27,6 +28,8 @@ from sovereign.messages import (
     BookSnapshot,
     CancelOrder,
     Message,
+    ModificationDecision,
+    ModificationProposal,
     Notification,
     OrderCanceled,
     OrderFilled,
@@ -35,6 +38,7 @@ from sovereign.messages import (
     PositionSnapshot,
     RiskVerdict,
     RuleEvaluationRequested,
+    RuleSetSnapshot,
     SessionEnded,
     SessionStarted,
     SubmitOrder,
@@ -77,6 +81,8 @@ class GuardianActor(Actor):
         self.reasons: dict[str, int] = {}
         self.reconciled = False
         self.recent_losses: list[str] = []
+        self.rulebook = RuleBook()
+        self.daily_changes = DailyChanges()
         self._flatten_seq = 0
         self.key = guardian_state_key(state_scope)
         self.store = open_state_store(state_dir, redis_url)
@@ -113,32 +119,31 @@ class GuardianActor(Actor):
         intents: list[OrderIntent] = []
         for msg in messages:
             match msg:
-                case BookSnapshot():
-                    self._on_book(msg)
-                case AccountSnapshot():
-                    out.extend(self._on_account(msg))
-                case PositionSnapshot():
-                    self.book.held[msg.symbol] = msg.quantity
-                case OrderFilled():
-                    self.book.on_fill(msg.order_id, msg.quantity)
-                case OrderCanceled() | OrderRejected():
-                    self.book.on_done(msg.order_id)
-                case TradeClosed():
-                    out.extend(self._on_trade_closed(msg))
                 case OrderIntent():
                     intents.append(msg)
+                case (
+                    BookSnapshot()
+                    | AccountSnapshot()
+                    | PositionSnapshot()
+                    | OrderFilled()
+                    | OrderCanceled()
+                    | OrderRejected()
+                ):
+                    out.extend(self._on_broker_event(msg))
+                case TradeClosed():
+                    out.extend(self._on_trade_closed(msg))
                 case CancelOrder():
                     out.append(msg)  # cancels only reduce risk; pass them to the gateway
+                case ModificationProposal():
+                    out.append(self._check_modification(msg))
+                case RuleSetSnapshot():
+                    self.rulebook = RuleBook(
+                        version=msg.version, rules=tuple(msg.rules), parameters=msg.parameters
+                    )
                 case SessionStarted():
                     self._on_session_started(msg)
                 case SessionEnded():
-                    self._persist()
-                    self.counters.update({f"verdict_{k}": v for k, v in self.reasons.items()})
-                    if self.machine is not None:
-                        self.counters["worst_drawdown_bp"] = round(
-                            self.machine.s.worst_drawdown * 10_000
-                        )
-                    out.append(self.stats(msg.ts_event))
+                    out.append(self._on_session_ended(msg))
                 case _:
                     pass
         # Exits first (they free room), then by symbol: the decision order, and so the
@@ -148,6 +153,27 @@ class GuardianActor(Actor):
             out.extend(self._decide(intent))
         self._persist()
         return out
+
+    def _on_broker_event(self, msg: Message) -> list[Message]:
+        match msg:
+            case BookSnapshot():
+                self._on_book(msg)
+            case AccountSnapshot():
+                return self._on_account(msg)
+            case PositionSnapshot():
+                self.book.held[msg.symbol] = msg.quantity
+            case OrderFilled():
+                self.book.on_fill(msg.order_id, msg.quantity)
+            case OrderCanceled() | OrderRejected():
+                self.book.on_done(msg.order_id)
+        return []
+
+    def _on_session_ended(self, msg: SessionEnded) -> Message:
+        self._persist()
+        self.counters.update({f"verdict_{k}": v for k, v in self.reasons.items()})
+        if self.machine is not None:
+            self.counters["worst_drawdown_bp"] = round(self.machine.s.worst_drawdown * 10_000)
+        return self.stats(msg.ts_event)
 
     # -- STATE --------------------------------------------------------------------------
 
@@ -330,6 +356,53 @@ class GuardianActor(Actor):
         if doc != self._persisted:
             self.store.put(self.key, doc)
             self._persisted = doc
+
+    # -- SELF-MODIFICATION --------------------------------------------------------------
+
+    def _check_modification(self, p: ModificationProposal) -> ModificationDecision:
+        """The constitutional check of a proposed change. Approving counts as a change of
+        the day; the guardian's own rule book view is advanced so that several proposals
+        in one step are counted against each other."""
+        change = Change(
+            kind=p.kind, rule=p.rule, rule_id=p.rule_id, parameter=p.parameter, value=p.value
+        )
+        day = self.machine.s.session_date if self.machine is not None else p.session_date
+        day = day or p.session_date
+        today = self.daily_changes.today(day)
+        violations = check_proposal(change, self.constitution, self.rulebook, today)
+        if self.constitution.fingerprint != self.fingerprint:
+            violations.append("CONSTITUTION_TAMPERED: the constitution no longer matches")
+        approved = not violations
+        if approved:
+            self.daily_changes.record(day)
+            self.rulebook = self.rulebook.apply(change)
+        self.count("modifications_approved" if approved else "modifications_rejected")
+        self.audit.append(
+            ts_ns=p.ts_event,
+            actor=self.name,
+            action="modification_decision",
+            payload={
+                "proposal_id": p.proposal_id,
+                "kind": p.kind,
+                "rule": p.rule.render() if p.rule is not None else None,
+                "parameter": p.parameter or None,
+                "approved": approved,
+                "violations": violations,
+                "fingerprint": self.fingerprint,
+            },
+        )
+        return ModificationDecision(
+            msg_id=self.ids.next(),
+            ts_event=p.ts_event,
+            ts_init=p.ts_event,
+            correlation_id=p.msg_id,
+            proposal_id=p.proposal_id,
+            approved=approved,
+            violations=violations,
+            fingerprint=self.fingerprint,
+            changes_today=self.daily_changes.today(day),
+            active_rules=len(self.rulebook.rules),
+        )
 
     # -- DECISIONS ----------------------------------------------------------------------
 

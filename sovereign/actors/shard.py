@@ -30,6 +30,7 @@ from sovereign.messages import (
     OrderRejected,
     RegimeUpdate,
     RiskVerdict,
+    RuleSetSnapshot,
     SessionEnded,
     SessionStarted,
     ShardReport,
@@ -79,6 +80,9 @@ class ShardActor(Actor):
                         closed.append(trade)
                 case RegimeUpdate(shard=s) if s == self.index:
                     self._on_regime(msg)
+                case RuleSetSnapshot():
+                    self.strategy.set_rules(msg.version, msg.rules, msg.parameters)
+                    self.count("rule_sets_adopted")
                 case BarBatch():
                     if msg.shard in (self.index, -1):
                         out.extend(self._on_bars(msg))
@@ -236,6 +240,7 @@ class ShardActor(Actor):
                     regime=e.regime,
                     reason=e.reason,
                     stop_price=e.stop_price if e.stop_price > 0 else None,
+                    size_scale=e.size_scale,
                 )
             )
         self.intents += len(exits) + len(entries)

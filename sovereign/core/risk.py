@@ -6,7 +6,8 @@ including unrealised P&L):
     cap        = max_position_size * E                       (the constitution: 5 %)
     conf_scale = 0.5 + 0.5 * (c - c_min) / (1 - c_min)       (0.5 at the floor, 1 at c = 1)
     reg_scale  = volatile_scale in Volatile, else 1          (smaller in Volatile)
-    target     = cap * conf_scale * reg_scale
+    rule_scale = the active rules' ScaleSize factors          (at most 1)
+    target     = cap * conf_scale * reg_scale * rule_scale
     room       = cap - P * (held + pending buys)             (what is already held and pending)
     quantity   = floor(min(target, room, cash room, gross-exposure room) / P)
 
@@ -241,6 +242,7 @@ def evaluate_intent(
     scale = confidence_scale(intent.confidence, floor)
     if intent.regime == "Volatile":
         scale *= policy.volatile_scale
+    scale *= min(1.0, max(0.0, intent.size_scale))
     target = cap * scale
     committed = (held + book.pending_quantity(intent.symbol, "BUY")) * price
     room = cap - committed

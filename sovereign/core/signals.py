@@ -30,7 +30,9 @@ import numpy as np
 
 from sovereign.config import StrategyConfig
 from sovereign.core.calendar import new_york_time
+from sovereign.core.codegen import CompiledRuleset, Effects, RuleFeatures, compile_ruleset
 from sovereign.core.indicators import ATR, RollingExtreme, SupportResistance, VolumePercentile
+from sovereign.core.rules import Rule
 from sovereign.core.universe import Universe
 from sovereign.messages.market import REGIME_NAMES, REGIME_UNKNOWN
 
@@ -48,6 +50,7 @@ class EntrySignal:
     confidence: float
     regime: str
     reason: str
+    size_scale: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,8 @@ class _Trade:
     commission: float = 0.0
     exit_reason: str = ""
     filled_once: bool = False
+    stop_mult: float = 1.5
+    target_mult: float = 3.0
 
 
 @dataclass(slots=True)
@@ -128,6 +133,7 @@ class StrategyCounters:
     no_volume_blocked: int = 0
     unknown_order_events: int = 0
     orphaned_orders: int = 0
+    rule_skips: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -155,7 +161,12 @@ class ShardStrategy:
         self.stop = np.full(n, np.nan)
         self.target = np.full(n, np.nan)
         self.entry_regime = np.full(n, REGIME_UNKNOWN, dtype=np.uint8)
+        self.max_hold = np.full(n, config.max_hold_bars, dtype=np.int64)
         self.trades: dict[int, _Trade] = {}
+        self.compiled: CompiledRuleset | None = None
+        self.rules_version = 0
+        self.parameters: dict[str, float] = {}
+        self.losing_streak = 0
         self.orders: dict[str, _Order] = {}
         self._seq: dict[str, int] = {}
         self.counters = StrategyCounters()
@@ -217,8 +228,8 @@ class ShardStrategy:
             trade.entry_cost += quantity * price
             self.quantity[i] += quantity
             avg = trade.entry_cost / trade.entry_qty
-            self.stop[i] = avg - self.config.stop_atr_mult * trade.atr
-            self.target[i] = avg + self.config.target_atr_mult * trade.atr
+            self.stop[i] = avg - trade.stop_mult * trade.atr
+            self.target[i] = avg + trade.target_mult * trade.atr
         else:
             trade.exit_qty += quantity
             trade.exit_proceeds += quantity * price
@@ -261,6 +272,8 @@ class ShardStrategy:
 
     def _close(self, i: int, trade: _Trade, ts: int) -> ClosedTrade:
         del self.trades[i]
+        pnl_net = trade.exit_proceeds - trade.entry_cost - trade.commission
+        self.losing_streak = self.losing_streak + 1 if pnl_net < 0 else 0
         entry_price = trade.entry_cost / trade.entry_qty
         exit_price = trade.exit_proceeds / trade.exit_qty
         pnl = trade.exit_proceeds - trade.entry_cost - trade.commission
@@ -361,7 +374,7 @@ class ShardStrategy:
             if cfg.exit_on_regime_change
             else np.zeros_like(candidates)
         )
-        timeout = self.bars_held >= cfg.max_hold_bars
+        timeout = self.bars_held >= self.max_hold
         fire = candidates & (stop_hit | target_hit | changed | timeout)
         exits: list[ExitSignal] = []
         cancels: list[CancelSignal] = []
@@ -424,67 +437,168 @@ class ShardStrategy:
         if cfg.volume_confirmation:
             known = self.volume_pct.ready & ~np.isnan(vol_pct)
             self.counters.no_volume_blocked += int((candidates & ~known).sum())
+            threshold = self.param("volume_threshold", cfg.volume_threshold)
             with np.errstate(invalid="ignore"):
-                candidates &= known & (vol_pct >= cfg.volume_threshold)
+                candidates &= known & (vol_pct >= threshold)
             vol_term = np.nan_to_num(vol_pct, nan=50.0)
         else:
             vol_term = np.full(len(close), 50.0)
-        if not candidates.any():
+        idx = np.flatnonzero(candidates)
+        if idx.size == 0:
             return []
+        a, c = atr[idx], close[idx]
+        strength = np.clip(np.where(a > 0, (c - prior_high[idx]) / a, 0.0), 0.0, 1.0)
+        sr = self.sr.score[idx].astype(np.int64)
+        confidence = np.clip(
+            0.30
+            + 0.30 * strength
+            + 0.25 * vol_term[idx] / 100.0
+            + 0.15 * (1.0 - np.minimum(sr, 4) / 4.0),
+            0.0,
+            1.0,
+        )
         minute, weekday = new_york_time(ts)
-        sr_score = self.sr.score
+        effects = self._apply_rules(
+            idx, regime_codes, vol_pct, sr, a / c * 100.0, minute, confidence
+        )
         out: list[EntrySignal] = []
-        for i in np.flatnonzero(candidates).tolist():
-            a = float(atr[i])
-            c = float(close[i])
-            strength = min(1.0, max(0.0, (c - float(prior_high[i])) / a)) if a > 0 else 0.0
-            sr = int(sr_score[i])
-            confidence = (
-                0.30
-                + 0.30 * strength
-                + 0.25 * float(vol_term[i]) / 100.0
-                + 0.15 * (1.0 - min(sr, 4) / 4.0)
-            )
-            confidence = min(1.0, max(0.0, confidence))
-            code = int(regime_codes[i])
-            symbol = self.universe.symbols[i]
-            intent_id = self._next_id(symbol)
-            features: dict[str, float | int | str | bool | None] = {
-                "atr": a,
-                "atr_pct": a / c,
-                "volume_pct": None if np.isnan(vol_pct[i]) else float(vol_pct[i]),
-                "sr_score": sr,
-                "breakout_strength": strength,
-                "regime_probability": float(regime_probs[i, code])
-                if code < len(REGIME_NAMES)
-                else None,
-                "minute_of_day": minute,
-                "day_of_week": weekday,
-            }
-            self.orders[intent_id] = _Order(i, "OPEN", "breakout")
-            self.trades[i] = _Trade(
-                trade_id=intent_id,
-                regime_code=code,
-                confidence=confidence,
-                atr=a,
-                features=features,
-            )
-            self.pending_entry[i] = True
-            self.entry_regime[i] = code
+        for k, i in enumerate(idx.tolist()):
+            if effects is not None and (
+                effects.skip[k]
+                or (
+                    not np.isnan(effects.min_confidence[k])
+                    and confidence[k] < effects.min_confidence[k]
+                )
+            ):
+                self.counters.rule_skips += 1
+                continue
             out.append(
-                EntrySignal(
-                    intent_id=intent_id,
-                    index=i,
-                    symbol=symbol,
-                    ref_price=c,
-                    stop_price=c - cfg.stop_atr_mult * a,
-                    confidence=confidence,
-                    regime=REGIME_NAMES[code],
-                    reason=f"breakout above {float(prior_high[i]):.2f} in {REGIME_NAMES[code]}",
+                self._open(
+                    i,
+                    k,
+                    float(a[k]),
+                    float(c[k]),
+                    float(strength[k]),
+                    int(sr[k]),
+                    float(confidence[k]),
+                    int(regime_codes[i]),
+                    regime_probs,
+                    vol_pct,
+                    float(prior_high[i]),
+                    minute,
+                    weekday,
+                    effects,
                 )
             )
-            self.counters.entries += 1
         return out
+
+    def _apply_rules(
+        self,
+        idx: np.ndarray,
+        regime_codes: np.ndarray,
+        vol_pct: np.ndarray,
+        sr: np.ndarray,
+        atr_pct: np.ndarray,
+        minute: int,
+        confidence: np.ndarray,
+    ) -> Effects | None:
+        if self.compiled is None:
+            return None
+        features = RuleFeatures(
+            regime=regime_codes[idx],
+            volume_pct=vol_pct[idx],
+            sr_score=sr,
+            atr_pct=atr_pct,
+            minute=np.full(idx.size, minute, dtype=np.int64),
+            symbol=self.universe.names[idx],
+            confidence=confidence,
+            losses=np.full(idx.size, self.losing_streak, dtype=np.int64),
+        )
+        return self.compiled(features)
+
+    def _open(
+        self,
+        i: int,
+        k: int,
+        a: float,
+        c: float,
+        strength: float,
+        sr: int,
+        confidence: float,
+        code: int,
+        regime_probs: np.ndarray,
+        vol_pct: np.ndarray,
+        prior_high: float,
+        minute: int,
+        weekday: int,
+        effects: Effects | None,
+    ) -> EntrySignal:
+        """Record an entry decision and return its signal."""
+        cfg = self.config
+        stop_mult = self.param("stop_atr_mult", cfg.stop_atr_mult)
+        target_mult = self.param("target_atr_mult", cfg.target_atr_mult)
+        max_hold = int(self.param("max_hold_bars", cfg.max_hold_bars))
+        scale = 1.0
+        if effects is not None:
+            scale = float(effects.scale[k])
+            if not np.isnan(effects.stop_mult[k]):
+                stop_mult = float(effects.stop_mult[k])
+            if not np.isnan(effects.target_mult[k]):
+                target_mult = float(effects.target_mult[k])
+            if effects.max_hold[k] > 0:
+                max_hold = int(effects.max_hold[k])
+        symbol = self.universe.symbols[i]
+        intent_id = self._next_id(symbol)
+        features: dict[str, float | int | str | bool | None] = {
+            "atr": a,
+            "atr_pct": a / c * 100.0,
+            "volume_pct": None if np.isnan(vol_pct[i]) else float(vol_pct[i]),
+            "sr_score": sr,
+            "breakout_strength": strength,
+            "regime_probability": float(regime_probs[i, code])
+            if code < len(REGIME_NAMES)
+            else None,
+            "minute_of_day": minute,
+            "day_of_week": weekday,
+            "size_scale": scale,
+            "rules_version": self.rules_version,
+        }
+        self.orders[intent_id] = _Order(i, "OPEN", "breakout")
+        self.trades[i] = _Trade(
+            trade_id=intent_id,
+            regime_code=code,
+            confidence=confidence,
+            atr=a,
+            features=features,
+            stop_mult=stop_mult,
+            target_mult=target_mult,
+        )
+        self.max_hold[i] = max_hold
+        self.pending_entry[i] = True
+        self.entry_regime[i] = code
+        self.counters.entries += 1
+        return EntrySignal(
+            intent_id=intent_id,
+            index=i,
+            symbol=symbol,
+            ref_price=c,
+            stop_price=c - stop_mult * a,
+            confidence=confidence,
+            regime=REGIME_NAMES[code],
+            reason=f"breakout above {prior_high:.2f} in {REGIME_NAMES[code]}",
+            size_scale=scale,
+        )
+
+    # -- RULES --------------------------------------------------------------------------
+
+    def set_rules(self, version: int, rules: list[Rule], parameters: dict[str, float]) -> None:
+        """Adopt a rule-set snapshot: compiled once, used for every later entry."""
+        self.rules_version = version
+        self.compiled = compile_ruleset(rules) if rules else None
+        self.parameters = dict(parameters)
+
+    def param(self, name: str, default: float) -> float:
+        return self.parameters.get(name, default)
 
     def _next_id(self, symbol: str) -> str:
         # Numbered per symbol: ids (and so trades.csv) do not depend on how symbols are

@@ -15,7 +15,7 @@ class Universe:
     the identity and costs one ``bytes`` comparison.
     """
 
-    __slots__ = ("_identity", "array", "index", "itemsize", "symbols")
+    __slots__ = ("_identity", "array", "index", "itemsize", "names", "symbols")
 
     def __init__(self, symbols: Sequence[str]) -> None:
         unique = sorted(set(symbols))
@@ -23,6 +23,7 @@ class Universe:
             raise ValueError("universe symbols must be unique")
         self.symbols: list[str] = unique
         self.index: dict[str, int] = {s: i for i, s in enumerate(unique)}
+        self.names = np.array(unique, dtype=object)
         width = max((len(s.encode()) for s in unique), default=1)
         self.itemsize = width
         self.array = np.array([s.encode() for s in unique], dtype=f"S{width}")

@@ -14,6 +14,7 @@ SAMPLES: dict[str, str] = {
     "daily": "daily_equities.csv.gz",
     "hourly": "aapl_hourly.csv.gz",
     "minute": "aapl_minute.csv.gz",
+    "sp500": "sp500_20stocks_daily_closeonly.csv.gz",
 }
 """Sample name → file name under ``sovereign/data/sample/``."""
 

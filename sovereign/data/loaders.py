@@ -70,6 +70,12 @@ class LoadedData:
     validation: ValidationReport
     splits: list[SplitEvent]
     source: str
+    close_only: bool = False
+
+    @property
+    def has_volume(self) -> bool:
+        """Whether any bar carries a volume (close-only and MIDPOINT data do not)."""
+        return bool(self.frame["volume"].notna().any())
 
     @property
     def symbols(self) -> list[str]:
@@ -100,6 +106,18 @@ class LoadedData:
         )
         applied = ", ".join(str(e) for e in self.splits) or "none"
         lines.append(f"splits applied: {applied}")
+        if self.close_only or (n and not self.has_volume):
+            lines.append(
+                "split detection: not run (it needs the open and the volume to tell a split "
+                "from a crash); use an adjusted source or a splits file"
+            )
+        if self.close_only:
+            lines.append(
+                "close-only source: open, high and low are set to the close; every bar is a "
+                "single price"
+            )
+        if n and not self.has_volume:
+            lines.append("volume: none in this source (volume confirmation cannot work on it)")
         return "\n".join(lines)
 
 
@@ -340,6 +358,11 @@ def load_ohlcv(
     file_events = load_splits_file(splits_file) if splits_file is not None else None
 
     raw = _read(path)
+    close_only = _is_close_only(raw)
+    if close_only:
+        # A close-only file (its open, high and low columns are empty): each bar is the
+        # single price it has. Said in describe(), never silent.
+        raw = raw.assign(open=raw["close"], high=raw["close"], low=raw["close"])
     ts, is_date = parse_timestamps(raw["timestamp"])
     parsed_dates = is_date[ts != BAD_TS]
     daily = bool(parsed_dates.size and parsed_dates.all())
@@ -358,7 +381,7 @@ def load_ohlcv(
 
     if file_events is not None:
         events = file_events
-    elif split_adjust == "detect":
+    elif split_adjust == "detect" and not close_only and frame["volume"].notna().any():
         events = detect_splits(frame)
     else:
         events = []
@@ -383,8 +406,18 @@ def load_ohlcv(
     if not keep.all():
         frame = frame[keep].reset_index(drop=True)
     return LoadedData(
-        frame=frame, interval_s=interval, validation=report, splits=applied, source=label
+        frame=frame,
+        interval_s=interval,
+        validation=report,
+        splits=applied,
+        source=label,
+        close_only=close_only,
     )
+
+
+def _is_close_only(raw: pd.DataFrame) -> bool:
+    empty = [raw[c].isna().all() for c in ("open", "high", "low")]
+    return bool(len(raw)) and all(empty) and bool(raw["close"].notna().any())
 
 
 def _filtered(

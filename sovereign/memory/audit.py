@@ -97,29 +97,40 @@ class AuditLog:
         self.close()
 
     def append(self, *, ts_ns: int, actor: str, action: str, payload: dict[str, Any]) -> AuditEntry:
-        body = _json.encode(payload).decode()
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
-            digest = entry_hash(prev, seq, ts_ns, actor, action, body)
-            conn.execute(
-                "INSERT INTO audit (seq, ts_ns, actor, action, payload, prev_hash, hash) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (seq, ts_ns, actor, action, body, prev, digest),
+            entry = append_in_transaction(
+                conn, ts_ns=ts_ns, actor=actor, action=action, payload=payload
             )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return AuditEntry(seq, ts_ns, actor, action, payload, prev, digest)
+        return entry
 
     def entries(self, *, action: str | None = None, limit: int | None = None) -> list[AuditEntry]:
         return read_entries(self._conn, action=action, limit=limit)
 
     def verify(self) -> VerifyResult:
         return verify_chain(self._conn)
+
+
+def append_in_transaction(
+    conn: sqlite3.Connection, *, ts_ns: int, actor: str, action: str, payload: dict[str, Any]
+) -> AuditEntry:
+    """Append inside a transaction the caller holds (``BEGIN IMMEDIATE``), so the entry
+    commits or rolls back together with the change it records."""
+    body = _json.encode(payload).decode()
+    row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
+    digest = entry_hash(prev, seq, ts_ns, actor, action, body)
+    conn.execute(
+        "INSERT INTO audit (seq, ts_ns, actor, action, payload, prev_hash, hash) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (seq, ts_ns, actor, action, body, prev, digest),
+    )
+    return AuditEntry(seq, ts_ns, actor, action, payload, prev, digest)
 
 
 def read_entries(

@@ -53,8 +53,11 @@ class OrderIntent(Message, frozen=True, gc=False):
     order_type: OrderType = "MARKET"
     limit_price: float | None = None
     stop_price: float | None = None
+    size_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if not (0.0 <= self.size_scale <= 1.0):
+            raise ValueError(f"OrderIntent.size_scale must be in [0, 1], got {self.size_scale}")
         if self.quantity < 0:
             raise ValueError(f"OrderIntent.quantity must be >= 0, got {self.quantity}")
         if not (0.0 <= self.confidence <= 1.0):

@@ -31,7 +31,7 @@ def daily() -> LoadedData:
 
 
 def test_sample_files_ship_with_the_package() -> None:
-    assert set(SAMPLES) == {"daily", "hourly", "minute"}
+    assert set(SAMPLES) == {"daily", "hourly", "minute", "sp500"}
     for name in SAMPLES:
         assert sample_path(name).is_file()
     digest = hashlib.sha256(sample_path("daily").read_bytes()).hexdigest()

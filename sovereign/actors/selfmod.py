@@ -1,0 +1,294 @@
+"""SelfModActor: finds where the system trades badly and changes its rules — within the
+constitution, with no human approval.
+
+Triggers: the end of each trading day (when enough new trades have closed) and the
+guardian's losing-streak request. Each proposal goes to the guardian; an approved one is
+applied, stored as a new rule-set version with its evidence, audited, and sent to the shards
+as a ``RuleSetSnapshot`` (AutoDeployed); a refused one is stored and reported with every
+limit it broke (AutoRejected). A rollback made with ``sovereign rollback`` (or an
+operator's request) reaches the running shards through the same snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+
+from sovereign.actors.base import Actor
+from sovereign.core.selfmod import Change, Proposal, RuleBook, SelfModEngine
+from sovereign.memory.governance import GovernanceStore, RollbackError, summarize
+from sovereign.messages import (
+    AccountSnapshot,
+    Message,
+    ModificationDecision,
+    ModificationProposal,
+    Notification,
+    RollbackRequest,
+    RuleEvaluationRequested,
+    RuleSetSnapshot,
+    SessionEnded,
+    SessionStarted,
+    TradeClosed,
+)
+
+
+class SelfModActor(Actor):
+    role = "selfmod"
+
+    def __init__(
+        self,
+        index: int,
+        *,
+        state_dir: str,
+        scope: str,
+        enabled: bool = True,
+        min_trades: int = 20,
+        fdr: float = 0.10,
+        min_new_trades: int = 10,
+        max_proposals: int = 1,
+    ) -> None:
+        super().__init__(index)
+        self.scope = scope
+        self.enabled = enabled
+        self.engine = SelfModEngine(
+            min_trades=min_trades,
+            fdr=fdr,
+            min_new_trades=min_new_trades,
+            max_proposals=max_proposals,
+        )
+        self.store = GovernanceStore(state_dir) if enabled else None
+        self.session_date = ""
+        self.now = 0
+        self._data_version = -1
+        self.deployed: list[int] = []
+
+    # -- INBOX --------------------------------------------------------------------------
+
+    def receive(self, messages: list[Message]) -> list[Message]:
+        out: list[Message] = []
+        if not self.enabled:
+            return self._disabled(messages)
+        for msg in messages:
+            match msg:
+                case SessionStarted():
+                    self.now = msg.ts_event
+                    self.engine.book = self.store.current(self.scope)  # type: ignore[union-attr]
+                    self._data_version = self.store.data_version()  # type: ignore[union-attr]
+                    out.append(self._snapshot(""))
+                case TradeClosed():
+                    self.engine.on_trade(msg)
+                case AccountSnapshot():
+                    self.now = msg.ts_event
+                    out.extend(self._on_session(msg.session_date))
+                case RuleEvaluationRequested():
+                    self.count("reviews_requested")
+                    out.extend(self._propose("losing_streak", force=True))
+                case ModificationDecision():
+                    out.extend(self._on_decision(msg))
+                case RollbackRequest():
+                    out.extend(self._rollback(msg))
+                case SessionEnded():
+                    out.append(self.stats(msg.ts_event))
+                case _:
+                    pass
+        out.extend(self._external_changes())
+        return out
+
+    def _disabled(self, messages: list[Message]) -> list[Message]:
+        # A run without self-modification (the counterfactual replay): no rules at all.
+        return [self.stats(m.ts_event) for m in messages if isinstance(m, SessionEnded)]
+
+    def _on_session(self, session_date: str) -> list[Message]:
+        if not session_date or session_date == self.session_date:
+            return []
+        ended = bool(self.session_date)
+        self.session_date = session_date
+        return self._propose("end_of_day") if ended else []
+
+    # -- PROPOSALS ----------------------------------------------------------------------
+
+    def _propose(self, trigger: str, *, force: bool = False) -> list[Message]:
+        proposals = self.engine.analyse(
+            trigger=trigger, session_date=self.session_date, ts=self.now, force=force
+        )
+        self.counters["analyses"] = self.engine.analyses
+        return [self._proposal_message(p) for p in proposals]
+
+    def _proposal_message(self, p: Proposal) -> ModificationProposal:
+        self.count("proposals")
+        c = p.change
+        return ModificationProposal(
+            msg_id=self.ids.next(),
+            ts_event=self.now,
+            ts_init=self.now,
+            proposal_id=p.proposal_id,
+            kind=c.kind,  # type: ignore[arg-type]
+            reason=p.reason,
+            session_date=p.session_date,
+            rule=c.rule,
+            rule_id=c.rule_id,
+            parameter=c.parameter,
+            value=c.value,
+            evidence=p.evidence,
+            trigger=p.trigger,
+        )
+
+    def _on_decision(self, d: ModificationDecision) -> list[Message]:
+        p = self.engine.settle(d.proposal_id, d.approved)
+        if p is None:
+            self.count("decisions_for_unknown_proposals")
+            return []
+        store = self.store
+        assert store is not None
+        before = self.engine.book
+        if not d.approved:
+            mod_id = store.record_reject(
+                scope=self.scope,
+                ts_ns=self.now,
+                session_date=p.session_date,
+                change=p.change,
+                evidence=p.evidence,
+                violations=d.violations,
+                trigger=p.trigger,
+                actor=self.name,
+                version=before.version,
+            )
+            self._data_version = store.data_version()
+            self.count("auto_rejected")
+            return [
+                self._note(
+                    "modification_rejected",
+                    "warning",
+                    f"AutoRejected #{mod_id}: {summarize(p.change)}",
+                    "violates: " + "; ".join(d.violations),
+                    {"modification_id": mod_id, "violations": json.dumps(d.violations)},
+                )
+            ]
+        after = before.apply(p.change)
+        mod_id = store.record_deploy(
+            scope=self.scope,
+            ts_ns=self.now,
+            session_date=p.session_date,
+            change=p.change,
+            evidence=p.evidence,
+            before=before,
+            after=after,
+            trigger=p.trigger,
+            actor=self.name,
+        )
+        self._data_version = store.data_version()
+        self.engine.book = after
+        self.deployed.append(mod_id)
+        self.count("auto_deployed")
+        evidence = ", ".join(
+            f"{k}={_short(v)}"
+            for k, v in p.evidence.items()
+            if k
+            in (
+                "n",
+                "win_rate",
+                "expectancy",
+                "test",
+                "statistic",
+                "q_value",
+                "actual_pnl",
+                "counterfactual_pnl",
+            )
+        )
+        return [
+            self._snapshot(str(mod_id)),
+            self._note(
+                "modification_deployed",
+                "info",
+                f"AutoDeployed #{mod_id}: {summarize(p.change)}",
+                f"{p.reason}. Evidence: {evidence}",
+                {"modification_id": mod_id, "version": after.version},
+            ),
+        ]
+
+    # -- ROLLBACKS ----------------------------------------------------------------------
+
+    def _rollback(self, msg: RollbackRequest) -> list[Message]:
+        store = self.store
+        assert store is not None
+        try:
+            mod_id = int(msg.modification_id)
+            result = store.rollback(mod_id, reason=msg.reason, by=msg.requested_by, ts_ns=self.now)
+        except (ValueError, RollbackError) as exc:
+            return [self._note("rollback_refused", "warning", f"rollback refused: {exc}", "", {})]
+        self._data_version = store.data_version()
+        self.engine.book = result.book
+        return [
+            self._snapshot(f"rollback:{mod_id}"),
+            self._note(
+                "rollback",
+                "warning",
+                f"rolled back #{mod_id} (undoing {result.undone})",
+                msg.reason,
+                {"modification_id": mod_id},
+            ),
+        ]
+
+    def _external_changes(self) -> list[Message]:
+        """A rollback done from the command line: adopt the store's newest rule set."""
+        store = self.store
+        if store is None:
+            return []
+        version = store.data_version()
+        if version == self._data_version:
+            return []
+        self._data_version = version
+        latest = store.current(self.scope)
+        if latest.version == self.engine.book.version:
+            return []
+        self.engine.book = latest
+        self.count("external_rule_changes")
+        return [
+            self._snapshot("external"),
+            self._note(
+                "rules_changed",
+                "warning",
+                f"rule set v{latest.version} adopted (changed outside the session)",
+                ", ".join(r.rule_id for r in latest.rules) or "no rules",
+                {"version": latest.version},
+            ),
+        ]
+
+    # -- OUTPUT -------------------------------------------------------------------------
+
+    def _snapshot(self, modification_id: str) -> RuleSetSnapshot:
+        book: RuleBook = self.engine.book
+        return RuleSetSnapshot(
+            msg_id=self.ids.next(),
+            ts_event=self.now,
+            ts_init=self.now,
+            version=book.version,
+            rules=list(book.rules),
+            parameters=dict(book.parameters),
+            ruleset_hash=book.hash,
+            modification_id=modification_id,
+        )
+
+    def _note(
+        self, kind: str, level: str, title: str, text: str, data: dict[str, object]
+    ) -> Notification:
+        self.count(f"notified_{kind}")
+        return Notification(
+            msg_id=self.ids.next(),
+            ts_event=self.now,
+            ts_init=self.now,
+            kind=kind,
+            level=level,  # type: ignore[arg-type]
+            title=title,
+            text=text,
+            data={k: v for k, v in data.items() if isinstance(v, str | int | float | bool)},
+        )
+
+
+def _short(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def change_from_proposal(p: ModificationProposal) -> Change:
+    return Change(kind=p.kind, rule=p.rule, rule_id=p.rule_id, parameter=p.parameter, value=p.value)

@@ -1,0 +1,423 @@
+"""The governance store: versioned rule sets, the modification history, the audit log.
+
+One SQLite file (``<state>/governance.sqlite``) shared by the self-modification actor of a
+running session and the ``sovereign`` commands (``rules``, ``history``, ``rollback``,
+``audit verify``). Every write is one ``BEGIN IMMEDIATE`` transaction that also appends
+its audit entry, so the record and its audit entry commit together or not at all.
+
+Rule sets belong to a *scope*: ``account/<name>`` for a named account (they persist from
+session to session) or ``run/<id>`` for a session without one. Modification ids are global
+integers, so ``sovereign rollback 12`` needs no scope.
+
+Rollback restores the rule set from before the modification, as a new version. Later
+deployments of the same scope are part of what is undone, and are marked rolled back too;
+the command says which.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from sovereign.core.selfmod import Change, RuleBook
+from sovereign.memory.audit import (
+    VerifyResult,
+    append_in_transaction,
+    connect,
+    governance_path,
+    verify_chain,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rule_sets (
+    scope           TEXT    NOT NULL,
+    version         INTEGER NOT NULL,
+    ts_ns           INTEGER NOT NULL,
+    doc             TEXT    NOT NULL,
+    hash            TEXT    NOT NULL,
+    modification_id TEXT    NOT NULL DEFAULT '',
+    PRIMARY KEY (scope, version)
+);
+CREATE TABLE IF NOT EXISTS modifications (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    scope           TEXT    NOT NULL,
+    ts_ns           INTEGER NOT NULL,
+    session_date    TEXT    NOT NULL,
+    kind            TEXT    NOT NULL,
+    status          TEXT    NOT NULL,
+    summary         TEXT    NOT NULL,
+    change          TEXT    NOT NULL,
+    evidence        TEXT    NOT NULL,
+    violations      TEXT    NOT NULL,
+    trigger         TEXT    NOT NULL,
+    version_before  INTEGER,
+    version_after   INTEGER,
+    rolled_back_ts  INTEGER,
+    rolled_back_by  TEXT,
+    rollback_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS modifications_scope ON modifications (scope, id);
+"""
+
+DEPLOYED, REJECTED, ROLLED_BACK = "AutoDeployed", "AutoRejected", "RolledBack"
+
+
+class RollbackError(ValueError):
+    """A rollback that cannot be done; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModificationRecord:
+    id: int
+    scope: str
+    ts_ns: int
+    session_date: str
+    kind: str
+    status: str
+    summary: str
+    change: dict[str, Any]
+    evidence: dict[str, Any]
+    violations: list[str]
+    trigger: str
+    version_before: int | None
+    version_after: int | None
+    rolled_back_ts: int | None
+    rolled_back_by: str | None
+    rollback_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackResult:
+    modification_id: int
+    scope: str
+    book: RuleBook
+    undone: list[int]
+
+
+def summarize(change: Change) -> str:
+    if change.kind == "add_rule" and change.rule is not None:
+        return f"add {change.rule.rule_id}: {change.rule.render()}"
+    if change.kind == "remove_rule":
+        return f"remove {change.rule_id}"
+    return f"set {change.parameter} = {change.value:g}"
+
+
+def _change_doc(change: Change) -> str:
+    return json.dumps(
+        {
+            "kind": change.kind,
+            "rule": msgspec.to_builtins(change.rule) if change.rule is not None else None,
+            "rule_id": change.rule_id or (change.rule.rule_id if change.rule else ""),
+            "parameter": change.parameter,
+            "value": change.value,
+        },
+        sort_keys=True,
+    )
+
+
+class GovernanceStore:
+    """Reads and writes of rule sets and modifications, each audited."""
+
+    def __init__(self, state_dir: str | Path) -> None:
+        self.path = governance_path(state_dir)
+        self._conn = connect(self.path)
+        self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> GovernanceStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def data_version(self) -> int:
+        """Changes when another connection commits (a rollback from the command line)."""
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    # -- READS --------------------------------------------------------------------------
+
+    def current(self, scope: str) -> RuleBook:
+        row = self._conn.execute(
+            "SELECT doc FROM rule_sets WHERE scope = ? ORDER BY version DESC LIMIT 1", (scope,)
+        ).fetchone()
+        return RuleBook() if row is None else RuleBook.from_doc(json.loads(row[0]))
+
+    def version(self, scope: str, version: int) -> RuleBook:
+        if version == 0:
+            return RuleBook()
+        row = self._conn.execute(
+            "SELECT doc FROM rule_sets WHERE scope = ? AND version = ?", (scope, version)
+        ).fetchone()
+        if row is None:
+            raise KeyError(f"{scope} has no rule set version {version}")
+        return RuleBook.from_doc(json.loads(row[0]))
+
+    def scopes(self) -> list[str]:
+        rows = self._conn.execute(
+            "SELECT scope, MAX(ts_ns) AS t FROM modifications GROUP BY scope ORDER BY t DESC"
+        )
+        return [r[0] for r in rows]
+
+    def history(
+        self, scope: str | None = None, *, limit: int = 20, offset: int = 0
+    ) -> list[ModificationRecord]:
+        sql = "SELECT * FROM modifications"
+        args: list[Any] = []
+        if scope is not None:
+            sql += " WHERE scope = ?"
+            args.append(scope)
+        sql += " ORDER BY id DESC LIMIT ? OFFSET ?"
+        args += [limit, offset]
+        return [self._record(r) for r in self._conn.execute(sql, args)]
+
+    def get(self, modification_id: int) -> ModificationRecord | None:
+        row = self._conn.execute(
+            "SELECT * FROM modifications WHERE id = ?", (modification_id,)
+        ).fetchone()
+        return None if row is None else self._record(row)
+
+    def count(self, scope: str | None = None) -> int:
+        if scope is None:
+            return int(self._conn.execute("SELECT COUNT(*) FROM modifications").fetchone()[0])
+        return int(
+            self._conn.execute(
+                "SELECT COUNT(*) FROM modifications WHERE scope = ?", (scope,)
+            ).fetchone()[0]
+        )
+
+    @staticmethod
+    def _record(r: tuple[Any, ...]) -> ModificationRecord:
+        return ModificationRecord(
+            id=r[0],
+            scope=r[1],
+            ts_ns=r[2],
+            session_date=r[3],
+            kind=r[4],
+            status=r[5],
+            summary=r[6],
+            change=json.loads(r[7]),
+            evidence=json.loads(r[8]),
+            violations=json.loads(r[9]),
+            trigger=r[10],
+            version_before=r[11],
+            version_after=r[12],
+            rolled_back_ts=r[13],
+            rolled_back_by=r[14],
+            rollback_reason=r[15],
+        )
+
+    def verify(self) -> VerifyResult:
+        return verify_chain(self._conn)
+
+    # -- WRITES -------------------------------------------------------------------------
+
+    def record_deploy(
+        self,
+        *,
+        scope: str,
+        ts_ns: int,
+        session_date: str,
+        change: Change,
+        evidence: dict[str, Any],
+        before: RuleBook,
+        after: RuleBook,
+        trigger: str,
+        actor: str,
+    ) -> int:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            mod_id = self._insert(
+                scope,
+                ts_ns,
+                session_date,
+                change,
+                DEPLOYED,
+                evidence,
+                [],
+                trigger,
+                before.version,
+                after.version,
+            )
+            self._save_book(scope, ts_ns, after, str(mod_id))
+            append_in_transaction(
+                conn,
+                ts_ns=ts_ns,
+                actor=actor,
+                action="modification_deployed",
+                payload={
+                    "modification_id": mod_id,
+                    "scope": scope,
+                    "summary": summarize(change),
+                    "version": after.version,
+                    "ruleset_hash": after.hash,
+                    "evidence": evidence,
+                },
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return mod_id
+
+    def record_reject(
+        self,
+        *,
+        scope: str,
+        ts_ns: int,
+        session_date: str,
+        change: Change,
+        evidence: dict[str, Any],
+        violations: list[str],
+        trigger: str,
+        actor: str,
+        version: int,
+    ) -> int:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            mod_id = self._insert(
+                scope,
+                ts_ns,
+                session_date,
+                change,
+                REJECTED,
+                evidence,
+                violations,
+                trigger,
+                version,
+                None,
+            )
+            append_in_transaction(
+                conn,
+                ts_ns=ts_ns,
+                actor=actor,
+                action="modification_rejected",
+                payload={
+                    "modification_id": mod_id,
+                    "scope": scope,
+                    "summary": summarize(change),
+                    "violations": violations,
+                },
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return mod_id
+
+    def rollback(self, modification_id: int, *, reason: str, by: str, ts_ns: int) -> RollbackResult:
+        """Restore the rule set from before a deployed modification (a new version)."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rec = self.get(modification_id)
+            if rec is None:
+                raise RollbackError(f"no modification {modification_id}")
+            if rec.status == ROLLED_BACK:
+                raise RollbackError(
+                    f"modification {modification_id} was already rolled back "
+                    f"({rec.rollback_reason or 'no reason given'})"
+                )
+            if rec.status != DEPLOYED or rec.version_before is None:
+                raise RollbackError(
+                    f"modification {modification_id} was {rec.status}, never deployed: "
+                    "there is nothing to roll back"
+                )
+            restored = self.version(rec.scope, rec.version_before)
+            latest = self.current(rec.scope)
+            book = RuleBook(
+                version=latest.version + 1, rules=restored.rules, parameters=restored.parameters
+            )
+            undone = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM modifications WHERE scope = ? AND id >= ? AND status = ?",
+                    (rec.scope, modification_id, DEPLOYED),
+                )
+            ]
+            conn.execute(
+                f"UPDATE modifications SET status = ?, rolled_back_ts = ?, rolled_back_by = ?, "
+                f"rollback_reason = ? WHERE id IN ({','.join('?' * len(undone))})",
+                (ROLLED_BACK, ts_ns, by, reason, *undone),
+            )
+            self._save_book(rec.scope, ts_ns, book, f"rollback:{modification_id}")
+            append_in_transaction(
+                conn,
+                ts_ns=ts_ns,
+                actor=by,
+                action="rollback",
+                payload={
+                    "modification_id": modification_id,
+                    "scope": rec.scope,
+                    "undone": undone,
+                    "restored_version": rec.version_before,
+                    "new_version": book.version,
+                    "ruleset_hash": book.hash,
+                    "reason": reason,
+                },
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return RollbackResult(modification_id, rec.scope, book, undone)
+
+    def _insert(
+        self,
+        scope: str,
+        ts_ns: int,
+        session_date: str,
+        change: Change,
+        status: str,
+        evidence: dict[str, Any],
+        violations: list[str],
+        trigger: str,
+        version_before: int | None,
+        version_after: int | None,
+    ) -> int:
+        cur = self._conn.execute(
+            "INSERT INTO modifications (scope, ts_ns, session_date, kind, status, summary, "
+            "change, evidence, violations, trigger, version_before, version_after) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                scope,
+                ts_ns,
+                session_date,
+                change.kind,
+                status,
+                summarize(change),
+                _change_doc(change),
+                json.dumps(evidence, sort_keys=True, default=str),
+                json.dumps(violations),
+                trigger,
+                version_before,
+                version_after,
+            ),
+        )
+        return int(cur.lastrowid or 0)
+
+    def _save_book(self, scope: str, ts_ns: int, book: RuleBook, modification_id: str) -> None:
+        self._conn.execute(
+            "INSERT INTO rule_sets (scope, version, ts_ns, doc, hash, modification_id) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                scope,
+                book.version,
+                ts_ns,
+                json.dumps(book.to_doc(), sort_keys=True),
+                book.hash,
+                modification_id,
+            ),
+        )
+
+
+def open_readonly(state_dir: str | Path) -> sqlite3.Connection:
+    return connect(governance_path(state_dir), readonly=True)

@@ -1,0 +1,119 @@
+"""The governance store: versions, history, rollback, and the audit entries of each."""
+
+from __future__ import annotations
+
+import pytest
+
+from sovereign.core.rules import RegimeIs, Rule, ScaleSize, SkipTrade
+from sovereign.core.selfmod import Change, RuleBook
+from sovereign.memory.governance import (
+    DEPLOYED,
+    REJECTED,
+    ROLLED_BACK,
+    GovernanceStore,
+    RollbackError,
+)
+
+SCOPE = "account/test"
+
+
+def deploy(store: GovernanceStore, rule_id: str, ts: int) -> int:
+    before = store.current(SCOPE)
+    change = Change(
+        "add_rule",
+        rule=Rule(rule_id=rule_id, condition=RegimeIs("Volatile"), action=ScaleSize(0.5)),
+    )
+    return store.record_deploy(
+        scope=SCOPE,
+        ts_ns=ts,
+        session_date="2024-01-02",
+        change=change,
+        evidence={"n": 30, "q_value": 0.01},
+        before=before,
+        after=before.apply(change),
+        trigger="end_of_day",
+        actor="test",
+    )
+
+
+def test_deploys_are_versioned_and_audited(tmp_path) -> None:
+    with GovernanceStore(tmp_path) as store:
+        first = deploy(store, "a", 1)
+        second = deploy(store, "b", 2)
+        book = store.current(SCOPE)
+        assert book.version == 2 and [r.rule_id for r in book.rules] == ["a", "b"]
+        history = store.history(SCOPE)
+        assert [r.id for r in history] == [second, first]  # newest first
+        assert history[0].status == DEPLOYED and history[0].evidence["q_value"] == 0.01
+        assert store.verify().ok
+        actions = [e[0] for e in store._conn.execute("SELECT action FROM audit ORDER BY seq")]
+        assert actions == ["modification_deployed", "modification_deployed"]
+
+
+def test_rejections_are_recorded_with_their_violations(tmp_path) -> None:
+    with GovernanceStore(tmp_path) as store:
+        mod = store.record_reject(
+            scope=SCOPE,
+            ts_ns=1,
+            session_date="2024-01-02",
+            change=Change("set_parameter", parameter="max_drawdown", value=0.5),
+            evidence={},
+            violations=["FORBIDDEN_FIELD: max_drawdown"],
+            trigger="t",
+            actor="test",
+            version=0,
+        )
+        (rec,) = store.history(SCOPE)
+        assert rec.id == mod and rec.status == REJECTED
+        assert rec.violations == ["FORBIDDEN_FIELD: max_drawdown"]
+        assert store.current(SCOPE) == RuleBook()
+        with pytest.raises(RollbackError, match="never deployed"):
+            store.rollback(mod, reason="x", by="ops", ts_ns=2)
+
+
+def test_rollback_restores_the_set_from_before_and_undoes_what_came_after(tmp_path) -> None:
+    with GovernanceStore(tmp_path) as store:
+        a = deploy(store, "a", 1)
+        b = deploy(store, "b", 2)
+        c = deploy(store, "c", 3)
+        result = store.rollback(b, reason="bad rule", by="ops", ts_ns=4)
+        assert result.undone == [b, c]
+        book = store.current(SCOPE)
+        assert book.version == 4 and [r.rule_id for r in book.rules] == ["a"]
+        statuses = {r.id: r.status for r in store.history(SCOPE)}
+        assert statuses == {a: DEPLOYED, b: ROLLED_BACK, c: ROLLED_BACK}
+        with pytest.raises(RollbackError, match="already rolled back"):
+            store.rollback(b, reason="again", by="ops", ts_ns=5)
+        with pytest.raises(RollbackError, match="no modification 99"):
+            store.rollback(99, reason="?", by="ops", ts_ns=5)
+        (entry,) = [
+            e
+            for e in store._conn.execute("SELECT action, payload FROM audit")
+            if e[0] == "rollback"
+        ]
+        assert '"reason":"bad rule"' in entry[1]
+        assert store.verify().ok
+
+
+def test_a_failed_write_leaves_no_half_record(tmp_path) -> None:
+    with GovernanceStore(tmp_path) as store:
+        deploy(store, "a", 1)
+        before = store.current(SCOPE)
+        change = Change(
+            "add_rule",
+            rule=Rule(rule_id="x", condition=RegimeIs("Volatile"), action=SkipTrade("x")),
+        )
+        with pytest.raises(Exception):  # noqa: B017 - any failure must roll back
+            store.record_deploy(
+                scope=SCOPE,
+                ts_ns=2,
+                session_date="d",
+                change=change,
+                evidence={},
+                before=before,
+                after=before,  # the same version again: a primary-key clash
+                trigger="t",
+                actor="test",
+            )
+        assert store.count(SCOPE) == 1
+        assert store.verify().entries == 1
