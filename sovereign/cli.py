@@ -393,6 +393,64 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from sovereign.regime_eval import evaluate_regimes, write_eval
+
+    config = _with_overrides(args, load_config(args.config))
+    data = _load(args, config)
+    human = sys.stderr if args.json else sys.stdout
+    human.write(data.describe() + "\n")  # type: ignore[attr-defined]
+    human.write("running the regime models bar by bar ...\n")
+    human.flush()
+    result = evaluate_regimes(
+        data,  # type: ignore[arg-type]
+        config,
+        state_dir=args.state,
+        backtest=not args.no_backtest,
+    )
+    json_path, md_path = write_eval(args.out, result)
+    human.write(md_path.read_text())
+    human.write(f"\nwritten: {json_path}, {md_path}\n")
+    if args.json:
+        sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import time as _time
+
+    import torch
+
+    from sovereign.core.foundation import FoundationConfig, save_checkpoint, train_foundation
+
+    torch.set_num_threads(1)
+    config = load_config(args.config)
+    data = _load(args, config)
+    sys.stdout.write(data.describe() + "\n")  # type: ignore[attr-defined]
+    start = _time.monotonic()
+
+    def on_step(step: int, losses: dict[str, float]) -> None:
+        if step % max(1, args.steps // 20) == 0 or step == args.steps:
+            parts = "  ".join(f"{k} {v:.4f}" for k, v in losses.items())
+            sys.stdout.write(f"  step {step}/{args.steps}  {parts}\n")
+            sys.stdout.flush()
+
+    ckpt = train_foundation(
+        data,  # type: ignore[arg-type]
+        FoundationConfig(),
+        seed=args.seed,
+        steps=args.steps,
+        on_step=on_step,
+    )
+    save_checkpoint(args.out, ckpt)
+    sys.stdout.write(
+        f"trained in {_time.monotonic() - start:.1f} s (seed {args.seed}, {args.steps} steps): "
+        f"train loss {ckpt.train_loss:.4f}, validation loss {ckpt.val_loss:.4f}; "
+        f"checkpoint written to {args.out}\n"
+    )
+    return 0
+
+
 def _operator() -> str:
     import getpass
 
@@ -511,6 +569,32 @@ def build_parser() -> argparse.ArgumentParser:
     _common(au)
     au.add_argument("action", choices=["verify"])
     au.set_defaults(func=cmd_audit)
+
+    ev = sub.add_parser("eval", help="evaluate a component on data")
+    ev_sub = ev.add_subparsers(dest="what", required=True)
+    er = ev_sub.add_parser("regime", help="regime-conditional volatility, drift, flicker")
+    _common(er)
+    er.add_argument("--data", default="sample")
+    er.add_argument("--symbols", default=None)
+    er.add_argument("--start", default=None)
+    er.add_argument("--end", default=None)
+    er.add_argument("--out", type=Path, default=Path("out/regime-eval"))
+    er.add_argument("--json", action="store_true")
+    er.add_argument("--no-backtest", action="store_true", help="skip the two backtests")
+    er.set_defaults(func=cmd_eval)
+
+    tr = sub.add_parser("train", help="train a model")
+    tr_sub = tr.add_subparsers(dest="what", required=True)
+    tf = tr_sub.add_parser("foundation", help="pretrain the transformer regime model")
+    _common(tf)
+    tf.add_argument("--data", default="sample")
+    tf.add_argument("--symbols", default=None)
+    tf.add_argument("--start", default=None)
+    tf.add_argument("--end", default=None)
+    tf.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
+    tf.add_argument("--steps", type=int, default=600)
+    tf.add_argument("--seed", type=int, default=7)
+    tf.set_defaults(func=cmd_train)
     return parser
 
 

@@ -79,6 +79,30 @@ class EngineConfig(_Section, frozen=True):
             raise ValueError("approval_ttl_s must be >= 1")
 
 
+class RegimeOverrides(_Section, frozen=True):
+    """Strategy parameters for entries made in one regime (unset = the general value)."""
+
+    stop_atr_mult: float | None = None
+    target_atr_mult: float | None = None
+    max_hold_bars: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("stop_atr_mult", "target_atr_mult"):
+            v = getattr(self, name)
+            if v is not None:
+                _positive(name, v)
+        if self.max_hold_bars is not None and self.max_hold_bars < 1:
+            raise ValueError(f"max_hold_bars must be >= 1, got {self.max_hold_bars}")
+
+
+def _default_per_regime() -> dict[str, RegimeOverrides]:
+    return {
+        # Wider stops and quicker exits where prices swing, tighter targets in ranges.
+        "Volatile": RegimeOverrides(stop_atr_mult=2.0, target_atr_mult=4.0, max_hold_bars=10),
+        "Ranging": RegimeOverrides(target_atr_mult=2.0, max_hold_bars=10),
+    }
+
+
 class StrategyConfig(_Section, frozen=True):
     """The baseline strategy of the shards (long-only trend breakout).
 
@@ -109,6 +133,10 @@ class StrategyConfig(_Section, frozen=True):
     entry_timeout_bars
         An entry order not completely filled after this many bars is canceled (its signal
         is stale). Default 1.
+    per_regime
+        Stop, target and hold for entries made in a given regime (``[strategy.per_regime.
+        Volatile]`` in TOML). Default: Volatile stop 2 ATR, target 4 ATR, hold 10 bars;
+        Ranging target 2 ATR, hold 10 bars.
     """
 
     atr_period: int = 14
@@ -125,6 +153,7 @@ class StrategyConfig(_Section, frozen=True):
     sr_memory: int = 10
     sr_band_atr: float = 0.5
     entry_timeout_bars: int = 1
+    per_regime: dict[str, RegimeOverrides] = msgspec.field(default_factory=_default_per_regime)
 
     def __post_init__(self) -> None:
         for name in (
@@ -148,26 +177,50 @@ class StrategyConfig(_Section, frozen=True):
         unknown = [r for r in self.entry_regimes if r not in REGIME_NAMES]
         if unknown:
             raise ValueError(f"entry_regimes has unknown regimes {unknown}; known: {REGIME_NAMES}")
+        unknown = [r for r in self.per_regime if r not in REGIME_NAMES]
+        if unknown:
+            raise ValueError(f"per_regime has unknown regimes {unknown}; known: {REGIME_NAMES}")
 
 
 class RegimeConfig(_Section, frozen=True):
-    """The baseline trend/volatility regime classifier.
+    """Regime detection.
 
     Parameters
     ----------
-    fast_span, slow_span
-        EMA spans of the close for the trend test. Defaults 20 and 50.
-    trend_margin
-        The fast EMA must be this fraction above (below) the slow EMA for TrendingUp
-        (TrendingDown). Default 0.01.
-    vol_short_span, vol_long_span
-        EWMA spans of squared log returns for short- and long-run volatility.
-        Defaults 20 and 250.
-    volatile_ratio
-        Short-run volatility above this multiple of the long-run volatility is Volatile.
-        Default 1.6.
+    model
+        ``blend`` (default): the HMM and the foundation model, their probabilities
+        averaged; ``hmm``: the HMM alone; ``baseline``: the rule-based trend/volatility
+        classifier.
+    hmm_scope
+        ``symbol`` (default): one HMM per symbol; ``market``: one HMM on the equal-weight
+        index of the whole universe, whose regime every symbol gets.
+    hmm_window, hmm_min_bars, hmm_refit_every, hmm_iter
+        The HMM is first fitted after ``hmm_min_bars`` bars, then refitted every
+        ``hmm_refit_every`` bars on the last ``hmm_window`` bars, with at most ``hmm_iter``
+        EM iterations. Defaults 500, 250, 126 (half a year of daily bars), 30.
+    foundation_checkpoint
+        The foundation model: ``bundled`` (the checkpoint shipped with the package, trained
+        on the bundled data), a local file, or empty to use the HMM alone.
+    foundation_weight
+        The foundation model's share of the blended probabilities. Default 0.35: the HMM
+        leads (see ``sovereign/models/README.md`` for how much the foundation model adds).
+    min_dwell, strong_probability
+        Hysteresis: a new regime must lead for ``min_dwell`` bars in a row, or reach
+        ``strong_probability``, before the label changes. Defaults 3 and 0.85.
+    fast_span, slow_span, trend_margin, vol_short_span, vol_long_span, volatile_ratio
+        The baseline classifier (see ``core.regime.BaselineRegimeClassifier``).
     """
 
+    model: Literal["blend", "hmm", "baseline"] = "blend"
+    hmm_scope: Literal["symbol", "market"] = "symbol"
+    hmm_window: int = 500
+    hmm_min_bars: int = 250
+    hmm_refit_every: int = 126
+    hmm_iter: int = 30
+    foundation_checkpoint: str = "bundled"
+    foundation_weight: float = 0.35
+    min_dwell: int = 3
+    strong_probability: float = 0.85
     fast_span: int = 20
     slow_span: int = 50
     trend_margin: float = 0.01
@@ -183,6 +236,14 @@ class RegimeConfig(_Section, frozen=True):
         _non_negative("trend_margin", self.trend_margin)
         if self.volatile_ratio <= 1:
             raise ValueError(f"volatile_ratio must be > 1, got {self.volatile_ratio}")
+        if not 50 <= self.hmm_min_bars <= self.hmm_window:
+            raise ValueError("need 50 <= hmm_min_bars <= hmm_window")
+        if self.hmm_refit_every < 1 or self.hmm_iter < 1:
+            raise ValueError("hmm_refit_every and hmm_iter must be >= 1")
+        if not 0 <= self.foundation_weight <= 1:
+            raise ValueError(f"foundation_weight must be in [0, 1], got {self.foundation_weight}")
+        if self.min_dwell < 1 or not 0.5 < self.strong_probability <= 1:
+            raise ValueError("min_dwell must be >= 1 and strong_probability in (0.5, 1]")
 
 
 class SimConfig(_Section, frozen=True):

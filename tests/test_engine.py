@@ -20,11 +20,26 @@ def sample():
     return load_ohlcv("sample")
 
 
-def run(tmp: Path, data, runtime: str, *, wire: bool = False, shards: int = 2, run_id: str):
+def run(
+    tmp: Path,
+    data,
+    runtime: str,
+    *,
+    wire: bool = False,
+    shards: int = 2,
+    run_id: str,
+    regime: str = "blend",
+):
     import msgspec
 
     cfg = Config()
-    cfg = msgspec.structs.replace(cfg, engine=msgspec.structs.replace(cfg.engine, shards=shards))
+    cfg = msgspec.structs.replace(
+        cfg,
+        engine=msgspec.structs.replace(cfg.engine, shards=shards),
+        regime=msgspec.structs.replace(cfg.regime, model=regime),
+        # These tests are about the engine; one run each, no comparison replay.
+        selfmod=msgspec.structs.replace(cfg.selfmod, compare_without_rules=False),
+    )
     return run_session(
         cfg,
         data,
@@ -55,7 +70,7 @@ def test_local_backtest_on_sample_trades_and_writes_every_report_file(tmp_path, 
 
 
 def test_no_position_ever_exceeds_the_constitution_at_decision_time(tmp_path, sample) -> None:
-    out = run(tmp_path, sample, "local", run_id="cap-1")
+    out = run(tmp_path, sample, "local", run_id="cap-1", regime="baseline")
     t = out.trades
     notional = t["quantity"] * t["entry_price"]
     equity_before = np.interp(
@@ -68,8 +83,8 @@ def test_no_position_ever_exceeds_the_constitution_at_decision_time(tmp_path, sa
 
 
 def test_wire_runtime_gives_the_same_trades_as_direct_delivery(tmp_path, sample) -> None:
-    direct = run(tmp_path / "a", sample, "local", run_id="d")
-    wire = run(tmp_path / "b", sample, "local", wire=True, run_id="w")
+    direct = run(tmp_path / "a", sample, "local", run_id="d", regime="baseline")
+    wire = run(tmp_path / "b", sample, "local", wire=True, run_id="w", regime="baseline")
     assert (tmp_path / "a" / "out" / "trades.csv").read_bytes() == (
         tmp_path / "b" / "out" / "trades.csv"
     ).read_bytes()
@@ -77,8 +92,8 @@ def test_wire_runtime_gives_the_same_trades_as_direct_delivery(tmp_path, sample)
 
 
 def test_shard_layout_does_not_change_the_trades(tmp_path, sample) -> None:
-    run(tmp_path / "one", sample, "local", shards=1, run_id="one")
-    run(tmp_path / "three", sample, "local", shards=3, run_id="three")
+    run(tmp_path / "one", sample, "local", shards=1, run_id="one", regime="baseline")
+    run(tmp_path / "three", sample, "local", shards=3, run_id="three", regime="baseline")
     assert (tmp_path / "one" / "out" / "trades.csv").read_bytes() == (
         tmp_path / "three" / "out" / "trades.csv"
     ).read_bytes()
@@ -86,6 +101,8 @@ def test_shard_layout_does_not_change_the_trades(tmp_path, sample) -> None:
 
 @pytest.mark.ray
 def test_ray_replay_is_identical_to_local(tmp_path, sample, ray_session) -> None:
+    # The default regime models (the HMM and the torch foundation model) run in a Ray
+    # worker here and in this process there: they must agree to the last trade.
     local = run(tmp_path / "local", sample, "local", run_id="l")
     remote = run(tmp_path / "ray", sample, "ray", run_id="r")
     assert remote.result.runtime == "ray"

@@ -1,15 +1,79 @@
-"""RegimeActor: classifies every symbol's regime after each bar and tells the shards."""
+"""RegimeActor: the regime of every symbol after each bar, for the shards.
+
+With ``[regime] model = "blend"`` (the default) each shard's symbols have an HMM
+(``core.regime.HmmRegimeModel``, filtered online) and the foundation model
+(``core.foundation.FoundationRegime``). Their probabilities are blended as
+
+    p = (1 - w) * p_hmm + w * p_foundation        (w = foundation_weight, default 0.35)
+
+where both are ready; where only one is, it is used alone. The label is the blended
+argmax passed through hysteresis (``core.regime.Hysteresis``), so it does not flicker. With
+``hmm_scope = "market"`` one HMM runs on the equal-weight index of the whole universe and
+every symbol gets its probabilities.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from sovereign.actors.base import Actor
 from sovereign.config import RegimeConfig
 from sovereign.core.bars import clean_rows
-from sovereign.core.regime import BaselineRegimeClassifier
+from sovereign.core.regime import BaselineRegimeClassifier, HmmRegimeModel, Hysteresis
 from sovereign.core.universe import Universe
 from sovereign.messages import BarBatch, Message, NDArray, RegimeUpdate, SessionEnded
+
+
+def bundled_foundation_path() -> Path:
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("sovereign.models") / "foundation-v1.pt"))
+
+
+def load_foundation(spec: str) -> Any | None:
+    """The foundation checkpoint named by ``[regime] foundation_checkpoint``, or None."""
+    if not spec:
+        return None
+    from sovereign.core.foundation import load_checkpoint
+
+    path = bundled_foundation_path() if spec == "bundled" else Path(spec)
+    return load_checkpoint(path)
+
+
+class _ShardModels:
+    """The models of one shard's universe."""
+
+    def __init__(self, universe: Universe, config: RegimeConfig, foundation: Any | None) -> None:
+        n = len(universe)
+        self.universe = universe
+        self.baseline = BaselineRegimeClassifier(n, config) if config.model == "baseline" else None
+        self.hmm = (
+            HmmRegimeModel(
+                n,
+                window=config.hmm_window,
+                min_bars=config.hmm_min_bars,
+                refit_every=config.hmm_refit_every,
+                n_iter=config.hmm_iter,
+            )
+            if config.model != "baseline" and config.hmm_scope == "symbol"
+            else None
+        )
+        self.foundation = None
+        if config.model == "blend" and foundation is not None:
+            from sovereign.core.foundation import FoundationRegime
+
+            self.foundation = FoundationRegime(foundation, n)
+        self.foundation_interval = int(getattr(foundation, "interval_s", 0) or 0)
+        self.hysteresis = Hysteresis(
+            n, min_dwell=config.min_dwell, strong=config.strong_probability
+        )
+        self.weight = config.foundation_weight
+        self.codes = np.full(n, 255, dtype=np.uint8)
+        self.probs = np.full((n, 4), 0.25, dtype=np.float32)
+        self.last_ts = -1
 
 
 class RegimeActor(Actor):
@@ -17,59 +81,147 @@ class RegimeActor(Actor):
 
     def __init__(self, index: int, shard_symbols: list[list[str]], config: RegimeConfig) -> None:
         super().__init__(index)
-        self.universes = [Universe(symbols) for symbols in shard_symbols]
-        self.models = [BaselineRegimeClassifier(len(u), config) for u in self.universes]
-        self._symbol_columns = [NDArray.from_numpy(u.array) for u in self.universes]
-        self._last_ts = [-1] * len(self.universes)
+        self.config = config
+        foundation = (
+            load_foundation(config.foundation_checkpoint) if config.model == "blend" else None
+        )
+        if config.model == "blend" and foundation is None:
+            self.log.warning("no foundation checkpoint configured: the HMM alone decides")
+        self.models = [_ShardModels(Universe(s), config, foundation) for s in shard_symbols]
+        self._symbol_columns = [NDArray.from_numpy(m.universe.array) for m in self.models]
+        self.market = (
+            HmmRegimeModel(
+                1,
+                window=config.hmm_window,
+                min_bars=config.hmm_min_bars,
+                refit_every=config.hmm_refit_every,
+                n_iter=config.hmm_iter,
+            )
+            if config.model != "baseline" and config.hmm_scope == "market"
+            else None
+        )
+        self._index_level = 1.0
+        self._last_close: dict[str, float] = {}
 
     def receive(self, messages: list[Message]) -> list[Message]:
         out: list[Message] = []
+        batches = [m for m in messages if isinstance(m, BarBatch)]
+        if self.market is not None and batches:
+            self._update_market(batches)
         for msg in messages:
             match msg:
-                case BarBatch() if 0 <= msg.shard < len(self.universes):
+                case BarBatch() if 0 <= msg.shard < len(self.models):
                     update = self._on_bars(msg)
                     if update is not None:
                         out.append(update)
                 case BarBatch():
                     self.count("batches_for_unknown_shard")
                 case SessionEnded():
+                    self.counters["hmm_fits"] = sum(
+                        m.hmm.fits for m in self.models if m.hmm is not None
+                    ) + (self.market.fits if self.market is not None else 0)
                     out.append(self.stats(msg.ts_event))
                 case _:
                     pass
         return out
 
+    def _update_market(self, batches: list[BarBatch]) -> None:
+        """Advance the equal-weight index by the mean log return of this bar's symbols."""
+        returns = []
+        for b in batches:
+            closes = b.close.to_numpy()
+            for sym, c in zip(b.symbols.to_numpy().tolist(), closes.tolist(), strict=True):
+                prev = self._last_close.get(sym)
+                if prev is not None and prev > 0 and c > 0 and np.isfinite(c):
+                    returns.append(np.log(c / prev))
+                if c > 0 and np.isfinite(c):
+                    self._last_close[sym] = c
+        if returns:
+            self._index_level *= float(np.exp(np.mean(returns)))
+        assert self.market is not None
+        self.market.update(np.ones(1, dtype=bool), np.array([self._index_level]))
+
     def _on_bars(self, batch: BarBatch) -> RegimeUpdate | None:
-        s = batch.shard
-        if batch.ts <= self._last_ts[s]:
+        m = self.models[batch.shard]
+        if m.foundation is not None and m.foundation_interval not in (0, batch.interval_s):
+            # Its statistics are per bar: a model trained on daily bars cannot read minutes.
+            self.log.warning(
+                "the foundation model was trained on %d s bars, not %d s: the HMM alone decides",
+                m.foundation_interval,
+                batch.interval_s,
+            )
+            self.count("foundation_interval_mismatch")
+            m.foundation = None
+        if batch.ts <= m.last_ts:
             self.count("stale_batches")
             return None
-        self._last_ts[s] = batch.ts
-        universe, model = self.universes[s], self.models[s]
-        idx = universe.locate(batch.symbols.to_numpy())
-        close = batch.close.to_numpy()
+        m.last_ts = batch.ts
+        n = len(m.universe)
+        idx = m.universe.locate(batch.symbols.to_numpy())
+        close, volume = batch.close.to_numpy(), batch.volume.to_numpy()
         good, _ = clean_rows(
-            batch.open.to_numpy(),
-            batch.high.to_numpy(),
-            batch.low.to_numpy(),
-            close,
-            batch.volume.to_numpy(),
+            batch.open.to_numpy(), batch.high.to_numpy(), batch.low.to_numpy(), close, volume
         )
         take = good & (idx >= 0)
-        mask = np.zeros(len(universe), dtype=bool)
+        mask = np.zeros(n, dtype=bool)
         mask[idx[take]] = True
-        full_close = np.full(len(universe), np.nan)
+        full_close = np.full(n, np.nan)
         full_close[idx[take]] = close[take]
-        model.update(mask, full_close)
+        full_volume = np.full(n, np.nan)
+        full_volume[idx[take]] = volume[take]
+        model_name = self._update(m, mask, full_close, full_volume)
         return RegimeUpdate(
             msg_id=self.ids.next(),
             ts_event=batch.ts_event,
             ts_init=batch.ts_event,
             correlation_id=batch.msg_id,
             ts=batch.ts,
-            symbols=self._symbol_columns[s],
-            codes=NDArray.from_numpy(model.codes),
-            probabilities=NDArray.from_numpy(model.probabilities),
-            market=model.market_regime(),
-            model=model.name,
-            shard=s,
+            symbols=self._symbol_columns[batch.shard],
+            codes=NDArray.from_numpy(m.codes),
+            probabilities=NDArray.from_numpy(m.probs),
+            market=_market_label(m.codes),
+            model=model_name,
+            shard=batch.shard,
         )
+
+    def _update(
+        self, m: _ShardModels, mask: np.ndarray, close: np.ndarray, volume: np.ndarray
+    ) -> str:
+        if m.baseline is not None:
+            m.baseline.update(mask, close)
+            m.codes = m.baseline.codes.copy()
+            m.probs = m.baseline.probabilities.copy()
+            return m.baseline.name
+        n = len(m.universe)
+        if m.hmm is not None:
+            m.hmm.update(mask, close)
+            p_hmm, r_hmm = m.hmm.probabilities, m.hmm.ready
+        else:
+            assert self.market is not None
+            p_hmm = np.repeat(self.market.probabilities, n, axis=0)
+            r_hmm = np.repeat(self.market.ready, n)
+        probs = p_hmm.astype(np.float64)
+        ready = r_hmm.copy()
+        name = "hmm" if m.hmm is not None else "hmm-market"
+        if m.foundation is not None:
+            m.foundation.update(mask, close, volume)
+            p_fm, r_fm = m.foundation.probabilities.astype(np.float64), m.foundation.ready
+            both = r_hmm & r_fm
+            w = m.weight
+            probs = np.where(both[:, None], (1 - w) * p_hmm + w * p_fm, probs)
+            only_fm = r_fm & ~r_hmm
+            probs[only_fm] = p_fm[only_fm]
+            ready = r_hmm | r_fm
+            name += "+foundation"
+        m.probs = np.where(ready[:, None], probs, 0.25).astype(np.float32)
+        m.codes = m.hysteresis.update(mask, m.probs, ready).copy()
+        return name
+
+
+def _market_label(codes: np.ndarray) -> str:
+    from sovereign.messages import REGIME_NAMES
+
+    known = codes[codes != 255]
+    if known.size == 0:
+        return "Unknown"
+    return REGIME_NAMES[int(np.bincount(known, minlength=4).argmax())]

@@ -17,6 +17,10 @@ shared equally. It uses only bars up to and including the current one (no look-a
 
 from __future__ import annotations
 
+import logging
+import math
+from dataclasses import dataclass
+
 import numpy as np
 
 from sovereign.config import RegimeConfig
@@ -113,3 +117,322 @@ class BaselineRegimeClassifier:
         if known.size == 0:
             return "Unknown"
         return REGIME_NAMES[int(np.bincount(known, minlength=len(REGIME_NAMES)).argmax())]
+
+
+# -- HIDDEN MARKOV MODEL -----------------------------------------------------------------
+#
+# Features, per symbol and bar, all causal:
+#   r      log return of the close
+#   lvol   log of the realised volatility: sqrt of an EWMA (span 20, bias-corrected) of r^2
+#   trend  (EMA_10 - EMA_40 of the log close) / realised volatility: the trend in vol units
+# They are standardised with the mean and standard deviation of the window the model is
+# fitted on (kept with the model), then a 4-state diagonal Gaussian HMM is fitted
+# (hmmlearn, Baum-Welch).
+#
+# State -> name mapping, applied after every fit so that state i always means regime i:
+#   Volatile      the state with the highest mean lvol;
+#   TrendingUp    of the other three, the highest mean trend;
+#   TrendingDown  of the remaining two, the lowest mean trend;
+#   Ranging       the last one.
+# Refits start from the previous parameters (translated into the new window's scale), so
+# the fitted states move continuously and the mapping by their means does not switch
+# labels from one refit to the next.
+#
+# Online filtering is the forward recursion only, alpha_t ∝ (alpha_{t-1} A) * b(x_t):
+# the probability at t uses bars up to t and never changes when later bars arrive (no
+# smoothing). A refit at bar t uses bars up to t-1 and re-runs the forward recursion over
+# its window with the new parameters, so alpha_t is consistent with the model in force.
+
+_HMM_FEATURES = 3
+_LOG_2PI = math.log(2.0 * math.pi)
+# hmmlearn logs a warning for every state no bar leaves; the fit handles that itself.
+logging.getLogger("hmmlearn").setLevel(logging.ERROR)
+
+
+@dataclass(frozen=True, slots=True)
+class HmmParams:
+    """A fitted model in canonical state order (state i is regime i)."""
+
+    startprob: np.ndarray  # (K,)
+    transmat: np.ndarray  # (K, K)
+    means: np.ndarray  # (K, F), standardised space
+    variances: np.ndarray  # (K, F), standardised space
+    feature_mean: np.ndarray  # (F,)
+    feature_std: np.ndarray  # (F,)
+
+    def raw_means(self) -> np.ndarray:
+        return self.means * self.feature_std + self.feature_mean
+
+
+def canonical_order(means: np.ndarray) -> np.ndarray:
+    """The permutation that puts fitted states in regime-code order (see above)."""
+    lvol, trend = means[:, 1], means[:, 2]
+    volatile = int(np.argmax(lvol))
+    rest = [i for i in range(len(means)) if i != volatile]
+    up = max(rest, key=lambda i: (trend[i], -i))
+    rest.remove(up)
+    down = min(rest, key=lambda i: (trend[i], i))
+    rest.remove(down)
+    return np.array([up, down, rest[0], volatile])
+
+
+def fit_hmm(
+    features: np.ndarray, *, seed: int, n_iter: int, previous: HmmParams | None = None
+) -> HmmParams:
+    """Fit the 4-state HMM to raw features (T, 3); warm-started from ``previous``.
+
+    A fit that degenerates (a state that no bar visits, NaN parameters) is retried from
+    a fresh start; if that fails too, the previous model stays in force (ValueError when
+    there is none).
+    """
+    mean = features.mean(axis=0)
+    std = features.std(axis=0)
+    std = np.where(std > 1e-12, std, 1.0)
+    x = (features - mean) / std
+    attempts = [previous, None] if previous is not None else [None, None]
+    for attempt, start in enumerate(attempts):
+        # A warm start is already near the optimum: a third of the iterations do.
+        iterations = max(5, n_iter // 3) if start is not None else n_iter
+        model = _fit_once(x, mean, std, seed=seed + attempt, n_iter=iterations, previous=start)
+        if model is not None:
+            order = canonical_order(model.means_)
+            return HmmParams(
+                startprob=_normalise(model.startprob_[order] + 1e-6),
+                transmat=_normalise(model.transmat_[np.ix_(order, order)] + 1e-6, axis=1),
+                means=model.means_[order].copy(),
+                variances=np.asarray(model._covars_)[order].copy(),
+                feature_mean=mean,
+                feature_std=std,
+            )
+    if previous is not None:
+        return previous
+    raise ValueError("the HMM could not be fitted to this window")
+
+
+def _fit_once(
+    x: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    *,
+    seed: int,
+    n_iter: int,
+    previous: HmmParams | None,
+) -> object | None:
+    from hmmlearn.hmm import GaussianHMM
+
+    k = len(REGIME_NAMES)
+    # A light prior keeps a state that no bar visits finite instead of NaN.
+    common = {
+        "n_components": k,
+        "covariance_type": "diag",
+        "n_iter": n_iter,
+        "random_state": seed,
+        "implementation": "scaling",
+        "min_covar": 1e-3,
+        "means_weight": 1e-2,
+        "covars_prior": 1e-2,
+        "covars_weight": 1.0,
+    }
+    if previous is None:
+        model = GaussianHMM(**common)
+    else:
+        model = GaussianHMM(**common, init_params="", params="stmc")
+        # The previous states, expressed in this window's standardised scale.
+        raw_means = previous.means * previous.feature_std + previous.feature_mean
+        raw_vars = previous.variances * previous.feature_std**2
+        model.startprob_ = _normalise(previous.startprob + 1e-6)
+        model.transmat_ = _normalise(previous.transmat + 1e-6, axis=1)
+        model.means_ = (raw_means - mean) / std
+        model.covars_ = np.maximum(raw_vars / std**2, 1e-3)
+    try:
+        with np.errstate(all="ignore"):
+            model.fit(x)
+    except ValueError:
+        return None
+    params = (model.startprob_, model.transmat_, model.means_, np.asarray(model._covars_))
+    if not all(np.isfinite(a).all() for a in params):
+        return None
+    return model
+
+
+def _normalise(a: np.ndarray, axis: int | None = None) -> np.ndarray:
+    return a / a.sum(axis=axis, keepdims=axis is not None)
+
+
+def emission_logprob(p: HmmParams, x_raw: np.ndarray) -> np.ndarray:
+    """log b_k(x) for raw feature rows (T, F) -> (T, K)."""
+    x = (x_raw - p.feature_mean) / p.feature_std
+    diff = x[:, None, :] - p.means[None, :, :]
+    return -0.5 * (
+        _HMM_FEATURES * _LOG_2PI
+        + np.log(p.variances).sum(axis=1)[None, :]
+        + (diff * diff / p.variances[None, :, :]).sum(axis=2)
+    )
+
+
+def forward_filter(p: HmmParams, x_raw: np.ndarray) -> np.ndarray:
+    """Filtered state probabilities for every row (the forward recursion only)."""
+    logb = emission_logprob(p, x_raw)
+    out = np.empty_like(logb)
+    alpha = p.startprob
+    for t in range(len(logb)):
+        alpha = _forward_step(alpha if t == 0 else alpha @ p.transmat, logb[t])
+        out[t] = alpha
+    return out
+
+
+def _forward_step(prior: np.ndarray, logb: np.ndarray) -> np.ndarray:
+    w = prior * np.exp(logb - logb.max(axis=-1, keepdims=True))
+    s = w.sum(axis=-1, keepdims=True)
+    return np.where(s > 0, w / np.where(s > 0, s, 1.0), 1.0 / w.shape[-1])
+
+
+class HmmFeatureState:
+    """The HMM features of N symbols, updated bar by bar."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.count = np.zeros(n, dtype=np.int64)
+        self.prev_close = np.full(n, np.nan)
+        self.ewma_r2 = np.zeros(n)
+        self.ema_fast = np.full(n, np.nan)
+        self.ema_slow = np.full(n, np.nan)
+        self._a_vol = 2.0 / 21.0
+        self._a_fast = 2.0 / 11.0
+        self._a_slow = 2.0 / 41.0
+
+    def update(self, mask: np.ndarray, close: np.ndarray) -> np.ndarray:
+        """Features (N, 3) for this bar; rows of symbols not ready are NaN."""
+        out = np.full((self.n, _HMM_FEATURES), np.nan)
+        first = mask & (self.count == 0)
+        later = mask & (self.count > 0)
+        logc = np.log(np.where(mask, close, 1.0))
+        self.ema_fast[first] = logc[first]
+        self.ema_slow[first] = logc[first]
+        if later.any():
+            r = logc[later] - np.log(self.prev_close[later])
+            self.ewma_r2[later] += self._a_vol * (r * r - self.ewma_r2[later])
+            self.ema_fast[later] += self._a_fast * (logc[later] - self.ema_fast[later])
+            self.ema_slow[later] += self._a_slow * (logc[later] - self.ema_slow[later])
+            k = self.count[later].astype(np.float64)  # returns seen including this one
+            var = self.ewma_r2[later] / (1.0 - (1.0 - self._a_vol) ** k)
+            vol = np.sqrt(np.maximum(var, 1e-12))
+            rows = np.flatnonzero(later)
+            out[rows, 0] = r
+            out[rows, 1] = np.log(vol)
+            out[rows, 2] = (self.ema_fast[later] - self.ema_slow[later]) / vol
+        self.prev_close[mask] = close[mask]
+        self.count[mask] += 1
+        return out
+
+
+class HmmRegimeModel:
+    """One HMM per symbol, fitted on a rolling window and filtered online.
+
+    ``probabilities`` (N, 4) are the filtered state probabilities in regime-code order;
+    ``ready`` marks symbols with a fitted model.
+    """
+
+    name = "hmm"
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        window: int = 500,
+        min_bars: int = 250,
+        refit_every: int = 126,
+        n_iter: int = 30,
+        seed: int = 7,
+    ) -> None:
+        if not 50 <= min_bars <= window:
+            raise ValueError("need 50 <= min_bars <= window")
+        self.n = n
+        self.window = window
+        self.min_bars = min_bars
+        self.refit_every = refit_every
+        self.n_iter = n_iter
+        self.seed = seed
+        self.features = HmmFeatureState(n)
+        self.history = np.full((n, window, _HMM_FEATURES), np.nan)
+        self.filled = np.zeros(n, dtype=np.int64)
+        self.since_fit = np.zeros(n, dtype=np.int64)
+        self.params: list[HmmParams | None] = [None] * n
+        self.alpha = np.full((n, len(REGIME_NAMES)), 0.25)
+        self.ready = np.zeros(n, dtype=bool)
+        self.fits = 0
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return self.alpha
+
+    def update(self, mask: np.ndarray, close: np.ndarray) -> None:
+        x = self.features.update(mask, close)
+        valid = mask & ~np.isnan(x).any(axis=1)
+        for i in np.flatnonzero(valid & self.ready).tolist():
+            p = self.params[i]
+            assert p is not None
+            if self.since_fit[i] >= self.refit_every:
+                self._fit(i)  # on bars up to the previous one
+                p = self.params[i]
+                assert p is not None
+            logb = emission_logprob(p, x[i : i + 1])[0]
+            self.alpha[i] = _forward_step(self.alpha[i] @ p.transmat, logb)
+        rows = np.flatnonzero(valid)
+        self._push(rows, x[rows])
+        self.since_fit[rows] += 1
+        for i in np.flatnonzero(valid & ~self.ready & (self.filled >= self.min_bars)).tolist():
+            # First fit: the window ends with this bar, which is filtered as part of it.
+            self._fit(i)
+
+    def _push(self, rows: np.ndarray, x: np.ndarray) -> None:
+        if rows.size == 0:
+            return
+        self.history[rows, :-1] = self.history[rows, 1:]
+        self.history[rows, -1] = x
+        self.filled[rows] = np.minimum(self.filled[rows] + 1, self.window)
+
+    def _window(self, i: int) -> np.ndarray:
+        return self.history[i, self.window - self.filled[i] :]
+
+    def _fit(self, i: int) -> None:
+        data = self._window(i)
+        params = fit_hmm(data, seed=self.seed, n_iter=self.n_iter, previous=self.params[i])
+        self.params[i] = params
+        self.fits += 1
+        self.since_fit[i] = 0
+        self.alpha[i] = forward_filter(params, data)[-1]
+        self.ready[i] = True
+
+
+class Hysteresis:
+    """Labels that do not flicker: a new regime must lead for ``min_dwell`` consecutive
+    bars, or be at least ``strong`` probable, before the label changes."""
+
+    def __init__(self, n: int, *, min_dwell: int = 3, strong: float = 0.85) -> None:
+        self.min_dwell = min_dwell
+        self.strong = strong
+        self.codes = np.full(n, REGIME_UNKNOWN, dtype=np.uint8)
+        self._candidate = np.full(n, REGIME_UNKNOWN, dtype=np.uint8)
+        self._run = np.zeros(n, dtype=np.int64)
+
+    def update(self, mask: np.ndarray, probs: np.ndarray, ready: np.ndarray) -> np.ndarray:
+        live = mask & ready
+        if not live.any():
+            return self.codes
+        top = probs.argmax(axis=1).astype(np.uint8)
+        best = probs[np.arange(len(top)), top]
+        unknown = live & (self.codes == REGIME_UNKNOWN)
+        self.codes[unknown] = top[unknown]
+        same = live & (top == self.codes)
+        self._run[same] = 0
+        differ = live & ~same & ~unknown
+        continuing = differ & (top == self._candidate)
+        self._run[continuing] += 1
+        fresh = differ & ~continuing
+        self._candidate[fresh] = top[fresh]
+        self._run[fresh] = 1
+        switch = differ & ((self._run >= self.min_dwell) | (best >= self.strong))
+        self.codes[switch] = top[switch]
+        self._run[switch] = 0
+        return self.codes

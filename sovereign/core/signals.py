@@ -538,6 +538,11 @@ class ShardStrategy:
         stop_mult = self.param("stop_atr_mult", cfg.stop_atr_mult)
         target_mult = self.param("target_atr_mult", cfg.target_atr_mult)
         max_hold = int(self.param("max_hold_bars", cfg.max_hold_bars))
+        regime = cfg.per_regime.get(REGIME_NAMES[code]) if code < len(REGIME_NAMES) else None
+        if regime is not None:
+            stop_mult = regime.stop_atr_mult or stop_mult
+            target_mult = regime.target_atr_mult or target_mult
+            max_hold = regime.max_hold_bars or max_hold
         scale = 1.0
         if effects is not None:
             scale = float(effects.scale[k])

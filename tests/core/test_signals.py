@@ -149,3 +149,27 @@ def test_unfilled_entry_is_canceled_after_the_timeout_and_forgotten_if_never_ans
         step(s, t, 101.5, 100.5, 101.0, 1000.0)
     # No OrderCanceled ever came back: the order is forgotten, the symbol is free again.
     assert not s.pending_entry[0] and not s.orders and not s.trades
+
+
+def test_per_regime_parameters_set_stop_target_and_hold() -> None:
+    from sovereign.config import RegimeOverrides
+
+    cfg = StrategyConfig(
+        atr_period=3,
+        breakout_window=3,
+        volume_window=3,
+        max_hold_bars=5,
+        entry_regimes=("TrendingUp", "Volatile"),
+        per_regime={"Volatile": RegimeOverrides(stop_atr_mult=2.0, max_hold_bars=2)},
+    )
+    s = ShardStrategy(Universe(["AAA"]), cfg, shard=0)
+    warm(s)
+    volatile = REGIME_NAMES.index("Volatile")
+    (e,) = step(s, 10, 103.0, 100.0, 102.0, 5000.0, regime=volatile)[0]
+    atr = 7 / 3
+    assert e.stop_price == pytest.approx(102.0 - 2.0 * atr)
+    s.on_fill(e.intent_id, 10, 102.0, 0.0, 0, ts=11)
+    assert s.stop[0] == pytest.approx(102.0 - 2.0 * atr)
+    assert s.target[0] == pytest.approx(102.0 + 3.0 * atr)  # not overridden: the general 3
+    exits = [step(s, t, 102.5, 101.5, 102.0, 1000.0, regime=volatile)[1] for t in (11, 12)]
+    assert exits[0] == [] and exits[1][0].reason == "max_hold"

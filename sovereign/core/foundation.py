@@ -1,0 +1,1109 @@
+"""A small transformer "foundation model" of bar sequences, pretrained without labels.
+
+The model reads the last ``seq_len`` bars of one symbol as standardised causal features
+and predicts three things at the last bar: the next bar's features, the log realised
+volatility over the next ``horizon`` bars, and a regime (the codes of
+:data:`sovereign.messages.market.REGIME_NAMES`). The RegimeActor blends its regime
+probabilities with the HMM's.
+
+Features
+    For each bar of one symbol (in bar order; a bar whose close is not a positive finite
+    number is skipped as if it never came):
+
+    0. ``log_return``: log(close / previous close); 0 on the first bar.
+    1. ``log_vol``: log realised volatility proxy, 0.5 * log(v + 1e-12) where v is the
+       bias-corrected EWMA (span ``vol_span``) of the squared log returns up to this bar;
+       undefined (NaN) on the first bar, which has no return yet.
+    2. ``log_volume_rel``: log1p(volume) minus the bias-corrected EWMA (span
+       ``volume_span``) of log1p(volume) over the earlier bars whose volume was known; 0
+       on the first known volume and on every bar whose volume is unknown (NaN or
+       negative), which also leaves the EWMA untouched.
+    3. ``volume_known``: 1.0 if the bar's volume is known, else 0.0.
+
+    :func:`feature_matrix` computes them for a whole series (vectorised) and
+    :class:`FeatureState` one bar at a time for N symbols; the tests prove they agree.
+    Both return RAW features. :func:`standardize` then applies the mean and standard
+    deviation measured on the training bars at training time (stored in the checkpoint),
+    clips to +-``feature_clip``, and maps undefined values to 0 (the training mean). The
+    flag is never rescaled, and ``log_volume_rel`` is 0 wherever the flag is 0.
+
+Self-supervised targets (training and evaluation only)
+    For a window ending at bar t, with H = ``horizon``, r the log returns and
+    vol_t = exp(log_vol_t) the current realised volatility:
+
+    * next-step: the standardised feature row of bar t + 1;
+    * forward volatility: fwd_t = 0.5 * log(mean(r[t+1..t+H] ** 2) + 1e-12), standardised
+      with the training windows' mean and standard deviation;
+    * regime: ``Volatile`` if fwd_t is above the ``volatile_quantile`` (0.75) quantile of
+      fwd over the training windows, else ``TrendingUp`` if log(close[t+H] / close[t]) >
+      ``trend_k`` * vol_t * sqrt(H), ``TrendingDown`` if it is below minus that, else
+      ``Ranging``.
+
+    These targets LOOK AHEAD: they are built from the H bars after t, and only
+    :func:`train_foundation` and :func:`evaluate_foundation` use them. At inference the
+    model sees the past window and nothing else; the streaming class never looks ahead.
+
+Data split
+    The last ``val_fraction`` (15 %) of each symbol's bars are held out. Training windows
+    end at t <= split - 1 - H, so no training target touches a held-out bar; validation
+    windows end at t >= split - 1 (their inputs may reach back into the training bars,
+    their targets never do). The standardisation statistics and the Volatile threshold
+    come from the training part only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812  (the universal torch idiom)
+
+from sovereign.data.loaders import LoadedData
+from sovereign.messages.market import REGIME_NAMES, REGIME_UNKNOWN
+
+__all__ = [
+    "FEATURE_NAMES",
+    "FOUNDATION_VERSION",
+    "N_FEATURES",
+    "Checkpoint",
+    "FeatureState",
+    "FoundationConfig",
+    "FoundationModel",
+    "FoundationRegime",
+    "evaluate_foundation",
+    "feature_matrix",
+    "load_checkpoint",
+    "predict_series",
+    "save_checkpoint",
+    "standardize",
+    "train_foundation",
+]
+
+FOUNDATION_VERSION = 1
+"""Checkpoint format version; bump it when the features, the model or the payload change."""
+
+FEATURE_NAMES: tuple[str, ...] = ("log_return", "log_vol", "log_volume_rel", "volume_known")
+N_FEATURES = len(FEATURE_NAMES)
+N_REGIMES = len(REGIME_NAMES)
+VOLATILE = REGIME_NAMES.index("Volatile")
+TRENDING_UP = REGIME_NAMES.index("TrendingUp")
+TRENDING_DOWN = REGIME_NAMES.index("TrendingDown")
+RANGING = REGIME_NAMES.index("Ranging")
+
+_VAR_FLOOR = 1e-12
+# Columns of the raw feature matrix, by name, for readability below.
+_RET, _LOGVOL, _VOLREL, _KNOWN = range(N_FEATURES)
+_EVAL_CHUNK = 512
+_TRAIN_EVAL_WINDOWS = 2048
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class FoundationConfig:
+    """Sizes of the foundation model, its features and its training targets.
+
+    Parameters
+    ----------
+    seq_len
+        Bars per input window; a symbol is ``ready`` after this many bars. Default 64.
+    d_model
+        Width of the transformer. Default 32.
+    n_heads
+        Attention heads; must divide ``d_model``. Default 4.
+    n_layers
+        Encoder layers. Default 2.
+    d_ff
+        Width of each layer's feed-forward block. Default 64.
+    dropout
+        Dropout inside the encoder during training (off at inference). Default 0.1.
+    horizon
+        Bars ahead for the forward-volatility and regime targets. Default 10.
+    vol_span
+        EWMA span of the squared returns behind ``log_vol``. Default 20.
+    volume_span
+        EWMA span of log1p(volume) behind ``log_volume_rel``. Default 20.
+    feature_clip
+        Standardised features are clipped to +-this, so a zero-return stretch (log of a
+        tiny variance) or a volume spike cannot dominate a window. Default 5.
+    val_fraction
+        Share of each symbol's bars held out at the end for validation. Default 0.15.
+    trend_k
+        Trend threshold of the regime target, in units of vol * sqrt(horizon). Default 0.5.
+    volatile_quantile
+        Quantile of the training forward volatility above which a window's target is
+        ``Volatile``. Default 0.75.
+    volume_dropout
+        Share of training windows whose volume is hidden (flag 0, relative volume 0),
+        so a model trained on data with volume also handles close-only data. Default 0.1.
+    """
+
+    seq_len: int = 64
+    d_model: int = 32
+    n_heads: int = 4
+    n_layers: int = 2
+    d_ff: int = 64
+    dropout: float = 0.1
+    horizon: int = 10
+    vol_span: int = 20
+    volume_span: int = 20
+    feature_clip: float = 5.0
+    val_fraction: float = 0.15
+    trend_k: float = 0.5
+    volatile_quantile: float = 0.75
+    volume_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "d_model", "n_heads", "n_layers", "d_ff", "horizon"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("vol_span", "volume_span"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must divide d_model ({self.d_model})")
+        for name, low, high in (
+            ("dropout", 0.0, 1.0),
+            ("val_fraction", 0.0, 1.0),
+            ("volatile_quantile", 0.0, 1.0),
+            ("volume_dropout", 0.0, 1.0),
+        ):
+            value = getattr(self, name)
+            if not (low <= value < high):
+                raise ValueError(f"{name} must be in [{low}, {high}), got {value!r}")
+        for name in ("feature_clip", "trend_k"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+    def to_dict(self) -> dict[str, int | float]:
+        """Return the fields as a plain dict (what a checkpoint stores)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> FoundationConfig:
+        """Build a config from a dict with exactly this class's fields.
+
+        Raises
+        ------
+        ValueError
+            On unknown or missing fields, or invalid values.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        missing = sorted(names - set(values))
+        if unknown or missing:
+            raise ValueError(
+                f"foundation config does not match this code: unknown fields {unknown}, "
+                f"missing fields {missing}"
+            )
+        return cls(**dict(values))
+
+
+# -- FEATURES --
+
+
+def _ewm_adjusted(x: np.ndarray, span: int) -> np.ndarray:
+    # pandas' adjust=True EWMA is exactly the bias-corrected recursion FeatureState runs.
+    return pd.Series(x).ewm(span=span, adjust=True).mean().to_numpy(dtype=np.float64)
+
+
+def feature_matrix(
+    close: np.ndarray,
+    volume: np.ndarray | None = None,
+    *,
+    vol_span: int = 20,
+    volume_span: int = 20,
+) -> np.ndarray:
+    """Compute the raw causal features of one symbol's bars.
+
+    Parameters
+    ----------
+    close
+        Closes in bar order, shape (T,). Bars whose close is not a positive finite number
+        are skipped: their row is NaN and they do not advance the state.
+    volume
+        Volumes, shape (T,); NaN or negative means unknown. None means all unknown.
+    vol_span, volume_span
+        EWMA spans (see :class:`FoundationConfig`).
+
+    Returns
+    -------
+    np.ndarray
+        float64 (T, N_FEATURES) in the order of :data:`FEATURE_NAMES`. ``log_vol`` is
+        NaN on the first valid bar. Row t depends only on bars 0..t.
+    """
+    close = np.asarray(close, dtype=np.float64)
+    t_len = close.shape[0]
+    volume = np.full(t_len, np.nan) if volume is None else np.asarray(volume, dtype=np.float64)
+    if volume.shape != close.shape:
+        raise ValueError(f"close {close.shape} and volume {volume.shape} differ in shape")
+    out = np.full((t_len, N_FEATURES), np.nan)
+    with np.errstate(invalid="ignore"):
+        idx = np.flatnonzero(np.isfinite(close) & (close > 0))
+    if idx.size == 0:
+        return out
+    c = close[idx]
+    k = idx.size
+    ret = np.zeros(k)
+    ret[1:] = np.log(c[1:] / c[:-1])
+    log_vol = np.full(k, np.nan)
+    if k > 1:
+        log_vol[1:] = 0.5 * np.log(_ewm_adjusted(ret[1:] ** 2, vol_span) + _VAR_FLOOR)
+    v = volume[idx]
+    with np.errstate(invalid="ignore"):
+        known = np.isfinite(v) & (v >= 0)
+    rel = np.zeros(k)
+    u = np.log1p(v[known])
+    if u.size > 1:
+        # Relative to the average BEFORE this bar: a spike should read as a surprise.
+        rel_known = np.zeros(u.size)
+        rel_known[1:] = u[1:] - _ewm_adjusted(u, volume_span)[:-1]
+        rel[known] = rel_known
+    out[idx] = np.column_stack([ret, log_vol, rel, known.astype(np.float64)])
+    return out
+
+
+class FeatureState:
+    """Streaming :func:`feature_matrix` for N symbols at once.
+
+    Parameters
+    ----------
+    n
+        Number of symbols.
+    vol_span, volume_span
+        EWMA spans (see :class:`FoundationConfig`).
+    """
+
+    def __init__(self, n: int, *, vol_span: int = 20, volume_span: int = 20) -> None:
+        self.n = n
+        self._decay_vol = 1.0 - 2.0 / (vol_span + 1)
+        self._decay_volume = 1.0 - 2.0 / (volume_span + 1)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every bar seen."""
+        n = self.n
+        self.count = np.zeros(n, dtype=np.int64)
+        self.prev_close = np.full(n, np.nan)
+        # Bias-corrected EWMAs are sum / weight, each decayed then incremented.
+        self._var_sum = np.zeros(n)
+        self._var_weight = np.zeros(n)
+        self.volume_count = np.zeros(n, dtype=np.int64)
+        self._volume_sum = np.zeros(n)
+        self._volume_weight = np.zeros(n)
+
+    def update(
+        self, mask: np.ndarray, close: np.ndarray, volume: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Consume one bar time and return the raw features of the symbols that moved.
+
+        Parameters
+        ----------
+        mask
+            bool (N,): True where the symbol has a bar now. A masked-in symbol whose
+            close is not a positive finite number is treated as masked out.
+        close
+            float64 (N,).
+        volume
+            float64 (N,); NaN or negative means unknown. None means all unknown.
+
+        Returns
+        -------
+        np.ndarray
+            float64 (N, N_FEATURES); rows of symbols that did not advance are NaN.
+        """
+        close = np.asarray(close, dtype=np.float64)
+        out = np.full((self.n, N_FEATURES), np.nan)
+        with np.errstate(invalid="ignore"):
+            rows = np.asarray(mask, dtype=bool) & np.isfinite(close) & (close > 0)
+        if not rows.any():
+            return out
+        volume = np.full(self.n, np.nan) if volume is None else np.asarray(volume, dtype=np.float64)
+        later = rows & (self.count > 0)
+        ret = np.zeros(self.n)
+        ret[later] = np.log(close[later] / self.prev_close[later])
+        self._var_sum[later] = self._decay_vol * self._var_sum[later] + ret[later] ** 2
+        self._var_weight[later] = self._decay_vol * self._var_weight[later] + 1.0
+        log_vol = np.full(self.n, np.nan)
+        log_vol[later] = 0.5 * np.log(self._var_sum[later] / self._var_weight[later] + _VAR_FLOOR)
+
+        with np.errstate(invalid="ignore"):
+            known = rows & np.isfinite(volume) & (volume >= 0)
+        u = np.zeros(self.n)
+        u[known] = np.log1p(volume[known])
+        rel = np.zeros(self.n)
+        seen = known & (self.volume_count > 0)
+        rel[seen] = u[seen] - self._volume_sum[seen] / self._volume_weight[seen]
+        self._volume_sum[known] = self._decay_volume * self._volume_sum[known] + u[known]
+        self._volume_weight[known] = self._decay_volume * self._volume_weight[known] + 1.0
+        self.volume_count[known] += 1
+
+        self.prev_close[rows] = close[rows]
+        self.count[rows] += 1
+        out[rows, _RET] = ret[rows]
+        out[rows, _LOGVOL] = log_vol[rows]
+        out[rows, _VOLREL] = rel[rows]
+        out[rows, _KNOWN] = known[rows]
+        return out
+
+
+def standardize(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: float) -> np.ndarray:
+    """Standardise raw features with fixed statistics.
+
+    Parameters
+    ----------
+    raw
+        (..., N_FEATURES) raw features from :func:`feature_matrix` or
+        :class:`FeatureState`.
+    mean, std
+        (N_FEATURES,) statistics measured at training time (the flag has mean 0, std 1).
+    clip
+        Bound on the absolute standardised value.
+
+    Returns
+    -------
+    np.ndarray
+        float32, same shape; undefined values become 0 and ``log_volume_rel`` is 0 where
+        the volume is unknown.
+    """
+    z = np.clip((raw - mean) / std, -clip, clip)
+    z = np.nan_to_num(z, nan=0.0)
+    z[..., _VOLREL] = np.where(raw[..., _KNOWN] > 0, z[..., _VOLREL], 0.0)
+    return z.astype(np.float32)
+
+
+# -- MODEL --
+
+
+class _Block(nn.Module):
+    # A pre-norm encoder layer. Written out rather than nn.TransformerEncoderLayer so
+    # attention goes through the fused scaled_dot_product_attention kernel (the stock
+    # layer took the unfused bmm path here, ~5x slower per training step) and so the
+    # last layer can compute its queries at the last position only.
+
+    def __init__(self, config: FoundationConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        self.n_heads = config.n_heads
+        self.norm1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, config.d_ff), nn.GELU(), nn.Linear(config.d_ff, d))
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, h: torch.Tensor, last_only: bool) -> torch.Tensor:
+        b, length, d = h.shape
+        heads = self.qkv(self.norm1(h)).view(b, length, 3, self.n_heads, d // self.n_heads)
+        q, k, v = heads.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, L, d_head)
+        if last_only:
+            # The last position may attend to every position, so no mask is needed.
+            h = h[:, -1:]
+            att = F.scaled_dot_product_attention(q[:, :, -1:], k, v)
+        else:
+            att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        att = att.transpose(1, 2).reshape(b, h.shape[1], d)
+        h = h + self.drop(self.proj(att))
+        return h + self.drop(self.ff(self.norm2(h)))
+
+
+class FoundationModel(nn.Module):
+    """Causal transformer encoder over a window of standardised features, read at its end.
+
+    Parameters
+    ----------
+    config
+        Sizes; the input is (batch, ``seq_len``, N_FEATURES) float32.
+
+    Notes
+    -----
+    Pre-norm layers with a causal attention mask and a learned positional embedding.
+    The heads read only the last position, so the last layer computes only that
+    position's output (the same result as computing every position and taking the last).
+    """
+
+    def __init__(self, config: FoundationConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        self.embed = nn.Linear(N_FEATURES, d)
+        self.position = nn.Parameter(torch.zeros(config.seq_len, d))
+        nn.init.normal_(self.position, std=0.02)
+        self.blocks = nn.ModuleList(_Block(config) for _ in range(config.n_layers))
+        self.norm = nn.LayerNorm(d)
+        self.next_head = nn.Linear(d, N_FEATURES)
+        self.vol_head = nn.Linear(d, 1)
+        self.regime_head = nn.Linear(d, N_REGIMES)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return next-step features (B, F), standardised forward log vol (B,), logits (B, 4)."""
+        h = self.embed(x) + self.position
+        for i, block in enumerate(self.blocks):
+            h = block(h, last_only=i == len(self.blocks) - 1)
+        last = self.norm(h[:, -1])
+        return self.next_head(last), self.vol_head(last).squeeze(-1), self.regime_head(last)
+
+
+# -- CHECKPOINTS --
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Checkpoint:
+    """A trained foundation model and everything needed to use it on new bars.
+
+    Parameters
+    ----------
+    config
+        The model and feature sizes.
+    state_dict
+        The model weights (float32 CPU tensors).
+    feature_mean, feature_std
+        Standardisation statistics of the raw features, from the training bars.
+    vol_mean, vol_std
+        Standardisation of the forward log-volatility target (the head predicts it
+        standardised).
+    volatile_log_vol
+        The Volatile threshold of the regime target, as a forward log vol.
+    seed, steps, batch_size, lr
+        How it was trained.
+    initial_train_loss, train_loss, val_loss
+        Total loss (sum of the three terms) on a fixed sample of training windows before
+        and after training, and on every validation window after training.
+    losses
+        The final loss terms: ``train_next``, ``train_vol``, ``train_regime``,
+        ``val_next``, ``val_vol``, ``val_regime``.
+    source
+        Description of the training data.
+    symbols
+        Symbols trained on.
+    interval_s
+        Bar length of the training data in seconds (the statistics are per bar, so a
+        model trained on daily bars does not fit minute bars).
+    version
+        :data:`FOUNDATION_VERSION` at training time.
+    """
+
+    config: FoundationConfig
+    state_dict: dict[str, torch.Tensor]
+    feature_mean: tuple[float, ...]
+    feature_std: tuple[float, ...]
+    vol_mean: float
+    vol_std: float
+    volatile_log_vol: float
+    seed: int
+    steps: int
+    batch_size: int
+    lr: float
+    initial_train_loss: float
+    train_loss: float
+    val_loss: float
+    losses: dict[str, float]
+    source: str
+    symbols: tuple[str, ...]
+    interval_s: int
+    version: int = FOUNDATION_VERSION
+
+    def to_payload(self) -> dict[str, Any]:
+        """Return the checkpoint as plain dicts, lists, numbers, strings and tensors."""
+        payload: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "config":
+                value = value.to_dict()
+            elif f.name == "state_dict":
+                value = {k: v.detach().cpu().clone() for k, v in value.items()}
+            elif isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, dict):
+                value = dict(value)
+            payload[f.name] = value
+        payload["torch_version"] = str(torch.__version__)  # a str subclass the loader refuses
+        return payload
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> Checkpoint:
+        """Rebuild a checkpoint from :meth:`to_payload` output, checking it.
+
+        Raises
+        ------
+        ValueError
+            On a version mismatch, missing fields, a config this code cannot build,
+            statistics of the wrong length, or weights that do not fit the config.
+        """
+        version = payload.get("version")
+        if version != FOUNDATION_VERSION:
+            raise ValueError(
+                f"foundation checkpoint version {version!r} does not match this code's "
+                f"version {FOUNDATION_VERSION}; retrain it with train_foundation"
+            )
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [n for n in names if n not in payload]
+        if missing:
+            raise ValueError(f"foundation checkpoint is missing field(s): {', '.join(missing)}")
+        config = payload["config"]
+        if not isinstance(config, Mapping):
+            raise ValueError("foundation checkpoint config is not a dict")
+        values = {n: payload[n] for n in names}
+        values["config"] = FoundationConfig.from_dict(config)
+        for name in ("feature_mean", "feature_std", "symbols"):
+            values[name] = tuple(values[name])
+        for name in ("feature_mean", "feature_std"):
+            if len(values[name]) != N_FEATURES:
+                raise ValueError(
+                    f"foundation checkpoint {name} has {len(values[name])} values, "
+                    f"expected {N_FEATURES} ({', '.join(FEATURE_NAMES)})"
+                )
+        if not all(s > 0 for s in values["feature_std"]) or not values["vol_std"] > 0:
+            raise ValueError("foundation checkpoint has a non-positive standard deviation")
+        ckpt = cls(**values)
+        _build_model(ckpt)  # the weights must fit the config
+        return ckpt
+
+
+def _build_model(ckpt: Checkpoint) -> FoundationModel:
+    model = FoundationModel(ckpt.config)
+    try:
+        model.load_state_dict(ckpt.state_dict, strict=True)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise ValueError(f"foundation checkpoint weights do not fit its config: {exc}") from None
+    return model.eval()
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
+    """Write a checkpoint with ``torch.save`` (plain containers, loadable weights-only)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write then rename, so a crash never leaves a half-written checkpoint in place.
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt.to_payload(), tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path, *, expected: FoundationConfig | None = None) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` from a local file.
+
+    Parameters
+    ----------
+    path
+        A local file. Nothing is ever downloaded.
+    expected
+        If given, the checkpoint's config must equal it.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If the path is a URL, the file is not a readable checkpoint (corrupt, truncated,
+        or holding anything but plain containers and tensors), its version is not
+        :data:`FOUNDATION_VERSION`, or its config or weights do not match.
+    """
+    if isinstance(path, str) and "://" in path:
+        raise ValueError(f"load_checkpoint reads local files only, got {path!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"foundation checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    # torch.load raises a zoo of types on a bad file (UnpicklingError, RuntimeError,
+    # EOFError, zipfile errors ...); all mean the same thing here.
+    except Exception as exc:
+        raise ValueError(
+            f"{path}: not a readable foundation checkpoint ({type(exc).__name__}: {exc})"
+        ) from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: not a foundation checkpoint (holds {type(payload).__name__})")
+    try:
+        ckpt = Checkpoint.from_payload(payload)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if expected is not None and ckpt.config != expected:
+        diff = {
+            k: (v, getattr(expected, k))
+            for k, v in ckpt.config.to_dict().items()
+            if getattr(expected, k) != v
+        }
+        raise ValueError(f"{path}: config differs from the expected one (have, want): {diff}")
+    return ckpt
+
+
+# -- DATASET --
+
+
+@dataclasses.dataclass(slots=True)
+class _Prepared:
+    # All symbols' bars concatenated; window ends are global row indices.
+    features: np.ndarray  # (rows, F) float32, standardised
+    vol_target: np.ndarray  # (rows,) float32, standardised forward log vol (NaN: none)
+    labels: np.ndarray  # (rows,) int64 regime target (-1: none)
+    train_ends: np.ndarray
+    val_ends: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    vol_mean: float
+    vol_std: float
+    volatile_log_vol: float
+
+
+def _as_list(data: LoadedData | Sequence[LoadedData]) -> list[LoadedData]:
+    return [data] if isinstance(data, LoadedData) else list(data)
+
+
+def _series(datas: list[LoadedData]) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    for data in datas:
+        # The frame is sorted by (ts, symbol), so each group is in time order.
+        for _, group in data.frame.groupby("symbol", sort=True):
+            out.append(
+                (
+                    group["close"].to_numpy(dtype=np.float64),
+                    group["volume"].to_numpy(dtype=np.float64),
+                )
+            )
+    return out
+
+
+def _prepare(
+    datas: list[LoadedData], config: FoundationConfig, fitted: Checkpoint | None = None
+) -> _Prepared:
+    h, length = config.horizon, config.seq_len
+    raws, fwd_vols, fwd_rets, cur_vols, ends_train, ends_val, stat_rows = [], [], [], [], [], [], []
+    offset = 0
+    for close, volume in _series(datas):
+        raw = feature_matrix(
+            close, volume, vol_span=config.vol_span, volume_span=config.volume_span
+        )
+        keep = ~np.isnan(raw[:, _RET])
+        raw, close = raw[keep], close[keep]
+        n = raw.shape[0]
+        split = n - math.ceil(config.val_fraction * n)
+        fwd_vol = np.full(n, np.nan)
+        fwd_ret = np.full(n, np.nan)
+        if n > h:
+            sq = np.concatenate([[0.0], np.cumsum(raw[:, _RET] ** 2)])
+            last = n - h  # window ends 0..last-1 have H bars ahead
+            fwd_vol[:last] = 0.5 * np.log((sq[h + 1 : n + 1] - sq[1 : last + 1]) / h + _VAR_FLOOR)
+            fwd_ret[:last] = np.log(close[h:] / close[:last])
+        ends_train.append(offset + np.arange(length - 1, split - h))
+        ends_val.append(offset + np.arange(max(length - 1, split - 1), n - h))
+        stat_rows.append(raw[:split])
+        raws.append(raw)
+        fwd_vols.append(fwd_vol)
+        fwd_rets.append(fwd_ret)
+        cur_vols.append(np.exp(raw[:, _LOGVOL]))
+        offset += n
+    if not raws:
+        raise ValueError("no bars to build foundation features from")
+    raw_all = np.concatenate(raws)
+    fwd_vol_all = np.concatenate(fwd_vols)
+    train_ends = np.concatenate(ends_train).astype(np.int64)
+    val_ends = np.concatenate(ends_val).astype(np.int64)
+
+    if fitted is None:
+        stats = np.concatenate(stat_rows)
+        mean = np.zeros(N_FEATURES)
+        std = np.ones(N_FEATURES)
+        for j in (_RET, _LOGVOL):
+            col = stats[:, j]
+            col = col[np.isfinite(col)]
+            if col.size > 1:
+                mean[j], std[j] = col.mean(), max(col.std(), 1e-8)
+        col = stats[stats[:, _KNOWN] > 0, _VOLREL]
+        if col.size > 1:
+            mean[_VOLREL], std[_VOLREL] = col.mean(), max(col.std(), 1e-8)
+        train_fwd = fwd_vol_all[train_ends]
+        if train_fwd.size < 2:
+            raise ValueError(
+                f"too few training windows ({train_fwd.size}): each symbol needs more than "
+                f"seq_len + horizon bars in its first {1 - config.val_fraction:.0%}"
+            )
+        vol_mean = float(train_fwd.mean())
+        vol_std = float(max(train_fwd.std(), 1e-8))
+        volatile = float(np.quantile(train_fwd, config.volatile_quantile))
+    else:
+        mean, std = np.asarray(fitted.feature_mean), np.asarray(fitted.feature_std)
+        vol_mean, vol_std = fitted.vol_mean, fitted.vol_std
+        volatile = fitted.volatile_log_vol
+
+    fwd_ret_all = np.concatenate(fwd_rets)
+    band = config.trend_k * np.concatenate(cur_vols) * math.sqrt(h)
+    labels = np.full(raw_all.shape[0], -1, dtype=np.int64)
+    defined = np.isfinite(fwd_vol_all) & np.isfinite(band)
+    labels[defined] = np.select(
+        [
+            fwd_vol_all[defined] > volatile,
+            fwd_ret_all[defined] > band[defined],
+            fwd_ret_all[defined] < -band[defined],
+        ],
+        [VOLATILE, TRENDING_UP, TRENDING_DOWN],
+        default=RANGING,
+    )
+    # Only a one-bar window can end where log_vol (and so the trend band) is undefined.
+    train_ends = train_ends[labels[train_ends] >= 0]
+    val_ends = val_ends[labels[val_ends] >= 0]
+    return _Prepared(
+        features=standardize(raw_all, mean, std, config.feature_clip),
+        vol_target=((fwd_vol_all - vol_mean) / vol_std).astype(np.float32),
+        labels=labels,
+        train_ends=train_ends,
+        val_ends=val_ends,
+        mean=mean,
+        std=std,
+        vol_mean=vol_mean,
+        vol_std=vol_std,
+        volatile_log_vol=volatile,
+    )
+
+
+def _batch(
+    prep: _Prepared, ends: np.ndarray, seq_len: int, hide_volume: np.ndarray | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    window = ends[:, None] + np.arange(-seq_len + 1, 1)[None, :]
+    x = prep.features[window]
+    nxt = prep.features[ends + 1]
+    if hide_volume is not None and hide_volume.any():
+        # Exactly what close-only bars look like after standardisation.
+        x[hide_volume, :, _VOLREL] = 0.0
+        x[hide_volume, :, _KNOWN] = 0.0
+        nxt[hide_volume, _VOLREL] = 0.0
+        nxt[hide_volume, _KNOWN] = 0.0
+    return (
+        torch.from_numpy(x),
+        torch.from_numpy(nxt),
+        torch.from_numpy(prep.vol_target[ends]),
+        torch.from_numpy(prep.labels[ends]),
+    )
+
+
+def _loss_terms(
+    model: FoundationModel, batch: tuple[torch.Tensor, ...]
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    # Returns [total, next, vol, regime] and the vol and regime outputs.
+    x, nxt, vol, labels = batch
+    pred_next, pred_vol, logits = model(x)
+    next_loss = F.mse_loss(pred_next, nxt)
+    vol_loss = F.mse_loss(pred_vol, vol)
+    regime_loss = F.cross_entropy(logits, labels)
+    return [next_loss + vol_loss + regime_loss, next_loss, vol_loss, regime_loss], pred_vol, logits
+
+
+def _evaluate(
+    model: FoundationModel, prep: _Prepared, ends: np.ndarray
+) -> tuple[dict[str, float], np.ndarray]:
+    # Means over every window in ``ends`` (chunked, each chunk weighted by its size), and
+    # the predicted standardised forward log vol of each window.
+    names = ("loss", "next", "vol", "regime", "accuracy")
+    if ends.size == 0:
+        return dict.fromkeys(names, float("nan")), np.zeros(0, dtype=np.float32)
+    sums = np.zeros(len(names))
+    preds = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, ends.size, _EVAL_CHUNK):
+            chunk = ends[start : start + _EVAL_CHUNK]
+            batch = _batch(prep, chunk, model.config.seq_len)
+            terms, pred_vol, logits = _loss_terms(model, batch)
+            accuracy = (logits.argmax(-1) == batch[3]).float().mean()
+            sums += chunk.size * np.array([float(t) for t in (*terms, accuracy)])
+            preds.append(pred_vol.numpy())
+    model.train(was_training)
+    return dict(zip(names, (sums / ends.size).tolist(), strict=True)), np.concatenate(preds)
+
+
+# -- TRAINING --
+
+
+def train_foundation(
+    data: LoadedData | Sequence[LoadedData],
+    config: FoundationConfig | None = None,
+    *,
+    seed: int,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> Checkpoint:
+    """Pretrain the foundation model on bars, self-supervised (see the module docstring).
+
+    Parameters
+    ----------
+    data
+        Bars to learn from; several sources may be given (e.g. one with volume and a
+        close-only one). Every symbol contributes windows in proportion to its bars.
+    config
+        Sizes; default :class:`FoundationConfig()`.
+    seed
+        Seeds torch and numpy. The same seed and data give bit-identical weights.
+    steps
+        Optimiser steps (AdamW, gradient norm clipped to 1).
+    batch_size
+        Windows per step, sampled uniformly with replacement from the training windows.
+    lr
+        Learning rate.
+    on_step
+        Called after each step with the 1-based step number and that batch's loss terms
+        (``loss``, ``next``, ``vol``, ``regime``).
+
+    Returns
+    -------
+    Checkpoint
+        Weights, statistics and the initial/final training and validation losses.
+
+    Notes
+    -----
+    Runs on one thread with deterministic algorithms and its own torch RNG; the caller's
+    thread count, determinism flag and torch RNG state are restored afterwards.
+    """
+    config = config or FoundationConfig()
+    if steps < 0 or batch_size < 1:
+        raise ValueError(f"need steps >= 0 and batch_size >= 1, got {steps} and {batch_size}")
+    datas = _as_list(data)
+    intervals = sorted({d.interval_s for d in datas})
+    if len(intervals) > 1:
+        # The statistics are per bar: mixing bar lengths would blur them all.
+        raise ValueError(f"training data mixes bar lengths {intervals} s; train one per length")
+    prep = _prepare(datas, config)
+    rng = np.random.default_rng(seed)
+    monitor = np.sort(
+        rng.choice(
+            prep.train_ends,
+            size=min(_TRAIN_EVAL_WINDOWS, prep.train_ends.size),
+            replace=False,
+        )
+    )
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = FoundationModel(config)
+            initial, _ = _evaluate(model, prep, monitor)
+            optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+            model.train()
+            for step in range(1, steps + 1):
+                ends = prep.train_ends[rng.integers(0, prep.train_ends.size, batch_size)]
+                hide = rng.random(batch_size) < config.volume_dropout
+                terms, _, _ = _loss_terms(model, _batch(prep, ends, config.seq_len, hide))
+                optimiser.zero_grad(set_to_none=True)
+                terms[0].backward()
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimiser.step()
+                if on_step is not None:
+                    names = ("loss", "next", "vol", "regime")
+                    on_step(step, {k: v.item() for k, v in zip(names, terms, strict=True)})
+            train, _ = _evaluate(model, prep, monitor)
+            val, _ = _evaluate(model, prep, prep.val_ends)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+    symbols = sorted({s for d in datas for s in d.symbols})
+    return Checkpoint(
+        config=config,
+        state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
+        feature_mean=tuple(float(x) for x in prep.mean),
+        feature_std=tuple(float(x) for x in prep.std),
+        vol_mean=prep.vol_mean,
+        vol_std=prep.vol_std,
+        volatile_log_vol=prep.volatile_log_vol,
+        seed=seed,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        initial_train_loss=initial["loss"],
+        train_loss=train["loss"],
+        val_loss=val["loss"],
+        losses={
+            **{f"train_{k}": train[k] for k in ("next", "vol", "regime")},
+            **{f"val_{k}": val[k] for k in ("next", "vol", "regime")},
+        },
+        source="; ".join(d.source for d in datas),
+        symbols=tuple(symbols),
+        interval_s=int(intervals[0]),
+    )
+
+
+def evaluate_foundation(
+    ckpt: Checkpoint, data: LoadedData | Sequence[LoadedData]
+) -> dict[str, float]:
+    """Score a checkpoint on the held-out tail of each symbol of ``data``.
+
+    The tail, the targets and the Volatile threshold are defined as in training, with
+    the checkpoint's statistics (so on the training data this is the validation set).
+
+    Returns
+    -------
+    dict
+        ``loss``, ``next``, ``vol`` and ``regime`` (the loss terms), ``accuracy`` (regime
+        head vs the forward targets), ``majority_accuracy`` (always guessing the most
+        common target class, a baseline), ``vol_corr`` (correlation of the predicted
+        and realised forward log vol), ``persistence_vol_corr`` (the same for "forward
+        vol = current vol", a baseline), ``n_windows`` and ``class_share_<name>``.
+    """
+    prep = _prepare(_as_list(data), ckpt.config, fitted=ckpt)
+    ends = prep.val_ends
+    result, preds = _evaluate(_build_model(ckpt), prep, ends)
+    counts = np.bincount(prep.labels[ends], minlength=N_REGIMES)
+    result["majority_accuracy"] = float(counts.max() / max(ends.size, 1))
+    result["n_windows"] = float(ends.size)
+    for i, name in enumerate(REGIME_NAMES):
+        result[f"class_share_{name}"] = float(counts[i] / max(ends.size, 1))
+    nan = float("nan")
+    result["vol_corr"] = result["persistence_vol_corr"] = nan
+    if ends.size > 1:
+        actual = prep.vol_target[ends]
+        result["vol_corr"] = float(np.corrcoef(preds, actual)[0, 1])
+        # Standardised log_vol is an affine map of the current log vol (up to clipping), so
+        # its correlation with the target is the persistence baseline's.
+        result["persistence_vol_corr"] = float(
+            np.corrcoef(prep.features[ends, _LOGVOL], actual)[0, 1]
+        )
+    return result
+
+
+# -- INFERENCE --
+
+
+class FoundationRegime:
+    """Streaming regime probabilities and forward volatility for N symbols.
+
+    Keeps a ring buffer of the last ``seq_len`` standardised feature rows of each symbol
+    and, after each bar time, runs the model once on every updated symbol that is
+    ``ready``. Only past bars ever enter a window.
+
+    Parameters
+    ----------
+    checkpoint
+        A trained checkpoint.
+    n_symbols
+        Number of symbols N.
+
+    Attributes
+    ----------
+    probabilities
+        float32 (N, 4): softmax of the regime logits in :data:`REGIME_NAMES` order;
+        0.25 each until the symbol is ready.
+    forward_vol
+        float64 (N,): predicted realised volatility per bar (standard deviation of log
+        returns) over the next ``horizon`` bars; NaN until ready.
+    codes
+        uint8 (N,): argmax of ``probabilities``, or ``REGIME_UNKNOWN`` until ready.
+
+    Notes
+    -----
+    Torch uses the process's thread count; call ``torch.set_num_threads(1)`` in the
+    process (``import sovereign`` before torch already makes it 1 via OMP_NUM_THREADS).
+    """
+
+    name = "foundation"
+
+    def __init__(self, checkpoint: Checkpoint, n_symbols: int) -> None:
+        self.checkpoint = checkpoint
+        self.config = checkpoint.config
+        self.n = n_symbols
+        self.model = _build_model(checkpoint)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self._mean = np.asarray(checkpoint.feature_mean)
+        self._std = np.asarray(checkpoint.feature_std)
+        self._steps = np.arange(self.config.seq_len)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every bar seen."""
+        n, cfg = self.n, self.config
+        self.features = FeatureState(n, vol_span=cfg.vol_span, volume_span=cfg.volume_span)
+        self._ring = np.zeros((n, cfg.seq_len, N_FEATURES), dtype=np.float32)
+        self._count = np.zeros(n, dtype=np.int64)
+        self.probabilities = np.full((n, N_REGIMES), 1.0 / N_REGIMES, dtype=np.float32)
+        self.forward_vol = np.full(n, np.nan)
+        self.codes = np.full(n, REGIME_UNKNOWN, dtype=np.uint8)
+
+    @property
+    def ready(self) -> np.ndarray:
+        """bool (N,): the symbol has at least ``seq_len`` bars."""
+        return self._count >= self.config.seq_len
+
+    def update(self, mask: np.ndarray, close: np.ndarray, volume: np.ndarray | None = None) -> None:
+        """Consume one bar time; symbols masked out (or with a bad close) keep their state.
+
+        Parameters
+        ----------
+        mask
+            bool (N,): True where the symbol has a bar now.
+        close
+            float64 (N,).
+        volume
+            float64 (N,); NaN or negative means unknown. None means all unknown.
+        """
+        raw = self.features.update(mask, close, volume)
+        rows = np.flatnonzero(~np.isnan(raw[:, _RET]))
+        if rows.size == 0:
+            return
+        z = standardize(raw[rows], self._mean, self._std, self.config.feature_clip)
+        length = self.config.seq_len
+        self._ring[rows, self._count[rows] % length] = z
+        self._count[rows] += 1
+        run = rows[self._count[rows] >= length]
+        if run.size == 0:
+            return
+        # Oldest first: the next write slot holds the oldest row of a full ring.
+        slots = (self._count[run, None] + self._steps[None, :]) % length
+        x = torch.from_numpy(self._ring[run[:, None], slots])
+        with torch.no_grad():
+            _, vol, logits = self.model(x)
+            probs = torch.softmax(logits, dim=-1).numpy()
+        self.probabilities[run] = probs
+        self.forward_vol[run] = np.exp(
+            vol.numpy().astype(np.float64) * self.checkpoint.vol_std + self.checkpoint.vol_mean
+        )
+        self.codes[run] = probs.argmax(axis=1).astype(np.uint8)
+
+
+def predict_series(
+    ckpt: Checkpoint, close: np.ndarray, volume: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Run the model over one symbol's whole series at once (research and tests).
+
+    Bar t sees bars 0..t only, exactly as :class:`FoundationRegime` would.
+
+    Returns
+    -------
+    dict
+        ``probabilities`` float32 (T, 4) (0.25 where not ready), ``forward_vol`` (T,)
+        (NaN where not ready) and ``ready`` bool (T,). Bars with a bad close are not
+        ready and do not count.
+    """
+    cfg = ckpt.config
+    raw = feature_matrix(close, volume, vol_span=cfg.vol_span, volume_span=cfg.volume_span)
+    valid = np.flatnonzero(~np.isnan(raw[:, _RET]))
+    z = standardize(
+        raw[valid], np.asarray(ckpt.feature_mean), np.asarray(ckpt.feature_std), cfg.feature_clip
+    )
+    t_len = raw.shape[0]
+    probs = np.full((t_len, N_REGIMES), 1.0 / N_REGIMES, dtype=np.float32)
+    fwd = np.full(t_len, np.nan)
+    ready = np.zeros(t_len, dtype=bool)
+    ends = np.arange(cfg.seq_len - 1, valid.size)
+    if ends.size:
+        model = _build_model(ckpt)
+        window = ends[:, None] + np.arange(-cfg.seq_len + 1, 1)[None, :]
+        with torch.no_grad():
+            for i in range(0, ends.size, _EVAL_CHUNK):
+                rows = valid[ends[i : i + _EVAL_CHUNK]]
+                _, vol, logits = model(torch.from_numpy(z[window[i : i + _EVAL_CHUNK]]))
+                probs[rows] = torch.softmax(logits, dim=-1).numpy()
+                fwd[rows] = np.exp(vol.numpy().astype(np.float64) * ckpt.vol_std + ckpt.vol_mean)
+        ready[valid[ends]] = True
+    return {"probabilities": probs, "forward_vol": fwd, "ready": ready}

@@ -1,0 +1,1 @@
+"""Model checkpoints that ship with the package (see README.md here)."""
