@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import sovereign
 from sovereign.config import Config, ConfigError, load_config
@@ -461,9 +461,122 @@ def _operator() -> str:
 
 
 def cmd_paper(args: argparse.Namespace) -> int:
-    if args.broker != "sim":
-        raise UsageError(f"broker {args.broker!r} is not available yet; use --broker sim")
-    return _run(args, mode="paper")
+    if args.broker == "sim":
+        return _run(args, mode="paper")
+    return _run_live(args)
+
+
+def _live_config(args: argparse.Namespace) -> Config:
+    import msgspec
+
+    config = _with_overrides(args, load_config(args.config))
+    broker = msgspec.structs.replace(config.broker, kind=args.broker)
+    if args.poll_interval is not None:
+        broker = msgspec.structs.replace(broker, poll_interval_s=args.poll_interval)
+    if args.bar_interval is not None:
+        broker = msgspec.structs.replace(broker, bar_interval_s=args.bar_interval)
+    ib = config.ib
+    if args.ib_host:
+        ib = msgspec.structs.replace(ib, host=args.ib_host)
+    if args.ib_port:
+        ib = msgspec.structs.replace(ib, port=args.ib_port)
+    if args.client_id is not None:
+        ib = msgspec.structs.replace(
+            ib, client_id=args.client_id, data_client_id=args.client_id + 1
+        )
+    return msgspec.structs.replace(config, broker=broker, ib=ib)
+
+
+def _run_live(args: argparse.Namespace) -> int:
+    from sovereign.engine import make_live_feed
+    from sovereign.report import format_summary_table
+    from sovereign.session import run_session
+
+    config = _live_config(args)
+    symbols = (
+        [s.strip() for s in args.symbols.split(",") if s.strip()]
+        if args.symbols
+        else list(config.broker.watchlist)
+    )
+    if not symbols:
+        raise UsageError("a live session needs symbols: --symbols AAPL,MSFT or [broker] watchlist")
+    if (
+        config.broker.kind in ("ib", "ib+alpaca")
+        and config.ib.what_to_show == "MIDPOINT"
+        and config.strategy.volume_confirmation
+    ):
+        raise UsageError(
+            "IB paper bars are MIDPOINT bars, which carry no volume: volume confirmation "
+            "would block every entry. Turn it off explicitly (--no-volume-confirmation or "
+            "[strategy] volume_confirmation = false), or use TRADES data ([ib] what_to_show)"
+        )
+    human = sys.stdout
+    notifier = _console_notifier(human, human.isatty())
+    try:
+        feed = make_live_feed(config, symbols)
+    except Exception as exc:
+        raise UsageError(f"cannot start the {config.broker.kind} feed: {exc}") from None
+    human.write(
+        f"paper session on {config.broker.kind}: {', '.join(symbols)}; "
+        f"{config.broker.bar_interval_s} s bars polled every {config.broker.poll_interval_s:g} s"
+        " (Ctrl-C ends it and writes the report)\n"
+    )
+    bar = ProgressBar(sys.stderr, "paper")
+    try:
+        output = run_session(
+            config,
+            None,
+            runtime=args.runtime,
+            mode="paper",
+            state_dir=args.state,
+            out_dir=args.out,
+            max_steps=args.max_steps,
+            on_notification=notifier.notify,  # type: ignore[attr-defined]
+            on_progress=bar.update,
+            feed=feed,
+            symbols=symbols,
+        )
+    finally:
+        feed.close()
+    human.write(format_summary_table(output.metrics) + "\n")
+    if output.paths is not None:
+        human.write(f"report: {output.paths.report_html}\n")
+    return 0
+
+
+def cmd_emulate(args: argparse.Namespace) -> int:
+    import time as _time
+
+    config = load_config(args.config)
+    data = _load(args, config)
+    if args.what == "tws":
+        from sovereign.testing.tws import TwsEmulator
+
+        emulator: Any = TwsEmulator(data, port=args.port, clock=args.clock, speed=args.speed)  # type: ignore[arg-type]
+    else:
+        from sovereign.testing.alpaca import AlpacaEmulator
+
+        emulator = AlpacaEmulator(data, port=args.port, clock=args.clock, speed=args.speed)  # type: ignore[arg-type]
+    port = emulator.start()
+    sys.stdout.write(f"{args.what} emulator on 127.0.0.1:{port} serving {data.source}\n")  # type: ignore[attr-defined]
+    if args.what == "alpaca":
+        sys.stdout.write(
+            f"  export SOVEREIGN_ALPACA_BASE_URL=http://127.0.0.1:{port} "
+            f"SOVEREIGN_ALPACA_DATA_URL=http://127.0.0.1:{port} "
+            "APCA_API_KEY_ID=test-key APCA_API_SECRET_KEY=test-secret\n"
+        )
+    else:
+        sys.stdout.write(f"  sovereign paper --broker ib --ib-port {port} --symbols ...\n")
+    sys.stdout.write("Ctrl-C stops it.\n")
+    sys.stdout.flush()
+    try:
+        while True:
+            _time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emulator.stop()
+    return 0
 
 
 # -- PARSER -----------------------------------------------------------------------------
@@ -520,7 +633,17 @@ def build_parser() -> argparse.ArgumentParser:
     pp = sub.add_parser("paper", help="a paper-trading session (sim broker on replayed data)")
     _common(pp)
     _session_args(pp, runtime="ray", out="out/paper")
-    pp.add_argument("--broker", default="sim", help="broker adapter (sim)")
+    pp.add_argument(
+        "--broker",
+        default="sim",
+        choices=("sim", "ib", "alpaca", "ib+alpaca"),
+        help="sim (replayed data), ib, alpaca, or ib+alpaca (IB failing over to Alpaca)",
+    )
+    pp.add_argument("--ib-host", default=None)
+    pp.add_argument("--ib-port", type=int, default=None, help="7497 TWS paper, 4002 Gateway")
+    pp.add_argument("--client-id", type=int, default=None, help="IB client id (data: +1)")
+    pp.add_argument("--poll-interval", type=float, default=None, help="seconds between polls")
+    pp.add_argument("--bar-interval", type=int, default=None, help="bar length, seconds")
     pp.add_argument(
         "--speed",
         type=float,
@@ -595,6 +718,18 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--steps", type=int, default=600)
     tf.add_argument("--seed", type=int, default=7)
     tf.set_defaults(func=cmd_train)
+
+    em = sub.add_parser("emulate", help="run a loopback broker emulator (for demos)")
+    em.add_argument("what", choices=("tws", "alpaca"))
+    _common(em)
+    em.add_argument("--data", default="sample")
+    em.add_argument("--symbols", default=None)
+    em.add_argument("--start", default=None)
+    em.add_argument("--end", default=None)
+    em.add_argument("--port", type=int, default=0)
+    em.add_argument("--clock", choices=("wall", "manual"), default="wall")
+    em.add_argument("--speed", type=float, default=60.0, help="bars advance this much faster")
+    em.set_defaults(func=cmd_emulate)
     return parser
 
 

@@ -4,7 +4,7 @@ One frozen msgspec Struct per component, each forbidding unknown fields, so a ty
 TOML file is a startup error naming the field instead of a silently ignored setting. The
 file passed with ``--config`` has one table per component (``[engine]``, ``[strategy]``,
 ``[regime]``, ``[sim]``, ``[risk]``, ``[constitution]``, ``[data]``, ``[ray]``,
-``[state]``, ``[selfmod]``); every key is
+``[state]``, ``[selfmod]``, ``[broker]``, ``[ib]``, ``[alpaca]``); every key is
 optional and defaults to the value documented on the Struct.
 """
 
@@ -390,6 +390,71 @@ class SelfModConfig(_Section, frozen=True):
             raise ValueError("min_new_trades and max_proposals must be >= 1")
 
 
+class BrokerConfig(_Section, frozen=True):
+    """Which broker a paper or live session trades through, and how its bars arrive.
+
+    Parameters
+    ----------
+    kind
+        ``sim`` (replayed data, the default), ``ib`` (TWS / IB Gateway), ``alpaca``, or
+        ``ib+alpaca`` (IB, failing over to Alpaca).
+    failover_after_s
+        With ``ib+alpaca``: IB unreachable for this long sends new positions to Alpaca.
+        Default 30.
+    bar_interval_s
+        Bar length of a live session, seconds. Default 60.
+    poll_interval_s
+        How often bars are polled (IB paper: MIDPOINT history). Default 60.
+    watchlist
+        The symbols of a live session (``--symbols`` overrides).
+    """
+
+    kind: Literal["sim", "ib", "alpaca", "ib+alpaca"] = "sim"
+    failover_after_s: float = 30.0
+    bar_interval_s: int = 60
+    poll_interval_s: float = 60.0
+    watchlist: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _non_negative("failover_after_s", self.failover_after_s)
+        if self.bar_interval_s < 1:
+            raise ValueError(f"bar_interval_s must be >= 1, got {self.bar_interval_s}")
+        _positive("poll_interval_s", self.poll_interval_s)
+
+
+class IBConfig(_Section, frozen=True):
+    """TWS / IB Gateway. Paper defaults: port 7497 (TWS) or 4002 (IB Gateway).
+
+    ``client_id`` places orders; ``data_client_id`` (a second connection) polls bars.
+    ``what_to_show``: MIDPOINT on paper accounts (no TRADES data there; MIDPOINT bars have
+    no volume), TRADES live. ``max_requests``: ib_async's throttle (IB allows 45 messages
+    a second).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 7497
+    client_id: int = 1
+    data_client_id: int = 2
+    account: str = ""
+    what_to_show: Literal["MIDPOINT", "TRADES"] = "MIDPOINT"
+    use_rth: bool = True
+    connect_timeout_s: float = 5.0
+    max_requests: int = 45
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be a TCP port, got {self.port}")
+        if self.client_id == self.data_client_id:
+            raise ValueError("client_id and data_client_id must differ (two connections)")
+
+
+class AlpacaConfig(_Section, frozen=True):
+    """Alpaca. Keys come from the environment (APCA_API_KEY_ID, APCA_API_SECRET_KEY)."""
+
+    paper: bool = True
+    feed: Literal["iex", "sip"] = "iex"
+
+
 class StateConfig(_Section, frozen=True):
     """Where state that must survive restarts lives.
 
@@ -429,6 +494,9 @@ class Config(_Section, frozen=True):
     data: DataConfig = msgspec.field(default_factory=DataConfig)
     ray: RayConfig = msgspec.field(default_factory=RayConfig)
     state: StateConfig = msgspec.field(default_factory=StateConfig)
+    broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
+    ib: IBConfig = msgspec.field(default_factory=IBConfig)
+    alpaca: AlpacaConfig = msgspec.field(default_factory=AlpacaConfig)
     selfmod: SelfModConfig = msgspec.field(default_factory=SelfModConfig)
     constitution: ConstitutionOverrides = msgspec.field(default_factory=ConstitutionOverrides)
 

@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -115,6 +115,92 @@ class SessionResult:
     actor_names: list[str] = field(default_factory=list)
 
 
+def ib_settings(config: Config, *, data: bool = False) -> Any:
+    from sovereign.brokers.ib import IBSettings
+
+    ib = config.ib
+    return IBSettings(
+        host=ib.host,
+        port=ib.port,
+        client_id=ib.data_client_id if data else ib.client_id,
+        account=ib.account,
+        connect_timeout_s=ib.connect_timeout_s,
+        max_requests=ib.max_requests,
+    )
+
+
+def alpaca_settings(config: Config) -> Any:
+    from sovereign.brokers.alpaca import AlpacaSettings
+
+    base = AlpacaSettings.from_env(paper=config.alpaca.paper)
+    return AlpacaSettings(
+        paper=base.paper,
+        base_url=base.base_url,
+        data_url=base.data_url,
+        stream_url=base.stream_url,
+        feed=config.alpaca.feed,
+    )
+
+
+def make_broker_factory(config: Config, position_cap: float) -> Callable[[], Any]:
+    """A picklable factory: the broker is built inside the gateway actor's process."""
+    kind = config.broker.kind
+    if kind == "sim":
+        return functools.partial(
+            SimBroker, config.sim, config.engine.initial_capital, position_cap=position_cap
+        )
+    if kind == "ib":
+        from sovereign.brokers.ib import IBBroker
+
+        return functools.partial(IBBroker, ib_settings(config))
+    if kind == "alpaca":
+        from sovereign.brokers.alpaca import AlpacaBroker
+
+        return functools.partial(AlpacaBroker, alpaca_settings(config))
+    return functools.partial(
+        _failover, ib_settings(config), alpaca_settings(config), config.broker.failover_after_s
+    )
+
+
+def _failover(ib: Any, alpaca: Any, after_s: float) -> Any:
+    from sovereign.brokers.alpaca import AlpacaBroker
+    from sovereign.brokers.failover import FailoverBroker
+    from sovereign.brokers.ib import IBBroker
+
+    return FailoverBroker(IBBroker(ib), AlpacaBroker(alpaca), failover_after_s=after_s)
+
+
+def make_live_feed(config: Config, symbols: list[str]) -> Any:
+    """The polling feed of a live session on ``config.broker.kind``."""
+    from sovereign.data.live import FailoverBarSource, PollingFeed
+
+    kind = config.broker.kind
+    interval = config.broker.bar_interval_s
+    sources = []
+    if kind in ("ib", "ib+alpaca"):
+        from sovereign.brokers.ib import IBBarSource
+
+        sources.append(
+            IBBarSource(
+                ib_settings(config, data=True),
+                interval,
+                what_to_show=config.ib.what_to_show,
+                use_rth=config.ib.use_rth,
+            )
+        )
+    if kind in ("alpaca", "ib+alpaca"):
+        from sovereign.brokers.alpaca import AlpacaBarSource
+
+        sources.append(AlpacaBarSource(alpaca_settings(config), interval))
+    source = sources[0] if len(sources) == 1 else FailoverBarSource(sources[0], sources[1])
+    return PollingFeed(
+        source,
+        deal_symbols(symbols, config.engine.shards),
+        interval,
+        poll_interval_s=config.broker.poll_interval_s,
+    )
+
+
 def state_scope(config: Config, run_id: str) -> str:
     """Whose guardian state this is: a named account's, or this run's alone."""
     return f"account/{config.engine.account}" if config.engine.account else f"run/{run_id}"
@@ -136,12 +222,7 @@ def build_specs(
         max_gross_exposure=config.risk.max_gross_exposure,
         entry_limit_buffer=config.risk.entry_limit_buffer,
     )
-    broker_factory = functools.partial(
-        SimBroker,
-        config.sim,
-        config.engine.initial_capital,
-        position_cap=constitution.max_position_size,
-    )
+    broker_factory = make_broker_factory(config, constitution.max_position_size)
     shard_of = {s: i for i, symbols in enumerate(shard_symbols) for s in symbols}
     account = config.engine.account
     return {
@@ -209,7 +290,7 @@ class Engine:
     def __init__(
         self,
         config: Config,
-        data: LoadedData,
+        data: LoadedData | None,
         runtime: Runtime,
         *,
         mode: Mode = "backtest",
@@ -220,8 +301,12 @@ class Engine:
         on_notification: Callable[[Notification], None] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         notify_fills: bool = False,
+        feed: Any | None = None,
+        symbols: list[str] | None = None,
+        interval_s: int | None = None,
     ) -> None:
-        if data.frame.empty:
+        """Replay ``data``, or run a live ``feed`` (with its ``symbols`` and ``interval_s``)."""
+        if feed is None and (data is None or data.frame.empty):
             raise ValueError("no bars to replay: the data is empty after validation and filters")
         self.config = config
         self.data = data
@@ -234,9 +319,21 @@ class Engine:
         self.on_notification = on_notification
         self.on_progress = on_progress
         self.notify_fills = notify_fills
-        self.shard_symbols = deal_symbols(data.symbols, config.engine.shards)
         self.failed_steps = 0
-        self.feed = ReplayFeed(data.frame, self.shard_symbols, data.interval_s)
+        if feed is None:
+            assert data is not None
+            self.symbols = data.symbols
+            self.interval_s = data.interval_s
+            self.shard_symbols = deal_symbols(self.symbols, config.engine.shards)
+            self.feed: Any = ReplayFeed(data.frame, self.shard_symbols, data.interval_s)
+        else:
+            if not symbols or not interval_s:
+                raise ValueError("a live feed needs its symbols and bar interval")
+            self.symbols = sorted(symbols)
+            self.interval_s = interval_s
+            self.shard_symbols = list(feed.shard_symbols)
+            self.feed = feed
+        self.live = feed is not None
 
     def run(self) -> SessionResult:
         wall_start = time.perf_counter()
@@ -275,11 +372,14 @@ class Engine:
     def _run(
         self, rt: Runtime, g: Graph, everyone: list[Any], names: list[str], wall_start: float
     ) -> SessionResult:
-        total = len(self.feed) if self.max_steps is None else min(len(self.feed), self.max_steps)
-        first_ts = int(self.feed.timestamps[0])
-        symbols_col = NDArray.from_numpy(
-            np.array([s.encode() for s in self.data.symbols], dtype="S")
-        )
+        if self.live:
+            total = self.max_steps or 0
+            first_ts = time.time_ns()  # a live session starts now
+        else:
+            n = len(self.feed)
+            total = n if self.max_steps is None else min(n, self.max_steps)
+            first_ts = int(self.feed.timestamps[0])
+        symbols_col = NDArray.from_numpy(np.array([s.encode() for s in self.symbols], dtype="S"))
         started = SessionStarted(
             msg_id=f"engine/{self.run_id}:start",
             ts_event=first_ts,
@@ -295,16 +395,18 @@ class Engine:
         prev_selfmod: Any = start_results[everyone.index(g.selfmod)]
 
         engine_start = time.perf_counter()
-        in_flight: deque[tuple[int, Any]] = deque()
+        in_flight: deque[tuple[int, int, Any]] = deque()
         notified = 0
         prev_verdicts: Any = []
         prev_acks: Any = []
         bars = 0
         window = self.config.engine.max_in_flight_steps
-        for step in range(total):
-            ts = int(self.feed.timestamps[step])
-            self._pace(ts, first_ts, engine_start)
-            batches = self.feed.batches(step)
+        last_ts = first_ts
+        steps = 0
+        for step, (ts, batches) in enumerate(self._steps(total)):
+            last_ts, steps = ts, step + 1
+            if not self.live:
+                self._pace(ts, first_ts, engine_start)
             present = [b for b in batches if b is not None]
             bars += sum(len(b) for b in present)
             regime_r = rt.tell(g.regime, present)
@@ -331,7 +433,7 @@ class Engine:
             rt.tell(g.monitor, gw_r, verdicts_r, acks_r, selfmod_r, *shard_rs)
             op_r = rt.tell(g.operator, gw_r, verdicts_r, acks_r, selfmod_r, *shard_rs)
             prev_verdicts, prev_acks, prev_selfmod = verdicts_r, acks_r, selfmod_r
-            in_flight.append((step, op_r))
+            in_flight.append((step, ts, op_r))
             # Bound the work in flight, and deliver notifications as steps finish.
             while in_flight and (
                 len(in_flight) > window or rt.ready([in_flight[0][1]], timeout=0) == 1
@@ -341,14 +443,13 @@ class Engine:
             notified += self._complete(rt, in_flight.popleft(), total, engine_start, notified)
         engine_seconds = time.perf_counter() - engine_start
 
-        last_ts = int(self.feed.timestamps[total - 1]) if total else first_ts
-        end_ts = last_ts + self.data.interval_s * 1_000_000_000
+        end_ts = last_ts + self.interval_s * 1_000_000_000
         ended = SessionEnded(
             msg_id=f"engine/{self.run_id}:end",
             ts_event=end_ts,
             ts_init=end_ts,
             run_id=self.run_id,
-            steps=total,
+            steps=steps,
         )
         final = rt.fetch([rt.tell(a, [ended]) for a in everyone])
         flat = [m for batch in final for m in batch]
@@ -358,7 +459,7 @@ class Engine:
             run_id=self.run_id,
             mode=self.mode,
             runtime=rt.name,
-            steps=total,
+            steps=steps,
             bars=bars,
             wall_seconds=time.perf_counter() - wall_start,
             engine_seconds=engine_seconds,
@@ -377,11 +478,18 @@ class Engine:
             actor_names=names,
         )
 
+    def _steps(self, total: int) -> Iterator[tuple[int, list[Any]]]:
+        if self.live:
+            yield from self.feed.steps(total or None)
+            return
+        for step in range(total):
+            yield int(self.feed.timestamps[step]), self.feed.batches(step)
+
     def _complete(
-        self, rt: Runtime, item: tuple[int, Any], total: int, start: float, notified: int
+        self, rt: Runtime, item: tuple[int, int, Any], total: int, start: float, notified: int
     ) -> int:
         """Collect a finished step: deliver its notifications, count it if it failed."""
-        step, ref = item
+        step, ts, ref = item
         try:
             delivered = self._deliver(rt.fetch([ref])[0])
         except ActorCallError as exc:
@@ -390,7 +498,7 @@ class Engine:
             self.failed_steps += 1
             log.error("step %d failed: %s", step, exc)
             delivered = 0
-        self._report_progress(step, total, notified + delivered, start)
+        self._report_progress(step, ts, total, notified + delivered, start)
         return delivered
 
     def _pace(self, ts: int, first_ts: int, engine_start: float) -> None:
@@ -410,13 +518,13 @@ class Engine:
                     self.on_notification(m)
         return n
 
-    def _report_progress(self, step: int, total: int, notified: int, start: float) -> None:
+    def _report_progress(self, step: int, ts: int, total: int, notified: int, start: float) -> None:
         if self.on_progress is not None:
             self.on_progress(
                 Progress(
                     step=step + 1,
                     total=total,
-                    ts=int(self.feed.timestamps[step]),
+                    ts=ts,
                     notifications=notified,
                     elapsed_s=time.perf_counter() - start,
                 )

@@ -47,7 +47,7 @@ def new_run_id(mode: str) -> str:
 
 def run_session(
     config: Config,
-    data: LoadedData,
+    data: LoadedData | None,
     *,
     runtime: str,
     mode: Mode,
@@ -60,8 +60,14 @@ def run_session(
     on_progress: Callable[[Progress], None] | None = None,
     wire: bool = False,
     on_started: Callable[[Engine], None] | None = None,
+    feed: Any | None = None,
+    symbols: list[str] | None = None,
 ) -> SessionOutput:
-    """Run one session and, when ``out_dir`` is given, write its report."""
+    """Run one session and, when ``out_dir`` is given, write its report.
+
+    With ``data`` it replays it; with a live ``feed`` (and its ``symbols``) it trades what
+    the feed delivers until it stops or ``max_steps``.
+    """
     run_id = run_id or new_run_id(mode)
     rt = make_runtime(runtime, config, wire=wire)
     engine = Engine(
@@ -75,6 +81,9 @@ def run_session(
         max_steps=max_steps,
         on_notification=on_notification,
         on_progress=on_progress,
+        feed=feed,
+        symbols=symbols,
+        interval_s=config.broker.bar_interval_s if feed is not None else None,
     )
     if on_started is not None:
         on_started(engine)
@@ -109,7 +118,7 @@ def run_session(
 
 def self_modification_record(
     config: Config,
-    data: LoadedData,
+    data: LoadedData | None,
     result: SessionResult,
     trades: pd.DataFrame,
     *,
@@ -150,7 +159,7 @@ def self_modification_record(
         ],
     }
     deployed = [r for r in history if r.status in (DEPLOYED, ROLLED_BACK)]
-    if mode == "backtest" and deployed and config.selfmod.compare_without_rules:
+    if mode == "backtest" and deployed and config.selfmod.compare_without_rules and data:
         import msgspec
 
         start = deployed[0].ts_ns
@@ -273,7 +282,7 @@ def _ratio(ratio: float) -> str:
 
 def session_meta(
     result: SessionResult,
-    data: LoadedData,
+    data: LoadedData | None,
     config: Config,
     guardian: GuardianState | None = None,
     metrics: dict[str, Any] | None = None,
@@ -284,17 +293,21 @@ def session_meta(
         for k, v in report.rejected_bars.items():
             rejected_bars[k] = rejected_bars.get(k, 0) + v
     decode_errors = sum(r.decode_errors for r in result.shard_reports)
-    notes = [
-        f"Data: {data.source}; {data.validation.accepted_rows} of "
-        f"{data.validation.total_rows} rows accepted.",
-    ]
-    for reason, n in sorted(data.validation.rejected.items()):
-        notes.append(f"Rejected at load: {n} rows ({reason}).")
-    for event in data.splits:
+    notes: list[str] = []
+    if data is not None:
         notes.append(
-            f"Split adjusted: {event.symbol} {_ratio(event.ratio)} at {_iso(event.ts)[:10]} "
-            f"({event.source}; {event.evidence})."
+            f"Data: {data.source}; {data.validation.accepted_rows} of "
+            f"{data.validation.total_rows} rows accepted."
         )
+        for reason, n in sorted(data.validation.rejected.items()):
+            notes.append(f"Rejected at load: {n} rows ({reason}).")
+        for event in data.splits:
+            notes.append(
+                f"Split adjusted: {event.symbol} {_ratio(event.ratio)} at "
+                f"{_iso(event.ts)[:10]} ({event.source}; {event.evidence})."
+            )
+    else:
+        notes.append(f"Live bars from the {config.broker.kind} broker's feed.")
     for reason, n in sorted(rejected_bars.items()):
         notes.append(f"Rejected by shards at run time: {n} bars ({reason}).")
     if decode_errors:
@@ -325,13 +338,14 @@ def session_meta(
         "run_id": result.run_id,
         "mode": result.mode,
         "runtime": result.runtime,
-        "data_source": data.source,
-        "symbols": ", ".join(data.symbols),
+        "data_source": data.source if data is not None else f"live:{config.broker.kind}",
+        "symbols": ", ".join(sorted(s for shard in result.shard_symbols for s in shard)),
         "shards": len(result.shard_symbols),
         "period": f"{_iso(int(result.ts[0]))} .. {_iso(int(result.ts[-1]))}"
         if len(result.ts)
         else "",
-        "bar_interval_s": data.interval_s,
+        "bar_interval_s": data.interval_s if data is not None else config.broker.bar_interval_s,
+        "broker": config.broker.kind,
         "steps": result.steps,
         "bars": result.bars,
         "engine_seconds": round(result.engine_seconds, 3),

@@ -24,6 +24,7 @@ from sovereign.messages import (
     BookSnapshot,
     CancelOrder,
     Message,
+    Notification,
     OrderAccepted,
     OrderCanceled,
     OrderFilled,
@@ -58,11 +59,16 @@ class GatewayActor(Actor):
         self.state_dir = state_dir
         self.account_key = account_key
         self.redis_url = redis_url
+        # What our own fills say each position should be; checked against the broker.
+        self.expected: dict[str, int] = {}
+        self._mismatch: dict[str, tuple[int, int]] = {}
 
     def receive(self, messages: list[Message]) -> list[Message]:
         out: list[Message] = []
         touched: list[str] = []
         saw_bars = False
+        # A real broker's events arrive on their own time: collect them first.
+        out.extend(self._track(self.broker.poll(self.clock), touched))
         for msg in messages:
             match msg:
                 case BarBatch():
@@ -76,6 +82,7 @@ class GatewayActor(Actor):
                     out.extend(self._cancel(msg, touched))
                 case SessionStarted():
                     self._restore_account()
+                    self.expected = dict(self.broker.positions())
                 case SessionEnded():
                     self._save_account()
                     self.counters.update(self.orders.counters)
@@ -90,6 +97,7 @@ class GatewayActor(Actor):
         if touched:
             out.extend(self.broker.position_snapshots(sorted(set(touched)), self.clock))
         if saw_bars:
+            out.extend(self._check_positions())
             # The book first: whoever reads the account snapshot already knows the book.
             positions, working = self.broker.book()
             out.append(
@@ -104,6 +112,35 @@ class GatewayActor(Actor):
             )
             account = self.broker.account(self.clock)
             out.append(msgspec.structs.replace(account, session_date=self.session_date))
+        return out
+
+    def _check_positions(self) -> list[Message]:
+        """Our fills and the broker's positions must agree; say so once when they do not."""
+        if not getattr(self.broker, "connected", True):
+            return []
+        held = self.broker.positions()
+        out: list[Message] = []
+        for symbol in sorted(set(held) | set(self.expected)):
+            ours, theirs = self.expected.get(symbol, 0), held.get(symbol, 0)
+            if ours == theirs:
+                self._mismatch.pop(symbol, None)
+                continue
+            if self._mismatch.get(symbol) == (ours, theirs):
+                continue
+            self._mismatch[symbol] = (ours, theirs)
+            self.count("position_mismatches")
+            self.log.error("%s: our fills say %d, the broker says %d", symbol, ours, theirs)
+            out.append(
+                Notification(
+                    msg_id=self.ids.next(),
+                    ts_event=self.clock,
+                    ts_init=self.clock,
+                    kind="position_mismatch",
+                    level="critical",
+                    title=f"{symbol}: our fills say {ours}, {self.broker.name} says {theirs}",
+                    text="the broker's position is what the guardian uses; investigate",
+                )
+            )
         return out
 
     # -- NAMED ACCOUNTS -----------------------------------------------------------------
@@ -148,6 +185,8 @@ class GatewayActor(Actor):
                     if self.orders.on_fill(ev):
                         out.append(ev)
                         touched.append(ev.symbol)
+                        signed = ev.quantity if ev.side == "BUY" else -ev.quantity
+                        self.expected[ev.symbol] = self.expected.get(ev.symbol, 0) + signed
                 case OrderAccepted():
                     if self.orders.on_accepted(ev):
                         out.append(ev)

@@ -42,6 +42,14 @@ class BrokerAdapter(Protocol):
         """New market data: return the events it caused (fills for a simulated broker)."""
         ...
 
+    def poll(self, now_ns: int) -> list[Message]:
+        """Events that arrived from the broker since the last call (fills, statuses)."""
+        ...
+
+    def positions(self) -> dict[str, int]:
+        """Non-zero positions, by symbol."""
+        ...
+
     def account(self, now_ns: int) -> AccountSnapshot:
         """The account, marked to the latest prices."""
         ...

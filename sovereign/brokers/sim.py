@@ -297,6 +297,14 @@ class SimBroker:
             )
         return out
 
+    connected = True
+
+    def poll(self, now_ns: int) -> list[Message]:
+        return []  # everything happens in on_bars
+
+    def positions(self) -> dict[str, int]:
+        return {s: p.quantity for s, p in self.portfolio.positions.items() if p.quantity}
+
     @property
     def working_orders(self) -> int:
         return len(self._working)
