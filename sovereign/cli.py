@@ -516,9 +516,15 @@ def _run_live(args: argparse.Namespace) -> int:
         feed = make_live_feed(config, symbols)
     except Exception as exc:
         raise UsageError(f"cannot start the {config.broker.kind} feed: {exc}") from None
+    arrival = (
+        "streamed"
+        if config.broker.feed == "stream"
+        else f"polled every {config.broker.poll_interval_s:g} s"
+    )
+    volume = "on" if config.strategy.volume_confirmation else "OFF (no volume in these bars)"
     human.write(
         f"paper session on {config.broker.kind}: {', '.join(symbols)}; "
-        f"{config.broker.bar_interval_s} s bars polled every {config.broker.poll_interval_s:g} s"
+        f"{config.broker.bar_interval_s} s bars {arrival}; volume confirmation {volume}"
         " (Ctrl-C ends it and writes the report)\n"
     )
     bar = ProgressBar(sys.stderr, "paper")
@@ -563,6 +569,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         sys.stdout.write(
             f"  export SOVEREIGN_ALPACA_BASE_URL=http://127.0.0.1:{port} "
             f"SOVEREIGN_ALPACA_DATA_URL=http://127.0.0.1:{port} "
+            f"SOVEREIGN_ALPACA_STREAM_URL={emulator.stream_url} "
             "APCA_API_KEY_ID=test-key APCA_API_SECRET_KEY=test-secret\n"
         )
     else:

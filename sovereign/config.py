@@ -407,6 +407,16 @@ class BrokerConfig(_Section, frozen=True):
         How often bars are polled (IB paper: MIDPOINT history). Default 60.
     watchlist
         The symbols of a live session (``--symbols`` overrides).
+    warmup_bars
+        History fetched when a live session starts, for the indicators and regimes to warm
+        up on (it is not traded). Default 300.
+    feed
+        ``poll`` (default; what IB paper accounts need: MIDPOINT history polled every
+        ``poll_interval_s``) or ``stream`` (live: IB ``keepUpToDate`` bars, Alpaca's data
+        stream).
+    stream_grace_s
+        A streamed bar time is released when every symbol has delivered it, or this many
+        seconds after its first bar (for symbols that did not trade). Default 5.
     """
 
     kind: Literal["sim", "ib", "alpaca", "ib+alpaca"] = "sim"
@@ -414,9 +424,14 @@ class BrokerConfig(_Section, frozen=True):
     bar_interval_s: int = 60
     poll_interval_s: float = 60.0
     watchlist: tuple[str, ...] = ()
+    warmup_bars: int = 300
+    feed: Literal["poll", "stream"] = "poll"
+    stream_grace_s: float = 5.0
 
     def __post_init__(self) -> None:
         _non_negative("failover_after_s", self.failover_after_s)
+        if self.warmup_bars < 1:
+            raise ValueError(f"warmup_bars must be >= 1, got {self.warmup_bars}")
         if self.bar_interval_s < 1:
             raise ValueError(f"bar_interval_s must be >= 1, got {self.bar_interval_s}")
         _positive("poll_interval_s", self.poll_interval_s)
@@ -428,7 +443,9 @@ class IBConfig(_Section, frozen=True):
     ``client_id`` places orders; ``data_client_id`` (a second connection) polls bars.
     ``what_to_show``: MIDPOINT on paper accounts (no TRADES data there; MIDPOINT bars have
     no volume), TRADES live. ``max_requests``: ib_async's throttle (IB allows 45 messages
-    a second).
+    a second). ``historical_pacing``: keep bar polls inside IB's pacing rules (at most 60
+    requests per 10 minutes, so about 5 symbols polled every minute; the poller waits
+    rather than break them). Turn both off only against an emulator.
     """
 
     host: str = "127.0.0.1"
@@ -440,6 +457,7 @@ class IBConfig(_Section, frozen=True):
     use_rth: bool = True
     connect_timeout_s: float = 5.0
     max_requests: int = 45
+    historical_pacing: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

@@ -126,6 +126,7 @@ def ib_settings(config: Config, *, data: bool = False) -> Any:
         account=ib.account,
         connect_timeout_s=ib.connect_timeout_s,
         max_requests=ib.max_requests,
+        historical_pacing=ib.historical_pacing,
     )
 
 
@@ -171,11 +172,33 @@ def _failover(ib: Any, alpaca: Any, after_s: float) -> Any:
 
 
 def make_live_feed(config: Config, symbols: list[str]) -> Any:
-    """The polling feed of a live session on ``config.broker.kind``."""
-    from sovereign.data.live import FailoverBarSource, PollingFeed
+    """The feed of a live session on ``config.broker.kind``: polled, or streamed."""
+    from sovereign.data.live import FailoverBarSource, PollingFeed, StreamingFeed
 
     kind = config.broker.kind
     interval = config.broker.bar_interval_s
+    if config.broker.feed == "stream":
+        shards = deal_symbols(symbols, config.engine.shards)
+        if kind == "ib":
+            from sovereign.brokers.ib import IBStreamSource
+
+            stream: Any = IBStreamSource(
+                ib_settings(config, data=True),
+                symbols,
+                interval,
+                what_to_show=config.ib.what_to_show,
+                use_rth=config.ib.use_rth,
+                warmup_bars=config.broker.warmup_bars,
+            )
+        elif kind == "alpaca":
+            from sovereign.brokers.alpaca import AlpacaStreamSource
+
+            stream = AlpacaStreamSource(
+                alpaca_settings(config), symbols, interval, warmup_bars=config.broker.warmup_bars
+            )
+        else:
+            raise ValueError("streaming bars need one broker (ib or alpaca); ib+alpaca polls")
+        return StreamingFeed(stream, shards, interval, grace_s=config.broker.stream_grace_s)
     sources = []
     if kind in ("ib", "ib+alpaca"):
         from sovereign.brokers.ib import IBBarSource
@@ -186,12 +209,17 @@ def make_live_feed(config: Config, symbols: list[str]) -> Any:
                 interval,
                 what_to_show=config.ib.what_to_show,
                 use_rth=config.ib.use_rth,
+                warmup_bars=config.broker.warmup_bars,
             )
         )
     if kind in ("alpaca", "ib+alpaca"):
         from sovereign.brokers.alpaca import AlpacaBarSource
 
-        sources.append(AlpacaBarSource(alpaca_settings(config), interval))
+        sources.append(
+            AlpacaBarSource(
+                alpaca_settings(config), interval, warmup_bars=config.broker.warmup_bars
+            )
+        )
     source = sources[0] if len(sources) == 1 else FailoverBarSource(sources[0], sources[1])
     return PollingFeed(
         source,
@@ -436,7 +464,7 @@ class Engine:
             in_flight.append((step, ts, op_r))
             # Bound the work in flight, and deliver notifications as steps finish.
             while in_flight and (
-                len(in_flight) > window or rt.ready([in_flight[0][1]], timeout=0) == 1
+                len(in_flight) > window or rt.ready([in_flight[0][2]], timeout=0) == 1
             ):
                 notified += self._complete(rt, in_flight.popleft(), total, engine_start, notified)
         while in_flight:

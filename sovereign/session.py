@@ -250,6 +250,18 @@ def guardian_notes(
     return notes
 
 
+def starting_equity(result: SessionResult, config: Config) -> float:
+    """The equity the session's performance is measured from.
+
+    A fresh simulated account starts with the configured capital. A broker account (or a
+    named simulated account carried over from earlier sessions) holds what it holds: its
+    first observed equity is the start, never the configured figure.
+    """
+    if (config.broker.kind == "sim" and not config.engine.account) or not len(result.equity):
+        return config.engine.initial_capital
+    return float(result.equity[0])
+
+
 def session_metrics(result: SessionResult, trades: pd.DataFrame, config: Config) -> dict[str, Any]:
     """The report's metrics: performance of the equity curve and the closed trades."""
     if trades.empty:
@@ -267,7 +279,7 @@ def session_metrics(result: SessionResult, trades: pd.DataFrame, config: Config)
         trade_bars_held=bars_held,
         trade_duration_s=duration,
         exposure=result.gross_exposure,
-        initial_capital=config.engine.initial_capital,
+        initial_capital=starting_equity(result, config),
     )
     return perf.to_dict()
 
@@ -352,7 +364,7 @@ def session_meta(
         "bars_per_second": round(result.bars / result.engine_seconds, 1)
         if result.engine_seconds > 0
         else None,
-        "initial_capital": config.engine.initial_capital,
+        "initial_capital": starting_equity(result, config),
         "final_equity": account.equity if account else None,
         "final_cash": account.cash if account else None,
         "open_positions_at_end": account.open_positions if account else None,

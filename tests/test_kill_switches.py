@@ -204,7 +204,9 @@ def test_a_restarted_guardian_restores_its_state_and_waits_for_the_book(tmp_path
             )
         ]
     )
-    out = g.receive([book, account(85_000.0, 1)])
+    # The first snapshot is the account's baseline; the second one is 15 % below it.
+    g.receive([book, account(100_000.0, 1)])
+    out = g.receive([account(85_000.0, 2)])
     assert any(type(m).__name__ == "TradingStateChanged" for m in out)
     del g  # the process dies
 
@@ -319,3 +321,53 @@ def test_guardian_state_can_live_in_redis(tmp_path, redis_url: str) -> None:
     # Nothing went to the SQLite store: Redis is the state store when configured.
     assert not (tmp_path / "state.sqlite").exists()
     assert guardian().machine.s.last_equity == 80_000.0  # type: ignore[union-attr]
+
+
+def test_a_fresh_account_is_baselined_on_the_brokers_equity_not_the_configured_capital(
+    tmp_path,
+) -> None:
+    """A real account holding less than ``initial_capital`` is not in a phantom drawdown,
+    and nothing is approved before the guardian has seen the account."""
+    from sovereign.actors.guardian import GuardianActor
+
+    g = GuardianActor(
+        0, Constitution(), SizingPolicy(), SECRET, 300, state_dir=str(tmp_path), state_scope="r/x"
+    )
+    g.receive(
+        [
+            SessionStarted(
+                msg_id="s",
+                ts_event=0,
+                ts_init=0,
+                run_id="r",
+                mode="paper",
+                symbols=NDArray.from_numpy(__import__("numpy").array([b"AAA"])),
+                initial_capital=100_000.0,
+            )
+        ]
+    )
+    (early,) = [
+        m for m in g.receive([intent("AAA", intent_id="AAA-0")]) if isinstance(m, RiskVerdict)
+    ]
+    assert not early.approved and early.reason_code == "NOT_STARTED"
+    snap = AccountSnapshot(
+        msg_id="a1",
+        ts_event=1,
+        ts_init=1,
+        cash=40_000.0,
+        equity=40_000.0,
+        realized_pnl=0,
+        unrealized_pnl=0,
+        gross_exposure=0,
+        net_exposure=0,
+        commissions=0,
+        open_positions=0,
+        session_date="2024-01-02",
+    )
+    book = BookSnapshot(msg_id="b", ts_event=1, ts_init=1, session_date="2024-01-02")
+    out = g.receive([book, snap])
+    assert not any(type(m).__name__ == "TradingStateChanged" for m in out)
+    assert g.machine is not None and g.machine.state.value == "ACTIVE"
+    assert g.machine.s.high_water_mark == 40_000.0
+    (v,) = [m for m in g.receive([intent("AAA", intent_id="AAA-1")]) if isinstance(m, RiskVerdict)]
+    assert v.approved

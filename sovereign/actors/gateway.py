@@ -86,7 +86,7 @@ class GatewayActor(Actor):
                 case SessionEnded():
                     self._save_account()
                     self.counters.update(self.orders.counters)
-                    self.counters.update(getattr(self.broker, "counters", {}))
+                    self.counters.update(_int_counters(getattr(self.broker, "counters", {})))
                     self.counters.update(
                         {f"refused_{k}": v for k, v in self.verifier.refused.items()}
                     )
@@ -213,3 +213,15 @@ class GatewayActor(Actor):
             reason_code=code,
             detail=detail,
         )
+
+
+def _int_counters(counters: object) -> dict[str, int]:
+    """A broker's counters (a dict or a dataclass), the integer ones."""
+    import dataclasses
+
+    items = (
+        dataclasses.asdict(counters).items()  # type: ignore[call-overload]
+        if dataclasses.is_dataclass(counters)
+        else dict(counters).items()  # type: ignore[call-overload]
+    )
+    return {f"broker_{k}": int(v) for k, v in items if isinstance(v, int | bool)}

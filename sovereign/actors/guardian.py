@@ -178,13 +178,12 @@ class GuardianActor(Actor):
     # -- STATE --------------------------------------------------------------------------
 
     def _on_session_started(self, msg: SessionStarted) -> None:
-        if self.machine is None:
-            self.machine = TradingStateMachine(
-                self.constitution,
-                GuardianState.fresh(msg.initial_capital),
-                review_after_losses=self._review_after,
-            )
-        self.book.equity = self.book.cash = self.machine.s.last_equity or msg.initial_capital
+        # A fresh account is baselined on the broker's first AccountSnapshot, not on the
+        # configured capital: a real account holding less than that would otherwise start
+        # in a phantom drawdown (and one holding more would hide a real one). Until then
+        # nothing is approved (NOT_STARTED).
+        if self.machine is not None:
+            self.book.equity = self.book.cash = self.machine.s.last_equity
 
     def _on_book(self, msg: BookSnapshot) -> None:
         # The broker's book is the truth: rebuild holdings and pending orders from it.
@@ -207,6 +206,9 @@ class GuardianActor(Actor):
             )
         if self.machine.state is TradingState.HALTED:
             self._adopt_external_resume()
+        s = self.machine.s
+        s.last_cash, s.last_gross_exposure = msg.cash, msg.gross_exposure
+        s.last_open_positions, s.last_ts = msg.open_positions, msg.ts_event
         out: list[Message] = []
         for t in self.machine.observe(msg.equity, msg.session_date, msg.ts_event):
             out.extend(self._announce(t, msg.ts_event))

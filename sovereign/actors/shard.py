@@ -192,6 +192,7 @@ class ShardActor(Actor):
             self._v,
             self.regime_codes,
             self.regime_probs,
+            trade=not batch.warmup,
         )
         now = batch.ts_event
         out: list[Message] = []

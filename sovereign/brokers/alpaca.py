@@ -55,6 +55,7 @@ class AlpacaSettings:
     data_url: str = ""
     stream_url: str = ""
     feed: str = "iex"
+    timeout_s: float = 10.0
 
     @staticmethod
     def from_env(paper: bool = True) -> AlpacaSettings:
@@ -110,6 +111,7 @@ class AlpacaBroker:
         self.client = TradingClient(
             key, secret, paper=settings.paper, url_override=settings.base_url or None
         )
+        _with_timeout(self.client, settings.timeout_s)
         self._ids = IdSource("alpaca")
         self._orders: dict[str, _Tracked] = {}
         self._by_alpaca: dict[str, str] = {}
@@ -423,6 +425,16 @@ class AlpacaBroker:
         )
 
 
+def _with_timeout(client: Any, seconds: float) -> None:
+    """alpaca-py sets no request timeout: a server that hangs would block the gateway
+    forever. Give every request of this client a deadline."""
+    import functools
+
+    session = getattr(client, "_session", None)
+    if session is not None:
+        session.request = functools.partial(session.request, timeout=seconds)
+
+
 def _api_message(exc: Exception) -> str:
     text = str(exc)
     return text if len(text) < 300 else text[:300] + "..."
@@ -448,41 +460,64 @@ class AlpacaBarSource:
 
     name = "alpaca"
 
-    def __init__(self, settings: AlpacaSettings, interval_s: int) -> None:
+    def __init__(
+        self, settings: AlpacaSettings, interval_s: int, *, warmup_bars: int = 300
+    ) -> None:
         from alpaca.data.historical import StockHistoricalDataClient
 
         key, secret = settings.keys()
         self.settings = settings
         self.interval_s = interval_s
+        self.warmup_bars = warmup_bars
         self.client = StockHistoricalDataClient(key, secret, url_override=settings.data_url or None)
 
     def fetch(
         self, symbol: str, since_ns: int | None, now_s: float
     ) -> list[tuple[int, float, float, float, float, float]]:
+        from alpaca.common.enums import Sort
         from alpaca.data.requests import StockBarsRequest
 
-        start = (
-            datetime.fromtimestamp(since_ns / 1e9, tz=UTC)
-            if since_ns is not None
-            else datetime.fromtimestamp(now_s - 10 * max(self.interval_s, 60), tz=UTC)
-        )
-        request = StockBarsRequest(
-            symbol_or_symbols=symbol,
-            timeframe=_timeframe(self.interval_s),
-            start=start,
-            feed=self.settings.feed,
-        )
+        if since_ns is not None:
+            request = StockBarsRequest(
+                symbol_or_symbols=symbol,
+                timeframe=_timeframe(self.interval_s),
+                start=datetime.fromtimestamp(since_ns / 1e9, tz=UTC),
+                feed=self.settings.feed,
+            )
+        else:
+            # The first request: the latest bars to warm the indicators up on, newest
+            # first — whatever the server's "now" is.
+            request = StockBarsRequest(
+                symbol_or_symbols=symbol,
+                timeframe=_timeframe(self.interval_s),
+                start=datetime(1990, 1, 1, tzinfo=UTC),
+                limit=self.warmup_bars,
+                sort=Sort.DESC,
+                feed=self.settings.feed,
+            )
         result = self.client.get_stock_bars(request)
         bars = result.data.get(symbol, []) if hasattr(result, "data") else []
         out = []
         for b in bars:
             ts = int(b.timestamp.timestamp() * 1e9)
+            if self.interval_s >= 23_400:
+                # Alpaca stamps a daily bar at midnight New York; ours start at the open.
+                ts = _session_open(b.timestamp)
             vol = float(b.volume) if b.volume is not None else math.nan
             out.append((ts, float(b.open), float(b.high), float(b.low), float(b.close), vol))
         return out
 
     def close(self) -> None:
         pass
+
+
+def _session_open(stamp: datetime) -> int:
+    import pandas as pd
+
+    from sovereign.data.validation import session_open_ns
+
+    local = pd.Timestamp(stamp).tz_convert("America/New_York")
+    return int(session_open_ns(pd.DatetimeIndex([pd.Timestamp(local.date())]))[0])
 
 
 def _timeframe(interval_s: int) -> Any:
@@ -493,3 +528,74 @@ def _timeframe(interval_s: int) -> Any:
     if interval_s % 3600 == 0:
         return TimeFrame(interval_s // 3600, TimeFrameUnit.Hour)
     return TimeFrame(max(1, interval_s // 60), TimeFrameUnit.Minute)
+
+
+class AlpacaStreamSource:
+    """Streaming bars for live sessions: alpaca-py's ``StockDataStream``.
+
+    One-minute bars (``subscribe_bars``) or daily bars (``subscribe_daily_bars``); other
+    bar lengths use the polling feed. The stream runs on its own thread (alpaca-py runs its
+    own event loop) and reconnects by itself; warm-up history comes from the REST API.
+    Alpaca allows one stream per key.
+    """
+
+    name = "alpaca-stream"
+
+    def __init__(
+        self,
+        settings: AlpacaSettings,
+        symbols: list[str],
+        interval_s: int,
+        *,
+        warmup_bars: int = 300,
+    ) -> None:
+        if interval_s not in (60, 23_400, 86_400):
+            raise ValueError("Alpaca streams one-minute and daily bars; use polling for others")
+        self.settings = settings
+        self.symbols = list(symbols)
+        self.interval_s = interval_s
+        self.warmup_bars = warmup_bars
+        self._stream: Any = None
+        self._thread: Any = None
+
+    def start(self, push: Callable[[str, Any], None]) -> list[tuple[str, Any]]:
+        import threading
+
+        from alpaca.data.enums import DataFeed
+        from alpaca.data.live import StockDataStream
+
+        history_source = AlpacaBarSource(
+            self.settings, self.interval_s, warmup_bars=self.warmup_bars
+        )
+        history = [(s, b) for s in self.symbols for b in history_source.fetch(s, None, time.time())]
+        key, secret = self.settings.keys()
+        feed = DataFeed.SIP if self.settings.feed == "sip" else DataFeed.IEX
+        self._stream = StockDataStream(
+            key, secret, feed=feed, url_override=self.settings.stream_url or None
+        )
+        daily = self.interval_s >= 23_400
+
+        async def on_bar(bar: Any) -> None:
+            ts = _session_open(bar.timestamp) if daily else int(bar.timestamp.timestamp() * 1e9)
+            vol = float(bar.volume) if bar.volume is not None else math.nan
+            push(
+                bar.symbol,
+                (ts, float(bar.open), float(bar.high), float(bar.low), float(bar.close), vol),
+            )
+
+        if daily:
+            self._stream.subscribe_daily_bars(on_bar, *self.symbols)
+        else:
+            self._stream.subscribe_bars(on_bar, *self.symbols)
+        self._thread = threading.Thread(target=self._stream.run, name="alpaca-stream", daemon=True)
+        self._thread.start()
+        return history
+
+    def close(self) -> None:
+        if self._stream is not None:
+            try:
+                self._stream.stop()
+            except Exception as exc:  # stopping a stream that never connected
+                log.info("alpaca stream stop: %r", exc)
+        if self._thread is not None:
+            self._thread.join(timeout=6)

@@ -76,7 +76,7 @@ class FailoverBroker:
                 now_ns,
                 "broker_failover",
                 "critical",
-                f"failover: {self.primary.name} unreachable for {outage:.0f} s; new positions "
+                f"failover: {self.primary.name} unreachable for {outage:.1f} s; new positions "
                 f"go to {self.secondary.name}",
             )
         elif self.active is self.secondary and primary_up:

@@ -59,7 +59,8 @@ class IBSettings:
 
     ``port`` defaults to the paper TWS port (7497; IB Gateway paper is 4002).
     ``max_requests`` is ib_async's client-side throttle (45 messages per second is IB's
-    limit; 0 turns it off, for emulators only).
+    limit; 0 turns it off, for emulators only). ``historical_pacing`` keeps historical-data
+    requests inside IB's pacing rules (off only for emulators, which do not enforce them).
     """
 
     host: str = "127.0.0.1"
@@ -70,6 +71,7 @@ class IBSettings:
     max_requests: int = 45
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
+    historical_pacing: bool = True
 
 
 class IBConnection:
@@ -100,6 +102,9 @@ class IBConnection:
             self.disconnected_at = now
         if not self.backoff.due(now):
             return False
+        # Let ib_async finish processing the drop first, or the stale disconnect cancels the
+        # new connection attempt.
+        self.pump(0.0)
         try:
             self.ib.connect(
                 self.settings.host,
@@ -198,6 +203,7 @@ class IBBroker:
         self._contracts: dict[str, Any] = {}
         self._was_connected = False
         self._last_portfolio: dict[str, tuple[int, float, float]] = {}
+        self._recovering = False
         self._last_values: dict[str, float] = {}
         self.counters = IBCounters()
         ib = self.conn.ib
@@ -303,6 +309,13 @@ class IBBroker:
                     broker_order_id=str(perm or trade.order.orderId),
                 )
             )
+        elif (
+            status in ("Cancelled", "ApiCancelled", "Inactive") and not t.done and _rejected(trade)
+        ):
+            # IB rejects with error 201, and ib_async reports that as a cancel first.
+            t.done = True
+            reason = _last_error(trade) or "rejected by IB"
+            self._events.append(self._reject(t.order, "BROKER_REJECTED", reason))
         elif status in ("Cancelled", "ApiCancelled") and not t.done:
             t.done = True
             self._events.append(self._canceled(t, "canceled at IB"))
@@ -323,6 +336,9 @@ class IBBroker:
         if order_id is None:
             return  # not ours (manual TWS trading, another client)
         self._seen_exec.add(ex.execId)
+        if self._recovering:
+            # It happened while we were away (ib_async may report it during connect).
+            self.counters.reconciled_fills += 1
         t = self._orders[order_id]
         qty = round(ex.shares)
         t.filled += qty
@@ -361,6 +377,7 @@ class IBBroker:
     def _on_disconnect(self) -> None:
         self.conn.mark_down()
         self._was_connected = False
+        self._recovering = True
 
     # -- RECONCILIATION -----------------------------------------------------------------
 
@@ -379,16 +396,19 @@ class IBBroker:
                 if trade.order.permId:
                     t.perm_id = trade.order.permId
                     self._by_perm[trade.order.permId] = ref
-        since = self.conn.disconnected_at
-        exec_filter = ExecutionFilter()
-        if since is not None:
-            # A margin: the drop may have been noticed a little after it happened.
-            start = datetime.fromtimestamp(since - 300, tz=UTC)
-            exec_filter = ExecutionFilter(time=start.strftime("%Y%m%d-%H:%M:%S"))
-        before = len(self._seen_exec)
-        for fill in ib.reqExecutions(exec_filter):
-            self._emit_fill(fill, fill.commissionReport)
-        self.counters.reconciled_fills += len(self._seen_exec) - before
+        # All of today's executions (IB keeps a day): those we saw are dropped by execId.
+        # No time filter: TWS stamps executions with its own clock, not ours.
+        fills = ib.reqExecutions(ExecutionFilter())
+        # ib_async hands back a second Fill object for an execution it had already seen,
+        # with an empty commission report; the real report stays on the first one.
+        reports = {
+            f.execution.execId: f.commissionReport
+            for f in ib.fills()
+            if f.commissionReport is not None and f.commissionReport.execId
+        }
+        for fill in fills:
+            report = reports.get(fill.execution.execId, fill.commissionReport)
+            self._emit_fill(fill, report)
         completed = {getattr(t.order, "orderRef", "") for t in ib.trades() if t.isDone()}
         for order_id, t in self._orders.items():
             if t.done or order_id in open_refs:
@@ -412,6 +432,7 @@ class IBBroker:
                 )
             )
         self.conn.disconnected_at = None
+        self._recovering = False
 
     # -- QUERIES ------------------------------------------------------------------------
 
@@ -563,6 +584,15 @@ class IBBroker:
         )
 
 
+_REJECTION_CODES = frozenset({201, 103, 110, 161, 200, 203, 321, 387, 10147})
+
+
+def _rejected(trade: Any) -> bool:
+    return any(
+        getattr(e, "errorCode", 0) in _REJECTION_CODES for e in getattr(trade, "log", []) or []
+    )
+
+
 def _last_error(trade: Any) -> str:
     for entry in reversed(getattr(trade, "log", []) or []):
         if getattr(entry, "message", ""):
@@ -593,11 +623,11 @@ def bar_size_setting(interval_s: int) -> str:
 def duration_setting(seconds: float, interval_s: int) -> str:
     """An IB ``durationStr`` covering ``seconds`` (at least two bars)."""
     seconds = max(seconds, 2 * interval_s)
-    if interval_s >= 23_400:
-        return f"{max(2, math.ceil(seconds / 86_400) + 1)} D"
-    if seconds <= 86_400:
+    if seconds <= 86_400 and interval_s < 23_400:
         return f"{math.ceil(seconds)} S"
-    return f"{math.ceil(seconds / 86_400) + 1} D"
+    days = max(2, math.ceil(seconds / 86_400) + 1)
+    # IB refuses day durations over 365: longer spans must be asked for in years.
+    return f"{days} D" if days <= 365 else f"{math.ceil(days / 365)} Y"
 
 
 class IBBarSource:
@@ -612,16 +642,24 @@ class IBBarSource:
         *,
         what_to_show: str = "MIDPOINT",
         use_rth: bool = True,
+        warmup_bars: int = 300,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.conn = IBConnection(settings, clock=clock)
         self.interval_s = interval_s
+        self.warmup_bars = warmup_bars
         self.what_to_show = what_to_show
         self.use_rth = use_rth
         self.clock = clock
         self.sleep = sleep
-        self.pacer = HistoricalPacer()
+        self.pacer = (
+            HistoricalPacer()
+            if settings.historical_pacing
+            else HistoricalPacer(
+                max_requests=10**9, identical_cooldown_s=0.0, burst=10**9, burst_window_s=0.0
+            )
+        )
         self.bar_size = bar_size_setting(interval_s)
         self._contracts: dict[str, Any] = {}
 
@@ -630,7 +668,14 @@ class IBBarSource:
     ) -> list[tuple[int, float, float, float, float, float]]:
         if not self.conn.ensure():
             raise ConnectionError("IB is not connected")
-        span = now_s - since_ns / 1e9 if since_ns is not None else 5 * self.interval_s
+        if since_ns is not None:
+            span = now_s - since_ns / 1e9
+        else:  # the first request: enough history to warm the indicators up on
+            span = (
+                self.warmup_bars
+                * self.interval_s
+                * (86_400 / 23_400 * 7 / 5 if self.interval_s >= 23_400 else 1)
+            )
         duration = duration_setting(span + self.interval_s, self.interval_s)
         key = f"{symbol}|{duration}|{self.bar_size}|{self.what_to_show}"
         wait = self.pacer.wait_for(key, symbol, self.clock())
@@ -671,3 +716,163 @@ def _bar_start_ns(d: date | datetime, interval_s: int) -> int:
     from sovereign.data.validation import session_open_ns
 
     return int(session_open_ns(pd.DatetimeIndex([pd.Timestamp(d)]))[0])
+
+
+class IBStreamSource:
+    """Streaming bars for live sessions: ``reqHistoricalData(keepUpToDate=True)``.
+
+    It runs its own ib_async connection on its own thread and event loop (ib_async is not
+    thread-safe; nothing else touches this connection). A bar is pushed once it has
+    closed by the wall clock; after a drop it reconnects with backoff and subscribes again
+    with enough history to cover the gap, so no bar goes missing (the feed drops the
+    repeats).
+    """
+
+    name = "ib-stream"
+
+    def __init__(
+        self,
+        settings: IBSettings,
+        symbols: list[str],
+        interval_s: int,
+        *,
+        what_to_show: str = "TRADES",
+        use_rth: bool = True,
+        warmup_bars: int = 300,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        import threading
+
+        self.settings = settings
+        self.symbols = list(symbols)
+        self.interval_s = interval_s
+        self.what_to_show = what_to_show
+        self.use_rth = use_rth
+        self.warmup_bars = warmup_bars
+        self.clock = clock
+        self.bar_size = bar_size_setting(interval_s)
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._push: Callable[[str, Any], None] | None = None
+        self._history: list[tuple[str, Any]] = []
+        self._last: dict[str, int] = {}
+        self._last_wall: dict[str, float] = {}
+        self.resubscriptions = 0
+        self.error: Exception | None = None
+
+    def start(self, push: Callable[[str, Any], None]) -> list[tuple[str, Any]]:
+        import threading
+
+        self._push = push
+        self._thread = threading.Thread(target=self._run, name="ib-stream", daemon=True)
+        self._thread.start()
+        self._ready.wait(timeout=self.settings.connect_timeout_s * 3 + 30)
+        if self.error is not None and not self._history:
+            raise ConnectionError(f"IB stream could not start: {self.error}")
+        return list(self._history)
+
+    def _run(self) -> None:
+        import asyncio
+
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        conn = IBConnection(self.settings, clock=self.clock)
+        subscribed_on = -1  # the connection generation the subscriptions live on
+        first = True
+        while not self._stop.is_set():
+            if not conn.ensure():
+                if first:
+                    self.error = ConnectionError("IB is not reachable")
+                    self._ready.set()
+                    first = False
+                conn.pump(0.2)
+                continue
+            # ensure() may have reconnected by itself: subscriptions die with the socket.
+            if subscribed_on != conn.connects:
+                try:
+                    self._subscribe(conn, initial=first)
+                except Exception as exc:  # a failed subscription is retried next loop
+                    self.error = exc
+                    log.warning("IB stream subscription failed: %r", exc)
+                    conn.pump(0.5)
+                    continue
+                subscribed_on = conn.connects
+                conn.disconnected_at = None
+                if first:
+                    first = False
+                    self._ready.set()
+                else:
+                    self.resubscriptions += 1
+            conn.pump(0.1)
+        conn.close()
+
+    def _subscribe(self, conn: IBConnection, *, initial: bool) -> None:
+        for symbol in self.symbols:
+            last = self._last.get(symbol)
+            if last is None:
+                span = (
+                    self.warmup_bars
+                    * self.interval_s
+                    * (1.4 * 86_400 / 23_400 if self.interval_s >= 23_400 else 1)
+                )
+            else:
+                # The gap is measured on the local clock since the last delivered bar, not
+                # from the bar's own time, so it stays right whatever the market clock is.
+                span = self.clock() - self._last_wall.get(symbol, self.clock()) + self.interval_s
+            bars = conn.ib.reqHistoricalData(
+                stock(symbol),
+                endDateTime="",
+                durationStr=duration_setting(span + self.interval_s, self.interval_s),
+                barSizeSetting=self.bar_size,
+                whatToShow=self.what_to_show,
+                useRTH=self.use_rth,
+                formatDate=2,
+                keepUpToDate=True,
+                timeout=30,
+            )
+            if not bars:
+                # ib_async answers an error (pacing, no permissions) with an empty list.
+                raise ConnectionError(f"no bars for {symbol} from the subscription")
+            closed = self._closed(symbol, bars)
+            if initial:
+                self._history.extend((symbol, b) for b in closed)
+            else:
+                for b in closed:
+                    self._emit(symbol, b)
+            bars.updateEvent += self._updater(symbol)
+
+    def _updater(self, symbol: str) -> Callable[[Any, bool], None]:
+        def on_update(bars: Any, has_new_bar: bool) -> None:
+            for b in self._closed(symbol, bars):
+                self._emit(symbol, b)
+
+        return on_update
+
+    def _closed(
+        self, symbol: str, bars: Any
+    ) -> list[tuple[int, float, float, float, float, float]]:
+        """The bars that have closed and were not delivered yet (marks them delivered)."""
+        now = self.clock()
+        out = []
+        last = self._last.get(symbol, -1)
+        for b in bars or []:
+            ts = _bar_start_ns(b.date, self.interval_s)
+            if ts <= last or (ts / 1e9 + self.interval_s) > now:
+                continue
+            volume = float(b.volume)
+            vol = volume if volume >= 0 and self.what_to_show != "MIDPOINT" else math.nan
+            out.append((ts, float(b.open), float(b.high), float(b.low), float(b.close), vol))
+            last = ts
+        if out:
+            self._last[symbol] = last
+            self._last_wall[symbol] = now
+        return out
+
+    def _emit(self, symbol: str, bar: tuple[int, float, float, float, float, float]) -> None:
+        if self._push is not None:
+            self._push(symbol, bar)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

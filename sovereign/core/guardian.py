@@ -54,6 +54,11 @@ class GuardianState:
     halted_equity: float = 0.0
     resumed: list[dict[str, Any]] = field(default_factory=list)
     version: int = 1
+    # The account as last seen, for operators who ask while no session runs.
+    last_cash: float = 0.0
+    last_gross_exposure: float = 0.0
+    last_open_positions: int = 0
+    last_ts: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -189,8 +189,13 @@ class SizingPolicy:
             raise ValueError("entry_limit_buffer must be positive: entries are never at market")
 
     def entry_limit(self, ref_price: float) -> float:
-        # Rounded down to a hundredth of a cent: never above what was sized.
-        return math.floor(ref_price * (1.0 + self.entry_limit_buffer) * 10_000) / 10_000
+        """The entry's limit price, rounded *down* to the tick: whole cents from $1 up
+        (US equities' minimum price variation; brokers reject sub-penny limits), a
+        hundredth of a cent below. Never above what was sized."""
+        raw = ref_price * (1.0 + self.entry_limit_buffer)
+        ticks = 100 if raw >= 1.0 else 10_000
+        # The epsilon keeps 12.34 from flooring to 12.33 through binary rounding.
+        return math.floor(raw * ticks + 1e-9) / ticks
 
 
 def confidence_scale(confidence: float, floor: float) -> float:

@@ -313,8 +313,11 @@ class ShardStrategy:
         volume: np.ndarray,
         regime_codes: np.ndarray,
         regime_probs: np.ndarray,
+        *,
+        trade: bool = True,
     ) -> tuple[list[EntrySignal], list[ExitSignal], list[CancelSignal]]:
-        """Update indicators with one bar time and decide exits and entries."""
+        """Update indicators with one bar time and decide exits and entries (none when
+        ``trade`` is False: warm-up history)."""
         self.counters.bars += int(mask.sum())
         self.atr.update(mask, high, low, close)
         atr = self.atr.value
@@ -324,6 +327,8 @@ class ShardStrategy:
 
         in_trade = mask & (self.quantity > 0)
         self.bars_held[in_trade] += 1
+        if not trade:
+            return [], [], []
         stale = self._stale_orders(mask, ts)
         exits, cancels = self._exits(in_trade & ~self.pending_exit, high, low, close, regime_codes)
         cancels = stale + [c for c in cancels if c.order_id not in {s.order_id for s in stale}]

@@ -94,6 +94,7 @@ class PollingFeed:
         self.counters = FeedCounters()
         self._ids = IdSource("feed")
         self._shard_of = {s: i for i, shard in enumerate(shard_symbols) for s in shard}
+        self._first_round = True
 
     def __len__(self) -> int:
         return 0  # unknown: a live feed runs until it is stopped
@@ -127,7 +128,12 @@ class PollingFeed:
                 by_ts.setdefault(ts, {})[symbol] = bar
                 self.last_ns[symbol] = ts
                 self.counters.bars += 1
-        return [(ts, self._batches(ts, by_ts[ts])) for ts in sorted(by_ts)]
+        times = sorted(by_ts)
+        # The first round brings history to warm up on; only its latest bar is tradable.
+        warm = set(times[:-1]) if self._first_round else set()
+        if times:
+            self._first_round = False
+        return [(ts, self._batches(ts, by_ts[ts], warmup=ts in warm)) for ts in times]
 
     def steps(self, max_steps: int | None = None) -> Iterator[tuple[int, list[BarBatch | None]]]:
         """Poll until stopped (or ``max_steps`` steps), yielding each completed bar time."""
@@ -146,7 +152,9 @@ class PollingFeed:
                 else:
                     self.sleep(wait)
 
-    def _batches(self, ts: int, bars: dict[str, RawBar]) -> list[BarBatch | None]:
+    def _batches(
+        self, ts: int, bars: dict[str, RawBar], *, warmup: bool = False
+    ) -> list[BarBatch | None]:
         out: list[BarBatch | None] = []
         for shard, symbols in enumerate(self.shard_symbols):
             rows = [(s, bars[s]) for s in symbols if s in bars]
@@ -166,6 +174,7 @@ class PollingFeed:
                     close=cols[:, 3],
                     volume=cols[:, 4],
                     shard=shard,
+                    warmup=warmup,
                 )
             )
         return out
@@ -198,3 +207,129 @@ class FailoverBarSource:
     def close(self) -> None:
         self.primary.close()
         self.secondary.close()
+
+
+# -- STREAMING --------------------------------------------------------------------------
+
+
+class StreamSource(Protocol):
+    """A source that pushes bars as they complete."""
+
+    name: str
+
+    def start(self, push: Callable[[str, RawBar], None]) -> list[tuple[str, RawBar]]:
+        """Connect and subscribe; return warm-up history; later call ``push`` per bar."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class StreamingFeed:
+    """Steps for the engine from bars a ``StreamSource`` pushes as they complete.
+
+    A bar time is released once every symbol has delivered a bar at or after it — or
+    ``grace_s`` seconds after its first bar arrived, for symbols that did not trade.
+    Duplicates (a bar time a symbol already delivered) are dropped, bad bars rejected, and
+    all counted, as in ``PollingFeed``. The source's warm-up history comes first, flagged
+    ``warmup`` except for its latest bar time.
+    """
+
+    def __init__(
+        self,
+        source: StreamSource,
+        shard_symbols: list[list[str]],
+        interval_s: int,
+        *,
+        grace_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        stop: threading.Event | None = None,
+    ) -> None:
+        import queue
+
+        self.source = source
+        self.shard_symbols = shard_symbols
+        self.symbols = sorted(s for shard in shard_symbols for s in shard)
+        self.interval_s = interval_s
+        self.grace_s = grace_s
+        self.clock = clock
+        self.stop = stop or threading.Event()
+        self.counters = FeedCounters()
+        self._queue: queue.Queue[tuple[str, RawBar]] = queue.Queue()
+        self._poller = PollingFeed(_NoSource(), shard_symbols, interval_s)  # for its batches
+        self._latest: dict[str, int] = {}
+        self._pending: dict[int, dict[str, RawBar]] = {}
+        self._first_seen: dict[int, float] = {}
+
+    def __len__(self) -> int:
+        return 0
+
+    def _push(self, symbol: str, bar: RawBar) -> None:
+        self._queue.put((symbol, bar))
+
+    def _accept(self, symbol: str, bar: RawBar) -> bool:
+        ts = bar[0]
+        if ts <= self._latest.get(symbol, -1):
+            self.counters.duplicates += 1
+            return False
+        problem = bar_problem(bar)
+        self._latest[symbol] = ts
+        if problem is not None:
+            self.counters.rejected[problem] = self.counters.rejected.get(problem, 0) + 1
+            return False
+        self.counters.bars += 1
+        return True
+
+    def steps(self, max_steps: int | None = None) -> Iterator[tuple[int, list[BarBatch | None]]]:
+        import queue
+
+        produced = 0
+        history = self.source.start(self._push)
+        by_ts: dict[int, dict[str, RawBar]] = {}
+        for symbol, bar in sorted(history, key=lambda x: (x[1][0], x[0])):
+            if self._accept(symbol, bar):
+                by_ts.setdefault(bar[0], {})[symbol] = bar
+        times = sorted(by_ts)
+        for ts in times:
+            yield ts, self._poller._batches(ts, by_ts[ts], warmup=ts != times[-1])
+            produced += 1
+            if max_steps is not None and produced >= max_steps:
+                return
+        while not self.stop.is_set():
+            try:
+                symbol, bar = self._queue.get(timeout=0.05)
+                if self._accept(symbol, bar):
+                    self._pending.setdefault(bar[0], {})[symbol] = bar
+                    self._first_seen.setdefault(bar[0], self.clock())
+            except queue.Empty:
+                pass
+            for ts in self._releasable():
+                yield ts, self._poller._batches(ts, self._pending.pop(ts))
+                self._first_seen.pop(ts, None)
+                produced += 1
+                if max_steps is not None and produced >= max_steps:
+                    return
+
+    def _releasable(self) -> list[int]:
+        now = self.clock()
+        out = []
+        for ts in sorted(self._pending):
+            everyone = all(self._latest.get(s, -1) >= ts for s in self.symbols)
+            if everyone or now - self._first_seen[ts] >= self.grace_s:
+                out.append(ts)
+            else:
+                break  # keep time order: nothing after an unreleased bar time
+        return out
+
+    def close(self) -> None:
+        self.stop.set()
+        self.source.close()
+
+
+class _NoSource:
+    name = "none"
+
+    def fetch(self, symbol: str, since_ns: int | None, now_s: float) -> list[RawBar]:
+        return []
+
+    def close(self) -> None:
+        pass

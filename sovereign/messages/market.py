@@ -46,6 +46,8 @@ class BarBatch(Message, frozen=True, gc=False):
     string column, the prices and volume are float64. Only symbols that have a bar at
     ``ts`` are present. Shards map the symbols column onto their universe once per batch
     with a vectorised search, so no per-symbol Python objects are created on the hot path.
+    ``warmup`` marks history replayed when a live session starts: indicators learn from it,
+    but nothing is traded on it.
     """
 
     ts: int
@@ -57,6 +59,7 @@ class BarBatch(Message, frozen=True, gc=False):
     close: NDArray
     volume: NDArray
     shard: int = -1
+    warmup: bool = False
 
     def __post_init__(self) -> None:
         n = self.symbols.shape
@@ -90,6 +93,7 @@ class BarBatch(Message, frozen=True, gc=False):
         shard: int = -1,
         ts_init: int | None = None,
         correlation_id: str = "",
+        warmup: bool = False,
     ) -> BarBatch:
         """Build a batch from numpy columns; ``ts_event`` is the bar close."""
         f8 = np.float64
@@ -107,6 +111,7 @@ class BarBatch(Message, frozen=True, gc=False):
             close=NDArray.from_numpy(np.asarray(close, dtype=f8)),
             volume=NDArray.from_numpy(np.asarray(volume, dtype=f8)),
             shard=shard,
+            warmup=warmup,
         )
 
 

@@ -89,3 +89,15 @@ def test_a_failing_source_is_counted_and_the_others_still_trade() -> None:
     steps = feed.poll()
     assert [ts for ts, _ in steps] == [0, MIN]
     assert feed.counters.errors == 1
+
+
+def test_durations_cover_the_span_in_units_ib_accepts() -> None:
+    from sovereign.brokers.ib import duration_setting
+
+    assert duration_setting(600, 60) == "600 S"
+    assert duration_setting(10, 60) == "120 S"  # at least two bars
+    assert duration_setting(3 * 86_400, 60) == "4 D"
+    assert duration_setting(10 * 86_400, 86_400) == "11 D"
+    # IB refuses more than 365 days in "D"; a 22-year gap is asked for in years.
+    assert duration_setting(22 * 365 * 86_400, 86_400) == "23 Y"
+    assert duration_setting(364 * 86_400, 86_400) == "365 D"
