@@ -446,6 +446,8 @@ class IBConfig(_Section, frozen=True):
     a second). ``historical_pacing``: keep bar polls inside IB's pacing rules (at most 60
     requests per 10 minutes, so about 5 symbols polled every minute; the poller waits
     rather than break them). Turn both off only against an emulator.
+    ``reconnect_initial_s`` / ``reconnect_max_s``: the reconnect backoff (doubling from the
+    first to the second).
     """
 
     host: str = "127.0.0.1"
@@ -458,8 +460,16 @@ class IBConfig(_Section, frozen=True):
     connect_timeout_s: float = 5.0
     max_requests: int = 45
     historical_pacing: bool = True
+    reconnect_initial_s: float = 1.0
+    reconnect_max_s: float = 60.0
 
     def __post_init__(self) -> None:
+        _positive("reconnect_initial_s", self.reconnect_initial_s)
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            raise ValueError(
+                f"reconnect_max_s ({self.reconnect_max_s}) must be >= reconnect_initial_s "
+                f"({self.reconnect_initial_s})"
+            )
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be a TCP port, got {self.port}")
         if self.client_id == self.data_client_id:

@@ -127,6 +127,8 @@ def ib_settings(config: Config, *, data: bool = False) -> Any:
         connect_timeout_s=ib.connect_timeout_s,
         max_requests=ib.max_requests,
         historical_pacing=ib.historical_pacing,
+        backoff_initial_s=ib.reconnect_initial_s,
+        backoff_max_s=ib.reconnect_max_s,
     )
 
 

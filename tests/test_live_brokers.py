@@ -208,6 +208,76 @@ def test_with_tws_down_the_session_fails_over_to_alpaca_without_doubling(
         tws.stop()
 
 
+def test_when_tws_returns_new_positions_go_back_to_ib_and_nothing_is_split(
+    tmp_path, data, monkeypatch
+) -> None:
+    tws = TwsEmulator(data, start_index=WARMUP + 5)
+    alpaca = AlpacaEmulator(data, start_index=WARMUP + 5)
+    tws.start()
+    alpaca.start()
+    tws.go_down()
+    monkeypatch.setenv("APCA_API_KEY_ID", "test-key")
+    monkeypatch.setenv("APCA_API_SECRET_KEY", "test-secret")
+    monkeypatch.setenv("SOVEREIGN_ALPACA_BASE_URL", alpaca.base_url)
+    monkeypatch.setenv("SOVEREIGN_ALPACA_DATA_URL", alpaca.base_url)
+    try:
+        config = live_config(
+            broker={"kind": "ib+alpaca"},
+            ib={"port": tws.port, "reconnect_initial_s": 0.05, "reconnect_max_s": 0.1},
+        )
+        clock = Clock([alpaca, tws], data.interval_s)
+        notes: list[Any] = []
+
+        def on_progress(p: Any) -> None:
+            if clock.tick(p):
+                if clock.live_steps == 20:
+                    tws.come_up()
+                alpaca.advance()
+                tws.advance()
+
+        feed = make_live_feed(config, SYMBOLS)
+        run_session(
+            config,
+            None,
+            runtime="local",
+            mode="paper",
+            state_dir=tmp_path / "state",
+            out_dir=None,
+            max_steps=WARMUP + 60,
+            feed=feed,
+            symbols=SYMBOLS,
+            on_progress=on_progress,
+            on_started=clock.on_started,
+            on_notification=notes.append,
+        )
+        feed.close()
+        kinds = [n.kind for n in notes]
+        assert kinds.index("broker_failover") < kinds.index("broker_failback")
+        gateway = clock.actors["sovereign/gateway/0"]
+        assert gateway.broker.active is gateway.broker.primary
+        assert alpaca.orders() and tws.orders(), "both brokers should have traded"
+        # Everything the shards hold is held once, at exactly one broker.
+        at_ib, at_alpaca = tws.positions(), alpaca.positions()
+        assert not set(at_ib) & set(at_alpaca)
+        shard_qty: dict[str, int] = {}
+        for name, actor in clock.actors.items():
+            if name.startswith("sovereign/shard/"):
+                s = actor.strategy
+                shard_qty.update(
+                    {
+                        sym: int(q)
+                        for sym, q in zip(s.universe.symbols, s.quantity, strict=True)
+                        if q
+                    }
+                )
+        assert {**at_ib, **at_alpaca} == gateway.broker.positions() == shard_qty
+        assert max(Counter(o["client_order_id"] for o in alpaca.orders()).values()) == 1
+        assert max(Counter(o.orderRef for o in tws.orders()).values()) == 1
+    finally:
+        alpaca.stop()
+        tws.stop()
+
+
 @pytest.mark.parametrize("broker", ["ib", "alpaca"])
 def test_streamed_bars_trade_like_polled_ones(tmp_path, data, monkeypatch, broker) -> None:
     """Live mode: bars pushed by the broker's stream (IB keepUpToDate, Alpaca's data

@@ -7,6 +7,8 @@ Routing:
   position opened at IB is never "closed" at Alpaca, which would open a short there
   instead. If the broker that holds it is down, the exit is refused
   (``HOLDING_BROKER_DOWN``); the strategy asks again later;
+* buys that add to a held position go to the broker that holds it (a position split
+  across two brokers could not be closed by either in one order);
 * cancels go to the broker the order went to.
 When IB comes back, new positions go to it again; positions still open at Alpaca stay
 there until they are closed. The account is the sum of both accounts, the book the union
@@ -118,6 +120,23 @@ class FailoverBroker:
                     )
                 ]
         else:
+            holder = next(
+                (b for b in (self.primary, self.secondary) if _positions(b).get(order.symbol)),
+                None,
+            )
+            if holder is not None:
+                # Adding to a position goes where it is held: a position split across two
+                # brokers could not be closed in one order by either.
+                if not getattr(holder, "connected", True):
+                    return [
+                        self._reject(
+                            order,
+                            "HOLDING_BROKER_DOWN",
+                            f"{order.symbol} is held at {holder.name}, which is unreachable",
+                        )
+                    ]
+                self._route[order.order_id] = holder
+                return list(holder.submit(order, now_ns))
             broker = self.active
             if not getattr(broker, "connected", True):
                 other = self.secondary if broker is self.primary else self.primary
