@@ -8,11 +8,12 @@ directory). Exit codes: 0 success, 2 bad usage or configuration, 1 a failure whi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -73,6 +74,50 @@ def _console_notifier(stream: TextIO, tty: bool) -> object:
     from sovereign.comms.console import ConsoleNotifier
 
     return ConsoleNotifier(stream, clear_line=tty)
+
+
+@contextlib.contextmanager
+def _operator_channels(
+    config: Config, state_dir: Path, human: TextIO, *, scope: str, telegram: bool
+) -> Iterator[tuple[Any, bool]]:
+    """The session's notifier (console, plus Telegram when a token is configured) and
+    whether daily summaries are wanted. A Telegram that cannot start never stops trading:
+    the session goes on with the console and says so."""
+    from sovereign.comms.telegram import (
+        ChannelFilter,
+        FanOut,
+        OperatorBot,
+        TelegramSettings,
+        TelegramSetupError,
+    )
+
+    console = ChannelFilter(_console_notifier(human, human.isatty()), config, "console")
+    bot = None
+    settings = TelegramSettings.from_env(config) if telegram else None
+    if settings is not None:
+        bot = OperatorBot(settings, state_dir, config, scope=scope)
+        try:
+            bot.start()
+            human.write(
+                f"Telegram: operator bot on, {len(settings.allowed_users)} allowed user(s)\n"
+            )
+        except TelegramSetupError as exc:
+            human.write(f"Telegram: not started ({exc}); notifications go to the console\n")
+            bot = None
+    daily = config.notifications.mode("console", "daily_summary") != "off" or (
+        bot is not None and bot.mode("daily_summary") != "off"
+    )
+    try:
+        yield FanOut(console, bot), daily
+    finally:
+        if bot is not None:
+            bot.stop(drain_s=10.0)
+            st = bot.stats()
+            human.write(
+                f"Telegram: {st['sent']} notification(s) sent, "
+                f"{st['dropped_queue_full'] + st['dropped_expired']} dropped, "
+                f"{st['failed']} refused, {st['denied']} denied command(s)\n"
+            )
 
 
 # -- COMMANDS ---------------------------------------------------------------------------
@@ -143,8 +188,11 @@ def _run(args: argparse.Namespace, *, mode: str) -> int:
     human.write(data.describe() + "\n")
     if data.validation.rejected:
         human.write(data.validation.summary() + "\n")
-    notifier = _console_notifier(human, human.isatty())
     bar = ProgressBar(sys.stderr, mode)
+    from sovereign.engine import state_scope
+    from sovereign.session import new_run_id
+
+    run_id = new_run_id(mode)  # type: ignore[arg-type]
 
     def on_started(engine: object) -> None:
         from sovereign.engine import Engine
@@ -162,19 +210,28 @@ def _run(args: argparse.Namespace, *, mode: str) -> int:
             )
         human.flush()
 
-    output = run_session(
+    with _operator_channels(
         config,
-        data,
-        runtime=args.runtime,
-        mode=mode,  # type: ignore[arg-type]
-        state_dir=args.state,
-        out_dir=args.out,
-        speed=getattr(args, "speed", 0.0),
-        max_steps=getattr(args, "max_steps", None),
-        on_notification=notifier.notify,  # type: ignore[attr-defined]
-        on_progress=bar.update,
-        on_started=on_started,
-    )
+        args.state,
+        human,
+        scope=state_scope(config, run_id),
+        telegram=mode == "paper",
+    ) as (notifier, daily):
+        output = run_session(
+            config,
+            data,
+            runtime=args.runtime,
+            mode=mode,  # type: ignore[arg-type]
+            state_dir=args.state,
+            out_dir=args.out,
+            run_id=run_id,
+            speed=getattr(args, "speed", 0.0),
+            max_steps=getattr(args, "max_steps", None),
+            on_notification=notifier.notify,
+            on_progress=bar.update,
+            on_started=on_started,
+            daily_summary=daily,
+        )
     r = output.result
     human.write(
         f"\n{mode} {r.run_id}: {r.steps} steps, {r.bars} bars in {r.engine_seconds:.2f} s "
@@ -511,7 +568,6 @@ def _run_live(args: argparse.Namespace) -> int:
             "[strategy] volume_confirmation = false), or use TRADES data ([ib] what_to_show)"
         )
     human = sys.stdout
-    notifier = _console_notifier(human, human.isatty())
     try:
         feed = make_live_feed(config, symbols)
     except Exception as exc:
@@ -528,25 +584,86 @@ def _run_live(args: argparse.Namespace) -> int:
         " (Ctrl-C ends it and writes the report)\n"
     )
     bar = ProgressBar(sys.stderr, "paper")
+    from sovereign.engine import state_scope
+    from sovereign.session import new_run_id
+
+    run_id = new_run_id("paper")
     try:
-        output = run_session(
-            config,
-            None,
-            runtime=args.runtime,
-            mode="paper",
-            state_dir=args.state,
-            out_dir=args.out,
-            max_steps=args.max_steps,
-            on_notification=notifier.notify,  # type: ignore[attr-defined]
-            on_progress=bar.update,
-            feed=feed,
-            symbols=symbols,
-        )
+        with _operator_channels(
+            config, args.state, human, scope=state_scope(config, run_id), telegram=True
+        ) as (notifier, daily):
+            output = run_session(
+                config,
+                None,
+                runtime=args.runtime,
+                mode="paper",
+                state_dir=args.state,
+                out_dir=args.out,
+                run_id=run_id,
+                max_steps=args.max_steps,
+                on_notification=notifier.notify,
+                on_progress=bar.update,
+                feed=feed,
+                symbols=symbols,
+                daily_summary=daily,
+            )
     finally:
         feed.close()
     human.write(format_summary_table(output.metrics) + "\n")
     if output.paths is not None:
         human.write(f"report: {output.paths.report_html}\n")
+    return 0
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from sovereign.comms.telegram import (
+        ALLOWED_ENV,
+        TOKEN_ENV,
+        OperatorBot,
+        TelegramSettings,
+        TelegramSetupError,
+    )
+
+    config = load_config(args.config)
+    settings = TelegramSettings.from_env(config)
+    if settings is None:
+        raise UsageError(
+            f"no bot token: set {TOKEN_ENV} (and {ALLOWED_ENV} or [telegram] allowed_users); "
+            "the CLI answers the same questions: sovereign capital|rules|history|readiness"
+        )
+    if not args.state.exists():
+        raise UsageError(f"state directory {args.state} does not exist")
+    scope = f"run/{args.run}" if args.run else (f"account/{args.account}" if args.account else "")
+    bot = OperatorBot(settings, args.state, config, scope=scope)
+    if not settings.allowed_users:
+        sys.stderr.write(
+            f"warning: nobody is on the allowlist ({ALLOWED_ENV} or [telegram] "
+            "allowed_users), so every command will be refused\n"
+        )
+    sys.stdout.write(
+        f"operator bot serving {args.state} ({scope or 'latest scope'}) for "
+        f"{len(settings.allowed_users)} operator(s); Ctrl-C stops it\n"
+    )
+    sys.stdout.flush()
+    try:
+        bot.run_forever()
+    except TelegramSetupError as exc:
+        raise UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        bot.stop()
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    """The operator commands on the console: the same answers the bot gives."""
+    from sovereign.comms.telegram import OperatorBot, TelegramSettings
+    from sovereign.config import TelegramConfig
+
+    config = load_config(args.config)
+    scope = f"run/{args.run}" if args.run else (f"account/{args.account}" if args.account else "")
+    settings = TelegramSettings("", "", frozenset(), (), TelegramConfig())
+    bot = OperatorBot(settings, args.state, config, scope=scope)
+    sys.stdout.write(bot.answer(args.command, " ".join(args.args), 0) + "\n")
     return 0
 
 
@@ -725,6 +842,22 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--steps", type=int, default=600)
     tf.add_argument("--seed", type=int, default=7)
     tf.set_defaults(func=cmd_train)
+
+    op = sub.add_parser("operator", help="the Telegram operator bot on its own, on a state dir")
+    _common(op)
+    op.add_argument("--account", default=None, help="answer for this named account")
+    op.add_argument("--run", default=None, help="answer for this run id")
+    op.set_defaults(func=cmd_operator)
+
+    ask = sub.add_parser("ask", help="an operator command on the console (as on Telegram)")
+    _common(ask)
+    ask.add_argument(
+        "command", choices=("status", "capital", "constitution", "rules", "history", "readiness")
+    )
+    ask.add_argument("args", nargs="*", help="e.g. a page number for history")
+    ask.add_argument("--account", default=None)
+    ask.add_argument("--run", default=None)
+    ask.set_defaults(func=cmd_ask)
 
     em = sub.add_parser("emulate", help="run a loopback broker emulator (for demos)")
     em.add_argument("what", choices=("tws", "alpaca"))

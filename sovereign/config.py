@@ -4,7 +4,8 @@ One frozen msgspec Struct per component, each forbidding unknown fields, so a ty
 TOML file is a startup error naming the field instead of a silently ignored setting. The
 file passed with ``--config`` has one table per component (``[engine]``, ``[strategy]``,
 ``[regime]``, ``[sim]``, ``[risk]``, ``[constitution]``, ``[data]``, ``[ray]``,
-``[state]``, ``[selfmod]``, ``[broker]``, ``[ib]``, ``[alpaca]``); every key is
+``[state]``, ``[selfmod]``, ``[broker]``, ``[ib]``, ``[alpaca]``, ``[telegram]``,
+``[notifications]``); every key is
 optional and defaults to the value documented on the Struct.
 """
 
@@ -511,6 +512,123 @@ class ConstitutionOverrides(_Section, frozen=True):
     max_active_rules: int | None = None
 
 
+NotifyMode = Literal["on", "silent", "off"]
+
+# Every kind of notification the system raises, and how each channel treats it unless
+# configured otherwise: "on" (Telegram: with a sound), "silent" (Telegram: delivered
+# without a sound; the console prints it like "on"), "off" (not delivered).
+NOTIFICATION_KINDS: dict[str, tuple[NotifyMode, NotifyMode]] = {
+    # kind: (telegram default, console default)
+    "modification_deployed": ("on", "on"),
+    "modification_rejected": ("on", "on"),
+    "modification_decision": ("silent", "on"),
+    "rules_changed": ("on", "on"),
+    "rollback": ("on", "on"),
+    "rollback_refused": ("on", "on"),
+    "trading_state": ("on", "on"),
+    "broker_failover": ("on", "on"),
+    "broker_failback": ("on", "on"),
+    "position_mismatch": ("on", "on"),
+    "constitution": ("on", "on"),
+    "fill": ("off", "off"),
+    "order_rejected": ("silent", "on"),
+    "trade_closed": ("silent", "on"),
+    "rule_evaluation": ("silent", "on"),
+    "regime": ("silent", "on"),
+    "session": ("silent", "on"),
+    # One a trading day: an equity chart on Telegram; on the console a multi-year replay
+    # would print thousands of them.
+    "daily_summary": ("on", "off"),
+}
+
+
+class NotificationsConfig(_Section, frozen=True):
+    """Per kind of notification, per channel: ``"on"``, ``"silent"`` or ``"off"``.
+
+    ``[notifications.telegram]`` and ``[notifications.console]`` map a kind (see
+    ``NOTIFICATION_KINDS``: ``modification_deployed``, ``trading_state``, ``fill``,
+    ``daily_summary``, ...) to a mode; kinds not named keep their defaults. An unknown
+    kind is an error naming it.
+    """
+
+    telegram: dict[str, NotifyMode] = msgspec.field(default_factory=dict)
+    console: dict[str, NotifyMode] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for channel, table in (("telegram", self.telegram), ("console", self.console)):
+            unknown = sorted(set(table) - set(NOTIFICATION_KINDS))
+            if unknown:
+                raise ValueError(
+                    f"[notifications.{channel}] unknown kind(s) {unknown}; known kinds: "
+                    f"{sorted(NOTIFICATION_KINDS)}"
+                )
+
+    def mode(self, channel: Literal["telegram", "console"], kind: str) -> NotifyMode:
+        table = self.telegram if channel == "telegram" else self.console
+        if kind in table:
+            return table[kind]
+        default = NOTIFICATION_KINDS.get(kind)
+        if default is None:
+            return "on"  # a kind added without a default is shown rather than lost
+        return default[0] if channel == "telegram" else default[1]
+
+    def wants(self, kind: str) -> bool:
+        """Whether any channel delivers ``kind`` (so it is worth producing)."""
+        return self.mode("telegram", kind) != "off" or self.mode("console", kind) != "off"
+
+
+class TelegramConfig(_Section, frozen=True):
+    """The operator bot. The token is never configured here: it comes from the
+    environment (``SOVEREIGN_TELEGRAM_TOKEN``), as may the allowlist
+    (``SOVEREIGN_TELEGRAM_ALLOWED_USERS``, comma-separated user ids, added to
+    ``allowed_users``) and the Bot API server (``SOVEREIGN_TELEGRAM_BASE_URL``).
+
+    Parameters
+    ----------
+    allowed_users
+        Telegram user ids that may command the bot, in a private chat only. Deny by
+        default: with none, nobody can.
+    notify_chats
+        Where notifications go; default: each allowed user's private chat.
+    queue_size
+        Notifications waiting to be sent (during an outage); beyond it the oldest
+        info-level one is dropped (counted). Default 500.
+    retry_initial_s, retry_max_s
+        Send retries back off from the first to the second, doubling. Defaults 1, 60.
+    max_age_s
+        A notification not delivered within this long is dropped (counted). Default 3600.
+    stranger_window_s, stranger_audit_per_window
+        Someone not on the allowlist gets one refusal and at most this many audit-log
+        entries per window; the rest is only counted. Defaults 600 s, 3.
+    history_page_size
+        Modifications per ``/history`` page. Default 5.
+    """
+
+    allowed_users: tuple[int, ...] = ()
+    notify_chats: tuple[int, ...] = ()
+    queue_size: int = 500
+    retry_initial_s: float = 1.0
+    retry_max_s: float = 60.0
+    max_age_s: float = 3600.0
+    stranger_window_s: float = 600.0
+    stranger_audit_per_window: int = 3
+    history_page_size: int = 5
+
+    def __post_init__(self) -> None:
+        if self.queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
+        _positive("retry_initial_s", self.retry_initial_s)
+        _positive("retry_max_s", self.retry_max_s)
+        _positive("max_age_s", self.max_age_s)
+        _positive("stranger_window_s", self.stranger_window_s)
+        if self.stranger_audit_per_window < 0:
+            raise ValueError("stranger_audit_per_window must be >= 0")
+        if not 1 <= self.history_page_size <= 20:
+            raise ValueError(f"history_page_size must be 1..20, got {self.history_page_size}")
+        if any(u <= 0 for u in self.allowed_users):
+            raise ValueError("allowed_users are Telegram user ids (positive integers)")
+
+
 class Config(_Section, frozen=True):
     """The whole configuration."""
 
@@ -526,6 +644,8 @@ class Config(_Section, frozen=True):
     ib: IBConfig = msgspec.field(default_factory=IBConfig)
     alpaca: AlpacaConfig = msgspec.field(default_factory=AlpacaConfig)
     selfmod: SelfModConfig = msgspec.field(default_factory=SelfModConfig)
+    telegram: TelegramConfig = msgspec.field(default_factory=TelegramConfig)
+    notifications: NotificationsConfig = msgspec.field(default_factory=NotificationsConfig)
     constitution: ConstitutionOverrides = msgspec.field(default_factory=ConstitutionOverrides)
 
     def build_constitution(self) -> Constitution:

@@ -244,6 +244,7 @@ def build_specs(
     *,
     run_id: str,
     notify_fills: bool = False,
+    daily_summary: bool = False,
 ) -> dict[str, Any]:
     """The actor graph as specs (role -> spec or list of specs)."""
     constitution = config.build_constitution()
@@ -310,7 +311,13 @@ def build_specs(
             },
         ),
         "monitor": ActorSpec(MonitorActor),
-        "operator": ActorSpec(OperatorActor, kwargs={"notify_fills": notify_fills}),
+        "operator": ActorSpec(
+            OperatorActor,
+            kwargs={
+                "notify_fills": notify_fills or config.notifications.wants("fill"),
+                "daily_summary": daily_summary,
+            },
+        ),
     }
 
 
@@ -331,6 +338,7 @@ class Engine:
         on_notification: Callable[[Notification], None] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         notify_fills: bool = False,
+        daily_summary: bool = False,
         feed: Any | None = None,
         symbols: list[str] | None = None,
         interval_s: int | None = None,
@@ -349,6 +357,7 @@ class Engine:
         self.on_notification = on_notification
         self.on_progress = on_progress
         self.notify_fills = notify_fills
+        self.daily_summary = daily_summary
         self.failed_steps = 0
         if feed is None:
             assert data is not None
@@ -375,6 +384,7 @@ class Engine:
             os.urandom(32),
             run_id=self.run_id,
             notify_fills=self.notify_fills,
+            daily_summary=self.daily_summary,
         )
         shards = [rt.spawn(s) for s in specs["shards"]]
         regime = rt.spawn(specs["regime"])

@@ -97,7 +97,7 @@ def capital(state_dir: str | Path, config: Config, scope: Scope) -> Capital:
         raise OperationError(f"no account state for {scope.label} yet")
     equity = g.last_equity
     return Capital(
-        scope=scope.key,
+        scope=scope.label,
         equity=equity,
         cash=g.last_cash,
         day_pnl=equity - g.day_start_equity,
@@ -284,4 +284,4 @@ def rollback(state_dir: str | Path, argument: str, *, by: str, reason: str = "")
                 int(text), reason=reason or f"rollback by {by}", by=by, ts_ns=time.time_ns()
             )
         except RollbackError as exc:
-            raise OperationError(str(exc)) from None
+            raise OperationError(f"{exc} (/history lists the modifications)") from None

@@ -62,6 +62,7 @@ def run_session(
     on_started: Callable[[Engine], None] | None = None,
     feed: Any | None = None,
     symbols: list[str] | None = None,
+    daily_summary: bool = False,
 ) -> SessionOutput:
     """Run one session and, when ``out_dir`` is given, write its report.
 
@@ -83,6 +84,7 @@ def run_session(
         on_progress=on_progress,
         feed=feed,
         symbols=symbols,
+        daily_summary=daily_summary,
         interval_s=config.broker.bar_interval_s if feed is not None else None,
     )
     if on_started is not None:

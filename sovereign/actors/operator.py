@@ -2,15 +2,27 @@
 
 It decides *what* an operator should hear; a notifier in ``sovereign.comms`` decides how it
 is delivered (the console by default, Telegram when configured).
+
+It also writes a daily summary (a ``DailySummary``, which is a ``Notification``) when the
+gateway's account snapshots move to a new session date, and one for the unfinished day when
+the session ends. The state behind it lives only in this actor: after a restart the next
+summary covers what was seen since.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from datetime import UTC, datetime
 
+import numpy as np
+
 from sovereign.actors.base import Actor
+from sovereign.core.calendar import session_date
 from sovereign.messages import (
+    AccountSnapshot,
+    DailySummary,
     Message,
+    NDArray,
     Notification,
     OrderFilled,
     OrderRejected,
@@ -21,23 +33,73 @@ from sovereign.messages import (
     TradeClosed,
 )
 
+SUMMARY_WINDOW_DAYS = 30
+"""Session dates of equity a daily summary's chart series covers, the summarised day last."""
+
+SUMMARY_MAX_POINTS = 1_000
+"""At most this many points in a daily summary's chart series (a photo, not a data set)."""
+
 
 def _when(ts: int) -> str:
     return datetime.fromtimestamp(ts / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M")
 
 
+class _DayTrades:
+    """The closed trades of one session date."""
+
+    __slots__ = ("pnl", "trades", "wins")
+
+    def __init__(self) -> None:
+        self.trades = 0
+        self.wins = 0
+        self.pnl = 0.0
+
+
 class OperatorActor(Actor):
+    """Decides what operators hear.
+
+    Parameters
+    ----------
+    index
+        The actor's index (there is one operator).
+    notify_fills
+        Also notify every fill (default False: too chatty for anything but a demo).
+    daily_summary
+        Send a ``DailySummary`` for each finished session date and for the day the session
+        ends in (default True). When off, account snapshots are not even looked at.
+    """
+
     role = "operator"
 
-    def __init__(self, index: int = 0, *, notify_fills: bool = False) -> None:
+    def __init__(
+        self, index: int = 0, *, notify_fills: bool = False, daily_summary: bool = True
+    ) -> None:
         super().__init__(index)
         self.notify_fills = notify_fills
         self.market_regime = ""
+        self.daily_summary = daily_summary
+        # This runs every bar of long backtests, so a step only appends the snapshot's own
+        # int and float to two deques (no tuple per point); arrays are built when a summary
+        # is sent, once a day.
+        self._point_ts: deque[int] = deque()
+        self._point_equity: deque[float] = deque()
+        # Each session date in the window with the absolute index of its first point.
+        # Indices count points popped off the left too (``_dropped``), so they never shift.
+        self._days: deque[tuple[str, int]] = deque()
+        self._dropped = 0
+        self._day = ""
+        self._day_start_equity = 0.0
+        self._high_water_mark = -np.inf
+        # Keyed by the exit's session date, not by arrival: a trade may arrive in the same
+        # batch as the snapshot that starts the next day, before or after it.
+        self._trades: dict[str, _DayTrades] = {}
 
     def receive(self, messages: list[Message]) -> list[Message]:
         out: list[Message] = []
         for msg in messages:
             match msg:
+                case AccountSnapshot() if self.daily_summary:
+                    self._on_account(msg, out)
                 case Notification():
                     # Raised elsewhere (the guardian's state changes): deliver as is.
                     self.count(f"notified_{msg.kind}")
@@ -53,6 +115,8 @@ class OperatorActor(Actor):
                         )
                     )
                 case TradeClosed():
+                    if self.daily_summary:
+                        self._tally(msg)
                     out.append(self._trade(msg))
                 case OrderFilled() if self.notify_fills:
                     out.append(
@@ -97,6 +161,8 @@ class OperatorActor(Actor):
                         )
                     )
                 case SessionEnded():
+                    if self.daily_summary and self._day:
+                        out.append(self._summary(msg.ts_event, complete=False))
                     out.append(
                         self._note(
                             msg.ts_event,
@@ -109,6 +175,107 @@ class OperatorActor(Actor):
                 case _:
                     pass
         return out
+
+    # -- DAILY SUMMARY --
+
+    def _on_account(self, msg: AccountSnapshot, out: list[Message]) -> None:
+        day = msg.session_date
+        if not day:
+            # Not attributable to a day (the gateway dates every per-step snapshot).
+            return
+        if day != self._day:
+            if self._day:
+                out.append(self._summary(msg.ts_event, complete=True))
+            self._start_day(day, msg.equity)
+        self._point_ts.append(msg.ts_event)
+        self._point_equity.append(msg.equity)
+        if msg.equity > self._high_water_mark:
+            self._high_water_mark = msg.equity
+
+    def _start_day(self, day: str, equity: float) -> None:
+        self._day = day
+        self._day_start_equity = equity
+        self._days.append((day, self._dropped + len(self._point_ts)))
+        if len(self._days) > SUMMARY_WINDOW_DAYS:
+            self._days.popleft()
+            first = self._days[0][1]
+            for _ in range(first - self._dropped):
+                self._point_ts.popleft()
+                self._point_equity.popleft()
+            self._dropped = first
+
+    def _tally(self, t: TradeClosed) -> None:
+        key = session_date(t.exit_ts)
+        day = self._trades.get(key)
+        if day is None:
+            day = self._trades[key] = _DayTrades()
+        day.trades += 1
+        if t.pnl > 0:
+            day.wins += 1
+        day.pnl += t.pnl
+
+    def _summary(self, now: int, *, complete: bool) -> DailySummary:
+        """The summary of ``self._day``, whose last point is the newest one held."""
+        day = self._day
+        n = len(self._point_ts)
+        ts = np.fromiter(self._point_ts, dtype=np.int64, count=n)
+        equity = np.fromiter(self._point_equity, dtype=np.float64, count=n)
+        day_start_ts = int(ts[self._days[-1][1] - self._dropped])
+        last_ts = int(ts[-1])
+        start, end, hwm = self._day_start_equity, float(equity[-1]), float(self._high_water_mark)
+        change = end / start - 1.0 if start > 0 else 0.0
+        drawdown = max(0.0, 1.0 - end / hwm) if hwm > 0 else 0.0
+        if n > SUMMARY_MAX_POINTS:
+            # Evenly spaced, both ends kept: the step is over 1, so no index repeats.
+            keep = np.linspace(0, n - 1, SUMMARY_MAX_POINTS).round().astype(np.intp)
+            ts, equity = ts[keep], equity[keep]
+
+        trades = self._trades.pop(day, None) or _DayTrades()
+        # Trades dated before this day can no longer be reported (they arrived after their
+        # day's summary, or their day had no snapshot): drop them so the dict stays small.
+        for stale in [d for d in self._trades if d < day]:
+            self.count("daily_summary_late_trades", self._trades.pop(stale).trades)
+
+        partial = "" if complete else " (partial)"
+        title = (
+            f"[{_when(last_ts)}] daily summary {day}{partial}: equity {end:,.2f} "
+            f"({change * 100:+.2f} %), {trades.trades} trades ({trades.wins} won), "
+            f"drawdown {drawdown * 100:.2f} %"
+        )
+        text = "\n".join(
+            (
+                f"session {day}: " + ("complete" if complete else "partial, the session ended"),
+                f"equity {start:,.2f} -> {end:,.2f} ({end - start:+,.2f}, {change * 100:+.2f} %)",
+                f"high-water mark {hwm:,.2f}, drawdown {drawdown * 100:.2f} %",
+                f"trades closed {trades.trades}: {trades.wins} won, "
+                f"{trades.trades - trades.wins} not, net P&L {trades.pnl:+,.2f}",
+            )
+        )
+        self.count("notified_daily_summary")
+        return DailySummary(
+            msg_id=self.ids.next(),
+            ts_event=last_ts,
+            ts_init=now,
+            kind="daily_summary",
+            level="info",
+            title=title,
+            text=text,
+            # For the chart: where to shade the day (the series may skip its first point).
+            data={"day_start_ts": day_start_ts, "points": n},
+            session_date=day,
+            start_equity=start,
+            end_equity=end,
+            high_water_mark=hwm,
+            drawdown=drawdown,
+            trades=trades.trades,
+            wins=trades.wins,
+            pnl=trades.pnl,
+            complete=complete,
+            equity_ts=NDArray.from_numpy(ts),
+            equity=NDArray.from_numpy(equity),
+        )
+
+    # -- NOTES --
 
     def _trade(self, t: TradeClosed) -> Notification:
         verb = "won" if t.pnl > 0 else "lost"

@@ -74,6 +74,48 @@ class Notification(Message, frozen=True, gc=False):
     data: dict[str, FeatureValue] = msgspec.field(default_factory=dict)
 
 
+# kw_only: Notification ends with a field that has a default, and msgspec refuses required
+# positional fields after it. Keyword-only fields are exempt; every caller names its
+# fields anyway.
+class DailySummary(Notification, frozen=True, gc=False, kw_only=True):
+    """A Notification with one session date's figures and an equity series to chart.
+
+    It is a Notification, so every path that delivers notifications delivers it unchanged;
+    a notifier that knows the type can also draw ``equity`` as a chart. Its own tag
+    (``DailySummary``) means a decoder must list the type to accept it: the wire union does.
+
+    Parameters
+    ----------
+    session_date
+        The New York trading date summarised (YYYY-MM-DD).
+    start_equity, end_equity
+        Equity at the day's first and last account snapshot.
+    high_water_mark
+        The highest equity seen in the session up to the end of the day.
+    drawdown
+        ``1 - end_equity / high_water_mark`` as a fraction (0 at a new high, never negative).
+    trades, wins, pnl
+        Trades closed that day, those with a positive P&L, and their net P&L summed.
+    complete
+        False for the day a session ended in (its figures are as of the end of the session).
+    equity_ts, equity
+        The chart series over the trailing session dates up to this day's end: ``<i8`` ns
+        and ``<f8``, of equal length, decimated to a bounded number of points.
+    """
+
+    session_date: str
+    start_equity: float
+    end_equity: float
+    high_water_mark: float
+    drawdown: float
+    trades: int
+    wins: int
+    pnl: float
+    complete: bool
+    equity_ts: NDArray
+    equity: NDArray
+
+
 class SessionStarted(Message, frozen=True, gc=False):
     """Sent to every actor once before the first bar."""
 

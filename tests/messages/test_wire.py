@@ -15,6 +15,7 @@ from sovereign.messages import (
     WIRE,
     Approval,
     BarBatch,
+    DailySummary,
     EquityCurve,
     Message,
     MessageDecodeError,
@@ -84,6 +85,34 @@ def regime_updates(draw: st.DrawFn) -> RegimeUpdate:
     )
 
 
+@st.composite
+def daily_summaries(draw: st.DrawFn) -> DailySummary:
+    # The two chart columns must have the same length, which st.builds cannot express.
+    n = draw(st.integers(0, 5))
+    any_float = st.floats(width=64)
+    return DailySummary(
+        **{k: draw(v) for k, v in envelope().items()},
+        kind=draw(text),
+        level=draw(st.sampled_from(["info", "warning", "critical"])),
+        title=draw(text),
+        text=draw(text),
+        data=draw(
+            st.dictionaries(text, st.none() | st.booleans() | i64 | finite | text, max_size=3)
+        ),
+        session_date=draw(text),
+        start_equity=draw(any_float),
+        end_equity=draw(any_float),
+        high_water_mark=draw(any_float),
+        drawdown=draw(any_float),
+        trades=draw(i64),
+        wins=draw(i64),
+        pnl=draw(any_float),
+        complete=draw(st.booleans()),
+        equity_ts=draw(arrays("<i8", (n,))),
+        equity=draw(arrays("<f8", (n,))),
+    )
+
+
 approvals = st.builds(
     Approval,
     order_id=text,
@@ -121,6 +150,7 @@ SPECIAL: dict[type, st.SearchStrategy[Message]] = {
     ),
     BarBatch: bar_batches(),
     RegimeUpdate: regime_updates(),
+    DailySummary: daily_summaries(),
     OrderIntent: st.builds(
         OrderIntent,
         **envelope(),
