@@ -144,6 +144,11 @@ def _load(args: argparse.Namespace, config: Config) -> object:
 def _with_overrides(args: argparse.Namespace, config: Config) -> Config:
     import msgspec
 
+    if getattr(args, "strategy", "baseline") == "breakout":
+        from sovereign.config import breakout_preset
+
+        config = breakout_preset(config)
+
     if getattr(args, "account", None):
         config = msgspec.structs.replace(
             config, engine=msgspec.structs.replace(config.engine, account=args.account)
@@ -727,6 +732,12 @@ def _session_args(p: argparse.ArgumentParser, *, runtime: str, out: str) -> None
     p.add_argument("--no-dashboard", action="store_true", help="local Ray without dashboard")
     p.add_argument("--shards", type=int, default=None, help="number of shard actors")
     p.add_argument(
+        "--strategy",
+        choices=("baseline", "breakout"),
+        default="baseline",
+        help="breakout: the benchmarks' fixed peer-comparable strategy (see README)",
+    )
+    p.add_argument(
         "--no-volume-confirmation",
         action="store_true",
         help="trade without volume confirmation (data without volume needs it)",
@@ -859,6 +870,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--run", default=None)
     ask.set_defaults(func=cmd_ask)
 
+    sub.add_parser("bench", help="benchmarks: sovereign bench --help", add_help=False)
+
     em = sub.add_parser("emulate", help="run a loopback broker emulator (for demos)")
     em.add_argument("what", choices=("tws", "alpaca"))
     _common(em)
@@ -874,6 +887,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["bench"]:
+        # The benchmark runner has its own parser (it re-runs itself per measurement).
+        from sovereign.bench.runner import main as bench_main
+
+        return bench_main(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

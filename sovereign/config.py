@@ -138,6 +138,14 @@ class StrategyConfig(_Section, frozen=True):
         Stop, target and hold for entries made in a given regime (``[strategy.per_regime.
         Volatile]`` in TOML). Default: Volatile stop 2 ATR, target 4 ATR, hold 10 bars;
         Ranging target 2 ATR, hold 10 bars.
+    kind
+        ``baseline`` (this strategy) or ``breakout``: the fixed peer-comparable strategy of
+        the benchmarks (``--strategy breakout`` applies ``breakout_preset``): close above
+        the previous ``breakout_window`` highs and volume above their median, simple-mean
+        ATR, ``fixed_quantity`` shares, no regimes, no rules.
+    fixed_quantity
+        Shares per entry when > 0 (still capped by the constitution's position limit);
+        0 lets the guardian size by confidence and regime. Default 0.
     """
 
     atr_period: int = 14
@@ -155,6 +163,8 @@ class StrategyConfig(_Section, frozen=True):
     sr_band_atr: float = 0.5
     entry_timeout_bars: int = 1
     per_regime: dict[str, RegimeOverrides] = msgspec.field(default_factory=_default_per_regime)
+    kind: Literal["baseline", "breakout"] = "baseline"
+    fixed_quantity: int = 0
 
     def __post_init__(self) -> None:
         for name in (
@@ -166,6 +176,8 @@ class StrategyConfig(_Section, frozen=True):
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.fixed_quantity < 0:
+            raise ValueError(f"fixed_quantity must be >= 0, got {self.fixed_quantity}")
         if not 0 <= self.volume_threshold <= 100:
             raise ValueError(f"volume_threshold must be in [0, 100], got {self.volume_threshold}")
         _positive("stop_atr_mult", self.stop_atr_mult)
@@ -657,6 +669,57 @@ class Config(_Section, frozen=True):
             return Constitution.default().tightened(**overrides)
         except ConstitutionError as exc:
             raise ConfigError(f"[constitution] {exc}") from None
+
+
+def breakout_preset(config: Config) -> Config:
+    """The benchmarks' peer-comparable strategy, through the whole pipeline.
+
+    Long only, 100 shares; entry at the close of bar t when flat and nothing is pending, if
+    close[t] > max(high[t-20..t-1]) and volume[t] > median(volume[t-20..t-1]); ATR(14) the
+    simple mean of the last 14 true ranges, frozen at the signal bar; stop = fill - 1.5
+    ATR, target = fill + 3 ATR; exit when low <= stop, high >= target or 50 bars held. Fills
+    at the next bar's open with no slippage, commission or volume cap. The guardian still
+    approves every order: entries go out as limit orders with a 50 % collar (so the
+    approved notional bounds the fill; they fill at the open like market orders unless a
+    bar gaps up by half), and the constitution's limits still apply — hence the large
+    default capital, so that 100 shares never reach the 5 % position limit.
+    """
+    from sovereign.messages.market import REGIME_NAMES
+
+    replace = msgspec.structs.replace
+    capital = config.engine.initial_capital
+    return replace(
+        config,
+        engine=replace(
+            config.engine, initial_capital=max(capital, 1e9) if capital == 100_000.0 else capital
+        ),
+        strategy=replace(
+            config.strategy,
+            kind="breakout",
+            fixed_quantity=100,
+            breakout_window=20,
+            volume_window=20,
+            atr_period=14,
+            stop_atr_mult=1.5,
+            target_atr_mult=3.0,
+            max_hold_bars=50,
+            exit_on_regime_change=False,
+            entry_regimes=tuple(REGIME_NAMES),
+            per_regime={},
+            entry_timeout_bars=1_000_000,
+        ),
+        regime=replace(config.regime, model="baseline"),
+        sim=replace(
+            config.sim,
+            slippage_bps=0.0,
+            commission_per_share=0.0,
+            commission_min=0.0,
+            commission_max_pct=0.0,
+            max_volume_share=1.0,
+        ),
+        risk=replace(config.risk, entry_limit_buffer=0.5),
+        selfmod=replace(config.selfmod, enabled=False),
+    )
 
 
 def parse_config(data: dict[str, Any], *, source: str = "config") -> Config:

@@ -359,6 +359,8 @@ class Engine:
         self.notify_fills = notify_fills
         self.daily_summary = daily_summary
         self.failed_steps = 0
+        # Set to a list to time each step (see the latency benchmark); None: not timed.
+        self.step_latencies: list[float] | None = None
         if feed is None:
             assert data is not None
             self.symbols = data.symbols
@@ -447,6 +449,7 @@ class Engine:
             last_ts, steps = ts, step + 1
             if not self.live:
                 self._pace(ts, first_ts, engine_start)
+            step_started = time.perf_counter()
             present = [b for b in batches if b is not None]
             bars += sum(len(b) for b in present)
             regime_r = rt.tell(g.regime, present)
@@ -473,6 +476,11 @@ class Engine:
             rt.tell(g.monitor, gw_r, verdicts_r, acks_r, selfmod_r, *shard_rs)
             op_r = rt.tell(g.operator, gw_r, verdicts_r, acks_r, selfmod_r, *shard_rs)
             prev_verdicts, prev_acks, prev_selfmod = verdicts_r, acks_r, selfmod_r
+            if self.step_latencies is not None:
+                # Latency probe: one step at a time, timed from the bar's arrival to the
+                # gateway having sent the step's orders to the broker.
+                rt.ready([acks_r], timeout=None)
+                self.step_latencies.append(time.perf_counter() - step_started)
             in_flight.append((step, ts, op_r))
             # Bound the work in flight, and deliver notifications as steps finish.
             while in_flight and (

@@ -235,7 +235,7 @@ class ShardActor(Actor):
                     symbol=e.symbol,
                     side="BUY",
                     purpose="OPEN",
-                    quantity=0,
+                    quantity=e.quantity,
                     ref_price=e.ref_price,
                     confidence=e.confidence,
                     regime=e.regime,

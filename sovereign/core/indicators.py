@@ -154,6 +154,53 @@ class ATR:
         np.copyto(self.value, self._state, where=self.ready)
 
 
+class SimpleATR:
+    """Average True Range as the simple mean of the last ``period`` true ranges.
+
+    The true range is ``max(high, prev_close) - min(low, prev_close)`` (``high - low`` on a
+    symbol's first bar); ``value`` at a bar is the mean of that bar's true range and the
+    ``period - 1`` before it. This is the breakout strategy's ATR (the peers' common
+    definition), where Wilder's smoothing would make the comparison inexact.
+    """
+
+    def __init__(self, n: int, period: int = 14) -> None:
+        _check_size("n", n, 0)
+        _check_size("period", period, 1)
+        self.n = n
+        self.period = period
+        self.value = np.full(n, np.nan)
+        self.ready = np.zeros(n, dtype=bool)
+        self.tr = np.full(n, np.nan)
+        self._prev_close = np.full(n, np.nan)
+        self._ring = _Ring(n, period, fill=0.0)
+
+    def reset(self) -> None:
+        self.value.fill(np.nan)
+        self.ready.fill(False)
+        self.tr.fill(np.nan)
+        self._prev_close.fill(np.nan)
+        self._ring.reset()
+
+    def update(
+        self, mask: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray
+    ) -> None:
+        valid = mask & np.isfinite(high + low + close)
+        rows = np.flatnonzero(valid)
+        if rows.size == 0:
+            return
+        prev = self._prev_close[rows]
+        tr = np.fmax(high[rows], prev) - np.fmin(low[rows], prev)
+        self.tr[rows] = tr
+        ring = self._ring
+        ring.push(rows, tr)
+        self._prev_close[rows] = close[rows]
+        ready = ring.count[rows] >= self.period
+        self.ready[rows] = ready
+        # Summed from the window each time (not a running sum, which drifts over millions
+        # of bars and would move stops by a rounding error).
+        self.value[rows] = np.where(ready, ring.buf[:, rows].sum(axis=0) / self.period, np.nan)
+
+
 class EMA:
     """Exponential moving average with ``alpha = 2 / (span + 1)``.
 

@@ -11,6 +11,8 @@ including unrealised P&L):
     room       = cap - P * (held + pending buys)             (what is already held and pending)
     quantity   = floor(min(target, room, cash room, gross-exposure room) / P)
 
+An entry that asks for a fixed quantity (``OrderIntent.quantity > 0``) gets that many shares
+or, if ``room``, cash or exposure allow fewer, fewer — never more; the scales do not apply.
 An entry whose confidence is below the constitution's floor is denied (``LOW_CONFIDENCE``);
 one that rounds to zero shares is denied (``POSITION_LIMIT``). Exits are approved up to the
 held quantity less the sells already pending.
@@ -257,6 +259,11 @@ def evaluate_intent(
     cash_room = book.cash - pending_buys
     notional = min(target, room, gross_room, cash_room)
     quantity = math.floor(notional / price) if notional > 0 else 0
+    if intent.quantity > 0:
+        # A fixed-size request (the breakout strategy): that many shares, or fewer if a
+        # limit allows fewer — never more. Computed apart so 100 * p / p cannot floor to 99.
+        limit_room = min(room, gross_room, cash_room)
+        quantity = min(intent.quantity, math.floor(limit_room / price) if limit_room > 0 else 0)
     if quantity <= 0:
         if room <= min(gross_room, cash_room):
             code, which = "POSITION_LIMIT", "position limit"

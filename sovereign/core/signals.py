@@ -20,6 +20,11 @@ Confidence (transparent, until the learner calibrates it), in [0, 1]:
 where breakout_strength = clip((close - prior high) / ATR, 0, 1) and sr is the
 support/resistance score (clustered levels near the price make a breakout less clean).
 Without volume confirmation the volume term uses 50.
+
+``kind = "breakout"`` (``sovereign.config.breakout_preset``) is the benchmarks' fixed
+strategy instead: close > max(high of the previous 20 bars) and volume > median(volume of
+the previous 20 bars), a simple-mean ATR, a fixed quantity, confidence 1, no regimes, no
+rules, no support/resistance; exits by stop, target or max hold as above.
 """
 
 from __future__ import annotations
@@ -31,7 +36,14 @@ import numpy as np
 from sovereign.config import StrategyConfig
 from sovereign.core.calendar import new_york_time
 from sovereign.core.codegen import CompiledRuleset, Effects, RuleFeatures, compile_ruleset
-from sovereign.core.indicators import ATR, RollingExtreme, SupportResistance, VolumePercentile
+from sovereign.core.indicators import (
+    ATR,
+    RollingExtreme,
+    RollingMedian,
+    SimpleATR,
+    SupportResistance,
+    VolumePercentile,
+)
 from sovereign.core.rules import Rule
 from sovereign.core.universe import Universe
 from sovereign.messages.market import REGIME_NAMES, REGIME_UNKNOWN
@@ -51,6 +63,7 @@ class EntrySignal:
     regime: str
     reason: str
     size_scale: float = 1.0
+    quantity: int = 0  # 0: the guardian sizes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +158,13 @@ class ShardStrategy:
         self.universe = universe
         self.config = config
         self.shard = shard
-        self.atr = ATR(n, period=config.atr_period)
+        self.breakout = config.kind == "breakout"
+        self.atr: ATR | SimpleATR = (
+            SimpleATR(n, period=config.atr_period)
+            if self.breakout
+            else ATR(n, period=config.atr_period)
+        )
+        self.volume_median = RollingMedian(n, window=config.volume_window)
         self.volume_pct = VolumePercentile(n, window=config.volume_window)
         self.prior_high = RollingExtreme(n, window=config.breakout_window, kind="max")
         self.sr = SupportResistance(
@@ -321,9 +340,13 @@ class ShardStrategy:
         self.counters.bars += int(mask.sum())
         self.atr.update(mask, high, low, close)
         atr = self.atr.value
-        self.volume_pct.update(mask, volume)
+        if self.breakout:
+            self.volume_median.update(mask, volume)
+        else:
+            self.volume_pct.update(mask, volume)
         self.prior_high.update(mask, high)
-        self.sr.update(mask, high, low, close, atr)
+        if not self.breakout:
+            self.sr.update(mask, high, low, close, atr)
 
         in_trade = mask & (self.quantity > 0)
         self.bars_held[in_trade] += 1
@@ -332,8 +355,63 @@ class ShardStrategy:
         stale = self._stale_orders(mask, ts)
         exits, cancels = self._exits(in_trade & ~self.pending_exit, high, low, close, regime_codes)
         cancels = stale + [c for c in cancels if c.order_id not in {s.order_id for s in stale}]
-        entries = self._entries(ts, mask, close, atr, regime_codes, regime_probs)
+        if self.breakout:
+            entries = self._breakout_entries(mask, close, volume, atr, regime_codes)
+        else:
+            entries = self._entries(ts, mask, close, atr, regime_codes, regime_probs)
         return entries, exits, cancels
+
+    def _breakout_entries(
+        self,
+        mask: np.ndarray,
+        close: np.ndarray,
+        volume: np.ndarray,
+        atr: np.ndarray,
+        regime_codes: np.ndarray,
+    ) -> list[EntrySignal]:
+        flat = mask & (self.quantity == 0) & ~self.pending_entry & ~self.pending_exit
+        if not flat.any():
+            return []
+        ready = self.atr.ready & self.prior_high.ready & self.volume_median.ready
+        with np.errstate(invalid="ignore"):
+            fire = flat & ready & (close > self.prior_high.value)
+            fire &= volume > self.volume_median.value
+        out: list[EntrySignal] = []
+        cfg = self.config
+        for i in np.flatnonzero(fire).tolist():
+            a, c = float(atr[i]), float(close[i])
+            code = int(regime_codes[i])
+            regime = REGIME_NAMES[code] if code < len(REGIME_NAMES) else "Unknown"
+            symbol = self.universe.symbols[i]
+            intent_id = self._next_id(symbol)
+            self.orders[intent_id] = _Order(i, "OPEN", "breakout")
+            self.trades[i] = _Trade(
+                trade_id=intent_id,
+                regime_code=code,
+                confidence=1.0,
+                atr=a,
+                features={"atr": a, "atr_pct": a / c * 100.0},
+                stop_mult=cfg.stop_atr_mult,
+                target_mult=cfg.target_atr_mult,
+            )
+            self.max_hold[i] = cfg.max_hold_bars
+            self.pending_entry[i] = True
+            self.entry_regime[i] = code
+            self.counters.entries += 1
+            out.append(
+                EntrySignal(
+                    intent_id=intent_id,
+                    index=i,
+                    symbol=symbol,
+                    ref_price=c,
+                    stop_price=c - cfg.stop_atr_mult * a,
+                    confidence=1.0,
+                    regime=regime,
+                    reason="breakout",
+                    quantity=cfg.fixed_quantity,
+                )
+            )
+        return out
 
     def _stale_orders(self, mask: np.ndarray, ts: int) -> list[CancelSignal]:
         """Entries not completely filled within ``entry_timeout_bars`` are canceled (their

@@ -1,0 +1,1 @@
+"""Benchmarks of the engine: workloads, a bare numpy reference, and the runner."""

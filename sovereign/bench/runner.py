@@ -1,0 +1,350 @@
+"""``sovereign bench``: throughput, memory, latency and scaling of the whole pipeline.
+
+Every measurement runs in a fresh Python process (``python -m sovereign.bench.runner
+--one SPEC``) so that its peak RSS is its own and no warm cache flatters a later one. The
+strategy is ``--strategy breakout`` (``sovereign.config.breakout_preset``) through the
+full pipeline: shards, guardian, gateway with the simulated broker, trade memory, regime,
+self-modification, monitor and operator actors. Workloads come from the seeded synthetic
+generator (GARCH volatility clustering, volume that clusters with it):
+
+    a   1 symbol      x 1,000,000 one-minute bars
+    b   100 symbols   x    10,000 bars sharing timestamps
+    c   2,000 symbols x     2,000 bars
+
+``--scale`` shortens every workload's bar count (the symbol count stays), for quick runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import numpy as np
+
+WORKLOADS: dict[str, tuple[int, int]] = {
+    "a": (1, 1_000_000),
+    "b": (100, 10_000),
+    "c": (2_000, 2_000),
+}
+SEED = 7
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One measurement, run in its own process."""
+
+    kind: str  # "engine", "reference", "latency" or "ping"
+    spec: str = ""
+    runtime: str = "local"
+    shards: int = 2
+    steps: int = 0
+
+
+def workload_spec(name: str, scale: float) -> str:
+    symbols, bars = WORKLOADS[name]
+    return f"synthetic:{symbols}x{max(100, round(bars * scale))}"
+
+
+def _peak_rss_mib() -> float:
+    # ru_maxrss is KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _config(shards: int) -> Any:
+    import msgspec
+
+    from sovereign.config import Config, breakout_preset
+
+    config = breakout_preset(Config())
+    return msgspec.structs.replace(
+        config,
+        engine=msgspec.structs.replace(config.engine, shards=shards, seed=SEED),
+        ray=msgspec.structs.replace(config.ray, dashboard=False),
+    )
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Carry out one measurement in this process and return its figures."""
+    if job.kind == "ping":
+        return _ray_ping(job.steps or 2_000)
+    from sovereign.data.loaders import load_ohlcv
+
+    started = time.perf_counter()
+    data = load_ohlcv(job.spec, seed=SEED)
+    load_s = time.perf_counter() - started
+    symbols, bars = len(data.symbols), len(data.frame)
+    if job.kind == "reference":
+        return _reference(data, job, load_s, started)
+    from sovereign.session import run_session
+
+    config = _config(job.shards)
+    latencies: list[float] = []
+
+    def on_started(engine: Any) -> None:
+        if job.kind == "latency":
+            engine.step_latencies = latencies
+
+    with tempfile.TemporaryDirectory(prefix="sovereign-bench-") as state:
+        out = run_session(
+            config,
+            data,
+            runtime=job.runtime,
+            mode="backtest",
+            state_dir=state,
+            out_dir=None,
+            max_steps=job.steps or None,
+            on_started=on_started,
+        )
+    r = out.result
+    figures: dict[str, Any] = {
+        "kind": job.kind,
+        "spec": job.spec,
+        "runtime": job.runtime,
+        "shards": job.shards,
+        "symbols": symbols,
+        "bars": r.bars,
+        "steps": r.steps,
+        "load_seconds": round(load_s, 3),
+        "engine_seconds": round(r.engine_seconds, 3),
+        "process_seconds": round(time.perf_counter() - started, 3),
+        "bars_per_second": round(r.bars / r.engine_seconds, 1),
+        "bars_per_second_with_load": round(r.bars / (time.perf_counter() - started), 1),
+        "us_per_step": round(r.engine_seconds / max(r.steps, 1) * 1e6, 1),
+        "peak_rss_mib": round(_peak_rss_mib(), 1),
+        "trades": len(out.trades),
+        "failed_steps": r.counters.get("failed_steps", 0),
+    }
+    del bars
+    if latencies:
+        lat = np.array(latencies[10:] or latencies) * 1e6  # the first steps warm up
+        figures["step_latency_us_p50"] = round(float(np.percentile(lat, 50)), 1)
+        figures["step_latency_us_p99"] = round(float(np.percentile(lat, 99)), 1)
+    return figures
+
+
+def _reference(data: Any, job: Job, load_s: float, started: float) -> dict[str, Any]:
+    from sovereign.bench.reference import breakout_reference
+
+    f = data.frame.sort_values(["ts", "symbol"], kind="stable")
+    t, n = len(data.timestamps), len(data.symbols)
+    if len(f) != t * n:
+        raise ValueError("the reference needs every symbol at every bar time")
+    cols = {
+        c: f[c].to_numpy(dtype=np.float64).reshape(t, n)
+        for c in ("open", "high", "low", "close", "volume")
+    }
+    t0 = time.perf_counter()
+    trades = breakout_reference(
+        cols["open"], cols["high"], cols["low"], cols["close"], cols["volume"]
+    )
+    seconds = time.perf_counter() - t0
+    return {
+        "kind": "reference",
+        "spec": job.spec,
+        "runtime": "numpy",
+        "symbols": n,
+        "bars": t * n,
+        "steps": t,
+        "load_seconds": round(load_s, 3),
+        "engine_seconds": round(seconds, 3),
+        "process_seconds": round(time.perf_counter() - started, 3),
+        "bars_per_second": round(t * n / seconds, 1),
+        "us_per_step": round(seconds / t * 1e6, 1),
+        "peak_rss_mib": round(_peak_rss_mib(), 1),
+        "trades": len(trades),
+    }
+
+
+def _ray_ping(n: int) -> dict[str, Any]:
+    """A bare Ray actor round trip (bytes in, bytes out), the floor of a Ray step."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="bench")
+
+    @ray.remote
+    class Echo:
+        def echo(self, b: bytes) -> bytes:
+            return b
+
+    echo = Echo.remote()  # type: ignore[attr-defined]
+    payload = b"x" * 256
+    ray.get(echo.echo.remote(payload))
+    lat = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        ray.get(echo.echo.remote(payload))
+        lat.append(time.perf_counter() - t0)
+    ray.shutdown()
+    arr = np.array(lat) * 1e6
+    return {
+        "kind": "ping",
+        "runtime": "ray",
+        "ping_us_p50": round(float(np.percentile(arr, 50)), 1),
+        "ping_us_p99": round(float(np.percentile(arr, 99)), 1),
+        "peak_rss_mib": round(_peak_rss_mib(), 1),
+    }
+
+
+def spawn(job: Job, timeout: float = 3_600) -> dict[str, Any]:
+    """Run ``job`` in a fresh interpreter; return its figures (or the error)."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
+    cmd = [sys.executable, "-m", "sovereign.bench.runner", "--one", json.dumps(_asdict(job))]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        return {
+            "kind": job.kind,
+            "spec": job.spec,
+            "runtime": job.runtime,
+            "error": " | ".join(tail),
+        }
+    return dict(json.loads(lines[-1]))
+
+
+def _asdict(job: Job) -> dict[str, Any]:
+    return {f: getattr(job, f) for f in job.__slots__}  # type: ignore[attr-defined]
+
+
+def plan(
+    workloads: Sequence[str],
+    scale: float,
+    runtimes: Sequence[str],
+    *,
+    latency_steps: int,
+    scaling: bool,
+) -> list[Job]:
+    jobs: list[Job] = []
+    for w in workloads:
+        spec = workload_spec(w, scale)
+        jobs.append(Job("reference", spec))
+        jobs += [Job("engine", spec, runtime=r) for r in runtimes]
+    if "ray" in runtimes and latency_steps:
+        jobs.append(Job("ping", steps=2_000))
+        jobs.append(Job("latency", workload_spec("b", scale), runtime="ray", steps=latency_steps))
+    if scaling:
+        for n in (10, 100, 1_000):
+            jobs.append(Job("engine", f"synthetic:{n}x{max(100, round(2_000 * scale))}", shards=1))
+        for shards in (1, 2, 4):
+            for r in runtimes:
+                jobs.append(
+                    Job(
+                        "engine",
+                        f"synthetic:1000x{max(100, round(1_000 * scale))}",
+                        runtime=r,
+                        shards=shards,
+                    )
+                )
+    return jobs
+
+
+def report(results: list[dict[str, Any]], out: TextIO) -> None:
+    """A readable table of the figures."""
+    head = (
+        f"{'what':<30} {'runtime':<7} {'sh':>2} {'bars':>11} {'bars/s':>12} "
+        f"{'us/step':>9} {'RSS MiB':>8} {'trades':>7}"
+    )
+    out.write(head + "\n" + "-" * len(head) + "\n")
+    for r in results:
+        if "error" in r:
+            what = f"{r.get('kind')} {r.get('spec', '')} {r.get('runtime', '')}"
+            out.write(f"{what}: ERROR {r['error']}\n")
+            continue
+        if r["kind"] == "ping":
+            out.write(
+                f"{'bare Ray actor ping':<30} {'ray':<7} {'':>2} {'':>11} {'':>12} "
+                f"{r['ping_us_p50']:>9,.0f} {r['peak_rss_mib']:>8,.0f}  "
+                f"p99 {r['ping_us_p99']:,.0f} us\n"
+            )
+            continue
+        what = f"{r['kind']} {r['spec'].removeprefix('synthetic:')}"
+        line = (
+            f"{what:<30} {r['runtime']:<7} {r.get('shards', ''):>2} {r['bars']:>11,} "
+            f"{r['bars_per_second']:>12,.0f} {r['us_per_step']:>9,.1f} "
+            f"{r['peak_rss_mib']:>8,.0f} {r['trades']:>7,}"
+        )
+        if "step_latency_us_p50" in r:
+            line += (
+                f"  step p50 {r['step_latency_us_p50']:,.0f} us, "
+                f"p99 {r['step_latency_us_p99']:,.0f} us"
+            )
+        out.write(line + "\n")
+
+
+def check_trades(results: list[dict[str, Any]]) -> list[str]:
+    """The pipeline must make exactly the reference's trades on the same data."""
+    problems = []
+    ref = {
+        r["spec"]: r["trades"] for r in results if r.get("kind") == "reference" and "error" not in r
+    }
+    for r in results:
+        if (
+            r.get("kind") == "engine"
+            and r.get("spec") in ref
+            and "error" not in r
+            and r["trades"] != ref[r["spec"]]
+        ):
+            problems.append(
+                f"{r['spec']} on {r['runtime']}: {r['trades']} trades, "
+                f"the reference {ref[r['spec']]}"
+            )
+    return problems
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="sovereign bench", description=__doc__.splitlines()[0])
+    p.add_argument("--workloads", default="a,b,c", help="comma-separated: a, b, c")
+    p.add_argument("--scale", type=float, default=1.0, help="fraction of each workload's bars")
+    p.add_argument("--runtimes", default="local,ray")
+    p.add_argument("--latency-steps", type=int, default=500, help="Ray per-step latency probe")
+    p.add_argument("--scaling", action="store_true", help="also time symbols/shard and shards")
+    p.add_argument("--json", action="store_true", help="print every figure as JSON on stdout")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.one is not None:
+        sys.stdout.write(json.dumps(run_job(Job(**json.loads(args.one)))) + "\n")
+        return 0
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown or not 0 < args.scale <= 1:
+        p.error(f"workloads are a, b, c (got {unknown}); --scale is in (0, 1]")
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    jobs = plan(
+        workloads, args.scale, runtimes, latency_steps=args.latency_steps, scaling=args.scaling
+    )
+    human = sys.stderr if args.json else sys.stdout
+    human.write(f"sovereign bench: {len(jobs)} measurements, each in its own process\n")
+    results = []
+    for job in jobs:
+        human.write(f"  {job.kind} {job.spec} {job.runtime} shards={job.shards} ...\n")
+        human.flush()
+        results.append(spawn(job))
+    report(results, human)
+    problems = check_trades(results)
+    for problem in problems:
+        human.write(f"INVALID: {problem}\n")
+    if args.json:
+        sys.stdout.write(
+            json.dumps({"results": results, "trade_mismatches": problems}, indent=2) + "\n"
+        )
+    return 1 if problems or any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
