@@ -84,6 +84,11 @@ def run_job(job: Job) -> dict[str, Any]:
     symbols, bars = len(data.symbols), len(data.frame)
     if job.kind == "reference":
         return _reference(data, job, load_s, started)
+    if job.kind == "peer":
+        from sovereign.bench.peers import PEERS
+
+        figures = PEERS[job.runtime](_panel(data))
+        return {**figures, "spec": job.spec, "load_seconds": round(load_s, 3)}
     from sovereign.session import run_session
 
     config = _config(job.shards)
@@ -131,17 +136,25 @@ def run_job(job: Job) -> dict[str, Any]:
     return figures
 
 
-def _reference(data: Any, job: Job, load_s: float, started: float) -> dict[str, Any]:
-    from sovereign.bench.reference import breakout_reference
-
+def _panel(data: Any) -> dict[str, np.ndarray]:
+    """The bars as (T, N) arrays; every symbol must have a bar at every bar time."""
     f = data.frame.sort_values(["ts", "symbol"], kind="stable")
     t, n = len(data.timestamps), len(data.symbols)
     if len(f) != t * n:
-        raise ValueError("the reference needs every symbol at every bar time")
+        raise ValueError("the reference and the peers need every symbol at every bar time")
     cols = {
         c: f[c].to_numpy(dtype=np.float64).reshape(t, n)
         for c in ("open", "high", "low", "close", "volume")
     }
+    cols["ts"] = np.asarray(data.timestamps, dtype=np.int64)
+    return cols
+
+
+def _reference(data: Any, job: Job, load_s: float, started: float) -> dict[str, Any]:
+    from sovereign.bench.reference import breakout_reference
+
+    cols = _panel(data)
+    t, n = cols["close"].shape
     t0 = time.perf_counter()
     trades = breakout_reference(
         cols["open"], cols["high"], cols["low"], cols["close"], cols["volume"]
@@ -229,12 +242,14 @@ def plan(
     *,
     latency_steps: int,
     scaling: bool,
+    peers: Sequence[str] = (),
 ) -> list[Job]:
     jobs: list[Job] = []
     for w in workloads:
         spec = workload_spec(w, scale)
         jobs.append(Job("reference", spec))
         jobs += [Job("engine", spec, runtime=r) for r in runtimes]
+        jobs += [Job("peer", spec, runtime=p) for p in peers]
     if "ray" in runtimes and latency_steps:
         jobs.append(Job("ping", steps=2_000))
         jobs.append(Job("latency", workload_spec("b", scale), runtime="ray", steps=latency_steps))
@@ -315,6 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--latency-steps", type=int, default=500, help="Ray per-step latency probe")
     p.add_argument("--scaling", action="store_true", help="also time symbols/shard and shards")
     p.add_argument("--json", action="store_true", help="print every figure as JSON on stdout")
+    p.add_argument(
+        "--peers",
+        action="store_true",
+        help="also run the strategy in backtrader (the optional bench extra)",
+    )
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one is not None:
@@ -325,8 +345,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown or not 0 < args.scale <= 1:
         p.error(f"workloads are a, b, c (got {unknown}); --scale is in (0, 1]")
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    peers: list[str] = []
+    if args.peers:
+        try:
+            import backtrader  # noqa: F401
+        except ImportError:
+            p.error("--peers needs the bench extra: pip install -e '.[bench]' (scripts/bench does)")
+        peers = ["backtrader"]
     jobs = plan(
-        workloads, args.scale, runtimes, latency_steps=args.latency_steps, scaling=args.scaling
+        workloads,
+        args.scale,
+        runtimes,
+        latency_steps=args.latency_steps,
+        scaling=args.scaling,
+        peers=peers,
     )
     human = sys.stderr if args.json else sys.stdout
     human.write(f"sovereign bench: {len(jobs)} measurements, each in its own process\n")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from sovereign.bench.runner import check_trades, main, workload_spec
 
 
@@ -39,3 +41,28 @@ def test_a_trade_count_disagreement_makes_the_comparison_invalid() -> None:
         {"kind": "engine", "spec": "s", "runtime": "local", "trades": 9},
     ]
     assert check_trades(results) == ["s on local: 9 trades, the reference 10"]
+
+
+def test_backtrader_makes_the_same_trades_as_the_pipeline(capsys) -> None:
+    pytest.importorskip("backtrader")  # installed with the dev and bench extras
+    code = main(
+        [
+            "--workloads",
+            "b",
+            "--scale",
+            "0.02",
+            "--runtimes",
+            "local",
+            "--latency-steps",
+            "0",
+            "--peers",
+            "--json",
+        ]
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0, out
+    by_kind = {r["kind"]: r for r in out["results"]}
+    assert by_kind["peer"]["runtime"] == "backtrader"
+    assert (
+        by_kind["peer"]["trades"] == by_kind["engine"]["trades"] == by_kind["reference"]["trades"]
+    )
