@@ -203,7 +203,9 @@ class RegimeConfig(_Section, frozen=True):
     model
         ``blend`` (default): the HMM and the foundation model, their probabilities
         averaged; ``hmm``: the HMM alone; ``baseline``: the rule-based trend/volatility
-        classifier.
+        classifier; ``none``: no regime detection (every symbol stays Unknown), for
+        strategies that do not use regimes, such as ``breakout``. A strategy whose
+        ``entry_regimes`` excludes Unknown then never enters.
     hmm_scope
         ``symbol`` (default): one HMM per symbol; ``market``: one HMM on the equal-weight
         index of the whole universe, whose regime every symbol gets.
@@ -224,7 +226,7 @@ class RegimeConfig(_Section, frozen=True):
         The baseline classifier (see ``core.regime.BaselineRegimeClassifier``).
     """
 
-    model: Literal["blend", "hmm", "baseline"] = "blend"
+    model: Literal["blend", "hmm", "baseline", "none"] = "blend"
     hmm_scope: Literal["symbol", "market"] = "symbol"
     hmm_window: int = 500
     hmm_min_bars: int = 250
@@ -708,7 +710,7 @@ def breakout_preset(config: Config) -> Config:
             per_regime={},
             entry_timeout_bars=1_000_000,
         ),
-        regime=replace(config.regime, model="baseline"),
+        regime=replace(config.regime, model="none"),
         sim=replace(
             config.sim,
             slippage_bps=0.0,

@@ -14,6 +14,8 @@ after a (re)start it approves no entries: it does not yet know what is held and 
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 
 from sovereign.actors.base import Actor
@@ -96,6 +98,7 @@ class GuardianActor(Actor):
         )
         self._review_after = review_after_losses
         self._persisted = stored
+        self._persisted_at = 0.0
         # The fingerprint every decision is checked against: written to the audit log now.
         self.fingerprint = constitution.fingerprint
         self.audit.append(
@@ -169,7 +172,7 @@ class GuardianActor(Actor):
         return []
 
     def _on_session_ended(self, msg: SessionEnded) -> Message:
-        self._persist()
+        self._persist(force=True)
         self.counters.update({f"verdict_{k}": v for k, v in self.reasons.items()})
         if self.machine is not None:
             self.counters["worst_drawdown_bp"] = round(self.machine.s.worst_drawdown * 10_000)
@@ -351,13 +354,29 @@ class GuardianActor(Actor):
             )
         ]
 
-    def _persist(self) -> None:
+    def _persist(self, *, force: bool = False) -> None:
+        """Write the trading state when it changed.
+
+        Everything the limits depend on (state, high-water mark, day start, losing streak,
+        halt, resumes) is written at once. The account as last seen (``last_*``, shown to
+        operators between sessions) changes every bar and is written at most once a second
+        — and always at the session's end — so a backtest does not pay a database write
+        per bar for it; a restarted guardian re-reads the account from the broker anyway
+        before it approves anything.
+        """
         if self.machine is None:
             return
         doc = self.machine.s.to_dict()
-        if doc != self._persisted:
+        if doc == self._persisted:
+            return
+        durable = {k: v for k, v in doc.items() if not k.startswith("last_")}
+        before = self._persisted or {}
+        changed = any(before.get(k) != v for k, v in durable.items())
+        now = time.monotonic()
+        if changed or force or now - self._persisted_at >= 1.0:
             self.store.put(self.key, doc)
             self._persisted = doc
+            self._persisted_at = now
 
     # -- SELF-MODIFICATION --------------------------------------------------------------
 

@@ -87,7 +87,12 @@ class RegimeActor(Actor):
         )
         if config.model == "blend" and foundation is None:
             self.log.warning("no foundation checkpoint configured: the HMM alone decides")
-        self.models = [_ShardModels(Universe(s), config, foundation) for s in shard_symbols]
+        # No models at all with ``none``: the actor stays in the graph and answers nothing.
+        self.models = (
+            []
+            if config.model == "none"
+            else [_ShardModels(Universe(s), config, foundation) for s in shard_symbols]
+        )
         self._symbol_columns = [NDArray.from_numpy(m.universe.array) for m in self.models]
         self.market = (
             HmmRegimeModel(
@@ -97,7 +102,7 @@ class RegimeActor(Actor):
                 refit_every=config.hmm_refit_every,
                 n_iter=config.hmm_iter,
             )
-            if config.model != "baseline" and config.hmm_scope == "market"
+            if config.model in ("blend", "hmm") and config.hmm_scope == "market"
             else None
         )
         self._index_level = 1.0
@@ -114,6 +119,8 @@ class RegimeActor(Actor):
                     update = self._on_bars(msg)
                     if update is not None:
                         out.append(update)
+                case BarBatch() if self.config.model == "none":
+                    pass
                 case BarBatch():
                     self.count("batches_for_unknown_shard")
                 case SessionEnded():

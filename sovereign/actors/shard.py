@@ -8,6 +8,7 @@ writes to its trade-memory shard.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,8 @@ class ShardActor(Actor):
         self.state_dir = Path(state_dir)
         self.store: ShardTradeStore | None = None
         self.run_id = ""
+        self.mode = "backtest"
+        self._flushed_at = 0.0
         n = len(self.universe)
         self.regime_codes = np.full(n, REGIME_UNKNOWN, dtype=np.uint8)
         self.regime_probs = np.full((n, len(REGIME_NAMES)), 0.25, dtype=np.float32)
@@ -95,9 +98,13 @@ class ShardActor(Actor):
         for trade in closed:
             out.append(self._trade_message(trade))
         if closed and self.store is not None:
-            # One transaction per step that closed trades: batched, and nothing older
-            # than a step is lost if the process dies.
-            self.store.flush()
+            # Paper and live: one transaction per step that closed trades, so nothing
+            # older than a step is lost if the process dies. A backtest can be replayed,
+            # so it writes in batches (at most half a second apart) instead.
+            now = time.monotonic()
+            if self.mode != "backtest" or now - self._flushed_at >= 0.5:
+                self.store.flush()
+                self._flushed_at = now
         return out
 
     # -- HANDLERS -----------------------------------------------------------------------
@@ -131,6 +138,7 @@ class ShardActor(Actor):
 
     def _on_session_started(self, msg: SessionStarted) -> None:
         self.run_id = msg.run_id
+        self.mode = msg.mode
         if self.store is None:
             self.store = ShardTradeStore(shard_path(self.state_dir, self.index), self.index)
 
