@@ -23,6 +23,7 @@ from sovereign.messages import (
     NDArray,
     OrderIntent,
     RiskVerdict,
+    SessionEnded,
     SessionStarted,
 )
 from sovereign.session import load_guardian_state, run_session
@@ -371,3 +372,45 @@ def test_a_fresh_account_is_baselined_on_the_brokers_equity_not_the_configured_c
     assert g.machine.s.high_water_mark == 40_000.0
     (v,) = [m for m in g.receive([intent("AAA", intent_id="AAA-1")]) if isinstance(m, RiskVerdict)]
     assert v.approved
+
+
+def test_limit_fields_are_persisted_at_once_and_the_account_view_within_a_second(
+    tmp_path,
+) -> None:
+    """The high-water mark (what the drawdown limit is measured from) is on disk after
+    every bar that moves it; the display-only account view may lag by up to a second."""
+    from contextlib import closing
+
+    from sovereign.actors.guardian import GuardianActor
+    from sovereign.memory.state_store import open_state_store
+
+    g = GuardianActor(
+        0, Constitution(), SizingPolicy(), SECRET, 300, state_dir=str(tmp_path), state_scope="r/p"
+    )
+
+    def snap(equity: float, ts: int) -> AccountSnapshot:
+        return AccountSnapshot(
+            msg_id=f"a{ts}",
+            ts_event=ts,
+            ts_init=ts,
+            cash=equity,
+            equity=equity,
+            realized_pnl=0,
+            unrealized_pnl=0,
+            gross_exposure=0,
+            net_exposure=0,
+            commissions=0,
+            open_positions=0,
+            session_date="2024-01-02",
+        )
+
+    peak = 0.0
+    with closing(open_state_store(str(tmp_path))) as store:
+        for ts, equity in enumerate([100_000.0, 101_000.0, 102_500.0, 102_000.0], start=1):
+            g.receive([snap(equity, ts)])
+            peak = max(peak, equity)
+            stored = store.get("guardian/r/p")
+            assert stored is not None and stored["high_water_mark"] == peak
+        g.receive([SessionEnded(msg_id="e", ts_event=9, ts_init=9, run_id="r", steps=4)])
+        final = store.get("guardian/r/p")
+    assert final is not None and final["last_equity"] == 102_000.0 and final["last_ts"] == 4
