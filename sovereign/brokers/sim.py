@@ -132,7 +132,7 @@ class SimBroker:
     def on_bars(self, batch: BarBatch) -> list[Message]:
         """Fill working orders against this batch, then mark positions to its closes."""
         self.last_ts = max(self.last_ts, batch.ts)
-        if not self._working and not self.portfolio.positions:
+        if not self._working and not self.portfolio.open:
             return []
         index = self._index(batch)
         opens = batch.open.to_numpy()
@@ -144,9 +144,9 @@ class SimBroker:
         events: list[Message] = []
         done: list[str] = []
         # Fills happen at the open: that is what positions are worth at that moment.
-        for symbol, pos in self.portfolio.positions.items():
+        for symbol, pos in self.portfolio.open.items():
             i = index.get(symbol)
-            if pos.quantity and i is not None:
+            if i is not None:
                 pos.market_price = float(opens[i])
         # Orders fill in submission order (dicts keep insertion order): deterministic.
         for order_id, w in self._working.items():
@@ -169,9 +169,9 @@ class SimBroker:
                 done.append(order_id)
         for order_id in done:
             del self._working[order_id]
-        for symbol, pos in self.portfolio.positions.items():
+        for symbol, pos in self.portfolio.open.items():
             i = index.get(symbol)
-            if pos.quantity and i is not None:
+            if i is not None:
                 pos.market_price = float(closes[i])
         return events
 
@@ -303,7 +303,7 @@ class SimBroker:
         return []  # everything happens in on_bars
 
     def positions(self) -> dict[str, int]:
-        return {s: p.quantity for s, p in self.portfolio.positions.items() if p.quantity}
+        return {s: p.quantity for s, p in self.portfolio.open.items()}
 
     @property
     def working_orders(self) -> int:
@@ -318,8 +318,7 @@ class SimBroker:
                 avg_price=p.avg_price,
                 market_price=p.market_price if math.isfinite(p.market_price) else p.avg_price,
             )
-            for s, p in sorted(self.portfolio.positions.items())
-            if p.quantity
+            for s, p in sorted(self.portfolio.open.items())
         ]
         working = []
         for w in self._working.values():
@@ -361,9 +360,7 @@ class SimBroker:
         p.commissions = float(doc.get("commissions", 0.0))  # type: ignore[arg-type]
         p.realized_pnl = float(doc.get("realized_pnl", 0.0))  # type: ignore[arg-type]
         for symbol, (qty, avg, realized, mark) in dict(doc.get("positions", {})).items():  # type: ignore[call-overload]
-            pos = p.position(symbol)
-            pos.quantity, pos.avg_price = int(qty), float(avg)
-            pos.realized_pnl, pos.market_price = float(realized), float(mark)
+            p.set_position(symbol, qty, avg, realized, mark)
         self.portfolio = p
 
     # -- HELPERS ------------------------------------------------------------------------

@@ -36,7 +36,7 @@ class Position:
 class Portfolio:
     """An account: cash plus positions, marked to the latest price of each symbol."""
 
-    __slots__ = ("cash", "commissions", "positions", "realized_pnl")
+    __slots__ = ("cash", "commissions", "open", "positions", "realized_pnl")
 
     def __init__(self, cash: float) -> None:
         if not math.isfinite(cash):
@@ -45,6 +45,9 @@ class Portfolio:
         self.commissions = 0.0
         self.realized_pnl = 0.0
         self.positions: dict[str, Position] = {}
+        # The positions with a non-zero quantity, kept in step with ``positions``: the
+        # account figures are taken every bar and should not walk every symbol ever held.
+        self.open: dict[str, Position] = {}
 
     def position(self, symbol: str) -> Position:
         pos = self.positions.get(symbol)
@@ -82,12 +85,28 @@ class Portfolio:
             elif new == 0:
                 pos.avg_price = 0.0
         pos.quantity = new
+        self._sync(pos)
         pos.realized_pnl += realized
         pos.market_price = price if not math.isfinite(pos.market_price) else pos.market_price
         self.realized_pnl += realized
         self.cash -= signed * price + commission
         self.commissions += commission
         return realized
+
+    def set_position(
+        self, symbol: str, quantity: int, avg_price: float, realized_pnl: float, mark: float
+    ) -> None:
+        """Restore a position as it was stored (no fill, no cash movement)."""
+        pos = self.position(symbol)
+        pos.quantity, pos.avg_price = int(quantity), float(avg_price)
+        pos.realized_pnl, pos.market_price = float(realized_pnl), float(mark)
+        self._sync(pos)
+
+    def _sync(self, pos: Position) -> None:
+        if pos.quantity:
+            self.open[pos.symbol] = pos
+        else:
+            self.open.pop(pos.symbol, None)
 
     def mark(self, symbol: str, price: float) -> None:
         """Set the latest price of a symbol we hold (ignored when we hold nothing)."""
@@ -97,20 +116,20 @@ class Portfolio:
 
     @property
     def unrealized_pnl(self) -> float:
-        return sum(p.unrealized_pnl for p in self.positions.values() if p.quantity)
+        return sum(p.unrealized_pnl for p in self.open.values())
 
     @property
     def equity(self) -> float:
-        return self.cash + sum(p.market_value for p in self.positions.values() if p.quantity)
+        return self.cash + sum(p.market_value for p in self.open.values())
 
     @property
     def gross_exposure(self) -> float:
-        return sum(abs(p.market_value) for p in self.positions.values() if p.quantity)
+        return sum(abs(p.market_value) for p in self.open.values())
 
     @property
     def net_exposure(self) -> float:
-        return sum(p.market_value for p in self.positions.values() if p.quantity)
+        return sum(p.market_value for p in self.open.values())
 
     @property
     def open_positions(self) -> int:
-        return sum(1 for p in self.positions.values() if p.quantity)
+        return len(self.open)

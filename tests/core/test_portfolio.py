@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sovereign.core.portfolio import Portfolio
 
@@ -38,3 +40,34 @@ def test_bad_fills_raise() -> None:
         p.apply_fill("A", "BUY", 0, 10.0, 0.0)
     with pytest.raises(ValueError):
         p.apply_fill("A", "BUY", 1, float("nan"), 0.0)
+
+
+fills = st.lists(
+    st.tuples(
+        st.sampled_from(["A", "B", "C"]),
+        st.sampled_from(["BUY", "SELL"]),
+        st.integers(min_value=1, max_value=50),
+        st.floats(min_value=1.0, max_value=500.0),
+    ),
+    max_size=40,
+)
+
+
+@given(fills, st.lists(st.tuples(st.sampled_from(["A", "B", "C"]), st.floats(1.0, 500.0))))
+def test_the_open_index_always_matches_the_positions(trades, marks) -> None:
+    """The account figures walk only ``open``; it must hold exactly the non-flat positions,
+    and the figures must equal a walk over every position."""
+    p = Portfolio(100_000.0)
+    for symbol, side, qty, price in trades:
+        p.apply_fill(symbol, side, qty, price, 1.0)
+    for symbol, price in marks:
+        p.mark(symbol, price)
+    assert p.open == {s: pos for s, pos in p.positions.items() if pos.quantity}
+    every = [pos for pos in p.positions.values() if pos.quantity]
+    assert p.equity == pytest.approx(p.cash + sum(pos.market_value for pos in every))
+    assert p.gross_exposure == pytest.approx(sum(abs(pos.market_value) for pos in every))
+    assert p.open_positions == len(every)
+    q = Portfolio(p.cash)
+    for s, pos in p.positions.items():
+        q.set_position(s, pos.quantity, pos.avg_price, pos.realized_pnl, pos.market_price)
+    assert set(q.open) == set(p.open) and q.equity == pytest.approx(p.equity)
