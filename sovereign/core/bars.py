@@ -15,6 +15,12 @@ def clean_rows(
     indicators.
     """
     with np.errstate(invalid="ignore"):
+        # The usual case first, in one pass: every comparison with a NaN is False, and a
+        # finite high bounds the rest, so these rows are exactly the ones that pass below.
+        good = np.isfinite(h) & (lo > 0) & (lo <= h) & (o >= lo) & (o <= h) & (c >= lo) & (c <= h)
+        good &= ~(v < 0)
+        if good.all():
+            return good, {}
         nan_price = ~(np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c))
         bad = nan_price.copy()
         nonpositive = ~bad & ((o <= 0) | (h <= 0) | (lo <= 0) | (c <= 0))

@@ -185,6 +185,9 @@ class SimpleATR:
         self, mask: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray
     ) -> None:
         valid = mask & np.isfinite(high + low + close)
+        if valid.all():
+            self._update_all(high, low, close)
+            return
         rows = np.flatnonzero(valid)
         if rows.size == 0:
             return
@@ -199,6 +202,18 @@ class SimpleATR:
         # Summed from the window each time (not a running sum, which drifts over millions
         # of bars and would move stops by a rounding error).
         self.value[rows] = np.where(ready, ring.buf[:, rows].sum(axis=0) / self.period, np.nan)
+
+    def _update_all(self, high: np.ndarray, low: np.ndarray, close: np.ndarray) -> None:
+        # Every symbol has a bar (the usual case): whole-array operations, no gathers. The
+        # same sums in the same order as the masked path, so the values are identical.
+        tr = np.fmax(high, self._prev_close) - np.fmin(low, self._prev_close)
+        self.tr[:] = tr
+        ring = self._ring
+        ring.buf[ring.count % self.period, np.arange(self.n)] = tr
+        ring.count += 1
+        self._prev_close[:] = close
+        np.greater_equal(ring.count, self.period, out=self.ready)
+        np.copyto(self.value, ring.buf.sum(axis=0) / self.period, where=self.ready)
 
 
 class EMA:
