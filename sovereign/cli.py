@@ -258,13 +258,22 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return _run(args, mode="backtest")
 
 
-def _scope(args: argparse.Namespace, config: Config) -> str:
+def _named_scope(args: argparse.Namespace) -> str:
+    """The scope named by ``--run`` or ``--account``, or "" when neither is given."""
     if getattr(args, "run", None):
         return f"run/{args.run}"
-    account = getattr(args, "account", None) or config.engine.account
-    if not account:
+    if getattr(args, "account", None):
+        return f"account/{args.account}"
+    return ""
+
+
+def _scope(args: argparse.Namespace, config: Config) -> str:
+    named = _named_scope(args)
+    if named:
+        return named
+    if not config.engine.account:
         raise UsageError("name the account (--account NAME) or the run (--run RUN_ID)")
-    return f"account/{account}"
+    return f"account/{config.engine.account}"
 
 
 def cmd_constitution(args: argparse.Namespace) -> int:
@@ -638,7 +647,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         )
     if not args.state.exists():
         raise UsageError(f"state directory {args.state} does not exist")
-    scope = f"run/{args.run}" if args.run else (f"account/{args.account}" if args.account else "")
+    scope = _named_scope(args)
     bot = OperatorBot(settings, args.state, config, scope=scope)
     if not settings.allowed_users:
         sys.stderr.write(
@@ -665,7 +674,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     from sovereign.config import TelegramConfig
 
     config = load_config(args.config)
-    scope = f"run/{args.run}" if args.run else (f"account/{args.account}" if args.account else "")
+    scope = _named_scope(args)
     settings = TelegramSettings("", "", frozenset(), (), TelegramConfig())
     bot = OperatorBot(settings, args.state, config, scope=scope)
     sys.stdout.write(bot.answer(args.command, " ".join(args.args), 0) + "\n")

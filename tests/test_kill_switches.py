@@ -53,6 +53,24 @@ def crash_data():
     return load_ohlcv(CRASH_DATA, seed=7)
 
 
+def flat_account(equity: float, ts: int) -> AccountSnapshot:
+    """An all-cash account snapshot on 2024-01-02."""
+    return AccountSnapshot(
+        msg_id=f"a{ts}",
+        ts_event=ts,
+        ts_init=ts,
+        cash=equity,
+        equity=equity,
+        realized_pnl=0,
+        unrealized_pnl=0,
+        gross_exposure=0,
+        net_exposure=0,
+        commissions=0,
+        open_positions=0,
+        session_date="2024-01-02",
+    )
+
+
 def test_a_crash_ends_halted_and_the_report_explains_the_overshoot(tmp_path, crash_data) -> None:
     out = run_session(
         crash_config(),
@@ -174,22 +192,6 @@ def test_a_restarted_guardian_restores_its_state_and_waits_for_the_book(tmp_path
             state_scope="run/restart",
         )
 
-    def account(equity: float, ts: int) -> AccountSnapshot:
-        return AccountSnapshot(
-            msg_id=f"a{ts}",
-            ts_event=ts,
-            ts_init=ts,
-            cash=equity,
-            equity=equity,
-            realized_pnl=0,
-            unrealized_pnl=0,
-            gross_exposure=0,
-            net_exposure=0,
-            commissions=0,
-            open_positions=0,
-            session_date="2024-01-02",
-        )
-
     book = BookSnapshot(msg_id="b", ts_event=1, ts_init=1, session_date="2024-01-02")
     g = guardian()
     g.receive(
@@ -206,8 +208,8 @@ def test_a_restarted_guardian_restores_its_state_and_waits_for_the_book(tmp_path
         ]
     )
     # The first snapshot is the account's baseline; the second one is 15 % below it.
-    g.receive([book, account(100_000.0, 1)])
-    out = g.receive([account(85_000.0, 2)])
+    g.receive([book, flat_account(100_000.0, 1)])
+    out = g.receive([flat_account(85_000.0, 2)])
     assert any(type(m).__name__ == "TradingStateChanged" for m in out)
     del g  # the process dies
 
@@ -216,7 +218,7 @@ def test_a_restarted_guardian_restores_its_state_and_waits_for_the_book(tmp_path
     first: list = g2.receive([intent("AAA", intent_id="AAA-1")])
     (v,) = [m for m in first if isinstance(m, RiskVerdict)]
     assert not v.approved and v.reason_code == "RECONCILING"
-    later = g2.receive([book, account(90_000.0, 2), intent("AAA", intent_id="AAA-2")])
+    later = g2.receive([book, flat_account(90_000.0, 2), intent("AAA", intent_id="AAA-2")])
     (v,) = [m for m in later if isinstance(m, RiskVerdict)]
     assert not v.approved and v.reason_code == "HALTED"
     with AuditLog(governance_path(tmp_path)) as audit:
@@ -299,24 +301,7 @@ def test_guardian_state_can_live_in_redis(tmp_path, redis_url: str) -> None:
         )
 
     g = guardian()
-    g.receive(
-        [
-            AccountSnapshot(
-                msg_id="a",
-                ts_event=1,
-                ts_init=1,
-                cash=80_000.0,
-                equity=80_000.0,
-                realized_pnl=0,
-                unrealized_pnl=0,
-                gross_exposure=0,
-                net_exposure=0,
-                commissions=0,
-                open_positions=0,
-                session_date="2024-01-02",
-            )
-        ]
-    )
+    g.receive([flat_account(80_000.0, 1)])
     doc = RedisStateStore(redis_url).get("guardian/account/redis-test")
     assert doc is not None and doc["last_equity"] == 80_000.0
     # Nothing went to the SQLite store: Redis is the state store when configured.
@@ -351,20 +336,7 @@ def test_a_fresh_account_is_baselined_on_the_brokers_equity_not_the_configured_c
         m for m in g.receive([intent("AAA", intent_id="AAA-0")]) if isinstance(m, RiskVerdict)
     ]
     assert not early.approved and early.reason_code == "NOT_STARTED"
-    snap = AccountSnapshot(
-        msg_id="a1",
-        ts_event=1,
-        ts_init=1,
-        cash=40_000.0,
-        equity=40_000.0,
-        realized_pnl=0,
-        unrealized_pnl=0,
-        gross_exposure=0,
-        net_exposure=0,
-        commissions=0,
-        open_positions=0,
-        session_date="2024-01-02",
-    )
+    snap = flat_account(40_000.0, 1)
     book = BookSnapshot(msg_id="b", ts_event=1, ts_init=1, session_date="2024-01-02")
     out = g.receive([book, snap])
     assert not any(type(m).__name__ == "TradingStateChanged" for m in out)
@@ -388,26 +360,10 @@ def test_limit_fields_are_persisted_at_once_and_the_account_view_within_a_second
         0, Constitution(), SizingPolicy(), SECRET, 300, state_dir=str(tmp_path), state_scope="r/p"
     )
 
-    def snap(equity: float, ts: int) -> AccountSnapshot:
-        return AccountSnapshot(
-            msg_id=f"a{ts}",
-            ts_event=ts,
-            ts_init=ts,
-            cash=equity,
-            equity=equity,
-            realized_pnl=0,
-            unrealized_pnl=0,
-            gross_exposure=0,
-            net_exposure=0,
-            commissions=0,
-            open_positions=0,
-            session_date="2024-01-02",
-        )
-
     peak = 0.0
     with closing(open_state_store(str(tmp_path))) as store:
         for ts, equity in enumerate([100_000.0, 101_000.0, 102_500.0, 102_000.0], start=1):
-            g.receive([snap(equity, ts)])
+            g.receive([flat_account(equity, ts)])
             peak = max(peak, equity)
             stored = store.get("guardian/r/p")
             assert stored is not None and stored["high_water_mark"] == peak

@@ -55,6 +55,18 @@ def live_config(**extra: Any):
     return parse_config(doc)
 
 
+def shard_positions(actors: dict[str, Any]) -> dict[str, int]:
+    """What the shards believe they hold, by symbol."""
+    held: dict[str, int] = {}
+    for name, actor in actors.items():
+        if name.startswith("sovereign/shard/"):
+            s = actor.strategy
+            held.update(
+                {sym: int(q) for sym, q in zip(s.universe.symbols, s.quantity, strict=True) if q}
+            )
+    return held
+
+
 class Clock:
     """Advance the emulators' market by one bar after each live (not warm-up) step."""
 
@@ -127,17 +139,7 @@ def test_ib_paper_session_survives_a_drop_with_an_order_in_flight(tmp_path, data
         assert {e.execId for e in tws.executions()} == gateway.orders._executions
         assert gateway.orders.counters["duplicate_fills"] == 0
         # Positions: TWS, the adapter and the strategy's own books agree.
-        shard_qty: dict[str, int] = {}
-        for name, actor in clock.actors.items():
-            if name.startswith("sovereign/shard/"):
-                s = actor.strategy
-                shard_qty.update(
-                    {
-                        sym: int(q)
-                        for sym, q in zip(s.universe.symbols, s.quantity, strict=True)
-                        if q
-                    }
-                )
+        shard_qty = shard_positions(clock.actors)
         assert tws.positions() == broker.positions() == shard_qty
         assert gateway.counters.get("position_mismatches", 0) == 0
         assert out.result.counters.get("fills", 0) == len(tws.executions())
@@ -189,17 +191,7 @@ def test_with_tws_down_the_session_fails_over_to_alpaca_without_doubling(
         assert gateway.broker.active is gateway.broker.secondary
         assert tws.orders() == [] and tws.positions() == {}
         assert alpaca.orders(), "nothing was traded at Alpaca"
-        shard_qty: dict[str, int] = {}
-        for name, actor in clock.actors.items():
-            if name.startswith("sovereign/shard/"):
-                s = actor.strategy
-                shard_qty.update(
-                    {
-                        sym: int(q)
-                        for sym, q in zip(s.universe.symbols, s.quantity, strict=True)
-                        if q
-                    }
-                )
+        shard_qty = shard_positions(clock.actors)
         assert alpaca.positions() == gateway.broker.positions() == shard_qty
         ids = Counter(o["client_order_id"] for o in alpaca.orders())
         assert max(ids.values()) == 1
@@ -259,17 +251,7 @@ def test_when_tws_returns_new_positions_go_back_to_ib_and_nothing_is_split(
         # Everything the shards hold is held once, at exactly one broker.
         at_ib, at_alpaca = tws.positions(), alpaca.positions()
         assert not set(at_ib) & set(at_alpaca)
-        shard_qty: dict[str, int] = {}
-        for name, actor in clock.actors.items():
-            if name.startswith("sovereign/shard/"):
-                s = actor.strategy
-                shard_qty.update(
-                    {
-                        sym: int(q)
-                        for sym, q in zip(s.universe.symbols, s.quantity, strict=True)
-                        if q
-                    }
-                )
+        shard_qty = shard_positions(clock.actors)
         assert {**at_ib, **at_alpaca} == gateway.broker.positions() == shard_qty
         assert max(Counter(o["client_order_id"] for o in alpaca.orders()).values()) == 1
         assert max(Counter(o.orderRef for o in tws.orders()).values()) == 1

@@ -82,7 +82,7 @@ def run_job(job: Job) -> dict[str, Any]:
     started = time.perf_counter()
     data = load_ohlcv(job.spec, seed=SEED)
     load_s = time.perf_counter() - started
-    symbols, bars = len(data.symbols), len(data.frame)
+    symbols = len(data.symbols)
     if job.kind == "reference":
         return _reference(data, job, load_s, started)
     if job.kind == "peer" and job.runtime == "nautilus":
@@ -131,7 +131,6 @@ def run_job(job: Job) -> dict[str, Any]:
         "trades": len(out.trades),
         "failed_steps": r.counters.get("failed_steps", 0),
     }
-    del bars
     if latencies:
         lat = np.array(latencies[10:] or latencies) * 1e6  # the first steps warm up
         figures["step_latency_us_p50"] = round(float(np.percentile(lat, 50)), 1)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sovereign.brokers.base import accepted, book_from, canceled, rejected, snapshots_from
 from sovereign.brokers.pacing import Backoff
 from sovereign.messages import (
     AccountSnapshot,
@@ -31,7 +32,6 @@ from sovereign.messages import (
     BookPosition,
     IdSource,
     Message,
-    OrderAccepted,
     OrderCanceled,
     OrderFilled,
     OrderRejected,
@@ -331,43 +331,12 @@ class AlpacaBroker:
         return {s: q for s, (q, _, _) in self._positions.items() if q}
 
     def position_snapshots(self, symbols: list[str], now_ns: int) -> list[PositionSnapshot]:
-        out = []
-        for s in symbols:
-            q, avg, px = self._positions.get(s, (0, 0.0, 0.0))
-            out.append(
-                PositionSnapshot(
-                    msg_id=self._ids.next(),
-                    ts_event=now_ns,
-                    ts_init=now_ns,
-                    symbol=s,
-                    quantity=q,
-                    avg_price=avg,
-                    market_price=px,
-                    unrealized_pnl=(px - avg) * q,
-                    realized_pnl=0.0,
-                )
-            )
-        return out
+        return snapshots_from(self._ids, self._positions, symbols, now_ns)
 
     def book(self) -> tuple[list[BookPosition], list[BookOrder]]:
-        positions = [
-            BookPosition(symbol=s, quantity=q, avg_price=avg, market_price=px)
-            for s, (q, avg, px) in sorted(self._positions.items())
-            if q
-        ]
-        working = [
-            BookOrder(
-                order_id=oid,
-                symbol=t.order.symbol,
-                side=t.order.side,
-                remaining=t.order.quantity - t.filled,
-                price=t.order.limit_price or 0.0,
-                purpose=t.order.purpose,
-            )
-            for oid, t in self._orders.items()
-            if not t.done
-        ]
-        return positions, working
+        return book_from(
+            self._positions, ((t.order, t.filled) for t in self._orders.values() if not t.done)
+        )
 
     def close(self) -> None:
         pass
@@ -382,47 +351,13 @@ class AlpacaBroker:
         if t.acked:
             return []
         t.acked = True
-        return [
-            OrderAccepted(
-                msg_id=self._ids.next(),
-                ts_event=now_ns,
-                ts_init=now_ns,
-                correlation_id=t.order.msg_id,
-                order_id=t.order.order_id,
-                shard=t.order.shard,
-                symbol=t.order.symbol,
-                side=t.order.side,
-                quantity=t.order.quantity,
-                broker_order_id=t.alpaca_id,
-            )
-        ]
+        return [accepted(self._ids, t.order, t.alpaca_id, now_ns)]
 
     def _canceled(self, t: _Tracked, reason: str, now_ns: int) -> OrderCanceled:
-        return OrderCanceled(
-            msg_id=self._ids.next(),
-            ts_event=now_ns,
-            ts_init=now_ns,
-            correlation_id=t.order.msg_id,
-            order_id=t.order.order_id,
-            shard=t.order.shard,
-            symbol=t.order.symbol,
-            filled_quantity=t.filled,
-            reason=reason,
-        )
+        return canceled(self._ids, t.order, t.filled, reason, now_ns)
 
     def _reject(self, order: SubmitOrder, code: str, detail: str) -> OrderRejected:
-        now = int(self.clock() * 1e9)
-        return OrderRejected(
-            msg_id=self._ids.next(),
-            ts_event=now,
-            ts_init=now,
-            correlation_id=order.msg_id,
-            order_id=order.order_id,
-            shard=order.shard,
-            symbol=order.symbol,
-            reason_code=code,
-            detail=detail,
-        )
+        return rejected(self._ids, order, code, detail, int(self.clock() * 1e9))
 
 
 def _with_timeout(client: Any, seconds: float) -> None:

@@ -8,6 +8,7 @@ to an order as order events (``OrderAccepted``, ``OrderRejected``, ``OrderFilled
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from sovereign.messages import (
@@ -15,7 +16,11 @@ from sovereign.messages import (
     BarBatch,
     BookOrder,
     BookPosition,
+    IdSource,
     Message,
+    OrderAccepted,
+    OrderCanceled,
+    OrderRejected,
     PositionSnapshot,
     SubmitOrder,
 )
@@ -61,3 +66,102 @@ class BrokerAdapter(Protocol):
     def book(self) -> tuple[list[BookPosition], list[BookOrder]]:
         """Every open position and working order, as the broker sees them."""
         ...
+
+
+# -- EVENT BUILDERS shared by the adapters ----------------------------------------------
+
+Held = Mapping[str, tuple[int, float, float]]
+"""Positions as ``symbol -> (quantity, average price, market price)``."""
+
+
+def accepted(ids: IdSource, order: SubmitOrder, broker_order_id: str, now_ns: int) -> OrderAccepted:
+    return OrderAccepted(
+        msg_id=ids.next(),
+        ts_event=now_ns,
+        ts_init=now_ns,
+        correlation_id=order.msg_id,
+        order_id=order.order_id,
+        shard=order.shard,
+        symbol=order.symbol,
+        side=order.side,
+        quantity=order.quantity,
+        broker_order_id=broker_order_id,
+    )
+
+
+def canceled(
+    ids: IdSource, order: SubmitOrder, filled: int, reason: str, now_ns: int
+) -> OrderCanceled:
+    return OrderCanceled(
+        msg_id=ids.next(),
+        ts_event=now_ns,
+        ts_init=now_ns,
+        correlation_id=order.msg_id,
+        order_id=order.order_id,
+        shard=order.shard,
+        symbol=order.symbol,
+        filled_quantity=filled,
+        reason=reason,
+    )
+
+
+def rejected(
+    ids: IdSource, order: SubmitOrder, code: str, detail: str, now_ns: int
+) -> OrderRejected:
+    return OrderRejected(
+        msg_id=ids.next(),
+        ts_event=now_ns,
+        ts_init=now_ns,
+        correlation_id=order.msg_id,
+        order_id=order.order_id,
+        shard=order.shard,
+        symbol=order.symbol,
+        reason_code=code,
+        detail=detail,
+    )
+
+
+def snapshots_from(
+    ids: IdSource, held: Held, symbols: list[str], now_ns: int
+) -> list[PositionSnapshot]:
+    """Snapshots of ``symbols`` from a broker's positions (flat where it holds nothing)."""
+    out = []
+    for s in symbols:
+        q, avg, px = held.get(s, (0, 0.0, 0.0))
+        out.append(
+            PositionSnapshot(
+                msg_id=ids.next(),
+                ts_event=now_ns,
+                ts_init=now_ns,
+                symbol=s,
+                quantity=q,
+                avg_price=avg,
+                market_price=px,
+                unrealized_pnl=(px - avg) * q,
+                realized_pnl=0.0,
+            )
+        )
+    return out
+
+
+def book_from(
+    held: Held, working: Iterable[tuple[SubmitOrder, int]]
+) -> tuple[list[BookPosition], list[BookOrder]]:
+    """The book from a broker's positions and its working orders (order, filled so far)."""
+    positions = [
+        BookPosition(symbol=s, quantity=q, avg_price=avg, market_price=px)
+        for s, (q, avg, px) in sorted(held.items())
+        if q
+    ]
+    orders = [
+        BookOrder(
+            order_id=o.order_id,
+            symbol=o.symbol,
+            side=o.side,
+            remaining=o.quantity - filled,
+            price=o.limit_price or 0.0,
+            purpose=o.purpose,
+        )
+        for o, filled in working
+    ]
+    return positions, orders

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sovereign.brokers.base import rejected
 from sovereign.messages import (
     AccountSnapshot,
     BarBatch,
@@ -247,18 +248,7 @@ class FailoverBroker:
         )
 
     def _reject(self, order: SubmitOrder, code: str, detail: str) -> OrderRejected:
-        now = int(self.clock() * 1e9)
-        return OrderRejected(
-            msg_id=self._ids.next(),
-            ts_event=now,
-            ts_init=now,
-            correlation_id=order.msg_id,
-            order_id=order.order_id,
-            shard=order.shard,
-            symbol=order.symbol,
-            reason_code=code,
-            detail=detail,
-        )
+        return rejected(self._ids, order, code, detail, int(self.clock() * 1e9))
 
 
 def _positions(broker: Any) -> dict[str, int]:

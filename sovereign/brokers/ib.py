@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from sovereign.brokers.base import accepted, book_from, canceled, rejected, snapshots_from
 from sovereign.brokers.pacing import Backoff, HistoricalPacer
 from sovereign.messages import (
     AccountSnapshot,
@@ -39,7 +40,6 @@ from sovereign.messages import (
     BookPosition,
     IdSource,
     Message,
-    OrderAccepted,
     OrderCanceled,
     OrderFilled,
     OrderRejected,
@@ -295,20 +295,7 @@ class IBBroker:
         now = self._now_ns()
         if status in ("PreSubmitted", "Submitted") and not t.acked:
             t.acked = True
-            self._events.append(
-                OrderAccepted(
-                    msg_id=self._ids.next(),
-                    ts_event=now,
-                    ts_init=now,
-                    correlation_id=t.order.msg_id,
-                    order_id=order_id,
-                    shard=t.order.shard,
-                    symbol=t.order.symbol,
-                    side=t.order.side,
-                    quantity=t.order.quantity,
-                    broker_order_id=str(perm or trade.order.orderId),
-                )
-            )
+            self._events.append(accepted(self._ids, t.order, str(perm or trade.order.orderId), now))
         elif (
             status in ("Cancelled", "ApiCancelled", "Inactive") and not t.done and _rejected(trade)
         ):
@@ -488,48 +475,12 @@ class IBBroker:
         return out
 
     def position_snapshots(self, symbols: list[str], now_ns: int) -> list[PositionSnapshot]:
-        book = self._portfolio()
-        out = []
-        for s in symbols:
-            q, avg, px = book.get(s, (0, 0.0, 0.0))
-            out.append(
-                PositionSnapshot(
-                    msg_id=self._ids.next(),
-                    ts_event=now_ns,
-                    ts_init=now_ns,
-                    symbol=s,
-                    quantity=q,
-                    avg_price=avg,
-                    market_price=px,
-                    unrealized_pnl=(px - avg) * q,
-                    realized_pnl=0.0,
-                )
-            )
-        return out
+        return snapshots_from(self._ids, self._portfolio(), symbols, now_ns)
 
     def book(self) -> tuple[list[BookPosition], list[BookOrder]]:
-        positions = [
-            BookPosition(symbol=s, quantity=q, avg_price=avg, market_price=px)
-            for s, (q, avg, px) in sorted(self._portfolio().items())
-            if q
-        ]
-        working = []
-        for order_id, t in self._orders.items():
-            if t.done:
-                continue
-            remaining = t.order.quantity - t.filled
-            price = t.order.limit_price or 0.0
-            working.append(
-                BookOrder(
-                    order_id=order_id,
-                    symbol=t.order.symbol,
-                    side=t.order.side,
-                    remaining=remaining,
-                    price=price,
-                    purpose=t.order.purpose,
-                )
-            )
-        return positions, working
+        return book_from(
+            self._portfolio(), ((t.order, t.filled) for t in self._orders.values() if not t.done)
+        )
 
     def positions(self) -> dict[str, int]:
         return {s: q for s, (q, _, _) in self._portfolio().items() if q}
@@ -556,32 +507,10 @@ class IBBroker:
         return int(self.clock() * 1e9)
 
     def _canceled(self, t: _Tracked, reason: str) -> OrderCanceled:
-        now = self._now_ns()
-        return OrderCanceled(
-            msg_id=self._ids.next(),
-            ts_event=now,
-            ts_init=now,
-            correlation_id=t.order.msg_id,
-            order_id=t.order.order_id,
-            shard=t.order.shard,
-            symbol=t.order.symbol,
-            filled_quantity=t.filled,
-            reason=reason,
-        )
+        return canceled(self._ids, t.order, t.filled, reason, self._now_ns())
 
     def _reject(self, order: SubmitOrder, code: str, detail: str) -> OrderRejected:
-        now = self._now_ns()
-        return OrderRejected(
-            msg_id=self._ids.next(),
-            ts_event=now,
-            ts_init=now,
-            correlation_id=order.msg_id,
-            order_id=order.order_id,
-            shard=order.shard,
-            symbol=order.symbol,
-            reason_code=code,
-            detail=detail,
-        )
+        return rejected(self._ids, order, code, detail, self._now_ns())
 
 
 _REJECTION_CODES = frozenset({201, 103, 110, 161, 200, 203, 321, 387, 10147})

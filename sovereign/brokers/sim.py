@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sovereign.brokers.base import accepted, canceled, rejected
 from sovereign.config import SimConfig
 from sovereign.core.portfolio import Portfolio
 from sovereign.messages import (
@@ -36,7 +37,6 @@ from sovereign.messages import (
     BookPosition,
     IdSource,
     Message,
-    OrderAccepted,
     OrderCanceled,
     OrderFilled,
     OrderRejected,
@@ -95,37 +95,13 @@ class SimBroker:
         if order.order_id in self._working:
             return [self._rejected(order, "DUPLICATE_ORDER_ID", "order id already working", now_ns)]
         self._working[order.order_id] = _Working(order, submitted_ns=now_ns)
-        return [
-            OrderAccepted(
-                msg_id=self._ids.next(),
-                ts_event=now_ns,
-                ts_init=now_ns,
-                correlation_id=order.msg_id,
-                order_id=order.order_id,
-                shard=order.shard,
-                symbol=order.symbol,
-                side=order.side,
-                quantity=order.quantity,
-                broker_order_id=f"SIM-{order.order_id}",
-            )
-        ]
+        return [accepted(self._ids, order, f"SIM-{order.order_id}", now_ns)]
 
     def cancel(self, order_id: str, now_ns: int) -> list[Message]:
         w = self._working.pop(order_id, None)
         if w is None:
             return []
-        return [
-            OrderCanceled(
-                msg_id=self._ids.next(),
-                ts_event=now_ns,
-                ts_init=now_ns,
-                order_id=order_id,
-                shard=w.order.shard,
-                symbol=w.order.symbol,
-                filled_quantity=w.filled,
-                reason="canceled on request",
-            )
-        ]
+        return [canceled(self._ids, w.order, w.filled, "canceled on request", now_ns)]
 
     # -- MARKET DATA --------------------------------------------------------------------
 
@@ -219,17 +195,7 @@ class SimBroker:
         return allowed
 
     def _cut(self, w: _Working, now: int) -> OrderCanceled:
-        return OrderCanceled(
-            msg_id=self._ids.next(),
-            ts_event=now,
-            ts_init=now,
-            correlation_id=w.order.msg_id,
-            order_id=w.order.order_id,
-            shard=w.order.shard,
-            symbol=w.order.symbol,
-            filled_quantity=w.filled,
-            reason="POSITION_CAP_AT_FILL",
-        )
+        return canceled(self._ids, w.order, w.filled, "POSITION_CAP_AT_FILL", now)
 
     def _book_fill(
         self, w: _Working, quantity: int, price: float, *, ts: int, now: int
@@ -376,14 +342,4 @@ class SimBroker:
         return cached[1]
 
     def _rejected(self, order: SubmitOrder, code: str, detail: str, now: int) -> OrderRejected:
-        return OrderRejected(
-            msg_id=self._ids.next(),
-            ts_event=now,
-            ts_init=now,
-            correlation_id=order.msg_id,
-            order_id=order.order_id,
-            shard=order.shard,
-            symbol=order.symbol,
-            reason_code=code,
-            detail=detail,
-        )
+        return rejected(self._ids, order, code, detail, now)

@@ -591,12 +591,15 @@ class OperatorBot:
         if argument:
             raise OperationError(f"/{name} takes no arguments (got {argument[:40]!r})")
 
-    def _scope(self) -> Any:
-        from sovereign.operations import OperationError, Scope, find_scope
+    def _scope_or_none(self) -> Any:
+        from sovereign.operations import Scope, find_scope
 
-        if self.scope:
-            return Scope(self.scope)
-        found = find_scope(self.state_dir, self.config)
+        return Scope(self.scope) if self.scope else find_scope(self.state_dir, self.config)
+
+    def _scope(self) -> Any:
+        from sovereign.operations import OperationError
+
+        found = self._scope_or_none()
         if found is None:
             raise OperationError(
                 f"no trading session has stored any state in {self.state_dir.name} yet"
@@ -641,13 +644,8 @@ class OperatorBot:
         from sovereign import operations as ops
 
         self._no_argument("constitution", argument)
-        scope = self._scope() if (self.scope or self._has_state()) else None
+        scope = self._scope_or_none()
         return fmt.constitution_text(ops.constitution(self.state_dir, self.config, scope))
-
-    def _has_state(self) -> bool:
-        from sovereign.operations import find_scope
-
-        return find_scope(self.state_dir, self.config) is not None
 
     def _rules(self, argument: str, user_id: int) -> str:
         from sovereign import operations as ops
@@ -677,7 +675,7 @@ class OperatorBot:
         from sovereign import operations as ops
 
         self._no_argument("readiness", argument)
-        scope = self._scope() if (self.scope or self._has_state()) else None
+        scope = self._scope_or_none()
         return fmt.readiness_text(ops.readiness(self.state_dir, self.config, scope))
 
     def _rollback(self, argument: str, user_id: int) -> str:
