@@ -433,8 +433,17 @@ class Engine:
         )
         start_results = [rt.tell(a, [started]) for a in everyone]
         self._deliver(rt.fetch([start_results[-1]])[0])
-        # The self-modification actor answers the start with the rule set in force.
-        prev_selfmod: Any = start_results[everyone.index(g.selfmod)]
+        # The self-modification actor answers the start with the rule set in force. Switched
+        # off, it answers nothing, ever: it is then left out of the steps.
+        selfmod_on = self.config.selfmod.enabled
+        prev_selfmod: Any = start_results[everyone.index(g.selfmod)] if selfmod_on else []
+        # The monitor and operator only watch (nothing they return feeds a later step), so a
+        # backtest hands them several steps per call; a paper or live session, every step.
+        batch = (
+            1 if self.live or self.mode != "backtest" else self.config.engine.observer_batch_steps
+        )
+        watched: list[Any] = []
+        watched_steps = 0
 
         engine_start = time.perf_counter()
         in_flight: deque[tuple[int, int, Any]] = deque()
@@ -442,7 +451,7 @@ class Engine:
         prev_verdicts: Any = []
         prev_acks: Any = []
         bars = 0
-        window = self.config.engine.max_in_flight_steps
+        window = max(1, self.config.engine.max_in_flight_steps // batch)
         last_ts = first_ts
         steps = 0
         for step, (ts, batches) in enumerate(self._steps(total)):
@@ -472,21 +481,31 @@ class Engine:
                 g.guardian, Lenient(prev_acks), Lenient(prev_selfmod), gw_r, *shard_rs
             )
             acks_r = rt.tell(g.gateway, verdicts_r)
-            selfmod_r = rt.tell(g.selfmod, gw_r, verdicts_r, *shard_rs)
-            rt.tell(g.monitor, gw_r, verdicts_r, acks_r, selfmod_r, *shard_rs)
-            op_r = rt.tell(g.operator, gw_r, verdicts_r, acks_r, selfmod_r, *shard_rs)
-            prev_verdicts, prev_acks, prev_selfmod = verdicts_r, acks_r, selfmod_r
+            if selfmod_on:
+                prev_selfmod = rt.tell(g.selfmod, gw_r, verdicts_r, *shard_rs)
+                watched.extend((gw_r, verdicts_r, acks_r, prev_selfmod, *shard_rs))
+            else:
+                watched.extend((gw_r, verdicts_r, acks_r, *shard_rs))
+            prev_verdicts, prev_acks = verdicts_r, acks_r
             if self.step_latencies is not None:
                 # Latency probe: one step at a time, timed from the bar's arrival to the
                 # gateway having sent the step's orders to the broker.
                 rt.ready([acks_r], timeout=None)
                 self.step_latencies.append(time.perf_counter() - step_started)
-            in_flight.append((step, ts, op_r))
+            watched_steps += 1
+            if watched_steps < batch and step + 1 < total:
+                continue
+            rt.tell(g.monitor, *watched)
+            in_flight.append((step, ts, rt.tell(g.operator, *watched)))
+            watched, watched_steps = [], 0
             # Bound the work in flight, and deliver notifications as steps finish.
             while in_flight and (
                 len(in_flight) > window or rt.ready([in_flight[0][2]], timeout=0) == 1
             ):
                 notified += self._complete(rt, in_flight.popleft(), total, engine_start, notified)
+        if watched:  # the feed ended before `total` steps
+            rt.tell(g.monitor, *watched)
+            in_flight.append((steps - 1, last_ts, rt.tell(g.operator, *watched)))
         while in_flight:
             notified += self._complete(rt, in_flight.popleft(), total, engine_start, notified)
         engine_seconds = time.perf_counter() - engine_start

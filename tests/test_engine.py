@@ -29,13 +29,17 @@ def run(
     shards: int = 2,
     run_id: str,
     regime: str = "blend",
+    observer_batch: int = 16,
+    on_notification=None,
 ):
     import msgspec
 
     cfg = Config()
     cfg = msgspec.structs.replace(
         cfg,
-        engine=msgspec.structs.replace(cfg.engine, shards=shards),
+        engine=msgspec.structs.replace(
+            cfg.engine, shards=shards, observer_batch_steps=observer_batch
+        ),
         regime=msgspec.structs.replace(cfg.regime, model=regime),
         # These tests are about the engine; one run each, no comparison replay.
         selfmod=msgspec.structs.replace(cfg.selfmod, compare_without_rules=False),
@@ -49,6 +53,7 @@ def run(
         out_dir=tmp / "out",
         run_id=run_id,
         wire=wire,
+        on_notification=on_notification,
     )
 
 
@@ -97,6 +102,30 @@ def test_shard_layout_does_not_change_the_trades(tmp_path, sample) -> None:
     assert (tmp_path / "one" / "out" / "trades.csv").read_bytes() == (
         tmp_path / "three" / "out" / "trades.csv"
     ).read_bytes()
+
+
+def test_watchers_see_the_same_session_whatever_the_steps_per_call(tmp_path, sample) -> None:
+    """The monitor and operator get several steps per call in a backtest: the equity curve,
+    the counts and every notification (in order) are the same as one step per call. 7
+    does not divide the step count, so the last call is a short one."""
+    seen: dict[int, list[tuple[str, str, str]]] = {}
+    outs = {}
+    for batch in (1, 7):
+        notes = seen.setdefault(batch, [])
+        outs[batch] = run(
+            tmp_path / str(batch),
+            sample,
+            "local",
+            run_id="w",
+            regime="baseline",
+            observer_batch=batch,
+            on_notification=lambda n, notes=notes: notes.append((n.kind, n.title, n.text)),
+        )
+    one, seven = outs[1].result, outs[7].result
+    assert seen[1] == seen[7] and len(seen[1]) > 50
+    assert np.array_equal(one.ts, seven.ts) and np.array_equal(one.equity, seven.equity)
+    assert one.counters == seven.counters
+    assert one.steps == seven.steps
 
 
 @pytest.mark.ray

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import msgspec
+import numpy as np
 import pytest
 
 from sovereign.config import Config, parse_config
@@ -370,3 +371,58 @@ def test_limit_fields_are_persisted_at_once_and_the_account_view_within_a_second
         g.receive([SessionEnded(msg_id="e", ts_event=9, ts_init=9, run_id="r", steps=4)])
         final = store.get("guardian/r/p")
     assert final is not None and final["last_equity"] == 102_000.0 and final["last_ts"] == 4
+
+
+def test_a_backtests_own_state_batches_limit_figures_but_writes_a_halt_at_once(
+    tmp_path, monkeypatch
+) -> None:
+    """A run-scoped backtest state is never resumed, so the high-water mark may lag by up to
+    a second; the trading state (a halt) is on disk at once; a named account's figures are
+    written at once even in a backtest."""
+    from contextlib import closing
+
+    from sovereign.actors.guardian import GuardianActor
+    from sovereign.memory.state_store import open_state_store
+
+    def guardian(scope: str) -> GuardianActor:
+        g = GuardianActor(
+            0,
+            Constitution(),
+            SizingPolicy(),
+            SECRET,
+            300,
+            state_dir=str(tmp_path),
+            state_scope=scope,
+        )
+        g.receive(
+            [
+                SessionStarted(
+                    msg_id="s",
+                    ts_event=0,
+                    ts_init=0,
+                    run_id="r",
+                    mode="backtest",
+                    symbols=NDArray.from_numpy(np.array([b"AAA"])),
+                    initial_capital=100_000.0,
+                )
+            ]
+        )
+        return g
+
+    import sovereign.actors.guardian as guardian_module
+
+    # The clock stands still, so "at most once a second" means "not before the end".
+    monkeypatch.setattr(guardian_module.time, "monotonic", lambda: 1_000.0)
+    run, named = guardian("run/r"), guardian("account/acct")
+    with closing(open_state_store(str(tmp_path))) as store:
+        for g in (run, named):
+            g.receive([flat_account(100_000.0, 1)])  # the first snapshot is written at once
+        for ts, equity in enumerate([101_000.0, 102_500.0], start=2):
+            run.receive([flat_account(equity, ts)])
+            named.receive([flat_account(equity, ts)])
+        assert store.get("guardian/account/acct")["high_water_mark"] == 102_500.0  # type: ignore[index]
+        assert store.get("guardian/run/r")["high_water_mark"] == 100_000.0  # type: ignore[index]
+        run.receive([flat_account(89_000.0, 4)])  # an 13 % drawdown: HALTED
+        stored = store.get("guardian/run/r")
+        assert stored is not None and stored["state"] == "HALTED"
+        assert stored["high_water_mark"] == 102_500.0

@@ -48,6 +48,9 @@ from sovereign.messages import (
     TradingStateChanged,
 )
 
+# What must be on disk the moment it changes, in every session: the trading state itself.
+_STATE_FIELDS = ("state", "halted_reason", "halted_ts", "halted_equity", "resumed")
+
 
 def guardian_state_key(scope: str) -> str:
     return f"guardian/{scope}"
@@ -97,6 +100,7 @@ class GuardianActor(Actor):
             else None
         )
         self._review_after = review_after_losses
+        self._batch_durable = False
         self._persisted = stored
         self._persisted_at = 0.0
         # The fingerprint every decision is checked against: written to the audit log now.
@@ -152,8 +156,11 @@ class GuardianActor(Actor):
         # Exits first (they free room), then by symbol: the decision order, and so the
         # trades, do not depend on how symbols are dealt to shards.
         intents.sort(key=lambda m: (m.purpose != "CLOSE", m.symbol, m.intent_id))
+        # The tamper check hashes the whole constitution: once per batch of decisions, before
+        # any of them (nothing but this loop runs between them).
+        tampered = bool(intents) and self.constitution.fingerprint != self.fingerprint
         for intent in intents:
-            out.extend(self._decide(intent))
+            out.extend(self._decide(intent, tampered))
         self._persist()
         return out
 
@@ -187,6 +194,11 @@ class GuardianActor(Actor):
         # nothing is approved (NOT_STARTED).
         if self.machine is not None:
             self.book.equity = self.book.cash = self.machine.s.last_equity
+        # A backtest's own run-scoped state is never resumed by another session: its limit
+        # figures (high-water mark, day start) may then be written at most a second apart
+        # like the account view. A state change is still written at once, and a named
+        # account's state always is.
+        self._batch_durable = msg.mode == "backtest" and self.key.startswith("guardian/run/")
 
     def _on_book(self, msg: BookSnapshot) -> None:
         # The broker's book is the truth: rebuild holdings and pending orders from it.
@@ -362,18 +374,19 @@ class GuardianActor(Actor):
         operators between sessions) changes every bar and is written at most once a second
         — and always at the session's end — so a backtest does not pay a database write
         per bar for it; a restarted guardian re-reads the account from the broker anyway
-        before it approves anything.
+        before it approves anything. A backtest's run-scoped state batches the limit
+        figures the same way (only the trading state itself is written at once).
         """
         if self.machine is None:
             return
         doc = self.machine.s.to_dict()
         if doc == self._persisted:
             return
-        durable = {k: v for k, v in doc.items() if not k.startswith("last_")}
         before = self._persisted or {}
-        changed = any(before.get(k) != v for k, v in durable.items())
+        watched = _STATE_FIELDS if self._batch_durable else doc.keys()
+        urgent = any(before.get(k) != doc[k] for k in watched if not k.startswith("last_"))
         now = time.monotonic()
-        if changed or force or now - self._persisted_at >= 1.0:
+        if urgent or force or now - self._persisted_at >= 1.0:
             self.store.put(self.key, doc)
             self._persisted = doc
             self._persisted_at = now
@@ -427,7 +440,7 @@ class GuardianActor(Actor):
 
     # -- DECISIONS ----------------------------------------------------------------------
 
-    def _decide(self, intent: OrderIntent) -> list[Message]:
+    def _decide(self, intent: OrderIntent, tampered: bool) -> list[Message]:
         limit_price: float | None = None
         if intent.purpose == "OPEN":
             limit_price = self.policy.entry_limit(intent.ref_price)
@@ -435,7 +448,7 @@ class GuardianActor(Actor):
                 limit_price = min(limit_price, intent.limit_price)
         elif intent.order_type == "LIMIT":
             limit_price = intent.limit_price
-        refusal = self._refusal(intent)
+        refusal = self._refusal(intent, tampered)
         if refusal is not None:
             code, detail, quantity, approved = *refusal, 0, False
         else:
@@ -479,8 +492,8 @@ class GuardianActor(Actor):
         )
         return [verdict, submit]
 
-    def _refusal(self, intent: OrderIntent) -> tuple[str, str] | None:
-        if self.constitution.fingerprint != self.fingerprint:
+    def _refusal(self, intent: OrderIntent, tampered: bool) -> tuple[str, str] | None:
+        if tampered:
             return "CONSTITUTION_TAMPERED", "the constitution no longer matches its fingerprint"
         if self.machine is None:
             return "NOT_STARTED", "no account state yet"
