@@ -208,6 +208,9 @@ def _ray_ping(n: int) -> dict[str, Any]:
         def echo(self, b: bytes) -> bytes:
             return b
 
+        def join(self, *parts: bytes) -> bytes:
+            return parts[0]
+
     echo = Echo.remote()  # type: ignore[attr-defined]
     payload = b"x" * 256
     ray.get(echo.echo.remote(payload))
@@ -216,13 +219,32 @@ def _ray_ping(n: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         ray.get(echo.echo.remote(payload))
         lat.append(time.perf_counter() - t0)
+    # The data flow of one step with actors that do nothing: bars to the gateway and the
+    # regime actor, both to two shards, the shards to the guardian, its verdicts back to
+    # the gateway. Four calls in a row on the critical path, references passed from call
+    # to call as the engine does: the floor of a step on this graph.
+    gateway, regime, guardian = echo, Echo.remote(), Echo.remote()  # type: ignore[attr-defined]
+    shards = [Echo.remote() for _ in range(2)]  # type: ignore[attr-defined]
+    chain = []
+    for i in range(n // 2 + 10):
+        t0 = time.perf_counter()
+        gw = gateway.echo.remote(payload)
+        rg = regime.echo.remote(payload)
+        outs = [s.join.remote(gw, rg) for s in shards]
+        verdicts = guardian.join.remote(*outs, gw)
+        ray.get(gateway.echo.remote(verdicts))
+        if i >= 10:
+            chain.append(time.perf_counter() - t0)
     ray.shutdown()
     arr = np.array(lat) * 1e6
+    flow = np.array(chain) * 1e6
     return {
         "kind": "ping",
         "runtime": "ray",
         "ping_us_p50": round(float(np.percentile(arr, 50)), 1),
         "ping_us_p99": round(float(np.percentile(arr, 99)), 1),
+        "chain_us_p50": round(float(np.percentile(flow, 50)), 1),
+        "chain_us_p99": round(float(np.percentile(flow, 99)), 1),
         "peak_rss_mib": round(_peak_rss_mib(), 1),
     }
 
@@ -307,6 +329,10 @@ def report(results: list[dict[str, Any]], out: TextIO) -> None:
                 f"{'bare Ray actor ping':<30} {'ray':<7} {'':>2} {'':>11} {'':>12} "
                 f"{r['ping_us_p50']:>9,.0f} {r['peak_rss_mib']:>8,.0f}  "
                 f"p99 {r['ping_us_p99']:,.0f} us\n"
+            )
+            out.write(
+                f"{'bare actors, step data flow':<30} {'ray':<7} {'':>2} {'':>11} {'':>12} "
+                f"{r['chain_us_p50']:>9,.0f} {'':>8}  p99 {r['chain_us_p99']:,.0f} us\n"
             )
             continue
         what = f"{r['kind']} {r['spec'].removeprefix('synthetic:')}"

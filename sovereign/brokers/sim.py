@@ -111,33 +111,55 @@ class SimBroker:
         if not self._working and not self.portfolio.open:
             return []
         index = self._index(batch)
-        opens = batch.open.to_numpy()
+        # Python floats once per column: positions and fills read them one at a time.
+        opens = batch.open.to_numpy().tolist()
+        # Fills happen at the open: that is what positions are worth at that moment.
+        self._mark(index, opens)
+        events = self._fill_working(batch, index, opens) if self._working else []
+        self._mark(index, batch.close.to_numpy().tolist())
+        return events
+
+    def _mark(self, index: dict[str, int], prices: list[float]) -> None:
+        for symbol, pos in self.portfolio.open.items():
+            i = index.get(symbol)
+            if i is not None:
+                pos.market_price = prices[i]
+
+    def _fill_working(
+        self, batch: BarBatch, index: dict[str, int], opens: list[float]
+    ) -> list[Message]:
         highs = batch.high.to_numpy()
         lows = batch.low.to_numpy()
-        closes = batch.close.to_numpy()
         volumes = batch.volume.to_numpy()
         now = batch.ts_event
         events: list[Message] = []
         done: list[str] = []
-        # Fills happen at the open: that is what positions are worth at that moment.
-        for symbol, pos in self.portfolio.open.items():
-            i = index.get(symbol)
-            if i is not None:
-                pos.market_price = float(opens[i])
         # Orders fill in submission order (dicts keep insertion order): deterministic.
+        # The account's equity (which the position cap is measured against) is summed once
+        # and then carried through the fills: summing every open position at every fill
+        # made a step with many fills quadratic in the number of positions.
+        equity: float | None = None
+        p = self.portfolio
         for order_id, w in self._working.items():
-            i = index.get(w.order.symbol)
+            symbol = w.order.symbol
+            i = index.get(symbol)
             if i is None or w.submitted_ns > batch.ts:
                 continue
             fill = self._try_fill(
-                w, float(opens[i]), float(highs[i]), float(lows[i]), float(volumes[i]), batch.ts
+                w, opens[i], float(highs[i]), float(lows[i]), float(volumes[i]), batch.ts
             )
             if fill is None:
                 continue
             quantity, price = fill
-            capped = self._cap_at_fill(w, quantity, price)
+            if equity is None and self._capped(w):
+                equity = p.equity
+            capped = self._cap_at_fill(w, quantity, price, equity)
             if capped > 0:
+                pos = p.positions.get(symbol)
+                before = p.cash + (pos.market_value if pos is not None else 0.0)
                 events.append(self._book_fill(w, capped, price, ts=batch.ts, now=now))
+                if equity is not None:
+                    equity += p.cash + p.positions[symbol].market_value - before
             if capped < quantity:
                 events.append(self._cut(w, now))
                 done.append(order_id)
@@ -145,10 +167,6 @@ class SimBroker:
                 done.append(order_id)
         for order_id in done:
             del self._working[order_id]
-        for symbol, pos in self.portfolio.open.items():
-            i = index.get(symbol)
-            if i is not None:
-                pos.market_price = float(closes[i])
         return events
 
     def _try_fill(
@@ -179,20 +197,34 @@ class SimBroker:
             quantity = min(quantity, cap)
         return quantity, price
 
-    def _cap_at_fill(self, w: _Working, quantity: int, price: float) -> int:
-        """The part of an opening fill that keeps the position within the cap."""
-        if self.position_cap is None or w.order.purpose != "OPEN" or w.order.side != "BUY":
+    def _capped(self, w: _Working) -> bool:
+        return self.position_cap is not None and w.order.purpose == "OPEN" and w.order.side == "BUY"
+
+    def _cap_at_fill(
+        self, w: _Working, quantity: int, price: float, equity: float | None = None
+    ) -> int:
+        """The part of an opening fill that keeps the position within the cap.
+
+        ``equity`` is the account's equity carried through this bar's fills. Unless it
+        leaves room for at least one share more than the order (rounding is far below a
+        share) the equity is summed afresh, so carrying it never changes a fill."""
+        if not self._capped(w):
             return quantity
+        assert self.position_cap is not None
         p = self.portfolio
         held = p.quantity(w.order.symbol)
         commission = commission_for(quantity, price, self.config)
-        equity = p.equity - commission
-        room = self.position_cap * equity - held * price
-        allowed = max(0, math.floor(room / price)) if room > 0 else 0
+        allowed = self._room(held, price, (p.equity if equity is None else equity) - commission)
+        if equity is not None and allowed <= quantity + 1:
+            allowed = self._room(held, price, p.equity - commission)
         if allowed >= quantity:
             return quantity
         self.counters["position_cap_cuts"] += 1
         return allowed
+
+    def _room(self, held: int, price: float, equity: float) -> int:
+        room = self.position_cap * equity - held * price  # type: ignore[operator]
+        return max(0, math.floor(room / price)) if room > 0 else 0
 
     def _cut(self, w: _Working, now: int) -> OrderCanceled:
         return canceled(self._ids, w.order, w.filled, "POSITION_CAP_AT_FILL", now)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sovereign.brokers.sim import SimBroker, commission_for
 from sovereign.config import SimConfig
 from sovereign.messages import OrderAccepted, OrderCanceled, OrderFilled
-from tests.kit import one_bar, submit
+from tests.kit import bars, one_bar, submit
 
 T0 = 1_700_000_000 * 1_000_000_000
 MIN = 60 * 1_000_000_000
@@ -130,3 +132,55 @@ def test_orders_for_other_symbols_wait_for_their_own_bars() -> None:
     b.submit(submit("o1", "MSFT", "BUY", 1), now_ns=0)
     assert b.on_bars(one_bar(T0, "AAPL", 10, 10, 10, 10)) == []
     assert len(b.on_bars(one_bar(T0 + MIN, "MSFT", 10, 10, 10, 10))) == 1
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    held=st.lists(st.integers(0, 400), min_size=4, max_size=4),
+    opens=st.lists(st.floats(5.0, 500.0), min_size=4, max_size=4),
+    orders=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 600)), min_size=1, max_size=12),
+    cash=st.floats(5_000.0, 200_000.0),
+    slippage_bps=st.floats(0.0, 800.0),
+)
+def test_many_fills_in_one_bar_are_capped_against_the_equity_at_each_fill(
+    held: list[int],
+    opens: list[float],
+    orders: list[tuple[int, int]],
+    cash: float,
+    slippage_bps: float,
+) -> None:
+    """The sim carries the account's equity through a bar's fills instead of summing every
+    position at every fill: each fill must still be cut exactly as if equity were summed
+    afresh just before it (the 5 % position cap, in submission order). Slippage makes
+    every fill move equity (a fill at the mark would not)."""
+    symbols = ["AAA", "BBB", "CCC", "DDD"]
+    cfg = SimConfig(slippage_bps=slippage_bps)
+    b = SimBroker(cfg, initial_cash=cash, position_cap=0.05)
+    for s, q, o in zip(symbols, held, opens, strict=True):
+        if q:
+            b.portfolio.set_position(s, q, o * 0.9, 0.0, o * 0.9)
+    for n, (k, q) in enumerate(orders):
+        b.submit(submit(f"o{n}", symbols[k], "BUY", q), now_ns=0)
+    batch = bars(T0, symbols, opens, opens, opens, opens, [1e9] * 4)
+    fills = [e for e in b.on_bars(batch) if isinstance(e, OrderFilled)]
+
+    # The rule, written out: held positions marked at the open, a new one at its first
+    # fill; equity summed before each fill.
+    qty = dict(zip(symbols, held, strict=True))
+    mark = {s: o for s, o, q in zip(symbols, opens, held, strict=True) if q}
+    want_cash = cash
+    expected = []
+    for n, (k, q) in enumerate(orders):
+        s = symbols[k]
+        price = opens[k] * (1 + slippage_bps / 10_000.0)
+        equity = want_cash + sum(qty[x] * mark[x] for x in mark)
+        fee = commission_for(q, price, cfg)
+        room = 0.05 * (equity - fee) - qty[s] * price
+        allowed = max(0, math.floor(room / price)) if room > 0 else 0
+        fill = min(q, allowed)
+        if fill > 0:
+            expected.append((f"o{n}", fill))
+            qty[s] += fill
+            mark.setdefault(s, price)
+            want_cash -= fill * price + commission_for(fill, price, cfg)
+    assert [(f.order_id, f.quantity) for f in fills] == expected
