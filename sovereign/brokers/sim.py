@@ -262,16 +262,17 @@ class SimBroker:
 
     def account(self, now_ns: int) -> AccountSnapshot:
         p = self.portfolio
+        equity, unrealized, gross, net = p.figures()
         return AccountSnapshot(
             msg_id=self._ids.next(),
             ts_event=now_ns,
             ts_init=now_ns,
             cash=p.cash,
-            equity=p.equity,
+            equity=equity,
             realized_pnl=p.realized_pnl,
-            unrealized_pnl=p.unrealized_pnl,
-            gross_exposure=p.gross_exposure,
-            net_exposure=p.net_exposure,
+            unrealized_pnl=unrealized,
+            gross_exposure=gross,
+            net_exposure=net,
             commissions=p.commissions,
             open_positions=p.open_positions,
         )

@@ -114,6 +114,23 @@ class Portfolio:
         if pos is not None and math.isfinite(price) and price > 0:
             pos.market_price = price
 
+    def figures(self) -> tuple[float, float, float, float]:
+        """Equity, unrealised P&L, gross and net exposure, in one pass over the positions
+        (each is otherwise a pass of its own, and an account snapshot is taken every bar).
+        The sums are taken in the same order as the properties', so they are equal."""
+        net = gross = unrealized = 0.0
+        isfinite = math.isfinite
+        for p in self.open.values():
+            mark = p.market_price
+            if isfinite(mark):
+                value = p.quantity * mark
+                unrealized += (mark - p.avg_price) * p.quantity
+            else:
+                value = p.quantity * p.avg_price
+            net += value
+            gross += abs(value)
+        return self.cash + net, unrealized, gross, net
+
     @property
     def unrealized_pnl(self) -> float:
         return sum(p.unrealized_pnl for p in self.open.values())

@@ -67,6 +67,8 @@ def test_the_open_index_always_matches_the_positions(trades, marks) -> None:
     assert p.equity == pytest.approx(p.cash + sum(pos.market_value for pos in every))
     assert p.gross_exposure == pytest.approx(sum(abs(pos.market_value) for pos in every))
     assert p.open_positions == len(every)
+    # The one-pass figures (taken every bar) equal the properties exactly.
+    assert p.figures() == (p.equity, p.unrealized_pnl, p.gross_exposure, p.net_exposure)
     q = Portfolio(p.cash)
     for s, pos in p.positions.items():
         q.set_position(s, pos.quantity, pos.avg_price, pos.realized_pnl, pos.market_price)
