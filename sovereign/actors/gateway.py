@@ -94,7 +94,9 @@ class GatewayActor(Actor):
                     out.append(self.stats(msg.ts_event))
                 case _:
                     pass
-        if touched:
+        if touched and not saw_bars:
+            # After bars the whole book follows, with every position: snapshots of the
+            # touched ones would only repeat it.
             out.extend(self.broker.position_snapshots(sorted(set(touched)), self.clock))
         if saw_bars:
             out.extend(self._check_positions())
