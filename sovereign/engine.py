@@ -436,6 +436,7 @@ class Engine:
         # The self-modification actor answers the start with the rule set in force. Switched
         # off, it answers nothing, ever: it is then left out of the steps.
         selfmod_on = self.config.selfmod.enabled
+        regime_on = self.config.regime.model != "none"
         prev_selfmod: Any = start_results[everyone.index(g.selfmod)] if selfmod_on else []
         # The monitor and operator only watch (nothing they return feeds a later step), so a
         # backtest hands them several steps per call; a paper or live session, every step.
@@ -461,7 +462,8 @@ class Engine:
             step_started = time.perf_counter()
             present = [b for b in batches if b is not None]
             bars += sum(len(b) for b in present)
-            regime_r = rt.tell(g.regime, present)
+            # Without a regime model the regime actor answers nothing: no call per step.
+            regime_r = rt.tell(g.regime, present) if regime_on else []
             gw_r = rt.tell(g.gateway, present)
             # Inputs from the previous step are lenient: if that step failed (an actor died
             # and is restarting), this step goes on without them.

@@ -291,7 +291,9 @@ def plan(
     for w in workloads:
         spec = workload_spec(w, scale)
         jobs.append(Job("reference", spec))
-        jobs += [Job("engine", spec, runtime=r) for r in runtimes]
+        # One shard in one process (LocalRuntime runs shards one after the other, so more
+        # only add calls); two on Ray, one per core.
+        jobs += [Job("engine", spec, runtime=r, shards=1 if r == "local" else 2) for r in runtimes]
         jobs += [Job("peer", spec, runtime=p, python=nautilus_python) for p in peers]
     if "ray" in runtimes and latency_steps:
         jobs.append(Job("ping", steps=2_000))
