@@ -375,6 +375,83 @@ def check_trades(results: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One of issue 8's targets, measured in this run."""
+
+    name: str
+    value: float
+    goal: float
+    unit: str
+    higher_is_better: bool = True
+
+    @property
+    def met(self) -> bool:
+        return self.value >= self.goal if self.higher_is_better else self.value <= self.goal
+
+
+def targets(results: list[dict[str, Any]]) -> list[Target]:
+    """The targets this run has the figures for (ratios from the same run)."""
+    ok = [r for r in results if "error" not in r]
+
+    def find(kind: str, workload: str, runtime: str) -> dict[str, Any] | None:
+        symbols = WORKLOADS[workload][0]
+        for r in ok:
+            if (
+                r.get("kind") == kind
+                and r.get("runtime") == runtime
+                and r.get("spec", "").startswith(f"synthetic:{symbols}x")
+            ):
+                return r
+        return None
+
+    out: list[Target] = []
+    for w, per_second in (("b", 1_000_000.0), ("c", 1_000_000.0)):
+        local = find("engine", w, "local")
+        if local is not None:
+            out.append(
+                Target(
+                    f"LocalRuntime bars/s on ({w})", local["bars_per_second"], per_second, "bars/s"
+                )
+            )
+    for w, ratio in (("b", 50.0), ("a", 10.0)):
+        local, nautilus = find("engine", w, "local"), find("peer", w, "nautilus")
+        if local is not None and nautilus is not None:
+            value = local["bars_per_second"] / nautilus["bars_per_second"]
+            out.append(Target(f"LocalRuntime / NautilusTrader on ({w})", value, ratio, "x"))
+    local, reference = find("engine", "b", "local"), find("reference", "b", "numpy")
+    if local is not None and reference is not None:
+        value = reference["bars_per_second"] / local["bars_per_second"]
+        out.append(Target("numpy reference / LocalRuntime on (b)", value, 2.0, "x", False))
+    ping = next((r for r in ok if r.get("kind") == "ping"), None)
+    latency = next((r for r in ok if r.get("kind") == "latency"), None)
+    if ping is not None and latency is not None:
+        value = latency["step_latency_us_p50"] / ping["ping_us_p50"]
+        out.append(Target("Ray step p50 / bare actor ping", value, 4.0, "x", False))
+        floor = ping["chain_us_p50"] / ping["ping_us_p50"]
+        out.append(Target("(floor) bare-actor step flow / ping", floor, 4.0, "x", False))
+    local, ray = find("engine", "c", "local"), find("engine", "c", "ray")
+    if local is not None and ray is not None:
+        value = local["bars_per_second"] / ray["bars_per_second"]
+        out.append(Target("LocalRuntime / RayRuntime on (c)", value, 2.0, "x", False))
+    local = find("engine", "b", "local")
+    if local is not None:
+        out.append(Target("peak RSS on (b)", local["peak_rss_mib"], 1024.0, "MiB", False))
+    return out
+
+
+def report_targets(found: list[Target], out: TextIO) -> None:
+    if not found:
+        return
+    out.write("\ntargets (issue 8), measured in this run:\n")
+    for t in found:
+        sign = ">=" if t.higher_is_better else "<="
+        out.write(
+            f"  {'met    ' if t.met else 'NOT MET'} {t.name:<42} {t.value:>14,.2f} {t.unit:<6}"
+            f" (goal {sign} {t.goal:,.0f})\n"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sovereign bench", description=__doc__.splitlines()[0])
     p.add_argument("--workloads", default="a,b,c", help="comma-separated: a, b, c")
@@ -432,9 +509,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems = check_trades(results)
     for problem in problems:
         human.write(f"INVALID: {problem}\n")
+    found = targets(results)
+    report_targets(found, human)
     if args.json:
+        summary = [
+            {"name": t.name, "value": round(t.value, 3), "goal": t.goal, "met": t.met}
+            for t in found
+        ]
         sys.stdout.write(
-            json.dumps({"results": results, "trade_mismatches": problems}, indent=2) + "\n"
+            json.dumps(
+                {"results": results, "trade_mismatches": problems, "targets": summary}, indent=2
+            )
+            + "\n"
         )
     return 1 if problems or any("error" in r for r in results) else 0
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sovereign.bench.runner import check_trades, main, workload_spec
+from sovereign.bench.runner import check_trades, main, targets, workload_spec
 
 
 def test_a_tiny_bench_reports_every_figure_and_agreeing_trades(capsys) -> None:
@@ -33,6 +33,8 @@ def test_a_tiny_bench_reports_every_figure_and_agreeing_trades(capsys) -> None:
     assert engine["trades"] == reference["trades"] > 0
     for key in ("bars_per_second", "bars_per_second_with_load", "peak_rss_mib", "us_per_step"):
         assert engine[key] > 0
+    names = {t["name"] for t in out["targets"]}
+    assert {"LocalRuntime bars/s on (b)", "numpy reference / LocalRuntime on (b)"} <= names
 
 
 def test_a_trade_count_disagreement_makes_the_comparison_invalid() -> None:
@@ -66,3 +68,58 @@ def test_backtrader_makes_the_same_trades_as_the_pipeline(capsys) -> None:
     assert (
         by_kind["peer"]["trades"] == by_kind["engine"]["trades"] == by_kind["reference"]["trades"]
     )
+
+
+def test_targets_are_ratios_of_the_same_runs_figures() -> None:
+    results = [
+        {
+            "kind": "reference",
+            "spec": "synthetic:100x10000",
+            "runtime": "numpy",
+            "bars_per_second": 1_600_000.0,
+        },
+        {
+            "kind": "engine",
+            "spec": "synthetic:100x10000",
+            "runtime": "local",
+            "bars_per_second": 200_000.0,
+            "peak_rss_mib": 480.0,
+        },
+        {
+            "kind": "peer",
+            "spec": "synthetic:100x10000",
+            "runtime": "nautilus",
+            "bars_per_second": 20_000.0,
+        },
+        {
+            "kind": "engine",
+            "spec": "synthetic:2000x2000",
+            "runtime": "local",
+            "bars_per_second": 400_000.0,
+        },
+        {
+            "kind": "engine",
+            "spec": "synthetic:2000x2000",
+            "runtime": "ray",
+            "bars_per_second": 250_000.0,
+        },
+        {"kind": "ping", "runtime": "ray", "ping_us_p50": 700.0, "chain_us_p50": 3_500.0},
+        {
+            "kind": "latency",
+            "spec": "synthetic:100x500",
+            "runtime": "ray",
+            "step_latency_us_p50": 7_000.0,
+        },
+        {"kind": "engine", "spec": "synthetic:1x50000", "runtime": "local", "error": "boom"},
+    ]
+    got = {t.name: (round(t.value, 3), t.met) for t in targets(results)}
+    assert got == {
+        "LocalRuntime bars/s on (b)": (200_000.0, False),
+        "LocalRuntime bars/s on (c)": (400_000.0, False),
+        "LocalRuntime / NautilusTrader on (b)": (10.0, False),
+        "numpy reference / LocalRuntime on (b)": (8.0, False),
+        "Ray step p50 / bare actor ping": (10.0, False),
+        "(floor) bare-actor step flow / ping": (5.0, False),
+        "LocalRuntime / RayRuntime on (c)": (1.6, True),
+        "peak RSS on (b)": (480.0, True),
+    }
