@@ -123,3 +123,32 @@ def test_targets_are_ratios_of_the_same_runs_figures() -> None:
         "LocalRuntime / RayRuntime on (c)": (1.6, True),
         "peak RSS on (b)": (480.0, True),
     }
+
+
+def test_the_pipeline_split_accounts_for_every_actor_and_the_driver() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "benchmarks" / "pipeline_split.py"
+    spec = importlib.util.spec_from_file_location("pipeline_split", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    figures = module.split("synthetic:20x300", 1)
+    parts = figures["us_per_bar_time_by_actor"]
+    assert {"shard", "gateway", "guardian", "monitor", "operator", "driver"} <= set(parts)
+    assert sum(parts.values()) == pytest.approx(figures["us_per_bar_time"], rel=0.01)
+    assert figures["bars"] == 6_000 and figures["trades_per_bar_time"] > 0
+
+
+def test_workloads_are_in_cents_and_whole_shares_for_every_path() -> None:
+    import numpy as np
+
+    from sovereign.bench.runner import load_workload
+
+    frame = load_workload("synthetic:5x300").frame
+    for col in ("open", "high", "low", "close"):
+        cents = frame[col].to_numpy() * 100
+        assert np.allclose(cents, np.round(cents), atol=1e-6)
+    assert (frame["volume"] == frame["volume"].round(0)).all()
+    assert (frame["high"] >= frame[["open", "close"]].max(axis=1)).all()
