@@ -8,7 +8,7 @@ as ``driver``. Orders and trades per bar time say how much of the work is per or
 than per bar.
 
     .venv/bin/python benchmarks/pipeline_split.py                       # 100 x 2,000, 1 shard
-    .venv/bin/python benchmarks/pipeline_split.py --data synthetic:2000x300 --json
+    .venv/bin/python benchmarks/pipeline_split.py --data synthetic:2000x300 --wire --json
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from sovereign.bench.runner import _config, load_workload
 from sovereign.session import run_session
 
 
-def split(spec: str, shards: int) -> dict[str, Any]:
+def split(spec: str, shards: int, *, wire: bool = False) -> dict[str, Any]:
     data = load_workload(spec)
     spent: Counter[str] = Counter()
 
@@ -50,6 +50,7 @@ def split(spec: str, shards: int) -> dict[str, Any]:
             state_dir=state,
             out_dir=None,
             on_started=on_started,
+            wire=wire,
         )
     r = out.result
     steps = max(r.steps, 1)
@@ -59,6 +60,7 @@ def split(spec: str, shards: int) -> dict[str, Any]:
     return {
         "spec": spec,
         "shards": shards,
+        "wire": wire,
         "bars": r.bars,
         "bar_times": r.steps,
         "bars_per_second": round(r.bars / r.engine_seconds, 1),
@@ -73,14 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="synthetic:100x2000")
     p.add_argument("--shards", type=int, default=1)
+    p.add_argument(
+        "--wire",
+        action="store_true",
+        help="deliver through the msgpack wire (what Ray does): the cost of serialisation",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    figures = split(args.data, args.shards)
+    figures = split(args.data, args.shards, wire=args.wire)
     if args.json:
         print(json.dumps(figures, indent=2))
         return 0
     print(
-        f"{figures['spec']}, {figures['shards']} shard(s): {figures['bars_per_second']:,.0f} "
+        f"{figures['spec']}, {figures['shards']} shard(s)"
+        f"{', through the wire' if figures['wire'] else ''}: {figures['bars_per_second']:,.0f} "
         f"bars/s, {figures['us_per_bar_time']:,.0f} us per bar time, "
         f"{figures['intents_per_bar_time']} intents and {figures['trades_per_bar_time']} "
         "trades per bar time"
