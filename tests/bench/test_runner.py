@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
-from sovereign.bench.runner import check_trades, main, targets, workload_spec
+from sovereign.bench.runner import TRADE_TOLERANCE, check_trades, main, targets, workload_spec
 
 
 def test_a_tiny_bench_reports_every_figure_and_agreeing_trades(capsys) -> None:
@@ -49,8 +50,14 @@ def test_a_trade_count_disagreement_makes_the_comparison_invalid() -> None:
     assert check_trades(results) == ["s on local: 9 trades, the reference 10"]
 
 
-def test_backtrader_makes_the_same_trades_as_the_pipeline(capsys) -> None:
+def test_the_peers_make_the_pipelines_trades(capsys, monkeypatch) -> None:
+    """backtrader (dev extra) trade for trade; NautilusTrader, in its own environment that
+    scripts/test provides (SOVEREIGN_BENCH_NAUTILUS_PYTHON), within its documented
+    tolerance. The workload is seeded, so the counts are the same on every run."""
     pytest.importorskip("backtrader")  # installed with the dev and bench extras
+    nautilus = os.environ.get("SOVEREIGN_BENCH_NAUTILUS_PYTHON", "")
+    if not nautilus and os.environ.get("CI"):
+        pytest.fail("CI runs scripts/test, which provides the NautilusTrader environment")
     code = main(
         [
             "--workloads",
@@ -62,16 +69,22 @@ def test_backtrader_makes_the_same_trades_as_the_pipeline(capsys) -> None:
             "--latency-steps",
             "0",
             "--peers",
+            "--nautilus-python",
+            nautilus,
             "--json",
         ]
     )
     out = json.loads(capsys.readouterr().out)
     assert code == 0, out
+    assert out["trade_mismatches"] == []
+    peers = {r["runtime"]: r for r in out["results"] if r["kind"] == "peer"}
     by_kind = {r["kind"]: r for r in out["results"]}
-    assert by_kind["peer"]["runtime"] == "backtrader"
-    assert (
-        by_kind["peer"]["trades"] == by_kind["engine"]["trades"] == by_kind["reference"]["trades"]
-    )
+    want = by_kind["reference"]["trades"]
+    assert peers["backtrader"]["trades"] == by_kind["engine"]["trades"] == want
+    if nautilus:
+        got = peers["nautilus"]["trades"]
+        assert abs(got - want) <= TRADE_TOLERANCE["nautilus"] * want, (got, want)
+        assert got > 100 and peers["nautilus"]["bars"] == 20_000
 
 
 def test_targets_are_ratios_of_the_same_runs_figures() -> None:
