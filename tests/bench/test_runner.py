@@ -169,3 +169,16 @@ def test_workloads_are_in_cents_and_whole_shares_for_every_path() -> None:
         assert np.allclose(cents, np.round(cents), atol=1e-6)
     assert (frame["volume"] == frame["volume"].round(0)).all()
     assert (frame["high"] >= frame[["open", "close"]].max(axis=1)).all()
+
+
+def test_ray_replays_a_shortened_workload_a_with_its_own_reference() -> None:
+    from sovereign.bench.runner import plan
+
+    jobs = plan(["a"], 1.0, ["local", "ray"], latency_steps=0, scaling=False)
+    got = [(j.kind, j.spec, j.runtime) for j in jobs]
+    assert got == [
+        ("reference", "synthetic:1x1000000", "local"),
+        ("engine", "synthetic:1x1000000", "local"),
+        ("reference", "synthetic:1x10000", "local"),
+        ("engine", "synthetic:1x10000", "ray"),
+    ]
