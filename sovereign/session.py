@@ -23,7 +23,7 @@ from sovereign.data.loaders import LoadedData
 from sovereign.engine import Engine, Mode, Progress, SessionResult, make_runtime, state_scope
 from sovereign.memory.state_store import open_state_store
 from sovereign.memory.trade_memory import TradeMemory
-from sovereign.messages import Notification
+from sovereign.messages import Notification, ShardReport
 from sovereign.report import ReportPaths, write_report
 
 
@@ -294,6 +294,23 @@ def _ratio(ratio: float) -> str:
     return f"{ratio:g}:1" if ratio >= 1 else f"1:{1 / ratio:g}"
 
 
+_ORDER_EVENT_NOTES = {
+    "late_entry_fills": "Entries filled after they were canceled: {n} fills, booked into "
+    "their trades and sold at the next close.",
+    "unknown_order_events": "Order events matching no order of the strategy (counted, not "
+    "booked): {n}.",
+    "orphaned_orders": "Orders nobody answered for, forgotten after a grace period: {n}.",
+}
+
+
+def _order_event_notes(reports: list[ShardReport]) -> list[str]:
+    totals: dict[str, int] = {}
+    for report in reports:
+        for k, v in report.order_events.items():
+            totals[k] = totals.get(k, 0) + v
+    return [text.format(n=totals[k]) for k, text in _ORDER_EVENT_NOTES.items() if totals.get(k)]
+
+
 def session_meta(
     result: SessionResult,
     data: LoadedData | None,
@@ -326,6 +343,7 @@ def session_meta(
         notes.append(f"Rejected by shards at run time: {n} bars ({reason}).")
     if decode_errors:
         notes.append(f"Undecodable message batches dropped: {decode_errors}.")
+    notes.extend(_order_event_notes(result.shard_reports))
     open_trades = sum(r.open_trades for r in result.shard_reports)
     if open_trades:
         notes.append(

@@ -116,7 +116,16 @@ class ShardActor(Actor):
         match msg:
             case OrderFilled(shard=s) if s == self.index:
                 if msg.order_id not in self.strategy.orders:
-                    # Not ours: the guardian flattening a position on a halt.
+                    # Not a live order of ours: the guardian flattening a position on a
+                    # halt, or a fill the broker reported after the order was canceled.
+                    if msg.side == "BUY":
+                        self.log.warning(
+                            "%s: %d shares filled on entry %s after it stopped working; "
+                            "booked, and sold at the next close",
+                            msg.symbol,
+                            msg.quantity,
+                            msg.order_id,
+                        )
                     return self.strategy.on_external_fill(
                         msg.symbol, msg.side, msg.quantity, msg.price, msg.commission, msg.ts_event
                     )
@@ -157,6 +166,15 @@ class ShardActor(Actor):
             trades_closed=self.trades_closed,
             open_trades=self.strategy.open_trades,
             decode_errors=self.counters.get("decode_errors", 0),
+            order_events={
+                k: v
+                for k, v in (
+                    ("late_entry_fills", self.strategy.counters.late_entry_fills),
+                    ("unknown_order_events", self.strategy.counters.unknown_order_events),
+                    ("orphaned_orders", self.strategy.counters.orphaned_orders),
+                )
+                if v
+            },
         )
 
     def _on_regime(self, msg: RegimeUpdate) -> None:

@@ -145,6 +145,7 @@ class StrategyCounters:
     denied: int = 0
     no_volume_blocked: int = 0
     unknown_order_events: int = 0
+    late_entry_fills: int = 0
     orphaned_orders: int = 0
     rule_skips: int = 0
     extra: dict[str, int] = field(default_factory=dict)
@@ -181,6 +182,7 @@ class ShardStrategy:
         self.target = np.full(n, np.nan)
         self.entry_regime = np.full(n, REGIME_UNKNOWN, dtype=np.uint8)
         self.max_hold = np.full(n, config.max_hold_bars, dtype=np.int64)
+        self.exit_late_fill = np.zeros(n, dtype=bool)
         self.trades: dict[int, _Trade] = {}
         self.compiled: CompiledRuleset | None = None
         self.rules_version = 0
@@ -263,9 +265,15 @@ class ShardStrategy:
     def on_external_fill(
         self, symbol: str, side: str, quantity: int, price: float, commission: float, ts: int
     ) -> ClosedTrade | None:
-        """A fill of an order the shard did not send: the guardian flattening a position
-        (a halt). It is booked as an exit of the open trade."""
+        """A fill of an order the shard no longer tracks. A sale is the guardian flattening
+        a position (a halt), or a late fill of an exit: it is booked as an exit of the open
+        trade. A purchase is a late fill of an entry that was canceled or forgotten (a
+        broker can report a fill after the cancel): the shares are held all the same, so
+        they are booked into the trade, which leaves at the next bar close."""
         i = self.universe.index.get(symbol)
+        if i is not None and side == "BUY":
+            self._late_entry_fill(i, symbol, quantity, price, commission, ts)
+            return None
         trade = self.trades.get(i) if i is not None else None
         if i is None or trade is None or side != "SELL":
             self.counters.unknown_order_events += 1
@@ -282,6 +290,36 @@ class ShardStrategy:
                 del self.orders[order_id]
             return self._close(i, trade, ts)
         return None
+
+    def _late_entry_fill(
+        self, i: int, symbol: str, quantity: int, price: float, commission: float, ts: int
+    ) -> None:
+        trade = self.trades.get(i)
+        if trade is None:
+            atr = float(self.atr.value[i])
+            trade = self.trades[i] = _Trade(
+                trade_id=self._next_id(symbol),
+                regime_code=REGIME_UNKNOWN,
+                confidence=0.0,
+                atr=atr,
+                features={"late_fill": True},
+                stop_mult=self.config.stop_atr_mult,
+                target_mult=self.config.target_atr_mult,
+            )
+        if not trade.filled_once:
+            trade.filled_once = True
+            trade.entry_ts = ts
+            self.bars_held[i] = 0
+        trade.commission += commission
+        trade.entry_qty += quantity
+        trade.entry_cost += quantity * price
+        self.quantity[i] += quantity
+        avg = trade.entry_cost / trade.entry_qty
+        self.stop[i] = avg - trade.stop_mult * trade.atr
+        self.target[i] = avg + trade.target_mult * trade.atr
+        # The strategy had given these shares up: leave at the next close.
+        self.exit_late_fill[i] = True
+        self.counters.late_entry_fills += 1
 
     def _clear_pending(self, order: _Order) -> None:
         if order.purpose == "OPEN":
@@ -318,6 +356,7 @@ class ShardStrategy:
         self.stop[i] = self.target[i] = np.nan
         self.bars_held[i] = 0
         self.entry_regime[i] = REGIME_UNKNOWN
+        self.exit_late_fill[i] = False
         return closed
 
     # -- BARS ---------------------------------------------------------------------------
@@ -458,11 +497,14 @@ class ShardStrategy:
             else np.zeros_like(candidates)
         )
         timeout = self.bars_held >= self.max_hold
-        fire = candidates & (stop_hit | target_hit | changed | timeout)
+        late = self.exit_late_fill
+        fire = candidates & (stop_hit | target_hit | changed | timeout | late)
         exits: list[ExitSignal] = []
         cancels: list[CancelSignal] = []
         for i in np.flatnonzero(fire).tolist():
-            if stop_hit[i]:
+            if late[i]:
+                reason = "late_fill"
+            elif stop_hit[i]:
                 reason = "stop"
             elif target_hit[i]:
                 reason = "target"

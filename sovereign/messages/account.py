@@ -143,6 +143,10 @@ class ShardReport(Message, frozen=True, gc=False):
     trades_closed: int
     open_trades: int
     decode_errors: int = 0
+    # Order events the strategy could not match to a live order of its own, by kind:
+    # ``late_entry_fills`` (booked, then sold), ``unknown_order_events`` (dropped, counted),
+    # ``orphaned_orders`` (never answered, forgotten after a grace period).
+    order_events: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class EquityCurve(Message, frozen=True, gc=False):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sovereign.config import StrategyConfig
 from sovereign.core.signals import ORPHAN_GRACE_BARS, ShardStrategy
@@ -173,3 +175,127 @@ def test_per_regime_parameters_set_stop_target_and_hold() -> None:
     assert s.target[0] == pytest.approx(102.0 + 3.0 * atr)  # not overridden: the general 3
     exits = [step(s, t, 102.5, 101.5, 102.0, 1000.0, regime=volatile)[1] for t in (11, 12)]
     assert exits[0] == [] and exits[1][0].reason == "max_hold"
+
+
+def test_an_entry_filled_after_its_cancel_is_booked_and_sold_at_the_next_close() -> None:
+    """A broker may report a fill after it confirmed the cancel: the shares are ours."""
+    s = strategy()
+    warm(s)
+    (e,) = step(s, 10, 103.0, 100.0, 102.0, 5000.0)[0]
+    assert s.on_canceled(e.intent_id, ts=11) is None  # the entry never filled: no trade
+    assert not s.trades and not s.pending_entry[0]
+    assert s.on_external_fill("AAA", "BUY", 7, 102.2, 1.0, ts=11) is None
+    assert s.quantity[0] == 7 and s.counters.late_entry_fills == 1
+    _, exits, _ = step(s, 11, 102.5, 101.5, 102.0, 1000.0)  # no stop, target or timeout
+    (x,) = exits
+    assert x.reason == "late_fill" and x.quantity == 7
+    closed = s.on_fill(x.intent_id, 7, 102.0, 1.0, 0, ts=12)
+    assert closed is not None and closed.quantity == 7
+    assert closed.exit_reason == "late_fill" and closed.features["late_fill"] is True
+    assert closed.pnl == pytest.approx(7 * (102.0 - 102.2) - 2.0)
+    assert s.quantity[0] == 0 and not s.trades and not s.exit_late_fill[0]
+    # The symbol trades normally again.
+    assert len(step(s, 12, 106.0, 103.0, 105.5, 9000.0)[0]) == 1
+
+
+def deliver_fill(
+    s: ShardStrategy, order_id: str, side: str, q: int, price: float, leaves: int, ts: int
+):
+    """Route a fill the way ShardActor does: to its live order, or as an external fill."""
+    if order_id in s.orders:
+        return s.on_fill(order_id, q, price, 0.0, leaves, ts=ts)
+    return s.on_external_fill("AAA", side, q, price, 0.0, ts=ts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("fill_entry"), st.integers(1, 10)),
+            st.tuples(st.just("cancel_entry"), st.just(0)),
+            st.tuples(st.just("late_entry_fill"), st.integers(1, 10)),
+            st.tuples(st.just("bar"), st.integers(0, 2)),
+            st.tuples(st.just("fill_exit"), st.integers(1, 10)),
+        ),
+        max_size=30,
+    )
+)
+def test_no_fill_is_ever_dropped_whatever_order_the_events_come_in(actions) -> None:
+    """Fills on time, fills after a cancel, partial fills, forgotten orders and exits in any
+    order: the strategy's position is always the net of every fill it was told about, and
+    once it is flat every share bought is in a closed trade."""
+    s = strategy()
+    warm(s)
+    (e,) = step(s, 10, 103.0, 100.0, 102.0, 5000.0)[0]
+    entry, entry_left, entry_live = e.intent_id, 10, True
+    exits: dict[str, int] = {}  # exit order id -> shares still to sell
+    net = bought = closed_qty = 0
+    t = 11
+    for kind, n in actions:
+        closed = None
+        if kind == "fill_entry" and entry_live:
+            q = min(n, entry_left)
+            entry_left -= q
+            closed = deliver_fill(s, entry, "BUY", q, 102.0, entry_left, t)
+            net, bought = net + q, bought + q
+            entry_live = entry_left > 0
+        elif kind == "cancel_entry" and entry_live:
+            closed = s.on_canceled(entry, ts=t)
+            entry_live = False
+        elif kind == "late_entry_fill" and not entry_live and entry_left > 0:
+            # The broker reports part of the canceled entry as filled after all.
+            q = min(n, entry_left)
+            entry_left -= q
+            closed = deliver_fill(s, entry, "BUY", q, 102.0, 0, t)
+            net, bought = net + q, bought + q
+        elif kind == "bar":
+            low = (101.5, 90.0, 101.5)[n]  # 90 is below any stop
+            _, new_exits, cancels = step(s, t, 102.5, low, 102.0, 1000.0)
+            exits.update({x.intent_id: x.quantity for x in new_exits})
+            if entry_live and any(c.order_id == entry for c in cancels):
+                closed = s.on_canceled(entry, ts=t)
+                entry_live = False
+            t += 1
+        elif kind == "fill_exit" and exits:
+            order_id, left = next(iter(exits.items()))
+            q = min(n, left, net)
+            if q == 0:
+                continue
+            exits[order_id] = left - q
+            if exits[order_id] == 0:
+                del exits[order_id]
+            closed = deliver_fill(s, order_id, "SELL", q, 101.0, left - q, t)
+            net -= q
+        if closed is not None:
+            closed_qty += closed.quantity
+        assert int(s.quantity[0]) == net
+        assert s.counters.unknown_order_events == 0
+    if net == 0 and not s.trades:
+        assert closed_qty == bought
+
+
+def test_the_report_says_how_many_late_and_unmatched_order_events_there_were() -> None:
+    from sovereign.messages import ShardReport
+    from sovereign.session import _order_event_notes
+
+    def report(shard: int, **events: int) -> ShardReport:
+        return ShardReport(
+            msg_id=f"r{shard}",
+            ts_event=0,
+            ts_init=0,
+            shard=shard,
+            symbols=1,
+            bars=1,
+            rejected_bars={},
+            intents=0,
+            trades_closed=0,
+            open_trades=0,
+            order_events=events,
+        )
+
+    notes = _order_event_notes([report(0, late_entry_fills=2), report(1, late_entry_fills=1)])
+    assert notes == [
+        "Entries filled after they were canceled: 3 fills, booked into their trades and "
+        "sold at the next close."
+    ]
+    assert _order_event_notes([report(0)]) == []
