@@ -54,6 +54,18 @@ def crash_data():
     return load_ohlcv(CRASH_DATA, seed=7)
 
 
+def session_started(mode: str) -> SessionStarted:
+    return SessionStarted(
+        msg_id="s",
+        ts_event=0,
+        ts_init=0,
+        run_id="r",
+        mode=mode,
+        symbols=NDArray.from_numpy(np.array([b"AAA"])),
+        initial_capital=100_000.0,
+    )
+
+
 def flat_account(equity: float, ts: int) -> AccountSnapshot:
     """An all-cash account snapshot on 2024-01-02."""
     return AccountSnapshot(
@@ -195,19 +207,7 @@ def test_a_restarted_guardian_restores_its_state_and_waits_for_the_book(tmp_path
 
     book = BookSnapshot(msg_id="b", ts_event=1, ts_init=1, session_date="2024-01-02")
     g = guardian()
-    g.receive(
-        [
-            SessionStarted(
-                msg_id="s",
-                ts_event=0,
-                ts_init=0,
-                run_id="r",
-                mode="paper",
-                symbols=NDArray.from_numpy(__import__("numpy").array([b"AAA"])),
-                initial_capital=100_000.0,
-            )
-        ]
-    )
+    g.receive([session_started("paper")])
     # The first snapshot is the account's baseline; the second one is 15 % below it.
     g.receive([book, flat_account(100_000.0, 1)])
     out = g.receive([flat_account(85_000.0, 2)])
@@ -320,19 +320,7 @@ def test_a_fresh_account_is_baselined_on_the_brokers_equity_not_the_configured_c
     g = GuardianActor(
         0, Constitution(), SizingPolicy(), SECRET, 300, state_dir=str(tmp_path), state_scope="r/x"
     )
-    g.receive(
-        [
-            SessionStarted(
-                msg_id="s",
-                ts_event=0,
-                ts_init=0,
-                run_id="r",
-                mode="paper",
-                symbols=NDArray.from_numpy(__import__("numpy").array([b"AAA"])),
-                initial_capital=100_000.0,
-            )
-        ]
-    )
+    g.receive([session_started("paper")])
     (early,) = [
         m for m in g.receive([intent("AAA", intent_id="AAA-0")]) if isinstance(m, RiskVerdict)
     ]
@@ -394,19 +382,7 @@ def test_a_backtests_own_state_batches_limit_figures_but_writes_a_halt_at_once(
             state_dir=str(tmp_path),
             state_scope=scope,
         )
-        g.receive(
-            [
-                SessionStarted(
-                    msg_id="s",
-                    ts_event=0,
-                    ts_init=0,
-                    run_id="r",
-                    mode="backtest",
-                    symbols=NDArray.from_numpy(np.array([b"AAA"])),
-                    initial_capital=100_000.0,
-                )
-            ]
-        )
+        g.receive([session_started("backtest")])
         return g
 
     import sovereign.actors.guardian as guardian_module

@@ -241,16 +241,7 @@ class ShardStrategy:
         trade.commission += commission
         order.filled += quantity
         if order.purpose == "OPEN":
-            if not trade.filled_once:
-                trade.filled_once = True
-                trade.entry_ts = ts
-                self.bars_held[i] = 0
-            trade.entry_qty += quantity
-            trade.entry_cost += quantity * price
-            self.quantity[i] += quantity
-            avg = trade.entry_cost / trade.entry_qty
-            self.stop[i] = avg - trade.stop_mult * trade.atr
-            self.target[i] = avg + trade.target_mult * trade.atr
+            self._book_entry(i, trade, quantity, price, ts)
         else:
             trade.exit_qty += quantity
             trade.exit_proceeds += quantity * price
@@ -306,20 +297,24 @@ class ShardStrategy:
                 stop_mult=self.config.stop_atr_mult,
                 target_mult=self.config.target_atr_mult,
             )
+        trade.commission += commission
+        self._book_entry(i, trade, quantity, price, ts)
+        # The strategy had given these shares up: leave at the next close.
+        self.exit_late_fill[i] = True
+        self.counters.late_entry_fills += 1
+
+    def _book_entry(self, i: int, trade: _Trade, quantity: int, price: float, ts: int) -> None:
+        """Add bought shares to the trade; stop and target follow the average price."""
         if not trade.filled_once:
             trade.filled_once = True
             trade.entry_ts = ts
             self.bars_held[i] = 0
-        trade.commission += commission
         trade.entry_qty += quantity
         trade.entry_cost += quantity * price
         self.quantity[i] += quantity
         avg = trade.entry_cost / trade.entry_qty
         self.stop[i] = avg - trade.stop_mult * trade.atr
         self.target[i] = avg + trade.target_mult * trade.atr
-        # The strategy had given these shares up: leave at the next close.
-        self.exit_late_fill[i] = True
-        self.counters.late_entry_fills += 1
 
     def _clear_pending(self, order: _Order) -> None:
         if order.purpose == "OPEN":
