@@ -239,18 +239,17 @@ def _ray_ping(n: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         ray.get(echo.echo.remote(payload))
         lat.append(time.perf_counter() - t0)
-    # The data flow of one step with actors that do nothing: bars to the gateway and the
-    # regime actor, both to two shards, the shards to the guardian, its verdicts back to
-    # the gateway. Four calls in a row on the critical path, references passed from call
-    # to call as the engine does: the floor of a step on this graph.
-    gateway, regime, guardian = echo, Echo.remote(), Echo.remote()  # type: ignore[attr-defined]
+    # The data flow of one step of the benchmark's pipeline (no regime model) with actors
+    # that do nothing: bars to the gateway, its output to two shards, the shards to the
+    # guardian, its verdicts back to the gateway. Four calls in a row on the critical
+    # path, references passed from call to call as the engine does: the floor of a step.
+    gateway, guardian = echo, Echo.remote()  # type: ignore[attr-defined]
     shards = [Echo.remote() for _ in range(2)]  # type: ignore[attr-defined]
     chain = []
     for i in range(n // 2 + 10):
         t0 = time.perf_counter()
         gw = gateway.echo.remote(payload)
-        rg = regime.echo.remote(payload)
-        outs = [s.join.remote(gw, rg) for s in shards]
+        outs = [s.join.remote(gw) for s in shards]
         verdicts = guardian.join.remote(*outs, gw)
         ray.get(gateway.echo.remote(verdicts))
         if i >= 10:
