@@ -48,9 +48,6 @@ from sovereign.messages import (
     TradingStateChanged,
 )
 
-# What must be on disk the moment it changes, in every session: the trading state itself.
-_STATE_FIELDS = ("state", "halted_reason", "halted_ts", "halted_equity", "resumed")
-
 
 def guardian_state_key(scope: str) -> str:
     return f"guardian/{scope}"
@@ -100,7 +97,6 @@ class GuardianActor(Actor):
             else None
         )
         self._review_after = review_after_losses
-        self._batch_durable = False
         self._persisted = stored
         self._persisted_at = 0.0
         # The fingerprint every decision is checked against: written to the audit log now.
@@ -194,11 +190,6 @@ class GuardianActor(Actor):
         # nothing is approved (NOT_STARTED).
         if self.machine is not None:
             self.book.equity = self.book.cash = self.machine.s.last_equity
-        # A backtest's own run-scoped state is never resumed by another session: its limit
-        # figures (high-water mark, day start) may then be written at most a second apart
-        # like the account view. A state change is still written at once, and a named
-        # account's state always is.
-        self._batch_durable = msg.mode == "backtest" and self.key.startswith("guardian/run/")
 
     def _on_book(self, msg: BookSnapshot) -> None:
         # The broker's book is the truth: rebuild holdings and pending orders from it.
@@ -374,8 +365,9 @@ class GuardianActor(Actor):
         operators between sessions) changes every bar and is written at most once a second
         — and always at the session's end — so a backtest does not pay a database write
         per bar for it; a restarted guardian re-reads the account from the broker anyway
-        before it approves anything. A backtest's run-scoped state batches the limit
-        figures the same way (only the trading state itself is written at once).
+        before it approves anything. The limit figures are written at once in every mode,
+        backtests included: a guardian restarted by Ray mid-run restores them, and a
+        high-water mark a second stale would understate the drawdown.
         """
         if self.machine is None:
             return
@@ -383,10 +375,9 @@ class GuardianActor(Actor):
         if doc == self._persisted:
             return
         before = self._persisted or {}
-        watched = _STATE_FIELDS if self._batch_durable else doc.keys()
-        urgent = any(before.get(k) != doc[k] for k in watched if not k.startswith("last_"))
+        changed = any(before.get(k) != v for k, v in doc.items() if not k.startswith("last_"))
         now = time.monotonic()
-        if urgent or force or now - self._persisted_at >= 1.0:
+        if changed or force or now - self._persisted_at >= 1.0:
             self.store.put(self.key, doc)
             self._persisted = doc
             self._persisted_at = now
