@@ -497,7 +497,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--peers",
         action="store_true",
-        help="also run the strategy in backtrader (the optional bench extra)",
+        help="also run the strategy in backtrader (the optional bench extra) and, with "
+        "--nautilus-python, in NautilusTrader; scripts/bench --peers sets up both",
     )
     p.add_argument(
         "--nautilus-python",
