@@ -389,6 +389,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    from sovereign.comms.text import modification_lines
     from sovereign.memory.governance import GovernanceStore
 
     with GovernanceStore(args.state) as store:
@@ -401,18 +402,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         f"(page {args.page} of {pages}, {total} in all)"
     ]
     for r in records:
-        when = datetime.fromtimestamp(r.ts_ns / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M")
-        lines.append(f"  #{r.id:<5} {when}  {r.status:<13} {r.summary}")
-        if r.violations:
-            lines += [f"         violates {v}" for v in r.violations]
-        if r.rolled_back_ts:
-            lines.append(f"         rolled back by {r.rolled_back_by}: {r.rollback_reason}")
-        q = r.evidence.get("q_value")
-        if q is not None:
-            lines.append(
-                f"         evidence: n={r.evidence.get('n')}, win rate "
-                f"{r.evidence.get('win_rate', 0):.1%}, q={q:.3g}, trigger {r.trigger}"
-            )
+        lines += modification_lines(r)
     if not records:
         lines.append("  none")
     sys.stdout.write("\n".join(lines) + "\n")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from sovereign.core.risk import sign_approval
-from sovereign.messages import BarBatch, IdSource, OrderIntent, SubmitOrder
+from sovereign.messages import AccountSnapshot, BarBatch, IdSource, OrderIntent, SubmitOrder
 
 SECRET = b"test-secret-0123456789abcdef"
 DAY_NS = 86_400 * 1_000_000_000
@@ -113,4 +113,22 @@ def intent(
         confidence=confidence,
         regime=regime,
         reason="test",
+    )
+
+
+def cash_account(ts: int, equity: float, day: str = "2024-01-02") -> AccountSnapshot:
+    """An all-cash account snapshot (no positions) on session date ``day``."""
+    return AccountSnapshot(
+        msg_id=_ids.next(),
+        ts_event=ts,
+        ts_init=ts,
+        cash=equity,
+        equity=equity,
+        realized_pnl=0.0,
+        unrealized_pnl=0.0,
+        gross_exposure=0.0,
+        net_exposure=0.0,
+        commissions=0.0,
+        open_positions=0,
+        session_date=day,
     )

@@ -28,7 +28,7 @@ from sovereign.messages import (
     SessionStarted,
 )
 from sovereign.session import load_guardian_state, run_session
-from tests.kit import SECRET, intent
+from tests.kit import SECRET, cash_account, intent
 
 CRASH_BAR = 400
 CRASH_DATA = f"synthetic:40x600:crash={CRASH_BAR}"
@@ -68,20 +68,7 @@ def session_started(mode: str) -> SessionStarted:
 
 def flat_account(equity: float, ts: int) -> AccountSnapshot:
     """An all-cash account snapshot on 2024-01-02."""
-    return AccountSnapshot(
-        msg_id=f"a{ts}",
-        ts_event=ts,
-        ts_init=ts,
-        cash=equity,
-        equity=equity,
-        realized_pnl=0,
-        unrealized_pnl=0,
-        gross_exposure=0,
-        net_exposure=0,
-        commissions=0,
-        open_positions=0,
-        session_date="2024-01-02",
-    )
+    return cash_account(ts, equity)
 
 
 def test_a_crash_ends_halted_and_the_report_explains_the_overshoot(tmp_path, crash_data) -> None:

@@ -14,7 +14,7 @@ from contextlib import closing
 import msgspec
 
 from sovereign.actors.base import Actor
-from sovereign.brokers.base import BrokerAdapter
+from sovereign.brokers.base import BrokerAdapter, rejected
 from sovereign.core.calendar import session_date
 from sovereign.core.risk import ApprovalVerifier
 from sovereign.execution.order_manager import OrderManager
@@ -206,17 +206,7 @@ class GatewayActor(Actor):
 
     def _reject(self, order: SubmitOrder, code: str, detail: str) -> OrderRejected:
         self.count(f"rejected_{code}")
-        return OrderRejected(
-            msg_id=self.ids.next(),
-            ts_event=self.clock,
-            ts_init=self.clock,
-            correlation_id=order.msg_id,
-            order_id=order.order_id,
-            shard=order.shard,
-            symbol=order.symbol,
-            reason_code=code,
-            detail=detail,
-        )
+        return rejected(self.ids, order, code, detail, self.clock)
 
 
 def _int_counters(counters: object) -> dict[str, int]:

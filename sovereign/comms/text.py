@@ -82,22 +82,28 @@ def rules_text(scope: str, version: int, rules: list[RuleView], params: dict[str
     return "\n".join(lines)
 
 
+def modification_lines(r: Any) -> list[str]:
+    """One governance record (a ``ModificationRecord``): what, when, and its evidence."""
+    lines = [f"  #{r.id} {when(r.ts_ns)}  {r.status}  {r.summary}"]
+    lines += [f"      violates {v}" for v in r.violations]
+    if r.rolled_back_ts:
+        lines.append(f"      rolled back by {r.rolled_back_by}: {r.rollback_reason}")
+    q = r.evidence.get("q_value")
+    if q is not None:
+        lines.append(
+            f"      evidence: n={r.evidence.get('n')}, win rate "
+            f"{r.evidence.get('win_rate', 0):.1%}, q={q:.3g}, trigger {r.trigger}"
+        )
+    return lines
+
+
 def history_text(scope: str, page: HistoryPage) -> str:
     lines = [
         f"Modifications of {scope}, newest first "
         f"(page {page.page} of {page.pages}, {page.total} in all)"
     ]
     for r in page.entries:
-        lines.append(f"  #{r.id} {when(r.ts_ns)}  {r.status}  {r.summary}")
-        lines += [f"      violates {v}" for v in r.violations]
-        if r.rolled_back_ts:
-            lines.append(f"      rolled back by {r.rolled_back_by}: {r.rollback_reason}")
-        q = r.evidence.get("q_value")
-        if q is not None:
-            lines.append(
-                f"      evidence: n={r.evidence.get('n')}, win rate "
-                f"{r.evidence.get('win_rate', 0):.1%}, q={q:.3g}, trigger {r.trigger}"
-            )
+        lines += modification_lines(r)
     if not page.entries:
         lines.append("  none")
     elif page.page < page.pages:

@@ -10,7 +10,6 @@ import pytest
 from sovereign.actors.operator import SUMMARY_MAX_POINTS, SUMMARY_WINDOW_DAYS, OperatorActor
 from sovereign.messages import (
     WIRE,
-    AccountSnapshot,
     DailySummary,
     IdSource,
     Message,
@@ -20,6 +19,7 @@ from sovereign.messages import (
     SessionStarted,
     TradeClosed,
 )
+from tests.kit import cash_account as snapshot
 
 MIN = 60 * 1_000_000_000
 _ids = IdSource("test")
@@ -29,23 +29,6 @@ def at(day: str, minute: int) -> int:
     """``minute`` minutes after the 09:30 New York open (14:30 UTC in January)."""
     open_utc = datetime.fromisoformat(f"{day}T14:30:00").replace(tzinfo=UTC)
     return int(open_utc.timestamp()) * 1_000_000_000 + minute * MIN
-
-
-def snapshot(ts: int, equity: float, day: str) -> AccountSnapshot:
-    return AccountSnapshot(
-        msg_id=_ids.next(),
-        ts_event=ts,
-        ts_init=ts,
-        cash=equity,
-        equity=equity,
-        realized_pnl=0.0,
-        unrealized_pnl=0.0,
-        gross_exposure=0.0,
-        net_exposure=0.0,
-        commissions=0.0,
-        open_positions=0,
-        session_date=day,
-    )
 
 
 def closed(exit_ts: int, pnl: float) -> TradeClosed:

@@ -10,21 +10,15 @@ import pytest
 from sovereign.bench.runner import TRADE_TOLERANCE, check_trades, main, targets, workload_spec
 
 
+def tiny_bench(capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, dict]:
+    """``sovereign bench --json`` on 1 % of workload (b), LocalRuntime only."""
+    args = ["--workloads", "b", "--scale", "0.02", "--runtimes", "local", "--latency-steps", "0"]
+    code = main([*args, *extra, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
 def test_a_tiny_bench_reports_every_figure_and_agreeing_trades(capsys) -> None:
-    code = main(
-        [
-            "--workloads",
-            "b",
-            "--scale",
-            "0.02",
-            "--runtimes",
-            "local",
-            "--latency-steps",
-            "0",
-            "--json",
-        ]
-    )
-    out = json.loads(capsys.readouterr().out)
+    code, out = tiny_bench(capsys)
     assert code == 0, out
     assert out["trade_mismatches"] == []
     by_kind = {r["kind"]: r for r in out["results"]}
@@ -50,7 +44,7 @@ def test_a_trade_count_disagreement_makes_the_comparison_invalid() -> None:
     assert check_trades(results) == ["s on local: 9 trades, the reference 10"]
 
 
-def test_the_peers_make_the_pipelines_trades(capsys, monkeypatch) -> None:
+def test_the_peers_make_the_pipelines_trades(capsys) -> None:
     """backtrader (dev extra) trade for trade; NautilusTrader, in its own environment that
     scripts/test provides (SOVEREIGN_BENCH_NAUTILUS_PYTHON), within its documented
     tolerance. The workload is seeded, so the counts are the same on every run."""
@@ -58,23 +52,7 @@ def test_the_peers_make_the_pipelines_trades(capsys, monkeypatch) -> None:
     nautilus = os.environ.get("SOVEREIGN_BENCH_NAUTILUS_PYTHON", "")
     if not nautilus and os.environ.get("CI"):
         pytest.fail("CI runs scripts/test, which provides the NautilusTrader environment")
-    code = main(
-        [
-            "--workloads",
-            "b",
-            "--scale",
-            "0.02",
-            "--runtimes",
-            "local",
-            "--latency-steps",
-            "0",
-            "--peers",
-            "--nautilus-python",
-            nautilus,
-            "--json",
-        ]
-    )
-    out = json.loads(capsys.readouterr().out)
+    code, out = tiny_bench(capsys, "--peers", "--nautilus-python", nautilus)
     assert code == 0, out
     assert out["trade_mismatches"] == []
     peers = {r["runtime"]: r for r in out["results"] if r["kind"] == "peer"}
