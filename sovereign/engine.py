@@ -432,7 +432,10 @@ class Engine:
             initial_capital=self.config.engine.initial_capital,
         )
         start_results = [rt.tell(a, [started]) for a in everyone]
-        self._deliver(rt.fetch([start_results[-1]])[0])
+        # Every actor has started (on Ray: its process is up, its imports and models
+        # loaded) before the first bar: a failure to start surfaces here, not steps later,
+        # and the engine's clock times the session, not the start-up of its processes.
+        self._deliver(rt.fetch(start_results)[-1])
         # The self-modification actor answers the start with the rule set in force. Switched
         # off, it answers nothing, ever: it is then left out of the steps.
         selfmod_on = self.config.selfmod.enabled

@@ -15,9 +15,16 @@ from sovereign.messages import ActorStats, IdSource, Message
 
 
 class Actor:
-    """Base class: identity, deterministic message ids, counters."""
+    """Base class: identity, deterministic message ids, counters.
+
+    ``accepts`` names the message types ``receive`` acts on; the runtimes deliver only
+    those (None: everything). Over the wire the others are not even decoded, which is most
+    of a watcher's inbox. Both runtimes filter alike, so a type missing from the set is
+    missing in every test, not only on Ray.
+    """
 
     role: ClassVar[str] = "actor"
+    accepts: ClassVar[frozenset[type[Message]] | None] = None
 
     def __init__(self, index: int = 0) -> None:
         self.index = index

@@ -37,6 +37,15 @@ from sovereign.messages import (
 
 class GatewayActor(Actor):
     role = "gateway"
+    accepts = frozenset(
+        {
+            BarBatch,
+            SubmitOrder,
+            CancelOrder,
+            SessionStarted,
+            SessionEnded,
+        }
+    )
 
     def __init__(
         self,

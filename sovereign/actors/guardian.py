@@ -55,6 +55,23 @@ def guardian_state_key(scope: str) -> str:
 
 class GuardianActor(Actor):
     role = "guardian"
+    accepts = frozenset(
+        {
+            OrderIntent,
+            BookSnapshot,
+            AccountSnapshot,
+            PositionSnapshot,
+            OrderFilled,
+            OrderCanceled,
+            OrderRejected,
+            TradeClosed,
+            CancelOrder,
+            ModificationProposal,
+            RuleSetSnapshot,
+            SessionStarted,
+            SessionEnded,
+        }
+    )
 
     def __init__(
         self,

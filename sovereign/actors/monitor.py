@@ -20,6 +20,16 @@ from sovereign.messages import (
 
 class MonitorActor(Actor):
     role = "monitor"
+    accepts = frozenset(
+        {
+            AccountSnapshot,
+            OrderFilled,
+            TradeClosed,
+            RiskVerdict,
+            OrderRejected,
+            SessionEnded,
+        }
+    )
 
     def __init__(self, index: int = 0) -> None:
         super().__init__(index)

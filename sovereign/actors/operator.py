@@ -70,6 +70,19 @@ class OperatorActor(Actor):
     """
 
     role = "operator"
+    accepts = frozenset(
+        {
+            AccountSnapshot,
+            Notification,
+            RuleEvaluationRequested,
+            TradeClosed,
+            OrderFilled,
+            OrderRejected,
+            RegimeUpdate,
+            SessionStarted,
+            SessionEnded,
+        }
+    )
 
     def __init__(
         self, index: int = 0, *, notify_fills: bool = False, daily_summary: bool = True

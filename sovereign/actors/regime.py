@@ -78,6 +78,12 @@ class _ShardModels:
 
 class RegimeActor(Actor):
     role = "regime"
+    accepts = frozenset(
+        {
+            BarBatch,
+            SessionEnded,
+        }
+    )
 
     def __init__(self, index: int, shard_symbols: list[list[str]], config: RegimeConfig) -> None:
         super().__init__(index)

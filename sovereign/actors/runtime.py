@@ -69,9 +69,12 @@ class ActorSpec:
 
 def _decode_inputs(actor: Actor, blobs: Sequence[bytes]) -> list[Message]:
     messages: list[Message] = []
+    accepts = actor.accepts
     for blob in blobs:
         try:
-            messages.extend(WIRE.decode_batch(blob))
+            messages.extend(
+                WIRE.decode_batch(blob) if accepts is None else WIRE.decode_batch_of(blob, accepts)
+            )
         except MessageDecodeError as exc:
             # A bad payload is counted and dropped; the actor and its state are untouched.
             actor.count("decode_errors")
@@ -80,6 +83,16 @@ def _decode_inputs(actor: Actor, blobs: Sequence[bytes]) -> list[Message]:
 
 
 # -- LOCAL ------------------------------------------------------------------------------
+
+
+class _Wired(list):  # type: ignore[type-arg]
+    """A result that went through the wire: its messages, and the bytes they came from."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, messages: list[Message], blob: bytes) -> None:
+        super().__init__(messages)
+        self.blob = blob
 
 
 class LocalRuntime:
@@ -99,12 +112,19 @@ class LocalRuntime:
     def tell(self, handle: Actor, *inputs: list[Message] | Lenient) -> list[Message]:
         inputs = tuple(x.value if isinstance(x, Lenient) else x for x in inputs)  # type: ignore[assignment]
         if self.wire:
-            blobs = [WIRE.encode_batch(batch) for batch in inputs]
+            # As on Ray: a result is encoded once, by its producer, and each consumer
+            # decodes it; only the driver's own lists are encoded here.
+            blobs = [b.blob if isinstance(b, _Wired) else WIRE.encode_batch(b) for b in inputs]
             out = handle.receive(_decode_inputs(handle, blobs))
-            return WIRE.decode_batch(WIRE.encode_batch(out))
+            blob = WIRE.encode_batch(out)
+            return _Wired(WIRE.decode_batch(blob), blob)
         messages: list[Message] = []
+        accepts = handle.accepts
         for batch in inputs:
-            messages.extend(batch)
+            if accepts is None:
+                messages.extend(batch)
+            else:
+                messages.extend(m for m in batch if type(m) in accepts)
         return handle.receive(messages)
 
     def fetch(self, results: Sequence[list[Message]]) -> list[list[Message]]:

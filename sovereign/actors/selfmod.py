@@ -33,6 +33,17 @@ from sovereign.messages import (
 
 class SelfModActor(Actor):
     role = "selfmod"
+    accepts = frozenset(
+        {
+            SessionStarted,
+            TradeClosed,
+            AccountSnapshot,
+            RuleEvaluationRequested,
+            ModificationDecision,
+            RollbackRequest,
+            SessionEnded,
+        }
+    )
 
     def __init__(
         self,

@@ -41,6 +41,19 @@ from sovereign.messages import (
 
 class ShardActor(Actor):
     role = "shard"
+    accepts = frozenset(
+        {
+            OrderFilled,
+            RiskVerdict,
+            OrderRejected,
+            OrderCanceled,
+            RegimeUpdate,
+            RuleSetSnapshot,
+            BarBatch,
+            SessionStarted,
+            SessionEnded,
+        }
+    )
 
     def __init__(
         self,

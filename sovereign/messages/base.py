@@ -49,6 +49,7 @@ class Message(msgspec.Struct, frozen=True, tag=True, kw_only=True, gc=False):
 
 _DTYPE_RE = re.compile(r"^(<f8|<f4|<i8|<i4|<i2|<u8|<u4|<u2|\|u1|\|i1|\|b1|\|S([1-9][0-9]?))$")
 MAX_ARRAY_BYTES = 1 << 30
+_ITEMSIZE: dict[str, int] = {}
 
 
 class NDArray(msgspec.Struct, frozen=True, gc=False, array_like=True):
@@ -65,14 +66,19 @@ class NDArray(msgspec.Struct, frozen=True, gc=False, array_like=True):
     data: bytes
 
     def __post_init__(self) -> None:
-        if not _DTYPE_RE.match(self.dtype):
-            raise ValueError(f"unsupported array dtype {self.dtype!r}")
-        if len(self.shape) > 4:
-            raise ValueError(f"array has {len(self.shape)} dimensions; at most 4 are allowed")
-        if any(d < 0 for d in self.shape):
-            raise ValueError(f"array shape {self.shape} has a negative dimension")
-        itemsize = np.dtype(self.dtype).itemsize
-        expected = math.prod(self.shape) * itemsize
+        itemsize = _ITEMSIZE.get(self.dtype)
+        if itemsize is None:
+            if not _DTYPE_RE.fullmatch(self.dtype):
+                raise ValueError(f"unsupported array dtype {self.dtype!r}")
+            # Every column of every message passes here: the regex and np.dtype once per
+            # accepted dtype string (at most 110 of them), then a dict lookup.
+            itemsize = _ITEMSIZE[self.dtype] = np.dtype(self.dtype).itemsize
+        shape = self.shape
+        if len(shape) > 4:
+            raise ValueError(f"array has {len(shape)} dimensions; at most 4 are allowed")
+        if min(shape, default=0) < 0:
+            raise ValueError(f"array shape {shape} has a negative dimension")
+        expected = math.prod(shape) * itemsize
         if expected > MAX_ARRAY_BYTES:
             raise ValueError(f"array of shape {self.shape} exceeds {MAX_ARRAY_BYTES} bytes")
         if len(self.data) != expected:
@@ -88,7 +94,7 @@ class NDArray(msgspec.Struct, frozen=True, gc=False, array_like=True):
         if arr.dtype.kind in "fiu" and arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         arr = np.ascontiguousarray(arr)
-        return cls(dtype=arr.dtype.str, shape=tuple(int(d) for d in arr.shape), data=arr.tobytes())
+        return cls(dtype=arr.dtype.str, shape=arr.shape, data=arr.tobytes())
 
     def to_numpy(self) -> np.ndarray:
         """Return a read-only numpy view over the bytes (no copy)."""

@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import math
+import textwrap
 
 import pytest
 
+from sovereign.actors.base import Actor
+from sovereign.actors.gateway import GatewayActor
+from sovereign.actors.guardian import GuardianActor
+from sovereign.actors.monitor import MonitorActor
+from sovereign.actors.operator import OperatorActor
+from sovereign.actors.regime import RegimeActor
 from sovereign.actors.runtime import ActorSpec, LocalRuntime, RayRuntime
+from sovereign.actors.selfmod import SelfModActor
 from sovereign.actors.shard import ShardActor
 from sovereign.config import StrategyConfig
-from sovereign.messages import WIRE, SessionEnded, ShardReport
+from sovereign.messages import (
+    ALL_MESSAGES,
+    WIRE,
+    BarBatch,
+    Message,
+    Notification,
+    SessionEnded,
+    ShardReport,
+)
 from tests.conftest import gcs_address
 from tests.kit import bars
 
@@ -96,3 +114,61 @@ def test_ray_actor_survives_garbage_bytes_and_reports_them(tmp_path, ray_session
         assert "sovereign/shard/0" in names
     finally:
         rt.shutdown()
+
+
+# -- WHAT AN ACTOR ACCEPTS ---------------------------------------------------------------
+
+ACTOR_CLASSES = [
+    GatewayActor,
+    GuardianActor,
+    MonitorActor,
+    OperatorActor,
+    RegimeActor,
+    SelfModActor,
+    ShardActor,
+]
+
+
+def _matched_types(cls: type) -> set[str]:
+    """Every class named in a ``case`` pattern of ``cls.receive``."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls.receive)))
+    return {
+        node.cls.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.MatchClass) and isinstance(node.cls, ast.Name)
+    }
+
+
+@pytest.mark.parametrize("cls", ACTOR_CLASSES, ids=lambda c: c.__name__)
+def test_an_actor_accepts_every_type_its_receive_handles(cls: type) -> None:
+    # A type handled in ``receive`` but missing from ``accepts`` would never be delivered.
+    handled = _matched_types(cls)
+    assert handled, "receive has no case patterns: the check would prove nothing"
+    assert cls.accepts is not None
+    assert handled == {t.__name__ for t in cls.accepts}
+    assert cls.accepts <= set(ALL_MESSAGES)
+
+
+class _Recorder(Actor):
+    role = "recorder"
+    accepts = frozenset({SessionEnded, BarBatch})
+
+    def __init__(self, index: int = 0) -> None:
+        super().__init__(index)
+        self.seen: list[str] = []
+
+    def receive(self, messages: list[Message]) -> list[Message]:
+        self.seen.extend(type(m).__name__ for m in messages)
+        return []
+
+
+@pytest.mark.parametrize("wire", [False, True], ids=["direct", "wire"])
+def test_both_local_deliveries_hand_an_actor_only_what_it_accepts(wire: bool) -> None:
+    rt = LocalRuntime(wire=wire)
+    actor = rt.spawn(ActorSpec(_Recorder))
+    note = Notification(
+        msg_id="n", ts_event=0, ts_init=0, kind="x", level="info", title="t", text=""
+    )
+    batch = bars(MIN, ["AAA"], [10], [11], [9], [10], [100])
+    rt.tell(actor, [note, batch], [end(), note])
+    assert actor.seen == ["BarBatch", "SessionEnded"]

@@ -15,6 +15,7 @@ from sovereign.messages import (
     WIRE,
     Approval,
     BarBatch,
+    CancelOrder,
     DailySummary,
     EquityCurve,
     Message,
@@ -336,3 +337,67 @@ def test_bar_batch_columns_are_raw_bytes_not_python_objects() -> None:
     assert isinstance(decoded, BarBatch)
     np.testing.assert_array_equal(decoded.close.to_numpy(), [1.2, 2.2])
     assert decoded.symbols.to_numpy().tolist() == [b"AAPL", b"MSFT"]
+
+
+# -- FILTERED DECODING (an actor's ``accepts``) -----------------------------------------
+
+type_sets = st.sets(st.sampled_from(ALL_MESSAGES), max_size=6).map(frozenset)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(any_message, max_size=8), type_sets)
+def test_a_filtered_decode_is_the_full_decode_filtered(
+    messages: list[Message], accepts: frozenset[type[Message]]
+) -> None:
+    blob = WIRE.encode_batch(messages)
+    kept = WIRE.decode_batch_of(blob, accepts)
+    expected = [m for m in WIRE.decode_batch(blob) if type(m) in accepts]
+    assert [type(m) for m in kept] == [type(m) for m in expected]
+    assert WIRE.encode_batch(kept) == WIRE.encode_batch(expected)
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=512), type_sets)
+def test_random_bytes_filtered_only_raise_message_decode_error(
+    blob: bytes, accepts: frozenset[type[Message]]
+) -> None:
+    with contextlib.suppress(MessageDecodeError):
+        WIRE.decode_batch_of(blob, accepts)
+
+
+def test_a_filtered_decode_still_refuses_malformed_batches() -> None:
+    only_orders = frozenset({SubmitOrder})
+    for blob in (
+        b"\x93\x01",  # an array that ends early
+        msgspec.msgpack.encode([{"type": "LaunchMissiles", "msg_id": "x"}]),
+        msgspec.msgpack.encode([7]),
+        msgspec.msgpack.encode({"type": "SubmitOrder"}),  # not a batch
+    ):
+        with pytest.raises(MessageDecodeError):
+            WIRE.decode_batch_of(blob, only_orders)
+    # An accepted message with a bad field fails the batch, as a full decode does.
+    bad = msgspec.msgpack.encode(
+        [{"type": "CancelOrder", "msg_id": 5, "ts_event": 1, "ts_init": 1, "order_id": "a"}]
+    )
+    with pytest.raises(MessageDecodeError, match="msg_id"):
+        WIRE.decode_batch_of(bad, frozenset({CancelOrder}))
+    # A skipped one is not built, so its fields are not checked: the consumer never reads it.
+    assert WIRE.decode_batch_of(bad, only_orders) == []
+
+
+def test_a_filter_must_name_wire_types() -> None:
+    class NotOnTheWire(Message, frozen=True):
+        pass
+
+    with pytest.raises(ValueError, match="NotOnTheWire"):
+        WIRE.decode_batch_of(WIRE.encode_batch([]), frozenset({NotOnTheWire}))
+
+
+def test_column_dtype_is_matched_whole() -> None:
+    for dtype in ("<f8\n", "<f8 ", "|S100", "|S0", "<f16"):
+        with pytest.raises(ValueError, match="unsupported array dtype"):
+            NDArray(dtype=dtype, shape=(1,), data=b"\0" * 8)
+    # A refused dtype stays refused after an accepted one was seen (the dtype cache).
+    NDArray(dtype="<f8", shape=(1,), data=b"\0" * 8)
+    with pytest.raises(ValueError, match="unsupported array dtype"):
+        NDArray(dtype=">f8", shape=(1,), data=b"\0" * 8)
