@@ -47,7 +47,7 @@ from sovereign.actors.runtime import (
 from sovereign.actors.selfmod import SelfModActor
 from sovereign.actors.shard import ShardActor
 from sovereign.brokers.sim import SimBroker
-from sovereign.config import Config
+from sovereign.config import NOTIFICATION_KINDS, Config
 from sovereign.core.risk import SizingPolicy
 from sovereign.data.feeds import ReplayFeed, deal_symbols
 from sovereign.data.loaders import LoadedData
@@ -316,6 +316,7 @@ def build_specs(
             kwargs={
                 "notify_fills": notify_fills or config.notifications.wants("fill"),
                 "daily_summary": daily_summary,
+                "muted": sorted(k for k in NOTIFICATION_KINDS if not config.notifications.wants(k)),
             },
         ),
     }

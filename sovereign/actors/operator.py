@@ -12,6 +12,7 @@ summary covers what was seen since.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import numpy as np
@@ -67,6 +68,10 @@ class OperatorActor(Actor):
     daily_summary
         Send a ``DailySummary`` for each finished session date and for the day the session
         ends in (default True). When off, account snapshots are not even looked at.
+    muted
+        Kinds of notification no channel delivers (``[notifications]`` has them "off"
+        everywhere). The per-trade and per-order ones are then not built at all: a long
+        backtest closes a trade every few bars, and nobody would read them.
     """
 
     role = "operator"
@@ -85,10 +90,18 @@ class OperatorActor(Actor):
     )
 
     def __init__(
-        self, index: int = 0, *, notify_fills: bool = False, daily_summary: bool = True
+        self,
+        index: int = 0,
+        *,
+        notify_fills: bool = False,
+        daily_summary: bool = True,
+        muted: Iterable[str] = (),
     ) -> None:
         super().__init__(index)
         self.notify_fills = notify_fills
+        muted = frozenset(muted)
+        self.notify_trades = "trade_closed" not in muted
+        self.notify_rejections = "order_rejected" not in muted
         self.market_regime = ""
         self.daily_summary = daily_summary
         # This runs every bar of long backtests, so a step only appends the snapshot's own
@@ -130,7 +143,8 @@ class OperatorActor(Actor):
                 case TradeClosed():
                     if self.daily_summary:
                         self._tally(msg)
-                    out.append(self._trade(msg))
+                    if self.notify_trades:
+                        out.append(self._trade(msg))
                 case OrderFilled() if self.notify_fills:
                     out.append(
                         self._note(
@@ -141,7 +155,7 @@ class OperatorActor(Actor):
                             f"order {msg.order_id}, commission {msg.commission:.2f}",
                         )
                     )
-                case OrderRejected():
+                case OrderRejected() if self.notify_rejections:
                     out.append(
                         self._note(
                             msg.ts_event,

@@ -66,13 +66,17 @@ def _peak_rss_mib() -> float:
 def _config(shards: int) -> Any:
     import msgspec
 
-    from sovereign.config import Config, breakout_preset
+    from sovereign.config import Config, NotificationsConfig, breakout_preset
 
     config = breakout_preset(Config())
+    # A benchmark has no operator listening: per-trade and per-order notifications go to
+    # no channel, so the operator does not build them (as in any session so configured).
+    off = {"trade_closed": "off", "order_rejected": "off"}
     return msgspec.structs.replace(
         config,
         engine=msgspec.structs.replace(config.engine, shards=shards, seed=SEED),
         ray=msgspec.structs.replace(config.ray, dashboard=False),
+        notifications=NotificationsConfig(telegram=off, console=off),  # type: ignore[arg-type]
     )
 
 

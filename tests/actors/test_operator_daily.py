@@ -209,6 +209,45 @@ def test_daily_summary_off_emits_none_and_keeps_the_other_notes() -> None:
     assert sum(isinstance(m, Notification) and m.kind == "trade_closed" for m in out) == 6
 
 
+def test_muted_trade_notifications_are_not_built_but_the_days_still_count_them() -> None:
+    loud, quiet = OperatorActor(), OperatorActor(muted=["trade_closed", "order_rejected"])
+    out_loud, out_quiet = run(loud, three_days()), run(quiet, three_days())
+    assert sum(isinstance(m, Notification) and m.kind == "trade_closed" for m in out_loud) == 6
+    assert not any(isinstance(m, Notification) and m.kind == "trade_closed" for m in out_quiet)
+    assert "notified_trade_closed" not in quiet.counters
+    # The daily summaries (not muted) are the same: every trade was tallied.
+    assert [(s.session_date, s.trades, s.wins, s.pnl) for s in summaries(out_quiet)] == [
+        (s.session_date, s.trades, s.wins, s.pnl) for s in summaries(out_loud)
+    ]
+
+    # Everything that is not muted is still said, in the same order.
+    def rest(out: list[Message]) -> list[tuple[str, str]]:
+        return [
+            (m.kind, m.title)
+            for m in out
+            if isinstance(m, Notification) and m.kind != "trade_closed"
+        ]
+
+    assert rest(out_quiet) == rest(out_loud) and rest(out_loud)
+
+
+def test_session_mutes_the_kinds_no_channel_delivers(tmp_path) -> None:
+    from sovereign.config import Config, NotificationsConfig
+    from sovereign.engine import build_specs
+
+    def muted(config: Config) -> list[str]:
+        specs = build_specs(config, [["AAA"]], tmp_path, b"s" * 32, run_id="r")
+        return specs["operator"].kwargs["muted"]
+
+    assert "trade_closed" not in muted(Config())  # the console shows trades by default
+    assert "fill" in muted(Config())  # off on both channels by default
+    off = {"trade_closed": "off"}
+    # Telegram still delivers it (silently, by default): it is built.
+    assert "trade_closed" not in muted(Config(notifications=NotificationsConfig(console=off)))
+    both = NotificationsConfig(console=off, telegram=off)
+    assert "trade_closed" in muted(Config(notifications=both))
+
+
 def test_daily_summary_no_snapshot_no_partial_summary() -> None:
     out = run(OperatorActor(), [[started(at(D1, 0))], [ended(at(D1, 1))]])
     assert summaries(out) == []
