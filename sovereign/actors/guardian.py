@@ -116,6 +116,7 @@ class GuardianActor(Actor):
         self._review_after = review_after_losses
         self._persisted = stored
         self._persisted_at = 0.0
+        self._persisted_limits: tuple[object, ...] | None = None
         # The fingerprint every decision is checked against: written to the audit log now.
         self.fingerprint = constitution.fingerprint
         self.audit.append(
@@ -252,6 +253,7 @@ class GuardianActor(Actor):
         ):
             self.machine.s = theirs
             self._persisted = stored
+            self._persisted_limits = theirs.limit_figures()
             self.log.warning("trading resumed by an operator: %s", theirs.resumed[-1])
 
     def _announce(self, t: Transition, ts: int) -> list[Message]:
@@ -388,16 +390,19 @@ class GuardianActor(Actor):
         """
         if self.machine is None:
             return
-        doc = self.machine.s.to_dict()
-        if doc == self._persisted:
-            return
-        before = self._persisted or {}
-        changed = any(before.get(k) != v for k, v in doc.items() if not k.startswith("last_"))
+        # Every bar comes here: compare the limit figures as one tuple, and build the
+        # document only when something may have to be written.
+        limits = self.machine.s.limit_figures()
+        changed = limits != self._persisted_limits
         now = time.monotonic()
-        if changed or force or now - self._persisted_at >= 1.0:
+        if not (changed or force or now - self._persisted_at >= 1.0):
+            return
+        doc = self.machine.s.to_dict()
+        if doc != self._persisted:
             self.store.put(self.key, doc)
             self._persisted = doc
             self._persisted_at = now
+        self._persisted_limits = limits
 
     # -- SELF-MODIFICATION --------------------------------------------------------------
 

@@ -215,13 +215,19 @@ class ShardActor(Actor):
                 n = int((hit & known).sum())
                 if n:
                     self.rejected_bars[reason] = self.rejected_bars.get(reason, 0) + n
-        take = good & known
-        rows = idx[take]
         self.last_ts = batch.ts
-        self._mask[:] = False
-        self._mask[rows] = True
-        self._o[rows], self._h[rows], self._l[rows] = o[take], h[take], lo[take]
-        self._c[rows], self._v[rows] = c[take], v[take]
+        if idx is self.universe.identity and not reasons:
+            # The whole universe, in order, every row good (clean_rows names reasons only
+            # when a row is bad): the usual replay step, plain copies and no gathers.
+            self._mask.fill(True)
+            self._o[:], self._h[:], self._l[:], self._c[:], self._v[:] = o, h, lo, c, v
+        else:
+            take = good & known
+            rows = idx[take]
+            self._mask[:] = False
+            self._mask[rows] = True
+            self._o[rows], self._h[rows], self._l[rows] = o[take], h[take], lo[take]
+            self._c[rows], self._v[rows] = c[take], v[take]
         entries, exits, cancels = self.strategy.on_bars(
             batch.ts,
             self._mask,

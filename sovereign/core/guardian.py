@@ -25,6 +25,7 @@ clock. Its whole state is a small document persisted by the guardian after every
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -67,6 +68,12 @@ class GuardianState:
         doc["resumed"] = [dict(r) for r in self.resumed]
         return doc
 
+    def limit_figures(self) -> tuple[object, ...]:
+        """Everything but the account as last seen (``last_*``): what the limits depend on.
+        ``resumed`` only ever grows, so its length stands for it (the list itself is
+        changed in place and would compare equal to itself)."""
+        return (*_LIMIT_FIELDS(self), len(self.resumed))
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GuardianState:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
@@ -78,6 +85,15 @@ class GuardianState:
     @classmethod
     def fresh(cls, equity: float) -> GuardianState:
         return cls(high_water_mark=equity, day_start_equity=equity, last_equity=equity)
+
+
+_LIMIT_FIELDS = operator.attrgetter(
+    *(
+        name
+        for name in GuardianState.__dataclass_fields__
+        if not name.startswith("last_") and name != "resumed"
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -272,6 +272,7 @@ class _PreviousWindow:
         self.value = np.full(n, np.nan)
         self.ready = np.zeros(n, dtype=bool)
         self._ring = _Ring(n, window)
+        self._columns = np.arange(n)
 
     def reset(self) -> None:
         """Forget all history."""
@@ -284,10 +285,20 @@ class _PreviousWindow:
         self._step(mask & ~np.isnan(x), x)
 
     def _step(self, valid: np.ndarray, x: np.ndarray) -> None:
+        ring = self._ring
+        if valid.all():
+            # Every symbol has a value (the usual case): whole-array operations, no
+            # gathers. The statistic is the same one over the same window, so the values
+            # are those of the masked path; rows not ready keep their NaN (readiness
+            # never reverts).
+            np.greater_equal(ring.count, self.window, out=self.ready)
+            np.copyto(self.value, self._statistic(ring.buf, x), where=self.ready)
+            ring.buf[ring.count % self.window, self._columns] = x
+            ring.count += 1
+            return
         rows = np.flatnonzero(valid)
         if rows.size == 0:
             return
-        ring = self._ring
         ready = ring.count[rows] >= self.window
         self.value[rows] = np.where(ready, self._statistic(ring.buf, x)[rows], np.nan)
         self.ready[rows] = ready

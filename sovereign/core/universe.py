@@ -15,7 +15,7 @@ class Universe:
     the identity and costs one ``bytes`` comparison.
     """
 
-    __slots__ = ("_identity", "array", "index", "itemsize", "names", "symbols")
+    __slots__ = ("array", "identity", "index", "itemsize", "names", "symbols")
 
     def __init__(self, symbols: Sequence[str]) -> None:
         unique = sorted(set(symbols))
@@ -27,7 +27,8 @@ class Universe:
         width = max((len(s.encode()) for s in unique), default=1)
         self.itemsize = width
         self.array = np.array([s.encode() for s in unique], dtype=f"S{width}")
-        self._identity = np.arange(len(unique), dtype=np.int64)
+        # ``locate``'s answer when a column is the universe itself (callers may test ``is``).
+        self.identity = np.arange(len(unique), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.symbols)
@@ -35,7 +36,7 @@ class Universe:
     def locate(self, column: np.ndarray) -> np.ndarray:
         """Indices of ``column``'s symbols in the universe, -1 where unknown."""
         if column.dtype == self.array.dtype and column.tobytes() == self.array.tobytes():
-            return self._identity
+            return self.identity
         col = column.astype(self.array.dtype) if column.dtype.itemsize <= self.itemsize else column
         idx = np.searchsorted(self.array, col)
         idx = np.minimum(idx, max(len(self.array) - 1, 0))

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from sovereign.messages import BarBatch, IdSource
+from sovereign.messages import BarBatch, IdSource, NDArray
 
 _COLUMNS = ("open", "high", "low", "close", "volume")
 
@@ -36,7 +36,7 @@ class ReplayFeed:
         self._ids = IdSource("feed")
         t_index = np.searchsorted(self.timestamps, frame["ts"].to_numpy(dtype=np.int64))
         symbol_col = frame["symbol"].to_numpy()
-        self._shards: list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]] = []
+        self._shards: list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, NDArray]] = []
         for symbols in shard_symbols:
             col = {s: j for j, s in enumerate(symbols)}
             sym_index = pd.Series(symbol_col).map(col).to_numpy()
@@ -48,12 +48,12 @@ class ReplayFeed:
             present[t, j] = True
             arrays: dict[str, np.ndarray] = {}
             for name in _COLUMNS:
-                a = np.full(shape, np.nan)
+                a = np.full(shape, np.nan, dtype="<f8")
                 a[t, j] = frame[name].to_numpy(dtype=np.float64)[rows]
                 arrays[name] = a
             width = max((len(s.encode()) for s in symbols), default=1)
             names = np.array([s.encode() for s in symbols], dtype=f"S{width}")
-            self._shards.append((present, arrays, names))
+            self._shards.append((present, arrays, names, NDArray.from_numpy(names)))
 
     def __len__(self) -> int:
         return len(self.timestamps)
@@ -61,26 +61,35 @@ class ReplayFeed:
     def batches(self, step: int) -> list[BarBatch | None]:
         """One batch per shard for this step (None where the shard has no bars)."""
         ts = int(self.timestamps[step])
+        close_ts = ts + self.interval_s * 1_000_000_000
         out: list[BarBatch | None] = []
-        for shard, (present, arrays, names) in enumerate(self._shards):
+        for shard, (present, arrays, names, all_names) in enumerate(self._shards):
             row = present[step]
             if not row.any():
                 out.append(None)
                 continue
+            # The columns are little-endian float64 rows of C-ordered arrays: their bytes
+            # go into the batch as they are (what NDArray.from_numpy would check and do).
             if row.all():
-                cols = {k: v[step] for k, v in arrays.items()}
-                syms = names
+                symbols = all_names
+                cols = {k: _column(v[step]) for k, v in arrays.items()}
             else:
-                cols = {k: v[step][row] for k, v in arrays.items()}
-                syms = names[row]
+                symbols = NDArray.from_numpy(names[row])
+                cols = {k: _column(v[step][row]) for k, v in arrays.items()}
             out.append(
-                BarBatch.from_arrays(
+                BarBatch(
                     msg_id=self._ids.next(),
+                    ts_event=close_ts,
+                    ts_init=close_ts,
                     ts=ts,
                     interval_s=self.interval_s,
-                    symbols=syms,
+                    symbols=symbols,
                     shard=shard,
                     **cols,
                 )
             )
         return out
+
+
+def _column(values: np.ndarray) -> NDArray:
+    return NDArray(dtype="<f8", shape=values.shape, data=values.tobytes())
