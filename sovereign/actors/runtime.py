@@ -124,7 +124,7 @@ class LocalRuntime:
             if accepts is None:
                 messages.extend(batch)
             else:
-                messages.extend(m for m in batch if type(m) in accepts)
+                messages += [m for m in batch if type(m) in accepts]
         return handle.receive(messages)
 
     def fetch(self, results: Sequence[list[Message]]) -> list[list[Message]]:
