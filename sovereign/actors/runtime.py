@@ -110,19 +110,21 @@ class LocalRuntime:
         return actor
 
     def tell(self, handle: Actor, *inputs: list[Message] | Lenient) -> list[Message]:
-        inputs = tuple(x.value if isinstance(x, Lenient) else x for x in inputs)  # type: ignore[assignment]
+        batches = [x.value if type(x) is Lenient else x for x in inputs]
         if self.wire:
             # As on Ray: a result is encoded once, by its producer, and each consumer
             # decodes it; only the driver's own lists are encoded here.
-            blobs = [b.blob if isinstance(b, _Wired) else WIRE.encode_batch(b) for b in inputs]
+            blobs = [b.blob if isinstance(b, _Wired) else WIRE.encode_batch(b) for b in batches]
             out = handle.receive(_decode_inputs(handle, blobs))
             blob = WIRE.encode_batch(out)
             return _Wired(WIRE.decode_batch(blob), blob)
         messages: list[Message] = []
         accepts = handle.accepts
-        for batch in inputs:
+        for batch in batches:
+            if not batch:
+                continue
             if accepts is None:
-                messages.extend(batch)
+                messages += batch
             else:
                 messages += [m for m in batch if type(m) in accepts]
         return handle.receive(messages)

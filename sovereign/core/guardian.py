@@ -39,6 +39,9 @@ class TradingState(StrEnum):
     HALTED = "HALTED"
 
 
+_STATE_OF = {s.value: s for s in TradingState}
+
+
 @dataclass(slots=True)
 class GuardianState:
     """The persisted document."""
@@ -123,7 +126,9 @@ class TradingStateMachine:
 
     @property
     def state(self) -> TradingState:
-        return TradingState(self.s.state)
+        # A dict lookup: the Enum constructor is several times slower, and this is read
+        # several times per bar. The stored name was checked when the state was loaded.
+        return _STATE_OF[self.s.state]
 
     def drawdown(self, equity: float) -> float:
         hwm = self.s.high_water_mark

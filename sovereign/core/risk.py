@@ -24,7 +24,6 @@ gateway verifies it, refuses it after expiry, and accepts each one once.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import math
 from dataclasses import dataclass, field
@@ -57,7 +56,9 @@ def sign_approval(
 ) -> Approval:
     """Sign an approval for exactly this order."""
     payload = _approval_payload(order_id, symbol, side, quantity, limit_price, expires_ns)
-    signature = hmac.new(secret, payload, hashlib.sha256).digest()
+    # hmac.digest: OpenSSL's one-shot HMAC, the same bytes as hmac.new(...).digest()
+    # without building an HMAC object (it runs for every order, twice).
+    signature = hmac.digest(secret, payload, "sha256")
     return Approval(
         order_id=order_id,
         symbol=symbol,
@@ -97,7 +98,7 @@ class ApprovalVerifier:
         payload = _approval_payload(
             a.order_id, a.symbol, a.side, a.quantity, a.limit_price, a.expires_ns
         )
-        expected = hmac.new(self._secret, payload, hashlib.sha256).digest()
+        expected = hmac.digest(self._secret, payload, "sha256")
         if not hmac.compare_digest(expected, a.signature):
             return "BAD_SIGNATURE"
         if (

@@ -109,6 +109,19 @@ def test_valid_approval_passes_once_and_replay_is_refused() -> None:
     assert v.check(order, now_ns=0) == "APPROVAL_REPLAYED"
 
 
+def test_the_signature_is_hmac_sha256_over_the_msgpack_payload() -> None:
+    # Pinned independently of sign_approval: what the gateway (or an auditor) recomputes.
+    import hashlib
+    import hmac
+
+    order = submit("o1", "AAPL", "BUY", 10, now=0, ttl_ns=DAY_NS)
+    a = order.approval
+    payload = msgspec.msgpack.encode(
+        (a.order_id, a.symbol, a.side, a.quantity, a.limit_price, a.expires_ns)
+    )
+    assert a.signature == hmac.new(SECRET, payload, hashlib.sha256).digest()
+
+
 def test_expired_approval_is_refused() -> None:
     v = ApprovalVerifier(SECRET)
     order = submit("o1", "AAPL", "BUY", 10, now=0, ttl_ns=DAY_NS)
