@@ -66,6 +66,11 @@ class EngineConfig(_Section, frozen=True):
         feeds a later step) receive the output of this many steps in one call, which saves
         two actor calls per step. Paper and live sessions always deliver every step at once.
         Default 16.
+    submit_with_next_bars
+        In a backtest, the gateway receives a step's approved orders together with the next
+        step's bars, in one call: a step is one actor call shorter, and the simulated broker
+        fills market orders at the next open either way, so the trades are the same. Paper
+        and live sessions always send orders as soon as they are approved. Default true.
     """
 
     shards: int = 2
@@ -75,6 +80,7 @@ class EngineConfig(_Section, frozen=True):
     max_in_flight_steps: int = 16
     approval_ttl_s: int = 300
     observer_batch_steps: int = 16
+    submit_with_next_bars: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= 1024:

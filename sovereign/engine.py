@@ -450,6 +450,17 @@ class Engine:
         watched: list[Any] = []
         watched_steps = 0
 
+        # A backtest hands the gateway a step's approved orders together with the next
+        # step's bars, in one call: the simulated broker fills market orders at the next
+        # bar's open, so the orders only have to be at the broker before those bars, and
+        # a step is then one call shorter. Paper and live sessions send orders as soon as
+        # they are approved; so does the latency probe, which times exactly that.
+        merged = (
+            self.config.engine.submit_with_next_bars
+            and not self.live
+            and self.mode == "backtest"
+            and self.step_latencies is None
+        )
         engine_start = time.perf_counter()
         in_flight: deque[tuple[int, int, Any]] = deque()
         notified = 0
@@ -468,14 +479,21 @@ class Engine:
             bars += sum(len(b) for b in present)
             # Without a regime model the regime actor answers nothing: no call per step.
             regime_r = rt.tell(g.regime, present) if regime_on else []
-            gw_r = rt.tell(g.gateway, present)
+            if merged:
+                # Its answer starts with the acks of the previous step's orders, which is
+                # where the shards and the guardian read them otherwise too.
+                gw_r = rt.tell(g.gateway, Lenient(prev_verdicts), present)
+                acks: tuple[Lenient, ...] = ()
+            else:
+                gw_r = rt.tell(g.gateway, present)
+                acks = (Lenient(prev_acks),)
             # Inputs from the previous step are lenient: if that step failed (an actor died
             # and is restarting), this step goes on without them.
             shard_rs = [
                 rt.tell(
                     shard,
                     Lenient(prev_verdicts),
-                    Lenient(prev_acks),
+                    *acks,
                     Lenient(prev_selfmod),
                     gw_r,
                     regime_r,
@@ -483,16 +501,19 @@ class Engine:
                 )
                 for i, shard in enumerate(g.shards)
             ]
-            verdicts_r = rt.tell(
-                g.guardian, Lenient(prev_acks), Lenient(prev_selfmod), gw_r, *shard_rs
-            )
-            acks_r = rt.tell(g.gateway, verdicts_r)
+            verdicts_r = rt.tell(g.guardian, *acks, Lenient(prev_selfmod), gw_r, *shard_rs)
+            watched.extend((gw_r, verdicts_r))
+            if not merged:
+                acks_r = prev_acks = rt.tell(g.gateway, verdicts_r)
+                watched.append(acks_r)
+            elif step + 1 == total:
+                # The last step's orders: the broker takes them before the session ends.
+                watched.append(rt.tell(g.gateway, Lenient(verdicts_r)))
             if selfmod_on:
                 prev_selfmod = rt.tell(g.selfmod, gw_r, verdicts_r, *shard_rs)
-                watched.extend((gw_r, verdicts_r, acks_r, prev_selfmod, *shard_rs))
-            else:
-                watched.extend((gw_r, verdicts_r, acks_r, *shard_rs))
-            prev_verdicts, prev_acks = verdicts_r, acks_r
+                watched.append(prev_selfmod)
+            watched.extend(shard_rs)
+            prev_verdicts = verdicts_r
             if self.step_latencies is not None:
                 # Latency probe: one step at a time, timed from the bar's arrival to the
                 # gateway having sent the step's orders to the broker.

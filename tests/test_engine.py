@@ -30,6 +30,8 @@ def run(
     run_id: str,
     regime: str = "blend",
     observer_batch: int = 16,
+    submit_with_next_bars: bool = True,
+    max_gross_exposure: float = 1.0,
     on_notification=None,
 ):
     import msgspec
@@ -38,9 +40,13 @@ def run(
     cfg = msgspec.structs.replace(
         cfg,
         engine=msgspec.structs.replace(
-            cfg.engine, shards=shards, observer_batch_steps=observer_batch
+            cfg.engine,
+            shards=shards,
+            observer_batch_steps=observer_batch,
+            submit_with_next_bars=submit_with_next_bars,
         ),
         regime=msgspec.structs.replace(cfg.regime, model=regime),
+        risk=msgspec.structs.replace(cfg.risk, max_gross_exposure=max_gross_exposure),
         # These tests are about the engine; one run each, no comparison replay.
         selfmod=msgspec.structs.replace(cfg.selfmod, compare_without_rules=False),
     )
@@ -126,6 +132,37 @@ def test_watchers_see_the_same_session_whatever_the_steps_per_call(tmp_path, sam
     assert np.array_equal(one.ts, seven.ts) and np.array_equal(one.equity, seven.equity)
     assert one.counters == seven.counters
     assert one.steps == seven.steps
+
+
+def test_orders_sent_with_the_next_bars_change_nothing(tmp_path, sample) -> None:
+    """A backtest hands the gateway a step's orders with the next step's bars: the trades,
+    the equity curve, the counts (denials included) and the notifications are those of
+    sending them in a call of their own."""
+    seen: dict[bool, list[tuple[str, str, str]]] = {}
+    outs = {}
+    for merged in (False, True):
+        notes = seen.setdefault(merged, [])
+        outs[merged] = run(
+            tmp_path / str(merged),
+            sample,
+            "local",
+            run_id="m",
+            regime="baseline",
+            submit_with_next_bars=merged,
+            # Tight enough that the guardian denies entries: denials take the path too.
+            max_gross_exposure=0.06,
+            on_notification=lambda n, notes=notes: notes.append((n.kind, n.title, n.text)),
+        )
+    apart, merged = outs[False].result, outs[True].result
+    assert (tmp_path / "False" / "out" / "trades.csv").read_bytes() == (
+        tmp_path / "True" / "out" / "trades.csv"
+    ).read_bytes()
+    assert len(outs[True].trades) > 50
+    assert np.array_equal(apart.ts, merged.ts) and np.array_equal(apart.equity, merged.equity)
+    assert apart.counters == merged.counters
+    assert apart.counters["intents_denied"] > 0  # denials travel the merged path too
+    assert sorted(seen[False]) == sorted(seen[True]) and len(seen[True]) > 50
+    assert apart.final_account == merged.final_account
 
 
 @pytest.mark.ray
