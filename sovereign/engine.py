@@ -14,6 +14,12 @@ actor to actor without a round trip through the driver):
                                               │
                         MonitorActor, OperatorActor <── everything of the step
 
+In a backtest the approved orders of step t travel to the gateway with the bars of step
+t+1, in one call (the simulated broker fills them at that bar's open either way), so a
+step is three calls in a row instead of four; paper and live sessions send them at once.
+Actors declare the message types they act on (``Actor.accepts``) and are handed only
+those; on Ray the rest of an input is skipped without being decoded.
+
 The clock is a replay clock: timestamps come from the data. In a paper session the driver
 paces steps against the wall clock, scaled by ``speed``.
 """

@@ -78,7 +78,7 @@ def run_models(data: LoadedData, config: Config) -> dict[str, np.ndarray]:
 
     symbols = data.symbols
     feed = ReplayFeed(data.frame, [symbols], data.interval_s)
-    present, arrays, _ = feed._shards[0]
+    present, arrays = feed.panel(0)
     close, volume = arrays["close"], arrays["volume"]
     t_count, n = close.shape
     rc = config.regime

@@ -63,6 +63,24 @@ def run(
     )
 
 
+def run_heard(tmp: Path, data, variants: dict) -> tuple[dict, dict]:
+    """One local baseline-regime run per variant (keyword arguments of ``run``), each in
+    ``tmp/<key>``; their outputs and the notifications each one delivered, in order."""
+    outs, seen = {}, {}
+    for key, kwargs in variants.items():
+        notes = seen[key] = []
+        outs[key] = run(
+            tmp / str(key),
+            data,
+            "local",
+            run_id="v",
+            regime="baseline",
+            on_notification=lambda n, notes=notes: notes.append((n.kind, n.title, n.text)),
+            **kwargs,
+        )
+    return outs, seen
+
+
 def test_local_backtest_on_sample_trades_and_writes_every_report_file(tmp_path, sample) -> None:
     out = run(tmp_path, sample, "local", run_id="local-1")
     for name in REPORT_FILES:
@@ -114,19 +132,7 @@ def test_watchers_see_the_same_session_whatever_the_steps_per_call(tmp_path, sam
     """The monitor and operator get several steps per call in a backtest: the equity curve,
     the counts and every notification (in order) are the same as one step per call. 7
     does not divide the step count, so the last call is a short one."""
-    seen: dict[int, list[tuple[str, str, str]]] = {}
-    outs = {}
-    for batch in (1, 7):
-        notes = seen.setdefault(batch, [])
-        outs[batch] = run(
-            tmp_path / str(batch),
-            sample,
-            "local",
-            run_id="w",
-            regime="baseline",
-            observer_batch=batch,
-            on_notification=lambda n, notes=notes: notes.append((n.kind, n.title, n.text)),
-        )
+    outs, seen = run_heard(tmp_path, sample, {1: {"observer_batch": 1}, 7: {"observer_batch": 7}})
     one, seven = outs[1].result, outs[7].result
     assert seen[1] == seen[7] and len(seen[1]) > 50
     assert np.array_equal(one.ts, seven.ts) and np.array_equal(one.equity, seven.equity)
@@ -138,21 +144,16 @@ def test_orders_sent_with_the_next_bars_change_nothing(tmp_path, sample) -> None
     """A backtest hands the gateway a step's orders with the next step's bars: the trades,
     the equity curve, the counts (denials included) and the notifications are those of
     sending them in a call of their own."""
-    seen: dict[bool, list[tuple[str, str, str]]] = {}
-    outs = {}
-    for merged in (False, True):
-        notes = seen.setdefault(merged, [])
-        outs[merged] = run(
-            tmp_path / str(merged),
-            sample,
-            "local",
-            run_id="m",
-            regime="baseline",
-            submit_with_next_bars=merged,
-            # Tight enough that the guardian denies entries: denials take the path too.
-            max_gross_exposure=0.06,
-            on_notification=lambda n, notes=notes: notes.append((n.kind, n.title, n.text)),
-        )
+    # A gross-exposure limit tight enough that the guardian denies entries: denials take
+    # the path too.
+    outs, seen = run_heard(
+        tmp_path,
+        sample,
+        {
+            merged: {"submit_with_next_bars": merged, "max_gross_exposure": 0.06}
+            for merged in (False, True)
+        },
+    )
     apart, merged = outs[False].result, outs[True].result
     assert (tmp_path / "False" / "out" / "trades.csv").read_bytes() == (
         tmp_path / "True" / "out" / "trades.csv"

@@ -264,23 +264,22 @@ def _ray_ping(n: int) -> dict[str, Any]:
         ray.get(gateway.echo.remote(verdicts))
         if i >= 10:
             chain.append(time.perf_counter() - t0)
-    # The same flow as a backtest drives it: each step's shards and guardian also take the
-    # previous step's verdicts and acknowledgements (fetched inside the actor), and up to
-    # 16 steps are in flight. Its time per step is the floor of a Ray bar time for this
-    # graph: each step waits for the previous one's guardian and gateway.
+    # The same flow as a backtest drives it: the gateway takes the previous step's
+    # verdicts with the bars, the shards take them too (both fetch them inside the actor,
+    # as the runtime's Lenient inputs are fetched), and up to 16 steps are in flight. Its
+    # time per step is the floor of a Ray bar time for this graph: a step waits for the
+    # previous one's guardian.
     prev: list[Any] = []
     in_flight: deque[Any] = deque()
     steps = n // 2 + 10
     for i in range(steps):
         if i == 10:
             t_flow = time.perf_counter()
-        gw = gateway.echo.remote(payload)
-        lenient = [[r] for r in prev]
-        outs = [s.join.remote(*lenient, gw) for s in shards]
-        verdicts = guardian.join.remote(*lenient[1:], *outs, gw)
-        acks = gateway.join.remote(verdicts)
-        prev = [verdicts, acks]
-        in_flight.append(acks)
+        gw = gateway.join.remote(*prev, payload)
+        outs = [s.join.remote(*prev, gw) for s in shards]
+        verdicts = guardian.join.remote(*outs, gw)
+        prev = [[verdicts]]
+        in_flight.append(verdicts)
         if len(in_flight) > 16:
             ray.get(in_flight.popleft())
     ray.get(list(in_flight))

@@ -58,6 +58,12 @@ class ReplayFeed:
     def __len__(self) -> int:
         return len(self.timestamps)
 
+    def panel(self, shard: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """A shard's bars as (time x symbol) arrays: which cells have a bar, and the OHLCV
+        columns (NaN where there is none)."""
+        present, arrays, _, _ = self._shards[shard]
+        return present, arrays
+
     def batches(self, step: int) -> list[BarBatch | None]:
         """One batch per shard for this step (None where the shard has no bars)."""
         ts = int(self.timestamps[step])
