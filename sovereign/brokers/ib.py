@@ -149,6 +149,15 @@ class IBConnection:
     def _safe_disconnect(self) -> None:
         with contextlib.suppress(Exception):
             self.ib.disconnect()
+        # On a socket that is already gone, ib_async's disconnect fails in write_eof and
+        # leaves the transport set; IB.__del__ would then disconnect again when the object
+        # is collected and raise where nothing can catch it. Drop the transport for good.
+        conn = self.ib.client.conn
+        transport = getattr(conn, "transport", None)
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                transport.abort()
+            conn.transport = None
 
     def close(self) -> None:
         self._safe_disconnect()

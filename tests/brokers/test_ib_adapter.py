@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import pytest
@@ -147,3 +148,15 @@ def test_an_order_sent_into_a_dead_socket_ends_lost_in_flight_not_hanging(tws) -
     assert fills(pump(broker, lambda ev: True)) == []
     assert broker.positions() == tws.positions() == {}
     broker.close()
+
+
+def test_closing_over_a_dead_socket_leaves_nothing_for_the_collector(tws) -> None:
+    # The socket is gone under ib_async (closed beneath it, as a torn-down peer can leave
+    # it): its own disconnect fails and, before the fix, IB.__del__ failed again later.
+    broker = IBBroker(settings(tws))
+    conn = broker.conn.ib.client.conn
+    sock = conn.transport.get_extra_info("socket")
+    os.close(sock.fileno())
+    broker.close()
+    assert conn.transport is None
+    broker.conn.ib.disconnect()  # what IB.__del__ does: now a no-op, not an EBADF
