@@ -23,13 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from collections import deque
-from typing import Any
 
 import sovereign  # noqa: F401  (pins BLAS/OpenMP threads before Ray starts workers)
+from sovereign.bench.rayflow import pipelined_us_per_step, stand_ins
 
-PAYLOAD = b"x" * 256
 VARIANTS = {
     "separate order call, inputs fetched in the actor (engine before this session)": (
         True,
@@ -51,51 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="flow")
-
-    @ray.remote
-    class Stand:
-        def call(self, *parts: Any) -> bytes:
-            for part in parts:
-                if isinstance(part, list):  # a Lenient input: fetched here
-                    ray.get(part[0])
-            return PAYLOAD
-
-    gateway, guardian = Stand.remote(), Stand.remote()  # type: ignore[attr-defined]
-    shards = [Stand.remote() for _ in range(2)]  # type: ignore[attr-defined]
-    ray.get([a.call.remote() for a in (gateway, guardian, *shards)])
-
-    def run(separate_orders: bool, fetched_inside: bool) -> float:
-        def ref(r: Any) -> Any:
-            return [r] if fetched_inside else r
-
-        verdicts: Any = None
-        acks: Any = None
-        in_flight: deque[Any] = deque()
-        for i in range(args.steps + 10):
-            if i == 10:
-                started = time.perf_counter()
-            prev = [] if verdicts is None else [ref(verdicts)]
-            if separate_orders:
-                gw = gateway.call.remote(PAYLOAD)
-                prev_acks = [] if acks is None else [ref(acks)]
-                outs = [s.call.remote(*prev, *prev_acks, gw) for s in shards]
-                verdicts = guardian.call.remote(*prev_acks, *outs, gw)
-                acks = gateway.call.remote(verdicts)
-                last = acks
-            else:
-                gw = gateway.call.remote(*prev, PAYLOAD)
-                outs = [s.call.remote(*prev, gw) for s in shards]
-                verdicts = last = guardian.call.remote(*outs, gw)
-            in_flight.append(last)
-            if len(in_flight) > 16:
-                ray.get(in_flight.popleft())
-        ray.get(list(in_flight))
-        return (time.perf_counter() - started) / args.steps * 1e6
-
+    actors = stand_ins(ray)
     figures: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for _ in range(args.rounds):
         for name, (separate, inside) in VARIANTS.items():
-            figures[name].append(round(run(separate, inside), 1))
+            us = pipelined_us_per_step(
+                ray, actors, args.steps, separate_orders=separate, fetched_inside=inside
+            )
+            figures[name].append(round(us, 1))
     ray.shutdown()
     if args.json:
         print(json.dumps({"us_per_step": figures, "steps": args.steps}, indent=2))

@@ -24,12 +24,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 import numpy as np
+
+from sovereign.bench.rayflow import PAYLOAD, pipelined_us_per_step, stand_ins
 
 WORKLOADS: dict[str, tuple[int, int]] = {
     "a": (1, 1_000_000),
@@ -227,63 +228,32 @@ def _ray_ping(n: int) -> dict[str, Any]:
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="bench")
-
-    @ray.remote
-    class Echo:
-        def echo(self, b: bytes) -> bytes:
-            return b
-
-        def join(self, *parts: bytes | list[Any]) -> bytes:
-            # A part in a list is a reference to the previous step's output, fetched here
-            # as the runtime's Lenient inputs are.
-            for part in parts:
-                if isinstance(part, list):
-                    ray.get(part[0])
-            return b"x" * 256
-
-    echo = Echo.remote()  # type: ignore[attr-defined]
-    payload = b"x" * 256
-    ray.get(echo.echo.remote(payload))
+    actors = stand_ins(ray)
+    gateway, guardian, shards = actors
     lat = []
     for _ in range(n):
         t0 = time.perf_counter()
-        ray.get(echo.echo.remote(payload))
+        ray.get(gateway.call.remote(PAYLOAD))
         lat.append(time.perf_counter() - t0)
     # The data flow of one step of the benchmark's pipeline (no regime model) with actors
     # that do nothing: bars to the gateway, its output to two shards, the shards to the
     # guardian, its verdicts back to the gateway. Four calls in a row on the critical
     # path, references passed from call to call as the engine does: the floor of a step.
-    gateway, guardian = echo, Echo.remote()  # type: ignore[attr-defined]
-    shards = [Echo.remote() for _ in range(2)]  # type: ignore[attr-defined]
     chain = []
     for i in range(n // 2 + 10):
         t0 = time.perf_counter()
-        gw = gateway.echo.remote(payload)
-        outs = [s.join.remote(gw) for s in shards]
-        verdicts = guardian.join.remote(*outs, gw)
-        ray.get(gateway.echo.remote(verdicts))
+        gw = gateway.call.remote(PAYLOAD)
+        outs = [s.call.remote(gw) for s in shards]
+        verdicts = guardian.call.remote(*outs, gw)
+        ray.get(gateway.call.remote(verdicts))
         if i >= 10:
             chain.append(time.perf_counter() - t0)
-    # The same flow as a backtest drives it: the gateway takes the previous step's
-    # verdicts with the bars, the shards take them too (both fetch them inside the actor,
-    # as the runtime's Lenient inputs are fetched), and up to 16 steps are in flight. Its
-    # time per step is the floor of a Ray bar time for this graph: a step waits for the
-    # previous one's guardian.
-    prev: list[Any] = []
-    in_flight: deque[Any] = deque()
-    steps = n // 2 + 10
-    for i in range(steps):
-        if i == 10:
-            t_flow = time.perf_counter()
-        gw = gateway.join.remote(*prev, payload)
-        outs = [s.join.remote(*prev, gw) for s in shards]
-        verdicts = guardian.join.remote(*outs, gw)
-        prev = [[verdicts]]
-        in_flight.append(verdicts)
-        if len(in_flight) > 16:
-            ray.get(in_flight.popleft())
-    ray.get(list(in_flight))
-    pipelined_us = (time.perf_counter() - t_flow) / (steps - 10) * 1e6
+    # The same flow driven as a backtest drives it (orders with the next bars, previous
+    # step's verdicts fetched inside the actors, 16 steps in flight): the floor of a Ray
+    # bar time for this graph.
+    pipelined_us = pipelined_us_per_step(
+        ray, actors, n // 2, separate_orders=False, fetched_inside=True
+    )
     ray.shutdown()
     arr = np.array(lat) * 1e6
     flow = np.array(chain) * 1e6

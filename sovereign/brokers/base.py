@@ -9,7 +9,7 @@ to an order as order events (``OrderAccepted``, ``OrderRejected``, ``OrderFilled
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from sovereign.messages import (
     AccountSnapshot,
@@ -74,15 +74,22 @@ Held = Mapping[str, tuple[int, float, float]]
 """Positions as ``symbol -> (quantity, average price, market price)``."""
 
 
+def _about(ids: IdSource, order: SubmitOrder, now_ns: int) -> dict[str, Any]:
+    """The fields every event about ``order`` carries: its envelope and the order's ids."""
+    return {
+        "msg_id": ids.next(),
+        "ts_event": now_ns,
+        "ts_init": now_ns,
+        "correlation_id": order.msg_id,
+        "order_id": order.order_id,
+        "shard": order.shard,
+        "symbol": order.symbol,
+    }
+
+
 def accepted(ids: IdSource, order: SubmitOrder, broker_order_id: str, now_ns: int) -> OrderAccepted:
     return OrderAccepted(
-        msg_id=ids.next(),
-        ts_event=now_ns,
-        ts_init=now_ns,
-        correlation_id=order.msg_id,
-        order_id=order.order_id,
-        shard=order.shard,
-        symbol=order.symbol,
+        **_about(ids, order, now_ns),
         side=order.side,
         quantity=order.quantity,
         broker_order_id=broker_order_id,
@@ -93,13 +100,7 @@ def canceled(
     ids: IdSource, order: SubmitOrder, filled: int, reason: str, now_ns: int
 ) -> OrderCanceled:
     return OrderCanceled(
-        msg_id=ids.next(),
-        ts_event=now_ns,
-        ts_init=now_ns,
-        correlation_id=order.msg_id,
-        order_id=order.order_id,
-        shard=order.shard,
-        symbol=order.symbol,
+        **_about(ids, order, now_ns),
         filled_quantity=filled,
         reason=reason,
     )
@@ -109,13 +110,7 @@ def rejected(
     ids: IdSource, order: SubmitOrder, code: str, detail: str, now_ns: int
 ) -> OrderRejected:
     return OrderRejected(
-        msg_id=ids.next(),
-        ts_event=now_ns,
-        ts_init=now_ns,
-        correlation_id=order.msg_id,
-        order_id=order.order_id,
-        shard=order.shard,
-        symbol=order.symbol,
+        **_about(ids, order, now_ns),
         reason_code=code,
         detail=detail,
     )

@@ -48,7 +48,7 @@ class ReplayFeed:
             present[t, j] = True
             arrays: dict[str, np.ndarray] = {}
             for name in _COLUMNS:
-                a = np.full(shape, np.nan, dtype="<f8")
+                a = np.full(shape, np.nan)
                 a[t, j] = frame[name].to_numpy(dtype=np.float64)[rows]
                 arrays[name] = a
             width = max((len(s.encode()) for s in symbols), default=1)
@@ -67,26 +67,21 @@ class ReplayFeed:
     def batches(self, step: int) -> list[BarBatch | None]:
         """One batch per shard for this step (None where the shard has no bars)."""
         ts = int(self.timestamps[step])
-        close_ts = ts + self.interval_s * 1_000_000_000
         out: list[BarBatch | None] = []
         for shard, (present, arrays, names, all_names) in enumerate(self._shards):
             row = present[step]
             if not row.any():
                 out.append(None)
                 continue
-            # The columns are little-endian float64 rows of C-ordered arrays: their bytes
-            # go into the batch as they are (what NDArray.from_numpy would check and do).
             if row.all():
-                symbols = all_names
-                cols = {k: _column(v[step]) for k, v in arrays.items()}
+                cols = {k: v[step] for k, v in arrays.items()}
+                symbols: np.ndarray | NDArray = all_names  # the same column every step
             else:
-                symbols = NDArray.from_numpy(names[row])
-                cols = {k: _column(v[step][row]) for k, v in arrays.items()}
+                cols = {k: v[step][row] for k, v in arrays.items()}
+                symbols = names[row]
             out.append(
-                BarBatch(
+                BarBatch.from_arrays(
                     msg_id=self._ids.next(),
-                    ts_event=close_ts,
-                    ts_init=close_ts,
                     ts=ts,
                     interval_s=self.interval_s,
                     symbols=symbols,
@@ -95,7 +90,3 @@ class ReplayFeed:
                 )
             )
         return out
-
-
-def _column(values: np.ndarray) -> NDArray:
-    return NDArray(dtype="<f8", shape=values.shape, data=values.tobytes())

@@ -84,7 +84,7 @@ class BarBatch(Message, frozen=True, gc=False):
         msg_id: str,
         ts: int,
         interval_s: int,
-        symbols: np.ndarray,
+        symbols: np.ndarray | NDArray,
         open: np.ndarray,
         high: np.ndarray,
         low: np.ndarray,
@@ -95,7 +95,9 @@ class BarBatch(Message, frozen=True, gc=False):
         correlation_id: str = "",
         warmup: bool = False,
     ) -> BarBatch:
-        """Build a batch from numpy columns; ``ts_event`` is the bar close."""
+        """Build a batch from numpy columns; ``ts_event`` is the bar close. A symbols
+        column already on the wire (``NDArray``) is taken as it is: a replay sends the same
+        one every step."""
         f8 = np.float64
         return cls(
             msg_id=msg_id,
@@ -104,7 +106,9 @@ class BarBatch(Message, frozen=True, gc=False):
             correlation_id=correlation_id,
             ts=ts,
             interval_s=interval_s,
-            symbols=NDArray.from_numpy(np.asarray(symbols, dtype="S")),
+            symbols=symbols
+            if isinstance(symbols, NDArray)
+            else NDArray.from_numpy(np.asarray(symbols, dtype="S")),
             open=NDArray.from_numpy(np.asarray(open, dtype=f8)),
             high=NDArray.from_numpy(np.asarray(high, dtype=f8)),
             low=NDArray.from_numpy(np.asarray(low, dtype=f8)),
