@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import pytest
@@ -151,12 +150,16 @@ def test_an_order_sent_into_a_dead_socket_ends_lost_in_flight_not_hanging(tws) -
 
 
 def test_closing_over_a_dead_socket_leaves_nothing_for_the_collector(tws) -> None:
-    # The socket is gone under ib_async (closed beneath it, as a torn-down peer can leave
-    # it): its own disconnect fails and, before the fix, IB.__del__ failed again later.
+    # The socket is gone under ib_async (closed beneath its transport): its own disconnect
+    # fails with EBADF and, before the fix, IB.__del__ failed again later. The socket is
+    # closed through its Python object (asyncio's private ``_sock``), never by raw fd: a
+    # raw close would leave the object to close the number again once another file (a
+    # font, a database) has been given it.
     broker = IBBroker(settings(tws))
     conn = broker.conn.ib.client.conn
-    sock = conn.transport.get_extra_info("socket")
-    os.close(sock.fileno())
+    conn.transport._sock.close()
+    with pytest.raises(OSError):
+        conn.transport.write_eof()  # what ib_async's own disconnect runs into
     broker.close()
     assert conn.transport is None
     broker.conn.ib.disconnect()  # what IB.__del__ does: now a no-op, not an EBADF
