@@ -72,6 +72,12 @@ from sovereign.messages import (
 log = logging.getLogger("sovereign.engine")
 
 Runtime = LocalRuntime | RayRuntime
+
+
+class BacktestStepError(ActorCallError):
+    """A backtest lost a step (an actor died or raised) and stopped there."""
+
+
 Mode = Literal["backtest", "paper"]
 
 
@@ -366,6 +372,7 @@ class Engine:
         self.notify_fills = notify_fills
         self.daily_summary = daily_summary
         self.failed_steps = 0
+        self.fail_fast = False
         # Set to a list to time each step (see the latency benchmark); None: not timed.
         self.step_latencies: list[float] | None = None
         if feed is None:
@@ -467,6 +474,20 @@ class Engine:
             and self.mode == "backtest"
             and self.step_latencies is None
         )
+        # How a step takes the previous step's outputs. A backtest passes them as plain
+        # results: on Ray, references the runtime resolves before the call, which saves
+        # the actor a round trip to the driver per input (about a millisecond a step with
+        # two shards). A failed call then fails every later step that depends on it, and
+        # the backtest stops at the first failed step (see ``_complete``): a replay with a
+        # lost step is not the replay of the data, and rerunning it costs nothing but time.
+        # No order is sent after the failure either: the gateway's later calls wait on the
+        # failed verdicts and are never run. Paper and live sessions go on past a failed
+        # step (an actor died and restarts): they take those inputs leniently, so the next
+        # step runs without what the failed one would have produced.
+        # The latency probe times a step as a paper session runs it, so it carries
+        # inputs as paper sessions do.
+        self.fail_fast = not self.live and self.mode == "backtest" and self.step_latencies is None
+        carry: Callable[[Any], Any] = (lambda x: x) if self.fail_fast else Lenient
         engine_start = time.perf_counter()
         in_flight: deque[tuple[int, int, Any]] = deque()
         notified = 0
@@ -488,33 +509,31 @@ class Engine:
             if merged:
                 # Its answer starts with the acks of the previous step's orders, which is
                 # where the shards and the guardian read them otherwise too.
-                gw_r = rt.tell(g.gateway, Lenient(prev_verdicts), present)
-                acks: tuple[Lenient, ...] = ()
+                gw_r = rt.tell(g.gateway, carry(prev_verdicts), present)
+                acks: tuple[Any, ...] = ()
             else:
                 gw_r = rt.tell(g.gateway, present)
-                acks = (Lenient(prev_acks),)
-            # Inputs from the previous step are lenient: if that step failed (an actor died
-            # and is restarting), this step goes on without them.
+                acks = (carry(prev_acks),)
             shard_rs = [
                 rt.tell(
                     shard,
-                    Lenient(prev_verdicts),
+                    carry(prev_verdicts),
                     *acks,
-                    Lenient(prev_selfmod),
+                    carry(prev_selfmod),
                     gw_r,
                     regime_r,
                     [batches[i]] if batches[i] is not None else [],
                 )
                 for i, shard in enumerate(g.shards)
             ]
-            verdicts_r = rt.tell(g.guardian, *acks, Lenient(prev_selfmod), gw_r, *shard_rs)
+            verdicts_r = rt.tell(g.guardian, *acks, carry(prev_selfmod), gw_r, *shard_rs)
             watched.extend((gw_r, verdicts_r))
             if not merged:
                 acks_r = prev_acks = rt.tell(g.gateway, verdicts_r)
                 watched.append(acks_r)
             elif step + 1 == total:
                 # The last step's orders: the broker takes them before the session ends.
-                watched.append(rt.tell(g.gateway, Lenient(verdicts_r)))
+                watched.append(rt.tell(g.gateway, carry(verdicts_r)))
             if selfmod_on:
                 prev_selfmod = rt.tell(g.selfmod, gw_r, verdicts_r, *shard_rs)
                 watched.append(prev_selfmod)
@@ -595,6 +614,11 @@ class Engine:
         except ActorCallError as exc:
             # An actor of this step died (Ray restarts it). Nothing it did not finish was
             # sent on: the gateway only acts on the guardian's completed output.
+            if self.fail_fast:
+                raise BacktestStepError(
+                    f"backtest stopped at step {step + 1}: an actor call failed ({exc}); "
+                    "a replay that lost a step is not the replay of its data: run it again"
+                ) from exc
             self.failed_steps += 1
             log.error("step %d failed: %s", step, exc)
             delivered = 0

@@ -180,3 +180,45 @@ def test_ray_replay_is_identical_to_local(tmp_path, sample, ray_session) -> None
     ).read_bytes()
     assert local.metrics == remote.metrics
     np.testing.assert_array_equal(local.result.equity, remote.result.equity)
+
+
+@pytest.mark.ray
+def test_ray_backtest_stops_with_a_clear_error_at_a_lost_step(
+    tmp_path, sample, ray_session
+) -> None:
+    """A backtest takes the previous step's outputs as references Ray resolves before
+    the call, so a failed step fails the steps after it: the session must stop with a
+    clear error, not go on with a hole in its replay. (That the later steps send no
+    order is the runtime's test: a call whose plain input failed never runs.)"""
+    from sovereign.engine import BacktestStepError, Progress
+
+    killed: list[int] = []
+
+    def on_progress(p: Progress) -> None:
+        if not killed and p.step >= 40:
+            guardian = ray_session.get_actor("sovereign/guardian/0", namespace="sovereign")
+            ray_session.kill(guardian, no_restart=False)
+            killed.append(p.step)
+
+    cfg = Config()
+    import msgspec
+
+    cfg = msgspec.structs.replace(
+        cfg,
+        regime=msgspec.structs.replace(cfg.regime, model="none"),
+        selfmod=msgspec.structs.replace(cfg.selfmod, enabled=False),
+    )
+    with pytest.raises(BacktestStepError, match=r"backtest stopped at step \d+: an actor call"):
+        run_session(
+            cfg,
+            sample,
+            runtime="ray",
+            mode="backtest",
+            state_dir=tmp_path / "state",
+            out_dir=tmp_path / "out",
+            run_id="lost",
+            on_progress=on_progress,
+        )
+    assert killed
+    # The session never reached its end, so no report claims a complete replay.
+    assert not (tmp_path / "out" / "metrics.json").exists()

@@ -172,3 +172,44 @@ def test_both_local_deliveries_hand_an_actor_only_what_it_accepts(wire: bool) ->
     batch = bars(MIN, ["AAA"], [10], [11], [9], [10], [100])
     rt.tell(actor, [note, batch], [end(), note])
     assert actor.seen == ["BarBatch", "SessionEnded"]
+
+
+@pytest.mark.ray
+def test_ray_never_runs_a_call_whose_plain_input_failed(ray_session) -> None:
+    """A backtest passes the previous step's verdicts to the gateway as a plain result: if
+    the call that was to produce them failed, the gateway's call must never run (that is
+    what keeps a failed step from sending orders). A lenient input is survived instead."""
+    from sovereign.actors.runtime import ActorCallError, Lenient
+
+    class Breaks(Actor):
+        role = "breaks"
+        accepts = frozenset({BarBatch})
+
+        def receive(self, messages: list[Message]) -> list[Message]:
+            raise RuntimeError("this actor fails every call")
+
+    class Counts(Actor):
+        role = "counts"
+        accepts = frozenset({BarBatch, SessionEnded})
+
+        def receive(self, messages: list[Message]) -> list[Message]:
+            self.count("calls")
+            if any(isinstance(m, SessionEnded) for m in messages):
+                return [self.stats(0)]
+            return []
+
+    rt = RayRuntime()
+    try:
+        breaks, counts = rt.spawn(ActorSpec(Breaks)), rt.spawn(ActorSpec(Counts))
+        batch = bars(MIN, ["AAA"], [10], [11], [9], [10], [100])
+        failed = rt.tell(breaks, [batch])
+        plain = rt.tell(counts, failed, [batch])
+        lenient = rt.tell(counts, Lenient(failed), [batch])
+        with pytest.raises(ActorCallError):
+            rt.fetch([plain])
+        assert rt.fetch([lenient]) == [[]]
+        (stats,) = rt.fetch([rt.tell(counts, [end()])])[0]
+        # Two calls ran (the lenient one and the end), and the lenient one counted its loss.
+        assert stats.counters == {"calls": 2, "lost_inputs": 1}
+    finally:
+        rt.shutdown()
