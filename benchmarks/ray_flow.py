@@ -9,9 +9,9 @@ Four variants, the two choices the engine makes:
 * whether a step's approved orders go to the gateway in a call of their own (as paper and
   live sessions send them) or with the next step's bars (what backtests do);
 * whether the previous step's outputs are fetched inside the actor (the runtime's
-  ``Lenient`` inputs, so that a failed step costs that step only) or passed as top-level
-  references, which Ray resolves before the call (a failed step would then fail every
-  later one).
+  ``Lenient`` inputs, so that a failed step costs that step only: paper and live
+  sessions) or passed as top-level references, which Ray resolves before the call (a
+  failed step then fails every later one, so a backtest stops at the first: backtests).
 
 Rounds alternate the variants, so the host's drift spreads over all of them.
 
@@ -28,13 +28,13 @@ import sovereign  # noqa: F401  (pins BLAS/OpenMP threads before Ray starts work
 from sovereign.bench.rayflow import pipelined_us_per_step, stand_ins
 
 VARIANTS = {
-    "separate order call, inputs fetched in the actor (engine before this session)": (
+    "separate order call, inputs fetched in the actor (paper and live sessions)": (
         True,
         True,
     ),
-    "orders with the next bars, inputs fetched in the actor (backtests now)": (False, True),
+    "orders with the next bars, inputs fetched in the actor": (False, True),
     "separate order call, top-level references": (True, False),
-    "orders with the next bars, top-level references": (False, False),
+    "orders with the next bars, top-level references (backtests)": (False, False),
 }
 
 

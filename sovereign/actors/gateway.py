@@ -91,7 +91,7 @@ class GatewayActor(Actor):
                     out.extend(self._cancel(msg, touched))
                 case SessionStarted():
                     self._restore_account()
-                    self.expected = dict(self.broker.positions())
+                    self.expected = {s: q for s, q in self.broker.positions().items() if q}
                 case SessionEnded():
                     self._save_account()
                     self.counters.update(self.orders.counters)
@@ -131,7 +131,7 @@ class GatewayActor(Actor):
             return []
         held = self.broker.positions()
         out: list[Message] = []
-        if not self._mismatch and held == {s: q for s, q in self.expected.items() if q}:
+        if not self._mismatch and held == self.expected:
             return out  # the usual case, checked in one comparison
         for symbol in sorted(set(held) | set(self.expected)):
             ours, theirs = self.expected.get(symbol, 0), held.get(symbol, 0)
@@ -199,7 +199,13 @@ class GatewayActor(Actor):
                         out.append(ev)
                         touched.append(ev.symbol)
                         signed = ev.quantity if ev.side == "BUY" else -ev.quantity
-                        self.expected[ev.symbol] = self.expected.get(ev.symbol, 0) + signed
+                        held = self.expected.get(ev.symbol, 0) + signed
+                        # Flat symbols leave the map, so that it compares directly with
+                        # the broker's positions, which name only what is held.
+                        if held:
+                            self.expected[ev.symbol] = held
+                        else:
+                            self.expected.pop(ev.symbol, None)
                 case OrderAccepted():
                     if self.orders.on_accepted(ev):
                         out.append(ev)

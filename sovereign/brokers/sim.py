@@ -111,11 +111,14 @@ class SimBroker:
         if not self._working and not self.portfolio.open:
             return []
         index = self._index(batch)
-        # Python floats once per column: positions and fills read them one at a time.
-        opens = batch.open.to_numpy().tolist()
-        # Fills happen at the open: that is what positions are worth at that moment.
-        self._mark(index, opens)
-        events = self._fill_working(batch, index, opens) if self._working else []
+        events: list[Message] = []
+        if self._working:
+            # Python floats once per column: positions and fills read them one at a time.
+            opens = batch.open.to_numpy().tolist()
+            # Fills happen at the open: that is what positions are worth at that moment
+            # (without fills nothing reads that mark before the close replaces it).
+            self._mark(index, opens)
+            events = self._fill_working(batch, index, opens)
         self._mark(index, batch.close.to_numpy().tolist())
         return events
 
