@@ -59,7 +59,7 @@ def breakout_reference(
     entry_bar = np.zeros(n, dtype=np.int64)
     entry_price = np.zeros(n)
     exit_reason = np.zeros(n, dtype=np.int64)
-    tr_ring = np.zeros((atr_period, n))
+    tr_window = np.zeros((atr_period, n))
     high_ring = np.zeros((window, n))
     vol_ring = np.zeros((window, n))
     prev_close = np.full(n, np.nan)
@@ -93,9 +93,11 @@ def breakout_reference(
         # 2. indicators
         h, lo, c, v = high[t], low[t], close[t], volume[t]
         tr = np.fmax(h, prev_close) - np.fmin(lo, prev_close)
-        tr_ring[t % atr_period] = tr
+        # The window oldest first, summed in that order (the pipeline's ATR, to the bit).
+        tr_window[:-1] = tr_window[1:]
+        tr_window[-1] = tr
         prev_close = c
-        atr = tr_ring.sum(axis=0) / atr_period
+        atr = tr_window.cumsum(axis=0)[-1] / atr_period
         ready = t >= window  # 20 previous bars (and so 14 true ranges) exist
         prior_high = high_ring.max(axis=0)
         # 3. exits

@@ -161,6 +161,12 @@ class SimpleATR:
     symbol's first bar); ``value`` at a bar is the mean of that bar's true range and the
     ``period - 1`` before it. This is the breakout strategy's ATR (the peers' common
     definition), where Wilder's smoothing would make the comparison inexact.
+
+    The window is kept oldest first and summed strictly in that order (``cumsum``, which is
+    sequential by definition, where ``sum`` may pair terms differently with the array's
+    layout): a chunked replay computes the same sums as whole columns
+    (``window_sums``) and must get the same ATR, to the last bit, whatever the number of
+    symbols.
     """
 
     def __init__(self, n: int, period: int = 14) -> None:
@@ -171,15 +177,19 @@ class SimpleATR:
         self.value = np.full(n, np.nan)
         self.ready = np.zeros(n, dtype=bool)
         self.tr = np.full(n, np.nan)
-        self._prev_close = np.full(n, np.nan)
-        self._ring = _Ring(n, period, fill=0.0)
+        self.prev_close = np.full(n, np.nan)
+        # The last ``period`` true ranges, oldest first (zeros until filled), and how many
+        # each symbol has had.
+        self.window = np.zeros((period, n))
+        self.count = np.zeros(n, dtype=np.intp)
 
     def reset(self) -> None:
         self.value.fill(np.nan)
         self.ready.fill(False)
         self.tr.fill(np.nan)
-        self._prev_close.fill(np.nan)
-        self._ring.reset()
+        self.prev_close.fill(np.nan)
+        self.window.fill(0.0)
+        self.count.fill(0)
 
     def update(
         self, mask: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray
@@ -191,29 +201,46 @@ class SimpleATR:
         rows = np.flatnonzero(valid)
         if rows.size == 0:
             return
-        prev = self._prev_close[rows]
+        prev = self.prev_close[rows]
         tr = np.fmax(high[rows], prev) - np.fmin(low[rows], prev)
         self.tr[rows] = tr
-        ring = self._ring
-        ring.push(rows, tr)
-        self._prev_close[rows] = close[rows]
-        ready = ring.count[rows] >= self.period
+        w = self.window
+        w[:-1, rows] = w[1:, rows]
+        w[-1, rows] = tr
+        self.count[rows] += 1
+        self.prev_close[rows] = close[rows]
+        ready = self.count[rows] >= self.period
         self.ready[rows] = ready
         # Summed from the window each time (not a running sum, which drifts over millions
         # of bars and would move stops by a rounding error).
-        self.value[rows] = np.where(ready, ring.buf[:, rows].sum(axis=0) / self.period, np.nan)
+        self.value[rows] = np.where(ready, w[:, rows].cumsum(axis=0)[-1] / self.period, np.nan)
 
     def _update_all(self, high: np.ndarray, low: np.ndarray, close: np.ndarray) -> None:
         # Every symbol has a bar (the usual case): whole-array operations, no gathers. The
         # same sums in the same order as the masked path, so the values are identical.
-        tr = np.fmax(high, self._prev_close) - np.fmin(low, self._prev_close)
+        tr = np.fmax(high, self.prev_close) - np.fmin(low, self.prev_close)
         self.tr[:] = tr
-        ring = self._ring
-        ring.buf[ring.count % self.period, np.arange(self.n)] = tr
-        ring.count += 1
-        self._prev_close[:] = close
-        np.greater_equal(ring.count, self.period, out=self.ready)
-        np.copyto(self.value, ring.buf.sum(axis=0) / self.period, where=self.ready)
+        w = self.window
+        w[:-1] = w[1:]
+        w[-1] = tr
+        self.count += 1
+        self.prev_close[:] = close
+        np.greater_equal(self.count, self.period, out=self.ready)
+        np.copyto(self.value, w.cumsum(axis=0)[-1] / self.period, where=self.ready)
+
+
+def window_sums(x: np.ndarray, width: int) -> np.ndarray:
+    """Sums of ``width`` consecutive rows of ``x`` (rows are time), each summed oldest
+    first, one addition at a time: row ``t`` of the result is
+    ``(...((x[t] + x[t+1]) + x[t+2]) ... ) + x[t+width-1]``, exactly what ``cumsum`` over
+    a window gives. ``x`` has ``T >= width`` rows; the result has ``T - width + 1``."""
+    k = x.shape[0] - width + 1
+    if k <= 0:
+        return np.zeros((0, *x.shape[1:]))
+    acc = x[:k].copy()
+    for j in range(1, width):
+        acc += x[j : j + k]
+    return acc
 
 
 class EMA:

@@ -117,35 +117,39 @@ class Portfolio:
     def figures(self) -> tuple[float, float, float, float]:
         """Equity, unrealised P&L, gross and net exposure, in one pass over the positions
         (each is otherwise a pass of its own, and an account snapshot is taken every bar).
-        The sums are taken in the same order as the properties', so they are equal."""
-        net = gross = unrealized = 0.0
+
+        Every sum is ``math.fsum``: correctly rounded, so it does not depend on the order
+        of the positions. A chunked backtest sums each bar's positions in another order
+        (as columns) and must get the very same equity, to the last bit, as a step-by-step
+        replay; the properties below use the same sums, so they are equal too."""
+        values: list[float] = []
+        unrealized: list[float] = []
         isfinite = math.isfinite
         for p in self.open.values():
             mark = p.market_price
             if isfinite(mark):
-                value = p.quantity * mark
-                unrealized += (mark - p.avg_price) * p.quantity
+                values.append(p.quantity * mark)
+                unrealized.append((mark - p.avg_price) * p.quantity)
             else:
-                value = p.quantity * p.avg_price
-            net += value
-            gross += abs(value)
-        return self.cash + net, unrealized, gross, net
+                values.append(p.quantity * p.avg_price)
+        net = math.fsum(values)
+        return self.cash + net, math.fsum(unrealized), math.fsum(map(abs, values)), net
 
     @property
     def unrealized_pnl(self) -> float:
-        return sum(p.unrealized_pnl for p in self.open.values())
+        return math.fsum(p.unrealized_pnl for p in self.open.values())
 
     @property
     def equity(self) -> float:
-        return self.cash + sum(p.market_value for p in self.open.values())
+        return self.cash + math.fsum(p.market_value for p in self.open.values())
 
     @property
     def gross_exposure(self) -> float:
-        return sum(abs(p.market_value) for p in self.open.values())
+        return math.fsum(abs(p.market_value) for p in self.open.values())
 
     @property
     def net_exposure(self) -> float:
-        return sum(p.market_value for p in self.open.values())
+        return math.fsum(p.market_value for p in self.open.values())
 
     @property
     def open_positions(self) -> int:

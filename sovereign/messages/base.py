@@ -8,7 +8,6 @@ older reader keeps decoding newer messages.
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 
@@ -108,14 +107,16 @@ class IdSource:
     """Deterministic message ids: ``<source>:<n>`` with a per-source counter.
 
     Ids from a replay are identical on every runtime, which is what lets two runs of the
-    same data be compared trade for trade, and a replayed command be recognised.
+    same data be compared trade for trade, and a replayed command be recognised. ``n`` is
+    the last number given out; a speculative chunk that is abandoned puts it back.
     """
 
-    __slots__ = ("_counter", "prefix")
+    __slots__ = ("n", "prefix")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self._counter = itertools.count(1)
+        self.n = 0
 
     def next(self) -> str:
-        return f"{self.prefix}:{next(self._counter)}"
+        self.n += 1
+        return f"{self.prefix}:{self.n}"

@@ -1,0 +1,703 @@
+"""Speculative chunks: many bar times of a backtest in one pass of each actor.
+
+A replayed backtest is deterministic, and with the simulated broker nothing it does
+reaches the outside world until it is committed. So instead of one round trip through the
+actor graph per bar time, a backtest can hand each actor a *chunk* of K bar times:
+
+1. the shard runs its strategy over the chunk **speculatively**: it assumes every intent
+   is approved as asked and fills in full at the next bar's open, at the open price (the
+   simulated broker's model for market orders and for entries whose limit the open does
+   not cross), and reports its intents as columns;
+2. the guardian approves the chunk's orders **conditionally** (one signature over the
+   batch), checking everything it can without the account path;
+3. the gateway executes the batch on the simulated broker **without committing**: it
+   checks that every order fills exactly as the shard assumed and computes the account
+   path (equity, cash and exposure at every bar close);
+4. the guardian **validates** the chunk against that path: no trading-state transition
+   (drawdown, daily loss, new session) and every decision exactly what it would have been
+   bar by bar (sizing against the equity, cash and exposure of its bar);
+5. everyone commits; or, if anything differed, everyone discards the chunk and the engine
+   replays those bar times one by one, which is exact by construction.
+
+The results are identical to a replay bar by bar, to the last bit of every price and
+equity figure (tests check it), so chunks are a way of running the same backtest, not a
+model of it. This module holds the shard's part for the breakout strategy
+(``breakout_chunk``) and the pure helpers of the other parts; the guardian's and the
+broker's parts live with them (``core.guardian``, ``core.risk``, ``brokers.sim``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from sovereign.core.indicators import window_sums
+from sovereign.messages.market import REGIME_NAMES, REGIME_UNKNOWN
+
+SIDE_BUY = 1
+SIDE_SELL = 2
+EXIT_REASONS: tuple[str, ...] = ("stop", "target", "max_hold")
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkBars:
+    """K consecutive bar times of one shard's universe, every symbol at every time.
+
+    ``ts`` (K,) are the bar starts (ns); the price and volume arrays are (K, n), row t
+    the bar time ``ts[t]``, column j the universe's symbol j.
+    """
+
+    ts: np.ndarray
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.ts.shape[0])
+
+
+@dataclass(slots=True)
+class ChunkIntents:
+    """A chunk's intents as columns, in the order a shard emits them bar by bar (per bar:
+    exits, then entries, each by universe index)."""
+
+    bar: np.ndarray  # int64, the bar time (index in the chunk) the intent was decided at
+    index: np.ndarray  # int64, universe index
+    side: np.ndarray  # uint8, SIDE_BUY (an entry) or SIDE_SELL (an exit)
+    quantity: np.ndarray  # int64
+    ref_price: np.ndarray  # float64, the decision bar's close
+    confidence: np.ndarray  # float64
+    seq: np.ndarray  # int64, the intent's number for its symbol ("SYM-<seq>")
+
+    def __len__(self) -> int:
+        return int(self.bar.shape[0])
+
+
+@dataclass(slots=True)
+class ChunkTrade:
+    """A round trip that the chunk closes (speculatively: commissions come with the
+    execution report, when the chunk is committed)."""
+
+    index: int
+    trade_id: str
+    quantity: int
+    entry_ts: int
+    exit_ts: int
+    entry_cost: float
+    exit_proceeds: float
+    commission: float  # booked before the chunk (an entry filled earlier)
+    bars_held: int
+    exit_reason: str
+    regime_code: int
+    confidence: float
+    features: dict[str, Any]
+    entry_seq: int  # the entry order's seq if it filled in this chunk, else 0
+    exit_seq: int
+    exit_bar: int  # the bar (in the chunk) whose open filled the exit
+
+
+@dataclass(slots=True)
+class ChunkOutcome:
+    """What a shard's strategy made of a chunk: its intents, and the trades it closed in
+    the order the fills closed them."""
+
+    intents: ChunkIntents
+    trades: list[ChunkTrade]
+    entries_filled: dict[int, int]  # universe index -> seq of an entry filled in the chunk
+    # whose trade is still open at the chunk's end (its commission is booked at commit)
+
+
+class ChunkUnsupportedError(Exception):
+    """The chunk cannot be speculated from this state; the engine replays it bar by bar."""
+
+
+def checkpoint(obj: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """A deep copy of the named attributes of ``obj`` (numpy arrays, dicts, small objects)."""
+    return copy.deepcopy({name: getattr(obj, name) for name in names})
+
+
+def restore(obj: Any, saved: dict[str, Any]) -> None:
+    for name, value in saved.items():
+        setattr(obj, name, value)
+
+
+def _chronological(buf: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """A ring buffer (width, n) whose next write slot is ``count % width``, oldest first.
+    Slots never written (a column with fewer values than the width) come first, as NaN
+    or whatever the ring was filled with."""
+    width = buf.shape[0]
+    slots = (count[None, :] - width + np.arange(width)[:, None]) % width
+    return np.take_along_axis(buf, slots, axis=0)
+
+
+def _ring_after(history: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """The ring buffer holding the last ``width`` rows of ``history`` (oldest first) after
+    ``count`` pushes in all: value ``k`` of the tail sits in slot
+    ``(count - width + k) % width``, where the bar-by-bar pushes put it."""
+    width = history.shape[0]
+    slots = (count[None, :] - width + np.arange(width)[:, None]) % width
+    buf = np.empty_like(history)
+    np.put_along_axis(buf, slots, history, axis=0)
+    return buf
+
+
+def _median_rows(windows: np.ndarray) -> np.ndarray:
+    """The median of each row, as ``RollingMedian`` takes it (a full sort, then the middle
+    value or the half-sum of the middle two)."""
+    ordered = np.sort(windows, axis=1)
+    width = windows.shape[1]
+    mid = width // 2
+    if width % 2:
+        return ordered[:, mid]
+    return 0.5 * (ordered[:, mid - 1] + ordered[:, mid])
+
+
+def _check_supported(st: Any) -> None:
+    """The states the breakout kernel reproduces exactly; anything else is replayed bar by
+    bar (partial fills, late fills, canceled entries, orders nobody answered)."""
+    cfg = st.config
+    if not st.breakout or cfg.fixed_quantity <= 0:
+        raise ChunkUnsupportedError(
+            "only the breakout strategy with a fixed quantity runs in chunks"
+        )
+    if st.exit_late_fill.any():
+        raise ChunkUnsupportedError("a late entry fill is waiting to be sold")
+    if (st.pending_entry & (st.quantity > 0)).any() or (st.pending_exit & (st.quantity <= 0)).any():
+        raise ChunkUnsupportedError("an order is pending in a state the chunk does not model")
+    if int(st.pending_entry.sum() + st.pending_exit.sum()) != len(st.orders):
+        raise ChunkUnsupportedError("orders are pending that the pending flags do not account for")
+    for order in st.orders.values():
+        i = order.index
+        if order.filled or order.cancel_sent:
+            raise ChunkUnsupportedError("a partly filled or canceled order is pending")
+        want = st.pending_entry[i] if order.purpose == "OPEN" else st.pending_exit[i]
+        if not want:
+            raise ChunkUnsupportedError("an order is pending without its flag")
+    for i, trade in st.trades.items():
+        if st.quantity[i] > 0 and (not trade.filled_once or trade.exit_qty):
+            raise ChunkUnsupportedError("a position is partly closed")
+    if (st.quantity < 0).any():
+        raise ChunkUnsupportedError("short positions are not modelled")
+
+
+@dataclass(slots=True)
+class _Indicators:
+    """The breakout's indicators over a chunk, each bar's value as bar by bar."""
+
+    atr: np.ndarray  # (K, n), NaN until ready
+    tr: np.ndarray  # (K, n)
+    tr_history: np.ndarray  # (period - 1 + K, n), oldest first
+    high_history: np.ndarray  # (high window + K, n)
+    vol_history: np.ndarray  # (volume window + K, n)
+    prior_high: np.ndarray  # (K, n)
+    ready: tuple[np.ndarray, np.ndarray, np.ndarray]  # ATR, prior high, median: (K, n)
+    signal: np.ndarray  # (K, n) entry signal (were the symbol flat)
+
+
+def _indicators(st: Any, bars: ChunkBars) -> _Indicators:
+    k_bars = len(bars)
+    o, h, lo, c, v = bars.open, bars.high, bars.low, bars.close, bars.volume
+    del o
+    rows = np.arange(k_bars)
+    atr_ind = st.atr
+    period = atr_ind.period
+    prev_close = np.vstack([atr_ind.prev_close[None, :], c[:-1]])
+    tr = np.fmax(h, prev_close) - np.fmin(lo, prev_close)
+    tr_history = np.vstack([atr_ind.window[1:], tr])
+    atr_ready = (atr_ind.count[None, :] + rows[:, None] + 1) >= period
+    atr = np.where(atr_ready, window_sums(tr_history, period) / period, np.nan)
+
+    ph = st.prior_high
+    high_history = np.vstack([_chronological(ph._ring.buf, ph._ring.count), h])
+    ph_ready = (ph._ring.count[None, :] + rows[:, None]) >= ph.window
+    prior_high = sliding_window_view(high_history, ph.window, axis=0)[:k_bars].max(axis=-1)
+
+    vm = st.volume_median
+    vol_history = np.vstack([_chronological(vm._ring.buf, vm._ring.count), v])
+    vm_ready = (vm._ring.count[None, :] + rows[:, None]) >= vm.window
+
+    with np.errstate(invalid="ignore"):
+        signal = atr_ready & ph_ready & vm_ready & (c > prior_high)
+        cand_t, cand_j = np.nonzero(signal)
+        if cand_t.size:
+            windows = vol_history[cand_t[:, None] + np.arange(vm.window)[None, :], cand_j[:, None]]
+            signal[cand_t, cand_j] = v[cand_t, cand_j] > _median_rows(windows)
+    return _Indicators(
+        atr=atr,
+        tr=tr,
+        tr_history=tr_history,
+        high_history=high_history,
+        vol_history=vol_history,
+        prior_high=prior_high,
+        ready=(atr_ready, ph_ready, vm_ready),
+        signal=signal,
+    )
+
+
+@dataclass(slots=True)
+class _Walk:
+    """Every decision of a chunk, found symbol by symbol, and the trade state at its end."""
+
+    entry_bar: np.ndarray
+    entry_col: np.ndarray
+    exit_bar: np.ndarray
+    exit_col: np.ndarray
+    exit_reason: np.ndarray  # index into EXIT_REASONS
+    exit_held: np.ndarray  # bars held at the decision
+    position: np.ndarray  # (n,) at the end
+    stop: np.ndarray
+    target: np.ndarray
+    held: np.ndarray
+
+
+def _walk(st: Any, bars: ChunkBars, ind: _Indicators) -> _Walk:
+    """Each symbol's trades, from event to event, all symbols at once.
+
+    A round takes every flat symbol to its next entry signal (its fill, at the next open,
+    sets the stop and target from the signal bar's ATR) and every open trade to its exit:
+    the first bar whose low reaches the stop or whose high reaches the target, or the bar
+    that completes the maximum hold. Exits filled at an open leave the symbol flat at that
+    bar, free to enter again at its close.
+    """
+    cfg = st.config
+    k_bars, n = bars.close.shape
+    o, h, lo = bars.open, bars.high, bars.low
+    qty = int(cfg.fixed_quantity)
+    seek, trading, done = 0, 1, 2
+    mode = np.full(n, seek if k_bars else done, dtype=np.int64)
+    cursor = np.zeros(n, dtype=np.int64)
+    stop = st.stop.copy()
+    target = st.target.copy()
+    held = st.bars_held.astype(np.int64).copy()
+    limit = st.max_hold.astype(np.int64).copy()
+    position = st.quantity.astype(np.int64).copy()
+    rows = np.arange(k_bars)
+    marks = np.where(ind.signal, rows[:, None], k_bars)
+    next_signal = np.vstack(
+        [np.minimum.accumulate(marks[::-1], axis=0)[::-1], np.full((1, n), k_bars)]
+    )
+    log_e: list[tuple[np.ndarray, np.ndarray]] = []
+    log_x: list[tuple[np.ndarray, ...]] = []
+
+    def enter(cols: np.ndarray, fill: np.ndarray, atr: np.ndarray, mult: tuple[Any, Any]) -> None:
+        # The stop and target follow the average price, as the strategy books a fill.
+        avg = (qty * o[fill, cols]) / qty
+        stop[cols] = avg - mult[0] * atr
+        target[cols] = avg + mult[1] * atr
+        held[cols] = 0
+        cursor[cols] = fill
+        position[cols] = qty
+        mode[cols] = trading
+
+    if k_bars:
+        pre_exit = np.flatnonzero(st.pending_exit)
+        position[pre_exit] = 0
+        stop[pre_exit] = target[pre_exit] = np.nan
+        held[pre_exit] = 0
+        pre_entry = np.flatnonzero(st.pending_entry)
+        if pre_entry.size:
+            trades = [st.trades[i] for i in pre_entry.tolist()]
+            mult = (
+                np.array([t.stop_mult for t in trades]),
+                np.array([t.target_mult for t in trades]),
+            )
+            enter(
+                pre_entry,
+                np.zeros(pre_entry.size, dtype=np.int64),
+                np.array([t.atr for t in trades]),
+                mult,
+            )
+        mode[(st.quantity > 0) & ~st.pending_exit] = trading
+
+    while (mode != done).any():
+        flat = np.flatnonzero(mode == seek)
+        if flat.size:
+            s = next_signal[cursor[flat], flat]
+            mode[flat[s >= k_bars]] = done
+            go, s = flat[s < k_bars], s[s < k_bars]
+            if go.size:
+                log_e.append((s, go))
+                limit[go] = cfg.max_hold_bars
+                mode[go[s == k_bars - 1]] = done  # pending at the chunk's end
+                go, s = go[s < k_bars - 1], s[s < k_bars - 1]
+                if go.size:
+                    enter(go, s + 1, ind.atr[s, go], (cfg.stop_atr_mult, cfg.target_atr_mult))
+        active = np.flatnonzero(mode == trading)
+        if not active.size:
+            continue
+        start = cursor[active]
+        forced = start + np.maximum(0, limit[active] - held[active] - 1)
+        width = np.minimum(forced, k_bars - 1) - start + 1
+        offsets = np.arange(int(width.max()))
+        at = np.minimum(start[:, None] + offsets[None, :], k_bars - 1)
+        cols = active[:, None]
+        stop_hit = lo[at, cols] <= stop[active, None]
+        target_hit = h[at, cols] >= target[active, None]
+        hit = (stop_hit | target_hit) & (offsets[None, :] < width[:, None])
+        any_hit = hit.any(axis=1)
+        first = hit.argmax(axis=1)
+        decided = any_hit | (forced <= k_bars - 1)
+        still = active[~decided]
+        held[still] += k_bars - cursor[still]
+        mode[still] = done
+        sel = np.flatnonzero(decided)
+        if not sel.size:
+            continue
+        x_cols = active[sel]
+        e = np.where(any_hit[sel], start[sel] + first[sel], forced[sel])
+        on_stop = any_hit[sel] & stop_hit[sel, first[sel]]
+        on_target = any_hit[sel] & target_hit[sel, first[sel]]
+        held[x_cols] += e - cursor[x_cols] + 1
+        log_x.append(
+            (e, x_cols, np.where(on_stop, 0, np.where(on_target, 1, 2)), held[x_cols].copy())
+        )
+        last = e == k_bars - 1
+        mode[x_cols[last]] = done  # the exit fills after the chunk
+        closing, e = x_cols[~last], e[~last]
+        position[closing] = 0
+        stop[closing] = target[closing] = np.nan
+        held[closing] = 0
+        cursor[closing] = e + 1
+        mode[closing] = seek
+
+    def cat(parts: list[tuple[np.ndarray, ...]], k: int) -> np.ndarray:
+        if not parts:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([p[k] for p in parts]).astype(np.int64)
+
+    return _Walk(
+        entry_bar=cat(log_e, 0),
+        entry_col=cat(log_e, 1),
+        exit_bar=cat(log_x, 0),
+        exit_col=cat(log_x, 1),
+        exit_reason=cat(log_x, 2),
+        exit_held=cat(log_x, 3),
+        position=position,
+        stop=stop,
+        target=target,
+        held=held,
+    )
+
+
+def breakout_chunk(st: Any, bars: ChunkBars, regime_codes: np.ndarray) -> ChunkOutcome:
+    """Run the breakout strategy (``ShardStrategy`` with ``kind = "breakout"``) over a
+    chunk, speculatively, and leave ``st`` as a replay bar by bar would (the caller
+    checkpoints it first and restores it if the chunk is abandoned).
+
+    Bar by bar, the shard books the fills at each bar's open, updates its indicators with
+    the bar, counts a bar held for every open trade, decides exits (stop, target, maximum
+    hold) and then entries (a close above the previous ``breakout_window`` highs on volume
+    above their median). Here the indicators are columns over the whole chunk and each
+    symbol's trades are walked from event to event (``_walk``); the decisions are then
+    numbered and booked symbol by symbol (``_book``).
+    """
+    _check_supported(st)
+    if st.config.exit_on_regime_change and (regime_codes != REGIME_UNKNOWN).any():
+        raise ChunkUnsupportedError("exits on regime changes need the regime of every bar")
+    ind = _indicators(st, bars)
+    walk = _walk(st, bars, ind)
+    outcome = _book(st, bars, regime_codes, ind, walk)
+    _advance_indicators(st, bars, ind)
+    k_bars, n = bars.close.shape
+    st.counters.bars += k_bars * n
+    st.counters.entries += int(walk.entry_bar.size)
+    st.counters.exits += int(walk.exit_bar.size)
+    return outcome
+
+
+def _order_seq(order_id: str) -> int:
+    return int(order_id.rsplit("-", 1)[1])
+
+
+def _book(  # noqa: C901 - one symbol's events, in time order, in one place
+    st: Any, bars: ChunkBars, regime_codes: np.ndarray, ind: _Indicators, walk: _Walk
+) -> ChunkOutcome:
+    from sovereign.core.signals import _Order, _Trade  # the strategy's own records
+
+    cfg = st.config
+    symbols = st.universe.symbols
+    k_bars = len(bars)
+    o, c, ts = bars.open, bars.close, bars.ts
+    qty = int(cfg.fixed_quantity)
+    pending: dict[int, tuple[str, Any]] = {o_.index: (oid, o_) for oid, o_ in st.orders.items()}
+
+    # Each column's decisions in time order: (bar, is_exit, reason, held).
+    events: dict[int, list[tuple[int, bool, int, int]]] = {}
+    for b, j in zip(walk.entry_bar.tolist(), walk.entry_col.tolist(), strict=True):
+        events.setdefault(j, []).append((b, False, 0, 0))
+    for b, j, r, hd in zip(
+        walk.exit_bar.tolist(),
+        walk.exit_col.tolist(),
+        walk.exit_reason.tolist(),
+        walk.exit_held.tolist(),
+        strict=True,
+    ):
+        events.setdefault(j, []).append((b, True, r, hd))
+
+    i_bar: list[int] = []
+    i_col: list[int] = []
+    i_side: list[int] = []
+    i_qty: list[int] = []
+    i_seq: list[int] = []
+    trades: list[ChunkTrade] = []
+    entries_filled: dict[int, int] = {}
+    end_exits: list[tuple[int, str, Any]] = []
+    end_entries: list[tuple[int, str, Any]] = []
+
+    for j in sorted(set(events) | set(pending)):
+        symbol = symbols[j]
+        current = st.trades.get(j)
+        entry_seq = 0  # the seq of the entry of ``current`` if it filled in this chunk
+        before = pending.get(j)
+        if before is not None and before[1].purpose == "CLOSE":
+            # The exit decided before the chunk fills at its first open.
+            trades.append(
+                _closed(current, j, 0, 0, _order_seq(before[0]), int(st.bars_held[j]), o, ts)
+            )
+            current = None
+        elif before is not None:
+            current.filled_once = True
+            current.entry_ts = int(ts[0])
+            current.entry_qty += qty
+            current.entry_cost += qty * float(o[0, j])
+            entry_seq = _order_seq(before[0])
+        seq = st._seq.get(symbol, 0)
+        for b, is_exit, reason, held in sorted(events.get(j, ())):
+            seq += 1
+            i_bar.append(b)
+            i_col.append(j)
+            i_seq.append(seq)
+            order_id = f"{symbol}-{seq}"
+            if is_exit:
+                i_side.append(SIDE_SELL)
+                i_qty.append(current.entry_qty)
+                current.exit_reason = EXIT_REASONS[reason]
+                if b == k_bars - 1:
+                    end_exits.append((j, order_id, _Order(j, "CLOSE", EXIT_REASONS[reason])))
+                    continue
+                trades.append(_closed(current, j, entry_seq, b + 1, seq, held, o, ts))
+                current, entry_seq = None, 0
+                continue
+            i_side.append(SIDE_BUY)
+            i_qty.append(qty)
+            a, close = float(ind.atr[b, j]), float(c[b, j])
+            current = _Trade(
+                trade_id=order_id,
+                regime_code=int(regime_codes[j]),
+                confidence=1.0,
+                atr=a,
+                features={"atr": a, "atr_pct": a / close * 100.0},
+                stop_mult=cfg.stop_atr_mult,
+                target_mult=cfg.target_atr_mult,
+            )
+            if b == k_bars - 1:
+                end_entries.append((j, order_id, _Order(j, "OPEN", "breakout")))
+                continue
+            current.filled_once = True
+            current.entry_ts = int(ts[b + 1])
+            current.entry_qty = qty
+            current.entry_cost += qty * float(o[b + 1, j])
+            entry_seq = seq
+        if seq:
+            st._seq[symbol] = seq
+        if current is None:
+            st.trades.pop(j, None)
+            continue
+        st.trades[j] = current
+        if entry_seq and current.filled_once:
+            entries_filled[j] = entry_seq
+
+    # The strategy's arrays as the walk left them.
+    st.quantity[:] = walk.position
+    st.stop[:] = walk.stop
+    st.target[:] = walk.target
+    st.bars_held[:] = walk.held
+    st.pending_entry[:] = False
+    st.pending_exit[:] = False
+    st.orders = {}
+    # Bar by bar, the last bar's orders are recorded exits first, then entries.
+    for j, order_id, order in end_exits + end_entries:
+        st.orders[order_id] = order
+        if order.purpose == "OPEN":
+            st.pending_entry[j] = True
+        else:
+            st.pending_exit[j] = True
+    for j in walk.entry_col.tolist():
+        st.max_hold[j] = cfg.max_hold_bars
+    holding = st.quantity > 0
+    for j in np.flatnonzero(st.pending_entry & ~holding).tolist():
+        st.entry_regime[j] = int(regime_codes[j])
+    closed_cols = np.flatnonzero(~holding & ~st.pending_entry)
+    st.entry_regime[closed_cols] = REGIME_UNKNOWN
+    for j in np.flatnonzero(holding).tolist():
+        st.entry_regime[j] = st.trades[j].regime_code
+
+    bar = np.asarray(i_bar, dtype=np.int64)
+    col = np.asarray(i_col, dtype=np.int64)
+    side = np.asarray(i_side, dtype=np.uint8)
+    order = np.lexsort((col, side == SIDE_BUY, bar))
+    intents = ChunkIntents(
+        bar=bar[order],
+        index=col[order],
+        side=side[order],
+        quantity=np.asarray(i_qty, dtype=np.int64)[order],
+        ref_price=c[bar[order], col[order]].astype(np.float64),
+        confidence=np.ones(bar.size),
+        seq=np.asarray(i_seq, dtype=np.int64)[order],
+    )
+    # Trades in the order their exit fills close them: by bar, then (as the guardian
+    # orders exits) by symbol.
+    trades.sort(key=lambda t: (t.exit_bar, t.index))
+    return ChunkOutcome(intents=intents, trades=trades, entries_filled=entries_filled)
+
+
+def _closed(
+    trade: Any,
+    j: int,
+    entry_seq: int,
+    x: int,
+    exit_seq: int,
+    held: int,
+    o: np.ndarray,
+    ts: np.ndarray,
+) -> ChunkTrade:
+    return ChunkTrade(
+        index=j,
+        trade_id=trade.trade_id,
+        quantity=trade.entry_qty,
+        entry_ts=trade.entry_ts,
+        exit_ts=int(ts[x]),
+        entry_cost=trade.entry_cost,
+        exit_proceeds=0.0 + trade.entry_qty * float(o[x, j]),
+        commission=trade.commission,
+        bars_held=held,
+        exit_reason=trade.exit_reason or "unknown",
+        regime_code=trade.regime_code,
+        confidence=trade.confidence,
+        features=trade.features,
+        entry_seq=entry_seq,
+        exit_seq=exit_seq,
+        exit_bar=x,
+    )
+
+
+def _advance_indicators(st: Any, bars: ChunkBars, ind: _Indicators) -> None:
+    """Leave each indicator as K updates bar by bar would."""
+    k_bars = len(bars)
+    if not k_bars:
+        return
+    atr_ind = st.atr
+    atr_ind.window[:] = ind.tr_history[-atr_ind.period :]
+    atr_ind.count += k_bars
+    atr_ind.prev_close[:] = bars.close[-1]
+    atr_ind.tr[:] = ind.tr[-1]
+    atr_ready = ind.ready[0][-1]
+    atr_ind.ready[:] = atr_ready
+    np.copyto(atr_ind.value, ind.atr[-1], where=atr_ready)
+
+    ph = st.prior_high
+    ph_ready = ind.ready[1][-1]
+    np.copyto(ph.value, ind.prior_high[-1], where=ph_ready)
+    ph.ready[:] = ph_ready
+    ph._ring.count += k_bars
+    ph._ring.buf[:] = _ring_after(ind.high_history[-ph.window :], ph._ring.count)
+
+    vm = st.volume_median
+    vm_ready = ind.ready[2][-1]
+    last = ind.vol_history[k_bars - 1 : k_bars - 1 + vm.window].T  # (n, window) before the last bar
+    np.copyto(vm.value, _median_rows(last), where=vm_ready)
+    vm.ready[:] = vm_ready
+    vm._ring.count += k_bars
+    vm._ring.buf[:] = _ring_after(ind.vol_history[-vm.window :], vm._ring.count)
+
+
+def strategy_state_names() -> tuple[str, ...]:
+    """The attributes of a ``ShardStrategy`` that a chunk changes (its checkpoint)."""
+    return (
+        "atr",
+        "volume_median",
+        "prior_high",
+        "quantity",
+        "pending_entry",
+        "pending_exit",
+        "bars_held",
+        "stop",
+        "target",
+        "entry_regime",
+        "max_hold",
+        "exit_late_fill",
+        "trades",
+        "orders",
+        "_seq",
+        "counters",
+        "losing_streak",
+    )
+
+
+def commit_outcome(
+    st: Any, outcome: ChunkOutcome, commission: Callable[[int, int], float] | None = None
+) -> list[Any]:
+    """Book what a chunk left for its commit: the commissions of its fills (by universe
+    index and order seq; None: no commissions) and the losing streak. Returns the chunk's
+    closed trades as the strategy's ``ClosedTrade`` records, in the order their fills
+    closed them, with the strategy's own arithmetic."""
+    from sovereign.core.signals import ClosedTrade
+
+    fee = commission or (lambda j, seq: 0.0)
+    for j, seq in outcome.entries_filled.items():
+        st.trades[j].commission += fee(j, seq)
+    out = []
+    symbols = st.universe.symbols
+    for t in outcome.trades:
+        paid = t.commission
+        if t.entry_seq:
+            paid += fee(t.index, t.entry_seq)
+        paid += fee(t.index, t.exit_seq)
+        pnl = t.exit_proceeds - t.entry_cost - paid
+        st.losing_streak = st.losing_streak + 1 if pnl < 0 else 0
+        out.append(
+            ClosedTrade(
+                trade_id=t.trade_id,
+                symbol=symbols[t.index],
+                quantity=t.quantity,
+                entry_ts=t.entry_ts,
+                exit_ts=t.exit_ts,
+                entry_price=t.entry_cost / t.quantity,
+                exit_price=t.exit_proceeds / t.quantity,
+                pnl=pnl,
+                commission=paid,
+                return_pct=pnl / t.entry_cost if t.entry_cost else 0.0,
+                bars_held=t.bars_held,
+                exit_reason=t.exit_reason,
+                regime=REGIME_NAMES[t.regime_code]
+                if t.regime_code < len(REGIME_NAMES)
+                else "Unknown",
+                confidence=t.confidence,
+                features=t.features,
+            )
+        )
+    return out
+
+
+__all__ = [
+    "EXIT_REASONS",
+    "SIDE_BUY",
+    "SIDE_SELL",
+    "ChunkBars",
+    "ChunkIntents",
+    "ChunkOutcome",
+    "ChunkTrade",
+    "ChunkUnsupportedError",
+    "breakout_chunk",
+    "checkpoint",
+    "commit_outcome",
+    "restore",
+    "strategy_state_names",
+]

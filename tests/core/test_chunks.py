@@ -1,0 +1,177 @@
+"""The breakout strategy over a speculative chunk leaves exactly the state, intents and
+trades of the same bars run one at a time, in the world the chunk assumes (every intent
+approved as asked, every order filled in full at the next bar's open)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import msgspec
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sovereign.config import Config, breakout_preset
+from sovereign.core.chunks import (
+    SIDE_BUY,
+    SIDE_SELL,
+    ChunkBars,
+    breakout_chunk,
+    checkpoint,
+    commit_outcome,
+    restore,
+    strategy_state_names,
+)
+from sovereign.core.signals import ShardStrategy
+from sovereign.core.universe import Universe
+from sovereign.messages import REGIME_NAMES, REGIME_UNKNOWN
+
+
+def make_bars(seed: int, t: int, n: int, cents: bool) -> ChunkBars:
+    rng = np.random.default_rng(seed)
+    vol = np.exp(rng.normal(-4.5, 0.6, (t, n)))
+    close = 50 * np.exp(np.cumsum(rng.normal(0.0003, 1, (t, n)) * vol, axis=0))
+    open_ = close * np.exp(rng.normal(0, 0.3, (t, n)) * vol)
+    high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, 0.6, (t, n))) * vol)
+    low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, 0.6, (t, n))) * vol)
+    volume = np.round(rng.lognormal(8, 0.7, (t, n)))
+    if cents:
+        open_, high, low, close = (np.round(x, 2) for x in (open_, high, low, close))
+    ts = 1_600_000_000_000_000_000 + np.arange(t, dtype=np.int64) * 60_000_000_000
+    return ChunkBars(ts=ts, open=open_, high=high, low=low, close=close, volume=volume)
+
+
+def strategy(n: int, max_hold: int = 50) -> ShardStrategy:
+    config = breakout_preset(Config())
+    cfg = msgspec.structs.replace(config.strategy, max_hold_bars=max_hold)
+    return ShardStrategy(Universe([f"S{j:02d}" for j in range(n)]), cfg, shard=0)
+
+
+def rows(bars: ChunkBars, a: int, b: int) -> ChunkBars:
+    return ChunkBars(
+        *(np.ascontiguousarray(getattr(bars, f.name)[a:b]) for f in dataclasses.fields(bars))
+    )
+
+
+def step_by_step(s: ShardStrategy, bars: ChunkBars, codes: np.ndarray):
+    """The bars one at a time, every order approved and filled at the next open."""
+    n = bars.close.shape[1]
+    mask = np.ones(n, dtype=bool)
+    probs = np.full((n, len(REGIME_NAMES)), 0.25, dtype=np.float32)
+    intents, trades = [], []
+    for t in range(len(bars)):
+        for order_id, order in list(s.orders.items()):
+            i = order.index
+            q = s.config.fixed_quantity if order.purpose == "OPEN" else int(s.quantity[i])
+            closed = s.on_fill(order_id, q, float(bars.open[t, i]), 0.0, 0, int(bars.ts[t]))
+            if closed is not None:
+                trades.append((t, closed))
+        entries, exits, cancels = s.on_bars(
+            int(bars.ts[t]),
+            mask,
+            bars.high[t],
+            bars.low[t],
+            bars.close[t],
+            bars.volume[t],
+            codes,
+            probs,
+        )
+        assert not cancels
+        for x in exits:
+            intents.append((t, x.index, SIDE_SELL, x.quantity, x.ref_price, x.intent_id))
+        for e in entries:
+            intents.append((t, e.index, SIDE_BUY, e.quantity, e.ref_price, e.intent_id))
+    return intents, trades
+
+
+def chunked(s: ShardStrategy, bars: ChunkBars, codes: np.ndarray):
+    out = breakout_chunk(s, bars, codes)
+    names = s.universe.symbols
+    intents = [
+        (int(b), int(j), int(side), int(q), float(p), f"{names[j]}-{seq}")
+        for b, j, side, q, p, seq in zip(
+            out.intents.bar,
+            out.intents.index,
+            out.intents.side,
+            out.intents.quantity,
+            out.intents.ref_price,
+            out.intents.seq,
+            strict=True,
+        )
+    ]
+    return intents, out
+
+
+def state_of(s: ShardStrategy) -> dict:
+    """Everything a chunk may change, as plain comparable values."""
+    out = {}
+    for name in strategy_state_names():
+        value = getattr(s, name)
+        if isinstance(value, np.ndarray):
+            out[name] = value.tolist()
+        elif name == "orders":  # in the order they were decided
+            out[name] = {k: dataclasses.asdict(v) for k, v in value.items()}
+        elif name == "trades":
+            out[name] = {k: dataclasses.asdict(v) for k, v in sorted(value.items())}
+        elif name == "_seq":
+            out[name] = dict(sorted(value.items()))
+        elif dataclasses.is_dataclass(value):
+            out[name] = dataclasses.asdict(value)
+        elif hasattr(value, "__dict__") or hasattr(value, "__slots__"):
+            out[name] = {
+                k: (v.tolist() if isinstance(v, np.ndarray) else repr(v))
+                for k, v in vars(value).items()
+                if k != "_reduce"
+            }
+            if hasattr(value, "_ring"):
+                out[name]["_ring"] = (value._ring.buf.tolist(), value._ring.count.tolist())
+        else:
+            out[name] = value
+    return out
+
+
+def same(a, b) -> bool:
+    # NaN-aware equality of nested plain values.
+    return repr(a) == repr(b)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 6),
+    t=st.integers(30, 400),
+    cuts=st.lists(st.floats(0.0, 1.0), max_size=4),
+    cents=st.booleans(),
+    max_hold=st.sampled_from([3, 12, 50]),
+)
+def test_a_chunk_leaves_what_the_bars_one_at_a_time_leave(seed, n, t, cuts, cents, max_hold):
+    bars = make_bars(seed, t, n, cents)
+    codes = np.full(n, REGIME_UNKNOWN, dtype=np.uint8)
+    ref, mine = strategy(n, max_hold), strategy(n, max_hold)
+    edges = sorted({0, t, *(int(c * t) for c in cuts)})
+    for a, b in itertools.pairwise(edges):
+        part = rows(bars, a, b)
+        want_intents, want_trades = step_by_step(ref, part, codes)
+        got_intents, out = chunked(mine, part, codes)
+        assert got_intents == want_intents
+        closed = commit_outcome(mine, out)
+        assert sorted(closed, key=lambda c: (c.exit_ts, c.symbol)) == [
+            c for _, c in sorted(want_trades, key=lambda x: (x[1].exit_ts, x[1].symbol))
+        ]
+        assert [c.trade_id for c in closed] == [c.trade_id for _, c in want_trades]
+        assert same(state_of(mine), state_of(ref))
+
+
+def test_a_restored_checkpoint_is_the_state_before_the_chunk() -> None:
+    bars = make_bars(5, 300, 4, True)
+    codes = np.full(4, REGIME_UNKNOWN, dtype=np.uint8)
+    s = strategy(4)
+    breakout_chunk(s, rows(bars, 0, 150), codes)
+    before = state_of(s)
+    saved = checkpoint(s, strategy_state_names())
+    out = breakout_chunk(s, rows(bars, 150, 300), codes)
+    assert len(out.intents) > 0
+    assert not same(state_of(s), before)
+    restore(s, saved)
+    assert same(state_of(s), before)
