@@ -386,7 +386,121 @@ def _walk(st: Any, bars: ChunkBars, ind: _Indicators) -> _Walk:
     )
 
 
-def breakout_chunk(st: Any, bars: ChunkBars, regime_codes: np.ndarray) -> ChunkOutcome:
+SCALAR_WALK_MAX_SYMBOLS = 8
+"""Shards this narrow walk their symbols one at a time in plain Python: a vectorised round
+costs ~150 µs of numpy calls whatever its width, so with one symbol it loses to a loop."""
+
+
+def _walk_scalar(st: Any, bars: ChunkBars, ind: _Indicators) -> _Walk:  # noqa: C901
+    """``_walk`` for narrow shards: the same decisions, one symbol at a time."""
+    cfg = st.config
+    k_bars, n = bars.close.shape
+    qty = int(cfg.fixed_quantity)
+    stop = st.stop.copy()
+    target = st.target.copy()
+    held_out = st.bars_held.astype(np.int64).copy()
+    position = st.quantity.astype(np.int64).copy()
+    rows = np.arange(k_bars)
+    marks = np.where(ind.signal, rows[:, None], k_bars)
+    next_signal = np.minimum.accumulate(marks[::-1], axis=0)[::-1]
+    e_bar: list[int] = []
+    e_col: list[int] = []
+    x_bar: list[int] = []
+    x_col: list[int] = []
+    x_reason: list[int] = []
+    x_held: list[int] = []
+    sm, tm, max_hold = cfg.stop_atr_mult, cfg.target_atr_mult, int(cfg.max_hold_bars)
+    for j in range(n):
+        nxt = [*next_signal[:, j].tolist(), k_bars]
+        if not k_bars or (nxt[0] >= k_bars and not position[j] and not st.pending_entry[j]):
+            continue
+        o = bars.open[:, j].tolist()
+        lo = bars.low[:, j].tolist()
+        hi = bars.high[:, j].tolist()
+        atr = ind.atr[:, j].tolist()
+        limit = int(st.max_hold[j])
+        cursor = 0
+        s_ = float(stop[j])
+        t_ = float(target[j])
+        held = int(held_out[j])
+        trading = False
+        if st.pending_exit[j]:
+            position[j] = 0
+            s_ = t_ = float("nan")
+            held = 0
+        elif st.pending_entry[j]:
+            trade = st.trades[j]
+            avg = (qty * o[0]) / qty
+            s_ = avg - trade.stop_mult * trade.atr
+            t_ = avg + trade.target_mult * trade.atr
+            held, trading = 0, True
+            position[j] = qty
+        elif position[j] > 0:
+            trading = True
+        while True:
+            if not trading:
+                sig = nxt[cursor]
+                if sig >= k_bars:
+                    break
+                e_bar.append(sig)
+                e_col.append(j)
+                limit = max_hold
+                if sig == k_bars - 1:
+                    break
+                fill = sig + 1
+                avg = (qty * o[fill]) / qty
+                a = atr[sig]
+                s_, t_ = avg - sm * a, avg + tm * a
+                held, cursor, trading = 0, fill, True
+                position[j] = qty
+            forced = cursor + max(0, limit - held - 1)
+            end = min(forced, k_bars - 1)
+            exit_at = -1
+            reason = 2
+            for t in range(cursor, end + 1):
+                if lo[t] <= s_:
+                    exit_at, reason = t, 0
+                    break
+                if hi[t] >= t_:
+                    exit_at, reason = t, 1
+                    break
+            if exit_at < 0:
+                if forced > k_bars - 1:
+                    held += k_bars - cursor
+                    break
+                exit_at = forced
+            held += exit_at - cursor + 1
+            x_bar.append(exit_at)
+            x_col.append(j)
+            x_reason.append(reason)
+            x_held.append(held)
+            if exit_at == k_bars - 1:
+                break
+            position[j] = 0
+            s_ = t_ = float("nan")
+            held, cursor, trading = 0, exit_at + 1, False
+        stop[j], target[j], held_out[j] = s_, t_, held
+
+    def arr(x: list[int]) -> np.ndarray:
+        return np.asarray(x, dtype=np.int64)
+
+    return _Walk(
+        entry_bar=arr(e_bar),
+        entry_col=arr(e_col),
+        exit_bar=arr(x_bar),
+        exit_col=arr(x_col),
+        exit_reason=arr(x_reason),
+        exit_held=arr(x_held),
+        position=position,
+        stop=stop,
+        target=target,
+        held=held_out,
+    )
+
+
+def breakout_chunk(
+    st: Any, bars: ChunkBars, regime_codes: np.ndarray, *, scalar: bool | None = None
+) -> ChunkOutcome:
     """Run the breakout strategy (``ShardStrategy`` with ``kind = "breakout"``) over a
     chunk, speculatively, and leave ``st`` as a replay bar by bar would (the caller
     checkpoints it first and restores it if the chunk is abandoned).
@@ -402,7 +516,9 @@ def breakout_chunk(st: Any, bars: ChunkBars, regime_codes: np.ndarray) -> ChunkO
     if st.config.exit_on_regime_change and (regime_codes != REGIME_UNKNOWN).any():
         raise ChunkUnsupportedError("exits on regime changes need the regime of every bar")
     ind = _indicators(st, bars)
-    walk = _walk(st, bars, ind)
+    if scalar is None:
+        scalar = bars.close.shape[1] <= SCALAR_WALK_MAX_SYMBOLS
+    walk = (_walk_scalar if scalar else _walk)(st, bars, ind)
     outcome = _book(st, bars, regime_codes, ind, walk)
     _advance_indicators(st, bars, ind)
     k_bars, n = bars.close.shape

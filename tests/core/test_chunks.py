@@ -85,8 +85,8 @@ def step_by_step(s: ShardStrategy, bars: ChunkBars, codes: np.ndarray):
     return intents, trades
 
 
-def chunked(s: ShardStrategy, bars: ChunkBars, codes: np.ndarray):
-    out = breakout_chunk(s, bars, codes)
+def chunked(s: ShardStrategy, bars: ChunkBars, codes: np.ndarray, scalar: bool | None = None):
+    out = breakout_chunk(s, bars, codes, scalar=scalar)
     names = s.universe.symbols
     intents = [
         (int(b), int(j), int(side), int(q), float(p), f"{names[j]}-{seq}")
@@ -144,8 +144,12 @@ def same(a, b) -> bool:
     cuts=st.lists(st.floats(0.0, 1.0), max_size=4),
     cents=st.booleans(),
     max_hold=st.sampled_from([3, 12, 50]),
+    scalar=st.booleans(),
 )
-def test_a_chunk_leaves_what_the_bars_one_at_a_time_leave(seed, n, t, cuts, cents, max_hold):
+def test_a_chunk_leaves_what_the_bars_one_at_a_time_leave(
+    seed, n, t, cuts, cents, max_hold, scalar
+):
+    """Both walks (vectorised across symbols, and one symbol at a time)."""
     bars = make_bars(seed, t, n, cents)
     codes = np.full(n, REGIME_UNKNOWN, dtype=np.uint8)
     ref, mine = strategy(n, max_hold), strategy(n, max_hold)
@@ -153,7 +157,7 @@ def test_a_chunk_leaves_what_the_bars_one_at_a_time_leave(seed, n, t, cuts, cent
     for a, b in itertools.pairwise(edges):
         part = rows(bars, a, b)
         want_intents, want_trades = step_by_step(ref, part, codes)
-        got_intents, out = chunked(mine, part, codes)
+        got_intents, out = chunked(mine, part, codes, scalar)
         assert got_intents == want_intents
         closed = commit_outcome(mine, out)
         assert sorted(closed, key=lambda c: (c.exit_ts, c.symbol)) == [
