@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import numpy as np
+
 from sovereign.core.constitution import Constitution
 
 
@@ -178,6 +180,60 @@ class TradingStateMachine:
                 ts,
             )
         return out
+
+    def observe_path(self, equity: np.ndarray, day: np.ndarray, dates: list[str]) -> int:
+        """Observe consecutive account snapshots at once (a speculative chunk's bar closes):
+        ``equity`` (float64) and ``day`` (an index into ``dates``, the session date of each
+        snapshot). If ``observe``, called on each in turn, would move the trading state at
+        none of them, the state is advanced exactly as those calls would advance it and -1
+        is returned; otherwise nothing changes and the index of the first snapshot that
+        would move it, or has a non-finite equity, is returned (the caller then observes
+        them one at a time)."""
+        n = int(equity.shape[0])
+        if n == 0:
+            return -1
+        s = self.s
+        state = self.state
+        bad = ~np.isfinite(equity)
+        first = int(np.argmax(bad)) if bad.any() else n
+        # Session dates: where each new one starts, and the day's starting equity it sets.
+        change = np.flatnonzero(np.r_[dates[int(day[0])] != s.session_date, day[1:] != day[:-1]])
+        change = change[[bool(dates[int(day[i])]) for i in change.tolist()]]
+        day_start = np.full(n, s.day_start_equity)
+        previous_date, start = s.session_date, s.day_start_equity
+        last = s.last_equity
+        for i in change.tolist():
+            if previous_date:
+                start = last if i == 0 else float(equity[i - 1])
+            elif start <= 0:
+                start = float(equity[i])
+            previous_date = dates[int(day[i])]
+            day_start[i:] = start
+            if state is TradingState.NO_NEW_POSITIONS:
+                first = min(first, i)  # a new session ends the day's stop
+                break
+        hwm = np.maximum.accumulate(np.r_[s.high_water_mark, equity])[1:]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            drawdown = np.where(hwm <= 0, 0.0, np.maximum(0.0, 1.0 - equity / hwm))
+            loss = np.where(day_start <= 0, 0.0, np.maximum(0.0, 1.0 - equity / day_start))
+        limit = self.constitution
+        if state is not TradingState.HALTED:
+            over = drawdown[:first] > limit.max_drawdown
+            if over.any():
+                first = int(np.argmax(over))
+        if state is TradingState.ACTIVE:
+            over = loss[:first] > limit.max_daily_loss
+            if over.any():
+                first = int(np.argmax(over))
+        if first < n:
+            return first
+        s.high_water_mark = float(hwm[-1])
+        s.last_equity = float(equity[-1])
+        s.worst_drawdown = max(s.worst_drawdown, float(drawdown.max()))
+        if change.size:
+            s.session_date = previous_date
+            s.day_start_equity = start
+        return -1
 
     def _move(
         self, to: TradingState, reason: str, equity: float, out: list[Transition], ts: int

@@ -29,8 +29,10 @@ import math
 from dataclasses import dataclass, field
 
 import msgspec
+import numpy as np
 
 from sovereign.core.constitution import Constitution
+from sovereign.messages.base import NDArray
 from sovereign.messages.orders import Approval, OrderIntent, SubmitOrder
 
 # -- APPROVALS -------------------------------------------------------------------------
@@ -70,6 +72,19 @@ def sign_approval(
     )
 
 
+def chunk_payload(chunk: int, columns: tuple[NDArray, ...], expects: list[str]) -> bytes:
+    """The canonical bytes a chunk's batch approval signs: its number, every column whole
+    (dtype, shape and bytes) and the orders it expects working before it."""
+    return _canonical.encode(("chunk", chunk, columns, expects))
+
+
+def sign_chunk(
+    secret: bytes, chunk: int, columns: tuple[NDArray, ...], expects: list[str]
+) -> bytes:
+    """Sign a speculative chunk's orders, all at once (one HMAC for the batch)."""
+    return hmac.digest(secret, chunk_payload(chunk, columns, expects), "sha256")
+
+
 class ApprovalVerifier:
     """The gateway's side of the capability: verify, check expiry, accept once.
 
@@ -79,6 +94,24 @@ class ApprovalVerifier:
     """
 
     __slots__ = ("_secret", "_used", "refused")
+
+    def check_chunk(
+        self, chunk: int, columns: tuple[NDArray, ...], expects: list[str], signature: bytes
+    ) -> str | None:
+        """Verify a chunk's batch approval and accept it once: None, or a reason code
+        (``BAD_SIGNATURE``, ``APPROVAL_REPLAYED``). Expiry is per order, against each
+        order's own submission time: the caller checks it."""
+        expected = hmac.digest(self._secret, chunk_payload(chunk, columns, expects), "sha256")
+        reason: str | None = None
+        if not hmac.compare_digest(expected, signature):
+            reason = "BAD_SIGNATURE"
+        elif signature in self._used:
+            reason = "APPROVAL_REPLAYED"
+        if reason is not None:
+            self.refused[reason] = self.refused.get(reason, 0) + 1
+            return reason
+        self._used.add(signature)
+        return None
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 16:
@@ -191,6 +224,12 @@ class SizingPolicy:
         if not self.entry_limit_buffer > 0:
             raise ValueError("entry_limit_buffer must be positive: entries are never at market")
 
+    def entry_limits(self, ref_price: np.ndarray) -> np.ndarray:
+        """``entry_limit`` of a column of reference prices, with the same arithmetic."""
+        raw = ref_price * (1.0 + self.entry_limit_buffer)
+        ticks = np.where(raw >= 1.0, 100.0, 10_000.0)
+        return np.floor(raw * ticks + 1e-9) / ticks
+
     def entry_limit(self, ref_price: float) -> float:
         """The entry's limit price, rounded *down* to the tick: whole cents from $1 up
         (US equities' minimum price variation; brokers reject sub-penny limits), a
@@ -285,3 +324,58 @@ def evaluate_intent(
         f"{quantity * price / book.equity:.2%} of equity)",
         quantity,
     )
+
+
+def first_unsafe_order(
+    *,
+    bar: np.ndarray,
+    buy: np.ndarray,
+    quantity: np.ndarray,
+    price: np.ndarray,
+    confidence: np.ndarray,
+    held: np.ndarray,
+    equity: np.ndarray,
+    cash: np.ndarray,
+    gross: np.ndarray,
+    constitution: Constitution,
+    policy: SizingPolicy,
+) -> int:
+    """Of a speculative chunk's orders (one row each, in decision order, with the account
+    of its decision bar), the first that ``evaluate_intent``, deciding bar by bar, might
+    not approve in full; -1 if it would approve every one.
+
+    Exits must close exactly the position held. Entries get a sufficient condition: each
+    one's room under the position, gross-exposure and cash limits, with *all* of its bar's
+    entries counted as pending (bar by bar only those decided before it are), must exceed
+    its notional by a margin far above rounding. Where that does not hold, the chunk is
+    replayed bar by bar, which decides exactly.
+    """
+    n = int(bar.shape[0])
+    if n == 0:
+        return -1
+    bad = ~(np.isfinite(equity) & (equity > 0))
+    sell = ~buy
+    bad |= sell & ((held != quantity) | (quantity <= 0))
+    notional = np.where(buy, quantity * price, 0.0)
+    # All of a bar's entries, as pending buys of each of them (an upper bound).
+    bars, inverse = np.unique(bar, return_inverse=True)
+    del bars
+    pending = np.bincount(inverse, weights=notional)[inverse]
+    with np.errstate(invalid="ignore"):
+        cap = constitution.max_position_size * equity
+        room = cap - held * price
+        gross_room = policy.max_gross_exposure * equity - gross - pending
+        cash_room = cash - pending
+        slack = np.minimum(np.minimum(room, gross_room), cash_room) - notional
+        tolerance = (
+            1e-9 * (np.abs(equity) + np.abs(cash) + np.abs(gross) + pending + notional) + 1e-6
+        )
+        entry_bad = (
+            ~(np.isfinite(price) & (price > 0))
+            | (quantity <= 0)
+            | (held < 0)
+            | (confidence < constitution.min_confidence_for_trade)
+            | ~(slack > tolerance)
+        )
+    bad |= buy & entry_bad
+    return int(np.argmax(bad)) if bad.any() else -1

@@ -24,6 +24,13 @@ from sovereign.messages.account import (
     TradingStateChanged,
 )
 from sovereign.messages.base import IdSource, Message, MessageDecodeError, NDArray
+from sovereign.messages.chunks import (
+    ApprovedChunk,
+    BarChunk,
+    ChunkExecution,
+    ChunkVerdict,
+    IntentChunk,
+)
 from sovereign.messages.codec import Codec
 from sovereign.messages.governance import (
     ModificationDecision,
@@ -80,6 +87,11 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     ModificationProposal,
     ModificationDecision,
     RollbackRequest,
+    BarChunk,
+    IntentChunk,
+    ApprovedChunk,
+    ChunkExecution,
+    ChunkVerdict,
 )
 
 WIRE = Codec(ALL_MESSAGES, name="wire")
@@ -92,16 +104,21 @@ __all__ = [
     "AccountSnapshot",
     "ActorStats",
     "Approval",
+    "ApprovedChunk",
     "Bar",
     "BarBatch",
+    "BarChunk",
     "BookOrder",
     "BookPosition",
     "BookSnapshot",
     "CancelOrder",
+    "ChunkExecution",
+    "ChunkVerdict",
     "Codec",
     "DailySummary",
     "EquityCurve",
     "IdSource",
+    "IntentChunk",
     "Message",
     "MessageDecodeError",
     "ModificationDecision",

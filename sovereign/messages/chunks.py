@@ -1,0 +1,242 @@
+"""Messages of speculative chunks (``sovereign.core.chunks``): a backtest's bar times
+handed to the actors K at a time, as columns.
+
+The path of a chunk: the engine sends each shard a ``BarChunk``; each shard answers with an
+``IntentChunk`` (its intents, assuming every one approved and filled at the next open);
+the guardian turns them into one ``ApprovedChunk`` (a conditional approval, signed once
+for the batch); the gateway executes it on the simulated broker without committing and
+reports a ``ChunkExecution`` (the account at every bar close); the guardian validates the
+chunk against that path and answers with a ``ChunkVerdict``, which the shards and the
+gateway obey: commit, or discard (the engine then replays those bar times one by one).
+"""
+
+from __future__ import annotations
+
+from sovereign.messages.account import BookOrder
+from sovereign.messages.base import Message, NDArray
+
+
+def _column(owner: str, name: str, col: NDArray, dtype: str, shape: tuple[int, ...]) -> None:
+    if col.dtype != dtype or col.shape != shape:
+        raise ValueError(
+            f"{owner}.{name} must be {dtype} with shape {shape}, got {col.dtype} {col.shape}"
+        )
+
+
+def _symbols(owner: str, name: str, col: NDArray) -> int:
+    if len(col.shape) != 1 or not col.dtype.startswith("|S"):
+        raise ValueError(f"{owner}.{name} must be a 1-D fixed-width byte string column")
+    return col.shape[0]
+
+
+class BarChunk(Message, frozen=True, gc=False):
+    """K consecutive bar times of one shard: every symbol of its universe at every time.
+
+    ``ts`` is ``<i8`` (K,), the bar starts, strictly increasing; the prices and volume are
+    ``<f8`` (K, n), row t the bar time ``ts[t]``. Only clean bars are chunked (the engine
+    replays any bar time with a missing or rejected bar one at a time), so every value is
+    finite and every row passes the shard's bar checks. ``ts_event`` is the last bar's
+    close.
+    """
+
+    chunk: int
+    shard: int
+    interval_s: int
+    ts: NDArray
+    symbols: NDArray
+    open: NDArray
+    high: NDArray
+    low: NDArray
+    close: NDArray
+    volume: NDArray
+
+    def __post_init__(self) -> None:
+        n = _symbols("BarChunk", "symbols", self.symbols)
+        if len(self.ts.shape) != 1 or self.ts.shape[0] < 1:
+            raise ValueError("BarChunk.ts must hold at least one bar time")
+        k = self.ts.shape[0]
+        _column("BarChunk", "ts", self.ts, "<i8", (k,))
+        for name in ("open", "high", "low", "close", "volume"):
+            _column("BarChunk", name, getattr(self, name), "<f8", (k, n))
+        if self.interval_s <= 0:
+            raise ValueError(f"BarChunk.interval_s must be positive, got {self.interval_s}")
+
+    def __len__(self) -> int:
+        return self.ts.shape[0]
+
+
+class IntentChunk(Message, frozen=True, gc=False):
+    """A shard's intents over a chunk, as columns (one row per intent, in the order the
+    shard decided them: by bar, exits first, then by universe index).
+
+    ``bar`` is the index in the chunk of the bar time whose close decided the intent;
+    ``side`` is 1 for an entry (a BUY opening a position) and 2 for an exit (a SELL
+    closing one); ``seq`` numbers the symbol's intents (the intent and order id is
+    ``<symbol>-<seq>``). ``pending`` names the orders the shard had working before the
+    chunk, which it assumed fill at the chunk's first open. ``refused`` says why the shard
+    could not speculate this chunk (its columns are then empty).
+    """
+
+    chunk: int
+    shard: int
+    symbols: NDArray
+    bar_close: NDArray
+    bar: NDArray
+    index: NDArray
+    side: NDArray
+    quantity: NDArray
+    ref_price: NDArray
+    confidence: NDArray
+    seq: NDArray
+    pending: list[str]
+    refused: str = ""
+
+    def __post_init__(self) -> None:
+        _symbols("IntentChunk", "symbols", self.symbols)
+        if len(self.bar_close.shape) != 1:
+            raise ValueError("IntentChunk.bar_close must be 1-D")
+        _column("IntentChunk", "bar_close", self.bar_close, "<i8", self.bar_close.shape)
+        m = self.bar.shape
+        if len(m) != 1:
+            raise ValueError("IntentChunk.bar must be 1-D")
+        for name, dtype in (
+            ("bar", "<i8"),
+            ("index", "<i8"),
+            ("side", "|u1"),
+            ("quantity", "<i8"),
+            ("ref_price", "<f8"),
+            ("confidence", "<f8"),
+            ("seq", "<i8"),
+        ):
+            _column("IntentChunk", name, getattr(self, name), dtype, m)
+
+    def __len__(self) -> int:
+        return self.bar.shape[0]
+
+
+class ApprovedChunk(Message, frozen=True, gc=False):
+    """The guardian's conditional approval of a chunk's orders, for a simulated broker.
+
+    One row per order, in the order they are to be submitted (by bar; at each bar exits
+    first, then by symbol, as the guardian decides bar by bar). ``limit_price`` is NaN
+    for a market order. ``expects`` names the orders the shards assumed were working
+    before the chunk (they must fill at its first open). ``signature`` is an HMAC-SHA256
+    under the run's secret over every column and ``expires_ns``; the gateway refuses the
+    batch whole if it does not verify, was seen before, or its broker cannot take back a
+    speculative execution. An empty ``refused`` means approved; otherwise it says why
+    the chunk cannot be approved speculatively (nothing is signed then).
+    """
+
+    chunk: int
+    symbol: NDArray
+    shard: NDArray
+    bar: NDArray
+    side: NDArray
+    quantity: NDArray
+    limit_price: NDArray
+    seq: NDArray
+    expires_ns: NDArray
+    expects: list[str]
+    signature: bytes
+    refused: str = ""
+
+    def __post_init__(self) -> None:
+        m = (_symbols("ApprovedChunk", "symbol", self.symbol),)
+        for name, dtype in (
+            ("shard", "<i8"),
+            ("bar", "<i8"),
+            ("side", "|u1"),
+            ("quantity", "<i8"),
+            ("limit_price", "<f8"),
+            ("seq", "<i8"),
+            ("expires_ns", "<i8"),
+        ):
+            _column("ApprovedChunk", name, getattr(self, name), dtype, m)
+
+    def __len__(self) -> int:
+        return self.symbol.shape[0]
+
+
+class ChunkExecution(Message, frozen=True, gc=False):
+    """What the simulated broker did with an approved chunk, not yet committed.
+
+    ``diverged`` is empty when every order filled as the shards assumed (in full, at its
+    next bar's open, at the open price); otherwise it says what differed, from ``bar`` on.
+    The account at every bar close: ``ts`` (``<i8``, the bar's close), ``equity``,
+    ``cash``, ``gross_exposure`` (``<f8``), ``open_positions`` (``<i8``) and ``day`` (an
+    index into ``session_dates``). ``held`` is, for each approved order, the position in
+    its symbol at the close of its decision bar. The fills, in the order they happened:
+    ``fill_symbol``, ``fill_seq``, ``fill_shard``, ``fill_bar``, ``fill_price`` and
+    ``fill_commission``. ``positions`` and ``position_symbols`` are the book at the end,
+    ``working`` the orders still working.
+    """
+
+    chunk: int
+    diverged: str
+    bar: int
+    ts: NDArray
+    equity: NDArray
+    cash: NDArray
+    gross_exposure: NDArray
+    open_positions: NDArray
+    day: NDArray
+    session_dates: list[str]
+    held: NDArray
+    fill_symbol: NDArray
+    fill_seq: NDArray
+    fill_shard: NDArray
+    fill_bar: NDArray
+    fill_price: NDArray
+    fill_commission: NDArray
+    position_symbols: NDArray
+    positions: NDArray
+    working: list[BookOrder]
+
+    def __post_init__(self) -> None:
+        k = self.ts.shape
+        if len(k) != 1:
+            raise ValueError("ChunkExecution.ts must be 1-D")
+        for name, dtype in (
+            ("ts", "<i8"),
+            ("equity", "<f8"),
+            ("cash", "<f8"),
+            ("gross_exposure", "<f8"),
+            ("open_positions", "<i8"),
+            ("day", "<i8"),
+        ):
+            _column("ChunkExecution", name, getattr(self, name), dtype, k)
+        if len(self.held.shape) != 1:
+            raise ValueError("ChunkExecution.held must be 1-D")
+        _column("ChunkExecution", "held", self.held, "<i8", self.held.shape)
+        f = (_symbols("ChunkExecution", "fill_symbol", self.fill_symbol),)
+        for name, dtype in (
+            ("fill_seq", "<i8"),
+            ("fill_shard", "<i8"),
+            ("fill_bar", "<i8"),
+            ("fill_price", "<f8"),
+            ("fill_commission", "<f8"),
+        ):
+            _column("ChunkExecution", name, getattr(self, name), dtype, f)
+        p = (_symbols("ChunkExecution", "position_symbols", self.position_symbols),)
+        _column("ChunkExecution", "positions", self.positions, "<i8", p)
+        if k[0] and self.day.shape[0]:
+            days = self.day.to_numpy()
+            if days.min() < 0 or days.max() >= len(self.session_dates):
+                raise ValueError("ChunkExecution.day indexes past session_dates")
+
+    @property
+    def fills(self) -> int:
+        return self.fill_symbol.shape[0]
+
+
+class ChunkVerdict(Message, frozen=True, gc=False):
+    """The guardian's last word on a chunk: ``valid`` (commit it) or not (discard it; the
+    engine replays its bar times one at a time). ``reason`` and ``bar`` say what made it
+    invalid; ``approved`` and ``fills`` count its orders and fills when it is valid."""
+
+    chunk: int
+    valid: bool
+    reason: str = ""
+    bar: int = -1
+    approved: int = 0
+    fills: int = 0

@@ -1,0 +1,167 @@
+"""The guardian's check of a speculative chunk is sound: whenever it passes a chunk's
+orders, deciding them one at a time (``evaluate_intent`` with the book as it stands at
+each decision) approves every one of them in full. And a chunk's batch approval verifies
+only unchanged, once."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sovereign.core.constitution import Constitution
+from sovereign.core.risk import (
+    ApprovalVerifier,
+    RiskBook,
+    SizingPolicy,
+    evaluate_intent,
+    first_unsafe_order,
+    sign_chunk,
+)
+from sovereign.messages import NDArray, OrderIntent
+
+C = Constitution()
+POLICY = SizingPolicy(entry_limit_buffer=0.5)
+
+
+@st.composite
+def chunks(draw):
+    n_bars = draw(st.integers(1, 4))
+    rows = []
+    for b in range(n_bars):
+        equity = draw(st.floats(1_000, 2_000_000))
+        cash = equity * draw(st.floats(-0.2 if draw(st.booleans()) else 0.05, 1.0))
+        gross = equity * draw(st.floats(0.0, 1.3 if draw(st.booleans()) else 0.9))
+        symbols = draw(st.lists(st.sampled_from("ABCDEFGH"), unique=True, max_size=6))
+        # Often near the limits: notionals around the 5 % cap and the cash left.
+        roomy = draw(st.booleans())
+        for sym in sorted(symbols):
+            buy = draw(st.booleans())
+            held = 0 if buy and draw(st.integers(0, 3)) else draw(st.integers(0, 300))
+            exact = draw(st.integers(0, 5)) > 0
+            qty = draw(st.integers(1, 300)) if buy else (held if exact else held + 1)
+            rows.append(
+                dict(
+                    bar=b,
+                    symbol=sym,
+                    buy=buy,
+                    quantity=qty,
+                    price=equity * draw(st.floats(0.0001, 0.06)) / max(qty, 1)
+                    if roomy
+                    else draw(st.floats(0.5, 500)),
+                    confidence=draw(st.floats(0.3, 1.0)),
+                    held=held,
+                    equity=equity,
+                    cash=cash,
+                    gross=gross,
+                )
+            )
+    return rows
+
+
+def one_at_a_time(rows) -> bool:
+    """Bar by bar, exits first then by symbol: is every order approved in full?"""
+    by_bar: dict[int, list[dict]] = {}
+    for r in rows:
+        by_bar.setdefault(r["bar"], []).append(r)
+    for decisions in by_bar.values():
+        first = decisions[0]
+        book = RiskBook(equity=first["equity"], cash=first["cash"], gross_exposure=first["gross"])
+        book.held = {r["symbol"]: r["held"] for r in decisions}
+        for k, r in enumerate(sorted(decisions, key=lambda r: (r["buy"], r["symbol"]))):
+            intent = OrderIntent(
+                msg_id=f"i{k}",
+                ts_event=0,
+                ts_init=0,
+                intent_id=f"{r['symbol']}-{k}",
+                shard=0,
+                symbol=r["symbol"],
+                side="BUY" if r["buy"] else "SELL",
+                purpose="OPEN" if r["buy"] else "CLOSE",
+                quantity=r["quantity"],
+                ref_price=r["price"],
+                confidence=r["confidence"],
+                regime="Unknown",
+                reason="test",
+            )
+            d = evaluate_intent(intent, book, C, POLICY, price=r["price"])
+            if not d.approved or d.quantity != r["quantity"]:
+                return False
+            book.add_pending(intent.intent_id, r["symbol"], intent.side, d.quantity, r["price"])
+    return True
+
+
+@settings(max_examples=500, deadline=None)
+@given(chunks())
+def test_a_chunk_that_passes_is_approved_in_full_one_order_at_a_time(rows) -> None:
+    rows = sorted(rows, key=lambda r: (r["bar"], r["buy"], r["symbol"]))
+    col = {k: np.array([r[k] for r in rows]) for k in rows[0]} if rows else None
+    if col is None:
+        return
+    first = first_unsafe_order(
+        bar=col["bar"].astype(np.int64),
+        buy=col["buy"].astype(bool),
+        quantity=col["quantity"].astype(np.int64),
+        price=col["price"].astype(float),
+        confidence=col["confidence"].astype(float),
+        held=col["held"].astype(np.int64),
+        equity=col["equity"].astype(float),
+        cash=col["cash"].astype(float),
+        gross=col["gross"].astype(float),
+        constitution=C,
+        policy=POLICY,
+    )
+    if first < 0:
+        assert one_at_a_time(rows)
+
+
+def test_the_check_is_not_vacuous() -> None:
+    """A roomy account passes (so chunks do run), a tight one does not."""
+    args = dict(
+        bar=np.array([0, 0]),
+        buy=np.array([True, False]),
+        quantity=np.array([100, 50]),
+        price=np.array([20.0, 30.0]),
+        confidence=np.array([1.0, 1.0]),
+        held=np.array([0, 50]),
+        cash=np.array([1e6, 1e6]),
+        gross=np.array([0.0, 0.0]),
+        constitution=C,
+        policy=POLICY,
+    )
+    assert first_unsafe_order(equity=np.array([1e6, 1e6]), **args) == -1
+    assert first_unsafe_order(equity=np.array([30_000.0, 30_000.0]), **args) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.binary(min_size=1, max_size=64),
+    st.integers(0, 6),
+    st.integers(0, 255),
+)
+def test_a_batch_approval_verifies_only_unchanged_and_once(data, which, flip) -> None:
+    secret = b"k" * 32
+    columns = (
+        NDArray.from_numpy(np.array([b"AAA", b"BBB"], dtype="S3")),
+        NDArray.from_numpy(np.array([0, 1], dtype="<i8")),
+        NDArray.from_numpy(np.array([100, 100], dtype="<i8")),
+        NDArray.from_numpy(np.array([1.5, np.nan])),
+        NDArray.from_numpy(np.frombuffer(data.ljust(8, b"\0")[:8], dtype="<i8").copy()),
+    )
+    expects = ["AAA-1"]
+    signature = sign_chunk(secret, 7, columns, expects)
+    verifier = ApprovalVerifier(secret)
+    # Tampered: one byte of one column changed, or the expectations, or the chunk number.
+    tampered = list(columns)
+    if which < len(columns):
+        col = tampered[which]
+        raw = bytearray(col.data)
+        raw[flip % len(raw)] ^= 1 + flip % 255
+        tampered[which] = NDArray(dtype=col.dtype, shape=col.shape, data=bytes(raw))
+        assert verifier.check_chunk(7, tuple(tampered), expects, signature) == "BAD_SIGNATURE"
+    elif which == 5:
+        assert verifier.check_chunk(7, columns, ["AAA-2"], signature) == "BAD_SIGNATURE"
+    else:
+        assert verifier.check_chunk(8, columns, expects, signature) == "BAD_SIGNATURE"
+    assert verifier.check_chunk(7, columns, expects, signature) is None
+    assert verifier.check_chunk(7, columns, expects, signature) == "APPROVAL_REPLAYED"
