@@ -71,6 +71,13 @@ class EngineConfig(_Section, frozen=True):
         step's bars, in one call: a step is one actor call shorter, and the simulated broker
         fills market orders at the next open either way, so the trades are the same. Paper
         and live sessions always send orders as soon as they are approved. Default true.
+    chunk_bars
+        In a backtest of a strategy that supports it (``kind = "breakout"`` with a fixed
+        quantity) on the simulated broker, the largest number of bar times each actor is
+        handed at once, speculatively (``sovereign.core.chunks``): the results are those of
+        a replay bar by bar, to the last bit, and any chunk in which anything would differ
+        is replayed bar by bar. 0 (the default) sizes chunks from the number of symbols;
+        1 turns chunks off. At most 65536.
     """
 
     shards: int = 2
@@ -81,8 +88,11 @@ class EngineConfig(_Section, frozen=True):
     approval_ttl_s: int = 300
     observer_batch_steps: int = 16
     submit_with_next_bars: bool = True
+    chunk_bars: int = 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.chunk_bars <= 65_536:
+            raise ValueError(f"chunk_bars must be between 0 and 65536, got {self.chunk_bars}")
         if not 1 <= self.shards <= 1024:
             raise ValueError(f"shards must be between 1 and 1024, got {self.shards}")
         _positive("initial_capital", self.initial_capital)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import time
 from collections import deque
@@ -60,6 +61,7 @@ from sovereign.data.loaders import LoadedData
 from sovereign.messages import (
     AccountSnapshot,
     ActorStats,
+    ChunkVerdict,
     EquityCurve,
     Message,
     NDArray,
@@ -334,6 +336,43 @@ def build_specs(
     }
 
 
+CHUNK_MIN_BARS = 16
+"""No chunk is shorter: below this the calls of a chunk cost more than the bars save."""
+CHUNK_MAX_BARS = 8_192
+
+
+@dataclass(slots=True)
+class _Loop:
+    """The engine's running state over one session's steps."""
+
+    rt: Runtime
+    g: Graph
+    total: int
+    batch: int
+    window: int
+    merged: bool
+    regime_on: bool
+    selfmod_on: bool
+    carry: Callable[[Any], Any]
+    prev_selfmod: Any
+    last_ts: int
+    engine_start: float
+    first_ts: int = 0
+    steps: int = 0
+    bars: int = 0
+    notified: int = 0
+    prev_verdicts: Any = field(default_factory=list)
+    prev_acks: Any = field(default_factory=list)
+    # Results the guardian takes in its next call (a committed chunk's closed trades).
+    for_guardian: list[Any] = field(default_factory=list)
+    watched: list[Any] = field(default_factory=list)
+    watched_steps: int = 0
+    in_flight: deque[tuple[int, int, Any]] = field(default_factory=deque)
+    chunk_counters: dict[str, int] = field(
+        default_factory=lambda: {"chunks_committed": 0, "chunks_replayed": 0, "chunked_steps": 0}
+    )
+
+
 class Engine:
     """Runs one session (a backtest or a paper session) over replayed data."""
 
@@ -453,16 +492,11 @@ class Engine:
         # The self-modification actor answers the start with the rule set in force. Switched
         # off, it answers nothing, ever: it is then left out of the steps.
         selfmod_on = self.config.selfmod.enabled
-        regime_on = self.config.regime.model != "none"
-        prev_selfmod: Any = start_results[everyone.index(g.selfmod)] if selfmod_on else []
         # The monitor and operator only watch (nothing they return feeds a later step), so a
         # backtest hands them several steps per call; a paper or live session, every step.
         batch = (
             1 if self.live or self.mode != "backtest" else self.config.engine.observer_batch_steps
         )
-        watched: list[Any] = []
-        watched_steps = 0
-
         # A backtest hands the gateway a step's approved orders together with the next
         # step's bars, in one call: the simulated broker fills market orders at the next
         # bar's open, so the orders only have to be at the broker before those bars, and
@@ -487,80 +521,37 @@ class Engine:
         # The latency probe times a step as a paper session runs it, so it carries
         # inputs as paper sessions do.
         self.fail_fast = not self.live and self.mode == "backtest" and self.step_latencies is None
-        carry: Callable[[Any], Any] = (lambda x: x) if self.fail_fast else Lenient
-        engine_start = time.perf_counter()
-        in_flight: deque[tuple[int, int, Any]] = deque()
-        notified = 0
-        prev_verdicts: Any = []
-        prev_acks: Any = []
-        bars = 0
-        window = max(1, self.config.engine.max_in_flight_steps // batch)
-        last_ts = first_ts
-        steps = 0
-        for step, (ts, batches) in enumerate(self._steps(total)):
-            last_ts, steps = ts, step + 1
-            if not self.live:
-                self._pace(ts, first_ts, engine_start)
-            step_started = time.perf_counter()
-            present = [b for b in batches if b is not None]
-            bars += sum(len(b) for b in present)
-            # Without a regime model the regime actor answers nothing: no call per step.
-            regime_r = rt.tell(g.regime, present) if regime_on else []
-            if merged:
-                # Its answer starts with the acks of the previous step's orders, which is
-                # where the shards and the guardian read them otherwise too.
-                gw_r = rt.tell(g.gateway, carry(prev_verdicts), present)
-                acks: tuple[Any, ...] = ()
-            else:
-                gw_r = rt.tell(g.gateway, present)
-                acks = (carry(prev_acks),)
-            shard_rs = [
-                rt.tell(
-                    shard,
-                    carry(prev_verdicts),
-                    *acks,
-                    carry(prev_selfmod),
-                    gw_r,
-                    regime_r,
-                    [batches[i]] if batches[i] is not None else [],
-                )
-                for i, shard in enumerate(g.shards)
-            ]
-            verdicts_r = rt.tell(g.guardian, *acks, carry(prev_selfmod), gw_r, *shard_rs)
-            watched.extend((gw_r, verdicts_r))
-            if not merged:
-                acks_r = prev_acks = rt.tell(g.gateway, verdicts_r)
-                watched.append(acks_r)
-            elif step + 1 == total:
-                # The last step's orders: the broker takes them before the session ends.
-                watched.append(rt.tell(g.gateway, carry(verdicts_r)))
-            if selfmod_on:
-                prev_selfmod = rt.tell(g.selfmod, gw_r, verdicts_r, *shard_rs)
-                watched.append(prev_selfmod)
-            watched.extend(shard_rs)
-            prev_verdicts = verdicts_r
-            if self.step_latencies is not None:
-                # Latency probe: one step at a time, timed from the bar's arrival to the
-                # gateway having sent the step's orders to the broker.
-                rt.ready([acks_r], timeout=None)
-                self.step_latencies.append(time.perf_counter() - step_started)
-            watched_steps += 1
-            if watched_steps < batch and step + 1 < total:
-                continue
-            rt.tell(g.monitor, *watched)
-            in_flight.append((step, ts, rt.tell(g.operator, *watched)))
-            watched, watched_steps = [], 0
-            # Bound the work in flight, and deliver notifications as steps finish.
-            while in_flight and (
-                len(in_flight) > window or rt.ready([in_flight[0][2]], timeout=0) == 1
-            ):
-                notified += self._complete(rt, in_flight.popleft(), total, engine_start, notified)
-        if watched:  # the feed ended before `total` steps
-            rt.tell(g.monitor, *watched)
-            in_flight.append((steps - 1, last_ts, rt.tell(g.operator, *watched)))
-        while in_flight:
-            notified += self._complete(rt, in_flight.popleft(), total, engine_start, notified)
-        engine_seconds = time.perf_counter() - engine_start
+        loop = _Loop(
+            rt=rt,
+            g=g,
+            total=total,
+            batch=batch,
+            window=max(1, self.config.engine.max_in_flight_steps // batch),
+            merged=merged,
+            regime_on=self.config.regime.model != "none",
+            selfmod_on=selfmod_on,
+            carry=(lambda x: x) if self.fail_fast else Lenient,
+            prev_selfmod=start_results[everyone.index(g.selfmod)] if selfmod_on else [],
+            last_ts=first_ts,
+            first_ts=first_ts,
+            engine_start=time.perf_counter(),
+        )
+        if self.live:
+            for step, (ts, batches) in enumerate(self._steps(total)):
+                self._bar_step(loop, step, ts, batches)
+        else:
+            self._replay(loop)
+        if loop.watched:  # the feed ended before `total` steps
+            rt.tell(g.monitor, *loop.watched)
+            loop.in_flight.append(
+                (loop.steps - 1, loop.last_ts, rt.tell(g.operator, *loop.watched))
+            )
+        while loop.in_flight:
+            loop.notified += self._complete(
+                rt, loop.in_flight.popleft(), total, loop.engine_start, loop.notified
+            )
+        engine_seconds = time.perf_counter() - loop.engine_start
+        last_ts, steps, notified = loop.last_ts, loop.steps, loop.notified
 
         end_ts = last_ts + self.interval_s * 1_000_000_000
         ended = SessionEnded(
@@ -579,7 +570,7 @@ class Engine:
             mode=self.mode,
             runtime=rt.name,
             steps=steps,
-            bars=bars,
+            bars=loop.bars,
             wall_seconds=time.perf_counter() - wall_start,
             engine_seconds=engine_seconds,
             shard_symbols=self.shard_symbols,
@@ -587,7 +578,11 @@ class Engine:
             equity=np.array(curve.equity.to_numpy()),
             cash=np.array(curve.cash.to_numpy()),
             gross_exposure=np.array(curve.gross_exposure.to_numpy()),
-            counters={**curve.counters, "failed_steps": self.failed_steps},
+            counters={
+                **curve.counters,
+                "failed_steps": self.failed_steps,
+                **{k: v for k, v in loop.chunk_counters.items() if v},
+            },
             shard_reports=sorted(
                 (m for m in flat if isinstance(m, ShardReport)), key=lambda r: r.shard
             ),
@@ -596,6 +591,203 @@ class Engine:
             notifications=notified,
             actor_names=names,
         )
+
+    def _bar_step(self, loop: _Loop, step: int, ts: int, batches: list[Any]) -> None:
+        """One bar time through the graph (see the module docstring)."""
+        rt, g, carry = loop.rt, loop.g, loop.carry
+        loop.last_ts, loop.steps = ts, step + 1
+        if not self.live:
+            self._pace(ts, loop.first_ts, loop.engine_start)
+        step_started = time.perf_counter()
+        present = [b for b in batches if b is not None]
+        loop.bars += sum(len(b) for b in present)
+        # Without a regime model the regime actor answers nothing: no call per step.
+        regime_r = rt.tell(g.regime, present) if loop.regime_on else []
+        if loop.merged:
+            # Its answer starts with the acks of the previous step's orders, which is
+            # where the shards and the guardian read them otherwise too.
+            gw_r = rt.tell(g.gateway, carry(loop.prev_verdicts), present)
+            acks: tuple[Any, ...] = ()
+        else:
+            gw_r = rt.tell(g.gateway, present)
+            acks = (carry(loop.prev_acks),)
+        shard_rs = [
+            rt.tell(
+                shard,
+                carry(loop.prev_verdicts),
+                *acks,
+                carry(loop.prev_selfmod),
+                gw_r,
+                regime_r,
+                [batches[i]] if batches[i] is not None else [],
+            )
+            for i, shard in enumerate(g.shards)
+        ]
+        verdicts_r = rt.tell(
+            g.guardian, *acks, *loop.for_guardian, carry(loop.prev_selfmod), gw_r, *shard_rs
+        )
+        loop.for_guardian = []
+        loop.watched.extend((gw_r, verdicts_r))
+        if not loop.merged:
+            acks_r = loop.prev_acks = rt.tell(g.gateway, verdicts_r)
+            loop.watched.append(acks_r)
+        elif step + 1 == loop.total:
+            # The last step's orders: the broker takes them before the session ends.
+            loop.watched.append(rt.tell(g.gateway, carry(verdicts_r)))
+        if loop.selfmod_on:
+            loop.prev_selfmod = rt.tell(g.selfmod, gw_r, verdicts_r, *shard_rs)
+            loop.watched.append(loop.prev_selfmod)
+        loop.watched.extend(shard_rs)
+        loop.prev_verdicts = verdicts_r
+        if self.step_latencies is not None:
+            # Latency probe: one step at a time, timed from the bar's arrival to the
+            # gateway having sent the step's orders to the broker.
+            rt.ready([acks_r], timeout=None)
+            self.step_latencies.append(time.perf_counter() - step_started)
+        self._watch(loop, step, ts, 1)
+
+    def _watch(self, loop: _Loop, step: int, ts: int, steps: int) -> None:
+        """Hand the watchers what the last steps produced, ``batch`` steps per call, and
+        deliver notifications as steps finish (at most ``window`` calls in flight)."""
+        rt, g = loop.rt, loop.g
+        loop.watched_steps += steps
+        if loop.watched_steps < loop.batch and step + 1 < loop.total:
+            return
+        rt.tell(g.monitor, *loop.watched)
+        loop.in_flight.append((step, ts, rt.tell(g.operator, *loop.watched)))
+        loop.watched, loop.watched_steps = [], 0
+        while loop.in_flight and (
+            len(loop.in_flight) > loop.window or rt.ready([loop.in_flight[0][2]], timeout=0) == 1
+        ):
+            loop.notified += self._complete(
+                rt, loop.in_flight.popleft(), loop.total, loop.engine_start, loop.notified
+            )
+
+    # -- SPECULATIVE CHUNKS -----------------------------------------------------------------
+
+    def chunk_limit(self) -> int:
+        """The longest chunk this session replays at once (``core.chunks``); 0: none.
+
+        Chunks need a replayed backtest on the simulated broker (whose executions can be
+        taken back), a strategy that runs in chunks (the breakout, with a fixed quantity),
+        no model or learner that would act between two bars (regime model, self-
+        modification) and nobody waiting for each fill. Slippage would move every fill off
+        the open the shards assume, so with slippage there are no chunks either."""
+        c = self.config
+        if (
+            self.live
+            or self.mode != "backtest"
+            or self.step_latencies is not None
+            or not isinstance(self.feed, ReplayFeed)
+            or c.engine.chunk_bars == 1
+            or c.broker.kind != "sim"
+            or c.strategy.kind != "breakout"
+            or c.strategy.fixed_quantity <= 0
+            or c.regime.model != "none"
+            or c.selfmod.enabled
+            or self.notify_fills
+            or c.notifications.wants("fill")
+            or c.sim.slippage_bps != 0
+        ):
+            return 0
+        if c.engine.chunk_bars:
+            return c.engine.chunk_bars
+        # About a quarter of a million bars per chunk: long enough that a chunk's fixed
+        # costs (its calls, its checks) vanish, short enough that one replayed bar by bar
+        # costs little.
+        size = 1 << int(math.log2(max(1.0, 262_144 / max(1, len(self.symbols)))))
+        return max(CHUNK_MIN_BARS * 4, min(CHUNK_MAX_BARS, size))
+
+    def _replay(self, loop: _Loop) -> None:
+        """Replay the feed: in speculative chunks where the data and the state allow, bar
+        by bar everywhere else (and wherever a chunk turns out invalid)."""
+        feed, total = self.feed, loop.total
+        limit = self.chunk_limit()
+        length = min(limit, CHUNK_MIN_BARS * 4)
+        step = 0
+        chunk = 0
+        while step < total:
+            # The first bar time goes bar by bar: the guardian learns the account from it.
+            run = min(length, feed.clean_run(step), total - step) if limit and step else 0
+            if run >= CHUNK_MIN_BARS:
+                chunk += 1
+                if self._chunk_step(loop, chunk, step, run):
+                    step += run
+                    length = min(limit, length * 2)
+                    continue
+                length = max(CHUNK_MIN_BARS, length // 4)
+                for s in range(step, step + run):
+                    self._bar_step(loop, s, int(feed.timestamps[s]), feed.batches(s))
+                step += run
+                continue
+            self._bar_step(loop, step, int(feed.timestamps[step]), feed.batches(step))
+            step += 1
+        if loop.for_guardian:
+            # The last chunk's closed trades: the guardian counts its losing streak on them.
+            loop.watched.append(loop.rt.tell(loop.g.guardian, *loop.for_guardian))
+            loop.for_guardian = []
+
+    def _chunk_step(self, loop: _Loop, chunk: int, step: int, length: int) -> bool:
+        """One speculative chunk of ``length`` bar times from ``step``: the shards run it,
+        the guardian approves it on condition, the gateway executes it on paper, the
+        guardian validates it. True if it was committed; False if it was discarded (the
+        caller then replays those bar times one by one, from the same state)."""
+        rt, g = loop.rt, loop.g
+        bar_chunks = self.feed.chunk(step, length, chunk)
+        # The orders approved at the last bar-by-bar step go to the broker first, so that
+        # their acknowledgements reach the shards and the guardian before the chunk.
+        if loop.merged:
+            acks: Any = rt.tell(g.gateway, loop.prev_verdicts) if loop.prev_verdicts else []
+            if loop.prev_verdicts:
+                loop.watched.append(acks)
+        else:
+            acks = loop.prev_acks  # sent (and watched) by the last step
+        shard_rs = [
+            rt.tell(shard, loop.prev_verdicts, acks, [bar_chunks[i]])
+            for i, shard in enumerate(g.shards)
+        ]
+        approved = rt.tell(g.guardian, acks, *loop.for_guardian, *shard_rs)
+        executed = rt.tell(g.gateway, approved, bar_chunks)
+        verdict_r = rt.tell(g.guardian, executed)
+        try:
+            verdict = next(m for m in rt.fetch([verdict_r])[0] if isinstance(m, ChunkVerdict))
+        except ActorCallError as exc:
+            raise BacktestStepError(
+                f"backtest stopped at the chunk of steps {step + 1}-{step + length}: an actor "
+                f"call failed ({exc}); a replay that lost a step is not the replay of its data"
+            ) from exc
+        # Commit or discard, everywhere: the shards (with the commissions in the report)
+        # and the gateway. The shards' closed trades reach the guardian in its next call.
+        settles = [rt.tell(shard, executed, verdict_r) for shard in g.shards]
+        gateway_settled = rt.tell(g.gateway, verdict_r)
+        loop.prev_verdicts, loop.prev_acks = [], []
+        loop.for_guardian = list(settles)
+        # The shards' first answers may hold trades closed by the acknowledgements (booked
+        # before the chunk); the chunk's own follow, then its account path and verdict.
+        loop.watched.extend(shard_rs)
+        loop.watched.append(approved)  # the guardian's notes on the trades it took in
+        loop.watched.extend(settles)
+        loop.watched.append(gateway_settled)
+        counters = loop.chunk_counters
+        if not verdict.valid:
+            counters["chunks_replayed"] += 1
+            log.debug(
+                "chunk %d (steps %d-%d) replayed bar by bar: %s (bar %d)",
+                chunk,
+                step + 1,
+                step + length,
+                verdict.reason,
+                verdict.bar,
+            )
+            return False
+        counters["chunks_committed"] += 1
+        counters["chunked_steps"] += length
+        loop.watched.extend((executed, verdict_r))
+        last = step + length - 1
+        loop.last_ts, loop.steps = int(self.feed.timestamps[last]), last + 1
+        loop.bars += length * len(self.symbols)
+        self._watch(loop, last, loop.last_ts, length)
+        return True
 
     def _steps(self, total: int) -> Iterator[tuple[int, list[Any]]]:
         if self.live:

@@ -15,23 +15,37 @@ after a (re)start it approves no entries: it does not yet know what is held and 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import msgspec
+import numpy as np
 
 from sovereign.actors.base import Actor
 from sovereign.core.constitution import Constitution
 from sovereign.core.guardian import GuardianState, TradingState, TradingStateMachine, Transition
-from sovereign.core.risk import RiskBook, SizingPolicy, evaluate_intent, sign_approval
+from sovereign.core.risk import (
+    RiskBook,
+    SizingPolicy,
+    evaluate_intent,
+    first_unsafe_order,
+    sign_approval,
+    sign_chunk,
+)
 from sovereign.core.selfmod import Change, DailyChanges, RuleBook, check_proposal
 from sovereign.memory.audit import AuditLog, governance_path
 from sovereign.memory.state_store import open_state_store
 from sovereign.messages import (
     AccountSnapshot,
+    ApprovedChunk,
     BookSnapshot,
     CancelOrder,
+    ChunkExecution,
+    ChunkVerdict,
+    IntentChunk,
     Message,
     ModificationDecision,
     ModificationProposal,
+    NDArray,
     Notification,
     OrderCanceled,
     OrderFilled,
@@ -70,6 +84,8 @@ class GuardianActor(Actor):
             RuleSetSnapshot,
             SessionStarted,
             SessionEnded,
+            IntentChunk,
+            ChunkExecution,
         }
     )
 
@@ -103,6 +119,8 @@ class GuardianActor(Actor):
         self.rulebook = RuleBook()
         self.daily_changes = DailyChanges()
         self._flatten_seq = 0
+        # The chunk approved on condition, until its execution report is validated.
+        self._chunk: _Pending | None = None
         self.key = guardian_state_key(state_scope)
         self.store = open_state_store(state_dir, redis_url)
         self.audit = AuditLog(governance_path(state_dir))
@@ -138,10 +156,16 @@ class GuardianActor(Actor):
     def receive(self, messages: list[Message]) -> list[Message]:
         out: list[Message] = []
         intents: list[OrderIntent] = []
+        chunk_intents: list[IntentChunk] = []
+        closed: list[TradeClosed] = []
         for msg in messages:
             match msg:
                 case OrderIntent():
                     intents.append(msg)
+                case IntentChunk():
+                    chunk_intents.append(msg)
+                case ChunkExecution():
+                    out.append(self._validate_chunk(msg))
                 case (
                     BookSnapshot()
                     | AccountSnapshot()
@@ -152,7 +176,7 @@ class GuardianActor(Actor):
                 ):
                     out.extend(self._on_broker_event(msg))
                 case TradeClosed():
-                    out.extend(self._on_trade_closed(msg))
+                    closed.append(msg)
                 case CancelOrder():
                     out.append(msg)  # cancels only reduce risk; pass them to the gateway
                 case ModificationProposal():
@@ -167,6 +191,12 @@ class GuardianActor(Actor):
                     out.append(self._on_session_ended(msg))
                 case _:
                     pass
+        # Closed trades count towards losing streaks in the order they closed: a step's
+        # come in shard order, a committed chunk's (many bar times) are put in time order,
+        # shard order kept within a bar time, as its bars one at a time would bring them.
+        closed.sort(key=lambda t: t.ts_event)
+        for trade in closed:
+            out.extend(self._on_trade_closed(trade))
         # Exits first (they free room), then by symbol: the decision order, and so the
         # trades, do not depend on how symbols are dealt to shards.
         intents.sort(key=lambda m: (m.purpose != "CLOSE", m.symbol, m.intent_id))
@@ -175,6 +205,8 @@ class GuardianActor(Actor):
         tampered = bool(intents) and self.constitution.fingerprint != self.fingerprint
         for intent in intents:
             out.extend(self._decide(intent, tampered))
+        if chunk_intents:
+            out.append(self._approve_chunk(chunk_intents))
         self._persist()
         return out
 
@@ -451,6 +483,187 @@ class GuardianActor(Actor):
             active_rules=len(self.rulebook.rules),
         )
 
+    # -- SPECULATIVE CHUNKS (backtests with the simulated broker) -----------------------
+
+    def _approve_chunk(self, chunks: list[IntentChunk]) -> ApprovedChunk:
+        """Approve a chunk's intents on condition, as one signed batch.
+
+        Everything that does not depend on the account inside the chunk is checked here,
+        as ``_decide`` checks it; the rest (sizing against each bar's equity, cash and
+        exposure, and the trading state at every bar) waits for the execution report
+        (``_validate_chunk``). A chunk that cannot be approved this way is refused whole,
+        and the engine replays it bar by bar, where each intent is decided on its own."""
+        self._chunk = None
+        chunk = chunks[0].chunk
+        names = np.concatenate([c.symbols.to_numpy()[c.index.to_numpy()] for c in chunks])
+        shard = np.concatenate([np.full(len(c), c.shard, dtype=np.int64) for c in chunks])
+        cols = {
+            k: np.concatenate([getattr(c, k).to_numpy() for c in chunks])
+            for k in ("bar", "side", "quantity", "ref_price", "confidence", "seq")
+        }
+        order = np.lexsort((names, cols["side"] == 1, cols["bar"]))
+        names, shard = names[order], shard[order]
+        bar, side, quantity, ref, confidence, seq = (
+            cols[k][order] for k in ("bar", "side", "quantity", "ref_price", "confidence", "seq")
+        )
+        buy = side == 1
+        bar_close = chunks[0].bar_close.to_numpy()
+        refused = self._chunk_refusal(chunks, bar_close, bar, side, buy, quantity, ref, confidence)
+        limit = np.where(buy, self.policy.entry_limits(ref), np.nan)
+        expires = (
+            bar_close[bar] + self.ttl_ns if not refused else np.zeros(bar.size, dtype=np.int64)
+        )
+        columns = tuple(
+            NDArray.from_numpy(np.ascontiguousarray(x))
+            for x in (
+                names,
+                shard.astype(np.int64),
+                bar.astype(np.int64),
+                side.astype(np.uint8),
+                quantity.astype(np.int64),
+                limit.astype(np.float64),
+                seq.astype(np.int64),
+                expires.astype(np.int64),
+            )
+        )
+        expects = sorted({o for c in chunks for o in c.pending})
+        signature = b"" if refused else sign_chunk(self._secret, chunk, columns, expects)
+        if refused:
+            self.count("chunks_refused")
+        else:
+            self._chunk = _Pending(
+                chunk=chunk,
+                bar=bar,
+                buy=buy,
+                quantity=quantity,
+                price=np.where(buy, limit, ref),
+                confidence=confidence,
+            )
+        now = int(bar_close[-1]) if bar_close.size else 0
+        return ApprovedChunk(
+            msg_id=self.ids.next(),
+            ts_event=now,
+            ts_init=now,
+            chunk=chunk,
+            symbol=columns[0],
+            shard=columns[1],
+            bar=columns[2],
+            side=columns[3],
+            quantity=columns[4],
+            limit_price=columns[5],
+            seq=columns[6],
+            expires_ns=columns[7],
+            expects=expects,
+            signature=signature,
+            refused=refused,
+        )
+
+    def _chunk_refusal(
+        self,
+        chunks: list[IntentChunk],
+        bar_close: np.ndarray,
+        bar: np.ndarray,
+        side: np.ndarray,
+        buy: np.ndarray,
+        quantity: np.ndarray,
+        ref: np.ndarray,
+        confidence: np.ndarray,
+    ) -> str:
+        """Why a chunk cannot be approved on condition ("" when it can)."""
+        if any(c.chunk != chunks[0].chunk for c in chunks):
+            return "intents of different chunks"
+        for c in chunks:
+            if c.refused:
+                return f"shard {c.shard}: {c.refused}"
+            if not np.array_equal(c.bar_close.to_numpy(), bar_close):
+                return "the shards' bar times differ"
+        if self.constitution.fingerprint != self.fingerprint:
+            return "CONSTITUTION_TAMPERED"
+        if self.machine is None:
+            return "NOT_STARTED: no account state yet"
+        if not self.reconciled:
+            return "RECONCILING: no book snapshot since the guardian started"
+        if self.machine.state is not TradingState.ACTIVE:
+            # Denials, flattening and the way back to ACTIVE are decided bar by bar.
+            return f"trading is {self.machine.state.value}"
+        if bar.size and ((bar < 0).any() or (bar >= bar_close.size).any()):
+            return "an intent's bar is outside the chunk"
+        if ((side != 1) & (side != 2)).any() or (quantity <= 0).any():
+            return "malformed intents"
+        with np.errstate(invalid="ignore"):
+            if not (np.isfinite(ref) & (ref > 0)).all():
+                return "BAD_PRICE"
+            if (buy & (confidence < self.constitution.min_confidence_for_trade)).any():
+                return "LOW_CONFIDENCE"
+        return ""
+
+    def _validate_chunk(self, ex: ChunkExecution) -> ChunkVerdict:
+        """Decide a chunk against its execution report: valid if every order would have
+        been approved in full bar by bar and no bar moves the trading state. A valid chunk
+        is taken into the guardian's state here, as its bars one at a time would have."""
+        pending, self._chunk = self._chunk, None
+        ts = ex.ts.to_numpy()
+        now = int(ts[-1]) if ts.size else ex.ts_event
+
+        def verdict(valid: bool, reason: str = "", bar: int = -1, n: int = 0) -> ChunkVerdict:
+            self.count("chunks_valid" if valid else "chunks_invalid")
+            return ChunkVerdict(
+                msg_id=self.ids.next(),
+                ts_event=now,
+                ts_init=now,
+                chunk=ex.chunk,
+                valid=valid,
+                reason=reason,
+                bar=bar,
+                approved=n,
+                fills=ex.fills if valid else 0,
+            )
+
+        if pending is None or pending.chunk != ex.chunk:
+            return verdict(False, "no conditional approval for this chunk")
+        if ex.diverged:
+            return verdict(False, ex.diverged, ex.bar)
+        machine = self.machine
+        assert machine is not None  # a chunk is only approved with an account state
+        equity, cash = ex.equity.to_numpy(), ex.cash.to_numpy()
+        gross, held = ex.gross_exposure.to_numpy(), ex.held.to_numpy()
+        if held.shape != pending.bar.shape or equity.shape != ts.shape or not ts.size:
+            return verdict(False, "the execution report does not match the approval")
+        b = pending.bar
+        first = first_unsafe_order(
+            bar=b,
+            buy=pending.buy,
+            quantity=pending.quantity,
+            price=pending.price,
+            confidence=pending.confidence,
+            held=held,
+            equity=equity[b],
+            cash=cash[b],
+            gross=gross[b],
+            constitution=self.constitution,
+            policy=self.policy,
+        )
+        if first >= 0:
+            return verdict(False, "an order might not be approved in full", int(b[first]))
+        moved = machine.observe_path(equity, ex.day.to_numpy(), ex.session_dates)
+        if moved >= 0:
+            return verdict(False, "the trading state would change", moved)
+        s = machine.s
+        s.last_cash, s.last_gross_exposure = float(cash[-1]), float(gross[-1])
+        s.last_open_positions = int(ex.open_positions.to_numpy()[-1])
+        s.last_ts = now
+        self.book.equity, self.book.cash = float(equity[-1]), float(cash[-1])
+        self.book.gross_exposure = float(gross[-1])
+        names = [x.decode() for x in ex.position_symbols.to_numpy().tolist()]
+        self.book.held = dict(zip(names, ex.positions.to_numpy().tolist(), strict=True))
+        self.book.pending = {}
+        for o in ex.working:
+            self.book.add_pending(o.order_id, o.symbol, o.side, o.remaining, o.price)
+        self.working = list(ex.working)
+        n = int(b.size)
+        self.reasons["APPROVED"] = self.reasons.get("APPROVED", 0) + n
+        return verdict(True, n=n)
+
     # -- DECISIONS ----------------------------------------------------------------------
 
     def _decide(self, intent: OrderIntent, tampered: bool) -> list[Message]:
@@ -556,6 +769,19 @@ class GuardianActor(Actor):
             limit_price=limit_price,
             purpose=purpose,  # type: ignore[arg-type]
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A chunk approved on condition: its orders in decision order (the price is the
+    entry's limit, or the exit's reference price)."""
+
+    chunk: int
+    bar: np.ndarray
+    buy: np.ndarray
+    quantity: np.ndarray
+    price: np.ndarray
+    confidence: np.ndarray
 
 
 def _limits(constitution: Constitution) -> dict[str, object]:

@@ -7,6 +7,8 @@ import numpy as np
 from sovereign.actors.base import Actor
 from sovereign.messages import (
     AccountSnapshot,
+    ChunkExecution,
+    ChunkVerdict,
     EquityCurve,
     Message,
     NDArray,
@@ -28,6 +30,8 @@ class MonitorActor(Actor):
             RiskVerdict,
             OrderRejected,
             SessionEnded,
+            ChunkExecution,
+            ChunkVerdict,
         }
     )
 
@@ -37,6 +41,7 @@ class MonitorActor(Actor):
         self._equity: list[float] = []
         self._cash: list[float] = []
         self._gross: list[float] = []
+        self._executed: ChunkExecution | None = None
 
     def receive(self, messages: list[Message]) -> list[Message]:
         out: list[Message] = []
@@ -57,11 +62,28 @@ class MonitorActor(Actor):
                     self.count("intents_approved" if msg.approved else "intents_denied")
                 case OrderRejected():
                     self.count("orders_rejected")
+                case ChunkExecution():
+                    self._executed = msg
+                case ChunkVerdict():
+                    self._on_chunk(msg)
                 case SessionEnded():
                     out.append(self._curve(msg))
                 case _:
                     pass
         return out
+
+    def _on_chunk(self, verdict: ChunkVerdict) -> None:
+        """A committed chunk: its account path (one row per bar, as the per-bar snapshots
+        would give) and its counts. A discarded one is replayed bar by bar instead."""
+        ex, self._executed = self._executed, None
+        if not verdict.valid or ex is None or ex.chunk != verdict.chunk:
+            return
+        self._ts.extend(ex.ts.to_numpy().tolist())
+        self._equity.extend(ex.equity.to_numpy().tolist())
+        self._cash.extend(ex.cash.to_numpy().tolist())
+        self._gross.extend(ex.gross_exposure.to_numpy().tolist())
+        self.count("fills", verdict.fills)
+        self.count("intents_approved", verdict.approved)
 
     def _curve(self, end: SessionEnded) -> EquityCurve:
         return EquityCurve(

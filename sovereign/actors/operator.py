@@ -21,6 +21,8 @@ from sovereign.actors.base import Actor
 from sovereign.core.calendar import session_date
 from sovereign.messages import (
     AccountSnapshot,
+    ChunkExecution,
+    ChunkVerdict,
     DailySummary,
     Message,
     NDArray,
@@ -86,6 +88,8 @@ class OperatorActor(Actor):
             RegimeUpdate,
             SessionStarted,
             SessionEnded,
+            ChunkExecution,
+            ChunkVerdict,
         }
     )
 
@@ -119,6 +123,7 @@ class OperatorActor(Actor):
         # Keyed by the exit's session date, not by arrival: a trade may arrive in the same
         # batch as the snapshot that starts the next day, before or after it.
         self._trades: dict[str, _DayTrades] = {}
+        self._executed: ChunkExecution | None = None
 
     def receive(self, messages: list[Message]) -> list[Message]:
         out: list[Message] = []
@@ -126,6 +131,8 @@ class OperatorActor(Actor):
             match msg:
                 case AccountSnapshot() if self.daily_summary:
                     self._on_account(msg, out)
+                case ChunkExecution() | ChunkVerdict():
+                    self._on_chunk(msg, out)
                 case Notification():
                     # Raised elsewhere (the guardian's state changes): deliver as is.
                     self.count(f"notified_{msg.kind}")
@@ -165,18 +172,8 @@ class OperatorActor(Actor):
                             msg.detail,
                         )
                     )
-                case RegimeUpdate() if msg.shard <= 0 and msg.market != self.market_regime:
-                    if self.market_regime:
-                        out.append(
-                            self._note(
-                                msg.ts_event,
-                                "regime",
-                                "info",
-                                f"market regime {self.market_regime} -> {msg.market}",
-                                f"model {msg.model}",
-                            )
-                        )
-                    self.market_regime = msg.market
+                case RegimeUpdate():
+                    self._on_regime(msg, out)
                 case SessionStarted():
                     out.append(
                         self._note(
@@ -203,6 +200,21 @@ class OperatorActor(Actor):
                     pass
         return out
 
+    def _on_regime(self, msg: RegimeUpdate, out: list[Message]) -> None:
+        if msg.shard > 0 or msg.market == self.market_regime:
+            return
+        if self.market_regime:
+            out.append(
+                self._note(
+                    msg.ts_event,
+                    "regime",
+                    "info",
+                    f"market regime {self.market_regime} -> {msg.market}",
+                    f"model {msg.model}",
+                )
+            )
+        self.market_regime = msg.market
+
     # -- DAILY SUMMARY --
 
     def _on_account(self, msg: AccountSnapshot, out: list[Message]) -> None:
@@ -218,6 +230,35 @@ class OperatorActor(Actor):
         self._point_equity.append(msg.equity)
         if msg.equity > self._high_water_mark:
             self._high_water_mark = msg.equity
+
+    def _on_chunk(self, msg: ChunkExecution | ChunkVerdict, out: list[Message]) -> None:
+        """A committed chunk's account path (its execution report, then the verdict that
+        commits it), one snapshot per bar as ``_on_account`` takes them, a day at a time.
+        Its closed trades come before it (the engine hands them over first), so each day's
+        summary counts them."""
+        if isinstance(msg, ChunkExecution):
+            self._executed = msg
+            return
+        verdict = msg
+        ex, self._executed = self._executed, None
+        if not (self.daily_summary and verdict.valid and ex is not None):
+            return
+        if ex.chunk != verdict.chunk:
+            return
+        ts, equity = ex.ts.to_numpy(), ex.equity.to_numpy()
+        day = ex.day.to_numpy()
+        starts = np.flatnonzero(np.r_[True, day[1:] != day[:-1]]).tolist()
+        for a, b in zip(starts, [*starts[1:], len(day)], strict=True):
+            date = ex.session_dates[int(day[a])]
+            if date != self._day:
+                if self._day:
+                    out.append(self._summary(int(ts[a]), complete=True))
+                self._start_day(date, float(equity[a]))
+            self._point_ts.extend(ts[a:b].tolist())
+            self._point_equity.extend(equity[a:b].tolist())
+            top = float(equity[a:b].max())
+            if top > self._high_water_mark:
+                self._high_water_mark = top
 
     def _start_day(self, day: str, equity: float) -> None:
         self._day = day

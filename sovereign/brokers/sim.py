@@ -27,7 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sovereign.brokers import sim_chunk
 from sovereign.brokers.base import accepted, canceled, rejected
+from sovereign.brokers.sim_chunk import ChunkMarket, ChunkOrders, Speculation
 from sovereign.config import SimConfig
 from sovereign.core.portfolio import Portfolio
 from sovereign.messages import (
@@ -260,6 +262,21 @@ class SimBroker:
             purpose=order.purpose,
             liquidity="SIM",
         )
+
+    # -- SPECULATIVE CHUNKS (backtests) -------------------------------------------------
+
+    speculative = True
+    """This broker can execute a chunk on paper and book it later (``sim_chunk``)."""
+
+    def speculate_chunk(
+        self, market: ChunkMarket, orders: ChunkOrders, expects: set[str]
+    ) -> Speculation:
+        """Execute a chunk's approved orders without booking them (see ``sim_chunk``)."""
+        return sim_chunk.speculate(self, market, orders, expects)
+
+    def commit_chunk(self, spec: Speculation) -> list[Message]:
+        """Book a speculation; returns the fills of the orders working before the chunk."""
+        return list(sim_chunk.commit(self, spec, self._ids))
 
     # -- QUERIES ------------------------------------------------------------------------
 

@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
+import numpy as np
+
 NEW_YORK = ZoneInfo("America/New_York")
 
 
@@ -23,3 +25,34 @@ def new_york_time(ts_ns: int) -> tuple[int, int]:
     """Minute of the day and weekday (Monday = 0) of a time in New York."""
     local = datetime.fromtimestamp(ts_ns / 1e9, tz=UTC).astimezone(NEW_YORK)
     return local.hour * 60 + local.minute, local.weekday()
+
+
+_NS_PER_MINUTE = 60_000_000_000
+_MINUTES_PER_DAY = 1_440
+
+
+def session_days(ts_ns: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """``session_date`` of many bar starts at once: an index per bar into a list of the
+    distinct dates, in order of first appearance.
+
+    New York is always four or five hours behind UTC. Where both offsets give the same
+    calendar day (every bar outside 04:00-05:00 UTC, that is all US trading hours), that
+    is the date whatever daylight saving does; the other bars ask ``session_date``.
+    """
+    minute = ts_ns // _NS_PER_MINUTE
+    edt = (minute - 240) // _MINUTES_PER_DAY
+    est = (minute - 300) // _MINUTES_PER_DAY
+    ordinal = edt.copy()
+    unsure = np.flatnonzero(edt != est)
+    names: dict[int, str] = {}
+    for i in unsure.tolist():
+        text = session_date(int(ts_ns[i]))
+        day = int(np.datetime64(text, "D").astype(np.int64))
+        ordinal[i] = day
+        names[day] = text
+    unique, first, inverse = np.unique(ordinal, return_index=True, return_inverse=True)
+    by_appearance = np.argsort(first, kind="stable")
+    rank = np.empty_like(by_appearance)
+    rank[by_appearance] = np.arange(by_appearance.size)
+    dates = [names.get(int(d)) or str(np.datetime64(int(d), "D")) for d in unique[by_appearance]]
+    return rank[inverse].astype(np.int64), dates

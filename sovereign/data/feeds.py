@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from sovereign.messages import BarBatch, IdSource, NDArray
+from sovereign.core.bars import clean_rows
+from sovereign.messages import BarBatch, BarChunk, IdSource, NDArray
 
 _COLUMNS = ("open", "high", "low", "close", "volume")
 
@@ -55,8 +56,51 @@ class ReplayFeed:
             names = np.array([s.encode() for s in symbols], dtype=f"S{width}")
             self._shards.append((present, arrays, names, NDArray.from_numpy(names)))
 
+        self._clean_run: np.ndarray | None = None
+
     def __len__(self) -> int:
         return len(self.timestamps)
+
+    def clean_run(self, step: int) -> int:
+        """How many bar times from ``step`` on have a clean bar (finite, passing the
+        shards' bar checks, with a finite volume) for every symbol of every shard: the
+        bar times that can travel in a ``BarChunk``."""
+        if self._clean_run is None:
+            clean = np.ones(len(self.timestamps), dtype=bool)
+            for present, arrays, _, _ in self._shards:
+                o, h, lo, c, v = (arrays[k] for k in _COLUMNS)
+                good, _ = clean_rows(o, h, lo, c, v)
+                clean &= (present & good & np.isfinite(v)).all(axis=1)
+            # run[t]: the length of the clean run starting at t (0 where t is not clean):
+            # the distance to the next bar time that is not clean.
+            n = len(clean)
+            marks = np.where(clean, n, np.arange(n))
+            next_bad = np.minimum.accumulate(marks[::-1])[::-1] if n else marks
+            self._clean_run = np.r_[next_bad - np.arange(n), 0].astype(np.int64)
+        return int(self._clean_run[step])
+
+    def chunk(self, step: int, length: int, chunk: int) -> list[BarChunk]:
+        """One ``BarChunk`` per shard: ``length`` bar times from ``step`` (all clean)."""
+        ts = np.ascontiguousarray(self.timestamps[step : step + length], dtype=np.int64)
+        ts_col = NDArray.from_numpy(ts)
+        end = int(ts[-1]) + self.interval_s * 1_000_000_000
+        out = []
+        for shard, (_, arrays, _, all_names) in enumerate(self._shards):
+            cols = {k: NDArray.from_numpy(v[step : step + length]) for k, v in arrays.items()}
+            out.append(
+                BarChunk(
+                    msg_id=self._ids.next(),
+                    ts_event=end,
+                    ts_init=end,
+                    chunk=chunk,
+                    shard=shard,
+                    interval_s=self.interval_s,
+                    ts=ts_col,
+                    symbols=all_names,
+                    **cols,
+                )
+            )
+        return out
 
     def panel(self, shard: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """A shard's bars as (time x symbol) arrays: which cells have a bar, and the OHLCV

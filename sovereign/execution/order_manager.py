@@ -54,10 +54,13 @@ class OrderRecord:
 class OrderManager:
     """Tracks every order the gateway has sent and everything the broker said about it."""
 
-    __slots__ = ("_executions", "counters", "orders")
+    __slots__ = ("_executions", "counters", "orders", "settled")
 
     def __init__(self) -> None:
         self.orders: dict[str, OrderRecord] = {}
+        # Orders a speculative chunk submitted and filled in full: only their ids are kept
+        # (a long backtest has hundreds of thousands), so a reused id is still refused.
+        self.settled: set[str] = set()
         self._executions: set[str] = set()
         self.counters: dict[str, int] = {
             "submitted": 0,
@@ -73,12 +76,21 @@ class OrderManager:
 
     def register(self, order: SubmitOrder) -> bool:
         """Record a new order; False (and counted) if the order id is already known."""
-        if order.order_id in self.orders:
+        if self.knows(order.order_id):
             self.counters["duplicate_submits"] += 1
             return False
         self.orders[order.order_id] = OrderRecord(order)
         self.counters["submitted"] += 1
         return True
+
+    def knows(self, order_id: str) -> bool:
+        return order_id in self.orders or order_id in self.settled
+
+    def settle(self, order_ids: list[str]) -> None:
+        """Record orders that were submitted and filled in full inside a committed chunk."""
+        self.settled.update(order_ids)
+        self.counters["submitted"] += len(order_ids)
+        self.counters["filled"] += len(order_ids)
 
     def get(self, order_id: str) -> OrderRecord | None:
         return self.orders.get(order_id)

@@ -14,10 +14,15 @@ from sovereign.messages import (
     ALL_MESSAGES,
     WIRE,
     Approval,
+    ApprovedChunk,
     BarBatch,
+    BarChunk,
+    BookOrder,
     CancelOrder,
+    ChunkExecution,
     DailySummary,
     EquityCurve,
+    IntentChunk,
     Message,
     MessageDecodeError,
     ModificationProposal,
@@ -114,6 +119,97 @@ def daily_summaries(draw: st.DrawFn) -> DailySummary:
     )
 
 
+@st.composite
+def bar_chunks(draw: st.DrawFn) -> BarChunk:
+    k, n = draw(st.integers(1, 4)), draw(st.integers(0, 4))
+    return BarChunk(
+        **{key: draw(v) for key, v in envelope().items()},
+        chunk=draw(i64),
+        shard=draw(st.integers(0, 64)),
+        interval_s=draw(st.integers(1, 86_400)),
+        ts=draw(arrays("<i8", (k,))),
+        symbols=draw(arrays("|S4", (n,))),
+        **{c: draw(arrays("<f8", (k, n))) for c in ("open", "high", "low", "close", "volume")},
+    )
+
+
+@st.composite
+def intent_chunks(draw: st.DrawFn) -> IntentChunk:
+    m = draw(st.integers(0, 5))
+    return IntentChunk(
+        **{key: draw(v) for key, v in envelope().items()},
+        chunk=draw(i64),
+        shard=draw(st.integers(0, 64)),
+        symbols=draw(arrays("|S4", (draw(st.integers(0, 4)),))),
+        bar_close=draw(arrays("<i8", (draw(st.integers(0, 4)),))),
+        bar=draw(arrays("<i8", (m,))),
+        index=draw(arrays("<i8", (m,))),
+        side=draw(arrays("|u1", (m,))),
+        quantity=draw(arrays("<i8", (m,))),
+        ref_price=draw(arrays("<f8", (m,))),
+        confidence=draw(arrays("<f8", (m,))),
+        seq=draw(arrays("<i8", (m,))),
+        pending=draw(st.lists(text, max_size=3)),
+        refused=draw(text),
+    )
+
+
+@st.composite
+def approved_chunks(draw: st.DrawFn) -> ApprovedChunk:
+    m = draw(st.integers(0, 5))
+    return ApprovedChunk(
+        **{key: draw(v) for key, v in envelope().items()},
+        chunk=draw(i64),
+        symbol=draw(arrays("|S4", (m,))),
+        **{c: draw(arrays("<i8", (m,))) for c in ("shard", "bar", "quantity", "seq", "expires_ns")},
+        side=draw(arrays("|u1", (m,))),
+        limit_price=draw(arrays("<f8", (m,))),
+        expects=draw(st.lists(text, max_size=3)),
+        signature=draw(st.binary(max_size=32)),
+        refused=draw(text),
+    )
+
+
+@st.composite
+def chunk_executions(draw: st.DrawFn) -> ChunkExecution:
+    k, f, p = (draw(st.integers(0, 4)) for _ in range(3))
+    dates = draw(st.lists(text, min_size=1, max_size=3))
+    return ChunkExecution(
+        **{key: draw(v) for key, v in envelope().items()},
+        chunk=draw(i64),
+        diverged=draw(text),
+        bar=draw(i64),
+        **{c: draw(arrays("<f8", (k,))) for c in ("equity", "cash", "gross_exposure")},
+        ts=draw(arrays("<i8", (k,))),
+        open_positions=draw(arrays("<i8", (k,))),
+        day=NDArray.from_numpy(
+            np.array(draw(st.lists(st.integers(0, len(dates) - 1), min_size=k, max_size=k)), "<i8")
+        ),
+        session_dates=dates,
+        held=draw(arrays("<i8", (draw(st.integers(0, 4)),))),
+        fill_symbol=draw(arrays("|S4", (f,))),
+        **{c: draw(arrays("<i8", (f,))) for c in ("fill_seq", "fill_shard", "fill_bar")},
+        fill_price=draw(arrays("<f8", (f,))),
+        fill_commission=draw(arrays("<f8", (f,))),
+        position_symbols=draw(arrays("|S4", (p,))),
+        positions=draw(arrays("<i8", (p,))),
+        working=draw(
+            st.lists(
+                st.builds(
+                    BookOrder,
+                    order_id=text,
+                    symbol=symbols,
+                    side=st.sampled_from(["BUY", "SELL"]),
+                    remaining=i64,
+                    price=finite,
+                    purpose=st.sampled_from(["OPEN", "CLOSE"]),
+                ),
+                max_size=2,
+            )
+        ),
+    )
+
+
 approvals = st.builds(
     Approval,
     order_id=text,
@@ -150,6 +246,10 @@ SPECIAL: dict[type, st.SearchStrategy[Message]] = {
         trigger=text,
     ),
     BarBatch: bar_batches(),
+    BarChunk: bar_chunks(),
+    IntentChunk: intent_chunks(),
+    ApprovedChunk: approved_chunks(),
+    ChunkExecution: chunk_executions(),
     RegimeUpdate: regime_updates(),
     DailySummary: daily_summaries(),
     OrderIntent: st.builds(

@@ -1,0 +1,381 @@
+"""The simulated broker's part of a speculative chunk (``sovereign.core.chunks``).
+
+``speculate`` executes a chunk's approved orders without touching the account: it checks
+that every order fills as the shards assumed (in full, at the open of the bar after its
+decision, at exactly the open price) and computes the account at every bar close, with
+the arithmetic ``SimBroker.on_bars`` uses bar by bar, so the path is the same to the last
+bit. ``commit`` then books the fills through the account's own ``apply_fill``, in the same
+order, and leaves the broker as the bars one at a time would have.
+
+Anything the fill model would do differently (a limit the open crosses, slippage, a
+volume cap, a position cap that could cut a fill) makes the execution *diverge*: nothing
+is booked and the engine replays those bar times one at a time, where the broker decides
+each fill exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sovereign.brokers.base import _about
+from sovereign.core.calendar import session_days
+from sovereign.messages import BookOrder, IdSource, OrderFilled
+
+if TYPE_CHECKING:
+    from sovereign.brokers.sim import SimBroker, _Working
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkMarket:
+    """The bars of a chunk for every symbol of the run: (K, N) arrays, column j the
+    symbol ``symbols[j]``; ``ts`` the bar starts and ``ts_event`` the closes."""
+
+    ts: np.ndarray
+    ts_event: np.ndarray
+    symbols: list[str]
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+    column: dict[str, int]
+    shard_of: np.ndarray  # (N,) the shard (bar batch) each column's bars come in
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkOrders:
+    """A chunk's approved orders as columns, in submission order (by decision bar)."""
+
+    order_id: list[str]
+    symbol: list[str]
+    shard: np.ndarray
+    bar: np.ndarray
+    buy: np.ndarray
+    quantity: np.ndarray
+    limit: np.ndarray  # NaN: a market order
+    seq: np.ndarray  # the number in each order id ("<symbol>-<seq>")
+
+    def __len__(self) -> int:
+        return len(self.order_id)
+
+
+@dataclass(slots=True)
+class Speculation:
+    """A chunk executed on paper: the account path and what ``commit`` will book."""
+
+    diverged: str = ""
+    bar: int = -1
+    equity: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    cash: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    gross: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    open_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    day: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    dates: list[str] = field(default_factory=list)
+    held: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # The fills, in the order they happen: the orders working before the chunk, then the
+    # approved ones that fill inside it (those of the last bar stay working).
+    fill_col: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    fill_bar: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    fill_buy: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    fill_qty: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    fill_price: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    fill_commission: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    fill_marked: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    fill_order: list[str] = field(default_factory=list)
+    fill_shard: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    fill_seq: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    started: list[_Working] = field(default_factory=list)
+    unknown_volume: int = 0
+    end_positions: dict[str, int] = field(default_factory=dict)
+    working: list[BookOrder] = field(default_factory=list)
+    market: ChunkMarket | None = None
+
+
+def _seq_of(order_id: str) -> int:
+    tail = order_id.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def _diverged(why: str, bar: int) -> Speculation:
+    return Speculation(diverged=why, bar=bar)
+
+
+def exact_row_sums(values: np.ndarray) -> np.ndarray:
+    """Each row's sum as ``math.fsum`` gives it (correctly rounded, so in any order): a
+    row with at most two non-zero terms is summed by numpy (one rounding at most), any
+    other by ``fsum``."""
+    nonzero = values != 0
+    counts = nonzero.sum(axis=1)
+    out = values.sum(axis=1)
+    for i in np.flatnonzero(counts > 2).tolist():
+        out[i] = math.fsum(values[i][nonzero[i]].tolist())
+    return out
+
+
+def speculate(
+    broker: SimBroker, m: ChunkMarket, orders: ChunkOrders, expects: set[str]
+) -> Speculation:
+    """Execute the chunk's orders on paper (nothing in ``broker`` changes)."""
+    k_bars, n = m.close.shape
+    cfg = broker.config
+    column = m.column
+    started = list(broker._working.values())
+    if {w.order.order_id for w in started} != expects or len(started) != len(expects):
+        return _diverged("the orders working before the chunk are not those the shards assumed", 0)
+    for w in started:
+        if w.filled or w.submitted_ns > int(m.ts[0]) or w.order.symbol not in column:
+            return _diverged(f"order {w.order.order_id} is not a whole order due at the open", 0)
+    if any(s not in column for s in broker.portfolio.open):
+        return _diverged("a position is held in a symbol the chunk has no bars for", 0)
+
+    later = orders.bar < k_bars - 1
+    in_chunk = np.flatnonzero(later)
+    fill_col = np.array(
+        [column[w.order.symbol] for w in started]
+        + [column[orders.symbol[i]] for i in in_chunk.tolist()],
+        dtype=np.int64,
+    )
+    fill_bar = np.r_[np.zeros(len(started), np.int64), orders.bar[in_chunk] + 1].astype(np.int64)
+    fill_buy = np.r_[
+        np.array([w.order.side == "BUY" for w in started], bool), orders.buy[in_chunk]
+    ].astype(bool)
+    fill_qty = np.r_[
+        np.array([w.order.quantity for w in started], np.int64), orders.quantity[in_chunk]
+    ].astype(np.int64)
+    fill_limit = np.r_[
+        np.array(
+            [w.order.limit_price if w.order.limit_price is not None else np.nan for w in started]
+        ),
+        orders.limit[in_chunk],
+    ].astype(np.float64)
+    fill_open = np.r_[
+        np.array([w.order.purpose == "OPEN" for w in started], bool), orders.buy[in_chunk]
+    ].astype(bool)
+    fill_order = [w.order.order_id for w in started] + [
+        orders.order_id[i] for i in in_chunk.tolist()
+    ]
+    fill_shard = np.r_[
+        np.array([w.order.shard for w in started], np.int64), orders.shard[in_chunk]
+    ].astype(np.int64)
+    fill_seq = np.r_[
+        np.array([_seq_of(w.order.order_id) for w in started], np.int64), orders.seq[in_chunk]
+    ].astype(np.int64)
+    # Bar by bar the broker takes each shard's batch in turn and fills, in submission
+    # order, the orders of that batch's symbols: so fills go by bar, then shard.
+    order = np.lexsort((np.arange(fill_col.size), m.shard_of[fill_col], fill_bar))
+    fill_col, fill_bar, fill_buy = fill_col[order], fill_bar[order], fill_buy[order]
+    fill_qty, fill_limit, fill_open = fill_qty[order], fill_limit[order], fill_open[order]
+    fill_order = [fill_order[i] for i in order.tolist()]
+    fill_shard = fill_shard[order]
+    fill_seq = fill_seq[order]
+
+    # The fill model, as _try_fill applies it, must give the open price, in full.
+    o = m.open[fill_bar, fill_col]
+    hi = m.high[fill_bar, fill_col]
+    lo = m.low[fill_bar, fill_col]
+    vol = m.volume[fill_bar, fill_col]
+    slip = cfg.slippage_bps / 10_000.0
+    market = np.isnan(fill_limit)
+    with np.errstate(invalid="ignore"):
+        price = np.where(
+            market,
+            np.where(fill_buy, o * (1 + slip), o * (1 - slip)),
+            np.where(fill_buy, np.minimum(o, fill_limit), np.maximum(o, fill_limit)),
+        )
+        reaches = market | np.where(fill_buy, lo <= fill_limit, hi >= fill_limit)
+        unknown = np.isnan(vol)
+        room = np.where(unknown, fill_qty, np.floor(vol * cfg.max_volume_share))
+        ok = reaches & (price == o) & (room > 0) & (room >= fill_qty)
+    if not ok.all():
+        bad = int(np.argmax(~ok))
+        return _diverged("an order would not fill in full at the open", int(fill_bar[bad]))
+
+    # Positions after each bar's fills; long only, never sold below zero.
+    signed = np.where(fill_buy, fill_qty, -fill_qty)
+    start = np.array([broker.portfolio.quantity(s) for s in m.symbols], dtype=np.int64)
+    delta = np.zeros((k_bars, n), dtype=np.int64)
+    np.add.at(delta, (fill_bar, fill_col), signed)
+    after = start[None, :] + np.cumsum(delta, axis=0)
+    if (after < 0).any():
+        return _diverged("a sale exceeds the position", int(np.argmax((after < 0).any(axis=1))))
+    before = np.vstack([start[None, :], after[:-1]])
+    held_before = before[fill_bar, fill_col]
+
+    if cfg.commission_per_share == 0 and cfg.commission_min == 0:
+        commission = np.zeros(fill_qty.size)
+    else:
+        from sovereign.brokers.sim import commission_for
+
+        commission = np.array(
+            [
+                commission_for(q, p, cfg)
+                for q, p in zip(fill_qty.tolist(), price.tolist(), strict=True)
+            ]
+        )
+    amounts = signed * price + commission
+    cash_after = np.subtract.accumulate(np.r_[broker.portfolio.cash, amounts])[1:]
+    last_fill = np.searchsorted(fill_bar, np.arange(k_bars), side="right") - 1
+    cash = (
+        np.where(last_fill >= 0, cash_after[np.maximum(last_fill, 0)], broker.portfolio.cash)
+        if cash_after.size
+        else np.full(k_bars, broker.portfolio.cash)
+    )
+
+    if broker.position_cap is not None:
+        bad = _cap_might_cut(
+            broker,
+            m,
+            before,
+            cash,
+            fill_bar,
+            fill_col,
+            fill_buy & fill_open,
+            fill_qty,
+            price,
+            commission,
+            held_before,
+        )
+        if bad >= 0:
+            return _diverged("the position cap might cut an opening fill", int(fill_bar[bad]))
+
+    values = after * m.close
+    net = exact_row_sums(values)
+    equity = cash + net
+    gross = exact_row_sums(np.abs(values))
+    day, dates = session_days(m.ts)
+    approved_cols = np.array([column[s] for s in orders.symbol], dtype=np.int64)
+    held = after[orders.bar, approved_cols] if len(orders) else np.zeros(0, np.int64)
+    end = after[-1]
+    last_close = m.close[-1]
+    working = [
+        BookOrder(
+            order_id=orders.order_id[i],
+            symbol=orders.symbol[i],
+            side="BUY" if orders.buy[i] else "SELL",
+            remaining=int(orders.quantity[i]),
+            price=float(orders.limit[i])
+            if not np.isnan(orders.limit[i])
+            else float(last_close[approved_cols[i]]),
+            purpose="OPEN" if orders.buy[i] else "CLOSE",
+        )
+        for i in np.flatnonzero(~later).tolist()
+    ]
+    return Speculation(
+        equity=equity,
+        cash=cash,
+        gross=gross,
+        open_positions=(after != 0).sum(axis=1).astype(np.int64),
+        day=day,
+        dates=dates,
+        held=held.astype(np.int64),
+        fill_col=fill_col,
+        fill_bar=fill_bar,
+        fill_buy=fill_buy,
+        fill_qty=fill_qty,
+        fill_price=price,
+        fill_commission=commission,
+        fill_marked=held_before != 0,
+        fill_order=fill_order,
+        fill_shard=fill_shard,
+        fill_seq=fill_seq,
+        started=started,
+        unknown_volume=int(unknown.sum()),
+        end_positions={m.symbols[j]: int(end[j]) for j in np.flatnonzero(end).tolist()},
+        working=working,
+        market=m,
+    )
+
+
+def _cap_might_cut(
+    broker: SimBroker,
+    m: ChunkMarket,
+    before: np.ndarray,
+    cash_end: np.ndarray,
+    fill_bar: np.ndarray,
+    fill_col: np.ndarray,
+    opening: np.ndarray,
+    qty: np.ndarray,
+    price: np.ndarray,
+    commission: np.ndarray,
+    held_before: np.ndarray,
+) -> int:
+    """The first opening fill that the position cap at fill could cut, or -1.
+
+    Bar by bar, the cap is measured against the equity at that moment of the bar's fills
+    (positions marked at the open). That equity is at least the equity at the open less
+    everything the bar's fills pay out (each purchase counted as cash gone, nothing
+    gained; each commission): a lower bound that holds in any fill order."""
+    k_bars = before.shape[0]
+    cash_open = np.r_[broker.portfolio.cash, cash_end[:-1]]
+    equity_open = cash_open + (before * m.open).sum(axis=1)
+    outlay = np.where(opening, qty * price, 0.0) + commission
+    spent = np.bincount(fill_bar, weights=outlay, minlength=k_bars)
+    low = equity_open - spent - 1e-9 * (np.abs(equity_open) + spent) - 1e-6
+    cap = broker.position_cap
+    assert cap is not None
+    room = cap * (low[fill_bar] - commission) - held_before * price - qty * price
+    unsafe = opening & ~(room > 1e-9 * qty * price + 1e-6)
+    return int(np.argmax(unsafe)) if unsafe.any() else -1
+
+
+def commit(broker: SimBroker, spec: Speculation, ids: IdSource) -> list[OrderFilled]:
+    """Book a speculation's fills on the account, in order, and mark what is held at the
+    last close: the broker ends as the bars one at a time would leave it. Returns the
+    fills of the orders that were working before the chunk (their owners track them one
+    by one); the others were only ever the chunk's."""
+    m = spec.market
+    assert m is not None
+    p = broker.portfolio
+    symbols = m.symbols
+    events: list[OrderFilled] = []
+    started = {w.order.order_id: w for w in spec.started}
+    for col, bar, buy, qty, price, fee, marked, order_id in zip(
+        spec.fill_col.tolist(),
+        spec.fill_bar.tolist(),
+        spec.fill_buy.tolist(),
+        spec.fill_qty.tolist(),
+        spec.fill_price.tolist(),
+        spec.fill_commission.tolist(),
+        spec.fill_marked.tolist(),
+        spec.fill_order,
+        strict=True,
+    ):
+        symbol = symbols[col]
+        if marked:
+            # Bar by bar, what is held is marked at the open before the bar's fills.
+            p.positions[symbol].market_price = float(m.open[bar, col])
+        p.apply_fill(symbol, "BUY" if buy else "SELL", qty, price, fee)
+        w = started.pop(order_id, None)
+        if w is not None:
+            del broker._working[order_id]
+            w.filled += qty
+            w.executions += 1
+            w.commission += fee
+            order = w.order
+            about = _about(ids, order, int(m.ts_event[bar]))
+            about["ts_event"] = int(m.ts[bar])  # as bar by bar: the bar's start
+            events.append(
+                OrderFilled(
+                    **about,
+                    execution_id=f"{order_id}/E{w.executions}",
+                    side=order.side,
+                    quantity=qty,
+                    price=price,
+                    commission=fee,
+                    cum_quantity=w.filled,
+                    leaves_quantity=order.quantity - w.filled,
+                    purpose=order.purpose,
+                    liquidity="SIM",
+                )
+            )
+    last = m.close[-1]
+    for symbol, pos in p.open.items():
+        pos.market_price = float(last[m.column[symbol]])
+    broker.counters["fills"] += int(spec.fill_col.size)
+    broker.counters["uncapped_unknown_volume"] += spec.unknown_volume
+    broker.last_ts = max(broker.last_ts, int(m.ts[-1]))
+    return events

@@ -1,0 +1,166 @@
+"""Speculative chunks change how fast a backtest runs, never what it does: the trades
+(``trades.csv`` byte for byte), the equity curve to the last bit, every count, every
+notification and the final account are those of the same backtest replayed bar by bar,
+whether the chunks are all committed or some are discarded and replayed (limits that
+bind, a crash that halts trading, commissions, bars missing from the data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pytest
+
+from sovereign.config import Config, ConstitutionOverrides, breakout_preset
+from sovereign.data.loaders import load_ohlcv
+from sovereign.session import run_session
+
+
+def config(
+    *,
+    chunk_bars: int,
+    capital: float | None = None,
+    commission: bool = False,
+    max_drawdown: float | None = None,
+) -> Config:
+    cfg = breakout_preset(Config())
+    replace = msgspec.structs.replace
+    if max_drawdown is not None:
+        cfg = replace(cfg, constitution=ConstitutionOverrides(max_drawdown=max_drawdown))
+    engine = replace(cfg.engine, shards=2, chunk_bars=chunk_bars)
+    if capital is not None:
+        engine = replace(engine, initial_capital=capital)
+    cfg = replace(cfg, engine=engine)
+    if commission:
+        cfg = replace(
+            cfg,
+            sim=replace(
+                cfg.sim, commission_per_share=0.005, commission_min=1.0, commission_max_pct=0.01
+            ),
+        )
+    return cfg
+
+
+def run(tmp: Path, data, cfg: Config, runtime: str = "local"):
+    notes: list[tuple[str, str, str]] = []
+    out = run_session(
+        cfg,
+        data,
+        runtime=runtime,
+        mode="backtest",
+        state_dir=tmp / "state",
+        out_dir=tmp / "out",
+        run_id="same",
+        on_notification=lambda n: notes.append((n.kind, n.title, n.text)),
+    )
+    return out, notes
+
+
+def without_ids(struct) -> dict:
+    d = msgspec.structs.asdict(struct)
+    d.pop("msg_id", None)
+    return d
+
+
+def assert_same_session(tmp: Path, a, b) -> None:
+    (one, heard_one), (two, heard_two) = a, b
+    assert (tmp / "bars" / "out" / "trades.csv").read_bytes() == (
+        tmp / "chunks" / "out" / "trades.csv"
+    ).read_bytes()
+    r1, r2 = one.result, two.result
+    for name in ("ts", "equity", "cash", "gross_exposure"):
+        assert np.array_equal(getattr(r1, name), getattr(r2, name)), name
+    chunk_keys = {"chunks_committed", "chunks_replayed", "chunked_steps"}
+    assert {k: v for k, v in r2.counters.items() if k not in chunk_keys} == r1.counters
+    assert r1.steps == r2.steps and r1.bars == r2.bars
+    assert [without_ids(s) for s in r1.shard_reports] == [without_ids(s) for s in r2.shard_reports]
+    assert without_ids(r1.final_account) == without_ids(r2.final_account)
+    # The same notifications. Within a chunk, the trades come shard by shard (each in
+    # time order) and the rule-evaluation requests after them, where bar by bar they
+    # interleave; everything else (daily summaries, trading-state changes, the session)
+    # keeps its order.
+    assert sorted(heard_one) == sorted(heard_two)
+    per_trade = ("rule_evaluation", "trade_closed")
+    assert [h for h in heard_one if h[0] not in per_trade] == [
+        h for h in heard_two if h[0] not in per_trade
+    ]
+    assert one.metrics == two.metrics
+
+
+SCENARIOS = {
+    # Every chunk committed.
+    "roomy": ("synthetic:12x2500", {}),
+    # 100 shares at ~$50 against 5 % of $110,000: the position limit binds now and then,
+    # so some chunks are discarded and replayed bar by bar, where the guardian denies.
+    "tight": ("synthetic:12x1500", {"capital": 110_000.0}),
+    # A 50 % crash under a (stricter) 1.2 % drawdown limit: trading halts mid-run and the
+    # guardian sells everything.
+    "crash": ("synthetic:12x1500:crash=900@0.5", {"capital": 150_000.0, "max_drawdown": 0.012}),
+    # Commissions on every fill, booked from the execution report when a chunk commits.
+    "commission": ("synthetic:12x1500", {"commission": True}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_a_chunked_backtest_is_the_backtest_bar_by_bar(tmp_path, name) -> None:
+    spec, kw = SCENARIOS[name]
+    data = load_ohlcv(spec, seed=11)
+    bars = run(tmp_path / "bars", data, config(chunk_bars=1, **kw))
+    chunks = run(tmp_path / "chunks", data, config(chunk_bars=0, **kw))
+    assert len(bars[0].trades) > 50
+    counters = chunks[0].result.counters
+    assert counters.get("chunks_committed", 0) > 0, counters
+    assert "chunks_committed" not in bars[0].result.counters
+    if name in ("tight", "crash"):
+        assert counters.get("chunks_replayed", 0) > 0, counters
+    if name == "crash":
+        assert any("-> HALTED" in title for _, title, _ in bars[1])
+    if name == "roomy":
+        assert counters.get("chunks_replayed", 0) == 0, counters
+    assert_same_session(tmp_path, bars, chunks)
+
+
+def test_bars_missing_from_the_data_go_bar_by_bar_and_the_rest_in_chunks(tmp_path) -> None:
+    """The bundled daily sample has symbols that start late (FB in 2012): the bar times
+    without a bar for every symbol are replayed one by one, the others in chunks."""
+    data = load_ohlcv("sample")
+    bars = run(tmp_path / "bars", data, config(chunk_bars=1))
+    chunks = run(tmp_path / "chunks", data, config(chunk_bars=0))
+    counters = chunks[0].result.counters
+    assert 0 < counters["chunked_steps"] < chunks[0].result.steps
+    assert_same_session(tmp_path, bars, chunks)
+
+
+def test_short_chunks_change_nothing_either(tmp_path) -> None:
+    data = load_ohlcv("synthetic:5x700", seed=3)
+    bars = run(tmp_path / "bars", data, config(chunk_bars=1))
+    chunks = run(tmp_path / "chunks", data, config(chunk_bars=17))
+    assert chunks[0].result.counters["chunks_committed"] > 20
+    assert_same_session(tmp_path, bars, chunks)
+
+
+def test_chunks_are_only_for_what_they_can_replay_exactly() -> None:
+    """Paper sessions, other strategies, slippage, a regime model, self-modification and
+    per-fill notifications all run bar by bar."""
+    from sovereign.actors.runtime import LocalRuntime
+    from sovereign.engine import Engine
+
+    data = load_ohlcv("synthetic:3x200", seed=1)
+    replace = msgspec.structs.replace
+
+    def limit(cfg: Config, **kw) -> int:
+        return Engine(
+            cfg, data, LocalRuntime(), run_id="x", state_dir="/nonexistent", **kw
+        ).chunk_limit()
+
+    base = config(chunk_bars=0)
+    assert limit(base) > 0
+    assert limit(base, mode="paper") == 0
+    assert limit(Config()) == 0
+    assert limit(replace(base, sim=replace(base.sim, slippage_bps=2.0))) == 0
+    assert limit(replace(base, regime=replace(base.regime, model="baseline"))) == 0
+    assert limit(replace(base, selfmod=replace(base.selfmod, enabled=True))) == 0
+    assert limit(base, notify_fills=True) == 0
+    assert limit(config(chunk_bars=1)) == 0
+    assert limit(config(chunk_bars=40)) == 40
