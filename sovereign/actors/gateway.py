@@ -363,6 +363,11 @@ class GatewayActor(Actor):
             self.count("chunks_discarded")
             return
         spec, orders, approved = executed.spec, executed.orders, executed.approved
+        if not self.verifier.check_verdict(verdict.chunk, approved.signature, verdict.signature):
+            # Booking needs the guardian's own word that the chunk kept every limit.
+            self.log.error("chunk %d: refused a verdict the guardian did not sign", verdict.chunk)
+            self.count("chunks_discarded")
+            return
         m = spec.market
         assert m is not None
         touched: list[str] = []

@@ -30,6 +30,7 @@ from sovereign.core.risk import (
     first_unsafe_order,
     sign_approval,
     sign_chunk,
+    sign_verdict,
 )
 from sovereign.core.selfmod import Change, DailyChanges, RuleBook, check_proposal
 from sovereign.memory.audit import AuditLog, governance_path
@@ -533,6 +534,7 @@ class GuardianActor(Actor):
         else:
             self._chunk = _Pending(
                 chunk=chunk,
+                signature=signature,
                 bar=bar,
                 buy=buy,
                 quantity=quantity,
@@ -607,6 +609,12 @@ class GuardianActor(Actor):
 
         def verdict(valid: bool, reason: str = "", bar: int = -1, n: int = 0) -> ChunkVerdict:
             self.count("chunks_valid" if valid else "chunks_invalid")
+            assert pending is not None or not valid
+            signature = (
+                sign_verdict(self._secret, ex.chunk, pending.signature)
+                if valid and pending is not None
+                else b""
+            )
             return ChunkVerdict(
                 msg_id=self.ids.next(),
                 ts_event=now,
@@ -617,6 +625,7 @@ class GuardianActor(Actor):
                 bar=bar,
                 approved=n,
                 fills=ex.fills if valid else 0,
+                signature=signature,
             )
 
         if pending is None or pending.chunk != ex.chunk:
@@ -777,6 +786,7 @@ class _Pending:
     entry's limit, or the exit's reference price)."""
 
     chunk: int
+    signature: bytes
     bar: np.ndarray
     buy: np.ndarray
     quantity: np.ndarray

@@ -85,6 +85,12 @@ def sign_chunk(
     return hmac.digest(secret, chunk_payload(chunk, columns, expects), "sha256")
 
 
+def sign_verdict(secret: bytes, chunk: int, approval: bytes) -> bytes:
+    """The guardian's signature on a chunk it found valid: only this commits a chunk's
+    execution at the broker (a chunk is discarded without one)."""
+    return hmac.digest(secret, _canonical.encode(("verdict", chunk, approval)), "sha256")
+
+
 class ApprovalVerifier:
     """The gateway's side of the capability: verify, check expiry, accept once.
 
@@ -112,6 +118,16 @@ class ApprovalVerifier:
             return reason
         self._used.add(signature)
         return None
+
+    def check_verdict(self, chunk: int, approval: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` is the guardian's on committing this chunk's approval."""
+        expected = hmac.digest(
+            self._secret, _canonical.encode(("verdict", chunk, approval)), "sha256"
+        )
+        ok = hmac.compare_digest(expected, signature)
+        if not ok:
+            self.refused["BAD_VERDICT_SIGNATURE"] = self.refused.get("BAD_VERDICT_SIGNATURE", 0) + 1
+        return ok
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 16:

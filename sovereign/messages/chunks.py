@@ -232,7 +232,9 @@ class ChunkExecution(Message, frozen=True, gc=False):
 class ChunkVerdict(Message, frozen=True, gc=False):
     """The guardian's last word on a chunk: ``valid`` (commit it) or not (discard it; the
     engine replays its bar times one at a time). ``reason`` and ``bar`` say what made it
-    invalid; ``approved`` and ``fills`` count its orders and fills when it is valid."""
+    invalid; ``approved`` and ``fills`` count its orders and fills when it is valid.
+    ``signature`` (valid verdicts only) is the guardian's HMAC over the chunk and its
+    approval's signature: the gateway books a chunk on nothing less."""
 
     chunk: int
     valid: bool
@@ -240,3 +242,4 @@ class ChunkVerdict(Message, frozen=True, gc=False):
     bar: int = -1
     approved: int = 0
     fills: int = 0
+    signature: bytes = b""
