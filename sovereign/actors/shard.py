@@ -53,6 +53,11 @@ from sovereign.messages import (
     TradeClosed,
 )
 
+BACKTEST_BATCH = 4_096
+"""Trades per trade-memory transaction in a backtest."""
+BACKTEST_FLUSH_S = 2.0
+"""A backtest's closed trades go to trade memory at most this long after they closed."""
+
 
 class ShardActor(Actor):
     role = "shard"
@@ -135,9 +140,11 @@ class ShardActor(Actor):
         if closed and self.store is not None:
             # Paper and live: one transaction per step that closed trades, so nothing
             # older than a step is lost if the process dies. A backtest can be replayed,
-            # so it writes in batches (at most half a second apart) instead.
+            # so it writes in large batches (SQLite's cost per row falls by two thirds from
+            # 256 rows a transaction to 4,096), at most BACKTEST_FLUSH_S apart, behind its
+            # back (``write_behind``).
             now = time.monotonic()
-            if self.mode != "backtest" or now - self._flushed_at >= 0.5:
+            if self.mode != "backtest" or now - self._flushed_at >= BACKTEST_FLUSH_S:
                 self.store.flush()
                 self._flushed_at = now
         return out
@@ -320,11 +327,20 @@ class ShardActor(Actor):
         self.run_id = msg.run_id
         self.mode = msg.mode
         if self.store is None:
-            self.store = ShardTradeStore(shard_path(self.state_dir, self.index), self.index)
+            # A backtest can be replayed: its trades are written behind its back, in a
+            # thread of their own, and it waits for them only at the session's end.
+            backtest = msg.mode == "backtest"
+            self.store = ShardTradeStore(
+                shard_path(self.state_dir, self.index),
+                self.index,
+                batch_size=BACKTEST_BATCH if backtest else 256,
+                write_behind=backtest,
+            )
 
     def _on_session_ended(self, msg: SessionEnded) -> ShardReport:
         if self.store is not None:
             self.store.flush()
+            self.store.sync()
         return ShardReport(
             msg_id=self.ids.next(),
             ts_event=msg.ts_event,

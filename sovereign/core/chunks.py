@@ -81,35 +81,39 @@ class ChunkIntents:
 
 
 @dataclass(slots=True)
-class ChunkTrade:
-    """A round trip that the chunk closes (speculatively: commissions come with the
-    execution report, when the chunk is committed)."""
+class ChunkTrades:
+    """The round trips a chunk closes, as columns, in the order their exit fills close
+    them (by bar, then universe index). Commissions come with the execution report, when
+    the chunk is committed (``commit_outcome``)."""
 
-    index: int
-    trade_id: str
-    quantity: int
-    entry_ts: int
-    exit_ts: int
-    entry_cost: float
-    exit_proceeds: float
-    commission: float  # booked before the chunk (an entry filled earlier)
-    bars_held: int
-    exit_reason: str
-    regime_code: int
-    confidence: float
-    features: dict[str, Any]
-    entry_seq: int  # the entry order's seq if it filled in this chunk, else 0
-    exit_seq: int
-    exit_bar: int  # the bar (in the chunk) whose open filled the exit
+    index: np.ndarray  # int64, universe index
+    exit_bar: np.ndarray  # int64, the bar (in the chunk) whose open filled the exit
+    exit_ts: np.ndarray  # int64
+    entry_ts: np.ndarray  # int64
+    quantity: np.ndarray  # int64
+    entry_cost: np.ndarray  # float64
+    exit_proceeds: np.ndarray  # float64
+    commission: np.ndarray  # float64, booked before the chunk (an entry filled earlier)
+    bars_held: np.ndarray  # int64
+    reason: np.ndarray  # int64, index into EXIT_REASONS; -1: the trade's own (earlier)
+    entry_seq: np.ndarray  # int64, the entry order's seq if it filled in the chunk, else 0
+    exit_seq: np.ndarray  # int64
+    regime: np.ndarray  # int64, the regime code at the entry
+    atr: np.ndarray  # float64, at the signal (entries decided in the chunk)
+    atr_pct: np.ndarray  # float64
+    # Trades opened before the chunk, by row: their records (trade id, features, ...).
+    earlier: dict[int, Any]
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
 
 
 @dataclass(slots=True)
 class ChunkOutcome:
-    """What a shard's strategy made of a chunk: its intents, and the trades it closed in
-    the order the fills closed them."""
+    """What a shard's strategy made of a chunk: its intents and the trades it closed."""
 
     intents: ChunkIntents
-    trades: list[ChunkTrade]
+    trades: ChunkTrades
     entries_filled: dict[int, int]  # universe index -> seq of an entry filled in the chunk
     # whose trade is still open at the chunk's end (its commission is booked at commit)
 
@@ -532,9 +536,12 @@ def _order_seq(order_id: str) -> int:
     return int(order_id.rsplit("-", 1)[1])
 
 
-def _book(  # noqa: C901 - one symbol's events, in time order, in one place
+def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
     st: Any, bars: ChunkBars, regime_codes: np.ndarray, ind: _Indicators, walk: _Walk
 ) -> ChunkOutcome:
+    """Number the chunk's intents, pair each exit with its entry into a closed trade, and
+    leave the strategy's records as its bars one at a time would, all as columns; only the
+    trades open (or orders pending) at the chunk's edges are handled one by one."""
     from sovereign.core.signals import _Order, _Trade  # the strategy's own records
 
     cfg = st.config
@@ -542,93 +549,163 @@ def _book(  # noqa: C901 - one symbol's events, in time order, in one place
     k_bars = len(bars)
     o, c, ts = bars.open, bars.close, bars.ts
     qty = int(cfg.fixed_quantity)
-    pending: dict[int, tuple[str, Any]] = {o_.index: (oid, o_) for oid, o_ in st.orders.items()}
+    pending: dict[int, tuple[str, Any]] = {od.index: (oid, od) for oid, od in st.orders.items()}
 
-    # Each column's decisions in time order: (bar, is_exit, reason, held).
-    events: dict[int, list[tuple[int, bool, int, int]]] = {}
-    for b, j in zip(walk.entry_bar.tolist(), walk.entry_col.tolist(), strict=True):
-        events.setdefault(j, []).append((b, False, 0, 0))
-    for b, j, r, hd in zip(
-        walk.exit_bar.tolist(),
-        walk.exit_col.tolist(),
-        walk.exit_reason.tolist(),
-        walk.exit_held.tolist(),
-        strict=True,
-    ):
-        events.setdefault(j, []).append((b, True, r, hd))
+    # Every decision, by symbol then time: entries and exits alternate in a column.
+    n_e = walk.entry_bar.size
+    bar = np.concatenate([walk.entry_bar, walk.exit_bar]).astype(np.int64)
+    col = np.concatenate([walk.entry_col, walk.exit_col]).astype(np.int64)
+    is_exit = np.r_[np.zeros(n_e, bool), np.ones(walk.exit_bar.size, bool)]
+    reason = np.concatenate([np.full(n_e, -1, np.int64), walk.exit_reason])
+    held = np.concatenate([np.zeros(n_e, np.int64), walk.exit_held])
+    by = np.lexsort((bar, col))
+    bar, col, is_exit, reason, held = bar[by], col[by], is_exit[by], reason[by], held[by]
+    m = int(bar.size)
+    first_of = np.r_[True, col[1:] != col[:-1]] if m else np.zeros(0, bool)
+    last_of = np.r_[col[1:] != col[:-1], True] if m else np.zeros(0, bool)
+    group = np.cumsum(first_of) - 1
+    base = np.array([st._seq.get(symbols[j], 0) for j in col[first_of].tolist()], np.int64)
+    start = np.flatnonzero(first_of)
+    seq = base[group] + np.arange(m) - start[group] + 1 if m else np.zeros(0, np.int64)
+    for j, n in zip(col[last_of].tolist(), seq[last_of].tolist(), strict=True):
+        st._seq[symbols[j]] = n
+    touched = set(col[first_of].tolist())
 
-    i_bar: list[int] = []
-    i_col: list[int] = []
-    i_side: list[int] = []
-    i_qty: list[int] = []
-    i_seq: list[int] = []
-    trades: list[ChunkTrade] = []
+    # Exits, and the entries right before them in their column (else: a trade from before).
+    x_pos = np.flatnonzero(is_exit)
+    paired = np.r_[False, ~is_exit[:-1] & (col[1:] == col[:-1])][x_pos] if m else np.zeros(0, bool)
+    e_pos = x_pos - 1
+    exit_qty = np.full(x_pos.size, qty, dtype=np.int64)
+    closes = bar[x_pos] < k_bars - 1
+
+    # Trades opened and closed inside the chunk, all columns at once.
+    new = paired & closes
+    xp, ep = x_pos[new], e_pos[new]
+    j_new, s_new = col[xp], bar[ep]
+    atr_new = ind.atr[s_new, j_new]
+    rows: list[dict[str, np.ndarray]] = [
+        {
+            "index": j_new,
+            "exit_bar": bar[xp] + 1,
+            "entry_ts": ts[s_new + 1],
+            "quantity": np.full(j_new.size, qty, np.int64),
+            "entry_cost": 0.0 + qty * o[s_new + 1, j_new],
+            "commission": np.zeros(j_new.size),
+            "bars_held": held[xp],
+            "reason": reason[xp],
+            "entry_seq": seq[ep],
+            "exit_seq": seq[xp],
+            "regime": regime_codes[j_new].astype(np.int64),
+            "atr": atr_new,
+            "atr_pct": atr_new / c[s_new, j_new] * 100.0,
+        }
+    ]
+    earlier_rows: list[tuple[dict[str, Any], Any]] = []
+    entry_seq_of: dict[int, int] = {}
+
+    def earlier(trade: Any, j: int, x: int, exit_seq: int, bars_held: int, why: int) -> None:
+        earlier_rows.append(
+            (
+                {
+                    "index": j,
+                    "exit_bar": x,
+                    "entry_ts": trade.entry_ts,
+                    "quantity": trade.entry_qty,
+                    "entry_cost": trade.entry_cost,
+                    "commission": trade.commission,
+                    "bars_held": bars_held,
+                    "reason": why,
+                    "entry_seq": entry_seq_of.get(j, 0),
+                    "exit_seq": exit_seq,
+                    "regime": trade.regime_code,
+                    "atr": np.nan,
+                    "atr_pct": np.nan,
+                },
+                trade,
+            )
+        )
+
+    # The edges. Orders pending before the chunk fill at its first open.
     entries_filled: dict[int, int] = {}
+    for j, (order_id, order) in pending.items():
+        trade = st.trades[j]
+        if order.purpose == "CLOSE":
+            earlier(trade, j, 0, _order_seq(order_id), int(st.bars_held[j]), -1)
+            if j not in touched:
+                del st.trades[j]
+            continue
+        trade.filled_once = True
+        trade.entry_ts = int(ts[0])
+        trade.entry_qty += qty
+        trade.entry_cost += qty * float(o[0, j])
+        entry_seq_of[j] = _order_seq(order_id)
+        if j not in touched:
+            entries_filled[j] = entry_seq_of[j]  # filled, and still open at the end
+    # Exits of trades opened before the chunk (at most one a column: its first event).
+    for k in np.flatnonzero(~paired).tolist():
+        p, j = int(x_pos[k]), int(col[x_pos[k]])
+        trade = st.trades[j]
+        exit_qty[k] = trade.entry_qty
+        if closes[k]:
+            earlier(trade, j, int(bar[p]) + 1, int(seq[p]), int(held[p]), int(reason[p]))
+
+    # What each touched column has open or pending at the chunk's end: its last event.
     end_exits: list[tuple[int, str, Any]] = []
     end_entries: list[tuple[int, str, Any]] = []
-
-    for j in sorted(set(events) | set(pending)):
+    for p in np.flatnonzero(last_of).tolist():
+        j, b, n = int(col[p]), int(bar[p]), int(seq[p])
         symbol = symbols[j]
-        current = st.trades.get(j)
-        entry_seq = 0  # the seq of the entry of ``current`` if it filled in this chunk
-        before = pending.get(j)
-        if before is not None and before[1].purpose == "CLOSE":
-            # The exit decided before the chunk fills at its first open.
-            trades.append(
-                _closed(current, j, 0, 0, _order_seq(before[0]), int(st.bars_held[j]), o, ts)
-            )
-            current = None
-        elif before is not None:
-            current.filled_once = True
-            current.entry_ts = int(ts[0])
-            current.entry_qty += qty
-            current.entry_cost += qty * float(o[0, j])
-            entry_seq = _order_seq(before[0])
-        seq = st._seq.get(symbol, 0)
-        for b, is_exit, reason, held in sorted(events.get(j, ())):
-            seq += 1
-            i_bar.append(b)
-            i_col.append(j)
-            i_seq.append(seq)
-            order_id = f"{symbol}-{seq}"
-            if is_exit:
-                i_side.append(SIDE_SELL)
-                i_qty.append(current.entry_qty)
-                current.exit_reason = EXIT_REASONS[reason]
-                if b == k_bars - 1:
-                    end_exits.append((j, order_id, _Order(j, "CLOSE", EXIT_REASONS[reason])))
-                    continue
-                trades.append(_closed(current, j, entry_seq, b + 1, seq, held, o, ts))
-                current, entry_seq = None, 0
+        if is_exit[p]:
+            if b < k_bars - 1:
+                st.trades.pop(j, None)
                 continue
-            i_side.append(SIDE_BUY)
-            i_qty.append(qty)
-            a, close = float(ind.atr[b, j]), float(c[b, j])
-            current = _Trade(
-                trade_id=order_id,
-                regime_code=int(regime_codes[j]),
-                confidence=1.0,
-                atr=a,
-                features={"atr": a, "atr_pct": a / close * 100.0},
-                stop_mult=cfg.stop_atr_mult,
-                target_mult=cfg.target_atr_mult,
-            )
-            if b == k_bars - 1:
-                end_entries.append((j, order_id, _Order(j, "OPEN", "breakout")))
-                continue
-            current.filled_once = True
-            current.entry_ts = int(ts[b + 1])
-            current.entry_qty = qty
-            current.entry_cost += qty * float(o[b + 1, j])
-            entry_seq = seq
-        if seq:
-            st._seq[symbol] = seq
-        if current is None:
-            st.trades.pop(j, None)
+            why = EXIT_REASONS[int(reason[p])]
+            end_exits.append((j, f"{symbol}-{n}", _Order(j, "CLOSE", why)))
+            if p > 0 and col[p - 1] == j:
+                # Opened in the chunk (its entry is the event before): its record.
+                entry, entry_seq = int(bar[p - 1]), int(seq[p - 1])
+                st.trades[j] = _open_trade(_Trade, st, j, entry, entry_seq, bars, ind, regime_codes)
+                entries_filled[j] = entry_seq
+            elif j in entry_seq_of:
+                entries_filled[j] = entry_seq_of[j]
+            st.trades[j].exit_reason = why
             continue
-        st.trades[j] = current
-        if entry_seq and current.filled_once:
-            entries_filled[j] = entry_seq
+        trade = _open_trade(_Trade, st, j, b, n, bars, ind, regime_codes)
+        st.trades[j] = trade
+        if b == k_bars - 1:
+            end_entries.append((j, f"{symbol}-{n}", _Order(j, "OPEN", "breakout")))
+        else:
+            entries_filled[j] = n
+
+    # The closed trades, in the order their exit fills close them.
+    for r, _ in earlier_rows:
+        rows.append({k: np.array([v]) for k, v in r.items()})
+    cols = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+    order = np.lexsort((cols["index"], cols["exit_bar"]))
+    position = np.empty_like(order)
+    position[order] = np.arange(order.size)
+    first_earlier = int(j_new.size)
+    exit_bar = cols["exit_bar"][order].astype(np.int64)
+    index = cols["index"][order].astype(np.int64)
+    quantity = cols["quantity"][order].astype(np.int64)
+    trades = ChunkTrades(
+        index=index,
+        exit_bar=exit_bar,
+        exit_ts=ts[exit_bar].astype(np.int64),
+        entry_ts=cols["entry_ts"][order].astype(np.int64),
+        quantity=quantity,
+        entry_cost=cols["entry_cost"][order].astype(np.float64),
+        exit_proceeds=0.0 + quantity * o[exit_bar, index],
+        commission=cols["commission"][order].astype(np.float64),
+        bars_held=cols["bars_held"][order].astype(np.int64),
+        reason=cols["reason"][order].astype(np.int64),
+        entry_seq=cols["entry_seq"][order].astype(np.int64),
+        exit_seq=cols["exit_seq"][order].astype(np.int64),
+        regime=cols["regime"][order].astype(np.int64),
+        atr=cols["atr"][order].astype(np.float64),
+        atr_pct=cols["atr_pct"][order].astype(np.float64),
+        earlier={int(position[first_earlier + i]): t for i, (_, t) in enumerate(earlier_rows)},
+    )
 
     # The strategy's arrays as the walk left them.
     st.quantity[:] = walk.position
@@ -639,69 +716,66 @@ def _book(  # noqa: C901 - one symbol's events, in time order, in one place
     st.pending_exit[:] = False
     st.orders = {}
     # Bar by bar, the last bar's orders are recorded exits first, then entries.
-    for j, order_id, order in end_exits + end_entries:
-        st.orders[order_id] = order
-        if order.purpose == "OPEN":
+    for j, order_id, od in sorted(end_exits) + sorted(end_entries):
+        st.orders[order_id] = od
+        if od.purpose == "OPEN":
             st.pending_entry[j] = True
         else:
             st.pending_exit[j] = True
-    for j in walk.entry_col.tolist():
-        st.max_hold[j] = cfg.max_hold_bars
+    st.max_hold[walk.entry_col] = cfg.max_hold_bars
     holding = st.quantity > 0
-    for j in np.flatnonzero(st.pending_entry & ~holding).tolist():
-        st.entry_regime[j] = int(regime_codes[j])
-    closed_cols = np.flatnonzero(~holding & ~st.pending_entry)
-    st.entry_regime[closed_cols] = REGIME_UNKNOWN
+    waiting = np.flatnonzero(st.pending_entry & ~holding)
+    st.entry_regime[waiting] = regime_codes[waiting]
+    st.entry_regime[~holding & ~st.pending_entry] = REGIME_UNKNOWN
     for j in np.flatnonzero(holding).tolist():
         st.entry_regime[j] = st.trades[j].regime_code
 
-    bar = np.asarray(i_bar, dtype=np.int64)
-    col = np.asarray(i_col, dtype=np.int64)
-    side = np.asarray(i_side, dtype=np.uint8)
-    order = np.lexsort((col, side == SIDE_BUY, bar))
+    side = np.where(is_exit, SIDE_SELL, SIDE_BUY).astype(np.uint8)
+    quantities = np.full(m, qty, dtype=np.int64)
+    quantities[x_pos] = exit_qty
+    out = np.lexsort((col, side == SIDE_BUY, bar))
     intents = ChunkIntents(
-        bar=bar[order],
-        index=col[order],
-        side=side[order],
-        quantity=np.asarray(i_qty, dtype=np.int64)[order],
-        ref_price=c[bar[order], col[order]].astype(np.float64),
-        confidence=np.ones(bar.size),
-        seq=np.asarray(i_seq, dtype=np.int64)[order],
+        bar=bar[out],
+        index=col[out],
+        side=side[out],
+        quantity=quantities[out],
+        ref_price=c[bar[out], col[out]].astype(np.float64),
+        confidence=np.ones(m),
+        seq=seq[out],
     )
-    # Trades in the order their exit fills close them: by bar, then (as the guardian
-    # orders exits) by symbol.
-    trades.sort(key=lambda t: (t.exit_bar, t.index))
     return ChunkOutcome(intents=intents, trades=trades, entries_filled=entries_filled)
 
 
-def _closed(
-    trade: Any,
+def _open_trade(
+    cls: Any,
+    st: Any,
     j: int,
-    entry_seq: int,
-    x: int,
-    exit_seq: int,
-    held: int,
-    o: np.ndarray,
-    ts: np.ndarray,
-) -> ChunkTrade:
-    return ChunkTrade(
-        index=j,
-        trade_id=trade.trade_id,
-        quantity=trade.entry_qty,
-        entry_ts=trade.entry_ts,
-        exit_ts=int(ts[x]),
-        entry_cost=trade.entry_cost,
-        exit_proceeds=0.0 + trade.entry_qty * float(o[x, j]),
-        commission=trade.commission,
-        bars_held=held,
-        exit_reason=trade.exit_reason or "unknown",
-        regime_code=trade.regime_code,
-        confidence=trade.confidence,
-        features=trade.features,
-        entry_seq=entry_seq,
-        exit_seq=exit_seq,
-        exit_bar=x,
+    signal: int,
+    seq: int,
+    bars: ChunkBars,
+    ind: _Indicators,
+    regime_codes: np.ndarray,
+) -> Any:
+    """The record of a trade entered at ``signal`` in the chunk: filled at the next open,
+    or still pending if the signal came at the chunk's last bar."""
+    cfg = st.config
+    a, close = float(ind.atr[signal, j]), float(bars.close[signal, j])
+    trade = cls(
+        trade_id=f"{st.universe.symbols[j]}-{seq}",
+        regime_code=int(regime_codes[j]),
+        confidence=1.0,
+        atr=a,
+        features={"atr": a, "atr_pct": a / close * 100.0},
+        stop_mult=cfg.stop_atr_mult,
+        target_mult=cfg.target_atr_mult,
     )
+    if signal + 1 < len(bars):
+        qty = int(cfg.fixed_quantity)
+        trade.filled_once = True
+        trade.entry_ts = int(bars.ts[signal + 1])
+        trade.entry_qty = qty
+        trade.entry_cost += qty * float(bars.open[signal + 1, j])
+    return trade
 
 
 def _advance_indicators(st: Any, bars: ChunkBars, ind: _Indicators) -> None:
@@ -766,39 +840,82 @@ def commit_outcome(
     closed them, with the strategy's own arithmetic."""
     from sovereign.core.signals import ClosedTrade
 
-    fee = commission or (lambda j, seq: 0.0)
-    for j, seq in outcome.entries_filled.items():
-        st.trades[j].commission += fee(j, seq)
-    out = []
+    if commission is not None:
+        for j, seq in outcome.entries_filled.items():
+            st.trades[j].commission += commission(j, seq)
+    t = outcome.trades
     symbols = st.universe.symbols
-    for t in outcome.trades:
-        paid = t.commission
-        if t.entry_seq:
-            paid += fee(t.index, t.entry_seq)
-        paid += fee(t.index, t.exit_seq)
-        pnl = t.exit_proceeds - t.entry_cost - paid
-        st.losing_streak = st.losing_streak + 1 if pnl < 0 else 0
+    paid = t.commission.tolist()
+    if commission is not None:
+        for i, (j, e, x) in enumerate(
+            zip(t.index.tolist(), t.entry_seq.tolist(), t.exit_seq.tolist(), strict=True)
+        ):
+            if e:
+                paid[i] += commission(j, e)
+            paid[i] += commission(j, x)
+    out = []
+    streak = st.losing_streak
+    columns = zip(
+        t.index.tolist(),
+        t.entry_ts.tolist(),
+        t.exit_ts.tolist(),
+        t.quantity.tolist(),
+        t.entry_cost.tolist(),
+        t.exit_proceeds.tolist(),
+        t.bars_held.tolist(),
+        t.reason.tolist(),
+        t.entry_seq.tolist(),
+        t.regime.tolist(),
+        t.atr.tolist(),
+        t.atr_pct.tolist(),
+        paid,
+        strict=True,
+    )
+    for i, (
+        j,
+        entry_ts,
+        exit_ts,
+        q,
+        cost,
+        proceeds,
+        held,
+        why,
+        e,
+        code,
+        atr,
+        pct,
+        fee,
+    ) in enumerate(columns):
+        pnl = proceeds - cost - fee
+        streak = streak + 1 if pnl < 0 else 0
+        before = t.earlier.get(i)
+        if before is None:
+            trade_id, confidence = f"{symbols[j]}-{e}", 1.0
+            features: dict[str, Any] = {"atr": atr, "atr_pct": pct}
+            reason = EXIT_REASONS[why]
+        else:
+            trade_id, confidence, features = before.trade_id, before.confidence, before.features
+            reason = EXIT_REASONS[why] if why >= 0 else (before.exit_reason or "unknown")
         out.append(
             ClosedTrade(
-                trade_id=t.trade_id,
-                symbol=symbols[t.index],
-                quantity=t.quantity,
-                entry_ts=t.entry_ts,
-                exit_ts=t.exit_ts,
-                entry_price=t.entry_cost / t.quantity,
-                exit_price=t.exit_proceeds / t.quantity,
+                trade_id=trade_id,
+                symbol=symbols[j],
+                quantity=q,
+                entry_ts=entry_ts,
+                exit_ts=exit_ts,
+                entry_price=cost / q,
+                exit_price=proceeds / q,
                 pnl=pnl,
-                commission=paid,
-                return_pct=pnl / t.entry_cost if t.entry_cost else 0.0,
-                bars_held=t.bars_held,
-                exit_reason=t.exit_reason,
-                regime=REGIME_NAMES[t.regime_code]
-                if t.regime_code < len(REGIME_NAMES)
-                else "Unknown",
-                confidence=t.confidence,
-                features=t.features,
+                commission=fee,
+                return_pct=pnl / cost if cost else 0.0,
+                bars_held=held,
+                exit_reason=reason,
+                regime=REGIME_NAMES[code] if 0 <= code < len(REGIME_NAMES) else "Unknown",
+                confidence=confidence,
+                features=features,
             )
         )
+    st.losing_streak = streak
     return out
 
 
@@ -809,7 +926,7 @@ __all__ = [
     "ChunkBars",
     "ChunkIntents",
     "ChunkOutcome",
-    "ChunkTrade",
+    "ChunkTrades",
     "ChunkUnsupportedError",
     "breakout_chunk",
     "checkpoint",

@@ -15,8 +15,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import operator
+import queue
 import re
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
@@ -159,6 +161,13 @@ class ShardTradeStore:
         ``shard`` field.
     batch_size
         Buffered trades that trigger an automatic :meth:`flush` (default 256).
+    write_behind
+        Write in a background thread (SQLite does its work without holding the GIL, so
+        on a machine with a core to spare the shard does not wait for the disk at all).
+        :meth:`flush` then hands the batch over and returns; :meth:`sync` waits until
+        everything handed over is written and raises the writer's error, if any. Meant
+        for backtests, which can be replayed: a paper or live session writes in its own
+        time, so that a trade is on disk when the step that closed it ends.
 
     Attributes
     ----------
@@ -168,7 +177,9 @@ class ShardTradeStore:
         Trades ignored because ``(run_id, trade_id)`` was already stored.
     """
 
-    def __init__(self, path: str | Path, shard: int, *, batch_size: int = 256) -> None:
+    def __init__(
+        self, path: str | Path, shard: int, *, batch_size: int = 256, write_behind: bool = False
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.path = Path(path)
@@ -190,6 +201,7 @@ class ShardTradeStore:
             self._conn.close()
             self._conn = None
             raise
+        self._writer: _Writer | None = _Writer(self) if write_behind else None
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -260,19 +272,34 @@ class ShardTradeStore:
             raise RuntimeError(f"{self!r} is closed")
         if not self._buffer:
             return 0
+        if self._writer is not None:
+            self._writer.submit(self._buffer)
+            self._buffer = []
+            return 0  # counted in ``written`` when the writer has written them
+        written = self._write(self._buffer)
+        self._buffer.clear()
+        return written
+
+    def sync(self) -> None:
+        """Wait until every trade handed to the background writer is written; raise its
+        error if a write failed. A no-op without ``write_behind``."""
+        if self._writer is not None:
+            self._writer.wait()
+
+    def _write(self, rows: list[tuple[Any, ...]]) -> int:
         conn = self._conn
+        assert conn is not None
         before = conn.total_changes
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(_INSERT, self._buffer)
+            conn.executemany(_INSERT, rows)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         written = conn.total_changes - before
         self.written += written
-        self.duplicates += len(self._buffer) - written
-        self._buffer.clear()
+        self.duplicates += len(rows) - written
         return written
 
     def close(self) -> None:
@@ -281,7 +308,11 @@ class ShardTradeStore:
             return
         try:
             self.flush()
+            self.sync()
         finally:
+            if self._writer is not None:
+                self._writer.stop()
+                self._writer = None
             self._conn.close()
             self._conn = None
 
@@ -295,6 +326,62 @@ class ShardTradeStore:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class _Writer:
+    """The background thread of a write-behind store: batches are written in the order
+    they were handed over, one transaction each. After a failed write it writes nothing
+    more (the rows are kept) and ``wait`` raises the error."""
+
+    def __init__(self, store: ShardTradeStore) -> None:
+        self._store = store
+        self._queue: queue.Queue[list[tuple[Any, ...]] | None] = queue.Queue(maxsize=8)
+        self.error: BaseException | None = None
+        self.unwritten: list[tuple[Any, ...]] = []
+        self._thread = threading.Thread(
+            target=self._run, name=f"trade-memory-{store.shard}", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, rows: list[tuple[Any, ...]]) -> None:
+        if self.error is not None:
+            self.unwritten.extend(rows)
+            raise TradeMemoryWriteError(self.error, len(self.unwritten)) from self.error
+        self._queue.put(rows)  # blocks while 8 batches wait: the disk sets the pace
+
+    def wait(self) -> None:
+        self._queue.join()
+        if self.error is not None:
+            raise TradeMemoryWriteError(self.error, len(self.unwritten)) from self.error
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            rows = self._queue.get()
+            try:
+                if rows is None:
+                    return
+                if self.error is not None:
+                    self.unwritten.extend(rows)
+                    continue
+                try:
+                    self._store._write(rows)
+                except BaseException as exc:  # kept for the owner, who is not this thread
+                    self.error = exc
+                    self.unwritten.extend(rows)
+            finally:
+                self._queue.task_done()
+
+
+class TradeMemoryWriteError(RuntimeError):
+    """The background writer of a trade-memory store failed; ``unwritten`` trades wait."""
+
+    def __init__(self, cause: BaseException, unwritten: int) -> None:
+        super().__init__(f"trade memory write failed ({cause}); {unwritten} trades unwritten")
+        self.unwritten = unwritten
 
 
 def _to_row(trade: TradeClosed, run_id: str) -> tuple[Any, ...]:

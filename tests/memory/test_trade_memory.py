@@ -15,6 +15,7 @@ from sovereign.memory.trade_memory import (
     SCHEMA_VERSION,
     ShardTradeStore,
     TradeMemory,
+    TradeMemoryWriteError,
     TradeRecord,
     shard_path,
 )
@@ -313,3 +314,35 @@ def test_reader_ignores_unrelated_files(state_dir: Path) -> None:
     (directory / "notes.txt").write_text("not a shard")
     (directory / "shard-x.sqlite").write_text("not a shard either")
     assert TradeMemory(state_dir).count() == 8
+
+
+def test_a_write_behind_store_writes_the_same_rows_in_its_own_thread(tmp_path: Path) -> None:
+    trades = [make_trade(f"T{i}", f"S{i % 7}", DAY_NS * (i + 1)) for i in range(600)]
+    plain = ShardTradeStore(shard_path(tmp_path / "a", 0), 0, batch_size=64)
+    behind = ShardTradeStore(shard_path(tmp_path / "b", 0), 0, batch_size=64, write_behind=True)
+    for t in trades:
+        plain.add(t, "run")
+        behind.add(t, "run")
+    behind.flush()
+    behind.sync()
+    plain.flush()
+    assert behind.written == plain.written == 600
+    plain.close()
+    behind.close()
+    a = TradeMemory(tmp_path / "a").query()
+    b = TradeMemory(tmp_path / "b").query()
+    assert a == b and len(a) == 600
+
+
+def test_a_write_behind_failure_is_raised_to_the_owner_and_nothing_is_lost(tmp_path: Path) -> None:
+    store = ShardTradeStore(shard_path(tmp_path, 0), 0, batch_size=10, write_behind=True)
+    store._buffer.append(("not", "a", "row"))  # a row the INSERT cannot bind
+    store.flush()
+    with pytest.raises(TradeMemoryWriteError) as failed:
+        store.sync()
+    assert failed.value.unwritten == 1
+    with pytest.raises(TradeMemoryWriteError):
+        store.add(make_trade("T1", "S", DAY_NS), "run")
+        store.flush()
+    with pytest.raises(TradeMemoryWriteError):
+        store.close()
