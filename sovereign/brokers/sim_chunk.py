@@ -108,11 +108,13 @@ def exact_row_sums(values: np.ndarray) -> np.ndarray:
     """Each row's sum as ``math.fsum`` gives it (correctly rounded, so in any order): a
     row with at most two non-zero terms is summed by numpy (one rounding at most), any
     other by ``fsum``."""
-    nonzero = values != 0
-    counts = nonzero.sum(axis=1)
+    counts = np.count_nonzero(values, axis=1)
     out = values.sum(axis=1)
-    for i in np.flatnonzero(counts > 2).tolist():
-        out[i] = math.fsum(values[i][nonzero[i]].tolist())
+    many = np.flatnonzero(counts > 2)
+    if many.size:
+        # Zeros add nothing to an exact sum: whole rows, one conversion to lists.
+        fsum = math.fsum
+        out[many] = [fsum(row) for row in values[many].tolist()]
     return out
 
 

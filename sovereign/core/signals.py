@@ -30,6 +30,7 @@ rules, no support/resistance; exits by stop, target or max hold as above.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -85,9 +86,11 @@ class CancelSignal:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class ClosedTrade:
-    """A finished round trip (see ``TradeClosed`` for the meaning of the fields)."""
+class ClosedTrade(NamedTuple):
+    """A finished round trip (see ``TradeClosed`` for the meaning of the fields).
+
+    A named tuple: immutable like a frozen dataclass and built four times faster, which
+    counts when a chunk closes thousands of trades at once."""
 
     trade_id: str
     symbol: str
