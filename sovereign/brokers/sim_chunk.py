@@ -15,7 +15,6 @@ each fill exactly.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -104,18 +103,12 @@ def _diverged(why: str, bar: int) -> Speculation:
     return Speculation(diverged=why, bar=bar)
 
 
-def exact_row_sums(values: np.ndarray) -> np.ndarray:
-    """Each row's sum as ``math.fsum`` gives it (correctly rounded, so in any order): a
-    row with at most two non-zero terms is summed by numpy (one rounding at most), any
-    other by ``fsum``."""
-    counts = np.count_nonzero(values, axis=1)
-    out = values.sum(axis=1)
-    many = np.flatnonzero(counts > 2)
-    if many.size:
-        # Zeros add nothing to an exact sum: whole rows, one conversion to lists.
-        fsum = math.fsum
-        out[many] = [fsum(row) for row in values[many].tolist()]
-    return out
+def ordered_row_sums(values: np.ndarray) -> np.ndarray:
+    """``Portfolio``'s ``ordered_sum`` of every row: ascending, one addition at a time
+    (``np.add.accumulate`` is sequential along the row). Zeros add nothing."""
+    if values.shape[1] == 0:
+        return np.zeros(values.shape[0])
+    return np.add.accumulate(np.sort(values, axis=1), axis=1)[:, -1]
 
 
 def speculate(
@@ -245,9 +238,9 @@ def speculate(
             return _diverged("the position cap might cut an opening fill", int(fill_bar[bad]))
 
     values = after * m.close
-    net = exact_row_sums(values)
+    net = ordered_row_sums(values)
     equity = cash + net
-    gross = exact_row_sums(np.abs(values))
+    gross = net if (values >= 0).all() else ordered_row_sums(np.abs(values))
     day, dates = session_days(m.ts)
     approved_cols = np.array([column[s] for s in orders.symbol], dtype=np.int64)
     held = after[orders.bar, approved_cols] if len(orders) else np.zeros(0, np.int64)

@@ -8,6 +8,7 @@ average entry price; commissions are tracked apart and subtracted from cash when
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -31,6 +32,21 @@ class Position:
         if self.quantity == 0 or not math.isfinite(self.market_price):
             return 0.0
         return (self.market_price - self.avg_price) * self.quantity
+
+
+def ordered_sum(values: Iterable[float]) -> float:
+    """The sum of ``values`` added in ascending order, one at a time.
+
+    It does not depend on the order the values come in (the same multiset, the same bits),
+    and a whole matrix of them is summed at once with a sort and ``np.add.accumulate``
+    along its rows (``sovereign.brokers.sim_chunk.ordered_row_sums``): a chunked backtest
+    gets, for every bar, the equity a replay bar by bar computes, to the last bit. Zeros
+    change nothing, so a row may carry the symbols not held.
+    """
+    total = 0.0
+    for v in sorted(values):
+        total += v
+    return total
 
 
 class Portfolio:
@@ -118,10 +134,10 @@ class Portfolio:
         """Equity, unrealised P&L, gross and net exposure, in one pass over the positions
         (each is otherwise a pass of its own, and an account snapshot is taken every bar).
 
-        Every sum is ``math.fsum``: correctly rounded, so it does not depend on the order
-        of the positions. A chunked backtest sums each bar's positions in another order
-        (as columns) and must get the very same equity, to the last bit, as a step-by-step
-        replay; the properties below use the same sums, so they are equal too."""
+        Every sum is ``ordered_sum``: it does not depend on the order of the positions. A
+        chunked backtest sums each bar's positions as columns and must get the very same
+        equity, to the last bit, as a step-by-step replay; the properties below use the
+        same sums, so they are equal too."""
         values: list[float] = []
         unrealized: list[float] = []
         isfinite = math.isfinite
@@ -132,24 +148,26 @@ class Portfolio:
                 unrealized.append((mark - p.avg_price) * p.quantity)
             else:
                 values.append(p.quantity * p.avg_price)
-        net = math.fsum(values)
-        return self.cash + net, math.fsum(unrealized), math.fsum(map(abs, values)), net
+        net = ordered_sum(values)
+        # Long positions only (the usual case): the gross exposure is the net one.
+        gross = net if all(v >= 0 for v in values) else ordered_sum(map(abs, values))
+        return self.cash + net, ordered_sum(unrealized), gross, net
 
     @property
     def unrealized_pnl(self) -> float:
-        return math.fsum(p.unrealized_pnl for p in self.open.values())
+        return ordered_sum(p.unrealized_pnl for p in self.open.values())
 
     @property
     def equity(self) -> float:
-        return self.cash + math.fsum(p.market_value for p in self.open.values())
+        return self.cash + ordered_sum(p.market_value for p in self.open.values())
 
     @property
     def gross_exposure(self) -> float:
-        return math.fsum(abs(p.market_value) for p in self.open.values())
+        return ordered_sum(abs(p.market_value) for p in self.open.values())
 
     @property
     def net_exposure(self) -> float:
-        return math.fsum(p.market_value for p in self.open.values())
+        return ordered_sum(p.market_value for p in self.open.values())
 
     @property
     def open_positions(self) -> int:
