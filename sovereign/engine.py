@@ -339,6 +339,8 @@ def build_specs(
 CHUNK_MIN_BARS = 16
 """No chunk is shorter: below this the calls of a chunk cost more than the bars save."""
 CHUNK_MAX_BARS = 8_192
+CHUNK_TARGET_BARS = 1 << 20
+"""Bars (bar times x symbols) an automatically sized chunk aims at."""
 
 
 @dataclass(slots=True)
@@ -692,10 +694,10 @@ class Engine:
             return 0
         if c.engine.chunk_bars:
             return c.engine.chunk_bars
-        # About a quarter of a million bars per chunk: long enough that a chunk's fixed
-        # costs (its calls, its checks) vanish, short enough that one replayed bar by bar
-        # costs little.
-        size = 1 << int(math.log2(max(1.0, 262_144 / max(1, len(self.symbols)))))
+        # About a million bars per chunk: long enough that a chunk's fixed costs (its
+        # calls, its checkpoints, its checks) vanish, short enough that one replayed bar by
+        # bar costs little and its columns stay small (~40 MB of bars).
+        size = 1 << int(math.log2(max(1.0, CHUNK_TARGET_BARS / max(1, len(self.symbols)))))
         return max(CHUNK_MIN_BARS * 4, min(CHUNK_MAX_BARS, size))
 
     def _replay(self, loop: _Loop) -> None:
@@ -709,7 +711,8 @@ class Engine:
         while step < total:
             # The first bar time goes bar by bar: the guardian learns the account from it.
             run = min(length, feed.clean_run(step), total - step) if limit and step else 0
-            if run >= CHUNK_MIN_BARS:
+            # No chunk is shorter than CHUNK_MIN_BARS but the last, which ends the data.
+            if run >= CHUNK_MIN_BARS or (run > 1 and step + run == total):
                 chunk += 1
                 if self._chunk_step(loop, chunk, step, run):
                     step += run

@@ -42,7 +42,7 @@ def config(
     return cfg
 
 
-def run(tmp: Path, data, cfg: Config, runtime: str = "local"):
+def run(tmp: Path, data, cfg: Config, runtime: str = "local", *, wire: bool = False):
     notes: list[tuple[str, str, str]] = []
     out = run_session(
         cfg,
@@ -52,6 +52,7 @@ def run(tmp: Path, data, cfg: Config, runtime: str = "local"):
         state_dir=tmp / "state",
         out_dir=tmp / "out",
         run_id="same",
+        wire=wire,
         on_notification=lambda n: notes.append((n.kind, n.title, n.text)),
     )
     return out, notes
@@ -134,10 +135,11 @@ def test_bars_missing_from_the_data_go_bar_by_bar_and_the_rest_in_chunks(tmp_pat
     assert_same_session(tmp_path, bars, chunks)
 
 
-def test_short_chunks_change_nothing_either(tmp_path) -> None:
+def test_short_chunks_through_the_wire_change_nothing_either(tmp_path) -> None:
+    """Chunks of 17 bar times, every message through msgpack (as between Ray actors)."""
     data = load_ohlcv("synthetic:5x700", seed=3)
     bars = run(tmp_path / "bars", data, config(chunk_bars=1))
-    chunks = run(tmp_path / "chunks", data, config(chunk_bars=17))
+    chunks = run(tmp_path / "chunks", data, config(chunk_bars=17), wire=True)
     assert chunks[0].result.counters["chunks_committed"] > 20
     assert_same_session(tmp_path, bars, chunks)
 
