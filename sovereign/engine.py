@@ -66,6 +66,10 @@ from sovereign.messages import (
     Message,
     NDArray,
     Notification,
+    OrderAccepted,
+    OrderCanceled,
+    OrderFilled,
+    OrderRejected,
     SessionEnded,
     SessionStarted,
     ShardReport,
@@ -336,6 +340,10 @@ def build_specs(
     }
 
 
+DRAIN_QUIET_S = 0.25
+DRAIN_MAX_S = 3.0
+_ORDER_EVENTS = (OrderAccepted, OrderCanceled, OrderFilled, OrderRejected)
+
 CHUNK_MIN_BARS = 16
 """No chunk is shorter: below this the calls of a chunk cost more than the bars save."""
 CHUNK_MAX_BARS = 8_192
@@ -552,6 +560,8 @@ class Engine:
             loop.notified += self._complete(
                 rt, loop.in_flight.popleft(), total, loop.engine_start, loop.notified
             )
+        if self.live:
+            self._drain(loop)
         engine_seconds = time.perf_counter() - loop.engine_start
         last_ts, steps, notified = loop.last_ts, loop.steps, loop.notified
 
@@ -647,6 +657,33 @@ class Engine:
             rt.ready([acks_r], timeout=None)
             self.step_latencies.append(time.perf_counter() - step_started)
         self._watch(loop, step, ts, 1)
+
+    def _drain(self, loop: _Loop) -> None:
+        """A live session's last word with its broker: events still on their way (the
+        fill of an order sent at the last step, a cancel) reach the shards and the
+        guardian before the session ends, so that the books close on what the broker
+        holds. The broker is polled until it has been quiet for ``DRAIN_QUIET_S`` (at most
+        ``DRAIN_MAX_S``); whatever comes later, the next session's reconciliation finds."""
+        rt, g = loop.rt, loop.g
+        deadline = time.monotonic() + DRAIN_MAX_S
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            polled = rt.tell(g.gateway)
+            try:
+                events = rt.fetch([polled])[0]
+            except ActorCallError as exc:
+                log.error("draining the broker at the session's end failed: %s", exc)
+                return
+            if any(isinstance(m, _ORDER_EVENTS) for m in events):
+                shard_rs = [rt.tell(shard, polled) for shard in g.shards]
+                watched = [polled, rt.tell(g.guardian, polled, *shard_rs), *shard_rs]
+                rt.tell(g.monitor, *watched)
+                loop.notified += self._deliver(rt.fetch([rt.tell(g.operator, *watched)])[0])
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= DRAIN_QUIET_S:
+                return
+            else:
+                time.sleep(0.02)
 
     def _watch(self, loop: _Loop, step: int, ts: int, steps: int) -> None:
         """Hand the watchers what the last steps produced, ``batch`` steps per call, and
