@@ -424,6 +424,9 @@ class Engine:
         self.fail_fast = False
         # Set to a list to time each step (see the latency benchmark); None: not timed.
         self.step_latencies: list[float] | None = None
+        # With the probe: the pause before each timed step, as bars come apart in a paper
+        # session (the processes idle between bars); 0: steps back to back.
+        self.step_gap_s = 0.0
         if feed is None:
             assert data is not None
             self.symbols = data.symbols
@@ -610,6 +613,8 @@ class Engine:
         loop.last_ts, loop.steps = ts, step + 1
         if not self.live:
             self._pace(ts, loop.first_ts, loop.engine_start)
+        if self.step_latencies is not None and self.step_gap_s:
+            time.sleep(self.step_gap_s)
         step_started = time.perf_counter()
         present = [b for b in batches if b is not None]
         loop.bars += sum(len(b) for b in present)

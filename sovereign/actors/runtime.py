@@ -152,21 +152,33 @@ class _Host:
         self.actor = spec.build()
 
     def receive(self, *args: bytes | list[Any]) -> bytes:
-        blobs = [a if isinstance(a, bytes | bytearray) else self._lenient(a) for a in args]
+        wrapped = [a[0] for a in args if not isinstance(a, bytes | bytearray)]
+        fetched = self._lenient(wrapped) if wrapped else {}
+        blobs = [a if isinstance(a, bytes | bytearray) else fetched[a[0]] for a in args]
         return WIRE.encode_batch(self.actor.receive(_decode_inputs(self.actor, blobs)))
 
-    def _lenient(self, wrapped: list[Any]) -> bytes:
+    def _lenient(self, refs: list[Any]) -> dict[Any, bytes]:
         # A reference inside a list is not resolved by Ray before the call: fetch it here
-        # and survive the failure of the call that was to produce it.
+        # and survive the failure of the call that was to produce it. All at once (one
+        # round trip to their owner), one by one only if one of them failed.
         import ray
 
         try:
-            value = ray.get(wrapped[0])
-        except ray.exceptions.RayError as exc:
-            self.actor.count("lost_inputs")
-            self.actor.log.error("%s lost an input from a failed call: %s", self.actor.name, exc)
-            return WIRE.encode_batch([])
-        return value if isinstance(value, bytes) else WIRE.encode_batch([])
+            return dict(zip(refs, ray.get(refs), strict=True))
+        except ray.exceptions.RayError:
+            pass
+        out: dict[Any, bytes] = {}
+        for ref in refs:
+            try:
+                value = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                self.actor.count("lost_inputs")
+                self.actor.log.error(
+                    "%s lost an input from a failed call: %s", self.actor.name, exc
+                )
+                value = b""
+            out[ref] = value if isinstance(value, bytes) and value else WIRE.encode_batch([])
+        return out
 
     def ping(self) -> bytes:
         return b""
@@ -247,14 +259,37 @@ class RayRuntime:
         return remote
 
     def tell(self, handle: Any, *inputs: Any) -> Any:
+        ref_type = self._ray.ObjectRef
+        pending = [x.value for x in inputs if type(x) is Lenient and isinstance(x.value, ref_type)]
+        finished = self._finished(list(dict.fromkeys(pending))) if pending else {}
         args: list[Any] = []
         for x in inputs:
             if isinstance(x, Lenient):
                 x = x.value
-                args.append([x] if isinstance(x, self._ray.ObjectRef) else WIRE.encode_batch(x))
+                if not isinstance(x, ref_type):
+                    args.append(WIRE.encode_batch(x))
+                else:
+                    # A finished input travels with the call: the actor then need not ask
+                    # the driver for it (a round trip each, on the step's critical path).
+                    args.append(finished.get(x) or [x])
             else:
                 args.append(WIRE.encode_batch(x) if isinstance(x, list) else x)
         return handle.receive.remote(*args)
+
+    def _finished(self, refs: list[Any]) -> dict[Any, bytes]:
+        """The values of those ``refs`` whose calls already succeeded (a failed one is
+        left to the receiving actor, which counts and logs the loss)."""
+        ray = self._ray
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        out: dict[Any, bytes] = {}
+        for ref in done:
+            try:
+                value = ray.get(ref, timeout=0)
+            except ray.exceptions.RayError:
+                continue
+            if isinstance(value, bytes) and value:
+                out[ref] = value
+        return out
 
     def fetch(self, results: Sequence[Any]) -> list[list[Message]]:
         try:

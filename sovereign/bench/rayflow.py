@@ -13,6 +13,8 @@ from collections import deque
 from typing import Any
 
 PAYLOAD = b"x" * 256
+# Room for one actor-to-actor step to end before the next is sent (they take ~10 ms here).
+STEP_ROOM_S = 0.03
 
 
 def stand_ins(ray: Any) -> tuple[Any, Any, list[Any]]:
@@ -82,3 +84,86 @@ def pipelined_us_per_step(
             ray.get(pending.popleft())
     ray.get(list(pending))
     return (time.perf_counter() - started) / steps * 1e6
+
+
+def _push_actors(ray: Any) -> tuple[Any, Any, list[Any]]:
+    """The four stand-ins of the actor-to-actor flow, wired to each other."""
+
+    @ray.remote
+    class Gateway:
+        def __init__(self) -> None:
+            self.shards: list[Any] = []
+            self.arrived: dict[int, float] = {}
+
+        def wire(self, shards: list[Any]) -> None:
+            self.shards = shards
+
+        def bars(self, step: int, payload: bytes) -> None:
+            for shard in self.shards:
+                shard.push.remote(step, payload)
+
+        def orders(self, step: int, payload: bytes) -> None:
+            self.arrived[step] = time.perf_counter()
+
+        def times(self) -> dict[int, float]:
+            return self.arrived
+
+    @ray.remote
+    class Shard:
+        def __init__(self, index: int, guardian: Any) -> None:
+            self.index, self.guardian = index, guardian
+
+        def push(self, step: int, payload: bytes) -> None:
+            self.guardian.push.remote(step, self.index, PAYLOAD)
+
+    @ray.remote
+    class Guardian:
+        def __init__(self, gateway: Any, shards: int) -> None:
+            self.gateway, self.shards = gateway, shards
+            self.held: dict[int, int] = {}
+
+        def push(self, step: int, index: int, payload: bytes) -> None:
+            n = self.held.get(step, 0) + 1
+            if n < self.shards:
+                self.held[step] = n
+                return
+            self.held.pop(step, None)
+            self.gateway.orders.remote(step, PAYLOAD)
+
+    gateway = Gateway.remote()  # type: ignore[attr-defined]
+    guardian = Guardian.remote(gateway, 2)  # type: ignore[attr-defined]
+    shards = [Shard.remote(i, guardian) for i in range(2)]  # type: ignore[attr-defined]
+    ray.get(gateway.wire.remote(shards))
+    return gateway, guardian, shards
+
+
+def pushed_step_latencies_us(ray: Any, steps: int, gap_s: float = 0.01) -> list[float]:
+    """Bar in -> order at the gateway, per step, with actors that message each other.
+
+    Four stand-ins like those of ``stand_ins``, but no call goes through the driver or
+    waits for a reply: the driver hands the bars to the gateway, which pushes them to both
+    shards, each shard pushes its output to the guardian, and the guardian, once it holds
+    both shards' output for the step, pushes its verdicts to the gateway, which notes the
+    time. This is the
+    floor of a step whose data flow is all actor to actor (the engine's steps are driven
+    from the driver instead; see BENCHMARKS.md). A step is sent ``STEP_ROOM_S`` plus ``gap_s``
+    after the previous one: that one has then ended and the processes idled ``gap_s`` (as
+    with the spaced pings). Times are CLOCK_MONOTONIC, which all processes share.
+    """
+    gateway, guardian, shards = _push_actors(ray)
+    sent: dict[int, float] = {}
+    warmup = 10
+    for step in range(steps + warmup):
+        sent[step] = time.perf_counter()
+        gateway.bars.remote(step, PAYLOAD)
+        time.sleep(STEP_ROOM_S + gap_s)
+    deadline = time.monotonic() + 30
+    arrived: dict[int, float] = {}
+    while time.monotonic() < deadline:
+        arrived = ray.get(gateway.times.remote())
+        if len(arrived) == steps + warmup:
+            break
+        time.sleep(0.05)
+    for actor in (gateway, guardian, *shards):
+        ray.kill(actor)
+    return [(arrived[s] - sent[s]) * 1e6 for s in range(warmup, steps + warmup) if s in arrived]

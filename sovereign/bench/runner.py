@@ -30,7 +30,12 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from sovereign.bench.rayflow import PAYLOAD, pipelined_us_per_step, stand_ins
+from sovereign.bench.rayflow import (
+    PAYLOAD,
+    pipelined_us_per_step,
+    pushed_step_latencies_us,
+    stand_ins,
+)
 
 WORKLOADS: dict[str, tuple[int, int]] = {
     "a": (1, 1_000_000),
@@ -38,6 +43,9 @@ WORKLOADS: dict[str, tuple[int, int]] = {
     "c": (2_000, 2_000),
 }
 SEED = 7
+# The pause before each spaced latency measurement: long enough that the processes of the
+# graph go idle between steps, as they do between a paper session's bars.
+SPACED_GAP_MS = 10
 _FULL = {f"synthetic:{n}x{bars}" for n, bars in WORKLOADS.values()}
 
 
@@ -52,6 +60,7 @@ class Job:
     shards: int = 2
     steps: int = 0
     python: str = ""  # the interpreter of a peer that needs its own (NautilusTrader)
+    gap_ms: int = 0  # latency probe: the pause before each timed step (0: back to back)
 
 
 def workload_spec(name: str, scale: float) -> str:
@@ -125,6 +134,7 @@ def run_job(job: Job) -> dict[str, Any]:
     def on_started(engine: Any) -> None:
         if job.kind == "latency":
             engine.step_latencies = latencies
+            engine.step_gap_s = job.gap_ms / 1000
 
     with tempfile.TemporaryDirectory(prefix="sovereign-bench-") as state:
         out = run_session(
@@ -143,6 +153,7 @@ def run_job(job: Job) -> dict[str, Any]:
         "spec": job.spec,
         "runtime": job.runtime,
         "shards": job.shards,
+        "gap_ms": job.gap_ms,
         "symbols": symbols,
         "bars": r.bars,
         "steps": r.steps,
@@ -223,46 +234,71 @@ def _reference(data: Any, job: Job, load_s: float, started: float) -> dict[str, 
 
 
 def _ray_ping(n: int) -> dict[str, Any]:
-    """A bare Ray actor round trip (bytes in, bytes out), the floor of a Ray step."""
+    """A bare Ray actor round trip (bytes in, bytes out), the floor of a Ray step; and the
+    step's data flow with actors that do nothing, back to back and spaced apart."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="bench")
     actors = stand_ins(ray)
     gateway, guardian, shards = actors
-    lat = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        ray.get(gateway.call.remote(PAYLOAD))
-        lat.append(time.perf_counter() - t0)
-    # The data flow of one step of the benchmark's pipeline (no regime model) with actors
-    # that do nothing: bars to the gateway, its output to two shards, the shards to the
-    # guardian, its verdicts back to the gateway. Four calls in a row on the critical
-    # path, references passed from call to call as the engine does: the floor of a step.
-    chain = []
-    for i in range(n // 2 + 10):
-        t0 = time.perf_counter()
-        gw = gateway.call.remote(PAYLOAD)
-        outs = [s.call.remote(gw) for s in shards]
-        verdicts = guardian.call.remote(*outs, gw)
-        ray.get(gateway.call.remote(verdicts))
-        if i >= 10:
-            chain.append(time.perf_counter() - t0)
-    # The same flow driven as a backtest drives it (orders with the next bars, the
-    # previous step's verdicts passed as references Ray resolves before the call, 16
-    # steps in flight): the floor of a Ray bar time for this graph.
+
+    def pings(count: int, gap_s: float) -> np.ndarray:
+        lat = []
+        for _ in range(count):
+            time.sleep(gap_s)
+            t0 = time.perf_counter()
+            ray.get(gateway.call.remote(PAYLOAD))
+            lat.append(time.perf_counter() - t0)
+        return np.array(lat) * 1e6
+
+    def flows(count: int, gap_s: float) -> np.ndarray:
+        # The data flow of one step of the benchmark's pipeline (no regime model) with
+        # actors that do nothing: bars to the gateway, its output to two shards, the
+        # shards to the guardian, its verdicts back to the gateway. Four calls in a row on
+        # the critical path, references passed from call to call as the engine does.
+        lat = []
+        for i in range(count + 10):
+            time.sleep(gap_s)
+            t0 = time.perf_counter()
+            gw = gateway.call.remote(PAYLOAD)
+            outs = [s.call.remote(gw) for s in shards]
+            verdicts = guardian.call.remote(*outs, gw)
+            ray.get(gateway.call.remote(verdicts))
+            if i >= 10:
+                lat.append(time.perf_counter() - t0)
+        return np.array(lat) * 1e6
+
+    def p(values: Any, q: float) -> float:
+        return round(float(np.percentile(values, q)), 1)
+
+    hot_ping, hot_flow = pings(n, 0.0), flows(n // 2, 0.0)
+    # Spaced: each call after a pause, as a paper session's steps come (its processes
+    # idle between bars, and waking them is part of every hop).
+    gap = SPACED_GAP_MS / 1000
+    spaced_ping, spaced_flow = pings(n // 4, gap), flows(n // 4, gap)
+    # The same four stand-ins messaging each other directly, no hop through the driver.
+    pushed = pushed_step_latencies_us(ray, n // 4, gap_s=gap)
+    # The flow driven as a backtest drives it (orders with the next bars, the previous
+    # step's verdicts passed as references Ray resolves before the call, 16 steps in
+    # flight): the floor of a Ray bar time for this graph.
     pipelined_us = pipelined_us_per_step(
         ray, actors, n // 2, separate_orders=False, fetched_inside=False
     )
     ray.shutdown()
-    arr = np.array(lat) * 1e6
-    flow = np.array(chain) * 1e6
     return {
         "kind": "ping",
         "runtime": "ray",
-        "ping_us_p50": round(float(np.percentile(arr, 50)), 1),
-        "ping_us_p99": round(float(np.percentile(arr, 99)), 1),
-        "chain_us_p50": round(float(np.percentile(flow, 50)), 1),
-        "chain_us_p99": round(float(np.percentile(flow, 99)), 1),
+        "ping_us_p50": p(hot_ping, 50),
+        "ping_us_p99": p(hot_ping, 99),
+        "chain_us_p50": p(hot_flow, 50),
+        "chain_us_p99": p(hot_flow, 99),
+        "spaced_gap_ms": SPACED_GAP_MS,
+        "spaced_ping_us_p50": p(spaced_ping, 50),
+        "spaced_ping_us_p99": p(spaced_ping, 99),
+        "spaced_chain_us_p50": p(spaced_flow, 50),
+        "spaced_chain_us_p99": p(spaced_flow, 99),
+        "pushed_chain_us_p50": p(pushed, 50),
+        "pushed_chain_us_p99": p(pushed, 99),
         "pipelined_flow_us_per_step": round(pipelined_us, 1),
         "peak_rss_mib": round(_peak_rss_mib(), 1),
     }
@@ -317,7 +353,16 @@ def plan(
         jobs += [Job("peer", spec, runtime=p, python=nautilus_python) for p in peers]
     if "ray" in runtimes and latency_steps:
         jobs.append(Job("ping", steps=2_000))
-        jobs.append(Job("latency", workload_spec("b", scale), runtime="ray", steps=latency_steps))
+        for gap_ms in (0, SPACED_GAP_MS):
+            jobs.append(
+                Job(
+                    "latency",
+                    workload_spec("b", scale),
+                    runtime="ray",
+                    steps=latency_steps,
+                    gap_ms=gap_ms,
+                )
+            )
     if scaling:
         for n in (10, 100, 1_000):
             jobs.append(Job("scaling", f"synthetic:{n}x{max(100, round(2_000 * scale))}", shards=1))
@@ -356,6 +401,18 @@ def report(results: list[dict[str, Any]], out: TextIO) -> None:
                 f"{'bare actors, step data flow':<30} {'ray':<7} {'':>2} {'':>11} {'':>12} "
                 f"{r['chain_us_p50']:>9,.0f} {'':>8}  p99 {r['chain_us_p99']:,.0f} us\n"
             )
+            if "spaced_ping_us_p50" in r:
+                gap = f"{r['spaced_gap_ms']} ms apart"
+                for label, key in (
+                    (f"ping, {gap}", "spaced_ping"),
+                    (f"step data flow, {gap}", "spaced_chain"),
+                    (f"actor-to-actor flow, {gap}", "pushed_chain"),
+                ):
+                    out.write(
+                        f"{label:<30} {'ray':<7} {'':>2} {'':>11} {'':>12} "
+                        f"{r[key + '_us_p50']:>9,.0f} {'':>8}  "
+                        f"p99 {r[key + '_us_p99']:,.0f} us\n"
+                    )
             if "pipelined_flow_us_per_step" in r:
                 out.write(
                     f"{'bare actors, pipelined steps':<30} {'ray':<7} {'':>2} {'':>11} {'':>12} "
@@ -363,6 +420,8 @@ def report(results: list[dict[str, Any]], out: TextIO) -> None:
                 )
             continue
         what = f"{r['kind']} {r['spec'].removeprefix('synthetic:')}"
+        if r["kind"] == "latency":
+            what += f" {r['gap_ms']} ms apart" if r.get("gap_ms") else " back to back"
         line = (
             f"{what:<30} {r['runtime']:<7} {r.get('shards', ''):>2} {r['bars']:>11,} "
             f"{r['bars_per_second']:>12,.0f} {r['us_per_step']:>9,.1f} "
@@ -457,12 +516,19 @@ def targets(results: list[dict[str, Any]]) -> list[Target]:
         value = reference["bars_per_second"] / local["bars_per_second"]
         out.append(Target("numpy reference / LocalRuntime on (b)", value, 2.0, "x", False))
     ping = next((r for r in ok if r.get("kind") == "ping"), None)
-    latency = next((r for r in ok if r.get("kind") == "latency"), None)
-    if ping is not None and latency is not None:
-        value = latency["step_latency_us_p50"] / ping["ping_us_p50"]
-        out.append(Target("Ray step p50 / bare actor ping", value, 4.0, "x", False))
-        floor = ping["chain_us_p50"] / ping["ping_us_p50"]
-        out.append(Target("(floor) bare-actor step flow / ping", floor, 4.0, "x", False))
+    for r in ok:
+        if r.get("kind") != "latency" or ping is None:
+            continue
+        # Each step against a ping measured the same way: back to back, or spaced apart.
+        gap = r.get("gap_ms", 0)
+        key = "spaced_" if gap else ""
+        if f"{key}ping_us_p50" not in ping:
+            continue
+        how = f"{gap} ms apart" if gap else "back to back"
+        value = r["step_latency_us_p50"] / ping[f"{key}ping_us_p50"]
+        out.append(Target(f"Ray step p50 / bare actor ping, {how}", value, 4.0, "x", False))
+        floor = ping[f"{key}chain_us_p50"] / ping[f"{key}ping_us_p50"]
+        out.append(Target(f"(floor) bare-actor step flow / ping, {how}", floor, 4.0, "x", False))
     local, ray = find("engine", "c", "local"), find("engine", "c", "ray")
     if local is not None and ray is not None:
         value = local["bars_per_second"] / ray["bars_per_second"]

@@ -213,3 +213,53 @@ def test_ray_never_runs_a_call_whose_plain_input_failed(ray_session) -> None:
         assert stats.counters == {"calls": 2, "lost_inputs": 1}
     finally:
         rt.shutdown()
+
+
+@pytest.mark.ray
+def test_ray_lenient_inputs_arrive_whether_finished_pending_or_failed(ray_session) -> None:
+    """The driver sends a finished lenient input with the call, leaves a pending one to
+    the actor to fetch, and a failed one to the actor to count: the actor sees every
+    message that exists, once, in input order, and counts the one loss."""
+    import time
+
+    from sovereign.actors.runtime import Lenient
+
+    class Echo(Actor):
+        role = "echo"
+        accepts = frozenset({BarBatch})
+
+        def receive(self, messages: list[Message]) -> list[Message]:
+            if self.index == 1:
+                time.sleep(0.5)  # still running when the next call is sent
+            if self.index == 2:
+                raise RuntimeError("this one fails")
+            return list(messages)
+
+    class Seen(Actor):
+        role = "seen"
+        accepts = frozenset({BarBatch, SessionEnded})
+
+        def receive(self, messages: list[Message]) -> list[Message]:
+            self.count("calls")
+            out = [m for m in messages if isinstance(m, BarBatch)]
+            if any(isinstance(m, SessionEnded) for m in messages):
+                out.append(self.stats(0))
+            return out
+
+    rt = RayRuntime()
+    try:
+        done, slow, failing = (rt.spawn(ActorSpec(Echo, index=i)) for i in range(3))
+        seen = rt.spawn(ActorSpec(Seen))
+        first = bars(MIN, ["AAA"], [10], [11], [9], [10], [100])
+        second = bars(MIN * 2, ["BBB"], [20], [21], [19], [20], [200])
+        finished = rt.tell(done, [first])
+        rt.fetch([finished])
+        pending = rt.tell(slow, [second])
+        failed = rt.tell(failing, [first])
+        out = rt.tell(seen, Lenient(finished), Lenient(failed), Lenient(pending), Lenient(finished))
+        got = rt.fetch([out])[0]
+        assert [b.msg_id for b in got] == [first.msg_id, second.msg_id, first.msg_id]
+        (stats,) = rt.fetch([rt.tell(seen, [end()])])[0]
+        assert stats.counters == {"calls": 2, "lost_inputs": 1}
+    finally:
+        rt.shutdown()

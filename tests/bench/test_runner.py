@@ -98,11 +98,26 @@ def test_targets_are_ratios_of_the_same_runs_figures() -> None:
             "runtime": "ray",
             "bars_per_second": 250_000.0,
         },
-        {"kind": "ping", "runtime": "ray", "ping_us_p50": 700.0, "chain_us_p50": 3_500.0},
+        {
+            "kind": "ping",
+            "runtime": "ray",
+            "ping_us_p50": 700.0,
+            "chain_us_p50": 3_500.0,
+            "spaced_ping_us_p50": 2_000.0,
+            "spaced_chain_us_p50": 6_000.0,
+        },
         {
             "kind": "latency",
             "spec": "synthetic:100x500",
             "runtime": "ray",
+            "gap_ms": 0,
+            "step_latency_us_p50": 7_000.0,
+        },
+        {
+            "kind": "latency",
+            "spec": "synthetic:100x500",
+            "runtime": "ray",
+            "gap_ms": 10,
             "step_latency_us_p50": 7_000.0,
         },
         {"kind": "engine", "spec": "synthetic:1x50000", "runtime": "local", "error": "boom"},
@@ -113,8 +128,10 @@ def test_targets_are_ratios_of_the_same_runs_figures() -> None:
         "LocalRuntime bars/s on (c)": (400_000.0, False),
         "LocalRuntime / NautilusTrader on (b)": (10.0, False),
         "numpy reference / LocalRuntime on (b)": (8.0, False),
-        "Ray step p50 / bare actor ping": (10.0, False),
-        "(floor) bare-actor step flow / ping": (5.0, False),
+        "Ray step p50 / bare actor ping, back to back": (10.0, False),
+        "(floor) bare-actor step flow / ping, back to back": (5.0, False),
+        "Ray step p50 / bare actor ping, 10 ms apart": (3.5, True),
+        "(floor) bare-actor step flow / ping, 10 ms apart": (3.0, True),
         "LocalRuntime / RayRuntime on (c)": (1.6, True),
         "peak RSS on (b)": (480.0, True),
     }
@@ -161,3 +178,18 @@ def test_both_runtimes_replay_the_whole_of_each_workload() -> None:
         ("engine", "synthetic:1x1000000", "local"),
         ("engine", "synthetic:1x1000000", "ray"),
     ]
+
+
+@pytest.mark.ray
+def test_the_ping_job_times_every_flow_it_reports() -> None:
+    """The floors the latency targets are read against: hot and spaced pings, the step
+    flow both ways, and the actor-to-actor flow, each a real measurement (its own Ray)."""
+    from sovereign.bench.runner import Job, spawn
+
+    r = spawn(Job("ping", steps=40), timeout=300)
+    assert "error" not in r, r
+    for key in ("ping", "chain", "spaced_ping", "spaced_chain", "pushed_chain"):
+        assert 0 < r[f"{key}_us_p50"] <= r[f"{key}_us_p99"], key
+    # A flow of four calls cannot beat one round trip of one of them.
+    assert r["chain_us_p50"] > r["ping_us_p50"]
+    assert r["pushed_chain_us_p50"] > 0 and r["pipelined_flow_us_per_step"] > 0
