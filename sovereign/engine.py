@@ -427,6 +427,10 @@ class Engine:
         # With the probe: the pause before each timed step, as bars come apart in a paper
         # session (the processes idle between bars); 0: steps back to back.
         self.step_gap_s = 0.0
+        # With the probe on Ray: when each timed step started, and each actor's calls
+        # (start, end), to split a step's latency into our actors' work and Ray's.
+        self.step_starts: list[float] = []
+        self.call_times: dict[str, list[tuple[float, float]]] = {}
         if feed is None:
             assert data is not None
             self.symbols = data.symbols
@@ -502,6 +506,9 @@ class Engine:
         # loaded) before the first bar: a failure to start surfaces here, not steps later,
         # and the engine's clock times the session, not the start-up of its processes.
         self._deliver(rt.fetch(start_results)[-1])
+        probe_calls = self.step_latencies is not None and hasattr(rt, "time_calls")
+        if probe_calls:
+            rt.time_calls()  # type: ignore[attr-defined]
         # The self-modification actor answers the start with the rule set in force. Switched
         # off, it answers nothing, ever: it is then left out of the steps.
         selfmod_on = self.config.selfmod.enabled
@@ -566,6 +573,8 @@ class Engine:
         if self.live:
             self._drain(loop)
         engine_seconds = time.perf_counter() - loop.engine_start
+        if probe_calls:
+            self.call_times = rt.call_times()  # type: ignore[attr-defined]
         last_ts, steps, notified = loop.last_ts, loop.steps, loop.notified
 
         end_ts = last_ts + self.interval_s * 1_000_000_000
@@ -661,6 +670,7 @@ class Engine:
             # gateway having sent the step's orders to the broker.
             rt.ready([acks_r], timeout=None)
             self.step_latencies.append(time.perf_counter() - step_started)
+            self.step_starts.append(step_started)
         self._watch(loop, step, ts, 1)
 
     def _drain(self, loop: _Loop) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,8 +151,26 @@ class _Host:
 
         logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
         self.actor = spec.build()
+        self.calls: list[tuple[float, float]] | None = None
 
     def receive(self, *args: bytes | list[Any]) -> bytes:
+        if self.calls is None:
+            return self._receive(*args)
+        started = time.perf_counter()
+        try:
+            return self._receive(*args)
+        finally:
+            self.calls.append((started, time.perf_counter()))
+
+    def time_calls(self) -> None:
+        """From now on, note when each call starts and ends (the latency probe's split
+        of a step into our actors' work and Ray's)."""
+        self.calls = []
+
+    def call_times(self) -> list[tuple[float, float]]:
+        return list(self.calls or [])
+
+    def _receive(self, *args: bytes | list[Any]) -> bytes:
         wrapped = [a[0] for a in args if not isinstance(a, bytes | bytearray)]
         fetched = self._lenient(wrapped) if wrapped else {}
         blobs = [a if isinstance(a, bytes | bytearray) else fetched[a[0]] for a in args]
@@ -316,6 +335,17 @@ class RayRuntime:
 
     def ping_all(self) -> None:
         self._ray.get([h.ping.remote() for h in self.handles.values()])
+
+    def time_calls(self) -> None:
+        """Every actor notes the start and end of each later call (CLOCK_MONOTONIC, which
+        the driver and every actor process on this machine share)."""
+        self._ray.get([h.time_calls.remote() for h in self.handles.values()])
+
+    def call_times(self) -> dict[str, list[tuple[float, float]]]:
+        """Each actor's calls since ``time_calls``, by actor name."""
+        names = list(self.handles)
+        times = self._ray.get([self.handles[n].call_times.remote() for n in names])
+        return dict(zip(names, times, strict=True))
 
     def shutdown(self) -> None:
         for handle in self.handles.values():

@@ -130,8 +130,10 @@ def run_job(job: Job) -> dict[str, Any]:
 
     config = _config(job.shards)
     latencies: list[float] = []
+    engines: list[Any] = []
 
     def on_started(engine: Any) -> None:
+        engines.append(engine)
         if job.kind == "latency":
             engine.step_latencies = latencies
             engine.step_gap_s = job.gap_ms / 1000
@@ -171,7 +173,50 @@ def run_job(job: Job) -> dict[str, Any]:
         lat = np.array(latencies[10:] or latencies) * 1e6  # the first steps warm up
         figures["step_latency_us_p50"] = round(float(np.percentile(lat, 50)), 1)
         figures["step_latency_us_p99"] = round(float(np.percentile(lat, 99)), 1)
+        engine = engines[0]
+        if engine.call_times:
+            work = step_work(engine.step_starts, latencies, engine.call_times)[10:]
+            over = lat[: len(work)] - np.array(work) * 1e6
+            figures["step_work_us_p50"] = round(float(np.percentile(np.array(work) * 1e6, 50)), 1)
+            figures["step_overhead_us_p50"] = round(float(np.percentile(over, 50)), 1)
+            figures["step_overhead_us_p99"] = round(float(np.percentile(over, 99)), 1)
     return figures
+
+
+def step_work(
+    starts: Sequence[float],
+    latencies: Sequence[float],
+    calls: dict[str, list[tuple[float, float]]],
+) -> list[float]:
+    """Seconds of each timed step spent in our actors' calls on its critical path.
+
+    A step's path is the gateway (its bars, then its orders), the slowest shard and the
+    guardian: the time each spent inside its calls within the step's window (decoding,
+    our work, encoding) is the step's work; the rest of its latency is Ray's (calls on
+    their way, results on their way back, processes waking up) and the driver's.
+    """
+
+    def busy(role: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for name, times in calls.items():
+            if name.split("/")[1] == role and times:
+                arr = np.array(sorted(times))
+                out.append((arr[:, 0], arr[:, 1]))
+        return out
+
+    def within(actor: tuple[np.ndarray, np.ndarray], lo: float, hi: float) -> float:
+        begin, end = actor
+        i, j = np.searchsorted(begin, lo), np.searchsorted(begin, hi)
+        return float(np.sum(np.minimum(end[i:j], hi) - begin[i:j]))
+
+    gateway, shards, guardian = busy("gateway"), busy("shard"), busy("guardian")
+    work = []
+    for lo, seconds in zip(starts, latencies, strict=False):
+        hi = lo + seconds
+        total = sum(within(a, lo, hi) for a in (*gateway, *guardian))
+        total += max((within(a, lo, hi) for a in shards), default=0.0)
+        work.append(total)
+    return work
 
 
 def _panel(data: Any) -> dict[str, np.ndarray]:
@@ -432,6 +477,11 @@ def report(results: list[dict[str, Any]], out: TextIO) -> None:
                 f"  step p50 {r['step_latency_us_p50']:,.0f} us, "
                 f"p99 {r['step_latency_us_p99']:,.0f} us"
             )
+        if "step_overhead_us_p50" in r:
+            line += (
+                f"; our actors' work p50 {r['step_work_us_p50']:,.0f} us, "
+                f"Ray's overhead p50 {r['step_overhead_us_p50']:,.0f} us"
+            )
         out.write(line + "\n")
 
 
@@ -527,6 +577,11 @@ def targets(results: list[dict[str, Any]]) -> list[Target]:
         how = f"{gap} ms apart" if gap else "back to back"
         value = r["step_latency_us_p50"] / ping[f"{key}ping_us_p50"]
         out.append(Target(f"Ray step p50 / bare actor ping, {how}", value, 4.0, "x", False))
+        if "step_overhead_us_p50" in r:
+            value = r["step_overhead_us_p50"] / ping[f"{key}ping_us_p50"]
+            out.append(
+                Target(f"Ray step overhead p50 / bare actor ping, {how}", value, 4.0, "x", False)
+            )
         floor = ping[f"{key}chain_us_p50"] / ping[f"{key}ping_us_p50"]
         out.append(Target(f"(floor) bare-actor step flow / ping, {how}", floor, 4.0, "x", False))
     local, ray = find("engine", "c", "local"), find("engine", "c", "ray")

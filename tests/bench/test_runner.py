@@ -193,3 +193,20 @@ def test_the_ping_job_times_every_flow_it_reports() -> None:
     # A flow of four calls cannot beat one round trip of one of them.
     assert r["chain_us_p50"] > r["ping_us_p50"]
     assert r["pushed_chain_us_p50"] > 0 and r["pipelined_flow_us_per_step"] > 0
+
+
+def test_step_work_counts_the_gateway_the_slowest_shard_and_the_guardian() -> None:
+    """A step's work is its gateway calls, its slowest shard and its guardian, clipped to
+    the step's window; calls of other steps and of the watchers do not count."""
+    from sovereign.bench.runner import step_work
+
+    calls = {
+        "sovereign/gateway/0": [(0.0, 1.0), (8.0, 8.5), (10.0, 11.0)],
+        "sovereign/shard/0": [(2.0, 4.0), (12.0, 13.0)],
+        "sovereign/shard/1": [(2.0, 5.0)],
+        "sovereign/guardian/0": [(6.0, 7.0), (9.8, 10.5)],  # the second runs past step 0
+        "sovereign/monitor/0": [(1.0, 9.0)],
+    }
+    # Step 0: gateway 1 + 0.5, slowest shard 3, guardian 1 + 0.2 (clipped at 10).
+    # Step 1: gateway 1, shard 1, guardian none (its call began in step 0).
+    assert step_work([0.0, 10.0], [10.0, 5.0], calls) == pytest.approx([5.7, 2.0])
