@@ -572,7 +572,6 @@ class Engine:
             )
         if self.live:
             self._drain(loop)
-        engine_seconds = time.perf_counter() - loop.engine_start
         if probe_calls:
             self.call_times = rt.call_times()  # type: ignore[attr-defined]
         last_ts, steps, notified = loop.last_ts, loop.steps, loop.notified
@@ -586,6 +585,9 @@ class Engine:
             steps=steps,
         )
         final = rt.fetch([rt.tell(a, [ended]) for a in everyone])
+        # The clock stops when every actor has ended the session: trades a backtest's
+        # trade memory still had to write (write-behind) are written by then.
+        engine_seconds = time.perf_counter() - loop.engine_start
         flat = [m for batch in final for m in batch]
         notified += self._deliver([m for m in final[-1] if isinstance(m, Notification)])
         curve = next(m for m in flat if isinstance(m, EquityCurve))
