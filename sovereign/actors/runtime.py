@@ -23,6 +23,7 @@ actor execute in submission order, so a replay is deterministic on both runtimes
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -151,6 +152,9 @@ class _Host:
 
         logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
         self.actor = spec.build()
+        # The process is this actor's alone and what it holds now (modules, models) lives
+        # as long as it does: the garbage collector need not walk it again (see Engine).
+        gc.freeze()
         self.calls: list[tuple[float, float]] | None = None
 
     def receive(self, *args: bytes | list[Any]) -> bytes:

@@ -598,11 +598,12 @@ def report_targets(found: list[Target], out: TextIO) -> None:
     if not found:
         return
     out.write("\ntargets (issue 8), measured in this run:\n")
+    width = max(len(t.name) for t in found)
     for t in found:
         sign = ">=" if t.higher_is_better else "<="
         out.write(
-            f"  {'met    ' if t.met else 'NOT MET'} {t.name:<42} {t.value:>14,.2f} {t.unit:<6}"
-            f" (goal {sign} {t.goal:,.0f})\n"
+            f"  {'met    ' if t.met else 'NOT MET'} {t.name:<{width}} {t.value:>14,.2f} "
+            f"{t.unit:<6} (goal {sign} {t.goal:,.0f})\n"
         )
 
 
