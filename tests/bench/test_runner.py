@@ -210,3 +210,19 @@ def test_step_work_counts_the_gateway_the_slowest_shard_and_the_guardian() -> No
     # Step 0: gateway 1 + 0.5, slowest shard 3, guardian 1 + 0.2 (clipped at 10).
     # Step 1: gateway 1, shard 1, guardian none (its call began in step 0).
     assert step_work([0.0, 10.0], [10.0, 5.0], calls) == pytest.approx([5.7, 2.0])
+
+
+@pytest.mark.ray
+def test_the_latency_probe_splits_each_step_into_work_and_overhead() -> None:
+    """The figure the latency target is read from: every timed step split into our
+    actors' work on its path and Ray's overhead, both real and adding up to the step."""
+    from sovereign.bench.runner import Job, spawn
+
+    r = spawn(
+        Job("latency", "synthetic:20x200", runtime="ray", steps=40, gap_ms=5), timeout=300
+    )
+    assert "error" not in r, r
+    assert r["gap_ms"] == 5 and r["steps"] == 40
+    assert 0 < r["step_work_us_p50"] < r["step_latency_us_p50"]
+    assert 0 < r["step_overhead_us_p50"] < r["step_latency_us_p50"]
+    assert r["step_overhead_us_p50"] <= r["step_overhead_us_p99"]
