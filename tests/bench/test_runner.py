@@ -218,9 +218,7 @@ def test_the_latency_probe_splits_each_step_into_work_and_overhead() -> None:
     actors' work on its path and Ray's overhead, both real and adding up to the step."""
     from sovereign.bench.runner import Job, spawn
 
-    r = spawn(
-        Job("latency", "synthetic:20x200", runtime="ray", steps=40, gap_ms=5), timeout=300
-    )
+    r = spawn(Job("latency", "synthetic:20x200", runtime="ray", steps=40, gap_ms=5), timeout=300)
     assert "error" not in r, r
     assert r["gap_ms"] == 5 and r["steps"] == 40
     assert 0 < r["step_work_us_p50"] < r["step_latency_us_p50"]
