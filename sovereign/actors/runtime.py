@@ -186,10 +186,16 @@ class _Host:
         # round trip to their owner), one by one only if one of them failed.
         import ray
 
+        empty = WIRE.encode_batch([])
         try:
-            return dict(zip(refs, ray.get(refs), strict=True))
+            values = ray.get(refs)
         except ray.exceptions.RayError:
             pass
+        else:
+            return {
+                ref: value if isinstance(value, bytes) and value else empty
+                for ref, value in zip(refs, values, strict=True)
+            }
         out: dict[Any, bytes] = {}
         for ref in refs:
             try:
@@ -200,7 +206,7 @@ class _Host:
                     "%s lost an input from a failed call: %s", self.actor.name, exc
                 )
                 value = b""
-            out[ref] = value if isinstance(value, bytes) and value else WIRE.encode_batch([])
+            out[ref] = value if isinstance(value, bytes) and value else empty
         return out
 
     def ping(self) -> bytes:
