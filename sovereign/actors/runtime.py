@@ -289,7 +289,9 @@ class RayRuntime:
 
     def tell(self, handle: Any, *inputs: Any) -> Any:
         ref_type = self._ray.ObjectRef
-        pending = [x.value for x in inputs if type(x) is Lenient and isinstance(x.value, ref_type)]
+        pending = [
+            x.value for x in inputs if isinstance(x, Lenient) and isinstance(x.value, ref_type)
+        ]
         finished = self._finished(list(dict.fromkeys(pending))) if pending else {}
         args: list[Any] = []
         for x in inputs:

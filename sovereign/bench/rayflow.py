@@ -144,11 +144,11 @@ def pushed_step_latencies_us(ray: Any, steps: int, gap_s: float = 0.01) -> list[
     waits for a reply: the driver hands the bars to the gateway, which pushes them to both
     shards, each shard pushes its output to the guardian, and the guardian, once it holds
     both shards' output for the step, pushes its verdicts to the gateway, which notes the
-    time. This is the
-    floor of a step whose data flow is all actor to actor (the engine's steps are driven
-    from the driver instead; see BENCHMARKS.md). A step is sent ``STEP_ROOM_S`` plus ``gap_s``
-    after the previous one: that one has then ended and the processes idled ``gap_s`` (as
-    with the spaced pings). Times are CLOCK_MONOTONIC, which all processes share.
+    time. This is the floor of a step whose data flow is all actor to actor (the engine's
+    steps are driven from the driver instead; see BENCHMARKS.md). A step is sent
+    ``STEP_ROOM_S`` plus ``gap_s`` after the previous one: that one has then ended and the
+    processes idled ``gap_s`` (as with the spaced pings). Times are CLOCK_MONOTONIC, which
+    all processes share.
     """
     gateway, guardian, shards = _push_actors(ray)
     sent: dict[int, float] = {}
