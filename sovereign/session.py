@@ -21,7 +21,7 @@ from sovereign.core.guardian import GuardianState
 from sovereign.core.metrics import compute_metrics
 from sovereign.data.loaders import LoadedData
 from sovereign.engine import Engine, Mode, Progress, SessionResult, make_runtime, state_scope
-from sovereign.memory.state_store import open_state_store
+from sovereign.memory.state_store import open_state_store, state_path
 from sovereign.memory.trade_memory import TradeMemory
 from sovereign.messages import Notification, ShardReport
 from sovereign.report import ReportPaths, write_report
@@ -220,6 +220,9 @@ def load_guardian_state(config: Config, state_dir: str | Path, scope: str) -> Gu
     """The guardian's persisted state for a scope (``account/<name>`` or ``run/<id>``)."""
     from contextlib import closing
 
+    if not config.state.redis_url and not state_path(state_dir).exists():
+        # Reading must not create an empty state database where none was kept.
+        return None
     with closing(open_state_store(state_dir, config.state.redis_url)) as store:
         doc = store.get(guardian_state_key(scope))
     return None if doc is None else GuardianState.from_dict(doc)

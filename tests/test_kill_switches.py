@@ -254,7 +254,7 @@ def test_ray_restarts_a_killed_guardian_in_the_same_state_and_it_approves_nothin
     assert restored == [None, "HALTED"]
 
 
-def test_intent_strategy_defaults_are_what_the_readme_says() -> None:
+def test_intent_strategy_defaults_are_what_the_readme_says(tmp_path) -> None:
     cfg = Config()
     assert cfg.risk.flatten_on_halt and cfg.risk.review_after_losses == 3
     assert msgspec.structs.asdict(Constitution()) == {
@@ -269,7 +269,9 @@ def test_intent_strategy_defaults_are_what_the_readme_says() -> None:
         ),
     }
     assert isinstance(OrderIntent, type)
-    assert load_guardian_state(cfg, "nowhere", "run/none") is None
+    nowhere = tmp_path / "nowhere"
+    assert load_guardian_state(cfg, nowhere, "run/none") is None
+    assert not nowhere.exists()
 
 
 def test_guardian_state_can_live_in_redis(tmp_path, redis_url: str) -> None:
