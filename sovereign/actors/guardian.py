@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from operator import itemgetter
 
 import msgspec
 import numpy as np
@@ -60,12 +61,28 @@ from sovereign.messages import (
     SessionStarted,
     SubmitOrder,
     TradeClosed,
+    TradesClosed,
     TradingStateChanged,
 )
 
 
 def guardian_state_key(scope: str) -> str:
     return f"guardian/{scope}"
+
+
+def _closed_rows(msg: TradeClosed | TradesClosed) -> list[tuple[int, float, str, str]]:
+    """(exit time, P&L, trade id, message id) of each trade a message closes."""
+    if isinstance(msg, TradeClosed):
+        return [(msg.ts_event, msg.pnl, msg.trade_id, msg.msg_id)]
+    return list(
+        zip(
+            msg.exit_ts.to_numpy().tolist(),
+            msg.pnl.to_numpy().tolist(),
+            msg.trade_id,
+            msg.msg_ids,
+            strict=True,
+        )
+    )
 
 
 class GuardianActor(Actor):
@@ -80,6 +97,7 @@ class GuardianActor(Actor):
             OrderCanceled,
             OrderRejected,
             TradeClosed,
+            TradesClosed,
             CancelOrder,
             ModificationProposal,
             RuleSetSnapshot,
@@ -158,7 +176,8 @@ class GuardianActor(Actor):
         out: list[Message] = []
         intents: list[OrderIntent] = []
         chunk_intents: list[IntentChunk] = []
-        closed: list[TradeClosed] = []
+        # (exit time, P&L, trade id, message id) of each closed trade.
+        closed: list[tuple[int, float, str, str]] = []
         for msg in messages:
             match msg:
                 case OrderIntent():
@@ -176,8 +195,8 @@ class GuardianActor(Actor):
                     | OrderRejected()
                 ):
                     out.extend(self._on_broker_event(msg))
-                case TradeClosed():
-                    closed.append(msg)
+                case TradeClosed() | TradesClosed():
+                    closed.extend(_closed_rows(msg))
                 case CancelOrder():
                     out.append(msg)  # cancels only reduce risk; pass them to the gateway
                 case ModificationProposal():
@@ -195,9 +214,9 @@ class GuardianActor(Actor):
         # Closed trades count towards losing streaks in the order they closed: a step's
         # come in shard order, a committed chunk's (many bar times) are put in time order,
         # shard order kept within a bar time, as its bars one at a time would bring them.
-        closed.sort(key=lambda t: t.ts_event)
-        for trade in closed:
-            out.extend(self._on_trade_closed(trade))
+        closed.sort(key=itemgetter(0))
+        for ts, pnl, trade_id, msg_id in closed:
+            out.extend(self._on_trade_closed(ts, pnl, trade_id, msg_id))
         # Exits first (they free room), then by symbol: the decision order, and so the
         # trades, do not depend on how symbols are dealt to shards.
         intents.sort(key=lambda m: (m.purpose != "CLOSE", m.symbol, m.intent_id))
@@ -385,14 +404,14 @@ class GuardianActor(Actor):
             self.count("flatten_orders")
         return out
 
-    def _on_trade_closed(self, msg: TradeClosed) -> list[Message]:
+    def _on_trade_closed(self, ts: int, pnl: float, trade_id: str, msg_id: str) -> list[Message]:
         if self.machine is None:
             return []
-        if msg.pnl < 0:
-            self.recent_losses.append(msg.trade_id)
+        if pnl < 0:
+            self.recent_losses.append(trade_id)
         else:
             self.recent_losses.clear()
-        if not self.machine.on_trade_closed(msg.pnl):
+        if not self.machine.on_trade_closed(pnl):
             return []
         losses, self.recent_losses = self.recent_losses, []
         self.count("rule_evaluations_requested")
@@ -400,9 +419,9 @@ class GuardianActor(Actor):
         return [
             RuleEvaluationRequested(
                 msg_id=self.ids.next(),
-                ts_event=msg.ts_event,
-                ts_init=msg.ts_event,
-                correlation_id=msg.msg_id,
+                ts_event=ts,
+                ts_init=ts,
+                correlation_id=msg_id,
                 reason=f"{len(losses)} consecutive losing trades",
                 consecutive_losses=len(losses),
                 trade_ids=losses,

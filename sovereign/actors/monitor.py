@@ -17,6 +17,7 @@ from sovereign.messages import (
     RiskVerdict,
     SessionEnded,
     TradeClosed,
+    TradesClosed,
 )
 
 
@@ -27,6 +28,7 @@ class MonitorActor(Actor):
             AccountSnapshot,
             OrderFilled,
             TradeClosed,
+            TradesClosed,
             RiskVerdict,
             OrderRejected,
             SessionEnded,
@@ -58,6 +60,16 @@ class MonitorActor(Actor):
                 case TradeClosed():
                     self.count("trades_closed")
                     self.count("winning_trades" if msg.pnl > 0 else "losing_trades")
+                case TradesClosed():
+                    # Counted as one trade at a time would be (no key for a zero).
+                    wins = int((msg.pnl.to_numpy() > 0).sum())
+                    for key, n in (
+                        ("trades_closed", len(msg)),
+                        ("winning_trades", wins),
+                        ("losing_trades", len(msg) - wins),
+                    ):
+                        if n:
+                            self.count(key, n)
                 case RiskVerdict():
                     self.count("intents_approved" if msg.approved else "intents_denied")
                 case OrderRejected():

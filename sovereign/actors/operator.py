@@ -34,6 +34,7 @@ from sovereign.messages import (
     SessionEnded,
     SessionStarted,
     TradeClosed,
+    TradesClosed,
 )
 
 SUMMARY_WINDOW_DAYS = 30
@@ -83,6 +84,7 @@ class OperatorActor(Actor):
             Notification,
             RuleEvaluationRequested,
             TradeClosed,
+            TradesClosed,
             OrderFilled,
             OrderRejected,
             RegimeUpdate,
@@ -147,11 +149,8 @@ class OperatorActor(Actor):
                             ", ".join(msg.trade_ids),
                         )
                     )
-                case TradeClosed():
-                    if self.daily_summary:
-                        self._tally(msg)
-                    if self.notify_trades:
-                        out.append(self._trade(msg))
+                case TradeClosed() | TradesClosed():
+                    out.extend(self._on_closed(msg))
                 case OrderFilled() if self.notify_fills:
                     out.append(
                         self._note(
@@ -272,15 +271,28 @@ class OperatorActor(Actor):
                 self._point_equity.popleft()
             self._dropped = first
 
-    def _tally(self, t: TradeClosed) -> None:
-        key = session_date(t.exit_ts)
-        day = self._trades.get(key)
-        if day is None:
-            day = self._trades[key] = _DayTrades()
-        day.trades += 1
-        if t.pnl > 0:
-            day.wins += 1
-        day.pnl += t.pnl
+    def _on_closed(self, msg: TradeClosed | TradesClosed) -> list[Notification]:
+        """Count closed trades into their day's summary and tell of each if asked."""
+        if self.daily_summary:
+            if isinstance(msg, TradeClosed):
+                self._tally([msg.exit_ts], [msg.pnl])
+            else:
+                self._tally(msg.exit_ts.to_numpy().tolist(), msg.pnl.to_numpy().tolist())
+        if not self.notify_trades:
+            return []
+        trades = [msg] if isinstance(msg, TradeClosed) else msg.trades()
+        return [self._trade(t) for t in trades]
+
+    def _tally(self, exit_ts: list[int], pnls: list[float]) -> None:
+        for ts, pnl in zip(exit_ts, pnls, strict=True):
+            key = session_date(ts)
+            day = self._trades.get(key)
+            if day is None:
+                day = self._trades[key] = _DayTrades()
+            day.trades += 1
+            if pnl > 0:
+                day.wins += 1
+            day.pnl += pnl
 
     def _summary(self, now: int, *, complete: bool) -> DailySummary:
         """The summary of ``self._day``, whose last point is the newest one held."""

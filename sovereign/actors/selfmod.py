@@ -28,6 +28,7 @@ from sovereign.messages import (
     SessionEnded,
     SessionStarted,
     TradeClosed,
+    TradesClosed,
 )
 
 
@@ -37,6 +38,7 @@ class SelfModActor(Actor):
         {
             SessionStarted,
             TradeClosed,
+            TradesClosed,
             AccountSnapshot,
             RuleEvaluationRequested,
             ModificationDecision,
@@ -87,6 +89,9 @@ class SelfModActor(Actor):
                     out.append(self._snapshot(""))
                 case TradeClosed():
                     self.engine.on_trade(msg)
+                case TradesClosed():
+                    for trade in msg.trades():
+                        self.engine.on_trade(trade)
                 case AccountSnapshot():
                     self.now = msg.ts_event
                     out.extend(self._on_session(msg.session_date))

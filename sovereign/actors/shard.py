@@ -20,9 +20,10 @@ from sovereign.core.chunks import (
     ChunkBars,
     ChunkOutcome,
     ChunkUnsupportedError,
+    ClosedColumns,
     breakout_chunk,
     checkpoint,
-    commit_outcome,
+    commit_trades,
     restore,
     strategy_state_names,
 )
@@ -51,6 +52,7 @@ from sovereign.messages import (
     SessionStarted,
     ShardReport,
     TradeClosed,
+    TradesClosed,
 )
 
 BACKTEST_BATCH = 4_096
@@ -112,7 +114,7 @@ class ShardActor(Actor):
 
     def receive(self, messages: list[Message]) -> list[Message]:
         out: list[Message] = []
-        closed: list[ClosedTrade] = []
+        closed: list[ClosedTrade | ClosedColumns] = []
         for msg in messages:
             match msg:
                 case BarChunk() | ChunkVerdict() | ChunkExecution():
@@ -136,7 +138,10 @@ class ShardActor(Actor):
                 case _:
                     pass
         for trade in closed:
-            out.append(self._trade_message(trade))
+            if isinstance(trade, ClosedColumns):
+                out.append(self._trades_message(trade))
+            else:
+                out.append(self._trade_message(trade))
         if closed and self.store is not None:
             # Paper and live: one transaction per step that closed trades, so nothing
             # older than a step is lost if the process dies. A backtest can be replayed,
@@ -195,7 +200,7 @@ class ShardActor(Actor):
         self,
         msg: BarChunk | ChunkVerdict | ChunkExecution,
         messages: list[Message],
-        closed: list[ClosedTrade],
+        closed: list[ClosedTrade | ClosedColumns],
     ) -> list[Message]:
         if isinstance(msg, ChunkExecution):
             return []  # read with the verdict that follows it
@@ -283,7 +288,7 @@ class ShardActor(Actor):
 
     def _settle_chunk(
         self, verdict: ChunkVerdict, executed: ChunkExecution | None
-    ) -> list[ClosedTrade]:
+    ) -> list[ClosedColumns]:
         """Commit the speculative chunk (its closed trades, with the commissions the broker
         charged, go to trade memory) or go back to the state before it."""
         held, self._chunk = self._chunk, None
@@ -314,7 +319,8 @@ class ShardActor(Actor):
                     return charged.get((j, seq), 0.0)
 
         self.count("chunks_committed")
-        return commit_outcome(self.strategy, outcome, fee)
+        trades = commit_trades(self.strategy, outcome, fee)
+        return [trades] if len(trades) else []
 
     def _restore(self, saved: dict[str, object]) -> None:
         state = dict(saved)
@@ -465,6 +471,39 @@ class ShardActor(Actor):
             )
         self.intents += len(exits) + len(entries)
         return out
+
+    def _trades_message(self, t: ClosedColumns) -> TradesClosed:
+        """A chunk's closed trades in one message; each row keeps the id its own
+        ``TradeClosed`` would have had."""
+        ids = self.ids.take(len(t))
+        last = int(t.exit_ts.max())
+        msg = TradesClosed(
+            msg_id=self.ids.next(),
+            ts_event=last,
+            ts_init=last,
+            shard=self.index,
+            msg_ids=ids,
+            trade_id=t.trade_id,
+            symbol=t.symbol,
+            side=["LONG"] * len(t),
+            quantity=NDArray.from_numpy(t.quantity),
+            entry_ts=NDArray.from_numpy(t.entry_ts),
+            exit_ts=NDArray.from_numpy(t.exit_ts),
+            entry_price=NDArray.from_numpy(t.entry_price),
+            exit_price=NDArray.from_numpy(t.exit_price),
+            pnl=NDArray.from_numpy(t.pnl),
+            commission=NDArray.from_numpy(t.commission),
+            return_pct=NDArray.from_numpy(t.return_pct),
+            bars_held=NDArray.from_numpy(t.bars_held),
+            exit_reason=t.exit_reason,
+            regime=t.regime,
+            confidence=NDArray.from_numpy(t.confidence),
+            features=t.features,
+        )
+        self.trades_closed += len(t)
+        if self.store is not None:
+            self.store.add_many(msg, self.run_id)
+        return msg
 
     def _trade_message(self, t: ClosedTrade) -> TradeClosed:
         msg = TradeClosed(

@@ -858,92 +858,135 @@ def strategy_state_names() -> tuple[str, ...]:
     )
 
 
-def commit_outcome(
+@dataclass(slots=True)
+class ClosedColumns:
+    """A committed chunk's closed trades as columns, row ``i`` the ``ClosedTrade`` that
+    ``records()[i]`` gives (same fields, same arithmetic), in the order their fills closed
+    them."""
+
+    trade_id: list[str]
+    symbol: list[str]
+    quantity: np.ndarray  # int64
+    entry_ts: np.ndarray  # int64
+    exit_ts: np.ndarray  # int64
+    entry_price: np.ndarray  # float64
+    exit_price: np.ndarray
+    pnl: np.ndarray
+    commission: np.ndarray
+    return_pct: np.ndarray
+    bars_held: np.ndarray  # int64
+    exit_reason: list[str]
+    regime: list[str]
+    confidence: np.ndarray  # float64
+    features: list[dict[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.trade_id)
+
+    def records(self) -> list[Any]:
+        from sovereign.core.signals import ClosedTrade
+
+        return [
+            ClosedTrade(*row)
+            for row in zip(
+                self.trade_id,
+                self.symbol,
+                self.quantity.tolist(),
+                self.entry_ts.tolist(),
+                self.exit_ts.tolist(),
+                self.entry_price.tolist(),
+                self.exit_price.tolist(),
+                self.pnl.tolist(),
+                self.commission.tolist(),
+                self.return_pct.tolist(),
+                self.bars_held.tolist(),
+                self.exit_reason,
+                self.regime,
+                self.confidence.tolist(),
+                self.features,
+                strict=True,
+            )
+        ]
+
+
+_REGIME_LABELS = np.array([*REGIME_NAMES, "Unknown"], dtype=object)
+
+
+def commit_trades(
     st: Any, outcome: ChunkOutcome, commission: Callable[[int, int], float] | None = None
-) -> list[Any]:
+) -> ClosedColumns:
     """Book what a chunk left for its commit: the commissions of its fills (by universe
     index and order seq; None: no commissions) and the losing streak. Returns the chunk's
-    closed trades as the strategy's ``ClosedTrade`` records, in the order their fills
-    closed them, with the strategy's own arithmetic."""
-    from sovereign.core.signals import ClosedTrade
-
+    closed trades as columns, in the order their fills closed them, each figure with the
+    strategy's own arithmetic (``ShardStrategy._close``: element by element, in the same
+    order of operations, so every value is the same to the last bit)."""
     if commission is not None:
         for j, seq in outcome.entries_filled.items():
             st.trades[j].commission += commission(j, seq)
     t = outcome.trades
-    symbols = st.universe.symbols
-    paid = t.commission.tolist()
-    if commission is not None:
-        for i, (j, e, x) in enumerate(
-            zip(t.index.tolist(), t.entry_seq.tolist(), t.exit_seq.tolist(), strict=True)
-        ):
+    if commission is None:
+        paid = t.commission.astype(np.float64)
+    else:
+        fees = t.commission.tolist()
+        columns = zip(t.index.tolist(), t.entry_seq.tolist(), t.exit_seq.tolist(), strict=True)
+        for i, (j, e, x) in enumerate(columns):
             if e:
-                paid[i] += commission(j, e)
-            paid[i] += commission(j, x)
-    out = []
-    streak = st.losing_streak
-    columns = zip(
-        t.index.tolist(),
-        t.entry_ts.tolist(),
-        t.exit_ts.tolist(),
-        t.quantity.tolist(),
-        t.entry_cost.tolist(),
-        t.exit_proceeds.tolist(),
-        t.bars_held.tolist(),
-        t.reason.tolist(),
-        t.entry_seq.tolist(),
-        t.regime.tolist(),
-        t.atr.tolist(),
-        t.atr_pct.tolist(),
-        paid,
-        strict=True,
-    )
-    for i, (
-        j,
-        entry_ts,
-        exit_ts,
-        q,
-        cost,
-        proceeds,
-        held,
-        why,
-        e,
-        code,
-        atr,
-        pct,
-        fee,
-    ) in enumerate(columns):
-        pnl = proceeds - cost - fee
-        streak = streak + 1 if pnl < 0 else 0
-        before = t.earlier.get(i)
-        if before is None:
-            trade_id, confidence = f"{symbols[j]}-{e}", 1.0
-            features: dict[str, Any] = {"atr": atr, "atr_pct": pct}
-            reason = EXIT_REASONS[why]
-        else:
-            trade_id, confidence, features = before.trade_id, before.confidence, before.features
-            reason = EXIT_REASONS[why] if why >= 0 else (before.exit_reason or "unknown")
-        out.append(
-            ClosedTrade(
-                trade_id=trade_id,
-                symbol=symbols[j],
-                quantity=q,
-                entry_ts=entry_ts,
-                exit_ts=exit_ts,
-                entry_price=cost / q,
-                exit_price=proceeds / q,
-                pnl=pnl,
-                commission=fee,
-                return_pct=pnl / cost if cost else 0.0,
-                bars_held=held,
-                exit_reason=reason,
-                regime=REGIME_NAMES[code] if 0 <= code < len(REGIME_NAMES) else "Unknown",
-                confidence=confidence,
-                features=features,
-            )
+                fees[i] += commission(j, e)
+            fees[i] += commission(j, x)
+        paid = np.array(fees, dtype=np.float64)
+    q, cost, proceeds = t.quantity.astype(np.int64), t.entry_cost, t.exit_proceeds
+    pnl = proceeds - cost - paid
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return_pct = np.where(cost != 0, pnl / cost, 0.0)
+        entry_price = cost / q
+        exit_price = proceeds / q
+    # The losing streak, as one trade after another would leave it.
+    gains = np.flatnonzero(~(pnl < 0))
+    m = int(pnl.size)
+    st.losing_streak = m - 1 - int(gains[-1]) if gains.size else st.losing_streak + m
+
+    why = t.reason.tolist()
+    codes = t.regime.astype(np.int64)
+    regime = _REGIME_LABELS[np.where((codes >= 0) & (codes < len(REGIME_NAMES)), codes, -1)]
+    names = st.universe.names[t.index]
+    trade_id = [f"{s}-{e}" for s, e in zip(names.tolist(), t.entry_seq.tolist(), strict=True)]
+    confidence = np.ones(m)
+    features: list[dict[str, Any]] = [
+        {"atr": a, "atr_pct": p} for a, p in zip(t.atr.tolist(), t.atr_pct.tolist(), strict=True)
+    ]
+    reason = [EXIT_REASONS[w] for w in why]
+    for i, before in t.earlier.items():
+        trade_id[i], confidence[i], features[i] = (
+            before.trade_id,
+            before.confidence,
+            before.features,
         )
-    st.losing_streak = streak
-    return out
+        if why[i] < 0:
+            reason[i] = before.exit_reason or "unknown"
+    return ClosedColumns(
+        trade_id=trade_id,
+        symbol=names.tolist(),
+        quantity=q,
+        entry_ts=t.entry_ts.astype(np.int64),
+        exit_ts=t.exit_ts.astype(np.int64),
+        entry_price=entry_price,
+        exit_price=exit_price,
+        pnl=pnl,
+        commission=paid,
+        return_pct=return_pct,
+        bars_held=t.bars_held.astype(np.int64),
+        exit_reason=reason,
+        regime=regime.tolist(),
+        confidence=confidence,
+        features=features,
+    )
+
+
+def commit_outcome(
+    st: Any, outcome: ChunkOutcome, commission: Callable[[int, int], float] | None = None
+) -> list[Any]:
+    """``commit_trades`` with the trades as the strategy's ``ClosedTrade`` records."""
+    return commit_trades(st, outcome, commission).records()
 
 
 __all__ = [
@@ -955,9 +998,11 @@ __all__ = [
     "ChunkOutcome",
     "ChunkTrades",
     "ChunkUnsupportedError",
+    "ClosedColumns",
     "breakout_chunk",
     "checkpoint",
     "commit_outcome",
+    "commit_trades",
     "restore",
     "strategy_state_names",
 ]

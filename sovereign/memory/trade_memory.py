@@ -28,7 +28,7 @@ from typing import Any, Literal, Self
 import msgspec
 import pandas as pd
 
-from sovereign.messages.account import FeatureValue, TradeClosed
+from sovereign.messages.account import FeatureValue, TradeClosed, TradesClosed
 
 SCHEMA_VERSION = 1
 """Stored in ``PRAGMA user_version``; bump it (and migrate) when the table changes."""
@@ -257,6 +257,17 @@ class ShardTradeStore:
         if len(self._buffer) >= self.batch_size:
             self.flush()
 
+    def add_many(self, trades: TradesClosed, run_id: str) -> None:
+        """Buffer a batch of closed trades (one row each, in order), as ``add`` would
+        one at a time."""
+        if self._conn is None:
+            raise RuntimeError(f"{self!r} is closed")
+        if not run_id:
+            raise ValueError("run_id must be a non-empty string")
+        self._buffer.extend(_to_rows(trades, run_id))
+        if len(self._buffer) >= self.batch_size:
+            self.flush()
+
     def flush(self) -> int:
         """Write the buffered trades in one transaction.
 
@@ -408,6 +419,36 @@ def _to_row(trade: TradeClosed, run_id: str) -> tuple[Any, ...]:
         float(trade.confidence),
         _FEATURES_ENCODER.encode(trade.features).decode(),
         trade.msg_id,
+    )
+
+
+def _to_rows(t: TradesClosed, run_id: str) -> list[tuple[Any, ...]]:
+    # ``tolist`` gives plain ints and floats, which is what sqlite3 binds.
+    m = len(t)
+    encode = _FEATURES_ENCODER.encode
+    return list(
+        zip(
+            itertools.repeat(run_id, m),
+            t.trade_id,
+            itertools.repeat(operator.index(t.shard), m),
+            t.symbol,
+            t.side,
+            t.quantity.to_numpy().tolist(),
+            t.entry_ts.to_numpy().tolist(),
+            t.exit_ts.to_numpy().tolist(),
+            t.entry_price.to_numpy().tolist(),
+            t.exit_price.to_numpy().tolist(),
+            t.pnl.to_numpy().tolist(),
+            t.commission.to_numpy().tolist(),
+            t.return_pct.to_numpy().tolist(),
+            t.bars_held.to_numpy().tolist(),
+            t.exit_reason,
+            t.regime,
+            t.confidence.to_numpy().tolist(),
+            [encode(f).decode() for f in t.features],
+            t.msg_ids,
+            strict=True,
+        )
     )
 
 

@@ -21,6 +21,7 @@ from sovereign.messages.account import (
     SessionStarted,
     ShardReport,
     TradeClosed,
+    TradesClosed,
     TradingStateChanged,
 )
 from sovereign.messages.base import IdSource, Message, MessageDecodeError, NDArray
@@ -73,6 +74,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     AccountSnapshot,
     PositionSnapshot,
     TradeClosed,
+    TradesClosed,
     Notification,
     DailySummary,
     SessionStarted,
@@ -141,6 +143,7 @@ __all__ = [
     "ShardReport",
     "SubmitOrder",
     "TradeClosed",
+    "TradesClosed",
     "TradingStateChanged",
     "regime_name",
 ]

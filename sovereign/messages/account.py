@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
+import numpy as np
 
 from sovereign.messages.base import Message, NDArray
 
@@ -62,6 +63,137 @@ class TradeClosed(Message, frozen=True, gc=False):
     regime: str
     confidence: float
     features: dict[str, FeatureValue] = msgspec.field(default_factory=dict)
+
+
+_TRADE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("quantity", "<i8"),
+    ("entry_ts", "<i8"),
+    ("exit_ts", "<i8"),
+    ("entry_price", "<f8"),
+    ("exit_price", "<f8"),
+    ("pnl", "<f8"),
+    ("commission", "<f8"),
+    ("return_pct", "<f8"),
+    ("bars_held", "<i8"),
+    ("confidence", "<f8"),
+)
+_TRADE_LISTS = ("msg_ids", "trade_id", "symbol", "side", "exit_reason", "regime", "features")
+
+
+class TradesClosed(Message, frozen=True, gc=False):
+    """Many round trips of one shard at once, as columns: a committed chunk's.
+
+    Row ``i`` is the ``TradeClosed`` that ``trades()[i]`` rebuilds, field for field
+    (``msg_ids[i]`` is its message id, its ``exit_ts`` its ``ts_event``), in the order the
+    shard closed them. A chunk closes thousands of trades, and one message per trade
+    cost more than everything else the chunk did; consumers that need a trade at a time
+    expand it, the others read the columns.
+    """
+
+    shard: int
+    msg_ids: list[str]
+    trade_id: list[str]
+    symbol: list[str]
+    side: list[Literal["LONG", "SHORT"]]
+    quantity: NDArray
+    entry_ts: NDArray
+    exit_ts: NDArray
+    entry_price: NDArray
+    exit_price: NDArray
+    pnl: NDArray
+    commission: NDArray
+    return_pct: NDArray
+    bars_held: NDArray
+    exit_reason: list[str]
+    regime: list[str]
+    confidence: NDArray
+    features: list[dict[str, FeatureValue]]
+
+    def __post_init__(self) -> None:
+        m = len(self.msg_ids)
+        for name in _TRADE_LISTS:
+            if len(getattr(self, name)) != m:
+                raise ValueError(
+                    f"TradesClosed.{name} has {len(getattr(self, name))} rows, not {m}"
+                )
+        for name, dtype in _TRADE_COLUMNS:
+            col: NDArray = getattr(self, name)
+            if col.dtype != dtype or col.shape != (m,):
+                raise ValueError(
+                    f"TradesClosed.{name} must be {dtype} with shape ({m},), "
+                    f"got {col.dtype} {col.shape}"
+                )
+
+    def __len__(self) -> int:
+        return len(self.msg_ids)
+
+    @classmethod
+    def of(cls, trades: list[TradeClosed], *, msg_id: str, shard: int) -> TradesClosed:
+        """The columns of one shard's ``trades`` (``ts_event``: the last exit)."""
+        last = max((t.exit_ts for t in trades), default=0)
+        columns = {
+            name: NDArray.from_numpy(np.array([getattr(t, name) for t in trades], dtype=dtype))
+            for name, dtype in _TRADE_COLUMNS
+        }
+        lists = {name: [getattr(t, name) for t in trades] for name in _TRADE_LISTS[1:]}
+        return cls(
+            msg_id=msg_id,
+            ts_event=last,
+            ts_init=last,
+            shard=shard,
+            msg_ids=[t.msg_id for t in trades],
+            **lists,
+            **columns,
+        )
+
+    def trades(self) -> list[TradeClosed]:
+        """One ``TradeClosed`` per row."""
+        cols = [getattr(self, name).to_numpy().tolist() for name, _ in _TRADE_COLUMNS]
+        out = []
+        for (
+            msg_id,
+            trade_id,
+            symbol,
+            side,
+            reason,
+            regime,
+            features,
+            quantity,
+            entry_ts,
+            exit_ts,
+            entry_price,
+            exit_price,
+            pnl,
+            commission,
+            return_pct,
+            bars_held,
+            confidence,
+        ) in zip(*(getattr(self, name) for name in _TRADE_LISTS), *cols, strict=True):
+            out.append(
+                TradeClosed(
+                    msg_id=msg_id,
+                    ts_event=exit_ts,
+                    ts_init=exit_ts,
+                    trade_id=trade_id,
+                    shard=self.shard,
+                    symbol=symbol,
+                    side=side,
+                    quantity=quantity,
+                    entry_ts=entry_ts,
+                    exit_ts=exit_ts,
+                    entry_price=entry_price,
+                    exit_price=exit_price,
+                    pnl=pnl,
+                    commission=commission,
+                    return_pct=return_pct,
+                    bars_held=bars_held,
+                    exit_reason=reason,
+                    regime=regime,
+                    confidence=confidence,
+                    features=features,
+                )
+            )
+        return out
 
 
 class Notification(Message, frozen=True, gc=False):

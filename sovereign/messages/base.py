@@ -120,3 +120,9 @@ class IdSource:
     def next(self) -> str:
         self.n += 1
         return f"{self.prefix}:{self.n}"
+
+    def take(self, count: int) -> list[str]:
+        """The next ``count`` ids, as ``count`` calls of ``next`` would give them."""
+        first, prefix = self.n + 1, self.prefix
+        self.n += count
+        return [f"{prefix}:{n}" for n in range(first, self.n + 1)]

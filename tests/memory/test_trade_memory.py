@@ -19,7 +19,7 @@ from sovereign.memory.trade_memory import (
     TradeRecord,
     shard_path,
 )
-from sovereign.messages import Message, TradeClosed
+from sovereign.messages import Message, TradeClosed, TradesClosed
 
 DAY_NS = 86_400 * 1_000_000_000
 T0 = 1_704_205_800 * 1_000_000_000  # 2024-01-02 14:30 UTC
@@ -346,3 +346,26 @@ def test_a_write_behind_failure_is_raised_to_the_owner_and_nothing_is_lost(tmp_p
         store.flush()
     with pytest.raises(TradeMemoryWriteError):
         store.close()
+
+
+def test_a_batch_of_trades_is_stored_as_the_same_trades_one_by_one(tmp_path: Path) -> None:
+    trades = [
+        make_trade(f"T{i}", f"S{i % 7}", DAY_NS * (i + 1), pnl=float(i % 5 - 2)) for i in range(300)
+    ]
+    trades[3] = msgspec.structs.replace(trades[3], features={"atr": 2.0, "note": None, "n": 3})
+    one = ShardTradeStore(shard_path(tmp_path / "a", 0), 0, batch_size=64)
+    many = ShardTradeStore(shard_path(tmp_path / "b", 0), 0, batch_size=64, write_behind=True)
+    for t in trades:
+        one.add(t, "run")
+    many.add_many(TradesClosed.of(trades[:250], msg_id="shard-0:x", shard=0), "run")
+    many.add_many(TradesClosed.of(trades[250:], msg_id="shard-0:y", shard=0), "run")
+    for store in (one, many):
+        store.flush()
+        store.sync()
+        store.close()
+    a = TradeMemory(tmp_path / "a").query()
+    assert TradeMemory(tmp_path / "b").query() == a and len(a) == 300
+    with pytest.raises(ValueError, match="run_id"):
+        ShardTradeStore(shard_path(tmp_path / "c", 0), 0).add_many(
+            TradesClosed.of(trades[:1], msg_id="m", shard=0), ""
+        )

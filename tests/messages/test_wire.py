@@ -32,6 +32,8 @@ from sovereign.messages import (
     RuleSetSnapshot,
     SessionStarted,
     SubmitOrder,
+    TradeClosed,
+    TradesClosed,
 )
 from tests.strategies import rule, rules
 
@@ -155,6 +157,36 @@ def intent_chunks(draw: st.DrawFn) -> IntentChunk:
 
 
 @st.composite
+def trades_closed(draw: st.DrawFn) -> TradesClosed:
+    m = draw(st.integers(0, 5))
+    rows = lambda strategy: draw(st.lists(strategy, min_size=m, max_size=m))  # noqa: E731
+    feature = st.none() | st.booleans() | i64 | finite | text
+    return TradesClosed(
+        **{key: draw(v) for key, v in envelope().items()},
+        shard=draw(st.integers(0, 64)),
+        msg_ids=rows(text),
+        trade_id=rows(text),
+        symbol=rows(symbols),
+        side=rows(st.sampled_from(["LONG", "SHORT"])),
+        **{c: draw(arrays("<i8", (m,))) for c in ("quantity", "entry_ts", "exit_ts", "bars_held")},
+        **{
+            c: draw(arrays("<f8", (m,)))
+            for c in (
+                "entry_price",
+                "exit_price",
+                "pnl",
+                "commission",
+                "return_pct",
+                "confidence",
+            )
+        },
+        exit_reason=rows(text),
+        regime=rows(text),
+        features=rows(st.dictionaries(text, feature, max_size=3)),
+    )
+
+
+@st.composite
 def approved_chunks(draw: st.DrawFn) -> ApprovedChunk:
     m = draw(st.integers(0, 5))
     return ApprovedChunk(
@@ -248,6 +280,7 @@ SPECIAL: dict[type, st.SearchStrategy[Message]] = {
     BarBatch: bar_batches(),
     BarChunk: bar_chunks(),
     IntentChunk: intent_chunks(),
+    TradesClosed: trades_closed(),
     ApprovedChunk: approved_chunks(),
     ChunkExecution: chunk_executions(),
     RegimeUpdate: regime_updates(),
@@ -409,6 +442,46 @@ def test_truncated_column_is_refused() -> None:
     raw = msgspec.msgpack.decode(WIRE.encode(batch))
     raw["close"][2] = raw["close"][2][:-1]  # one byte short of two float64s
     with pytest.raises(MessageDecodeError, match="need 16"):
+        WIRE.decode(msgspec.msgpack.encode(raw))
+
+
+def test_a_batch_of_closed_trades_is_its_trades_and_its_columns_must_agree() -> None:
+    trades = [
+        TradeClosed(
+            msg_id=f"shard-1:{i}",
+            ts_event=100 + i,
+            ts_init=100 + i,
+            trade_id=f"SYM{i}-1",
+            shard=1,
+            symbol=f"SYM{i}",
+            side="LONG",
+            quantity=100,
+            entry_ts=50,
+            exit_ts=100 + i,
+            entry_price=10.0,
+            exit_price=10.0 + i,
+            pnl=100.0 * i,
+            commission=0.0,
+            return_pct=0.1 * i,
+            bars_held=i,
+            exit_reason="stop",
+            regime="Ranging",
+            confidence=1.0,
+            features={"atr": 0.5 * i, "atr_pct": None},
+        )
+        for i in range(3)
+    ]
+    batch = TradesClosed.of(trades, msg_id="shard-1:4", shard=1)
+    assert len(batch) == 3 and batch.ts_event == 102
+    assert WIRE.decode(WIRE.encode(batch)).trades() == trades
+    assert TradesClosed.of([], msg_id="e", shard=0).trades() == []
+    raw = msgspec.msgpack.decode(WIRE.encode(batch))
+    raw["trade_id"] = raw["trade_id"][:2]  # a row short
+    with pytest.raises(MessageDecodeError, match="trade_id"):
+        WIRE.decode(msgspec.msgpack.encode(raw))
+    raw = msgspec.msgpack.decode(WIRE.encode(batch))
+    raw["pnl"] = NDArray.from_numpy(np.zeros(3, dtype="<i8"))  # the wrong dtype
+    with pytest.raises(MessageDecodeError, match="pnl"):
         WIRE.decode(msgspec.msgpack.encode(raw))
 
 
