@@ -26,6 +26,7 @@ from sovereign.messages import BookOrder, IdSource, OrderFilled
 
 if TYPE_CHECKING:
     from sovereign.brokers.sim import SimBroker, _Working
+    from sovereign.core.portfolio import Portfolio
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,19 +326,148 @@ def commit(broker: SimBroker, spec: Speculation, ids: IdSource) -> list[OrderFil
     m = spec.market
     assert m is not None
     p = broker.portfolio
-    symbols = m.symbols
     events: list[OrderFilled] = []
     started = {w.order.order_id: w for w in spec.started}
-    for col, bar, buy, qty, price, fee, marked, order_id in zip(
-        spec.fill_col.tolist(),
-        spec.fill_bar.tolist(),
-        spec.fill_buy.tolist(),
-        spec.fill_qty.tolist(),
-        spec.fill_price.tolist(),
-        spec.fill_commission.tolist(),
-        spec.fill_marked.tolist(),
-        spec.fill_order,
-        strict=True,
+    if _book_whole_trades(p, spec, m):
+        for i, order_id in enumerate(spec.fill_order):
+            w = started.pop(order_id, None)
+            if w is not None:
+                events.append(_started_fill(broker, spec, m, ids, w, i))
+    else:
+        _book_one_by_one(p, spec, m, started, broker, ids, events)
+    last = m.close[-1]
+    for symbol, pos in p.open.items():
+        pos.market_price = float(last[m.column[symbol]])
+    broker.counters["fills"] += int(spec.fill_col.size)
+    broker.counters["uncapped_unknown_volume"] += spec.unknown_volume
+    broker.last_ts = max(broker.last_ts, int(m.ts[-1]))
+    return events
+
+
+def _started_fill(
+    broker: SimBroker, spec: Speculation, m: ChunkMarket, ids: IdSource, w: _Working, i: int
+) -> OrderFilled:
+    """The fill event of an order that was working before the chunk (fill ``i``)."""
+    bar, qty = int(spec.fill_bar[i]), int(spec.fill_qty[i])
+    price, fee = float(spec.fill_price[i]), float(spec.fill_commission[i])
+    order_id = w.order.order_id
+    del broker._working[order_id]
+    w.filled += qty
+    w.executions += 1
+    w.commission += fee
+    order = w.order
+    about = _about(ids, order, int(m.ts_event[bar]))
+    about["ts_event"] = int(m.ts[bar])  # as bar by bar: the bar's start
+    return OrderFilled(
+        **about,
+        execution_id=f"{order_id}/E{w.executions}",
+        side=order.side,
+        quantity=qty,
+        price=price,
+        commission=fee,
+        cum_quantity=w.filled,
+        leaves_quantity=order.quantity - w.filled,
+        purpose=order.purpose,
+        liquidity="SIM",
+    )
+
+
+def _book_whole_trades(p: Portfolio, spec: Speculation, m: ChunkMarket) -> bool:
+    """Book every fill at once when each one opens a long position from flat or sells a
+    whole one (what a fixed-quantity long strategy does): the account and every position
+    end exactly, bit for bit, as ``Portfolio.apply_fill`` one fill at a time leaves them
+    (same operations in the same order: the running sums are ``accumulate``s and
+    ``add.at``, which go element by element). False, with nothing booked, otherwise."""
+    col, qty, price, fee = spec.fill_col, spec.fill_qty, spec.fill_price, spec.fill_commission
+    buy, marked = spec.fill_buy, spec.fill_marked
+    k = int(col.size)
+    if not k:
+        return True
+    if not ((qty > 0).all() and np.isfinite(price).all() and (price > 0).all()):
+        return False  # let apply_fill refuse it, as it would one by one
+    symbols = m.symbols
+    signed = np.where(buy, qty, -qty)
+    by = np.lexsort((np.arange(k), col))  # by symbol, each symbol's fills in order
+    col_by = col[by]
+    first = np.r_[True, col_by[1:] != col_by[:-1]]
+    last = np.r_[col_by[1:] != col_by[:-1], True]
+    group = np.cumsum(first) - 1
+    names = [symbols[c] for c in col_by[first].tolist()]
+    held = [p.positions.get(s) for s in names]
+    start = np.array([0 if h is None else h.quantity for h in held], dtype=np.int64)
+    run = np.cumsum(signed[by])
+    before_by = start[group] + run - signed[by] - (run - signed[by])[first][group]
+    before = np.empty(k, np.int64)
+    before[by] = before_by
+    # Opens from flat at a bar that began flat; sales of everything, at a bar that began
+    # with it held (so the position was marked at that bar's open, as one by one).
+    whole = np.where(buy, (before == 0) & ~marked, (before == qty) & marked)
+    if not whole.all():
+        return False
+    opened = (price * qty) / qty  # apply_fill's average price, opening from flat
+    base_avg = np.array([0.0 if h is None else h.avg_price for h in held])
+    prior = np.r_[0, np.arange(k - 1)]
+    avg_by = np.where(first, base_avg[group], opened[by][prior])
+    realized = np.zeros(k)
+    realized[by] = np.where(buy[by], 0.0, (price[by] - avg_by) * qty[by])
+    p.realized_pnl = float(np.add.accumulate(np.r_[p.realized_pnl, realized])[-1])
+    p.cash = float(np.subtract.accumulate(np.r_[p.cash, signed * price + fee])[-1])
+    p.commissions = float(np.add.accumulate(np.r_[p.commissions, fee])[-1])
+    per_symbol = np.array([0.0 if h is None else h.realized_pnl for h in held])
+    np.add.at(per_symbol, group, realized[by])
+
+    # New positions appear in the order of their first fills; a position that ends open
+    # was (re)opened by its last fill, and sits in ``open`` in that order.
+    first_fill = by[first]
+    last_fill = by[last]
+    for g in np.argsort(first_fill, kind="stable").tolist():
+        if held[g] is None:
+            held[g] = p.position(names[g])
+    ends_open = buy[last_fill]
+    for g, pos in enumerate(held):
+        assert pos is not None
+        p.open.pop(pos.symbol, None)
+        pos.realized_pnl = float(per_symbol[g])
+    bars = spec.fill_bar[last_fill]
+    cols = col_by[last]
+    for g in np.argsort(last_fill, kind="stable").tolist():
+        pos = held[g]
+        assert pos is not None
+        i = int(last_fill[g])
+        if ends_open[g]:
+            pos.quantity, pos.avg_price = int(qty[i]), float(opened[i])
+            if not np.isfinite(pos.market_price):
+                pos.market_price = float(price[i])
+            p.open[pos.symbol] = pos
+        else:
+            pos.quantity, pos.avg_price = 0, 0.0
+            pos.market_price = float(m.open[bars[g], cols[g]])
+    return True
+
+
+def _book_one_by_one(
+    p: Portfolio,
+    spec: Speculation,
+    m: ChunkMarket,
+    started: dict[str, _Working],
+    broker: SimBroker,
+    ids: IdSource,
+    events: list[OrderFilled],
+) -> None:
+    """Book the fills one at a time (any mix of fills)."""
+    symbols = m.symbols
+    for i, (col, bar, buy, qty, price, fee, marked, order_id) in enumerate(
+        zip(
+            spec.fill_col.tolist(),
+            spec.fill_bar.tolist(),
+            spec.fill_buy.tolist(),
+            spec.fill_qty.tolist(),
+            spec.fill_price.tolist(),
+            spec.fill_commission.tolist(),
+            spec.fill_marked.tolist(),
+            spec.fill_order,
+            strict=True,
+        )
     ):
         symbol = symbols[col]
         if marked:
@@ -346,31 +476,4 @@ def commit(broker: SimBroker, spec: Speculation, ids: IdSource) -> list[OrderFil
         p.apply_fill(symbol, "BUY" if buy else "SELL", qty, price, fee)
         w = started.pop(order_id, None)
         if w is not None:
-            del broker._working[order_id]
-            w.filled += qty
-            w.executions += 1
-            w.commission += fee
-            order = w.order
-            about = _about(ids, order, int(m.ts_event[bar]))
-            about["ts_event"] = int(m.ts[bar])  # as bar by bar: the bar's start
-            events.append(
-                OrderFilled(
-                    **about,
-                    execution_id=f"{order_id}/E{w.executions}",
-                    side=order.side,
-                    quantity=qty,
-                    price=price,
-                    commission=fee,
-                    cum_quantity=w.filled,
-                    leaves_quantity=order.quantity - w.filled,
-                    purpose=order.purpose,
-                    liquidity="SIM",
-                )
-            )
-    last = m.close[-1]
-    for symbol, pos in p.open.items():
-        pos.market_price = float(last[m.column[symbol]])
-    broker.counters["fills"] += int(spec.fill_col.size)
-    broker.counters["uncapped_unknown_volume"] += spec.unknown_volume
-    broker.last_ts = max(broker.last_ts, int(m.ts[-1]))
-    return events
+            events.append(_started_fill(broker, spec, m, ids, w, i))

@@ -1,0 +1,122 @@
+"""Booking a committed chunk's fills at once leaves the account exactly as one by one."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sovereign.brokers import sim_chunk
+from sovereign.brokers.sim import SimBroker
+from sovereign.brokers.sim_chunk import ChunkMarket, Speculation
+from sovereign.config import SimConfig
+from sovereign.messages import IdSource
+
+SYMBOLS = ["AAA", "BBB", "CCC", "DDD"]
+K = 6
+cents = st.integers(1_000, 20_000).map(lambda c: c / 100)
+
+
+def market(draw: st.DrawFn) -> ChunkMarket:
+    prices = np.array(draw(st.lists(cents, min_size=K * 4, max_size=K * 4))).reshape(K, 4)
+    ts = np.arange(K, dtype=np.int64) * 60_000_000_000
+    return ChunkMarket(
+        ts=ts,
+        ts_event=ts + 60_000_000_000,
+        symbols=SYMBOLS,
+        open=prices,
+        high=prices * 1.01,
+        low=prices * 0.99,
+        close=prices * 1.001,
+        volume=np.full((K, 4), 1e6),
+        column={s: j for j, s in enumerate(SYMBOLS)},
+        shard_of=np.zeros(4, dtype=np.int64),
+    )
+
+
+@st.composite
+def chunks(draw: st.DrawFn) -> tuple[SimBroker, Speculation, bool]:
+    """A broker holding some positions (and some it held and sold) and a chunk of fills:
+    whole trades (a long opened from flat, a whole position sold), or, when the last
+    value says so, now and then a partial sale or an addition."""
+    m = market(draw)
+    broker = SimBroker(SimConfig(), 1_000_000.0)
+    p = broker.portfolio
+    position = dict.fromkeys(range(4), 0)
+    for j in draw(st.lists(st.integers(0, 3), unique=True, max_size=4)):
+        q = draw(st.integers(1, 300))
+        p.apply_fill(SYMBOLS[j], "BUY", q, draw(cents), draw(st.sampled_from([0.0, 1.0])))
+        position[j] = q
+        if draw(st.booleans()):  # held once, flat now
+            p.apply_fill(SYMBOLS[j], "SELL", q, draw(cents), 0.0)
+            position[j] = 0
+    mixed = draw(st.booleans())
+    whole = True
+    fills: list[tuple[int, int, bool, int, bool]] = []  # bar, col, buy, qty, marked
+    for bar in range(K):
+        start = dict(position)
+        for j in draw(st.lists(st.integers(0, 3), unique=True, max_size=4)):
+            if position[j] == 0:
+                buy, qty = True, draw(st.integers(1, 300))
+            elif mixed and draw(st.booleans()):
+                buy, qty = draw(st.booleans()), draw(st.integers(1, position[j]))
+                whole = whole and not buy and qty == position[j]
+            else:
+                buy, qty = False, position[j]
+            fills.append((bar, j, buy, qty, start[j] != 0))
+            position[j] += qty if buy else -qty
+    n = len(fills)
+    bar = np.array([f[0] for f in fills], dtype=np.int64)
+    col = np.array([f[1] for f in fills], dtype=np.int64)
+    fees = draw(st.lists(st.sampled_from([0.0, 1.0, 0.35]), min_size=n, max_size=n))
+    spec = Speculation(
+        fill_col=col,
+        fill_bar=bar,
+        fill_buy=np.array([f[2] for f in fills], dtype=bool),
+        fill_qty=np.array([f[3] for f in fills], dtype=np.int64),
+        fill_price=m.open[bar, col],
+        fill_commission=np.array(fees, dtype=np.float64),
+        fill_marked=np.array([f[4] for f in fills], dtype=bool),
+        fill_order=[f"X-{i}" for i in range(n)],
+        fill_shard=np.zeros(n, dtype=np.int64),
+        fill_seq=np.arange(n, dtype=np.int64),
+        market=m,
+    )
+    return broker, spec, whole
+
+
+def state(broker: SimBroker) -> tuple[object, ...]:
+    """Everything booked, floats to the bit, dicts in their order."""
+    p = broker.portfolio
+    return (
+        p.cash.hex(),
+        p.commissions.hex(),
+        p.realized_pnl.hex(),
+        [
+            (s, x.quantity, x.avg_price.hex(), x.realized_pnl.hex(), x.market_price.hex())
+            for s, x in p.positions.items()
+        ],
+        list(p.open),
+        dict(broker.counters),
+        broker.last_ts,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunks())
+def test_fills_booked_at_once_leave_the_account_as_one_by_one(case) -> None:
+    broker, spec, whole = case
+    one = copy.deepcopy(broker)
+    assert spec.market is not None
+    took = sim_chunk._book_whole_trades(copy.deepcopy(broker).portfolio, spec, spec.market)
+    assert took == whole
+    original = sim_chunk._book_whole_trades
+    try:
+        sim_chunk._book_whole_trades = lambda *a: False  # type: ignore[assignment]
+        sim_chunk.commit(one, spec, IdSource("sim"))
+    finally:
+        sim_chunk._book_whole_trades = original  # type: ignore[assignment]
+    sim_chunk.commit(broker, spec, IdSource("sim"))
+    assert state(broker) == state(one)
