@@ -8,13 +8,17 @@ the bench's ping job and by ``benchmarks/ray_flow.py``.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 PAYLOAD = b"x" * 256
 # Room for one actor-to-actor step to end before the next is sent (they take ~10 ms here).
 STEP_ROOM_S = 0.03
+# How long the CPU use of idle actors is sampled.
+IDLE_S = 2.0
 
 
 def stand_ins(ray: Any) -> tuple[Any, Any, list[Any]]:
@@ -27,6 +31,9 @@ def stand_ins(ray: Any) -> tuple[Any, Any, list[Any]]:
                 if isinstance(part, list):  # a Lenient input: fetched here
                     ray.get(part[0])
             return PAYLOAD
+
+        def pid(self) -> int:
+            return os.getpid()
 
     gateway, guardian = Stand.remote(), Stand.remote()  # type: ignore[attr-defined]
     shards = [Stand.remote() for _ in range(2)]  # type: ignore[attr-defined]
@@ -167,3 +174,66 @@ def pushed_step_latencies_us(ray: Any, steps: int, gap_s: float = 0.01) -> list[
     for actor in (gateway, guardian, *shards):
         ray.kill(actor)
     return [(arrived[s] - sent[s]) * 1e6 for s in range(warmup, steps + warmup) if s in arrived]
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) the processes have used so far (Linux ``/proc``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        # Fields after the command name: state is the first, utime the 12th, stime the 13th.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def idle_cores(pids: list[int], seconds: float = IDLE_S) -> float:
+    """Cores the processes keep busy while nobody calls them."""
+    before = _cpu_seconds(pids)
+    time.sleep(seconds)
+    return (_cpu_seconds(pids) - before) / seconds
+
+
+def compiled_step_flow(ray: Any, steps: int, gap_s: float) -> dict[str, Any]:
+    """The same do-nothing step flow as a Ray compiled graph (``ray.dag``, shared-memory
+    channels instead of a call and a reply per hop): its latency back to back and
+    ``gap_s`` apart, and the cores its four idle actors keep busy, next to the same
+    actors' before the graph is compiled (a compiled graph's actors wait for their
+    inputs by polling). Fresh stand-ins, killed at the end: an actor in a compiled graph
+    takes no other calls."""
+    from ray.dag import InputNode
+
+    gateway, guardian, shards = stand_ins(ray)
+    actors = (gateway, guardian, *shards)
+    pids = ray.get([a.pid.remote() for a in actors])
+    plain_idle = idle_cores(pids)
+    with InputNode() as bars:
+        gw = gateway.call.bind(bars)
+        outs = [s.call.bind(gw) for s in shards]
+        verdicts = guardian.call.bind(*outs, gw)
+        dag = gateway.call.bind(verdicts).experimental_compile()
+    try:
+
+        def run(count: int, gap: float) -> list[float]:
+            lat = []
+            for i in range(count + 10):
+                time.sleep(gap)
+                t0 = time.perf_counter()
+                ray.get(dag.execute(PAYLOAD))
+                if i >= 10:
+                    lat.append((time.perf_counter() - t0) * 1e6)
+            return lat
+
+        hot = run(steps, 0.0)
+        spaced = run(steps, gap_s)
+        compiled_idle = idle_cores(pids)
+    finally:
+        dag.teardown()
+        for actor in actors:
+            ray.kill(actor)
+    return {
+        "back_to_back_us": hot,
+        "spaced_us": spaced,
+        "idle_cores": compiled_idle,
+        "plain_idle_cores": plain_idle,
+    }

@@ -32,6 +32,7 @@ import numpy as np
 
 from sovereign.bench.rayflow import (
     PAYLOAD,
+    compiled_step_flow,
     pipelined_us_per_step,
     pushed_step_latencies_us,
     stand_ins,
@@ -329,6 +330,9 @@ def _ray_ping(n: int) -> dict[str, Any]:
     pipelined_us = pipelined_us_per_step(
         ray, actors, n // 2, separate_orders=False, fetched_inside=False
     )
+    # The same flow as a compiled graph: what Ray's fastest transport costs per step, and
+    # what its polling actors cost the machine while they wait.
+    compiled = compiled_step_flow(ray, n // 4, gap)
     ray.shutdown()
     return {
         "kind": "ping",
@@ -345,6 +349,12 @@ def _ray_ping(n: int) -> dict[str, Any]:
         "pushed_chain_us_p50": p(pushed, 50),
         "pushed_chain_us_p99": p(pushed, 99),
         "pipelined_flow_us_per_step": round(pipelined_us, 1),
+        "compiled_chain_us_p50": p(compiled["back_to_back_us"], 50),
+        "compiled_chain_us_p99": p(compiled["back_to_back_us"], 99),
+        "spaced_compiled_chain_us_p50": p(compiled["spaced_us"], 50),
+        "spaced_compiled_chain_us_p99": p(compiled["spaced_us"], 99),
+        "compiled_idle_cores": round(compiled["idle_cores"], 2),
+        "plain_idle_cores": round(compiled["plain_idle_cores"], 2),
         "peak_rss_mib": round(_peak_rss_mib(), 1),
     }
 
@@ -458,6 +468,21 @@ def report(results: list[dict[str, Any]], out: TextIO) -> None:
                         f"{r[key + '_us_p50']:>9,.0f} {'':>8}  "
                         f"p99 {r[key + '_us_p99']:,.0f} us\n"
                     )
+            if "compiled_chain_us_p50" in r:
+                gap = f"{r['spaced_gap_ms']} ms apart"
+                for label, key in (
+                    ("compiled graph flow", "compiled_chain"),
+                    (f"compiled graph flow, {gap}", "spaced_compiled_chain"),
+                ):
+                    out.write(
+                        f"{label:<30} {'ray':<7} {'':>2} {'':>11} {'':>12} "
+                        f"{r[key + '_us_p50']:>9,.0f} {'':>8}  "
+                        f"p99 {r[key + '_us_p99']:,.0f} us\n"
+                    )
+                out.write(
+                    f"{'':<30} idle, the four actors keep {r['compiled_idle_cores']:.2f} "
+                    f"cores busy in a compiled graph, {r['plain_idle_cores']:.2f} without\n"
+                )
             if "pipelined_flow_us_per_step" in r:
                 out.write(
                     f"{'bare actors, pipelined steps':<30} {'ray':<7} {'':>2} {'':>11} {'':>12} "
@@ -525,6 +550,36 @@ class Target:
         return self.value >= self.goal if self.higher_is_better else self.value <= self.goal
 
 
+def _latency_targets(ok: list[dict[str, Any]]) -> list[Target]:
+    """Each Ray step against a ping measured the same way, with the floors of its flow."""
+    ping = next((r for r in ok if r.get("kind") == "ping"), None)
+    out: list[Target] = []
+    for r in ok:
+        if r.get("kind") != "latency" or ping is None:
+            continue
+        # Each step against a ping measured the same way: back to back, or spaced apart.
+        gap = r.get("gap_ms", 0)
+        key = "spaced_" if gap else ""
+        if f"{key}ping_us_p50" not in ping:
+            continue
+        how = f"{gap} ms apart" if gap else "back to back"
+        value = r["step_latency_us_p50"] / ping[f"{key}ping_us_p50"]
+        out.append(Target(f"Ray step p50 / bare actor ping, {how}", value, 4.0, "x", False))
+        if "step_overhead_us_p50" in r:
+            value = r["step_overhead_us_p50"] / ping[f"{key}ping_us_p50"]
+            out.append(
+                Target(f"Ray step overhead p50 / bare actor ping, {how}", value, 4.0, "x", False)
+            )
+        floor = ping[f"{key}chain_us_p50"] / ping[f"{key}ping_us_p50"]
+        out.append(Target(f"(floor) bare-actor step flow / ping, {how}", floor, 4.0, "x", False))
+        if f"{key}compiled_chain_us_p50" in ping:
+            floor = ping[f"{key}compiled_chain_us_p50"] / ping[f"{key}ping_us_p50"]
+            out.append(
+                Target(f"(floor) compiled-graph step flow / ping, {how}", floor, 4.0, "x", False)
+            )
+    return out
+
+
 def targets(results: list[dict[str, Any]]) -> list[Target]:
     """The targets this run has the figures for (ratios from the same run)."""
     ok = [r for r in results if "error" not in r]
@@ -565,25 +620,7 @@ def targets(results: list[dict[str, Any]]) -> list[Target]:
     if local is not None and reference is not None:
         value = reference["bars_per_second"] / local["bars_per_second"]
         out.append(Target("numpy reference / LocalRuntime on (b)", value, 2.0, "x", False))
-    ping = next((r for r in ok if r.get("kind") == "ping"), None)
-    for r in ok:
-        if r.get("kind") != "latency" or ping is None:
-            continue
-        # Each step against a ping measured the same way: back to back, or spaced apart.
-        gap = r.get("gap_ms", 0)
-        key = "spaced_" if gap else ""
-        if f"{key}ping_us_p50" not in ping:
-            continue
-        how = f"{gap} ms apart" if gap else "back to back"
-        value = r["step_latency_us_p50"] / ping[f"{key}ping_us_p50"]
-        out.append(Target(f"Ray step p50 / bare actor ping, {how}", value, 4.0, "x", False))
-        if "step_overhead_us_p50" in r:
-            value = r["step_overhead_us_p50"] / ping[f"{key}ping_us_p50"]
-            out.append(
-                Target(f"Ray step overhead p50 / bare actor ping, {how}", value, 4.0, "x", False)
-            )
-        floor = ping[f"{key}chain_us_p50"] / ping[f"{key}ping_us_p50"]
-        out.append(Target(f"(floor) bare-actor step flow / ping, {how}", floor, 4.0, "x", False))
+    out.extend(_latency_targets(ok))
     local, ray = find("engine", "c", "local"), find("engine", "c", "ray")
     if local is not None and ray is not None:
         value = local["bars_per_second"] / ray["bars_per_second"]

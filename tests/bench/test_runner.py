@@ -183,16 +183,20 @@ def test_both_runtimes_replay_the_whole_of_each_workload() -> None:
 @pytest.mark.ray
 def test_the_ping_job_times_every_flow_it_reports() -> None:
     """The floors the latency targets are read against: hot and spaced pings, the step
-    flow both ways, and the actor-to-actor flow, each a real measurement (its own Ray)."""
+    flow both ways, the actor-to-actor flow and the compiled-graph flow, each a real
+    measurement (its own Ray)."""
     from sovereign.bench.runner import Job, spawn
 
     r = spawn(Job("ping", steps=40), timeout=300)
     assert "error" not in r, r
-    for key in ("ping", "chain", "spaced_ping", "spaced_chain", "pushed_chain"):
+    keys = ("ping", "chain", "spaced_ping", "spaced_chain", "pushed_chain", "compiled_chain")
+    for key in (*keys, "spaced_compiled_chain"):
         assert 0 < r[f"{key}_us_p50"] <= r[f"{key}_us_p99"], key
     # A flow of four calls cannot beat one round trip of one of them.
     assert r["chain_us_p50"] > r["ping_us_p50"]
     assert r["pushed_chain_us_p50"] > 0 and r["pipelined_flow_us_per_step"] > 0
+    # Idle actors of a compiled graph poll their channels; plain idle actors sleep.
+    assert r["compiled_idle_cores"] > r["plain_idle_cores"] >= 0
 
 
 def test_step_work_counts_the_gateway_the_slowest_shard_and_the_guardian() -> None:
