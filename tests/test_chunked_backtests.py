@@ -84,6 +84,8 @@ def assert_same_session(tmp: Path, a, b) -> None:
     # interleave; everything else (daily summaries, trading-state changes, the session)
     # keeps its order.
     assert sorted(heard_one) == sorted(heard_two)
+    # Per-trade notes are on: the chunks' columnar closed trades were expanded into them.
+    assert any(h[0] == "trade_closed" for h in heard_two)
     per_trade = ("rule_evaluation", "trade_closed")
     assert [h for h in heard_one if h[0] not in per_trade] == [
         h for h in heard_two if h[0] not in per_trade

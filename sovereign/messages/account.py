@@ -148,51 +148,16 @@ class TradesClosed(Message, frozen=True, gc=False):
 
     def trades(self) -> list[TradeClosed]:
         """One ``TradeClosed`` per row."""
-        cols = [getattr(self, name).to_numpy().tolist() for name, _ in _TRADE_COLUMNS]
+        names = (*_TRADE_LISTS, *(name for name, _ in _TRADE_COLUMNS))
+        columns = [
+            *(getattr(self, name) for name in _TRADE_LISTS),
+            *(getattr(self, name).to_numpy().tolist() for name, _ in _TRADE_COLUMNS),
+        ]
         out = []
-        for (
-            msg_id,
-            trade_id,
-            symbol,
-            side,
-            reason,
-            regime,
-            features,
-            quantity,
-            entry_ts,
-            exit_ts,
-            entry_price,
-            exit_price,
-            pnl,
-            commission,
-            return_pct,
-            bars_held,
-            confidence,
-        ) in zip(*(getattr(self, name) for name in _TRADE_LISTS), *cols, strict=True):
-            out.append(
-                TradeClosed(
-                    msg_id=msg_id,
-                    ts_event=exit_ts,
-                    ts_init=exit_ts,
-                    trade_id=trade_id,
-                    shard=self.shard,
-                    symbol=symbol,
-                    side=side,
-                    quantity=quantity,
-                    entry_ts=entry_ts,
-                    exit_ts=exit_ts,
-                    entry_price=entry_price,
-                    exit_price=exit_price,
-                    pnl=pnl,
-                    commission=commission,
-                    return_pct=return_pct,
-                    bars_held=bars_held,
-                    exit_reason=reason,
-                    regime=regime,
-                    confidence=confidence,
-                    features=features,
-                )
-            )
+        for values in zip(*columns, strict=True):
+            row = dict(zip(names, values, strict=True))
+            msg_id, ts = row.pop("msg_ids"), row["exit_ts"]
+            out.append(TradeClosed(msg_id=msg_id, ts_event=ts, ts_init=ts, shard=self.shard, **row))
         return out
 
 
