@@ -105,6 +105,7 @@ def test_targets_are_ratios_of_the_same_runs_figures() -> None:
             "chain_us_p50": 3_500.0,
             "spaced_ping_us_p50": 2_000.0,
             "spaced_chain_us_p50": 6_000.0,
+            "compiled_chain_us_p50": 630.0,
         },
         {
             "kind": "latency",
@@ -130,6 +131,7 @@ def test_targets_are_ratios_of_the_same_runs_figures() -> None:
         "numpy reference / LocalRuntime on (b)": (8.0, False),
         "Ray step p50 / bare actor ping, back to back": (10.0, False),
         "(floor) bare-actor step flow / ping, back to back": (5.0, False),
+        "(floor) compiled-graph step flow / ping, back to back": (0.9, True),
         "Ray step p50 / bare actor ping, 10 ms apart": (3.5, True),
         "(floor) bare-actor step flow / ping, 10 ms apart": (3.0, True),
         "LocalRuntime / RayRuntime on (c)": (1.6, True),
@@ -228,3 +230,29 @@ def test_the_latency_probe_splits_each_step_into_work_and_overhead() -> None:
     assert 0 < r["step_work_us_p50"] < r["step_latency_us_p50"]
     assert 0 < r["step_overhead_us_p50"] < r["step_latency_us_p50"]
     assert r["step_overhead_us_p50"] <= r["step_overhead_us_p99"]
+
+
+def test_the_report_shows_the_compiled_graph_flow_or_why_it_failed() -> None:
+    import io
+
+    from sovereign.bench.runner import report
+
+    ping = {"kind": "ping", "runtime": "ray", "peak_rss_mib": 150.0, "spaced_gap_ms": 10}
+    for key in ("ping", "chain", "spaced_ping", "spaced_chain", "pushed_chain"):
+        ping |= {f"{key}_us_p50": 1_000.0, f"{key}_us_p99": 2_000.0}
+    compiled = ping | {
+        "compiled_chain_us_p50": 650.0,
+        "compiled_chain_us_p99": 1_250.0,
+        "spaced_compiled_chain_us_p50": 1_400.0,
+        "spaced_compiled_chain_us_p99": 3_400.0,
+        "compiled_idle_cores": 1.94,
+        "plain_idle_cores": 0.02,
+    }
+    out = io.StringIO()
+    report([compiled, ping | {"compiled_error": "RayChannelError: no channel"}], out)
+    text = out.getvalue()
+    assert "compiled graph flow, 10 ms apart" in text and "1,400" in text
+    assert "keep 1.94 cores busy in a compiled graph, 0.02 without" in text
+    failed = [line for line in text.splitlines() if "failed:" in line]
+    assert len(failed) == 1 and failed[0].startswith("compiled graph flow")
+    assert failed[0].endswith("failed: RayChannelError: no channel")
