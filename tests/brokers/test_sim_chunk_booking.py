@@ -39,8 +39,9 @@ def market(draw: st.DrawFn) -> ChunkMarket:
 @st.composite
 def chunks(draw: st.DrawFn) -> tuple[SimBroker, Speculation, bool]:
     """A broker holding some positions (and some it held and sold) and a chunk of fills:
-    whole trades (a long opened from flat, a whole position sold), or, when the last
-    value says so, now and then a partial sale or an addition."""
+    whole trades (a long opened from flat, a whole position sold), or now and then a
+    partial sale, an addition or two fills of a symbol in one bar; the last value says
+    whether every fill is a whole trade."""
     m = market(draw)
     broker = SimBroker(SimConfig(), 1_000_000.0)
     p = broker.portfolio
@@ -52,20 +53,30 @@ def chunks(draw: st.DrawFn) -> tuple[SimBroker, Speculation, bool]:
         if draw(st.booleans()):  # held once, flat now
             p.apply_fill(SYMBOLS[j], "SELL", q, draw(cents), 0.0)
             position[j] = 0
-    mixed = draw(st.booleans())
+    # Half the chunks are whole trades only; the others mix in partial sales and
+    # additions, or let a symbol fill twice in a bar.
+    kind = draw(st.sampled_from(["whole", "whole", "mixed", "twice"]))
+    mixed = kind == "mixed"
     whole = True
     fills: list[tuple[int, int, bool, int, bool]] = []  # bar, col, buy, qty, marked
     for bar in range(K):
         start = dict(position)
-        for j in draw(st.lists(st.integers(0, 3), unique=True, max_size=4)):
+        # A symbol may fill twice in a bar (sold and bought again, or the reverse).
+        for j in draw(st.lists(st.integers(0, 3), unique=kind != "twice", max_size=5)):
             if position[j] == 0:
                 buy, qty = True, draw(st.integers(1, 300))
             elif mixed and draw(st.booleans()):
                 buy, qty = draw(st.booleans()), draw(st.integers(1, position[j]))
-                whole = whole and not buy and qty == position[j]
             else:
                 buy, qty = False, position[j]
-            fills.append((bar, j, buy, qty, start[j] != 0))
+            marked = start[j] != 0  # held when the bar began: marked at its open
+            # Whole: a long opened at a bar that began flat, or all of one sold at a bar
+            # that began with it.
+            if buy:
+                whole = whole and position[j] == 0 and not marked
+            else:
+                whole = whole and qty == position[j] and marked
+            fills.append((bar, j, buy, qty, marked))
             position[j] += qty if buy else -qty
     n = len(fills)
     bar = np.array([f[0] for f in fills], dtype=np.int64)
