@@ -43,6 +43,10 @@ class MonitorActor(Actor):
         self._equity: list[float] = []
         self._cash: list[float] = []
         self._gross: list[float] = []
+        # The path so far as column segments, oldest first; the lists above hold the bars
+        # since the last segment (a chunk's path stays an array: a million bars of (a) as
+        # Python floats cost a third of a second).
+        self._segments: list[tuple[np.ndarray, ...]] = []
         self._executed: ChunkExecution | None = None
 
     def receive(self, messages: list[Message]) -> list[Message]:
@@ -90,21 +94,41 @@ class MonitorActor(Actor):
         ex, self._executed = self._executed, None
         if not verdict.valid or ex is None or ex.chunk != verdict.chunk:
             return
-        self._ts.extend(ex.ts.to_numpy().tolist())
-        self._equity.extend(ex.equity.to_numpy().tolist())
-        self._cash.extend(ex.cash.to_numpy().tolist())
-        self._gross.extend(ex.gross_exposure.to_numpy().tolist())
+        self._seal()
+        path = (ex.ts, ex.equity, ex.cash, ex.gross_exposure)
+        self._segments.append(tuple(col.to_numpy() for col in path))
         self.count("fills", verdict.fills)
         self.count("intents_approved", verdict.approved)
 
+    def _seal(self) -> None:
+        """Close the bars taken one at a time into a segment."""
+        if self._ts:
+            self._segments.append(
+                (
+                    np.asarray(self._ts, dtype=np.int64),
+                    np.asarray(self._equity, dtype=np.float64),
+                    np.asarray(self._cash, dtype=np.float64),
+                    np.asarray(self._gross, dtype=np.float64),
+                )
+            )
+            self._ts, self._equity, self._cash, self._gross = [], [], [], []
+
     def _curve(self, end: SessionEnded) -> EquityCurve:
+        self._seal()
+        dtypes = (np.int64, np.float64, np.float64, np.float64)
+        ts, equity, cash, gross = (
+            np.concatenate([seg[k] for seg in self._segments]).astype(dtype, copy=False)
+            if self._segments
+            else np.zeros(0, dtype=dtype)
+            for k, dtype in enumerate(dtypes)
+        )
         return EquityCurve(
             msg_id=self.ids.next(),
             ts_event=end.ts_event,
             ts_init=end.ts_init,
-            ts=NDArray.from_numpy(np.asarray(self._ts, dtype=np.int64)),
-            equity=NDArray.from_numpy(np.asarray(self._equity, dtype=np.float64)),
-            cash=NDArray.from_numpy(np.asarray(self._cash, dtype=np.float64)),
-            gross_exposure=NDArray.from_numpy(np.asarray(self._gross, dtype=np.float64)),
+            ts=NDArray.from_numpy(ts),
+            equity=NDArray.from_numpy(equity),
+            cash=NDArray.from_numpy(cash),
+            gross_exposure=NDArray.from_numpy(gross),
             counters=dict(sorted(self.counters.items())),
         )
