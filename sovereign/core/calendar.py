@@ -45,11 +45,26 @@ def session_days(ts_ns: np.ndarray) -> tuple[np.ndarray, list[str]]:
     ordinal = edt.copy()
     unsure = np.flatnonzero(edt != est)
     names: dict[int, str] = {}
-    for i in unsure.tolist():
+
+    def ask(i: int) -> int:
         text = session_date(int(ts_ns[i]))
         day = int(np.datetime64(text, "D").astype(np.int64))
-        ordinal[i] = day
         names[day] = text
+        return day
+
+    # The unsure bars of one UTC day fall in one hour (04:00-05:00 UTC), where New York's
+    # offset does not change (it changes at 06:00 or 07:00 UTC): ask for the first and the
+    # last of each day, and for every one of them only where those two disagree.
+    utc_day = minute[unsure] // _MINUTES_PER_DAY
+    starts = np.flatnonzero(np.r_[True, utc_day[1:] != utc_day[:-1]])[: unsure.size]
+    ends = np.r_[starts[1:], unsure.size][: starts.size]
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        rows = unsure[a:b]
+        first, last = ask(int(rows[0])), ask(int(rows[-1]))
+        if first == last:
+            ordinal[rows] = first
+        else:
+            ordinal[rows] = [ask(i) for i in rows.tolist()]
     unique, first, inverse = np.unique(ordinal, return_index=True, return_inverse=True)
     by_appearance = np.argsort(first, kind="stable")
     rank = np.empty_like(by_appearance)
