@@ -249,22 +249,19 @@ class ShardTradeStore:
         run_id
             The session that produced it (non-empty).
         """
-        if self._conn is None:
-            raise RuntimeError(f"{self!r} is closed")
-        if not run_id:
-            raise ValueError("run_id must be a non-empty string")
-        self._buffer.append(_to_row(trade, run_id))
-        if len(self._buffer) >= self.batch_size:
-            self.flush()
+        self._buffer_rows([_to_row(trade, run_id)], run_id)
 
     def add_many(self, trades: TradesClosed, run_id: str) -> None:
         """Buffer a batch of closed trades (one row each, in order), as ``add`` would
         one at a time."""
+        self._buffer_rows(_to_rows(trades, run_id), run_id)
+
+    def _buffer_rows(self, rows: list[tuple[Any, ...]], run_id: str) -> None:
         if self._conn is None:
             raise RuntimeError(f"{self!r} is closed")
         if not run_id:
             raise ValueError("run_id must be a non-empty string")
-        self._buffer.extend(_to_rows(trades, run_id))
+        self._buffer.extend(rows)
         if len(self._buffer) >= self.batch_size:
             self.flush()
 
