@@ -464,35 +464,32 @@ def report(results: list[dict[str, Any]], out: TextIO) -> None:
                 f"{'bare actors, step data flow':<30} {'ray':<7} {'':>2} {'':>11} {'':>12} "
                 f"{r['chain_us_p50']:>9,.0f} {'':>8}  p99 {r['chain_us_p99']:,.0f} us\n"
             )
+            gap = f"{r.get('spaced_gap_ms')} ms apart"
+            flows: list[tuple[str, str]] = []
             if "spaced_ping_us_p50" in r:
-                gap = f"{r['spaced_gap_ms']} ms apart"
-                for label, key in (
+                flows += [
                     (f"ping, {gap}", "spaced_ping"),
                     (f"step data flow, {gap}", "spaced_chain"),
                     (f"actor-to-actor flow, {gap}", "pushed_chain"),
-                ):
-                    out.write(
-                        f"{label:<30} {'ray':<7} {'':>2} {'':>11} {'':>12} "
-                        f"{r[key + '_us_p50']:>9,.0f} {'':>8}  "
-                        f"p99 {r[key + '_us_p99']:,.0f} us\n"
-                    )
-            if "compiled_error" in r:
-                out.write(f"{'compiled graph flow':<30} ray     failed: {r['compiled_error']}\n")
+                ]
             if "compiled_chain_us_p50" in r:
-                gap = f"{r['spaced_gap_ms']} ms apart"
-                for label, key in (
+                flows += [
                     ("compiled graph flow", "compiled_chain"),
                     (f"compiled graph flow, {gap}", "spaced_compiled_chain"),
-                ):
-                    out.write(
-                        f"{label:<30} {'ray':<7} {'':>2} {'':>11} {'':>12} "
-                        f"{r[key + '_us_p50']:>9,.0f} {'':>8}  "
-                        f"p99 {r[key + '_us_p99']:,.0f} us\n"
-                    )
+                ]
+            for label, key in flows:
+                out.write(
+                    f"{label:<30} {'ray':<7} {'':>2} {'':>11} {'':>12} "
+                    f"{r[key + '_us_p50']:>9,.0f} {'':>8}  "
+                    f"p99 {r[key + '_us_p99']:,.0f} us\n"
+                )
+            if "compiled_chain_us_p50" in r:
                 out.write(
                     f"{'':<30} idle, the four actors keep {r['compiled_idle_cores']:.2f} "
                     f"cores busy in a compiled graph, {r['plain_idle_cores']:.2f} without\n"
                 )
+            if "compiled_error" in r:
+                out.write(f"{'compiled graph flow':<30} ray     failed: {r['compiled_error']}\n")
             if "pipelined_flow_us_per_step" in r:
                 out.write(
                     f"{'bare actors, pipelined steps':<30} {'ray':<7} {'':>2} {'':>11} {'':>12} "

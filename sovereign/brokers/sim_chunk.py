@@ -328,13 +328,13 @@ def commit(broker: SimBroker, spec: Speculation, ids: IdSource) -> list[OrderFil
     p = broker.portfolio
     events: list[OrderFilled] = []
     started = {w.order.order_id: w for w in spec.started}
-    if _book_whole_trades(p, spec, m):
-        for i, order_id in enumerate(spec.fill_order):
-            w = started.pop(order_id, None)
-            if w is not None:
-                events.append(_started_fill(broker, spec, m, ids, w, i))
-    else:
-        _book_one_by_one(p, spec, m, started, broker, ids, events)
+    if not _book_whole_trades(p, spec, m):
+        _book_one_by_one(p, spec, m)
+    # Each order's fill event is the broker's to send, whatever the order of booking.
+    for i, order_id in enumerate(spec.fill_order if started else ()):
+        w = started.pop(order_id, None)
+        if w is not None:
+            events.append(_started_fill(broker, spec, m, ids, w, i))
     last = m.close[-1]
     for symbol, pos in p.open.items():
         pos.market_price = float(last[m.column[symbol]])
@@ -387,7 +387,7 @@ def _book_whole_trades(p: Portfolio, spec: Speculation, m: ChunkMarket) -> bool:
         return False  # let apply_fill refuse it, as it would one by one
     symbols = m.symbols
     signed = np.where(buy, qty, -qty)
-    by = np.lexsort((np.arange(k), col))  # by symbol, each symbol's fills in order
+    by = np.argsort(col, kind="stable")  # by symbol, each symbol's fills in order
     col_by = col[by]
     first = np.r_[True, col_by[1:] != col_by[:-1]]
     last = np.r_[col_by[1:] != col_by[:-1], True]
@@ -395,8 +395,9 @@ def _book_whole_trades(p: Portfolio, spec: Speculation, m: ChunkMarket) -> bool:
     names = [symbols[c] for c in col_by[first].tolist()]
     held = [p.positions.get(s) for s in names]
     start = np.array([0 if h is None else h.quantity for h in held], dtype=np.int64)
-    run = np.cumsum(signed[by])
-    before_by = start[group] + run - signed[by] - (run - signed[by])[first][group]
+    # Each fill's position before it: the symbol's start plus its earlier fills.
+    earlier = np.cumsum(signed[by]) - signed[by]
+    before_by = start[group] + earlier - earlier[first][group]
     before = np.empty(k, np.int64)
     before[by] = before_by
     # Opens from flat at a bar that began flat; sales of everything, at a bar that began
@@ -445,35 +446,20 @@ def _book_whole_trades(p: Portfolio, spec: Speculation, m: ChunkMarket) -> bool:
     return True
 
 
-def _book_one_by_one(
-    p: Portfolio,
-    spec: Speculation,
-    m: ChunkMarket,
-    started: dict[str, _Working],
-    broker: SimBroker,
-    ids: IdSource,
-    events: list[OrderFilled],
-) -> None:
+def _book_one_by_one(p: Portfolio, spec: Speculation, m: ChunkMarket) -> None:
     """Book the fills one at a time (any mix of fills)."""
     symbols = m.symbols
-    for i, (col, bar, buy, qty, price, fee, marked, order_id) in enumerate(
-        zip(
-            spec.fill_col.tolist(),
-            spec.fill_bar.tolist(),
-            spec.fill_buy.tolist(),
-            spec.fill_qty.tolist(),
-            spec.fill_price.tolist(),
-            spec.fill_commission.tolist(),
-            spec.fill_marked.tolist(),
-            spec.fill_order,
-            strict=True,
-        )
+    for col, bar, buy, qty, price, fee, marked in zip(
+        spec.fill_col.tolist(),
+        spec.fill_bar.tolist(),
+        spec.fill_buy.tolist(),
+        spec.fill_qty.tolist(),
+        spec.fill_price.tolist(),
+        spec.fill_commission.tolist(),
+        spec.fill_marked.tolist(),
+        strict=True,
     ):
-        symbol = symbols[col]
         if marked:
             # Bar by bar, what is held is marked at the open before the bar's fills.
-            p.positions[symbol].market_price = float(m.open[bar, col])
-        p.apply_fill(symbol, "BUY" if buy else "SELL", qty, price, fee)
-        w = started.pop(order_id, None)
-        if w is not None:
-            events.append(_started_fill(broker, spec, m, ids, w, i))
+            p.positions[symbols[col]].market_price = float(m.open[bar, col])
+        p.apply_fill(symbols[col], "BUY" if buy else "SELL", qty, price, fee)

@@ -860,9 +860,9 @@ def strategy_state_names() -> tuple[str, ...]:
 
 @dataclass(slots=True)
 class ClosedColumns:
-    """A committed chunk's closed trades as columns, row ``i`` the ``ClosedTrade`` that
-    ``records()[i]`` gives (same fields, same arithmetic), in the order their fills closed
-    them."""
+    """A committed chunk's closed trades as columns, in the order their fills closed
+    them: row ``i`` holds the fields of the ``ClosedTrade`` the strategy would have made
+    of that trade one bar at a time (same names, same arithmetic)."""
 
     trade_id: list[str]
     symbol: list[str]
@@ -882,31 +882,6 @@ class ClosedColumns:
 
     def __len__(self) -> int:
         return len(self.trade_id)
-
-    def records(self) -> list[Any]:
-        from sovereign.core.signals import ClosedTrade
-
-        return [
-            ClosedTrade(*row)
-            for row in zip(
-                self.trade_id,
-                self.symbol,
-                self.quantity.tolist(),
-                self.entry_ts.tolist(),
-                self.exit_ts.tolist(),
-                self.entry_price.tolist(),
-                self.exit_price.tolist(),
-                self.pnl.tolist(),
-                self.commission.tolist(),
-                self.return_pct.tolist(),
-                self.bars_held.tolist(),
-                self.exit_reason,
-                self.regime,
-                self.confidence.tolist(),
-                self.features,
-                strict=True,
-            )
-        ]
 
 
 _REGIME_LABELS = np.array([*REGIME_NAMES, "Unknown"], dtype=object)
@@ -982,13 +957,6 @@ def commit_trades(
     )
 
 
-def commit_outcome(
-    st: Any, outcome: ChunkOutcome, commission: Callable[[int, int], float] | None = None
-) -> list[Any]:
-    """``commit_trades`` with the trades as the strategy's ``ClosedTrade`` records."""
-    return commit_trades(st, outcome, commission).records()
-
-
 __all__ = [
     "EXIT_REASONS",
     "SIDE_BUY",
@@ -1001,7 +969,6 @@ __all__ = [
     "ClosedColumns",
     "breakout_chunk",
     "checkpoint",
-    "commit_outcome",
     "commit_trades",
     "restore",
     "strategy_state_names",

@@ -17,13 +17,14 @@ from sovereign.core.chunks import (
     SIDE_BUY,
     SIDE_SELL,
     ChunkBars,
+    ClosedColumns,
     breakout_chunk,
     checkpoint,
-    commit_outcome,
+    commit_trades,
     restore,
     strategy_state_names,
 )
-from sovereign.core.signals import ShardStrategy
+from sovereign.core.signals import ClosedTrade, ShardStrategy
 from sovereign.core.universe import Universe
 from sovereign.messages import REGIME_NAMES, REGIME_UNKNOWN
 
@@ -159,12 +160,19 @@ def test_a_chunk_leaves_what_the_bars_one_at_a_time_leave(
         want_intents, want_trades = step_by_step(ref, part, codes)
         got_intents, out = chunked(mine, part, codes, scalar)
         assert got_intents == want_intents
-        closed = commit_outcome(mine, out)
+        closed = records(commit_trades(mine, out))
         assert sorted(closed, key=lambda c: (c.exit_ts, c.symbol)) == [
             c for _, c in sorted(want_trades, key=lambda x: (x[1].exit_ts, x[1].symbol))
         ]
         assert [c.trade_id for c in closed] == [c.trade_id for _, c in want_trades]
         assert same(state_of(mine), state_of(ref))
+
+
+def records(cols: ClosedColumns) -> list[ClosedTrade]:
+    """The columns as the strategy's ``ClosedTrade`` records, row by row."""
+    fields = [getattr(cols, name) for name in ClosedTrade._fields]
+    plain = [f.tolist() if isinstance(f, np.ndarray) else f for f in fields]
+    return [ClosedTrade(*row) for row in zip(*plain, strict=True)]
 
 
 def test_a_restored_checkpoint_is_the_state_before_the_chunk() -> None:
