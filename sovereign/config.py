@@ -384,11 +384,19 @@ class RayConfig(_Section, frozen=True):
         ``ray list actors``). Default true.
     num_cpus
         CPUs for a local Ray; 0 means all. Default 0.
+    channel
+        Carry the engine's calls to its actors on a step channel: one direct socket per
+        actor (a Unix socket on this machine, TCP to another node), opened through Ray
+        and authenticated with a key only the driver and its actors hold. A step's calls
+        then cost about half a Ray actor ping instead of four to five (BENCHMARKS.md).
+        Off, every call is a Ray actor call (and shows as a task in the dashboard).
+        Default true.
     """
 
     address: str = ""
     dashboard: bool = True
     num_cpus: int = 0
+    channel: bool = True
 
 
 class SelfModConfig(_Section, frozen=True):

@@ -1,8 +1,8 @@
 """The engine: builds the actor graph from config and runs the clock.
 
 One step is one bar time. The wiring of a step (every arrow is one ``tell``; on Ray each
-is an actor call whose inputs are earlier calls' object references, so data flows from
-actor to actor without a round trip through the driver):
+is a call on the actor's step channel, or a Ray actor call, whose inputs are earlier
+calls' results, handed on as soon as they are finished without the driver decoding them):
 
     feed ──bars──> RegimeActor ───────────────regime────────────────┐
     feed ──bars──> GatewayActor (fills at the open, marks, account) ─┤
@@ -920,5 +920,6 @@ def make_runtime(kind: str, config: Config, *, wire: bool = False) -> Runtime:
             address=config.ray.address,
             dashboard=config.ray.dashboard,
             num_cpus=config.ray.num_cpus,
+            channel=config.ray.channel,
         )
     raise ValueError(f"unknown runtime {kind!r}; use local or ray")

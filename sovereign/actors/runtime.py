@@ -16,9 +16,11 @@ Both runtimes offer the same four operations, and the engine is written against 
 ``LocalRuntime`` delivers synchronously, in call order, in this process (optionally
 through the msgpack wire, to prove the messages survive it). ``RayRuntime`` runs each
 actor as a named Ray actor ``sovereign/<role>/<n>`` in namespace ``sovereign``; inputs
-and outputs travel as msgpack bytes, one object per call, and results are Ray object
-references passed straight from one actor call into the next. Calls from the driver to an
-actor execute in submission order, so a replay is deterministic on both runtimes.
+and outputs travel as msgpack bytes, one object per call. Its calls travel on a step
+channel to each actor (``sovereign.actors.channel``: a direct socket, about a tenth of a
+Ray call's cost) or, with ``channel=False``, as Ray actor calls whose results are object
+references passed straight from one call into the next. Either way calls from the driver
+to an actor execute in submission order, so a replay is deterministic on both runtimes.
 """
 
 from __future__ import annotations
@@ -26,12 +28,21 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sovereign.actors.base import Actor
+from sovereign.actors.channel import (
+    ChannelCall,
+    ChannelError,
+    Channels,
+    ChannelServer,
+    connect,
+    wait_all,
+)
 from sovereign.messages import WIRE, Message, MessageDecodeError
 
 log = logging.getLogger("sovereign.runtime")
@@ -144,6 +155,12 @@ class LocalRuntime:
 # -- RAY --------------------------------------------------------------------------------
 
 
+_EMPTY = WIRE.encode_batch([])
+
+# How long opening a channel may wait for its actor (Ray may be restarting it).
+CHANNEL_OPEN_TIMEOUT_S = 120.0
+
+
 class _Host:
     """The body of every Ray actor: decode, deliver to the actor, encode."""
 
@@ -156,23 +173,55 @@ class _Host:
         # as long as it does: the garbage collector need not walk it again (see Engine).
         gc.freeze()
         self.calls: list[tuple[float, float]] | None = None
+        # Calls come from Ray's thread and from the step channel's: one at a time.
+        self._lock = threading.Lock()
 
     def receive(self, *args: bytes | list[Any]) -> bytes:
-        if self.calls is None:
-            return self._receive(*args)
-        started = time.perf_counter()
-        try:
-            return self._receive(*args)
-        finally:
-            self.calls.append((started, time.perf_counter()))
+        with self._lock:
+            if self.calls is None:
+                return self._receive(*args)
+            started = time.perf_counter()
+            try:
+                return self._receive(*args)
+            finally:
+                self.calls.append((started, time.perf_counter()))
+
+    def open_channel(self, key: bytes, driver_node: str) -> Any:
+        """Listen for the driver's step channel; its address (a Unix socket path on the
+        driver's node, else this node's address and a port)."""
+        import ray
+
+        host = None
+        if ray.get_runtime_context().get_node_id() != driver_node:
+            host = ray.util.get_node_ip_address()
+        return ChannelServer(key, self._channel_call, self._channel_event, host=host).address
+
+    def _channel_call(self, inputs: list[bytes | None]) -> bytes:
+        blobs: list[bytes] = []
+        for blob in inputs:
+            if blob is None:
+                # A lenient input whose call failed: counted as on Ray's path.
+                with self._lock:
+                    self.actor.count("lost_inputs")
+                self.actor.log.error("%s lost an input from a failed call", self.actor.name)
+                blob = _EMPTY
+            blobs.append(blob)
+        return self.receive(*blobs)
+
+    def _channel_event(self, counter: str, text: str) -> None:
+        with self._lock:
+            self.actor.count(counter)
+        self.actor.log.error("%s: %s", self.actor.name, text)
 
     def time_calls(self) -> None:
         """From now on, note when each call starts and ends (the latency probe's split
         of a step into our actors' work and Ray's)."""
-        self.calls = []
+        with self._lock:
+            self.calls = []
 
     def call_times(self) -> list[tuple[float, float]]:
-        return list(self.calls or [])
+        with self._lock:
+            return list(self.calls or [])
 
     def _receive(self, *args: bytes | list[Any]) -> bytes:
         wrapped = [a[0] for a in args if not isinstance(a, bytes | bytearray)]
@@ -186,7 +235,7 @@ class _Host:
         # round trip to their owner), one by one only if one of them failed.
         import ray
 
-        empty = WIRE.encode_batch([])
+        empty = _EMPTY
         try:
             values = ray.get(refs)
         except ray.exceptions.RayError:
@@ -217,7 +266,12 @@ class _Host:
 
 
 class RayRuntime:
-    """Each actor a named Ray actor; messages cross as msgpack bytes, batched per call."""
+    """Each actor a named Ray actor; messages cross as msgpack bytes, batched per call.
+
+    ``channel``: the calls made with ``tell`` travel on a step channel to each actor
+    (opened on its first call, reopened after Ray restarts the actor) instead of as Ray
+    calls; their results are ``ChannelCall``s instead of object references.
+    """
 
     name = "ray"
 
@@ -228,6 +282,7 @@ class RayRuntime:
         dashboard: bool = True,
         num_cpus: int = 0,
         max_restarts: int = 3,
+        channel: bool = True,
     ) -> None:
         import ray
 
@@ -258,6 +313,15 @@ class RayRuntime:
             self._owns_ray = True
         self._remote_classes: dict[type[Actor], Any] = {}
         self.handles: dict[str, Any] = {}
+        self._channels = Channels() if channel else None
+        # Known only to this driver and its actors (handed over on Ray's own connection).
+        self._channel_key = os.urandom(32)
+        self._node = ray.get_runtime_context().get_node_id()
+        self._names: dict[int, str] = {}
+
+    @property
+    def channel(self) -> bool:
+        return self._channels is not None
 
     @property
     def namespace(self) -> str:
@@ -276,6 +340,7 @@ class RayRuntime:
             options["scheduling_strategy"] = "SPREAD"
         handle = self._remote_class(spec.cls).options(**options).remote(spec)
         self.handles[spec.name] = handle
+        self._names[id(handle)] = spec.name
         return handle
 
     def _remote_class(self, cls: type[Actor]) -> Any:
@@ -288,6 +353,8 @@ class RayRuntime:
         return remote
 
     def tell(self, handle: Any, *inputs: Any) -> Any:
+        if self._channels is not None:
+            return self._tell_on_channel(handle, inputs)
         ref_type = self._ray.ObjectRef
         pending = [
             x.value for x in inputs if isinstance(x, Lenient) and isinstance(x.value, ref_type)
@@ -307,6 +374,49 @@ class RayRuntime:
                 args.append(WIRE.encode_batch(x) if isinstance(x, list) else x)
         return handle.receive.remote(*args)
 
+    def _tell_on_channel(self, handle: Any, inputs: Sequence[Any]) -> ChannelCall:
+        channels = self._channels
+        assert channels is not None
+        name = self._names.get(id(handle))
+        if name is None:
+            raise TypeError(f"{handle!r} was not spawned by this runtime")
+        args: list[Any] = []
+        for x in inputs:
+            lenient = type(x) is Lenient
+            value = x.value if lenient else x
+            if isinstance(value, ChannelCall):
+                args.append((value, lenient))
+            elif isinstance(value, list):
+                args.append(WIRE.encode_batch(value))
+            elif isinstance(value, bytes):
+                args.append(value)  # an encoded batch, as on Ray's path
+            else:
+                raise TypeError(
+                    f"a call on a step channel takes message lists, encoded batches and "
+                    f"ChannelCalls, not {type(value).__name__}"
+                )
+        if not channels.alive(name):
+            error = self._open_channel(name, handle)
+            if error is not None:
+                return channels.failed(name, error)
+        return channels.call(name, args)
+
+    def _open_channel(self, name: str, handle: Any) -> str | None:
+        """Open (or reopen) the channel to an actor: None, or why it could not be."""
+        assert self._channels is not None
+        try:
+            address = self._ray.get(
+                handle.open_channel.remote(self._channel_key, self._node),
+                timeout=CHANNEL_OPEN_TIMEOUT_S,
+            )
+            conn = connect(address, self._channel_key)
+        except (self._ray.exceptions.RayError, ChannelError) as exc:
+            why = f"cannot open the channel to {name}: {str(exc).splitlines()[0]}"
+            log.error("%s", why)
+            return why
+        self._channels.attach(name, conn)
+        return None
+
     def _finished(self, refs: list[Any]) -> dict[Any, bytes]:
         """The values of those ``refs`` whose calls already succeeded (a failed one is
         left to the receiving actor, which counts and logs the loss)."""
@@ -323,16 +433,31 @@ class RayRuntime:
         return out
 
     def fetch(self, results: Sequence[Any]) -> list[list[Message]]:
+        if any(isinstance(r, ChannelCall) for r in results):
+            return [WIRE.decode_batch(self._value(r)) for r in results]
         try:
             blobs = self._ray.get(list(results))
         except self._ray.exceptions.RayError as exc:
             raise ActorCallError(str(exc).splitlines()[0]) from exc
         return [WIRE.decode_batch(b) for b in blobs]
 
+    def _value(self, result: Any) -> bytes:
+        if isinstance(result, ChannelCall):
+            result.wait()
+            if result.error is not None:
+                raise ActorCallError(result.error)
+            return result.value
+        try:
+            return self._ray.get(result)  # type: ignore[no-any-return]
+        except self._ray.exceptions.RayError as exc:
+            raise ActorCallError(str(exc).splitlines()[0]) from exc
+
     def ready(self, results: Sequence[Any], timeout: float | None = 0) -> int:
         """How many of ``results``, from the front, are finished."""
         if not results:
             return 0
+        if all(isinstance(r, ChannelCall) for r in results):
+            return wait_all(results, timeout)
         done, _ = self._ray.wait(list(results), num_returns=len(results), timeout=timeout)
         finished = set(done)
         n = 0
@@ -343,7 +468,10 @@ class RayRuntime:
         return n
 
     def wait_first(self, result: Any) -> None:
-        self._ray.wait([result], num_returns=1)
+        if isinstance(result, ChannelCall):
+            result.wait()
+        else:
+            self._ray.wait([result], num_returns=1)
 
     def ping_all(self) -> None:
         self._ray.get([h.ping.remote() for h in self.handles.values()])
@@ -360,6 +488,8 @@ class RayRuntime:
         return dict(zip(names, times, strict=True))
 
     def shutdown(self) -> None:
+        if self._channels is not None:
+            self._channels.close()
         for handle in self.handles.values():
             self._ray.kill(handle, no_restart=True)
         self.handles.clear()

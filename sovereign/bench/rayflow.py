@@ -14,6 +14,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from sovereign.actors.base import Actor
+from sovereign.messages import Message
+
 PAYLOAD = b"x" * 256
 # Room for one actor-to-actor step to end before the next is sent (they take ~10 ms here).
 STEP_ROOM_S = 0.03
@@ -237,3 +240,41 @@ def compiled_step_flow(ray: Any, steps: int, gap_s: float) -> dict[str, Any]:
         "idle_cores": compiled_idle,
         "plain_idle_cores": plain_idle,
     }
+
+
+def channel_step_flow(ray: Any, steps: int, gap_s: float) -> dict[str, list[float]]:
+    """The same do-nothing step flow through ``RayRuntime`` with step channels (the
+    engine's default transport): four actors that answer nothing, the calls made with
+    ``tell`` as a step makes them, back to back and ``gap_s`` apart."""
+    from sovereign.actors.runtime import ActorSpec, RayRuntime
+
+    rt = RayRuntime(channel=True)
+    gateway, guardian, *shards = (rt.spawn(ActorSpec(Idle, index=i)) for i in range(4))
+    bars = [[], []]  # what the driver hands each shard (nothing: the flow is the point)
+    try:
+
+        def run(count: int, gap: float) -> list[float]:
+            lat = []
+            for i in range(count + 10):
+                time.sleep(gap)
+                t0 = time.perf_counter()
+                gw = rt.tell(gateway, [])
+                outs = [rt.tell(s, gw, b) for s, b in zip(shards, bars, strict=True)]
+                verdicts = rt.tell(guardian, *outs, gw)
+                rt.fetch([rt.tell(gateway, verdicts)])
+                if i >= 10:
+                    lat.append((time.perf_counter() - t0) * 1e6)
+            return lat
+
+        return {"back_to_back_us": run(steps, 0.0), "spaced_us": run(steps, gap_s)}
+    finally:
+        rt.shutdown()
+
+
+class Idle(Actor):
+    """An actor that answers nothing: the stand-in of ``channel_step_flow``."""
+
+    role = "idle"
+
+    def receive(self, messages: list[Message]) -> list[Message]:
+        return []

@@ -32,6 +32,7 @@ import numpy as np
 
 from sovereign.bench.rayflow import (
     PAYLOAD,
+    channel_step_flow,
     compiled_step_flow,
     pipelined_us_per_step,
     pushed_step_latencies_us,
@@ -62,6 +63,7 @@ class Job:
     steps: int = 0
     python: str = ""  # the interpreter of a peer that needs its own (NautilusTrader)
     gap_ms: int = 0  # latency probe: the pause before each timed step (0: back to back)
+    channel: bool = True  # RayRuntime: calls on step channels (False: as Ray actor calls)
 
 
 def workload_spec(name: str, scale: float) -> str:
@@ -74,7 +76,7 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _config(shards: int) -> Any:
+def _config(shards: int, channel: bool = True) -> Any:
     import msgspec
 
     from sovereign.config import Config, NotificationsConfig, breakout_preset
@@ -86,7 +88,7 @@ def _config(shards: int) -> Any:
     return msgspec.structs.replace(
         config,
         engine=msgspec.structs.replace(config.engine, shards=shards, seed=SEED),
-        ray=msgspec.structs.replace(config.ray, dashboard=False),
+        ray=msgspec.structs.replace(config.ray, dashboard=False, channel=channel),
         notifications=NotificationsConfig(telegram=off, console=off),  # type: ignore[arg-type]
     )
 
@@ -129,7 +131,7 @@ def run_job(job: Job) -> dict[str, Any]:
         return {**figures, "spec": job.spec, "load_seconds": round(load_s, 3)}
     from sovereign.session import run_session
 
-    config = _config(job.shards)
+    config = _config(job.shards, job.channel)
     latencies: list[float] = []
     engines: list[Any] = []
 
@@ -157,6 +159,7 @@ def run_job(job: Job) -> dict[str, Any]:
         "runtime": job.runtime,
         "shards": job.shards,
         "gap_ms": job.gap_ms,
+        "channel": job.channel,
         "symbols": symbols,
         "bars": r.bars,
         "steps": r.steps,
@@ -324,6 +327,8 @@ def _ray_ping(n: int) -> dict[str, Any]:
     spaced_ping, spaced_flow = pings(n // 4, gap), flows(n // 4, gap)
     # The same four stand-ins messaging each other directly, no hop through the driver.
     pushed = pushed_step_latencies_us(ray, n // 4, gap_s=gap)
+    # The flow on step channels, the engine's default transport.
+    on_channels = channel_step_flow(ray, n // 4, gap)
     # The flow driven as a backtest drives it (orders with the next bars, the previous
     # step's verdicts passed as references Ray resolves before the call, 16 steps in
     # flight): the floor of a Ray bar time for this graph.
@@ -361,6 +366,10 @@ def _ray_ping(n: int) -> dict[str, Any]:
         "spaced_chain_us_p99": p(spaced_flow, 99),
         "pushed_chain_us_p50": p(pushed, 50),
         "pushed_chain_us_p99": p(pushed, 99),
+        "channel_chain_us_p50": p(on_channels["back_to_back_us"], 50),
+        "channel_chain_us_p99": p(on_channels["back_to_back_us"], 99),
+        "spaced_channel_chain_us_p50": p(on_channels["spaced_us"], 50),
+        "spaced_channel_chain_us_p99": p(on_channels["spaced_us"], 99),
         "pipelined_flow_us_per_step": round(pipelined_us, 1),
         **compiled_figures,
         "peak_rss_mib": round(_peak_rss_mib(), 1),
@@ -416,16 +425,19 @@ def plan(
         jobs += [Job("peer", spec, runtime=p, python=nautilus_python) for p in peers]
     if "ray" in runtimes and latency_steps:
         jobs.append(Job("ping", steps=2_000))
-        for gap_ms in (0, SPACED_GAP_MS):
-            jobs.append(
-                Job(
-                    "latency",
-                    workload_spec("b", scale),
-                    runtime="ray",
-                    steps=latency_steps,
-                    gap_ms=gap_ms,
+        # On step channels (the default) and, for comparison, as plain Ray actor calls.
+        for channel in (True, False):
+            for gap_ms in (0, SPACED_GAP_MS):
+                jobs.append(
+                    Job(
+                        "latency",
+                        workload_spec("b", scale),
+                        runtime="ray",
+                        steps=latency_steps,
+                        gap_ms=gap_ms,
+                        channel=channel,
+                    )
                 )
-            )
     if scaling:
         for n in (10, 100, 1_000):
             jobs.append(Job("scaling", f"synthetic:{n}x{max(100, round(2_000 * scale))}", shards=1))
@@ -472,6 +484,11 @@ def report(results: list[dict[str, Any]], out: TextIO) -> None:
                     (f"step data flow, {gap}", "spaced_chain"),
                     (f"actor-to-actor flow, {gap}", "pushed_chain"),
                 ]
+            if "channel_chain_us_p50" in r:
+                flows += [
+                    ("step channels flow", "channel_chain"),
+                    (f"step channels flow, {gap}", "spaced_channel_chain"),
+                ]
             if "compiled_chain_us_p50" in r:
                 flows += [
                     ("compiled graph flow", "compiled_chain"),
@@ -499,6 +516,7 @@ def report(results: list[dict[str, Any]], out: TextIO) -> None:
         what = f"{r['kind']} {r['spec'].removeprefix('synthetic:')}"
         if r["kind"] == "latency":
             what += f" {r['gap_ms']} ms apart" if r.get("gap_ms") else " back to back"
+            what += "" if r.get("channel", True) else " (calls)"
         line = (
             f"{what:<30} {r['runtime']:<7} {r.get('shards', ''):>2} {r['bars']:>11,} "
             f"{r['bars_per_second']:>12,.0f} {r['us_per_step']:>9,.1f} "
@@ -512,7 +530,7 @@ def report(results: list[dict[str, Any]], out: TextIO) -> None:
         if "step_overhead_us_p50" in r:
             line += (
                 f"; our actors' work p50 {r['step_work_us_p50']:,.0f} us, "
-                f"Ray's overhead p50 {r['step_overhead_us_p50']:,.0f} us"
+                f"transport overhead p50 {r['step_overhead_us_p50']:,.0f} us"
             )
         out.write(line + "\n")
 
@@ -570,16 +588,24 @@ def _latency_targets(ok: list[dict[str, Any]]) -> list[Target]:
         if f"{key}ping_us_p50" not in ping:
             continue
         how = f"{gap} ms apart" if gap else "back to back"
+        if r.get("channel", True):
+            step, flow = "Ray step", f"{key}channel_chain_us_p50"
+        else:  # for comparison: the engine's calls as plain Ray actor calls
+            step, flow = "(Ray calls) step", f"{key}chain_us_p50"
         value = r["step_latency_us_p50"] / ping[f"{key}ping_us_p50"]
-        out.append(Target(f"Ray step p50 / bare actor ping, {how}", value, 4.0, "x", False))
+        out.append(Target(f"{step} p50 / bare actor ping, {how}", value, 4.0, "x", False))
         if "step_overhead_us_p50" in r:
             value = r["step_overhead_us_p50"] / ping[f"{key}ping_us_p50"]
             out.append(
-                Target(f"Ray step overhead p50 / bare actor ping, {how}", value, 4.0, "x", False)
+                Target(f"{step} overhead p50 / bare actor ping, {how}", value, 4.0, "x", False)
             )
-        floor = ping[f"{key}chain_us_p50"] / ping[f"{key}ping_us_p50"]
-        out.append(Target(f"(floor) bare-actor step flow / ping, {how}", floor, 4.0, "x", False))
-        if f"{key}compiled_chain_us_p50" in ping:
+        if flow in ping:
+            floor = ping[flow] / ping[f"{key}ping_us_p50"]
+            out.append(
+                Target(f"(floor) {step} do-nothing flow / ping, {how}", floor, 4.0, "x", False)
+            )
+        # The compiled graph is an alternative to Ray calls: listed with them.
+        if not r.get("channel", True) and f"{key}compiled_chain_us_p50" in ping:
             floor = ping[f"{key}compiled_chain_us_p50"] / ping[f"{key}ping_us_p50"]
             out.append(
                 Target(f"(floor) compiled-graph step flow / ping, {how}", floor, 4.0, "x", False)

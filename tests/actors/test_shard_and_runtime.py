@@ -94,13 +94,16 @@ def test_local_wire_runtime_counts_and_drops_undecodable_batches(tmp_path) -> No
 
 
 @pytest.mark.ray
-def test_ray_actor_survives_garbage_bytes_and_reports_them(tmp_path, ray_session) -> None:
-    rt = RayRuntime()
+@pytest.mark.parametrize("channel", [True, False], ids=["channel", "ray-calls"])
+def test_ray_actor_survives_garbage_bytes_and_reports_them(
+    tmp_path, ray_session, channel: bool
+) -> None:
+    rt = RayRuntime(channel=channel)
     try:
         handle = rt.spawn(shard_spec(tmp_path))
         good = bars(MIN, ["AAA"], [10], [11], [9], [10], [100])
         r1 = rt.tell(handle, [good])
-        r2 = handle.receive.remote(b"\x00\x01\x02 definitely not msgpack", b"")
+        r2 = rt.tell(handle, b"\x00\x01\x02 definitely not msgpack", b"")
         r3 = rt.tell(handle, [end()])
         out1, out2, out3 = rt.fetch([r1, r2, r3])
         assert out1 == [] and out2 == []
@@ -175,7 +178,8 @@ def test_both_local_deliveries_hand_an_actor_only_what_it_accepts(wire: bool) ->
 
 
 @pytest.mark.ray
-def test_ray_never_runs_a_call_whose_plain_input_failed(ray_session) -> None:
+@pytest.mark.parametrize("channel", [True, False], ids=["channel", "ray-calls"])
+def test_ray_never_runs_a_call_whose_plain_input_failed(ray_session, channel: bool) -> None:
     """A backtest passes the previous step's verdicts to the gateway as a plain result: if
     the call that was to produce them failed, the gateway's call must never run (that is
     what keeps a failed step from sending orders). A lenient input is survived instead."""
@@ -198,7 +202,7 @@ def test_ray_never_runs_a_call_whose_plain_input_failed(ray_session) -> None:
                 return [self.stats(0)]
             return []
 
-    rt = RayRuntime()
+    rt = RayRuntime(channel=channel)
     try:
         breaks, counts = rt.spawn(ActorSpec(Breaks)), rt.spawn(ActorSpec(Counts))
         batch = bars(MIN, ["AAA"], [10], [11], [9], [10], [100])
@@ -216,7 +220,10 @@ def test_ray_never_runs_a_call_whose_plain_input_failed(ray_session) -> None:
 
 
 @pytest.mark.ray
-def test_ray_lenient_inputs_arrive_whether_finished_pending_or_failed(ray_session) -> None:
+@pytest.mark.parametrize("channel", [True, False], ids=["channel", "ray-calls"])
+def test_ray_lenient_inputs_arrive_whether_finished_pending_or_failed(
+    ray_session, channel: bool
+) -> None:
     """The driver sends a finished lenient input with the call, leaves a pending one to
     the actor to fetch, and a failed one to the actor to count: the actor sees every
     message that exists, once, in input order, and counts the one loss."""
@@ -246,7 +253,7 @@ def test_ray_lenient_inputs_arrive_whether_finished_pending_or_failed(ray_sessio
                 out.append(self.stats(0))
             return out
 
-    rt = RayRuntime()
+    rt = RayRuntime(channel=channel)
     try:
         done, slow, failing = (rt.spawn(ActorSpec(Echo, index=i)) for i in range(3))
         seen = rt.spawn(ActorSpec(Seen))

@@ -106,12 +106,31 @@ def test_targets_are_ratios_of_the_same_runs_figures() -> None:
             "spaced_ping_us_p50": 2_000.0,
             "spaced_chain_us_p50": 6_000.0,
             "compiled_chain_us_p50": 630.0,
+            "channel_chain_us_p50": 350.0,
+            "spaced_channel_chain_us_p50": 900.0,
         },
         {
             "kind": "latency",
             "spec": "synthetic:100x500",
             "runtime": "ray",
             "gap_ms": 0,
+            "step_latency_us_p50": 1_400.0,
+            "step_overhead_us_p50": 560.0,
+        },
+        {
+            "kind": "latency",
+            "spec": "synthetic:100x500",
+            "runtime": "ray",
+            "gap_ms": 10,
+            "channel": True,
+            "step_latency_us_p50": 2_400.0,
+        },
+        {
+            "kind": "latency",
+            "spec": "synthetic:100x500",
+            "runtime": "ray",
+            "gap_ms": 0,
+            "channel": False,
             "step_latency_us_p50": 7_000.0,
         },
         {
@@ -119,6 +138,7 @@ def test_targets_are_ratios_of_the_same_runs_figures() -> None:
             "spec": "synthetic:100x500",
             "runtime": "ray",
             "gap_ms": 10,
+            "channel": False,
             "step_latency_us_p50": 7_000.0,
         },
         {"kind": "engine", "spec": "synthetic:1x50000", "runtime": "local", "error": "boom"},
@@ -129,11 +149,16 @@ def test_targets_are_ratios_of_the_same_runs_figures() -> None:
         "LocalRuntime bars/s on (c)": (400_000.0, False),
         "LocalRuntime / NautilusTrader on (b)": (10.0, False),
         "numpy reference / LocalRuntime on (b)": (8.0, False),
-        "Ray step p50 / bare actor ping, back to back": (10.0, False),
-        "(floor) bare-actor step flow / ping, back to back": (5.0, False),
+        "Ray step p50 / bare actor ping, back to back": (2.0, True),
+        "Ray step overhead p50 / bare actor ping, back to back": (0.8, True),
+        "(floor) Ray step do-nothing flow / ping, back to back": (0.5, True),
+        "Ray step p50 / bare actor ping, 10 ms apart": (1.2, True),
+        "(floor) Ray step do-nothing flow / ping, 10 ms apart": (0.45, True),
+        "(Ray calls) step p50 / bare actor ping, back to back": (10.0, False),
+        "(floor) (Ray calls) step do-nothing flow / ping, back to back": (5.0, False),
         "(floor) compiled-graph step flow / ping, back to back": (0.9, True),
-        "Ray step p50 / bare actor ping, 10 ms apart": (3.5, True),
-        "(floor) bare-actor step flow / ping, 10 ms apart": (3.0, True),
+        "(Ray calls) step p50 / bare actor ping, 10 ms apart": (3.5, True),
+        "(floor) (Ray calls) step do-nothing flow / ping, 10 ms apart": (3.0, True),
         "LocalRuntime / RayRuntime on (c)": (1.6, True),
         "peak RSS on (b)": (480.0, True),
     }
@@ -192,7 +217,8 @@ def test_the_ping_job_times_every_flow_it_reports() -> None:
     r = spawn(Job("ping", steps=40), timeout=300)
     assert "error" not in r, r
     keys = ("ping", "chain", "spaced_ping", "spaced_chain", "pushed_chain", "compiled_chain")
-    for key in (*keys, "spaced_compiled_chain"):
+    on_channels = ("channel_chain", "spaced_channel_chain")
+    for key in (*keys, "spaced_compiled_chain", *on_channels):
         assert 0 < r[f"{key}_us_p50"] <= r[f"{key}_us_p99"], key
     # A flow of four calls cannot beat one round trip of one of them.
     assert r["chain_us_p50"] > r["ping_us_p50"]
@@ -219,14 +245,18 @@ def test_step_work_counts_the_gateway_the_slowest_shard_and_the_guardian() -> No
 
 
 @pytest.mark.ray
-def test_the_latency_probe_splits_each_step_into_work_and_overhead() -> None:
+@pytest.mark.parametrize("channel", [True, False], ids=["channel", "ray-calls"])
+def test_the_latency_probe_splits_each_step_into_work_and_overhead(channel: bool) -> None:
     """The figure the latency target is read from: every timed step split into our
-    actors' work on its path and Ray's overhead, both real and adding up to the step."""
+    actors' work on its path and the transport's overhead, both real and adding up to
+    the step, on step channels and on Ray calls."""
     from sovereign.bench.runner import Job, spawn
 
-    r = spawn(Job("latency", "synthetic:20x200", runtime="ray", steps=40, gap_ms=5), timeout=300)
+    job = Job("latency", "synthetic:20x200", runtime="ray", steps=40, gap_ms=5, channel=channel)
+    r = spawn(job, timeout=300)
     assert "error" not in r, r
-    assert r["gap_ms"] == 5 and r["steps"] == 40
+    assert r["gap_ms"] == 5 and r["steps"] == 40 and r["channel"] is channel
+    assert r["failed_steps"] == 0
     assert 0 < r["step_work_us_p50"] < r["step_latency_us_p50"]
     assert 0 < r["step_overhead_us_p50"] < r["step_latency_us_p50"]
     assert r["step_overhead_us_p50"] <= r["step_overhead_us_p99"]
@@ -240,6 +270,8 @@ def test_the_report_shows_the_compiled_graph_flow_or_why_it_failed() -> None:
     ping = {"kind": "ping", "runtime": "ray", "peak_rss_mib": 150.0, "spaced_gap_ms": 10}
     for key in ("ping", "chain", "spaced_ping", "spaced_chain", "pushed_chain"):
         ping |= {f"{key}_us_p50": 1_000.0, f"{key}_us_p99": 2_000.0}
+    for key in ("channel_chain", "spaced_channel_chain"):
+        ping |= {f"{key}_us_p50": 450.0, f"{key}_us_p99": 900.0}
     compiled = ping | {
         "compiled_chain_us_p50": 650.0,
         "compiled_chain_us_p99": 1_250.0,
@@ -252,6 +284,7 @@ def test_the_report_shows_the_compiled_graph_flow_or_why_it_failed() -> None:
     report([compiled, ping | {"compiled_error": "RayChannelError: no channel"}], out)
     text = out.getvalue()
     assert "compiled graph flow, 10 ms apart" in text and "1,400" in text
+    assert "step channels flow, 10 ms apart" in text and "450" in text
     assert "keep 1.94 cores busy in a compiled graph, 0.02 without" in text
     failed = [line for line in text.splitlines() if "failed:" in line]
     assert len(failed) == 1 and failed[0].startswith("compiled graph flow")

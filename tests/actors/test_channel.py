@@ -1,0 +1,332 @@
+"""Step channels: ordering, inputs, failures and refusals, on real sockets.
+
+The servers here run in this process (one thread each, as in an actor process); the
+Ray tests at the end open channels to real Ray actors and kill one mid-session.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sovereign.actors.base import Actor
+from sovereign.actors.channel import (
+    ChannelCall,
+    ChannelError,
+    Channels,
+    ChannelServer,
+    connect,
+    wait_all,
+)
+from sovereign.actors.runtime import ActorCallError, ActorSpec, Lenient, RayRuntime
+from sovereign.messages import BarBatch, Message, SessionEnded
+from tests.kit import bars
+
+KEY = b"k" * 32
+FAIL = b"FAIL"
+MIN = 60_000_000_000
+
+
+@dataclass
+class Fake:
+    """An actor process's side: what ran, in order, and what the channel counted."""
+
+    name: str
+    ran: list[tuple[bytes | None, ...]]
+    events: list[str]
+    server: ChannelServer | None = None
+    gate: threading.Event | None = None
+
+    def handle(self, inputs: list[bytes | None]) -> bytes:
+        if self.gate is not None:
+            self.gate.wait(10)
+        self.ran.append(tuple(inputs))
+        if FAIL in inputs:
+            raise RuntimeError("asked to fail")
+        return output(self.name, inputs)
+
+    def event(self, counter: str, text: str) -> None:
+        self.events.append(counter)
+
+
+def output(name: str, inputs: list[bytes | None] | tuple[bytes | None, ...]) -> bytes:
+    return name.encode() + b"(" + b",".join(b"-" if x is None else x for x in inputs) + b")"
+
+
+def serve(name: str, key: bytes = KEY) -> Fake:
+    fake = Fake(name, [], [])
+    fake.server = ChannelServer(key, fake.handle, fake.event)
+    return fake
+
+
+@pytest.fixture
+def three() -> Iterator[tuple[Channels, list[Fake]]]:
+    channels = Channels()
+    fakes = [serve(f"a{i}") for i in range(3)]
+    for fake in fakes:
+        assert fake.server is not None
+        channels.attach(fake.name, connect(fake.server.address, KEY))
+    yield channels, fakes
+    channels.close()
+
+
+def test_a_call_gets_its_inputs_bytes_and_its_output_comes_back(three) -> None:
+    channels, (a, b, _) = three
+    first = channels.call("a0", [b"x", b"y"])
+    second = channels.call("a1", [(first, False), b"z"])
+    assert wait_all([first, second], 5) == 2
+    assert first.error is None and first.value == b"a0(x,y)"
+    assert second.value == b"a1(a0(x,y),z)"
+    assert a.ran == [(b"x", b"y")] and b.ran == [(b"a0(x,y)", b"z")]
+
+
+def test_a_call_waits_for_its_input_and_holds_up_later_calls_to_its_actor(three) -> None:
+    channels, (a, b, _) = three
+    a.gate = threading.Event()
+    slow = channels.call("a0", [b"slow"])
+    waiting = channels.call("a1", [(slow, False)])
+    later = channels.call("a1", [b"later"])
+    time.sleep(0.2)
+    # Nothing ran on a1: its first call waits for a0, and the second waits behind it.
+    assert b.ran == [] and not later.done.is_set()
+    a.gate.set()
+    assert wait_all([slow, waiting, later], 5) == 3
+    assert b.ran == [(b"a0(slow)",), (b"later",)]
+
+
+def test_a_raising_call_fails_alone_and_its_plain_dependants_never_run(three) -> None:
+    channels, (a, b, c) = three
+    bad = channels.call("a0", [FAIL])
+    plain = channels.call("a1", [(bad, False)])
+    lenient = channels.call("a2", [(bad, True), b"kept"])
+    after = channels.call("a0", [b"fine"])
+    assert wait_all([bad, plain, lenient, after], 5) == 4
+    assert bad.error is not None and "asked to fail" in bad.error
+    assert plain.error is not None and "input" in plain.error
+    assert b.ran == []
+    # The lenient call ran without the lost input (None on the wire) ...
+    assert c.ran == [(None, b"kept")] and lenient.error is None
+    # ... and the actor whose call raised goes on serving.
+    assert after.value == b"a0(fine)" and a.ran == [(FAIL,), (b"fine",)]
+
+
+def test_a_wrong_key_is_refused_and_counted_and_the_right_one_still_gets_in() -> None:
+    fake = serve("a0")
+    assert fake.server is not None
+    with pytest.raises(ChannelError, match="refused"):
+        connect(fake.server.address, b"w" * 32)
+    assert fake.events == ["channel_refused"]
+    channels = Channels()
+    try:
+        channels.attach("a0", connect(fake.server.address, KEY))
+        call = channels.call("a0", [b"x"])
+        assert wait_all([call], 5) == 1 and call.value == b"a0(x)"
+    finally:
+        channels.close()
+
+
+def test_an_undecodable_frame_closes_the_channel_and_is_counted() -> None:
+    fake = serve("a0")
+    assert fake.server is not None
+    conn = connect(fake.server.address, KEY)
+    conn.send_bytes(b"\xc1 not msgpack")
+    with pytest.raises(EOFError):
+        conn.recv_bytes()
+    conn.close()
+    assert fake.events == ["channel_errors"] and fake.ran == []
+
+
+def test_losing_the_channel_fails_what_was_pending_and_nothing_after_it_is_sent() -> None:
+    fake = serve("a0")
+    assert fake.server is not None
+    fake.gate = threading.Event()
+    channels = Channels()
+    channels.attach("a0", connect(fake.server.address, KEY))
+    running = channels.call("a0", [b"x"])
+    queued_input = channels.call("a0", [(running, False)])
+    time.sleep(0.1)
+    channels.close()  # as when the actor's process dies: the stream ends
+    assert wait_all([running, queued_input], 5) == 2
+    assert running.error is not None and queued_input.error is not None
+    assert not channels.alive("a0")
+    dead = channels.call("a0", [b"y"])
+    assert dead.error is not None and "no channel" in dead.error
+    fake.gate.set()
+
+
+# -- THE SEMANTICS, AGAINST A MODEL --------------------------------------------------------
+
+# A program: calls in order, each to one of three actors, with inputs that are literals
+# (FAIL makes the call raise) or earlier calls' results (plain or lenient).
+_input = st.one_of(
+    st.sampled_from([b"p", b"q", FAIL]),
+    st.tuples(st.integers(min_value=0, max_value=40), st.booleans()),
+)
+_program = st.lists(
+    st.tuples(st.integers(min_value=0, max_value=2), st.lists(_input, max_size=3)),
+    min_size=1,
+    max_size=14,
+)
+
+
+def model(program: list[tuple[int, list[Any]]]) -> tuple[list[Any], list[list[Any]]]:
+    """What each call must end as (a value, or None for a failure), and what each
+    actor must run, in order."""
+    results: list[bytes | None] = []
+    ran: list[list[Any]] = [[], [], []]
+    for actor, inputs in program:
+        wire: list[bytes | None] = []
+        blocked = False
+        for item in inputs:
+            if isinstance(item, bytes):
+                wire.append(item)
+                continue
+            source, lenient = item
+            value = results[source % len(results)] if results else b"none"
+            if value is None and not lenient:
+                blocked = True
+            wire.append(value)
+        if blocked:
+            results.append(None)
+            continue
+        ran[actor].append(tuple(wire))
+        results.append(None if FAIL in wire else output(f"a{actor}", wire))
+    return results, ran
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(program=_program)
+def test_channels_run_any_program_as_the_model_says(program) -> None:
+    """Order per actor, inputs, failures and lenient losses, for any program: the
+    channels must run exactly what the model runs, in the model's order."""
+    channels = Channels()
+    fakes = [serve(f"a{i}") for i in range(3)]
+    try:
+        for fake in fakes:
+            assert fake.server is not None
+            channels.attach(fake.name, connect(fake.server.address, KEY))
+        calls: list[ChannelCall] = []
+        for actor, inputs in program:
+            wire: list[Any] = []
+            for item in inputs:
+                if isinstance(item, bytes):
+                    wire.append(item)
+                elif calls:
+                    source, lenient = item
+                    wire.append((calls[source % len(calls)], lenient))
+                else:
+                    wire.append(b"none")
+            calls.append(channels.call(f"a{actor}", wire))
+        assert wait_all(calls, 20) == len(calls)
+        expected, ran = model(program)
+        assert [c.value if c.error is None else None for c in calls] == expected
+        assert [f.ran for f in fakes] == ran
+    finally:
+        channels.close()
+
+
+# -- ON RAY --------------------------------------------------------------------------------
+
+
+class Counting(Actor):
+    role = "counting"
+    accepts = frozenset({BarBatch, SessionEnded})
+
+    def receive(self, messages: list[Message]) -> list[Message]:
+        self.count("calls")
+        if any(isinstance(m, SessionEnded) for m in messages):
+            return [self.stats(0)]
+        return [m for m in messages if isinstance(m, BarBatch)]
+
+
+@pytest.mark.ray
+def test_ray_channel_reopens_after_the_actor_is_restarted_and_runs_no_call_twice(
+    ray_session,
+) -> None:
+    from tests.actors.test_shard_and_runtime import end
+
+    rt = RayRuntime(channel=True)
+    try:
+        handle = rt.spawn(ActorSpec(Counting))
+        batch = bars(MIN, ["AAA"], [10], [11], [9], [10], [100])
+        first = rt.tell(handle, [batch])
+        assert rt.fetch([first]) == [[batch]]
+        ray_session.kill(handle, no_restart=False)
+        # The old process may take calls for a moment yet; calls made while the actor is
+        # down fail (none is retried: an order must never be sent twice); once Ray has
+        # restarted it, the next call reopens the channel.
+        outcomes: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and outcomes[-2:] != ["failed", "ran"]:
+            try:
+                rt.fetch([rt.tell(handle, [batch])])
+            except ActorCallError:
+                if outcomes[-1:] != ["failed"]:
+                    outcomes.append("failed")
+                time.sleep(0.02)
+            else:
+                outcomes.append("ran")
+        assert outcomes[-2:] == ["failed", "ran"], outcomes
+        (stats,) = rt.fetch([rt.tell(handle, [end()])])[0]
+        # The restarted actor counts the call that ran and the end: nothing ran twice.
+        assert stats.counters == {"calls": 2}
+    finally:
+        rt.shutdown()
+
+
+@pytest.mark.ray
+def test_ray_channel_refuses_a_stranger_and_the_actor_counts_it(ray_session) -> None:
+    from tests.actors.test_shard_and_runtime import end
+
+    rt = RayRuntime(channel=True)
+    try:
+        handle = rt.spawn(ActorSpec(Counting))
+        address = ray_session.get(handle.open_channel.remote(b"s" * 32, "another-node"))
+        # Another node's driver would get a TCP address; a stranger without the key
+        # gets nothing in either case.
+        with pytest.raises(ChannelError):
+            connect(address, KEY)
+        (stats,) = rt.fetch([rt.tell(handle, [end()])])[0]
+        assert stats.counters == {"calls": 1, "channel_refused": 1}
+        with pytest.raises(TypeError, match="step channel"):
+            rt.tell(handle, Lenient(object()))
+    finally:
+        rt.shutdown()
+
+
+@settings(max_examples=40, deadline=None)
+@given(answer=st.binary(max_size=80), frames=st.lists(st.binary(max_size=64), max_size=3))
+def test_no_stranger_gets_a_call_run_whatever_it_sends(answer: bytes, frames) -> None:
+    """Without the key, whatever answer to the challenge and whatever frames after it,
+    nothing runs on the actor: the connection is refused, and counted."""
+    import socket
+    from multiprocessing.connection import Connection
+
+    fake = serve("a0")
+    assert fake.server is not None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(fake.server.address)
+    conn = Connection(sock.detach())
+    try:
+        assert conn.poll(5)
+        conn.recv_bytes()  # the challenge
+        try:
+            conn.send_bytes(answer)
+            for frame in frames:
+                conn.send_bytes(frame)
+        except OSError:
+            pass  # hung up on already
+        with pytest.raises((EOFError, OSError)):
+            while conn.poll(5):
+                conn.recv_bytes()
+            raise AssertionError("the actor neither refused nor hung up")
+    finally:
+        conn.close()
+    assert fake.ran == [] and fake.events == ["channel_refused"]
