@@ -261,6 +261,9 @@ class _Host:
     def ping(self) -> bytes:
         return b""
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def __repr__(self) -> str:
         return self.actor.name
 

@@ -245,7 +245,8 @@ def compiled_step_flow(ray: Any, steps: int, gap_s: float) -> dict[str, Any]:
 def channel_step_flow(ray: Any, steps: int, gap_s: float) -> dict[str, list[float]]:
     """The same do-nothing step flow through ``RayRuntime`` with step channels (the
     engine's default transport): four actors that answer nothing, the calls made with
-    ``tell`` as a step makes them, back to back and ``gap_s`` apart."""
+    ``tell`` as a step makes them, back to back and ``gap_s`` apart; and the cores the
+    four keep busy idle with their channels open."""
     from sovereign.actors.runtime import ActorSpec, RayRuntime
 
     rt = RayRuntime(channel=True)
@@ -266,7 +267,10 @@ def channel_step_flow(ray: Any, steps: int, gap_s: float) -> dict[str, list[floa
                     lat.append((time.perf_counter() - t0) * 1e6)
             return lat
 
-        return {"back_to_back_us": run(steps, 0.0), "spaced_us": run(steps, gap_s)}
+        hot, spaced = run(steps, 0.0), run(steps, gap_s)
+        # With their channels open and idle: each actor has a thread blocked reading.
+        pids = ray.get([h.pid.remote() for h in (gateway, guardian, *shards)])
+        return {"back_to_back_us": hot, "spaced_us": spaced, "idle_cores": [idle_cores(pids)]}
     finally:
         rt.shutdown()
 

@@ -370,6 +370,7 @@ def _ray_ping(n: int) -> dict[str, Any]:
         "channel_chain_us_p99": p(on_channels["back_to_back_us"], 99),
         "spaced_channel_chain_us_p50": p(on_channels["spaced_us"], 50),
         "spaced_channel_chain_us_p99": p(on_channels["spaced_us"], 99),
+        "channel_idle_cores": round(on_channels["idle_cores"][0], 2),
         "pipelined_flow_us_per_step": round(pipelined_us, 1),
         **compiled_figures,
         "peak_rss_mib": round(_peak_rss_mib(), 1),
@@ -504,6 +505,11 @@ def report(results: list[dict[str, Any]], out: TextIO) -> None:
                 out.write(
                     f"{'':<30} idle, the four actors keep {r['compiled_idle_cores']:.2f} "
                     f"cores busy in a compiled graph, {r['plain_idle_cores']:.2f} without\n"
+                )
+            if "channel_idle_cores" in r:
+                out.write(
+                    f"{'':<30} idle with their step channels open, four actors keep "
+                    f"{r['channel_idle_cores']:.2f} cores busy\n"
                 )
             if "compiled_error" in r:
                 out.write(f"{'compiled graph flow':<30} ray     failed: {r['compiled_error']}\n")

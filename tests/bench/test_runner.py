@@ -225,6 +225,7 @@ def test_the_ping_job_times_every_flow_it_reports() -> None:
     assert r["pushed_chain_us_p50"] > 0 and r["pipelined_flow_us_per_step"] > 0
     # Idle actors of a compiled graph poll their channels; plain idle actors sleep.
     assert r["compiled_idle_cores"] > r["plain_idle_cores"] >= 0
+    assert r["channel_idle_cores"] >= 0
 
 
 def test_step_work_counts_the_gateway_the_slowest_shard_and_the_guardian() -> None:
