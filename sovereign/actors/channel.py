@@ -31,6 +31,7 @@ import hashlib
 import hmac
 import logging
 import os
+import queue
 import socket
 import tempfile
 import threading
@@ -76,25 +77,65 @@ def _connection(sock: socket.socket) -> Connection:
 # -- THE ACTOR'S SIDE ---------------------------------------------------------------------
 
 
-class ChannelServer:
-    """One driver's channel into this actor process.
+class ChannelWorker:
+    """The one thread of an actor process that runs its channel calls, whichever channel
+    they arrive on: a library bound to the event loop of the thread that first used it
+    (ib_async's connection) sees one thread for the actor's whole life, even when the
+    driver opens a new channel.
 
     ``handler`` runs one call: it takes the call's inputs (``None`` for a lost lenient
     input) and returns the output bytes; what it raises fails that call only.
-    ``on_event(counter, text)`` counts and logs what the channel refused or dropped. The
-    server accepts one authenticated connection, stops listening, and serves that
-    connection's calls in order until it closes.
+    ``on_event(counter, text)`` counts and logs what a channel refused or dropped.
     """
 
     def __init__(
         self,
-        key: bytes,
         handler: Callable[[list[bytes | None]], bytes],
         on_event: Callable[[str, str], None],
-        *,
-        host: str | None = None,
     ) -> None:
-        self._key, self._handler, self._event = key, handler, on_event
+        self._handler, self.on_event = handler, on_event
+        self._connections: queue.SimpleQueue[Connection] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="sovereign-calls", daemon=True)
+        self._thread.start()
+
+    def serve(self, conn: Connection) -> None:
+        """Serve ``conn`` (authenticated) once the channel before it has closed."""
+        self._connections.put(conn)
+
+    def _run(self) -> None:
+        while True:
+            conn = self._connections.get()
+            with conn:
+                self._serve(conn)
+
+    def _serve(self, conn: Connection) -> None:
+        while True:
+            try:
+                frame = conn.recv_bytes()
+            except (EOFError, OSError):
+                return
+            try:
+                seq, inputs = _CALL.decode(frame)
+            except msgspec.DecodeError as exc:
+                # The stream can no longer be trusted to be in step with the driver.
+                self.on_event("channel_errors", f"closed the channel on an undecodable call: {exc}")
+                return
+            try:
+                reply = (seq, True, self._handler(inputs))
+            except Exception as exc:  # the call fails; the actor and its channel live on
+                reply = (seq, False, f"{type(exc).__name__}: {exc}".encode())
+            try:
+                conn.send_bytes(_ENCODER.encode(reply))
+            except OSError:
+                return
+
+
+class ChannelServer:
+    """One driver's channel into this actor process: listens, accepts one connection
+    that proves the key, stops listening, and hands it to the process's ``worker``."""
+
+    def __init__(self, key: bytes, worker: ChannelWorker, *, host: str | None = None) -> None:
+        self._key, self._worker = key, worker
         self._dir: str | None = None
         if host is None:
             # A private directory: only this user can reach the socket at all.
@@ -122,8 +163,7 @@ class ChannelServer:
                     leftover.unlink()
                 os.rmdir(self._dir)
         if conn is not None:
-            with conn:
-                self._serve(conn)
+            self._worker.serve(conn)
 
     def _accept(self) -> Connection | None:
         while True:
@@ -138,7 +178,9 @@ class ChannelServer:
             if self._authenticated(conn):
                 return conn
             # Counted before hanging up: whoever was refused may look at once.
-            self._event("channel_refused", "refused a connection that failed the handshake")
+            self._worker.on_event(
+                "channel_refused", "refused a connection that failed the handshake"
+            )
             conn.close()
 
     def _authenticated(self, conn: Connection) -> bool:
@@ -154,27 +196,6 @@ class ChannelServer:
         except (OSError, EOFError):
             return False
         return True
-
-    def _serve(self, conn: Connection) -> None:
-        while True:
-            try:
-                frame = conn.recv_bytes()
-            except (EOFError, OSError):
-                return
-            try:
-                seq, inputs = _CALL.decode(frame)
-            except msgspec.DecodeError as exc:
-                # The stream can no longer be trusted to be in step with the driver.
-                self._event("channel_errors", f"closed the channel on an undecodable call: {exc}")
-                return
-            try:
-                reply = (seq, True, self._handler(inputs))
-            except Exception as exc:  # the call fails; the actor and its channel live on
-                reply = (seq, False, f"{type(exc).__name__}: {exc}".encode())
-            try:
-                conn.send_bytes(_ENCODER.encode(reply))
-            except OSError:
-                return
 
 
 # -- THE DRIVER'S SIDE --------------------------------------------------------------------

@@ -40,6 +40,7 @@ from sovereign.actors.channel import (
     ChannelError,
     Channels,
     ChannelServer,
+    ChannelWorker,
     connect,
     wait_all,
 )
@@ -175,6 +176,7 @@ class _Host:
         self.calls: list[tuple[float, float]] | None = None
         # Calls come from Ray's thread and from the step channel's: one at a time.
         self._lock = threading.Lock()
+        self._worker: ChannelWorker | None = None
 
     def receive(self, *args: bytes | list[Any]) -> bytes:
         with self._lock:
@@ -194,7 +196,9 @@ class _Host:
         host = None
         if ray.get_runtime_context().get_node_id() != driver_node:
             host = ray.util.get_node_ip_address()
-        return ChannelServer(key, self._channel_call, self._channel_event, host=host).address
+        if self._worker is None:
+            self._worker = ChannelWorker(self._channel_call, self._channel_event)
+        return ChannelServer(key, self._worker, host=host).address
 
     def _channel_call(self, inputs: list[bytes | None]) -> bytes:
         blobs: list[bytes] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -22,6 +22,7 @@ from sovereign.actors.channel import (
     ChannelError,
     Channels,
     ChannelServer,
+    ChannelWorker,
     connect,
     wait_all,
 )
@@ -42,11 +43,14 @@ class Fake:
     ran: list[tuple[bytes | None, ...]]
     events: list[str]
     server: ChannelServer | None = None
+    worker: ChannelWorker | None = None
     gate: threading.Event | None = None
+    threads: set[int] = field(default_factory=set)
 
     def handle(self, inputs: list[bytes | None]) -> bytes:
         if self.gate is not None:
             self.gate.wait(10)
+        self.threads.add(threading.get_ident())
         self.ran.append(tuple(inputs))
         if FAIL in inputs:
             raise RuntimeError("asked to fail")
@@ -62,7 +66,8 @@ def output(name: str, inputs: list[bytes | None] | tuple[bytes | None, ...]) -> 
 
 def serve(name: str, key: bytes = KEY) -> Fake:
     fake = Fake(name, [], [])
-    fake.server = ChannelServer(key, fake.handle, fake.event)
+    fake.worker = ChannelWorker(fake.handle, fake.event)
+    fake.server = ChannelServer(key, fake.worker)
     return fake
 
 
@@ -117,6 +122,23 @@ def test_a_raising_call_fails_alone_and_its_plain_dependants_never_run(three) ->
     assert after.value == b"a0(fine)" and a.ran == [(FAIL,), (b"fine",)]
 
 
+def test_a_channel_over_tcp_works_as_one_over_a_unix_socket() -> None:
+    """The transport to an actor on another node: the same handshake and calls."""
+    fake = Fake("a0", [], [])
+    fake.server = ChannelServer(KEY, ChannelWorker(fake.handle, fake.event), host="127.0.0.1")
+    host, port = fake.server.address
+    assert host == "127.0.0.1" and port > 0
+    channels = Channels()
+    try:
+        channels.attach("a0", connect([host, port], KEY))  # as it arrives through Ray
+        first = channels.call("a0", [b"x"])
+        second = channels.call("a0", [(first, False)])
+        assert wait_all([first, second], 5) == 2
+        assert second.value == b"a0(a0(x))" and fake.events == []
+    finally:
+        channels.close()
+
+
 def test_a_wrong_key_is_refused_and_counted_and_the_right_one_still_gets_in() -> None:
     fake = serve("a0")
     assert fake.server is not None
@@ -130,6 +152,21 @@ def test_a_wrong_key_is_refused_and_counted_and_the_right_one_still_gets_in() ->
         assert wait_all([call], 5) == 1 and call.value == b"a0(x)"
     finally:
         channels.close()
+
+
+def test_every_channel_of_a_process_runs_its_calls_on_one_thread() -> None:
+    """A driver that opens a new channel to a live actor reaches the same thread: what
+    the actor holds that is bound to a thread's event loop (an IB connection) still works."""
+    fake = serve("a0")
+    assert fake.server is not None and fake.worker is not None
+    for round_ in range(3):
+        channels = Channels()
+        server = fake.server if round_ == 0 else ChannelServer(KEY, fake.worker)
+        channels.attach("a0", connect(server.address, KEY))
+        call = channels.call("a0", [b"x"])
+        assert wait_all([call], 5) == 1 and call.error is None
+        channels.close()
+    assert len(fake.ran) == 3 and len(fake.threads) == 1
 
 
 def test_an_undecodable_frame_closes_the_channel_and_is_counted() -> None:
