@@ -316,3 +316,78 @@ def test_streamed_bars_trade_like_polled_ones(tmp_path, data, monkeypatch, broke
         assert feed.counters.rejected == {}
     finally:
         emulator.stop()
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("channel", [True, False], ids=["channel", "ray-calls"])
+def test_ib_paper_session_on_ray_survives_a_drop_with_an_order_in_flight(
+    tmp_path, data, ray_session, channel: bool
+) -> None:
+    """The gateway in a Ray actor, its calls on a step channel or as Ray calls: the IB
+    connection, made when the gateway is built, serves the calls and reconnects from them
+    after a drop with an order in flight. On Ray a step's progress is reported once later
+    steps have run, so the market is advanced by a timer here rather than from the
+    progress callback (a real market does not wait for us either); the timer starts with
+    the first step, once the actors are up."""
+    import threading
+
+    tws = TwsEmulator(data, start_index=WARMUP + 5)
+    tws.start()
+    stop = threading.Event()
+    dropped: dict[str, Any] = {}
+
+    def market() -> None:
+        while not stop.wait(0.15):
+            working = [o for o in tws.orders() if o.status not in ("Filled", "Cancelled")]
+            if working and not dropped:
+                dropped["order"] = working[0].orderRef
+                tws.drop_connections()  # with an order in flight ...
+            tws.advance()  # ... which fills while we are away
+
+    ticker = threading.Thread(target=market, daemon=True)
+
+    def on_progress(p: Any) -> None:
+        if not ticker.is_alive() and not stop.is_set():
+            ticker.start()
+
+    try:
+        config = live_config(broker={"kind": "ib"}, ib={"port": tws.port}, ray={"channel": channel})
+        feed = make_live_feed(config, SYMBOLS)
+        outcome: dict[str, Any] = {}
+
+        def session() -> None:
+            outcome["out"] = run_session(
+                config,
+                None,
+                runtime="ray",
+                mode="paper",
+                state_dir=tmp_path / "state",
+                out_dir=tmp_path / "out",
+                max_steps=WARMUP + LIVE_STEPS,
+                feed=feed,
+                symbols=SYMBOLS,
+                on_progress=on_progress,
+            )
+
+        # A session that hangs (a call that never returns) fails the test, not the run.
+        runner = threading.Thread(target=session, daemon=True)
+        runner.start()
+        runner.join(240)
+        stop.set()
+        feed.close()
+        assert not runner.is_alive(), "the session hung"
+        out = outcome["out"]
+        assert dropped, "no order was ever in flight: the scenario did not happen"
+        assert out.result.runtime == "ray" and out.result.counters.get("failed_steps", 0) == 0
+        (dropped_order,) = [o for o in tws.orders() if o.orderRef == dropped["order"]]
+        assert dropped_order.status == "Filled"
+        # No duplicate order, and every fill at TWS reached the books, once.
+        refs = Counter(o.orderRef for o in tws.orders())
+        assert refs and max(refs.values()) == 1
+        assert out.result.counters.get("fills", 0) == len(tws.executions())
+        (gateway,) = [s for s in out.result.actor_stats if s.role == "gateway"]
+        assert gateway.counters.get("broker_reconnects", 0) >= 1
+        assert gateway.counters.get("duplicate_fills", 0) == 0
+    finally:
+        stop.set()
+        tws.stop()

@@ -38,13 +38,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
 log = logging.getLogger("sovereign.channel")
+
+T = TypeVar("T")
 
 # How long an actor waits for the driver to connect after opening its channel, and how
 # long either side waits for the other's half of the handshake.
@@ -94,19 +97,34 @@ class ChannelWorker:
         on_event: Callable[[str, str], None],
     ) -> None:
         self._handler, self.on_event = handler, on_event
-        self._connections: queue.SimpleQueue[Connection] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[Connection | tuple[Callable[[], Any], Future[Any]]]
+        self._work = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="sovereign-calls", daemon=True)
         self._thread.start()
 
     def serve(self, conn: Connection) -> None:
         """Serve ``conn`` (authenticated) once the channel before it has closed."""
-        self._connections.put(conn)
+        self._work.put(conn)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on this thread, between channels, and return what it returns (the
+        actor is built this way, so that what it opens is bound to this thread)."""
+        future: Future[T] = Future()
+        self._work.put((fn, future))
+        return future.result()
 
     def _run(self) -> None:
         while True:
-            conn = self._connections.get()
-            with conn:
-                self._serve(conn)
+            item = self._work.get()
+            if isinstance(item, Connection):
+                with item:
+                    self._serve(item)
+                continue
+            fn, future = item
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the caller, who raises it
+                future.set_exception(exc)
 
     def _serve(self, conn: Connection) -> None:
         while True:
@@ -412,7 +430,7 @@ class Channels:
                     sends = self._pump()
                 self._send(sends)
         except (EOFError, OSError, msgspec.DecodeError, ChannelError) as exc:
-            self._lost(link, f"the channel to {link.name} closed: {exc or type(exc).__name__}")
+            self._lost(link, f"the channel to {link.name} closed: {str(exc) or type(exc).__name__}")
         finally:
             # Closed here, by its only reader: closed from another thread, the descriptor
             # could be reused while this one still reads it.

@@ -165,18 +165,25 @@ CHANNEL_OPEN_TIMEOUT_S = 120.0
 class _Host:
     """The body of every Ray actor: decode, deliver to the actor, encode."""
 
-    def __init__(self, spec: ActorSpec) -> None:
+    def __init__(self, spec: ActorSpec, channel: bool = False) -> None:
         import sovereign  # noqa: F401  (pins threads in the worker before numpy work)
 
         logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-        self.actor = spec.build()
+        # Calls come from Ray's thread and from the step channel's: one at a time.
+        self._lock = threading.Lock()
+        self.calls: list[tuple[float, float]] | None = None
+        self._worker: ChannelWorker | None = None
+        if channel:
+            # Built on the thread that will run its channel calls: what the actor opens
+            # here and is bound to its thread's event loop (ib_async's connection to TWS)
+            # is used from that thread only.
+            self._worker = ChannelWorker(self._channel_call, self._channel_event)
+            self.actor = self._worker.call(spec.build)
+        else:
+            self.actor = spec.build()
         # The process is this actor's alone and what it holds now (modules, models) lives
         # as long as it does: the garbage collector need not walk it again (see Engine).
         gc.freeze()
-        self.calls: list[tuple[float, float]] | None = None
-        # Calls come from Ray's thread and from the step channel's: one at a time.
-        self._lock = threading.Lock()
-        self._worker: ChannelWorker | None = None
 
     def receive(self, *args: bytes | list[Any]) -> bytes:
         with self._lock:
@@ -345,7 +352,7 @@ class RayRuntime:
         }
         if spec.spread:
             options["scheduling_strategy"] = "SPREAD"
-        handle = self._remote_class(spec.cls).options(**options).remote(spec)
+        handle = self._remote_class(spec.cls).options(**options).remote(spec, self.channel)
         self.handles[spec.name] = handle
         self._names[id(handle)] = spec.name
         return handle

@@ -155,8 +155,9 @@ def test_a_wrong_key_is_refused_and_counted_and_the_right_one_still_gets_in() ->
 
 
 def test_every_channel_of_a_process_runs_its_calls_on_one_thread() -> None:
-    """A driver that opens a new channel to a live actor reaches the same thread: what
-    the actor holds that is bound to a thread's event loop (an IB connection) still works."""
+    """A driver that opens a new channel to a live actor reaches the same thread, the one
+    the actor was built on: what the actor holds that is bound to a thread's event loop
+    (an IB connection) still works (the Ray test is in tests/test_live_brokers.py)."""
     fake = serve("a0")
     assert fake.server is not None and fake.worker is not None
     for round_ in range(3):
@@ -167,6 +168,10 @@ def test_every_channel_of_a_process_runs_its_calls_on_one_thread() -> None:
         assert wait_all([call], 5) == 1 and call.error is None
         channels.close()
     assert len(fake.ran) == 3 and len(fake.threads) == 1
+    # What the worker runs between channels (the actor's construction) runs there too.
+    assert fake.threads == {fake.worker.call(threading.get_ident)}
+    with pytest.raises(ZeroDivisionError):
+        fake.worker.call(lambda: 1 / 0)
 
 
 def test_an_undecodable_frame_closes_the_channel_and_is_counted() -> None:
