@@ -337,7 +337,7 @@ def test_ib_paper_session_on_ray_survives_a_drop_with_an_order_in_flight(
     dropped: dict[str, Any] = {}
 
     def market() -> None:
-        while not stop.wait(0.15):
+        while not stop.wait(0.25):
             working = [o for o in tws.orders() if o.status not in ("Filled", "Cancelled")]
             if working and not dropped:
                 dropped["order"] = working[0].orderRef
@@ -379,13 +379,17 @@ def test_ib_paper_session_on_ray_survives_a_drop_with_an_order_in_flight(
         out = outcome["out"]
         assert dropped, "no order was ever in flight: the scenario did not happen"
         assert out.result.runtime == "ray" and out.result.counters.get("failed_steps", 0) == 0
+        # The market does not wait for the reconnection here: the order in flight either
+        # filled while we were away or aged past the entry timeout and was canceled.
+        # Either way the books know it: no duplicate order, every fill at TWS reached
+        # the books once, and nothing filled after it was canceled.
         (dropped_order,) = [o for o in tws.orders() if o.orderRef == dropped["order"]]
-        assert dropped_order.status == "Filled"
-        # No duplicate order, and every fill at TWS reached the books, once.
+        assert dropped_order.status in ("Filled", "Cancelled")
         refs = Counter(o.orderRef for o in tws.orders())
         assert refs and max(refs.values()) == 1
         assert out.result.counters.get("fills", 0) == len(tws.executions())
         (gateway,) = [s for s in out.result.actor_stats if s.role == "gateway"]
+        assert gateway.counters.get("fills_after_cancel", 0) == 0
         assert gateway.counters.get("broker_reconnects", 0) >= 1
         assert gateway.counters.get("duplicate_fills", 0) == 0
     finally:
