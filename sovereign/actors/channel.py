@@ -376,12 +376,14 @@ class Channels:
         """Take every call whose inputs are all finished off the front of its queue
         (under ``_lock``): the frames to send, each link's send lock held so that frames
         leave in the order they were taken whichever thread sends them."""
-        sends: list[tuple[_Link, list[bytes]]] = []
+        # A link may be taken from in several passes: its frames are gathered, and its
+        # send lock (not reentrant) taken once, at the end.
+        taken: dict[str, tuple[_Link, list[bytes]]] = {}
         changed = True
         while changed:
             changed = False
             for link in self._links.values():
-                frames: list[bytes] = []
+                frames = taken[link.name][1] if link.name in taken else []
                 while link.queue:
                     call = link.queue[0]
                     try:
@@ -397,10 +399,11 @@ class Channels:
                     frames.append(_ENCODER.encode((call.seq, inputs)))
                     call.inputs = None
                     link.sent.append(call)
-                if frames:
-                    link.send_lock.acquire()
-                    sends.append((link, frames))
-        return sends
+                if frames and link.name not in taken:
+                    taken[link.name] = (link, frames)
+        for link, _ in taken.values():
+            link.send_lock.acquire()
+        return list(taken.values())
 
     def _send(self, sends: list[tuple[_Link, list[bytes]]]) -> None:
         broken: list[tuple[_Link, str]] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +198,19 @@ def idle_cores(pids: list[int], seconds: float = IDLE_S) -> float:
     return (_cpu_seconds(pids) - before) / seconds
 
 
+def timed_steps(step: Callable[[], None], count: int, gap_s: float) -> list[float]:
+    """Microseconds each of ``count`` steps takes, each after a pause of ``gap_s``
+    (10 untimed steps first, to warm up)."""
+    lat = []
+    for i in range(count + 10):
+        time.sleep(gap_s)
+        t0 = time.perf_counter()
+        step()
+        if i >= 10:
+            lat.append((time.perf_counter() - t0) * 1e6)
+    return lat
+
+
 def compiled_step_flow(ray: Any, steps: int, gap_s: float) -> dict[str, Any]:
     """The same do-nothing step flow as a Ray compiled graph (``ray.dag``, shared-memory
     channels instead of a call and a reply per hop): its latency back to back and
@@ -217,18 +231,11 @@ def compiled_step_flow(ray: Any, steps: int, gap_s: float) -> dict[str, Any]:
         dag = gateway.call.bind(verdicts).experimental_compile()
     try:
 
-        def run(count: int, gap: float) -> list[float]:
-            lat = []
-            for i in range(count + 10):
-                time.sleep(gap)
-                t0 = time.perf_counter()
-                ray.get(dag.execute(PAYLOAD))
-                if i >= 10:
-                    lat.append((time.perf_counter() - t0) * 1e6)
-            return lat
+        def step() -> None:
+            ray.get(dag.execute(PAYLOAD))
 
-        hot = run(steps, 0.0)
-        spaced = run(steps, gap_s)
+        hot = timed_steps(step, steps, 0.0)
+        spaced = timed_steps(step, steps, gap_s)
         compiled_idle = idle_cores(pids)
     finally:
         dag.teardown()
@@ -254,20 +261,13 @@ def channel_step_flow(ray: Any, steps: int, gap_s: float) -> dict[str, list[floa
     bars = [[], []]  # what the driver hands each shard (nothing: the flow is the point)
     try:
 
-        def run(count: int, gap: float) -> list[float]:
-            lat = []
-            for i in range(count + 10):
-                time.sleep(gap)
-                t0 = time.perf_counter()
-                gw = rt.tell(gateway, [])
-                outs = [rt.tell(s, gw, b) for s, b in zip(shards, bars, strict=True)]
-                verdicts = rt.tell(guardian, *outs, gw)
-                rt.fetch([rt.tell(gateway, verdicts)])
-                if i >= 10:
-                    lat.append((time.perf_counter() - t0) * 1e6)
-            return lat
+        def step() -> None:
+            gw = rt.tell(gateway, [])
+            outs = [rt.tell(s, gw, b) for s, b in zip(shards, bars, strict=True)]
+            verdicts = rt.tell(guardian, *outs, gw)
+            rt.fetch([rt.tell(gateway, verdicts)])
 
-        hot, spaced = run(steps, 0.0), run(steps, gap_s)
+        hot, spaced = timed_steps(step, steps, 0.0), timed_steps(step, steps, gap_s)
         # With their channels open and idle: each actor has a thread blocked reading.
         pids = ray.get([h.pid.remote() for h in (gateway, guardian, *shards)])
         return {"back_to_back_us": hot, "spaced_us": spaced, "idle_cores": [idle_cores(pids)]}

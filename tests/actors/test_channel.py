@@ -122,6 +122,22 @@ def test_a_raising_call_fails_alone_and_its_plain_dependants_never_run(three) ->
     assert after.value == b"a0(fine)" and a.ran == [(FAIL,), (b"fine",)]
 
 
+def test_one_reply_can_release_calls_on_a_channel_twice_over(three) -> None:
+    """A failure settles a call on a channel already served in the same pass, which
+    releases more calls on it: they all leave, in order (the send lock of a channel is
+    taken once however often it is served; taken twice, it deadlocked)."""
+    channels, (a, b, c) = three
+    c.gate = threading.Event()
+    failing = channels.call("a2", [FAIL])
+    blocked = channels.call("a1", [(failing, False)])
+    first = channels.call("a0", [(failing, True)])
+    second = channels.call("a0", [(blocked, True)])
+    c.gate.set()
+    assert wait_all([failing, blocked, first, second], 5) == 4
+    assert blocked.error is not None and b.ran == []
+    assert a.ran == [(None,), (None,)] and second.error is None
+
+
 def test_a_channel_over_tcp_works_as_one_over_a_unix_socket() -> None:
     """The transport to an actor on another node: the same handshake and calls."""
     fake = Fake("a0", [], [])
