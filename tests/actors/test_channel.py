@@ -259,7 +259,7 @@ def model(program: list[tuple[int, list[Any]]]) -> tuple[list[Any], list[list[An
     return results, ran
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(program=_program)
 def test_channels_run_any_program_as_the_model_says(program) -> None:
     """Order per actor, inputs, failures and lenient losses, for any program: the
