@@ -204,7 +204,8 @@ class _Host:
         if ray.get_runtime_context().get_node_id() != driver_node:
             host = ray.util.get_node_ip_address()
         if self._worker is None:
-            self._worker = ChannelWorker(self._channel_call, self._channel_event)
+            # Its actor was built on Ray's thread, where its calls must stay.
+            raise RuntimeError(f"{self.actor.name} was started for Ray calls, not a channel")
         return ChannelServer(key, self._worker, host=host).address
 
     def _channel_call(self, inputs: list[bytes | None]) -> bytes:
@@ -447,7 +448,7 @@ class RayRuntime:
         return out
 
     def fetch(self, results: Sequence[Any]) -> list[list[Message]]:
-        if any(isinstance(r, ChannelCall) for r in results):
+        if self._channels is not None:
             return [WIRE.decode_batch(self._value(r)) for r in results]
         try:
             blobs = self._ray.get(list(results))
@@ -455,22 +456,18 @@ class RayRuntime:
             raise ActorCallError(str(exc).splitlines()[0]) from exc
         return [WIRE.decode_batch(b) for b in blobs]
 
-    def _value(self, result: Any) -> bytes:
-        if isinstance(result, ChannelCall):
-            result.wait()
-            if result.error is not None:
-                raise ActorCallError(result.error)
-            return result.value
-        try:
-            return self._ray.get(result)  # type: ignore[no-any-return]
-        except self._ray.exceptions.RayError as exc:
-            raise ActorCallError(str(exc).splitlines()[0]) from exc
+    @staticmethod
+    def _value(result: ChannelCall) -> bytes:
+        result.wait()
+        if result.error is not None:
+            raise ActorCallError(result.error)
+        return result.value
 
     def ready(self, results: Sequence[Any], timeout: float | None = 0) -> int:
         """How many of ``results``, from the front, are finished."""
         if not results:
             return 0
-        if all(isinstance(r, ChannelCall) for r in results):
+        if self._channels is not None:
             return wait_all(results, timeout)
         done, _ = self._ray.wait(list(results), num_returns=len(results), timeout=timeout)
         finished = set(done)
@@ -482,7 +479,7 @@ class RayRuntime:
         return n
 
     def wait_first(self, result: Any) -> None:
-        if isinstance(result, ChannelCall):
+        if self._channels is not None:
             result.wait()
         else:
             self._ray.wait([result], num_returns=1)
@@ -507,6 +504,7 @@ class RayRuntime:
         for handle in self.handles.values():
             self._ray.kill(handle, no_restart=True)
         self.handles.clear()
+        self._names.clear()
         if self._owns_ray:
             self._ray.shutdown()
             self._owns_ray = False

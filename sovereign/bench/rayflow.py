@@ -249,7 +249,7 @@ def compiled_step_flow(ray: Any, steps: int, gap_s: float) -> dict[str, Any]:
     }
 
 
-def channel_step_flow(ray: Any, steps: int, gap_s: float) -> dict[str, list[float]]:
+def channel_step_flow(ray: Any, steps: int, gap_s: float) -> dict[str, Any]:
     """The same do-nothing step flow through ``RayRuntime`` with step channels (the
     engine's default transport): four actors that answer nothing, the calls made with
     ``tell`` as a step makes them, back to back and ``gap_s`` apart; and the cores the
@@ -270,7 +270,7 @@ def channel_step_flow(ray: Any, steps: int, gap_s: float) -> dict[str, list[floa
         hot, spaced = timed_steps(step, steps, 0.0), timed_steps(step, steps, gap_s)
         # With their channels open and idle: each actor has a thread blocked reading.
         pids = ray.get([h.pid.remote() for h in (gateway, guardian, *shards)])
-        return {"back_to_back_us": hot, "spaced_us": spaced, "idle_cores": [idle_cores(pids)]}
+        return {"back_to_back_us": hot, "spaced_us": spaced, "idle_cores": idle_cores(pids)}
     finally:
         rt.shutdown()
 

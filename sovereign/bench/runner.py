@@ -37,6 +37,7 @@ from sovereign.bench.rayflow import (
     pipelined_us_per_step,
     pushed_step_latencies_us,
     stand_ins,
+    timed_steps,
 )
 
 WORKLOADS: dict[str, tuple[int, int]] = {
@@ -291,40 +292,28 @@ def _ray_ping(n: int) -> dict[str, Any]:
     actors = stand_ins(ray)
     gateway, guardian, shards = actors
 
-    def pings(count: int, gap_s: float) -> np.ndarray:
-        lat = []
-        for _ in range(count):
-            time.sleep(gap_s)
-            t0 = time.perf_counter()
-            ray.get(gateway.call.remote(PAYLOAD))
-            lat.append(time.perf_counter() - t0)
-        return np.array(lat) * 1e6
+    def ping() -> None:
+        ray.get(gateway.call.remote(PAYLOAD))
 
-    def flows(count: int, gap_s: float) -> np.ndarray:
+    def flow() -> None:
         # The data flow of one step of the benchmark's pipeline (no regime model) with
         # actors that do nothing: bars to the gateway, its output to two shards, the
         # shards to the guardian, its verdicts back to the gateway. Four calls in a row on
         # the critical path, references passed from call to call as the engine does.
-        lat = []
-        for i in range(count + 10):
-            time.sleep(gap_s)
-            t0 = time.perf_counter()
-            gw = gateway.call.remote(PAYLOAD)
-            outs = [s.call.remote(gw) for s in shards]
-            verdicts = guardian.call.remote(*outs, gw)
-            ray.get(gateway.call.remote(verdicts))
-            if i >= 10:
-                lat.append(time.perf_counter() - t0)
-        return np.array(lat) * 1e6
+        gw = gateway.call.remote(PAYLOAD)
+        outs = [s.call.remote(gw) for s in shards]
+        verdicts = guardian.call.remote(*outs, gw)
+        ray.get(gateway.call.remote(verdicts))
 
     def p(values: Any, q: float) -> float:
         return round(float(np.percentile(values, q)), 1)
 
-    hot_ping, hot_flow = pings(n, 0.0), flows(n // 2, 0.0)
+    hot_ping, hot_flow = timed_steps(ping, n, 0.0), timed_steps(flow, n // 2, 0.0)
     # Spaced: each call after a pause, as a paper session's steps come (its processes
     # idle between bars, and waking them is part of every hop).
     gap = SPACED_GAP_MS / 1000
-    spaced_ping, spaced_flow = pings(n // 4, gap), flows(n // 4, gap)
+    spaced_ping = timed_steps(ping, n // 4, gap)
+    spaced_flow = timed_steps(flow, n // 4, gap)
     # The same four stand-ins messaging each other directly, no hop through the driver.
     pushed = pushed_step_latencies_us(ray, n // 4, gap_s=gap)
     # The flow on step channels, the engine's default transport.
@@ -370,7 +359,7 @@ def _ray_ping(n: int) -> dict[str, Any]:
         "channel_chain_us_p99": p(on_channels["back_to_back_us"], 99),
         "spaced_channel_chain_us_p50": p(on_channels["spaced_us"], 50),
         "spaced_channel_chain_us_p99": p(on_channels["spaced_us"], 99),
-        "channel_idle_cores": round(on_channels["idle_cores"][0], 2),
+        "channel_idle_cores": round(on_channels["idle_cores"], 2),
         "pipelined_flow_us_per_step": round(pipelined_us, 1),
         **compiled_figures,
         "peak_rss_mib": round(_peak_rss_mib(), 1),
