@@ -7,11 +7,15 @@ cannot be kept (the queue is full, a notification grew older than ``max_age_s``,
 refused it for good) is dropped and counted, never silently lost.
 
 Authorisation is deny by default: commands are answered only for user ids on the
-allowlist and only in a private chat (a group would show the answer to its other members,
-and being in a group grants nothing). Anyone else gets no data — one short refusal per
-window in a private chat, nothing in a group — and is written to the audit log, rate
-limited so that a flood cannot fill it. The token comes from the environment and is
-redacted from every log record and error this process produces.
+allowlist and only in their own private chat with the bot (a group would show the answer
+to its other members, and being in a group grants nothing). Only a new message counts: an
+edit would run its command a second time, and a business account's messages (the
+operator writing to someone else) or a channel post would be answered where other people
+read, so those updates are ignored without a word, and only counted and logged. Anyone
+else gets no data — one short refusal per window in their own private chat, nothing in a
+group — and is written to the audit log, rate limited so that a flood cannot fill it.
+The token comes from the environment and is redacted from every log record and error this
+process produces.
 
 The commands' facts come from ``sovereign.operations`` and their text from
 ``sovereign.comms.text`` (the CLI uses the same), so the bot only routes and checks.
@@ -29,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sovereign.comms import text as fmt
 from sovereign.config import Config, ConfigError, NotifyMode, TelegramConfig
@@ -146,6 +150,44 @@ def _install_redaction(token: str) -> None:
 
 # -- THE BOT ----------------------------------------------------------------------------
 
+IgnoreReason = Literal["business", "channel", "edited", "not_own_chat", "other"]
+
+
+def ignore_reason(update: Any) -> IgnoreReason | None:
+    """Why ``update`` must get no answer at all, or None for a new message that the
+    allowlist and chat-type checks then decide on.
+
+    Only ``update.message`` can be a command: ``effective_message`` would also return an
+    edit, a business account's message or a channel post (and a callback query's message,
+    which the bot wrote itself).
+    """
+    message = update.message
+    if message is None:
+        if (
+            update.business_connection is not None
+            or update.business_message is not None
+            or update.edited_business_message is not None
+            or update.deleted_business_messages is not None
+        ):
+            return "business"
+        if update.channel_post is not None or update.edited_channel_post is not None:
+            return "channel"
+        if update.edited_message is not None:
+            return "edited"
+        return "other"
+    # Telegram puts none of these in a plain new message; checked all the same, since an
+    # answer to such a message would go into a chat with someone else.
+    if message.business_connection_id:
+        return "business"
+    if message.edit_date is not None:
+        return "edited"
+    user = message.from_user
+    if user is None:
+        return "other"
+    if message.chat.type == "private" and message.chat.id != user.id:
+        return "not_own_chat"
+    return None
+
 
 @dataclass(slots=True)
 class TelegramCounters:
@@ -161,6 +203,13 @@ class TelegramCounters:
     replies: int = 0
     denied: int = 0
     denied_audited: int = 0
+    # Updates answered with nothing at all (see ``ignore_reason``), in all and by reason.
+    ignored_updates: int = 0
+    ignored_business: int = 0
+    ignored_channel: int = 0
+    ignored_edited: int = 0
+    ignored_not_own_chat: int = 0
+    ignored_other: int = 0
     errors: int = 0
 
 
@@ -520,11 +569,12 @@ class OperatorBot:
     # -- COMMANDS --
 
     async def _on_update(self, update: Any, context: Any) -> None:
-        message = update.effective_message
-        user = update.effective_user
-        chat = update.effective_chat
-        if message is None or user is None or chat is None:
-            return  # not a message (a poll, a chat-member change): nothing to answer
+        reason = ignore_reason(update)
+        if reason is not None:
+            self._ignore(update, reason)
+            return
+        message = update.message
+        user, chat = message.from_user, message.chat
         text = (message.text or "").strip()
         if user.id not in self.settings.allowed_users or chat.type != "private":
             await self._deny(context.bot, user, chat, text)
@@ -539,6 +589,20 @@ class OperatorBot:
             answer = await asyncio.to_thread(self.answer, command, argument.strip(), user.id)
         for part in fmt.split_message(answer):
             await self._reply(context.bot, chat.id, part)
+
+    def _ignore(self, update: Any, reason: IgnoreReason) -> None:
+        c = self.counters
+        c.ignored_updates += 1
+        name = f"ignored_{reason}"
+        setattr(c, name, getattr(c, name) + 1)
+        user, chat = update.effective_user, update.effective_chat
+        log.info(
+            "Telegram: ignored update %s (%s) from user %s in chat %s",
+            update.update_id,
+            reason,
+            "-" if user is None else user.id,
+            "-" if chat is None else chat.id,
+        )
 
     async def _reply(self, bot: Any, chat_id: int, text: str) -> None:
         delay = self.settings.config.retry_initial_s
@@ -717,13 +781,17 @@ class OperatorBot:
             }
             await asyncio.to_thread(self._audit, payload)
         log.warning("Telegram: denied user %s in %s chat (%s)", user.id, chat.type, reason)
-        if chat.type == "private" and not w.replied:
+        if w.replied:
+            return
+        if chat.type == "private":
+            # The sender's own chat with the bot: ignore_reason let no other private chat in.
             w.replied = True
             await self._reply(bot, chat.id, "Not authorised.")
-        elif allowed and not w.replied:
-            # An operator writing in a group: say where commands work, and nothing else.
+        elif allowed:
+            # An operator writing in a group is told where commands work in their own
+            # private chat: a word in the group would tell its members who runs the bot.
             w.replied = True
-            await self._reply(bot, chat.id, "Operator commands work only in a private chat.")
+            await self._reply(bot, user.id, "Operator commands work only in a private chat.")
 
     def _audit_budget(self, now: float) -> bool:
         # At most 100 stranger entries per window in all, however many strangers there are.

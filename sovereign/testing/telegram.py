@@ -31,11 +31,18 @@ Telegram's rules it keeps, because the project's code must cope with them:
   unless ``allow_sending_without_reply`` is set.
 * Method names are case-insensitive; GET and POST, query strings, form, multipart and JSON
   bodies are all accepted.
+* Besides new messages (``message``), the users' side can produce the updates a bot must
+  not mistake for them: a user editing a message (``edited_message``), a business
+  account's chats (``business_connection``, ``business_message`` and
+  ``edited_business_message``, whose messages carry ``business_connection_id``) and
+  channel posts (``channel_post``, ``edited_channel_post``, with ``sender_chat`` and no
+  ``from``).
 
 What it does not do: webhooks (``setWebhook`` is answered ``true`` and ignored), inline
-mode, payments, editing, media groups, ``allowed_updates`` filtering, MarkdownV2
-validation, per-chat rate limits (use :meth:`~TelegramEmulator.fail_next`), and refusing
-to message a user who never started the bot. Any method it does not know is answered
+mode, payments, the bot editing its own messages, sending on behalf of a business account,
+media groups, ``allowed_updates`` filtering, MarkdownV2 validation, per-chat rate limits
+(use :meth:`~TelegramEmulator.fail_next`), and refusing to message a user who never
+started the bot. Any method it does not know is answered
 ``true`` and logged.
 """
 
@@ -303,9 +310,13 @@ class TelegramEmulator:
         self._updates: list[dict[str, Any]] = []
         self._update_ids = itertools.count(1000)
         self._file_ids = itertools.count(1)
+        self._connection_ids = itertools.count(1)
         self._last_message_id: dict[int | str, int] = {}
         self._chats: dict[int | str, dict[str, Any]] = {}
         self._messages: dict[tuple[int | str, int], dict[str, Any]] = {}
+        # Where the message each user-side update delivered is stored, so it can be edited.
+        self._origins: dict[int, tuple[int | str, int]] = {}
+        self._business: dict[str, dict[str, Any]] = {}
         self._files: dict[str, _StoredFile] = {}
         self._commands: dict[str, list[dict[str, Any]]] = {}
         self._sent: list[dict[str, Any]] = []
@@ -462,11 +473,192 @@ class TelegramEmulator:
             message["entities"] = entities
         with self._cond:
             self._chats.setdefault(chat_id, chat)
-            self._store_message(chat_id, message)
-            return self._enqueue({"message": message})
+            return self._deliver_new(chat_id, "message", message)
+
+    def connect_business(
+        self, user_id: int, *, connection_id: str = "", first_name: str = "Op"
+    ) -> str:
+        """Connect the bot to a user's business account and queue the announcement.
+
+        The bot receives a ``business_connection`` update, as on Telegram when a Telegram
+        Business user adds it to their account; from then on the account's private chats
+        can be played with :meth:`send_business_text`.
+
+        Parameters
+        ----------
+        user_id : int
+            The business account's owner.
+        connection_id : str, optional
+            The connection's id; a new one is made up when empty.
+        first_name : str
+            The owner's first name.
+
+        Returns
+        -------
+        str
+            The connection id, which every message of the account's chats carries.
+        """
+        owner: dict[str, Any] = {"id": user_id, "is_bot": False, "first_name": first_name}
+        with self._cond:
+            connection_id = connection_id or f"EMU-business-{next(self._connection_ids):06d}"
+            connection = {
+                "id": connection_id,
+                "user": owner,
+                "user_chat_id": user_id,
+                "date": int(time.time()),
+                "is_enabled": True,
+                "rights": {"can_reply": True, "can_read_messages": True},
+            }
+            self._business[connection_id] = connection
+            self._enqueue({"business_connection": copy.deepcopy(connection)})
+        return connection_id
+
+    def send_business_text(
+        self,
+        text: str,
+        *,
+        connection_id: str,
+        user_id: int,
+        chat_id: int,
+        first_name: str = "User",
+    ) -> int:
+        """Queue a message written in a private chat of a connected business account.
+
+        On Telegram the bot then sees every message of the account's private chats, as a
+        ``business_message`` update whose message carries ``business_connection_id``: the
+        chat is the one between the owner and the other person, so its id is that person's
+        user id, whoever of the two wrote.
+
+        Parameters
+        ----------
+        text : str
+            The message (``/command`` words get ``bot_command`` entities).
+        connection_id : str
+            From :meth:`connect_business`.
+        user_id : int
+            The writer: the account's owner, or the other person (then ``chat_id``).
+        chat_id : int
+            The other person's user id, which is the chat's id.
+        first_name : str
+            The other person's first name, as the chat shows it.
+
+        Returns
+        -------
+        int
+            The update id.
+
+        Raises
+        ------
+        ValueError
+            For an unknown connection, or a writer who is not in the chat.
+        """
+        with self._cond:
+            connection = self._business.get(connection_id)
+            if connection is None:
+                raise ValueError(f"no business connection {connection_id!r}; connect it first")
+            owner = connection["user"]
+            if chat_id <= 0 or chat_id == owner["id"]:
+                raise ValueError("a business chat is the owner's private chat with someone else")
+            if user_id not in (owner["id"], chat_id):
+                raise ValueError("a business message is written by the owner or by chat_id")
+            chat = {"id": chat_id, "type": "private", "first_name": first_name}
+            sender = dict(owner) if user_id == owner["id"] else {**chat, "is_bot": False}
+            sender.pop("type", None)
+            message: dict[str, Any] = {
+                "business_connection_id": connection_id,
+                "from": sender,
+                "chat": chat,
+                "text": text,
+            }
+            entities = _command_entities(text)
+            if entities:
+                message["entities"] = entities
+            # The account's chats number their messages apart from the bot's own chats,
+            # although a business chat has the same id as the bot's chat with that person.
+            return self._deliver_new(
+                f"business:{connection_id}:{chat_id}", "business_message", message
+            )
+
+    def post_to_channel(
+        self, text: str, *, chat_id: int = -(10**12) - 77, title: str = "Channel"
+    ) -> int:
+        """Queue a post in a channel the bot administers, as a ``channel_post`` update.
+
+        As on Telegram, the post names the channel in ``sender_chat`` and has no ``from``.
+
+        Parameters
+        ----------
+        text : str
+            The post (``/command`` words get ``bot_command`` entities).
+        chat_id : int
+            The channel's id, a ``-100...`` number.
+        title : str
+            The channel's title.
+
+        Returns
+        -------
+        int
+            The update id.
+        """
+        if chat_id > -(10**12):
+            raise ValueError("a channel's id is a -100... number")
+        chat = {"id": chat_id, "type": "channel", "title": title}
+        message: dict[str, Any] = {"sender_chat": dict(chat), "chat": chat, "text": text}
+        entities = _command_entities(text)
+        if entities:
+            message["entities"] = entities
+        with self._cond:
+            self._chats.setdefault(chat_id, chat)
+            return self._deliver_new(chat_id, "channel_post", message)
+
+    def edit_text(self, update_id: int, text: str) -> int:
+        """Queue the edit of a message played on the users' side, as its writer would.
+
+        The update is ``edited_message``, ``edited_business_message`` or
+        ``edited_channel_post`` (after the kind of the original), with the original's
+        ``message_id`` and ``date``, the new text and entities, and ``edit_date``.
+
+        Parameters
+        ----------
+        update_id : int
+            The update that delivered the message (from :meth:`send_text`,
+            :meth:`send_business_text`, :meth:`post_to_channel` or an earlier edit).
+        text : str
+            The message's new text.
+
+        Returns
+        -------
+        int
+            The update id of the edit.
+
+        Raises
+        ------
+        KeyError
+            If ``update_id`` did not deliver a user's message.
+        """
+        with self._cond:
+            origin = self._origins[update_id]
+            edited = copy.deepcopy(self._messages[origin])
+            edited["text"] = text
+            edited.pop("entities", None)
+            entities = _command_entities(text)
+            if entities:
+                edited["entities"] = entities
+            edited["edit_date"] = max(int(time.time()), edited["date"])
+            # A copy, so that the original update, if still queued, keeps the old text.
+            self._messages[origin] = edited
+            if "business_connection_id" in edited:
+                kind = "edited_business_message"
+            elif edited["chat"]["type"] == "channel":
+                kind = "edited_channel_post"
+            else:
+                kind = "edited_message"
+            new_id = self._enqueue({kind: copy.deepcopy(edited)})
+            self._origins[new_id] = origin
+            return new_id
 
     def push_update(self, update: Mapping[str, Any]) -> int:
-        """Queue a raw update (a callback query, an edited message...) and return its id.
+        """Queue a raw update (a callback query, a poll...) and return its id.
 
         Parameters
         ----------
@@ -744,6 +936,12 @@ class TelegramEmulator:
         update_id = next(self._update_ids)
         self._updates.append({"update_id": update_id, **update})
         self._notify_threadsafe()
+        return update_id
+
+    def _deliver_new(self, store_key: int | str, kind: str, message: dict[str, Any]) -> int:
+        self._store_message(store_key, message)
+        update_id = self._enqueue({kind: message})
+        self._origins[update_id] = (store_key, message["message_id"])
         return update_id
 
     def _store_message(self, chat_id: int | str, message: dict[str, Any]) -> dict[str, Any]:

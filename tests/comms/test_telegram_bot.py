@@ -30,6 +30,7 @@ TOKEN = "987654:SECRET-token_value"
 OPERATOR = 111
 STRANGER = 222
 GROUP_MEMBER = 333
+CUSTOMER = 444  # someone the operator talks to through their business account
 
 
 def demo_config(**telegram: Any) -> Config:
@@ -109,6 +110,10 @@ def settle(em: TelegramEmulator) -> None:
     time.sleep(0.5)
 
 
+def answered_chats(em: TelegramEmulator) -> list[int | str]:
+    return [r["chat_id"] for r in em.sent()]
+
+
 def test_an_operator_runs_every_command(state, emulator) -> None:
     state_dir, config = state
     bot = start_bot(emulator, state_dir, config)
@@ -165,9 +170,11 @@ def test_strangers_and_group_members_get_nothing_and_are_audited(state, emulator
     finally:
         bot.stop()
     assert len(emulator.sent(STRANGER)) == 1  # rate-limited: one refusal per window
-    assert emulator.sent(-GROUP_MEMBER) == []
-    (group_reply,) = emulator.sent(-OPERATOR)
-    assert group_reply["text"] == "Operator commands work only in a private chat."
+    # Nothing is ever said in a group; the operator is told where commands work in their
+    # own private chat instead, so the group does not learn who operates the bot.
+    assert emulator.sent(-GROUP_MEMBER) == [] and emulator.sent(-OPERATOR) == []
+    (hint,) = emulator.sent(OPERATOR)
+    assert hint["text"] == "Operator commands work only in a private chat."
     with AuditLog(governance_path(state_dir)) as audit:
         denied = audit.entries(action="telegram_denied")
         assert audit.verify().ok
@@ -177,6 +184,105 @@ def test_strangers_and_group_members_get_nothing_and_are_audited(state, emulator
     assert bot.counters.denied == 4
     with GovernanceStore(state_dir) as store:  # the stranger's rollback did nothing
         assert not [r for r in store.history(limit=100) if r.status == ROLLED_BACK]
+
+
+def test_the_operator_writing_to_someone_else_through_a_business_account_gets_no_answer(
+    state, emulator, caplog
+) -> None:
+    state_dir, config = state
+    caplog.set_level(logging.INFO, logger="sovereign.telegram")
+    bot = start_bot(emulator, state_dir, config)
+    try:
+        connection = emulator.connect_business(OPERATOR)
+        status = emulator.send_business_text(
+            "/status", connection_id=connection, user_id=OPERATOR, chat_id=CUSTOMER
+        )
+        emulator.send_business_text(
+            "/rollback 99999", connection_id=connection, user_id=OPERATOR, chat_id=CUSTOMER
+        )
+        emulator.edit_text(status, "/capital")
+        emulator.send_business_text(
+            "/help my private words", connection_id=connection, user_id=CUSTOMER, chat_id=CUSTOMER
+        )
+        # Updates are handled in order: once this is answered, the ones above were handled.
+        assert "/rollback <id>" in ask(emulator, "/help")
+    finally:
+        bot.stop()
+    assert emulator.sent(CUSTOMER) == []
+    assert answered_chats(emulator) == [OPERATOR]
+    st = bot.stats()
+    assert st["commands"] == 1 and st["denied"] == 0
+    assert st["ignored_updates"] == st["ignored_business"] == 5
+    assert "ignored" in caplog.text and "my private words" not in caplog.text
+
+
+def test_an_edited_command_does_not_run_again(state, emulator) -> None:
+    state_dir, config = state
+    bot = start_bot(emulator, state_dir, config)
+    try:
+        status = emulator.send_text("/status", user_id=OPERATOR)
+        emulator.wait_for_sent(1, chat_id=OPERATOR, timeout=15)
+        emulator.edit_text(status, "/status")
+        emulator.edit_text(status, "/rollback 99999")
+        stranger = emulator.send_text("hello", user_id=STRANGER)
+        emulator.edit_text(stranger, "/capital")
+        assert "/rollback <id>" in ask(emulator, "/help")
+    finally:
+        bot.stop()
+    first, help_reply = emulator.sent(OPERATOR)
+    assert first["text"].startswith("Status of") and "/rollback <id>" in help_reply["text"]
+    assert answered_chats(emulator) == [OPERATOR, STRANGER, OPERATOR]  # one refusal, once
+    st = bot.stats()
+    assert st["commands"] == 2 and st["denied"] == 1
+    assert st["ignored_updates"] == st["ignored_edited"] == 3
+
+
+def test_channel_posts_and_their_edits_get_no_answer(state, emulator) -> None:
+    state_dir, config = state
+    bot = start_bot(emulator, state_dir, config)
+    channel = -(10**12) - OPERATOR
+    try:
+        post = emulator.post_to_channel("/status", chat_id=channel)
+        emulator.edit_text(post, "/rollback 99999")
+        assert "/rollback <id>" in ask(emulator, "/help")
+    finally:
+        bot.stop()
+    assert emulator.sent(channel) == [] and answered_chats(emulator) == [OPERATOR]
+    st = bot.stats()
+    assert st["commands"] == 1 and st["ignored_updates"] == st["ignored_channel"] == 2
+
+
+def test_a_message_in_a_private_chat_that_is_not_the_senders_own_gets_no_answer(
+    state, emulator
+) -> None:
+    # Telegram sends no such message outside a business connection; if one ever came,
+    # answering it would still write into another person's chat.
+    state_dir, config = state
+    bot = start_bot(emulator, state_dir, config)
+    sender = {"id": OPERATOR, "is_bot": False, "first_name": "Op"}
+    chat = {"id": CUSTOMER, "type": "private", "first_name": "Customer"}
+    entities = [{"type": "bot_command", "offset": 0, "length": 7}]
+    message = {"message_id": 1, "date": int(time.time()), "from": sender, "text": "/status"}
+    try:
+        emulator.push_update({"message": {**message, "chat": chat, "entities": entities}})
+        emulator.push_update(
+            {
+                "message": {
+                    **message,
+                    "message_id": 2,
+                    "chat": {**chat, "id": OPERATOR, "first_name": "Op"},
+                    "entities": entities,
+                    "business_connection_id": "forged",
+                }
+            }
+        )
+        assert "/rollback <id>" in ask(emulator, "/help")
+    finally:
+        bot.stop()
+    assert answered_chats(emulator) == [OPERATOR]
+    st = bot.stats()
+    assert st["commands"] == 1 and st["ignored_updates"] == 2
+    assert st["ignored_not_own_chat"] == st["ignored_business"] == 1
 
 
 def test_the_token_never_reaches_a_log(state, emulator, caplog) -> None:

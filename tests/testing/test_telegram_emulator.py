@@ -253,3 +253,54 @@ def test_wait_for_sent_timeout_names_what_was_sent(emulator: TelegramEmulator) -
 
     with pytest.raises(TimeoutError, match="only one"):
         emulator.wait_for_sent(2, chat_id=5, timeout=0.1)
+
+
+def test_edits_business_chats_and_channel_posts_arrive_as_telegram_shapes_them(
+    emulator: TelegramEmulator,
+) -> None:
+    first = emulator.send_text("/status", user_id=7)
+    emulator.edit_text(first, "/rollback 3")
+    connection = emulator.connect_business(7)
+    written = emulator.send_business_text(
+        "/capital", connection_id=connection, user_id=7, chat_id=9
+    )
+    emulator.send_business_text("hi", connection_id=connection, user_id=9, chat_id=9)
+    emulator.edit_text(written, "/capital now")
+    post = emulator.post_to_channel("/status", chat_id=-(10**12) - 5)
+    emulator.edit_text(post, "/help")
+    with pytest.raises(ValueError, match="owner or by chat_id"):
+        emulator.send_business_text("x", connection_id=connection, user_id=8, chat_id=9)
+    with pytest.raises(ValueError, match="connect it first"):
+        emulator.send_business_text("x", connection_id="nope", user_id=7, chat_id=9)
+
+    async def scenario() -> tuple[Update, ...]:
+        async with _bot(emulator) as bot:
+            return await bot.get_updates(timeout=0)
+
+    new, edit, connect, owner, other, business_edit, channel, channel_edit = asyncio.run(scenario())
+
+    assert new.message is not None and edit.message is None
+    assert edit.edited_message is not None and edit.edited_message.text == "/rollback 3"
+    assert edit.edited_message.message_id == new.message.message_id
+    assert edit.edited_message.edit_date is not None
+    assert new.message.text == "/status"  # the queued original kept its text
+    assert connect.business_connection is not None
+    assert connect.business_connection.user.id == 7 and connect.business_connection.is_enabled
+    for update, writer in ((owner, 7), (other, 9)):
+        message = update.business_message
+        assert update.message is None and message is not None
+        assert message.business_connection_id == connection
+        assert message.chat.type == "private" and message.chat.id == 9
+        assert message.from_user is not None and message.from_user.id == writer
+    assert owner.business_message is not None
+    assert owner.business_message.entities[0].type == "bot_command"
+    edited = business_edit.edited_business_message
+    assert edited is not None and edited.business_connection_id == connection
+    assert edited.text == "/capital now"
+    assert edited.message_id == owner.business_message.message_id
+    assert channel.channel_post is not None and channel.effective_user is None
+    assert channel.channel_post.chat.type == "channel"
+    assert channel.channel_post.sender_chat is not None
+    assert channel.channel_post.sender_chat.id == -(10**12) - 5
+    assert channel_edit.edited_channel_post is not None
+    assert channel_edit.edited_channel_post.text == "/help"
