@@ -23,6 +23,11 @@ Frames are msgpack: a call is ``[seq, [input bytes or nil for a lost input, ...]
 reply ``[seq, ok, output bytes or error text]``. A peer that fails the handshake is
 refused and counted; an undecodable frame closes the channel (counted) and the driver
 fails what was pending on it.
+
+Every read of the handshake, on both sides, has a deadline: a peer that connects and
+then stalls, mid-frame or before it, is hung up on once its time is up. The actor runs
+the handshakes of all who connect side by side on its one accepting thread, so a stalled
+stranger does not delay the driver at all.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ import hmac
 import logging
 import os
 import queue
+import selectors
 import socket
+import struct
 import tempfile
 import threading
 import time
@@ -50,12 +57,20 @@ log = logging.getLogger("sovereign.channel")
 T = TypeVar("T")
 
 # How long an actor waits for the driver to connect after opening its channel, and how
-# long either side waits for the other's half of the handshake.
+# long a whole handshake may take, on either side.
 ACCEPT_TIMEOUT_S = 30.0
 HANDSHAKE_TIMEOUT_S = 5.0
+# Handshakes an actor keeps open at once: past it, the oldest is hung up on. The driver's
+# takes a round trip, a stalled stranger's its whole timeout, so it is the strangers who
+# make room; the bound keeps a crowd of them from exhausting the process's descriptors.
+MAX_PENDING_HANDSHAKES = 16
 _PURPOSE = b"sovereign step channel v1"
 _NONCE_BYTES = 32
+_MAX_HANDSHAKE_FRAME = 256
 _OK = b"ok"
+# multiprocessing.connection's frame header: the payload's length, a signed 32-bit int
+# (-1 announces a longer frame, which no handshake needs).
+_HEADER = struct.Struct("!i")
 
 _ENCODER = msgspec.msgpack.Encoder()
 _CALL = msgspec.msgpack.Decoder(tuple[int, list[bytes | None]])
@@ -70,11 +85,49 @@ def _proof(key: bytes, nonce: bytes) -> bytes:
     return hmac.new(key, _PURPOSE + nonce, hashlib.sha256).digest()
 
 
-def _connection(sock: socket.socket) -> Connection:
-    sock.settimeout(None)
+def _no_delay(sock: socket.socket) -> None:
     if sock.family != socket.AF_UNIX:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _connection(sock: socket.socket) -> Connection:
+    """The call loop's blocking stream, once the handshake has succeeded on ``sock``."""
+    sock.settimeout(None)
     return Connection(sock.detach())
+
+
+def _frame(payload: bytes) -> bytes:
+    return _HEADER.pack(len(payload)) + payload
+
+
+class _FrameReader:
+    """One handshake frame, read in whatever pieces arrive and never past its end: what
+    follows it belongs to the call loop's Connection."""
+
+    __slots__ = ("_buf", "_size")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._size: int | None = None
+
+    def want(self) -> int:
+        """How many more bytes to read."""
+        return (_HEADER.size if self._size is None else self._size) - len(self._buf)
+
+    def feed(self, data: bytes) -> bytes | None:
+        """Take what was read (at most ``want()`` bytes): the frame, once it is whole."""
+        if not data:
+            raise ChannelError("the peer hung up mid-handshake")
+        self._buf += data
+        if self._size is None and len(self._buf) == _HEADER.size:
+            (size,) = _HEADER.unpack(self._buf)
+            if not 0 <= size <= _MAX_HANDSHAKE_FRAME:
+                raise ChannelError(f"a handshake frame cannot be {size} bytes long")
+            self._size = size
+            self._buf.clear()
+        if self._size is not None and len(self._buf) == self._size:
+            return bytes(self._buf)
+        return None
 
 
 # -- THE ACTOR'S SIDE ---------------------------------------------------------------------
@@ -148,9 +201,26 @@ class ChannelWorker:
                 return
 
 
+class _Handshake:
+    """The actor's half of one peer's handshake: send a nonce, read the proof, send ok."""
+
+    __slots__ = ("deadline", "nonce", "out", "proven", "reader", "sock")
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock, self.deadline = sock, deadline
+        self.nonce = os.urandom(_NONCE_BYTES)
+        self.out = _frame(self.nonce)  # still to send
+        self.reader = _FrameReader()
+        self.proven = False
+
+
 class ChannelServer:
     """One driver's channel into this actor process: listens, accepts one connection
-    that proves the key, stops listening, and hands it to the process's ``worker``."""
+    that proves the key, stops listening, and hands it to the process's ``worker``.
+
+    The handshakes run on one thread, non-blocking and side by side, each against its
+    own deadline: no peer can hold up another's, however it stalls.
+    """
 
     def __init__(self, key: bytes, worker: ChannelWorker, *, host: str | None = None) -> None:
         self._key, self._worker = key, worker
@@ -166,8 +236,8 @@ class ChannelServer:
             self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             self._sock.bind((host, 0))
             self.address = self._sock.getsockname()
-        self._sock.listen(4)
-        self._sock.settimeout(ACCEPT_TIMEOUT_S)
+        self._sock.listen(MAX_PENDING_HANDSHAKES)
+        self._sock.setblocking(False)
         self._thread = threading.Thread(target=self._run, name="sovereign-channel", daemon=True)
         self._thread.start()
 
@@ -184,43 +254,108 @@ class ChannelServer:
             self._worker.serve(conn)
 
     def _accept(self) -> Connection | None:
+        listen_until = time.monotonic() + ACCEPT_TIMEOUT_S
+        pending: dict[socket.socket, _Handshake] = {}
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._sock, selectors.EVENT_READ)
+            try:
+                while True:
+                    now = time.monotonic()
+                    for late in [h for h in pending.values() if h.deadline <= now]:
+                        self._refuse(selector, pending, late, "its handshake timed out")
+                    if now >= listen_until:
+                        log.warning("nobody connected to the channel in %.0f s", ACCEPT_TIMEOUT_S)
+                        return None
+                    wake = min([listen_until, *(h.deadline for h in pending.values())])
+                    for key, _ in selector.select(wake - now):
+                        if key.fileobj is self._sock:
+                            if not self._take(selector, pending):
+                                return None
+                            continue
+                        shake: _Handshake = key.data
+                        # One refused earlier in this batch (made room for) is gone.
+                        if pending.get(shake.sock) is shake and self._step(
+                            selector, pending, shake
+                        ):
+                            del pending[shake.sock]
+                            selector.unregister(shake.sock)
+                            return _connection(shake.sock)
+            finally:
+                for left in list(pending.values()):
+                    self._refuse(selector, pending, left, "the channel is no longer open to it")
+
+    def _take(
+        self, selector: selectors.BaseSelector, pending: dict[socket.socket, _Handshake]
+    ) -> bool:
+        """Accept whoever is waiting and start their handshakes; False once the
+        listening socket is unusable."""
         while True:
             try:
                 sock, _ = self._sock.accept()
-            except TimeoutError:
-                log.warning("nobody connected to the channel in %.0f s", ACCEPT_TIMEOUT_S)
-                return None
+            except BlockingIOError:
+                return True
             except OSError:
-                return None
-            conn = _connection(sock)
-            if self._authenticated(conn):
-                return conn
-            # Counted before hanging up: whoever was refused may look at once.
-            self._worker.on_event(
-                "channel_refused", "refused a connection that failed the handshake"
-            )
-            conn.close()
+                return False
+            sock.setblocking(False)
+            _no_delay(sock)
+            if len(pending) >= MAX_PENDING_HANDSHAKES:
+                oldest = min(pending.values(), key=lambda h: h.deadline)
+                self._refuse(selector, pending, oldest, "too many handshakes at once")
+            shake = _Handshake(sock, time.monotonic() + HANDSHAKE_TIMEOUT_S)
+            pending[sock] = shake
+            selector.register(sock, selectors.EVENT_WRITE, shake)
 
-    def _authenticated(self, conn: Connection) -> bool:
-        nonce = os.urandom(_NONCE_BYTES)
+    def _step(
+        self,
+        selector: selectors.BaseSelector,
+        pending: dict[socket.socket, _Handshake],
+        shake: _Handshake,
+    ) -> bool:
+        """Move ``shake`` on as far as its socket allows; True once it has succeeded."""
         try:
-            conn.send_bytes(nonce)
-            if not conn.poll(HANDSHAKE_TIMEOUT_S):
+            if shake.out:
+                shake.out = shake.out[shake.sock.send(shake.out) :]
+                if shake.out:
+                    return False
+                if shake.proven:
+                    return True
+                selector.modify(shake.sock, selectors.EVENT_READ, shake)
                 return False
-            answer = conn.recv_bytes(maxlength=256)
-            if not hmac.compare_digest(answer, _proof(self._key, nonce)):
-                return False
-            conn.send_bytes(_OK)
-        except (OSError, EOFError):
+            answer = shake.reader.feed(shake.sock.recv(shake.reader.want()))
+        except (BlockingIOError, InterruptedError):
             return False
-        return True
+        except (OSError, ChannelError) as exc:
+            self._refuse(selector, pending, shake, f"its handshake broke: {exc}")
+            return False
+        if answer is None:
+            return False
+        if not hmac.compare_digest(answer, _proof(self._key, shake.nonce)):
+            self._refuse(selector, pending, shake, "it failed the handshake")
+            return False
+        shake.proven, shake.out = True, _frame(_OK)
+        selector.modify(shake.sock, selectors.EVENT_WRITE, shake)
+        return False
+
+    def _refuse(
+        self,
+        selector: selectors.BaseSelector,
+        pending: dict[socket.socket, _Handshake],
+        shake: _Handshake,
+        why: str,
+    ) -> None:
+        del pending[shake.sock]
+        selector.unregister(shake.sock)
+        # Counted before hanging up: whoever was refused may look at once.
+        self._worker.on_event("channel_refused", f"refused a connection: {why}")
+        shake.sock.close()
 
 
 # -- THE DRIVER'S SIDE --------------------------------------------------------------------
 
 
 def connect(address: Any, key: bytes, timeout: float = HANDSHAKE_TIMEOUT_S) -> Connection:
-    """Connect to an actor's channel and prove the key."""
+    """Connect to an actor's channel and prove the key, all within ``timeout``."""
+    deadline = time.monotonic() + timeout
     family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -229,24 +364,46 @@ def connect(address: Any, key: bytes, timeout: float = HANDSHAKE_TIMEOUT_S) -> C
     except OSError as exc:
         sock.close()
         raise ChannelError(f"cannot reach the channel at {address!r}: {exc}") from exc
-    conn = _connection(sock)
+    _no_delay(sock)
     try:
-        if not conn.poll(timeout):
-            raise ChannelError("the actor did not start the handshake")
-        nonce = conn.recv_bytes(maxlength=256)
-        conn.send_bytes(_proof(key, nonce))
         try:
-            answer = conn.recv_bytes(maxlength=16) if conn.poll(timeout) else b""
-        except EOFError:
-            answer = b""  # it hung up on us
+            nonce = _recv_frame(sock, deadline)
+        except (OSError, ChannelError) as exc:
+            raise ChannelError(f"the actor did not start the handshake: {exc}") from exc
+        _send_frame(sock, _proof(key, nonce), deadline)
+        try:
+            answer = _recv_frame(sock, deadline)
+        except (OSError, ChannelError):
+            answer = b""  # it hung up on us, or never answered
         if answer != _OK:
             raise ChannelError("the actor refused the handshake")
-    except (OSError, EOFError, ChannelError) as exc:
-        conn.close()
+    except (OSError, ChannelError) as exc:
+        sock.close()
         if isinstance(exc, ChannelError):
             raise
         raise ChannelError(f"the handshake broke: {exc}") from exc
-    return conn
+    return _connection(sock)
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the handshake timed out")
+    return left
+
+
+def _recv_frame(sock: socket.socket, deadline: float) -> bytes:
+    reader = _FrameReader()
+    while True:
+        sock.settimeout(_left(deadline))
+        frame = reader.feed(sock.recv(reader.want()))
+        if frame is not None:
+            return frame
+
+
+def _send_frame(sock: socket.socket, payload: bytes, deadline: float) -> None:
+    sock.settimeout(_left(deadline))
+    sock.sendall(_frame(payload))
 
 
 class ChannelCall:

@@ -6,6 +6,8 @@ Ray tests at the end open channels to real Ray actors and kill one mid-session.
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sovereign.actors import channel as channel_module
 from sovereign.actors.base import Actor
 from sovereign.actors.channel import (
     ChannelCall,
@@ -64,10 +67,10 @@ def output(name: str, inputs: list[bytes | None] | tuple[bytes | None, ...]) -> 
     return name.encode() + b"(" + b",".join(b"-" if x is None else x for x in inputs) + b")"
 
 
-def serve(name: str, key: bytes = KEY) -> Fake:
+def serve(name: str, key: bytes = KEY, host: str | None = None) -> Fake:
     fake = Fake(name, [], [])
     fake.worker = ChannelWorker(fake.handle, fake.event)
-    fake.server = ChannelServer(key, fake.worker)
+    fake.server = ChannelServer(key, fake.worker, host=host)
     return fake
 
 
@@ -168,6 +171,140 @@ def test_a_wrong_key_is_refused_and_counted_and_the_right_one_still_gets_in() ->
         assert wait_all([call], 5) == 1 and call.value == b"a0(x)"
     finally:
         channels.close()
+
+
+# What a stalled stranger sends before falling silent: nothing, part of a frame's length
+# header, or a header announcing 100 bytes and 3 of them.
+STALLS = {
+    "nothing": b"",
+    "half a header": b"\x00\x00",
+    "3 of 100 bytes": struct.pack("!i", 100) + b"abc",
+}
+
+
+def stall(address: Any, sends: bytes) -> socket.socket:
+    """Connect as a stranger, send ``sends`` and stay connected and silent."""
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.connect(address if isinstance(address, str) else tuple(address))
+    sock.sendall(sends)
+    return sock
+
+
+def hung_up_on(sock: socket.socket, within: float) -> bool:
+    """Whether the actor closes ``sock`` within ``within`` seconds (what it sent before,
+    the challenge, is skipped)."""
+    sock.settimeout(within)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        pass  # reset: hung up on too
+    finally:
+        sock.close()
+    return True
+
+
+def answered(fake: Fake, timeout: float) -> bool:
+    """Whether the driver gets in within ``timeout`` and a call is answered."""
+    assert fake.server is not None
+    channels = Channels()
+    try:
+        channels.attach(fake.name, connect(fake.server.address, KEY, timeout=timeout))
+        call = channels.call(fake.name, [b"x"])
+        return wait_all([call], 5) == 1 and call.value == output(fake.name, [b"x"])
+    finally:
+        channels.close()
+
+
+@pytest.mark.parametrize("host", [None, "127.0.0.1"], ids=["unix", "tcp"])
+@pytest.mark.parametrize("sends", STALLS.values(), ids=STALLS.keys())
+def test_a_stalled_handshake_times_out_and_is_counted_and_the_driver_still_gets_in(
+    host: str | None, sends: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stranger that stops mid-handshake is hung up on once the handshake's time is
+    up, and counted; the actor goes on listening (it once waited on the stranger's
+    frame for ever, and no driver could get in again)."""
+    monkeypatch.setattr(channel_module, "HANDSHAKE_TIMEOUT_S", 0.5)
+    fake = serve("a0", host=host)
+    assert fake.server is not None
+    assert hung_up_on(stall(fake.server.address, sends), within=5)
+    assert fake.events == ["channel_refused"]
+    assert answered(fake, timeout=5)
+    assert fake.events == ["channel_refused"] and len(fake.ran) == 1
+
+
+@pytest.mark.parametrize("host", [None, "127.0.0.1"], ids=["unix", "tcp"])
+@pytest.mark.parametrize("sends", STALLS.values(), ids=STALLS.keys())
+def test_a_stalled_stranger_does_not_hold_up_the_driver(
+    host: str | None, sends: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver that comes after a stalled stranger gets in at once, not after the
+    stranger's handshake has timed out; the stranger is then refused and counted."""
+    monkeypatch.setattr(channel_module, "HANDSHAKE_TIMEOUT_S", 30.0)
+    fake = serve("a0", host=host)
+    assert fake.server is not None
+    stranger = stall(fake.server.address, sends)
+    time.sleep(0.1)  # first in line
+    started = time.monotonic()
+    try:
+        assert answered(fake, timeout=2)
+        assert time.monotonic() - started < 2
+        assert hung_up_on(stranger, within=5)
+    finally:
+        stranger.close()
+    assert fake.events == ["channel_refused"] and len(fake.ran) == 1
+
+
+def test_a_crowd_of_stalled_strangers_does_not_shut_the_driver_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """More stalled strangers than the actor keeps handshakes open with: the oldest are
+    hung up on to make room, so the driver still gets in at once; all are counted."""
+    monkeypatch.setattr(channel_module, "HANDSHAKE_TIMEOUT_S", 30.0)
+    fake = serve("a0", host="127.0.0.1")
+    assert fake.server is not None
+    crowd = [stall(fake.server.address, STALLS["3 of 100 bytes"]) for _ in range(40)]
+    try:
+        time.sleep(0.2)
+        assert answered(fake, timeout=2)
+        assert all(hung_up_on(stranger, within=5) for stranger in crowd)
+    finally:
+        for stranger in crowd:
+            stranger.close()
+    assert fake.events == ["channel_refused"] * len(crowd)
+
+
+@pytest.mark.parametrize("sends", STALLS.values(), ids=STALLS.keys())
+def test_the_driver_gives_up_on_an_actor_that_stalls_mid_handshake(sends: bytes) -> None:
+    """The driver's half of the handshake has a deadline too: whatever answers on the
+    address and then stalls, ``connect`` fails in time instead of hanging the session."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    outcome: list[BaseException | None] = []
+
+    def driver() -> None:
+        try:
+            connect(listener.getsockname(), KEY, timeout=0.5).close()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=driver, daemon=True)
+    thread.start()
+    peer, _ = listener.accept()
+    try:
+        peer.sendall(sends)
+        thread.join(5)
+        assert not thread.is_alive(), "connect hung on a stalled handshake"
+    finally:
+        peer.close()
+        listener.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], ChannelError)
 
 
 def test_every_channel_of_a_process_runs_its_calls_on_one_thread() -> None:
