@@ -11,15 +11,20 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import urlsplit
 
 import sovereign
 from sovereign.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from sovereign.data.loaders import LoadedData
 
 
 class UsageError(Exception):
@@ -123,12 +128,12 @@ def _operator_channels(
 # -- COMMANDS ---------------------------------------------------------------------------
 
 
-def _load(args: argparse.Namespace, config: Config) -> object:
+def _load(args: argparse.Namespace, config: Config) -> LoadedData:
     from sovereign.data.loaders import load_ohlcv
 
     symbols = [s.strip() for s in args.symbols.split(",") if s.strip()] if args.symbols else None
     try:
-        return load_ohlcv(
+        data = load_ohlcv(
             args.data,
             symbols=symbols,
             start=args.start,
@@ -139,6 +144,57 @@ def _load(args: argparse.Namespace, config: Config) -> object:
         )
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(f"cannot load data {args.data!r}: {exc}") from None
+    if data.frame.empty:
+        raise UsageError(_why_no_bars(args.data, data))
+    return data
+
+
+def _why_no_bars(source: str, data: LoadedData) -> str:
+    """One line on why nothing is left to trade: what validation rejected, or the filters."""
+    from sovereign.data.loaders import TIMESTAMP_FORMATS
+
+    v = data.validation
+    if v.total_rows == 0:
+        return f"cannot load data {source!r}: it has no rows"
+    if v.accepted_rows == 0:
+        reasons = ", ".join(f"{k}={c:,}" for k, c in v.rejected.items())
+        commonest = max(v.rejected, key=lambda k: v.rejected[k])
+        example = v.samples.get(commonest, ["?"])[0]
+        text = (
+            f"cannot load data {source!r}: all {v.total_rows:,} rows were rejected by "
+            f"validation ({reasons}; e.g. {example})"
+        )
+        if "bad_timestamp" in v.rejected:
+            text += f"; {TIMESTAMP_FORMATS}"
+        return text
+    return (
+        f"no bars left after the filters (--symbols, --start, --end): {v.accepted_rows:,} "
+        f"rows passed validation ({v.rejected_rows:,} rejected)"
+    )
+
+
+def _check_state_store(config: Config) -> None:
+    """Reach the configured Redis now, so that one that does not answer is an exit-2 error
+    at start rather than a failure of the first actor that writes state, mid-run."""
+    url = config.state.redis_url
+    if not url:
+        return
+    import redis
+
+    from sovereign.config import redact_url
+    from sovereign.memory.state_store import RedisStateStore
+
+    try:
+        RedisStateStore(url).close()
+    except (redis.exceptions.RedisError, OSError, ValueError) as exc:
+        reason = " ".join(str(exc).split())
+        password = urlsplit(url).password
+        if password:
+            reason = reason.replace(password, "***")
+        raise UsageError(
+            f"[state] redis_url: no answer from Redis at {redact_url(url)} ({reason}); "
+            "is it running, and is the URL right?"
+        ) from None
 
 
 def _with_overrides(args: argparse.Namespace, config: Config) -> Config:
@@ -174,15 +230,12 @@ def _with_overrides(args: argparse.Namespace, config: Config) -> Config:
 
 
 def _run(args: argparse.Namespace, *, mode: str) -> int:
-    from sovereign.data.loaders import LoadedData
     from sovereign.report import format_summary_table
     from sovereign.session import run_session
 
     config = _with_overrides(args, load_config(args.config))
+    _check_state_store(config)
     data = _load(args, config)
-    assert isinstance(data, LoadedData)
-    if data.frame.empty:
-        raise UsageError("no bars left after validation and filters")
     if not data.has_volume and config.strategy.volume_confirmation:
         raise UsageError(
             f"{data.source} has no volume, so volume confirmation would block every entry; "
@@ -283,6 +336,7 @@ def cmd_constitution(args: argparse.Namespace) -> int:
     from sovereign.memory.state_store import open_state_store
 
     config = load_config(args.config)
+    _check_state_store(config)
     c = config.build_constitution()
     lines = [
         "Constitution (immutable; configuration may only tighten it)",
@@ -334,6 +388,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if not args.reason or not args.reason.strip():
         raise UsageError("--reason is required: say why trading may resume")
     config = load_config(args.config)
+    _check_state_store(config)
     scope = _scope(args, config)
     key = f"guardian/{scope}"
     with closing(open_state_store(args.state, config.state.redis_url)) as store:
@@ -554,6 +609,7 @@ def _run_live(args: argparse.Namespace) -> int:
     from sovereign.session import run_session
 
     config = _live_config(args)
+    _check_state_store(config)
     symbols = (
         [s.strip() for s in args.symbols.split(",") if s.strip()]
         if args.symbols
@@ -710,6 +766,38 @@ def cmd_emulate(args: argparse.Namespace) -> int:
 # -- PARSER -----------------------------------------------------------------------------
 
 
+def _whole(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number in [lo, hi] (argparse reports a refusal, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+
+    return parse
+
+
+def _finite(*, positive: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number, > 0 or >= 0 (float() alone takes nan and inf)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            bound = "> 0" if positive else ">= 0"
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
+        return value
+
+    return parse
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=None, help="TOML configuration file")
     p.add_argument(
@@ -729,7 +817,8 @@ def _session_args(p: argparse.ArgumentParser, *, runtime: str, out: str) -> None
     p.add_argument("--runtime", choices=("local", "ray"), default=runtime)
     p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto)")
     p.add_argument("--no-dashboard", action="store_true", help="local Ray without dashboard")
-    p.add_argument("--shards", type=int, default=None, help="number of shard actors")
+    # The same bounds as [engine] shards.
+    p.add_argument("--shards", type=_whole(1, 1024), default=None, help="number of shard actors")
     p.add_argument(
         "--strategy",
         choices=("baseline", "breakout"),
@@ -774,17 +863,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="sim (replayed data), ib, alpaca, or ib+alpaca (IB failing over to Alpaca)",
     )
     pp.add_argument("--ib-host", default=None)
-    pp.add_argument("--ib-port", type=int, default=None, help="7497 TWS paper, 4002 Gateway")
+    pp.add_argument(
+        "--ib-port", type=_whole(1, 65_535), default=None, help="7497 TWS paper, 4002 Gateway"
+    )
     pp.add_argument("--client-id", type=int, default=None, help="IB client id (data: +1)")
-    pp.add_argument("--poll-interval", type=float, default=None, help="seconds between polls")
-    pp.add_argument("--bar-interval", type=int, default=None, help="bar length, seconds")
+    pp.add_argument(
+        "--poll-interval", type=_finite(positive=True), default=None, help="seconds between polls"
+    )
+    pp.add_argument("--bar-interval", type=_whole(1), default=None, help="bar length, seconds")
     pp.add_argument(
         "--speed",
-        type=float,
+        type=_finite(positive=False),
         default=0.0,
         help="replay speed as a multiple of real time (0 = as fast as possible)",
     )
-    pp.add_argument("--max-steps", type=int, default=None, help="stop after this many bars")
+    pp.add_argument("--max-steps", type=_whole(1), default=None, help="stop after this many bars")
     pp.set_defaults(func=cmd_paper)
 
     cp = sub.add_parser("constitution", help="show the limits, the fingerprint and trading state")
@@ -812,8 +905,8 @@ def build_parser() -> argparse.ArgumentParser:
     hi.add_argument("--account", default=None)
     hi.add_argument("--run", default=None)
     hi.add_argument("--all", action="store_true", help="every scope")
-    hi.add_argument("--limit", type=int, default=20, help="entries per page")
-    hi.add_argument("--page", type=int, default=1)
+    hi.add_argument("--limit", type=_whole(1), default=20, help="entries per page")
+    hi.add_argument("--page", type=_whole(1), default=1)
     hi.set_defaults(func=cmd_history)
 
     rb = sub.add_parser("rollback", help="restore the rule set from before a modification")

@@ -15,6 +15,7 @@ import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -39,6 +40,11 @@ def _non_negative(name: str, value: float) -> None:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
+MAX_APPROVAL_TTL_S = 86_400
+"""Longest ``[engine] approval_ttl_s``; it is carried in int64 nanoseconds, so an
+unbounded value would overflow the first approval's expiry."""
+
+
 class EngineConfig(_Section, frozen=True):
     """The actor graph and the session.
 
@@ -60,7 +66,8 @@ class EngineConfig(_Section, frozen=True):
         runtime; bounds memory and latency. Default 16.
     approval_ttl_s
         How long a guardian approval stays valid, in seconds of the session clock.
-        Default 300.
+        Default 300; 1 to 86,400 (a day: an approval older than that is stale for any
+        bar length this system trades).
     observer_batch_steps
         In a backtest, the monitor and operator (which only watch: nothing they return
         feeds a later step) receive the output of this many steps in one call, which saves
@@ -98,8 +105,11 @@ class EngineConfig(_Section, frozen=True):
         _positive("initial_capital", self.initial_capital)
         if self.max_in_flight_steps < 1:
             raise ValueError("max_in_flight_steps must be >= 1")
-        if self.approval_ttl_s < 1:
-            raise ValueError("approval_ttl_s must be >= 1")
+        if not 1 <= self.approval_ttl_s <= MAX_APPROVAL_TTL_S:
+            raise ValueError(
+                f"approval_ttl_s must be between 1 and {MAX_APPROVAL_TTL_S} (one day), "
+                f"got {self.approval_ttl_s}"
+            )
         if not 1 <= self.observer_batch_steps <= 1024:
             raise ValueError(
                 f"observer_batch_steps must be between 1 and 1024, got {self.observer_batch_steps}"
@@ -333,13 +343,14 @@ class RiskConfig(_Section, frozen=True):
     entry_limit_buffer
         Entries are marketable limit orders at the decision price times (1 + buffer), sized
         at that limit, so a gap up cannot fill them above what was approved. Default 0.01;
-        it must be positive: an entry at market could fill anywhere.
+        in (0, 0.5]: positive, because an entry at market could fill anywhere, and at most
+        0.5 (the breakout preset's collar), beyond which the limit bounds nothing.
     flatten_on_halt
         On a halt, sell every position at market (working orders are always canceled).
         Default true.
     review_after_losses
         This many consecutive losing trades ask the self-modification engine for a rule
-        evaluation. Default 3.
+        evaluation. Default 3; at least 1.
     """
 
     volatile_scale: float = 0.5
@@ -353,6 +364,13 @@ class RiskConfig(_Section, frozen=True):
             raise ValueError(f"volatile_scale must be in (0, 1], got {self.volatile_scale}")
         if not 0 < self.max_gross_exposure <= 4:
             raise ValueError(f"max_gross_exposure must be in (0, 4], got {self.max_gross_exposure}")
+        # Written so that NaN fails too.
+        if not 0 < self.entry_limit_buffer <= 0.5:
+            raise ValueError(
+                f"entry_limit_buffer must be in (0, 0.5], got {self.entry_limit_buffer}"
+            )
+        if self.review_after_losses < 1:
+            raise ValueError(f"review_after_losses must be >= 1, got {self.review_after_losses}")
 
 
 class DataConfig(_Section, frozen=True):
@@ -538,15 +556,56 @@ class StateConfig(_Section, frozen=True):
     Parameters
     ----------
     redis_url
-        ``redis://host:port/db`` to keep the state store in Redis (shared by every node of
-        a cluster); empty keeps it in SQLite in the state directory.
+        ``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for TLS, or
+        ``unix:///path/to/socket``) to keep the state store in Redis (shared by every
+        node of a cluster); empty keeps it in SQLite in the state directory. The form is
+        checked at load; whether Redis answers is checked when a command starts.
     """
 
     redis_url: str = ""
 
     def __post_init__(self) -> None:
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"redis_url must start with redis://, got {self.redis_url!r}")
+        if self.redis_url:
+            problem = redis_url_problem(self.redis_url)
+            if problem is not None:
+                raise ValueError(f"redis_url {problem}, got {redact_url(self.redis_url)!r}")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        # Unparsable, so where a password would be is unknown: show only the scheme.
+        return url.partition("://")[0] + "://..."
+    if password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def redis_url_problem(url: str) -> str | None:
+    """What is wrong with the form of a Redis URL (None: nothing), as redis-py reads it."""
+    bad_port = "has a bad port (a number from 1 to 65535)"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return bad_port if "port" in str(exc).lower() else f"is not a URL ({exc})"
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return "must start with redis://, rediss:// or unix://"
+    if parts.scheme == "unix":
+        return None if parts.path else "needs the socket path (unix:///path/to/socket)"
+    if port == 0:
+        return bad_port
+    if not parts.hostname:
+        return "needs a host (redis://host:port/db)"
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        return f"has a database that is not a number ({db!r}; redis://host:port/0)"
+    return None
 
 
 class ConstitutionOverrides(_Section, frozen=True):

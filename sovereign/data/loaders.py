@@ -34,9 +34,14 @@ from sovereign.data.validation import (
     validate_ohlcv,
 )
 
-__all__ = ["FILE_COLUMNS", "LoadedData", "load_ohlcv"]
+__all__ = ["FILE_COLUMNS", "TIMESTAMP_FORMATS", "LoadedData", "load_ohlcv"]
 
 FILE_COLUMNS: tuple[str, ...] = ("timestamp", "symbol", "open", "high", "low", "close", "volume")
+TIMESTAMP_FORMATS = (
+    "timestamps must be YYYY-MM-DD (a daily bar) or ISO 8601 such as 2024-01-31T14:30:00Z "
+    "(a bar start, UTC unless it carries an offset); integer epochs are not accepted"
+)
+"""What a file's timestamps may look like, for messages about ones that are not."""
 _NUMERIC = FILE_COLUMNS[2:]
 _NS_PER_S = 1_000_000_000
 _NEW_YORK = "America/New_York"
@@ -175,13 +180,22 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 def _read(path: Path) -> pd.DataFrame:
     name = path.name.lower()
-    if name.endswith(".parquet"):
-        df = pd.read_parquet(path)
-    elif name.endswith((".csv", ".csv.gz")):
-        df = _read_csv(path)
-    else:
+    if not name.endswith((".parquet", ".csv", ".csv.gz")):
         raise ValueError(f"unsupported file type: {path} (expected .csv, .csv.gz or .parquet)")
+    try:
+        df = pd.read_parquet(path) if name.endswith(".parquet") else _read_csv(path)
+    except (pa.ArrowException, OSError) as exc:
+        # A truncated gzip stream, a file that is not what its name says, a damaged
+        # Parquet footer: the file as a whole is unusable, unlike a bad row.
+        reason = " ".join(str(exc).split())
+        raise ValueError(f"{path}: cannot read as {_kind(name)}: {reason}") from None
     df.columns = [str(c).strip().lower() for c in df.columns]
+    # Two columns that both claim to be, say, the close leave no way to tell which is
+    # meant; names are compared as matched (trimmed, case-insensitive).
+    names = df.columns.tolist()
+    repeated = [c for c in (*FILE_COLUMNS, "ts") if names.count(c) > 1]
+    if repeated:
+        raise ValueError(f"{path}: duplicate column(s): {', '.join(repeated)}")
     if "timestamp" not in df.columns and "ts" in df.columns:
         # A saved LoadedData.frame (or SyntheticBars.to_frame()) names it ts, in int64 ns.
         df = df.rename(columns={"ts": "timestamp"})
@@ -190,6 +204,12 @@ def _read(path: Path) -> pd.DataFrame:
         raise ValueError(f"{path}: missing column(s): {', '.join(missing)}")
     # A parquet file may carry a stored index; row positions are what validation reports.
     return df.reset_index(drop=True)
+
+
+def _kind(name: str) -> str:
+    if name.endswith(".parquet"):
+        return "Parquet"
+    return "gzip-compressed CSV" if name.endswith(".gz") else "CSV"
 
 
 # -- PIPELINE --
@@ -330,7 +350,9 @@ def load_ohlcv(
     FileNotFoundError
         If the source or splits file does not exist.
     ValueError
-        On missing columns, an unknown sample, an unsupported file type, a file mixing
+        On missing or duplicate columns, a file that cannot be read as its type (a
+        truncated gzip stream, a damaged Parquet file), an unknown sample, an unsupported
+        file type, a file mixing
         date-only and intraday timestamps, unparsable filters, ``start > end``, or
         requested symbols that are not in the data.
     seed
@@ -340,7 +362,9 @@ def load_ohlcv(
     -----
     Timestamps: ``YYYY-MM-DD`` is a daily bar that starts at 09:30 America/New_York on
     that date and lasts 23400 s; an ISO timestamp with ``Z`` or an offset is an intraday
-    bar start; a naive timestamp with a time of day is taken to be UTC. Unparsable
+    bar start; a naive timestamp with a time of day is taken to be UTC. Integer epochs
+    in a CSV are not accepted: their unit is a guess (a 12-digit ``YYYYMMDDHHMM`` is also a
+    plausible epoch in milliseconds), so they are rejected as bad timestamps. Unparsable
     timestamps and non-numeric prices are not fatal: those rows are rejected by
     validation and counted in ``validation`` (``row N`` in its samples is data line N of
     the file, 0-based). A non-numeric volume cell counts as unknown volume.
@@ -375,7 +399,8 @@ def load_ohlcv(
                 "symbol": raw["symbol"],
                 **{c: _numeric(raw[c]) for c in _NUMERIC},
             }
-        )
+        ),
+        ts_text=raw["timestamp"],
     )
     interval = _interval_s(frame, daily)
 

@@ -13,6 +13,8 @@ rendered examples per reason so a human can see what was dropped.
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 import numpy as np
 import pandas as pd
@@ -21,6 +23,7 @@ __all__ = [
     "BAD_TS",
     "DAILY_INTERVAL_S",
     "INFO_COUNTERS",
+    "MAX_SYMBOL_BYTES",
     "OHLCV_COLUMNS",
     "REJECT_REASONS",
     "ValidationReport",
@@ -41,6 +44,8 @@ DAILY_INTERVAL_S: int = 23_400
 REJECT_REASONS: tuple[str, ...] = (
     "bad_timestamp",
     "missing_symbol",
+    "symbol_too_long",
+    "bad_symbol",
     "nan_price",
     "nonpositive_price",
     "high_lt_low",
@@ -54,6 +59,18 @@ REJECT_REASONS: tuple[str, ...] = (
 """Rejection reasons in the order they are tested; a row counts under the first match."""
 
 INFO_COUNTERS: tuple[str, ...] = ("volume_missing",)
+
+MAX_SYMBOL_BYTES: int = 32
+"""Longest accepted symbol, in bytes. Real tickers (``BRK.B``, ``EURUSD=X``, ``7203.T``)
+are far shorter; symbols travel between actors as fixed-width byte columns, so one
+runaway cell would otherwise widen every bar message of the run (or exceed the wire
+format's limit)."""
+
+# ASCII letters and digits, the punctuation tickers use across venues and vendors
+# (BRK.B, BRK-B, BRK/B, ^GSPC, ES=F, M&M.NS, EUR/USD) and single inner spaces (IB writes
+# class shares as "BRK B"). Nothing a CSV, an HTML report or a terminal would mangle, and
+# no leading or trailing space, which would make " AAPL" a second, distinct AAPL.
+_SYMBOL_RE = re.compile(r"[A-Za-z0-9._/^=+:&-]+(?: [A-Za-z0-9._/^=+:&-]+)*")
 
 MAX_SAMPLES = 5
 
@@ -229,14 +246,22 @@ def _ts_column(col: pd.Series) -> np.ndarray:
 
 
 def _render_row(
-    i: int, sym: str, ts: int, o: float, h: float, lo: float, c: float, v: float
+    i: int, sym: str, ts: str, o: float, h: float, lo: float, c: float, v: float
 ) -> str:
     def num(x: float) -> str:
         if np.isfinite(x) and x == int(x) and abs(x) < 1e15:
             return str(int(x))
         return f"{x:.6g}"
 
-    return f"row {i} {sym} {format_ts(ts)} o={num(o)} h={num(h)} l={num(lo)} c={num(c)} v={num(v)}"
+    return f"row {i} {sym} {ts} o={num(o)} h={num(h)} l={num(lo)} c={num(c)} v={num(v)}"
+
+
+def _shown_ts(ts: int, written: object) -> str:
+    """A timestamp as a sample line shows it; an unparsable one with the text it came from."""
+    if ts != BAD_TS or written is None or (not isinstance(written, str) and pd.isna(written)):
+        return format_ts(ts)
+    text = ascii(str(written))
+    return f"NaT from {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
 def _order_checks(ts: np.ndarray, codes: np.ndarray, reason: np.ndarray) -> None:
@@ -282,7 +307,24 @@ def _symbol_codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.int64), names
 
 
-def validate_ohlcv(df: pd.DataFrame) -> tuple[pd.DataFrame, ValidationReport]:
+def _symbol_problems(names: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per distinct symbol: too long (bytes), and outside the accepted character set."""
+    too_long = np.array([len(n.encode()) > MAX_SYMBOL_BYTES for n in names], dtype=bool)
+    bad = np.array([_SYMBOL_RE.fullmatch(n) is None for n in names], dtype=bool)
+    return too_long, bad
+
+
+def _shown_symbol(name: str) -> str:
+    """A symbol as a sample line shows it: printable, and cut short when it is long."""
+    shown = name if _SYMBOL_RE.fullmatch(name) else ascii(name)
+    if len(shown) > MAX_SYMBOL_BYTES + 8:
+        shown = f"{shown[:MAX_SYMBOL_BYTES]}...({len(name.encode())} bytes)"
+    return shown
+
+
+def validate_ohlcv(
+    df: pd.DataFrame, *, ts_text: pd.Series | None = None
+) -> tuple[pd.DataFrame, ValidationReport]:
     """Validate OHLCV rows and return the accepted rows with a report of the rest.
 
     Parameters
@@ -293,6 +335,9 @@ def validate_ohlcv(df: pd.DataFrame) -> tuple[pd.DataFrame, ValidationReport]:
         ``high``, ``low``, ``close`` and ``volume`` (float64; NaN volume means unknown).
         Other columns are ignored. Row order is the file order used by the duplicate and
         out-of-order checks.
+    ts_text
+        The timestamps as the source wrote them, row for row: a sample of a row whose
+        timestamp could not be parsed shows that text (``NaT from '01/31/2020'``).
 
     Returns
     -------
@@ -308,7 +353,10 @@ def validate_ohlcv(df: pd.DataFrame) -> tuple[pd.DataFrame, ValidationReport]:
     Notes
     -----
     Each rejected row counts under the first matching reason of :data:`REJECT_REASONS`:
-    unparsable timestamp; missing or blank symbol; NaN or infinite open/high/low/close;
+    unparsable timestamp; missing or blank symbol; a symbol longer than
+    :data:`MAX_SYMBOL_BYTES` bytes; a symbol with other characters than ASCII letters,
+    digits, ``. - _ / ^ = + : &`` and single inner spaces (a leading or trailing space
+    included); NaN or infinite open/high/low/close;
     a price <= 0; high < low; open or close outside [low, high]; volume < 0; volume
     +inf; the same (symbol, ts) as an already accepted row; a ts earlier than the last
     accepted ts of that symbol (in input order). A NaN volume is accepted and counted
@@ -330,6 +378,11 @@ def validate_ohlcv(df: pd.DataFrame) -> tuple[pd.DataFrame, ValidationReport]:
 
     mark("bad_timestamp", ts == BAD_TS)
     mark("missing_symbol", codes < 0)
+    too_long, bad_symbol = _symbol_problems(names)
+    if too_long.any() or bad_symbol.any():
+        known = np.maximum(codes, 0)
+        mark("symbol_too_long", (codes >= 0) & too_long[known])
+        mark("bad_symbol", (codes >= 0) & bad_symbol[known])
     finite = np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c)
     mark("nan_price", ~finite)
     # NaN compares False, and NaN rows are already marked, so no masking is needed here.
@@ -350,8 +403,8 @@ def validate_ohlcv(df: pd.DataFrame) -> tuple[pd.DataFrame, ValidationReport]:
         return [
             _render_row(
                 int(i),
-                names[codes[i]] if codes[i] >= 0 else "<missing>",
-                int(ts[i]),
+                _shown_symbol(names[codes[i]]) if codes[i] >= 0 else "<missing>",
+                _shown_ts(int(ts[i]), None if ts_text is None else ts_text.iloc[i]),
                 o[i],
                 h[i],
                 lo[i],

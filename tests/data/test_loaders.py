@@ -257,3 +257,54 @@ def test_load_empty_and_header_only_csv(tmp_path: Path) -> None:
     data = load_ohlcv(write_csv(tmp_path / "header.csv", ""))
     assert len(data.frame) == 0 and data.interval_s == 0
     assert data.frame["ts"].dtype == np.int64
+
+
+def test_load_damaged_files_raise_value_errors_naming_the_file(tmp_path: Path) -> None:
+    body = "".join(f"2024-01-{d:02d},AAA,1,2,0.5,1.5,10\n" for d in range(2, 30))
+    whole = gzip.compress(("timestamp,symbol,open,high,low,close,volume\n" + body).encode())
+    truncated = tmp_path / "cut.csv.gz"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    not_gzip = tmp_path / "plain.csv.gz"
+    not_gzip.write_text("timestamp,symbol,open,high,low,close,volume\n")
+    not_parquet = tmp_path / "bars.parquet"
+    not_parquet.write_bytes(b"PAR1 this is not a parquet file")
+    for path in (truncated, not_gzip, not_parquet):
+        with pytest.raises(ValueError, match=rf"{path.name}: cannot read") as info:
+            load_ohlcv(path)
+        assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "timestamp,symbol,open,high,low,close,volume,close",
+        "timestamp,symbol,open,high,low,close,volume,Close",
+        "ts,symbol,open,high,low,close,volume,ts",
+    ],
+)
+def test_load_duplicate_columns_are_refused_by_name(tmp_path: Path, header: str) -> None:
+    path = tmp_path / "dup.csv"
+    path.write_text(header + "\n2024-01-02,AAA,1,2,0.5,1.5,10,1.5\n")
+    duplicated = header.rsplit(",", 1)[1].lower()
+    with pytest.raises(ValueError, match=rf"duplicate column\(s\): {duplicated}"):
+        load_ohlcv(path)
+
+
+def test_load_duplicate_extra_columns_are_harmless(tmp_path: Path) -> None:
+    path = tmp_path / "extra.csv"
+    path.write_text(
+        "timestamp,symbol,open,high,low,close,volume,note,note\n2024-01-02,AAA,1,2,0.5,1.5,10,a,b\n"
+    )
+    assert load_ohlcv(path).frame["close"].tolist() == [1.5]
+
+
+def test_load_unparsable_timestamps_show_the_text_they_came_from(tmp_path: Path) -> None:
+    path = write_csv(
+        tmp_path / "us.csv", "01/31/2020,AAA,1,2,0.5,1.5,10\n1580428800,AAA,1,2,0.5,1.5,10\n"
+    )
+    report = load_ohlcv(path).validation
+    assert report.rejected == {"bad_timestamp": 2}
+    assert report.samples["bad_timestamp"] == [
+        "row 0 AAA NaT from '01/31/2020' o=1 h=2 l=0.5 c=1.5 v=10",
+        "row 1 AAA NaT from '1580428800' o=1 h=2 l=0.5 c=1.5 v=10",
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 import time
 from pathlib import Path
 
@@ -12,7 +13,13 @@ import pytest
 
 import sovereign  # noqa: F401  (pins threads before numpy does any work)
 from sovereign.data import load_ohlcv
-from sovereign.data.validation import BAD_TS, REJECT_REASONS, ValidationReport, validate_ohlcv
+from sovereign.data.validation import (
+    BAD_TS,
+    MAX_SYMBOL_BYTES,
+    REJECT_REASONS,
+    ValidationReport,
+    validate_ohlcv,
+)
 
 T0 = pd.Timestamp("2024-01-02T14:30:00Z").value
 MIN = 60_000_000_000
@@ -53,6 +60,8 @@ ROWS = [
     bar(T0 + 2 * MIN, "AAPL", c=10.0),  # 12 duplicate_timestamp
     bar(T0 + MIN, "AAPL"),  # 13 out_of_order_timestamp
     bar(T0 + MIN, "MSFT", v=np.nan),  # 14 good, volume unknown
+    bar(T0 + MIN, "X" * 120),  # 15 symbol_too_long
+    bar(T0 + MIN, "AA<PL>"),  # 16 bad_symbol
 ]
 EXPECTED = {reason: 1 for reason in REJECT_REASONS}
 
@@ -153,13 +162,18 @@ def test_validate_report_is_frozen_and_summary_readable() -> None:
     with pytest.raises(AttributeError):
         report.total_rows = 0  # type: ignore[misc]
     text = report.summary()
-    assert text.splitlines()[0] == "validated 15 rows: 4 accepted, 11 rejected"
+    assert text.splitlines()[0] == "validated 17 rows: 4 accepted, 13 rejected"
     for reason in REJECT_REASONS:
         assert f"rejected {reason}: 1" in text
     assert "info volume_missing: 1" in text
     # The report travels between actors, so it must survive msgspec encoding.
     again = msgspec.json.decode(msgspec.json.encode(report), type=ValidationReport)
     assert again == report
+
+
+def _sane_symbol(symbol: str) -> bool:
+    allowed = set(string.ascii_letters + string.digits + ".-_/^=+:& ")
+    return set(symbol) <= allowed and symbol == symbol.strip() and "  " not in symbol
 
 
 def _reference(df: pd.DataFrame) -> tuple[list[int], dict[str, int]]:
@@ -173,6 +187,8 @@ def _reference(df: pd.DataFrame) -> tuple[list[int], dict[str, int]]:
         checks = [
             ("bad_timestamp", r.ts == BAD_TS),
             ("missing_symbol", not isinstance(r.symbol, str) or not r.symbol.strip()),
+            ("symbol_too_long", len(str(r.symbol).encode()) > MAX_SYMBOL_BYTES),
+            ("bad_symbol", not _sane_symbol(str(r.symbol))),
             ("nan_price", not all(np.isfinite(prices))),
             ("nonpositive_price", min(prices) <= 0),
             ("high_lt_low", r.high < r.low),
@@ -200,7 +216,9 @@ def test_validate_matches_row_by_row_reference_on_messy_data(seed: int) -> None:
     ts = T0 + rng.integers(0, 60, n) * MIN
     ts[rng.random(n) < 0.03] = BAD_TS
     symbols = rng.choice(
-        np.array(["A", "B", "C", "", None], dtype=object), n, p=[0.3, 0.3, 0.3, 0.05, 0.05]
+        np.array(["A", "B", "C", "BRK B", "", None, "Y" * 33, " A", "A\x00"], dtype=object),
+        n,
+        p=[0.25, 0.25, 0.25, 0.1, 0.04, 0.04, 0.03, 0.02, 0.02],
     )
     close = rng.uniform(1, 2, n)
     df = pd.DataFrame(
@@ -297,3 +315,32 @@ def test_load_ohlcv_csv_with_bad_rows_reports_them_by_reason(tmp_path: Path) -> 
     assert data.frame["symbol"].tolist() == ["AAPL", "MSFT", "AAPL", "MSFT"]
     assert data.frame["close"].tolist() == [10.5, 20.5, 10.5, 20.5]
     assert "rejected (bad_timestamp=1" in data.describe()
+
+
+def test_validate_symbol_length_and_characters() -> None:
+    longest = "L" * MAX_SYMBOL_BYTES
+    rows = [
+        bar(T0, longest),  # good: exactly the limit
+        bar(T0, "L" * (MAX_SYMBOL_BYTES + 1)),  # symbol_too_long
+        bar(T0, "S" * 200),  # symbol_too_long
+        bar(T0, "BRK.B"),  # good
+        bar(T0, "BRK B"),  # good: IB writes class shares with a space
+        bar(T0, "^GSPC"),  # good
+        bar(T0, "M&M.NS"),  # good
+        bar(T0, "EUR/USD"),  # good
+        bar(T0, " AAPL"),  # bad_symbol: stray space
+        bar(T0, "AAPL\n"),  # bad_symbol
+        bar(T0, "<b>X</b>"),  # bad_symbol
+        bar(T0, "ÄPFEL"),  # bad_symbol: not ASCII
+        bar(T0, "A,B"),  # bad_symbol
+    ]
+    out, report = validate_ohlcv(frame(rows))
+
+    assert report.rejected == {"symbol_too_long": 2, "bad_symbol": 5}
+    assert sorted(out["symbol"]) == sorted(
+        [longest, "BRK.B", "BRK B", "^GSPC", "M&M.NS", "EUR/USD"]
+    )
+    # Samples stay short and printable whatever the symbol holds.
+    sample = report.samples["symbol_too_long"][1]
+    assert sample.startswith("row 2 ") and len(sample) < 160 and "S" * 40 not in sample
+    assert all(s.isprintable() for s in report.samples["bad_symbol"])
