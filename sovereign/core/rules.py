@@ -23,6 +23,12 @@ Conditions (comparisons are on the entry bar's features):
 
 A missing feature (unknown volume, say) makes a comparison false.
 
+No rule's condition is deeper than ``MAX_TREE_DEPTH`` (32; a lone comparison is 1 deep)
+or has more than ``MAX_TREE_NODES`` (256) nodes: a Rule refuses to be built past them
+(``ValueError``), so a message carrying one fails to decode (``MessageDecodeError``) and
+a stored rule book holding one fails to load. The constitution holds what a proposal may
+add far tighter (``MAX_RULE_DEPTH``, ``MAX_RULE_NODES``).
+
 Actions, and how several firing rules combine (the most conservative wins):
 
 * ``SkipTrade(reason)``: no entry.
@@ -150,8 +156,14 @@ Action = Union[SkipTrade, ScaleSize, AdjustStop, AdjustTarget, MaxHold, RequireC
 STOP_BOUNDS = (0.5, 5.0)
 TARGET_BOUNDS = (0.5, 10.0)
 MAX_HOLD_BOUNDS = (1, 500)
+# What the constitution lets a proposal add (see ``condition_problems``).
 MAX_RULE_DEPTH = 6
 MAX_RULE_NODES = 32
+# What any rule may be at all, however it arrives: a deeper or larger condition is refused
+# where a rule is decoded or built, before code generation, whose recursion (and Python's
+# compiler, on a long ``&`` chain) it would overflow.
+MAX_TREE_DEPTH = 32
+MAX_TREE_NODES = 256
 
 
 class Rule(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -162,6 +174,13 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     action: Action
     provenance: str = ""
     created_ts: int = 0
+
+    def __post_init__(self) -> None:
+        # Runs on every decode too (msgspec reports it as a validation error), and before
+        # anything walks the tree recursively.
+        problem = tree_problem(self.condition)
+        if problem is not None:
+            raise ValueError(problem)
 
     def render(self) -> str:
         return f"{render_condition(self.condition)} -> {render_action(self.action)}"
@@ -225,6 +244,28 @@ def render_action(a: Action) -> str:
 
 
 # -- STRUCTURE --------------------------------------------------------------------------
+
+
+def tree_problem(c: Condition) -> str | None:
+    """Why no rule may have condition ``c`` (deeper than ``MAX_TREE_DEPTH`` or larger than
+    ``MAX_TREE_NODES``), or None."""
+    # Iterative, and it stops at the first node past a bound: the tree may be of any
+    # depth yet, and a recursive walk of it is what must not happen.
+    stack: list[tuple[Condition, int]] = [(c, 1)]
+    seen = 0
+    while stack:
+        node, level = stack.pop()
+        seen += 1
+        if level > MAX_TREE_DEPTH:
+            return f"the condition nests deeper than {MAX_TREE_DEPTH} levels"
+        if seen > MAX_TREE_NODES:
+            return f"the condition has more than {MAX_TREE_NODES} nodes"
+        match node:
+            case And(items=items) | Or(items=items):
+                stack.extend((item, level + 1) for item in items)
+            case Not(item=item):
+                stack.append((item, level + 1))
+    return None
 
 
 def walk(c: Condition) -> list[Condition]:

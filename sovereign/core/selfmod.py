@@ -34,6 +34,7 @@ import msgspec
 from sovereign.core.constitution import Constitution
 from sovereign.core.rules import (
     MAX_HOLD_BOUNDS,
+    MAX_TREE_DEPTH,
     STOP_BOUNDS,
     TARGET_BOUNDS,
     AdjustStop,
@@ -113,9 +114,21 @@ class RuleBook:
 
     @classmethod
     def from_doc(cls, doc: dict[str, object]) -> RuleBook:
+        """The rule book of a stored doc; ValueError if a rule in it is malformed, or
+        deeper or larger than any rule may be (``rules.MAX_TREE_DEPTH``)."""
+        try:
+            rules = msgspec.convert(doc["rules"], list[Rule])
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"rule book version {doc.get('version')!r}: {exc}") from None
+        except RecursionError:
+            # msgspec's own guard, on a doc nested too deep for it to reach the Rule's check.
+            raise ValueError(
+                f"rule book version {doc.get('version')!r}: a rule nests far deeper than "
+                f"{MAX_TREE_DEPTH} levels"
+            ) from None
         return cls(
             version=int(doc["version"]),  # type: ignore[arg-type]
-            rules=tuple(msgspec.convert(doc["rules"], list[Rule])),
+            rules=tuple(rules),
             parameters={k: float(v) for k, v in dict(doc["parameters"]).items()},  # type: ignore[call-overload]
         )
 

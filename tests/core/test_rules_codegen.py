@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sovereign.core.codegen import RuleFeatures, compile_ruleset, generate_source, interpret
 from sovereign.core.rules import (
+    MAX_RULE_DEPTH,
+    MAX_RULE_NODES,
+    MAX_TREE_DEPTH,
+    MAX_TREE_NODES,
     AdjustStop,
     And,
     ATRPercentAbove,
+    Condition,
     MaxHold,
     Not,
     Or,
@@ -24,8 +30,11 @@ from sovereign.core.rules import (
     TimeOfDayBetween,
     VolumeBelow,
     condition_problems,
+    depth,
+    walk,
 )
-from sovereign.messages import WIRE
+from sovereign.core.selfmod import RuleBook
+from sovereign.messages import WIRE, RuleSetSnapshot
 from tests.strategies import SYMS, rules
 
 
@@ -86,6 +95,97 @@ def features(draw: st.DrawFn) -> RuleFeatures:
         confidence=np.array(draw(st.lists(st.floats(0, 1), min_size=n, max_size=n)), dtype=float),
         losses=np.full(n, draw(st.integers(0, 8)), dtype=np.int64),
     )
+
+
+# -- HOW LARGE A RULE MAY BE ------------------------------------------------------------
+
+
+def largest(depth: int = MAX_TREE_DEPTH, nodes: int = MAX_TREE_NODES) -> Condition:
+    """A condition exactly ``depth`` deep with exactly ``nodes`` nodes: Not, And and Or
+    in turn over an And of distinct leaves."""
+    bottom = And(tuple(VolumeBelow(i / 4) for i in range(nodes - depth + 1)))
+    c: Condition = bottom
+    for i in range(depth - 2):
+        c = (Not(c), And((c,)), Or((c,)))[i % 3]
+    return c
+
+
+def nots(operators: int) -> Condition:
+    c: Condition = RegimeIs("Volatile")
+    for _ in range(operators):
+        c = Not(c)
+    return c
+
+
+def test_the_constitution_bounds_rules_within_what_any_rule_may_be() -> None:
+    """What the engine may propose (the constitution's bound, which the guardian checks)
+    always decodes and compiles."""
+    assert MAX_RULE_DEPTH <= MAX_TREE_DEPTH and MAX_RULE_NODES <= MAX_TREE_NODES
+    c = largest()
+    assert depth(c) == MAX_TREE_DEPTH and len(walk(c)) == MAX_TREE_NODES
+
+
+@settings(max_examples=20, deadline=None)
+@given(f=features())
+def test_a_rule_at_the_bounds_travels_compiles_and_agrees_with_the_interpreter(
+    f: RuleFeatures,
+) -> None:
+    rule = Rule(rule_id="big", condition=largest(), action=ScaleSize(0.5))
+    shallow_and_wide = Rule(rule_id="wide", condition=largest(depth=2), action=SkipTrade("wide"))
+    snap = RuleSetSnapshot(
+        msg_id="m",
+        ts_event=0,
+        ts_init=0,
+        version=1,
+        rules=[rule, shallow_and_wide],
+        parameters={},
+        ruleset_hash="h",
+    )
+    back = WIRE.decode(WIRE.encode(snap))
+    assert isinstance(back, RuleSetSnapshot) and back == snap
+    assert compile_ruleset(back.rules)(f).equals(interpret(back.rules, f))
+
+
+def test_a_rule_past_the_bounds_cannot_be_built() -> None:
+    """Nor, then, proposed: the check runs on every Rule, built or decoded, and walks
+    the tree without recursing, so a very deep one is refused as clearly."""
+    for c in (largest(depth=MAX_TREE_DEPTH + 1), nots(MAX_TREE_DEPTH), nots(20_000)):
+        with pytest.raises(ValueError, match=f"deeper than {MAX_TREE_DEPTH}"):
+            Rule(rule_id="deep", condition=c, action=SkipTrade("deep"))
+    with pytest.raises(ValueError, match=f"more than {MAX_TREE_NODES} nodes"):
+        Rule(rule_id="wide", condition=largest(nodes=MAX_TREE_NODES + 1), action=SkipTrade(""))
+
+
+def stored_book(condition: dict[str, object]) -> dict[str, object]:
+    """A rule book's stored doc whose one rule has ``condition`` (as JSON decodes it)."""
+    doc = RuleBook(
+        version=3,
+        rules=(Rule(rule_id="r", condition=RegimeIs("Volatile"), action=SkipTrade("x")),),
+    ).to_doc()
+    rules = doc["rules"]
+    assert isinstance(rules, list)
+    rules[0]["condition"] = condition
+    return doc
+
+
+def test_a_stored_rule_book_past_the_bounds_is_refused_with_a_clear_error() -> None:
+    # The second too deep for msgspec itself to reach the Rule's check.
+    for levels in (200, 20_000):
+        deep: dict[str, object] = {"type": "RegimeIs", "regime": "Volatile"}
+        for _ in range(levels):
+            deep = {"type": "Not", "item": deep}
+        with pytest.raises(ValueError, match=f"rule book.*deeper than {MAX_TREE_DEPTH}"):
+            RuleBook.from_doc(stored_book(deep))
+    wide = {
+        "type": "And",
+        "items": [{"type": "VolumeBelow", "percentile": 1.0}] * MAX_TREE_NODES,
+    }
+    with pytest.raises(ValueError, match=f"rule book.*more than {MAX_TREE_NODES} nodes"):
+        RuleBook.from_doc(stored_book(wide))
+    at_bounds = RuleBook(
+        version=1, rules=(Rule(rule_id="r", condition=largest(), action=SkipTrade("")),)
+    )
+    assert RuleBook.from_doc(at_bounds.to_doc()) == at_bounds
 
 
 @settings(max_examples=400, deadline=None)

@@ -10,6 +10,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sovereign.core.rules import (
+    MAX_TREE_DEPTH,
+    MAX_TREE_NODES,
+    And,
+    RegimeIs,
+    Rule,
+    SkipTrade,
+    VolumeBelow,
+)
 from sovereign.messages import (
     ALL_MESSAGES,
     WIRE,
@@ -425,6 +434,82 @@ def test_wrong_type_is_named() -> None:
     )
     with pytest.raises(MessageDecodeError, match="msg_id"):
         WIRE.decode(blob)
+
+
+# -- RULE TREES ---------------------------------------------------------------------------
+
+LEAF = RegimeIs("Volatile")
+_enc = msgspec.msgpack.encode
+
+
+def chain(operators: int) -> bytes:
+    """A condition ``operators`` levels of Or, And and Not over one leaf (depth
+    ``operators + 1``), as msgpack written out level by level: the nested Python objects
+    of a deep one could not be encoded (nor built, once a Rule refuses them)."""
+    heads = {
+        "Not": b"\x82" + _enc("type") + _enc("Not") + _enc("item"),
+        # A one-item array follows the field name.
+        "And": b"\x82" + _enc("type") + _enc("And") + _enc("items") + b"\x91",
+        "Or": b"\x82" + _enc("type") + _enc("Or") + _enc("items") + b"\x91",
+    }
+    # Mostly Nots: each And or Or adds an array level msgspec's decoder counts too.
+    kinds = ["Or", "And", *["Not"] * max(0, operators - 2)][:operators]
+    return b"".join(heads[k] for k in kinds) + _enc(LEAF)
+
+
+def carrying(cls: type[Message], condition: bytes) -> bytes:
+    """A message of ``cls`` whose one rule has ``condition`` (msgpack)."""
+    rule = Rule(rule_id="deep", condition=LEAF, action=SkipTrade("deep"))
+    head = {"msg_id": "m", "ts_event": 1, "ts_init": 1}
+    if cls is RuleSetSnapshot:
+        msg: Message = RuleSetSnapshot(
+            **head, version=1, rules=[rule], parameters={}, ruleset_hash=""
+        )
+    else:
+        msg = ModificationProposal(
+            **head, proposal_id="p", kind="add_rule", reason="", session_date="", rule=rule
+        )
+    blob = WIRE.encode(msg)
+    assert blob.count(_enc(LEAF)) == 1
+    return blob.replace(_enc(LEAF), condition)
+
+
+def rule_of(msg: Message) -> Rule:
+    if isinstance(msg, RuleSetSnapshot):
+        (rule,) = msg.rules
+        return rule
+    assert isinstance(msg, ModificationProposal) and msg.rule is not None
+    return msg.rule
+
+
+@pytest.mark.parametrize("cls", [RuleSetSnapshot, ModificationProposal])
+def test_a_rule_tree_too_deep_to_compile_is_refused_at_decode(cls: type[Message]) -> None:
+    """A 900-deep tree decoded, and then code generation crashed on it (RecursionError):
+    the decoder refuses it, as any tree deeper than MAX_TREE_DEPTH."""
+    # 900 levels are near msgspec's own recursion guard, which a deeper stack of callers
+    # may trip first: refused either way.
+    deepest = f"deeper than {MAX_TREE_DEPTH}|recursion depth"
+    one_over = f"deeper than {MAX_TREE_DEPTH}"
+    for blob, why in (
+        (carrying(cls, chain(900)), deepest),
+        (carrying(cls, chain(MAX_TREE_DEPTH)), one_over),
+    ):
+        with pytest.raises(MessageDecodeError, match=why):
+            WIRE.decode(blob)
+        with pytest.raises(MessageDecodeError, match=why):
+            WIRE.decode_batch(b"\x91" + blob)
+    assert rule_of(WIRE.decode(carrying(cls, chain(MAX_TREE_DEPTH - 1)))).rule_id == "deep"
+
+
+@pytest.mark.parametrize("cls", [RuleSetSnapshot, ModificationProposal])
+def test_a_rule_tree_with_too_many_nodes_is_refused_at_decode(cls: type[Message]) -> None:
+    """A flat And of a few thousand terms is shallow but overflows Python's compiler on
+    the generated ``&`` chain: the node count is bounded too."""
+    wide = And(tuple(VolumeBelow(i % 100) for i in range(MAX_TREE_NODES)))  # one node over
+    with pytest.raises(MessageDecodeError, match=f"more than {MAX_TREE_NODES} nodes"):
+        WIRE.decode(carrying(cls, _enc(wide)))
+    fits = And(wide.items[1:])
+    assert rule_of(WIRE.decode(carrying(cls, _enc(fits)))).condition == fits
 
 
 def test_truncated_column_is_refused() -> None:
