@@ -25,6 +25,7 @@ from sovereign.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
     from sovereign.data.loaders import LoadedData
+from sovereign.memory.account import AccountRefusedError
 
 
 class UsageError(Exception):
@@ -332,8 +333,8 @@ def _scope(args: argparse.Namespace, config: Config) -> str:
 def cmd_constitution(args: argparse.Namespace) -> int:
     from contextlib import closing
 
-    from sovereign.core.guardian import GuardianState
     from sovereign.memory.state_store import open_state_store
+    from sovereign.operations import inspect_state
 
     config = load_config(args.config)
     _check_state_store(config)
@@ -352,36 +353,37 @@ def cmd_constitution(args: argparse.Namespace) -> int:
         "Trading state",
     ]
     named = getattr(args, "account", None) or getattr(args, "run", None) or config.engine.account
-    with closing(open_state_store(args.state, config.state.redis_url)) as store:
-        keys = [f"guardian/{_scope(args, config)}"] if named else store.keys("guardian/account/")
-        if not keys:
+    if named:
+        scopes = [_scope(args, config)]
+    else:
+        with closing(open_state_store(args.state, config.state.redis_url)) as store:
+            scopes = [k.removeprefix("guardian/") for k in store.keys("guardian/account/")]
+        if not scopes:
             lines.append("  no named account has state yet (--account NAME names one)")
-        for key in keys:
-            doc = store.get(key)
-            scope = key.removeprefix("guardian/")
-            if doc is None:
+    for scope in scopes:
+        g, problem = inspect_state(args.state, config, scope)
+        if problem:
+            lines.append(f"  {scope}: REFUSED AT START: {problem}")
+        if g is None:
+            if not problem:
                 lines.append(f"  {scope}: no state yet (it starts ACTIVE)")
-                continue
-            g = GuardianState.from_dict(doc)
-            drawdown = 1 - g.last_equity / g.high_water_mark if g.high_water_mark else 0.0
-            lines.append(
-                f"  {scope}: {g.state}  equity {g.last_equity:,.2f}  high-water mark "
-                f"{g.high_water_mark:,.2f}  drawdown {drawdown:.2%}  session "
-                f"{g.session_date or '-'}"
-            )
-            if g.state == "HALTED":
-                lines.append(f"      halted: {g.halted_reason}")
+            continue
+        drawdown = 1 - g.last_equity / g.high_water_mark if g.high_water_mark else 0.0
+        lines.append(
+            f"  {scope}: {g.state}  equity {g.last_equity:,.2f}  high-water mark "
+            f"{g.high_water_mark:,.2f}  drawdown {drawdown:.2%}  session "
+            f"{g.session_date or '-'}"
+        )
+        if g.state == "HALTED":
+            lines.append(f"      halted: {g.halted_reason}")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     import time as _time
-    from contextlib import closing
 
-    from sovereign.core.guardian import GuardianState, resume
-    from sovereign.memory.audit import AuditLog, governance_path
-    from sovereign.memory.state_store import open_state_store
+    from sovereign.operations import OperationError, resume_account
 
     if not args.confirm:
         raise UsageError("resuming trading after a halt needs --confirm (and --reason)")
@@ -390,24 +392,34 @@ def cmd_resume(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     _check_state_store(config)
     scope = _scope(args, config)
-    key = f"guardian/{scope}"
-    with closing(open_state_store(args.state, config.state.redis_url)) as store:
-        doc = store.get(key)
-        if doc is None:
-            raise UsageError(f"no trading state for {scope} in {args.state}")
-        state = GuardianState.from_dict(doc)
-        try:
-            record = resume(state, reason=args.reason, operator=_operator(), ts=_time.time_ns())
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        with AuditLog(governance_path(args.state)) as audit:
-            entry = audit.append(
-                ts_ns=record["ts"], actor="cli", action="resume", payload={"scope": scope, **record}
+    try:
+        done = resume_account(
+            args.state,
+            config,
+            scope,
+            reason=args.reason,
+            operator=_operator(),
+            ts=_time.time_ns(),
+        )
+    except OperationError as exc:
+        raise UsageError(str(exc)) from None
+    if done.rebuilt:
+        sys.stdout.write(
+            f"{scope}: its stored state could not be trusted ({done.rebuilt}).\n"
+            f"{scope}: started again, ACTIVE (audit entry {done.audit_seq}); the limits are "
+            "measured from the broker's next account snapshot"
+            + (
+                f", and the simulated account starts again from "
+                f"{config.engine.initial_capital:,.2f}"
+                if done.sim_account_reset
+                else ""
             )
-        store.put(key, state.to_dict())
+            + f". Reason: {args.reason}\n"
+        )
+        return 0
     sys.stdout.write(
-        f"{scope}: HALTED -> ACTIVE (audit entry {entry.seq}). High-water mark reset to "
-        f"{state.high_water_mark:,.2f}. Reason: {args.reason}\n"
+        f"{scope}: HALTED -> ACTIVE (audit entry {done.audit_seq}). High-water mark reset to "
+        f"{done.state.high_water_mark:,.2f}. Reason: {args.reason}\n"
     )
     return 0
 
@@ -492,15 +504,23 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from sovereign.memory.audit import AuditLog, governance_path
+    from sovereign.memory.audit import audit_key_path, governance_path, read_anchor, verify_audit
 
+    # Read-only throughout: verifying must never create, repair or extend what it checks.
     path = governance_path(args.state)
-    if not path.exists():
+    if (
+        not path.exists()
+        and read_anchor(args.state) is None
+        and not audit_key_path(args.state).exists()
+    ):
         raise UsageError(f"no audit log in {args.state}")
-    with AuditLog(path) as log:
-        result = log.verify()
+    result = verify_audit(args.state)
     if result.ok:
-        sys.stdout.write(f"audit log intact: {result.entries} entries, hash chain verified\n")
+        sys.stdout.write(
+            f"audit log intact: {result.entries} entries, hash chain, MACs and anchor verified "
+            f"(head {result.head_seq}: {result.head_hash[:16]})\n"
+        )
+        sys.stdout.write("".join(f"  note: {n}\n" for n in result.notes))
         return 0
     sys.stdout.write(
         f"AUDIT LOG TAMPERED: {len(result.problems)} problem(s) in {result.entries} entries\n"
@@ -993,7 +1013,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except (ConfigError, UsageError) as exc:
+    except (ConfigError, UsageError, AccountRefusedError) as exc:
         sys.stderr.write(f"sovereign: error: {exc}\n")
         return 2
     except KeyboardInterrupt:

@@ -59,6 +59,7 @@ from sovereign.config import NOTIFICATION_KINDS, Config
 from sovereign.core.risk import SizingPolicy
 from sovereign.data.feeds import ReplayFeed, deal_symbols
 from sovereign.data.loaders import LoadedData
+from sovereign.memory.account import sim_account_key
 from sovereign.messages import (
     AccountSnapshot,
     ActorStats,
@@ -264,8 +265,11 @@ def build_specs(
     run_id: str,
     notify_fills: bool = False,
     daily_summary: bool = False,
+    audit_key: bytes | None = None,
 ) -> dict[str, Any]:
-    """The actor graph as specs (role -> spec or list of specs)."""
+    """The actor graph as specs (role -> spec or list of specs). ``audit_key`` seals the
+    account's safety state and keys the audit log (None: each actor reads it from the
+    state directory)."""
     constitution = config.build_constitution()
     policy = SizingPolicy(
         volatile_scale=config.risk.volatile_scale,
@@ -305,6 +309,7 @@ def build_specs(
                 "flatten_on_halt": config.risk.flatten_on_halt,
                 "review_after_losses": config.risk.review_after_losses,
                 "redis_url": config.state.redis_url,
+                "audit_key": audit_key,
             },
         ),
         "gateway": ActorSpec(
@@ -313,8 +318,9 @@ def build_specs(
                 "broker_factory": broker_factory,
                 "secret": secret,
                 "state_dir": str(state_dir),
-                "account_key": f"sim-account/{account}" if account else "",
+                "account_key": sim_account_key(account) if account else "",
                 "redis_url": config.state.redis_url,
+                "audit_key": audit_key,
             },
         ),
         "selfmod": ActorSpec(
@@ -327,6 +333,7 @@ def build_specs(
                 "fdr": config.selfmod.fdr,
                 "min_new_trades": config.selfmod.min_new_trades,
                 "max_proposals": config.selfmod.max_proposals,
+                "audit_key": audit_key,
             },
         ),
         "monitor": ActorSpec(MonitorActor),
@@ -405,8 +412,13 @@ class Engine:
         feed: Any | None = None,
         symbols: list[str] | None = None,
         interval_s: int | None = None,
+        audit_key: bytes | None = None,
+        lease: Any | None = None,
     ) -> None:
-        """Replay ``data``, or run a live ``feed`` (with its ``symbols`` and ``interval_s``)."""
+        """Replay ``data``, or run a live ``feed`` (with its ``symbols`` and ``interval_s``).
+
+        ``lease``: the account's lock (``memory.account.AccountLock``); its ``check`` is
+        called every step, so a session that lost its account stops trading."""
         if feed is None and (data is None or data.frame.empty):
             raise ValueError("no bars to replay: the data is empty after validation and filters")
         self.config = config
@@ -421,6 +433,8 @@ class Engine:
         self.on_progress = on_progress
         self.notify_fills = notify_fills
         self.daily_summary = daily_summary
+        self.audit_key = audit_key
+        self.lease = lease
         self.failed_steps = 0
         self.fail_fast = False
         # Set to a list to time each step (see the latency benchmark); None: not timed.
@@ -458,6 +472,7 @@ class Engine:
             run_id=self.run_id,
             notify_fills=self.notify_fills,
             daily_summary=self.daily_summary,
+            audit_key=self.audit_key,
         )
         shards = [rt.spawn(s) for s in specs["shards"]]
         regime = rt.spawn(specs["regime"])
@@ -713,6 +728,8 @@ class Engine:
         """Hand the watchers what the last steps produced, ``batch`` steps per call, and
         deliver notifications as steps finish (at most ``window`` calls in flight)."""
         rt, g = loop.rt, loop.g
+        if self.lease is not None:
+            self.lease.check()
         loop.watched_steps += steps
         if loop.watched_steps < loop.batch and step + 1 < loop.total:
             return

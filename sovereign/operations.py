@@ -285,3 +285,135 @@ def rollback(state_dir: str | Path, argument: str, *, by: str, reason: str = "")
             )
         except RollbackError as exc:
             raise OperationError(f"{exc} (/history lists the modifications)") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    scope: str
+    audit_seq: int
+    state: GuardianState
+    rebuilt: str
+    """Why the state had to be rebuilt ("" for a resume of a plain halt)."""
+    sim_account_reset: bool
+
+
+def resume_account(
+    state_dir: str | Path, config: Config, scope: str, *, reason: str, operator: str, ts: int
+) -> Resumed:
+    """Leave HALTED — the only way — or start again an account whose safety state was
+    lost or failed its checks. Audited first, then written (a crash between the two leaves
+    the state older than the audit log, which the next start refuses: run it again)."""
+    from sovereign.core.guardian import rebuild, resume
+    from sovereign.memory.account import (
+        GUARDIAN_KIND,
+        SIM_ACCOUNT_KIND,
+        StateIntegrityError,
+        check_guardian_state,
+        guardian_state_key,
+        read_guardian_state,
+        seal,
+        sim_account_key,
+        unseal,
+    )
+    from sovereign.memory.audit import AuditLog, governance_path
+    from sovereign.memory.state_store import CorruptStateError
+
+    if not reason.strip():
+        raise OperationError("a reason is required to resume trading")
+    name = guardian_state_key(scope)
+    with closing(_store(state_dir, config)) as store, AuditLog(governance_path(state_dir)) as audit:
+        key = audit.ledger.key(audit.connection)
+        problem = ""
+        try:
+            doc = store.get(name)
+        except CorruptStateError as exc:
+            doc, problem = None, str(exc)
+        state: GuardianState | None = None
+        if not problem:
+            try:
+                state = check_guardian_state(doc, scope, audit.connection, key)
+            except StateIntegrityError as exc:
+                problem = str(exc)
+        if not problem:
+            if state is None:
+                raise OperationError(f"no trading state for {scope} in {state_dir}")
+            try:
+                record = resume(state, reason=reason, operator=operator, ts=ts)
+            except ValueError as exc:
+                raise OperationError(str(exc)) from None
+        else:
+            readable, _ = read_guardian_state(doc, key)
+            state, record = rebuild(
+                readable, reason=reason, operator=operator, ts=ts, problem=problem
+            )
+        sim_reset = False
+        if scope.startswith("account/") and config.broker.kind == "sim":
+            account = scope.split("/", 1)[1]
+            sim_doc = store.get(sim_account_key(account))
+            valid = True
+            if sim_doc is not None:
+                try:
+                    unseal(key, SIM_ACCOUNT_KIND, sim_doc, "sim")
+                except StateIntegrityError:
+                    valid = False
+            if (sim_doc is None and problem) or not valid:
+                # The operator starts the simulated account again from the configured
+                # capital: said in the audit entry, so the record shows the reset.
+                fresh = {"cash": config.engine.initial_capital, "positions": {}}
+                store.put(sim_account_key(account), seal(key, SIM_ACCOUNT_KIND, fresh))
+                sim_reset = True
+        entry = audit.append(
+            ts_ns=ts,
+            actor="cli",
+            action="resume",
+            payload={"scope": scope, "to": "ACTIVE", **record, "sim_account_reset": sim_reset},
+        )
+        state.audit_seq, state.audit_hash = entry.seq, entry.hash
+        sealed = seal(key, GUARDIAN_KIND, state.to_dict())
+        store.put(name, sealed)
+    return Resumed(scope, entry.seq, state, problem, sim_reset)
+
+
+def inspect_state(
+    state_dir: str | Path, config: Config, scope: str
+) -> tuple[GuardianState | None, str]:
+    """A scope's trading state for display, and what is wrong with it ("" if nothing):
+    the checks a session's start makes, without changing anything."""
+    import sqlite3
+
+    from sovereign.memory.account import (
+        StateIntegrityError,
+        check_guardian_state,
+        guardian_state_key,
+        read_guardian_state,
+    )
+    from sovereign.memory.audit import AuditKeyError, governance_path, read_audit_key
+    from sovereign.memory.state_store import CorruptStateError
+
+    try:
+        with closing(_store(state_dir, config)) as store:
+            doc = store.get(guardian_state_key(scope))
+    except (CorruptStateError, sqlite3.DatabaseError) as exc:
+        return None, f"the state store is damaged: {exc}"
+    try:
+        key = read_audit_key(state_dir)
+    except AuditKeyError as exc:
+        return read_guardian_state(doc, None)[0], str(exc)
+    path = governance_path(state_dir)
+    if key is None:
+        state, problem = read_guardian_state(doc, None)
+        return state, problem if doc is not None else ""
+    from sovereign.memory.audit import open_readonly
+
+    conn = open_readonly(path) if path.exists() else sqlite3.connect(":memory:")
+    try:
+        if not path.exists():
+            conn.execute("CREATE TABLE audit (seq, ts_ns, actor, action, payload, prev_hash, hash)")
+        try:
+            return check_guardian_state(doc, scope, conn, key), ""
+        except StateIntegrityError as exc:
+            return read_guardian_state(doc, key)[0], str(exc)
+        except sqlite3.DatabaseError as exc:
+            return read_guardian_state(doc, key)[0], f"the audit log cannot be read: {exc}"
+    finally:
+        conn.close()

@@ -21,7 +21,8 @@ from sovereign.core.guardian import GuardianState
 from sovereign.core.metrics import compute_metrics
 from sovereign.data.loaders import LoadedData
 from sovereign.engine import Engine, Mode, Progress, SessionResult, make_runtime, state_scope
-from sovereign.memory.state_store import open_state_store, state_path
+from sovereign.memory.account import AccountLock
+from sovereign.memory.state_store import CorruptStateError, open_state_store, state_path
 from sovereign.memory.trade_memory import TradeMemory
 from sovereign.messages import Notification, ShardReport
 from sovereign.report import ReportPaths, write_report
@@ -70,6 +71,118 @@ def run_session(
     the feed delivers until it stops or ``max_steps``.
     """
     run_id = run_id or new_run_id(mode)
+    scope = state_scope(config, run_id)
+    # One owner per account, and a safety state that checks out, before anything starts.
+    lock = AccountLock.acquire(state_dir, scope, run_id=run_id, redis_url=config.state.redis_url)
+    try:
+        audit_key = check_account(config, state_dir, scope)
+        return _run_locked(
+            config,
+            data,
+            lock,
+            audit_key,
+            runtime=runtime,
+            mode=mode,
+            state_dir=state_dir,
+            out_dir=out_dir,
+            run_id=run_id,
+            speed=speed,
+            max_steps=max_steps,
+            on_notification=on_notification,
+            on_progress=on_progress,
+            wire=wire,
+            on_started=on_started,
+            feed=feed,
+            symbols=symbols,
+            daily_summary=daily_summary,
+        )
+    finally:
+        lock.release()
+
+
+def check_account(config: Config, state_dir: str | Path, scope: str) -> bytes:
+    """The checks a session makes before it starts (``memory.account``); returns the
+    audit key its actors seal with. Raises ``AccountRefusedError`` with what to do."""
+    import sqlite3
+    from contextlib import closing
+
+    from sovereign.memory.account import (
+        StateIntegrityError,
+        check_guardian_state,
+        check_sim_account,
+        sim_account_key,
+    )
+    from sovereign.memory.audit import AuditKeyError, AuditLog, governance_path, verify_audit
+
+    try:
+        with (
+            AuditLog(governance_path(state_dir)) as audit,
+            closing(open_state_store(state_dir, config.state.redis_url)) as store,
+        ):
+            key = audit.ledger.key(audit.connection)
+            # The audit log is what the safety state is checked against: it must hold.
+            verified = verify_audit(state_dir)
+            if not verified.ok:
+                raise StateIntegrityError(_audit_refusal(state_dir, scope, verified.problems))
+            state = check_guardian_state(
+                store.get(guardian_state_key(scope)), scope, audit.connection, key
+            )
+            if config.broker.kind == "sim" and scope.startswith("account/"):
+                account = scope.split("/", 1)[1]
+                check_sim_account(
+                    store.get(sim_account_key(account)),
+                    key,
+                    account,
+                    has_history=state is not None,
+                )
+    except (AuditKeyError, CorruptStateError, sqlite3.DatabaseError) as exc:
+        raise StateIntegrityError(
+            f"the state of {scope} in {state_dir} cannot be read ({exc}); it is not reset "
+            "silently: restore it from a backup, or move the damaged file aside and run "
+            "`sovereign resume ... --confirm --reason ...`"
+        ) from None
+    return key
+
+
+def _audit_refusal(state_dir: str | Path, scope: str, problems: list[str]) -> str:
+    from sovereign.memory.account import resume_hint
+
+    shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+    if problems == ["the audit anchor is missing from the state store"]:
+        # The chain itself holds: the state store that anchored it was lost.
+        return (
+            f"the state store in {state_dir} was lost or replaced (the audit log's anchor is "
+            f"missing); it is not started again silently: {resume_hint(scope)}"
+        )
+    return (
+        f"the audit log in {state_dir} does not verify ({shown}): no session starts on a "
+        "state that cannot be checked against it. Restore governance.sqlite (and audit.key) "
+        "from a backup, or start a new state directory (`sovereign audit verify` shows the "
+        "problems)"
+    )
+
+
+def _run_locked(
+    config: Config,
+    data: LoadedData | None,
+    lock: AccountLock,
+    audit_key: bytes,
+    *,
+    runtime: str,
+    mode: Mode,
+    state_dir: str | Path,
+    out_dir: str | Path | None,
+    run_id: str,
+    speed: float,
+    max_steps: int | None,
+    on_notification: Callable[[Notification], None] | None,
+    on_progress: Callable[[Progress], None] | None,
+    wire: bool,
+    on_started: Callable[[Engine], None] | None,
+    feed: Any | None,
+    symbols: list[str] | None,
+    daily_summary: bool,
+) -> SessionOutput:
     rt = make_runtime(runtime, config, wire=wire)
     engine = Engine(
         config,
@@ -86,6 +199,8 @@ def run_session(
         symbols=symbols,
         daily_summary=daily_summary,
         interval_s=config.broker.bar_interval_s if feed is not None else None,
+        audit_key=audit_key,
+        lease=lock,
     )
     if on_started is not None:
         on_started(engine)
@@ -105,7 +220,12 @@ def run_session(
             trades=trades,
             ts=result.ts,
             equity=result.equity,
-            meta=session_meta(result, data, config, guardian, metrics),
+            meta={
+                **session_meta(result, data, config, guardian, metrics),
+                # The audit chain's head when the session ended: evidence kept outside the
+                # state directory of how long the chain was and what it ended with.
+                "audit_head": audit_head(state_dir),
+            },
             selfmod=selfmod,
         )
     return SessionOutput(
@@ -165,8 +285,12 @@ def self_modification_record(
         import msgspec
 
         start = deployed[0].ts_ns
+        # The replay is a what-if: it runs in a scope of its own, never on the named
+        # account (whose trading state and book it would otherwise overwrite).
         plain = msgspec.structs.replace(
-            config, selfmod=msgspec.structs.replace(config.selfmod, enabled=False)
+            config,
+            selfmod=msgspec.structs.replace(config.selfmod, enabled=False),
+            engine=msgspec.structs.replace(config.engine, account=""),
         )
         other = run_session(
             plain,
@@ -312,6 +436,13 @@ def _order_event_notes(reports: list[ShardReport]) -> list[str]:
         for k, v in report.order_events.items():
             totals[k] = totals.get(k, 0) + v
     return [text.format(n=totals[k]) for k, text in _ORDER_EVENT_NOTES.items() if totals.get(k)]
+
+
+def audit_head(state_dir: str | Path) -> dict[str, Any]:
+    from sovereign.memory.audit import read_anchor
+
+    anchor = read_anchor(state_dir) or {}
+    return {"entries": anchor.get("seq", 0), "hash": anchor.get("hash", "")}
 
 
 def session_meta(

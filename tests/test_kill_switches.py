@@ -294,8 +294,11 @@ def test_guardian_state_can_live_in_redis(tmp_path, redis_url: str) -> None:
     g.receive([flat_account(80_000.0, 1)])
     doc = RedisStateStore(redis_url).get("guardian/account/redis-test")
     assert doc is not None and doc["last_equity"] == 80_000.0
-    # Nothing went to the SQLite store: Redis is the state store when configured.
-    assert not (tmp_path / "state.sqlite").exists()
+    # The trading state went to Redis, not to SQLite: the state directory's SQLite store
+    # holds only the audit log's anchor, kept next to the audit log it anchors.
+    from sovereign.memory.state_store import SqliteStateStore
+
+    assert SqliteStateStore(tmp_path / "state.sqlite").keys() == ["audit/anchor"]
     assert guardian().machine.s.last_equity == 80_000.0  # type: ignore[union-attr]
 
 

@@ -21,6 +21,7 @@ from sovereign.brokers.sim_chunk import ChunkMarket, ChunkOrders, Speculation
 from sovereign.core.calendar import session_date
 from sovereign.core.risk import ApprovalVerifier
 from sovereign.execution.order_manager import OrderManager
+from sovereign.memory.account import SIM_ACCOUNT_KIND, seal, unseal
 from sovereign.memory.state_store import open_state_store
 from sovereign.messages import (
     Approval,
@@ -68,6 +69,7 @@ class GatewayActor(Actor):
         state_dir: str = "",
         account_key: str = "",
         redis_url: str = "",
+        audit_key: bytes | None = None,
     ) -> None:
         super().__init__(index)
         # Built here, inside the actor's process: a broker holds sockets and state that
@@ -80,6 +82,7 @@ class GatewayActor(Actor):
         self.state_dir = state_dir
         self.account_key = account_key
         self.redis_url = redis_url
+        self._seal_key = audit_key
         # What our own fills say each position should be; checked against the broker.
         self.expected: dict[str, int] = {}
         self._mismatch: dict[str, tuple[int, int]] = {}
@@ -414,20 +417,38 @@ class GatewayActor(Actor):
 
     # -- NAMED ACCOUNTS -----------------------------------------------------------------
 
+    def _key(self) -> bytes:
+        if self._seal_key is None:
+            from sovereign.memory.audit import Ledger, connect, governance_path
+
+            conn = connect(governance_path(self.state_dir))
+            try:
+                self._seal_key = Ledger(self.state_dir).key(conn)
+            finally:
+                conn.close()
+        return self._seal_key
+
     def _restore_account(self) -> None:
+        """A named simulated account goes on from its stored book, whose seal must hold
+        (the session's start checked it; this is the gateway's own check)."""
         if not self.account_key or not hasattr(self.broker, "restore"):
             return
         with closing(open_state_store(self.state_dir, self.redis_url)) as store:
             doc = store.get(self.account_key)
         if doc is not None:
-            self.broker.restore(doc)
+            self.broker.restore(
+                unseal(self._key(), SIM_ACCOUNT_KIND, doc, f"the account {self.account_key}")
+            )
             self.count("account_restored")
+        # Stored at once, so that an account with a trading history always has a book.
+        self._save_account()
 
     def _save_account(self) -> None:
         if not self.account_key or not hasattr(self.broker, "snapshot"):
             return
+        doc = seal(self._key(), SIM_ACCOUNT_KIND, self.broker.snapshot())
         with closing(open_state_store(self.state_dir, self.redis_url)) as store:
-            store.put(self.account_key, self.broker.snapshot())
+            store.put(self.account_key, doc)
 
     def _submit(self, order: SubmitOrder, touched: list[str]) -> list[Message]:
         reason = self.verifier.check(order, self.clock)

@@ -34,8 +34,18 @@ from sovereign.core.risk import (
     sign_verdict,
 )
 from sovereign.core.selfmod import Change, DailyChanges, RuleBook, check_proposal
+from sovereign.memory.account import (
+    GUARDIAN_KIND,
+    MAC_FIELD,
+    StateIntegrityError,
+    check_guardian_state,
+    guarded,
+    seal,
+    unseal,
+)
+from sovereign.memory.account import guardian_state_key as guardian_state_key
 from sovereign.memory.audit import AuditLog, governance_path
-from sovereign.memory.state_store import open_state_store
+from sovereign.memory.state_store import CorruptStateError, open_state_store
 from sovereign.messages import (
     AccountSnapshot,
     ApprovedChunk,
@@ -64,10 +74,6 @@ from sovereign.messages import (
     TradesClosed,
     TradingStateChanged,
 )
-
-
-def guardian_state_key(scope: str) -> str:
-    return f"guardian/{scope}"
 
 
 def _closed_rows(msg: TradeClosed | TradesClosed) -> list[tuple[int, float, str, str]]:
@@ -122,6 +128,7 @@ class GuardianActor(Actor):
         flatten_on_halt: bool = True,
         review_after_losses: int = 3,
         redis_url: str = "",
+        audit_key: bytes | None = None,
     ) -> None:
         super().__init__(index)
         self.constitution = constitution
@@ -140,22 +147,36 @@ class GuardianActor(Actor):
         self._flatten_seq = 0
         # The chunk approved on condition, until its execution report is validated.
         self._chunk: _Pending | None = None
-        self.key = guardian_state_key(state_scope)
+        self.scope = state_scope
+        self.state_key = guardian_state_key(state_scope)
         self.store = open_state_store(state_dir, redis_url)
-        self.audit = AuditLog(governance_path(state_dir))
-        stored = self.store.get(self.key)
-        state = GuardianState.from_dict(stored) if stored is not None else None
+        self.audit = AuditLog(governance_path(state_dir), key=audit_key)
+        self._seal_key = self.audit.ledger.key(self.audit.connection)
+        self._review_after = review_after_losses
+        self._persisted: dict[str, object] | None = None
+        self._persisted_at = 0.0
+        self._persisted_limits: tuple[object, ...] | None = None
+        # The fingerprint every decision is checked against: written to the audit log now.
+        self.fingerprint = constitution.fingerprint
+        problem = ""
+        try:
+            state = check_guardian_state(
+                self.store.get(self.state_key), state_scope, self.audit.connection, self._seal_key
+            )
+        except (StateIntegrityError, CorruptStateError) as exc:
+            # Fail closed: a safety state that cannot be trusted is a halt, which only the
+            # operator's resume lifts (a session's start refuses it before it gets here;
+            # this is a restart mid-session, or a store damaged under a running session).
+            problem = str(exc)
+            state = GuardianState(state=TradingState.HALTED.value, halted_reason=problem)
         self.machine = (
             TradingStateMachine(constitution, state, review_after_losses=review_after_losses)
             if state is not None
             else None
         )
-        self._review_after = review_after_losses
-        self._persisted = stored
-        self._persisted_at = 0.0
-        self._persisted_limits: tuple[object, ...] | None = None
-        # The fingerprint every decision is checked against: written to the audit log now.
-        self.fingerprint = constitution.fingerprint
+        if state is not None and not problem:
+            self._persisted = state.to_dict()
+            self._persisted_limits = state.limit_figures()
         self.audit.append(
             ts_ns=0,
             actor=self.name,
@@ -167,7 +188,20 @@ class GuardianActor(Actor):
                 "restored_state": None if state is None else state.state,
             },
         )
-        if state is not None:
+        if problem:
+            self.count("state_integrity_halts")
+            self.log.critical("trading HALTED: %s", problem)
+            self._record_state(
+                "trading_state",
+                0,
+                {
+                    "from": "UNKNOWN",
+                    "to": TradingState.HALTED.value,
+                    "reason": f"state integrity: {problem}",
+                },
+            )
+            self._persist(force=True)
+        elif state is not None:
             self.log.warning("restored trading state %s for %s", state.state, state_scope)
 
     # -- INBOX --------------------------------------------------------------------------
@@ -227,7 +261,7 @@ class GuardianActor(Actor):
             out.extend(self._decide(intent, tampered))
         if chunk_intents:
             out.append(self._approve_chunk(chunk_intents))
-        self._persist()
+        out.extend(self._persist())
         return out
 
     def _on_broker_event(self, msg: Message) -> list[Message]:
@@ -245,7 +279,7 @@ class GuardianActor(Actor):
         return []
 
     def _on_session_ended(self, msg: SessionEnded) -> Message:
-        self._persist(force=True)
+        self._persist(force=True)  # a refused write adopts the stored state; nothing to send
         self.counters.update({f"verdict_{k}": v for k, v in self.reasons.items()})
         if self.machine is not None:
             self.counters["worst_drawdown_bp"] = round(self.machine.s.worst_drawdown * 10_000)
@@ -280,6 +314,12 @@ class GuardianActor(Actor):
                 GuardianState.fresh(msg.equity),
                 review_after_losses=self._review_after,
             )
+            # From here on the account has a history: its state may never go missing.
+            self._record_state(
+                "trading_state_created",
+                msg.ts_event,
+                {"to": TradingState.ACTIVE.value, "equity": msg.equity},
+            )
         if self.machine.state is TradingState.HALTED:
             self._adopt_external_resume()
         s = self.machine.s
@@ -296,25 +336,47 @@ class GuardianActor(Actor):
     def _adopt_external_resume(self) -> None:
         """``sovereign resume`` writes the store; a running guardian picks it up here."""
         assert self.machine is not None
-        stored = self.store.get(self.key)
-        if stored is None:
-            return
-        theirs = GuardianState.from_dict(stored)
-        if theirs.state != TradingState.HALTED.value and len(theirs.resumed) > len(
-            self.machine.s.resumed
+        theirs = self._stored()
+        if (
+            theirs is not None
+            and theirs.state != TradingState.HALTED.value
+            and len(theirs.resumed) > len(self.machine.s.resumed)
         ):
-            self.machine.s = theirs
-            self._persisted = stored
-            self._persisted_limits = theirs.limit_figures()
+            self._adopt(theirs)
             self.log.warning("trading resumed by an operator: %s", theirs.resumed[-1])
+
+    def _stored(self) -> GuardianState | None:
+        """The stored state, if its seal holds (anything else is not an operator's)."""
+        doc = self.store.get(self.state_key)
+        if doc is None:
+            return None
+        try:
+            return GuardianState.from_dict(
+                unseal(self._seal_key, GUARDIAN_KIND, doc, "the stored trading state")
+            )
+        except (StateIntegrityError, TypeError, ValueError):
+            return None
+
+    def _adopt(self, theirs: GuardianState) -> None:
+        assert self.machine is not None
+        self.machine.s = theirs
+        self._persisted = theirs.to_dict()
+        self._persisted_limits = theirs.limit_figures()
+
+    def _record_state(self, action: str, ts: int, payload: dict[str, object]) -> None:
+        """Audit a change of the trading state; the stored state names the entry."""
+        entry = self.audit.append(
+            ts_ns=ts, actor=self.name, action=action, payload={"scope": self.scope, **payload}
+        )
+        if self.machine is not None:
+            self.machine.s.audit_seq, self.machine.s.audit_hash = entry.seq, entry.hash
 
     def _announce(self, t: Transition, ts: int) -> list[Message]:
         self.count(f"to_{t.state.value}")
-        self.audit.append(
-            ts_ns=ts,
-            actor=self.name,
-            action="trading_state",
-            payload={
+        self._record_state(
+            "trading_state",
+            ts,
+            {
                 "from": t.previous.value,
                 "to": t.state.value,
                 "reason": t.reason,
@@ -325,6 +387,9 @@ class GuardianActor(Actor):
                 "session_date": t.session_date,
             },
         )
+        return self._notify(t, ts)
+
+    def _notify(self, t: Transition, ts: int) -> list[Message]:
         level = {"HALTED": "critical", "NO_NEW_POSITIONS": "warning"}.get(t.state.value, "info")
         return [
             TradingStateChanged(
@@ -428,7 +493,7 @@ class GuardianActor(Actor):
             )
         ]
 
-    def _persist(self, *, force: bool = False) -> None:
+    def _persist(self, *, force: bool = False) -> list[Message]:
         """Write the trading state when it changed.
 
         Everything the limits depend on (state, high-water mark, day start, losing streak,
@@ -441,20 +506,61 @@ class GuardianActor(Actor):
         high-water mark a second stale would understate the drawdown.
         """
         if self.machine is None:
-            return
+            return []
         # Every bar comes here: compare the limit figures as one tuple, and build the
         # document only when something may have to be written.
         limits = self.machine.s.limit_figures()
         changed = limits != self._persisted_limits
         now = time.monotonic()
         if not (changed or force or now - self._persisted_at >= 1.0):
-            return
+            return []
         doc = self.machine.s.to_dict()
         if doc != self._persisted:
-            self.store.put(self.key, doc)
+            stored = self.store.update(self.state_key, guarded(self._seal_key, self.machine.s))
+            if stored is not None and stored.get(MAC_FIELD) != seal(
+                self._seal_key, GUARDIAN_KIND, doc
+            ).get(MAC_FIELD):
+                return self._refused_write()
             self._persisted = doc
             self._persisted_at = now
         self._persisted_limits = limits
+        return []
+
+    def _refused_write(self) -> list[Message]:
+        """The store refused our state: someone with a later word wrote it (an operator's
+        resume, or the halt of another writer). Theirs stands; ours is dropped, and what
+        the adopted state forbids is canceled at once."""
+        assert self.machine is not None
+        self.count("state_writes_refused")
+        theirs = self._stored()
+        if theirs is None:
+            return []
+        ours = self.machine.state
+        self.log.critical(
+            "the stored trading state (%s, audit entry %d) supersedes this guardian's (%s)",
+            theirs.state,
+            theirs.audit_seq,
+            ours.value,
+        )
+        self._adopt(theirs)
+        now = self.machine.s.last_ts
+        if self.machine.state is ours:
+            return []
+        t = Transition(
+            previous=ours,
+            state=self.machine.state,
+            reason=f"the stored state supersedes this session's: {theirs.halted_reason}".rstrip(
+                ": "
+            ),
+            equity=self.book.equity,
+            high_water_mark=theirs.high_water_mark,
+            day_start_equity=theirs.day_start_equity,
+            drawdown=self.machine.drawdown(self.book.equity),
+            day_loss=self.machine.day_loss(self.book.equity),
+            session_date=theirs.session_date,
+        )
+        self.count(f"to_{t.state.value}")
+        return [*self._notify(t, now), *self._act_on(t.state, now)]
 
     # -- SELF-MODIFICATION --------------------------------------------------------------
 

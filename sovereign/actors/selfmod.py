@@ -58,6 +58,7 @@ class SelfModActor(Actor):
         fdr: float = 0.10,
         min_new_trades: int = 10,
         max_proposals: int = 1,
+        audit_key: bytes | None = None,
     ) -> None:
         super().__init__(index)
         self.scope = scope
@@ -68,7 +69,7 @@ class SelfModActor(Actor):
             min_new_trades=min_new_trades,
             max_proposals=max_proposals,
         )
-        self.store = GovernanceStore(state_dir) if enabled else None
+        self.store = GovernanceStore(state_dir, audit_key=audit_key) if enabled else None
         self.session_date = ""
         self.now = 0
         self._data_version = -1

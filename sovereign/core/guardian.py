@@ -60,6 +60,10 @@ class GuardianState:
     halted_equity: float = 0.0
     resumed: list[dict[str, Any]] = field(default_factory=list)
     version: int = 1
+    # The audit entry that recorded the last change of ``state`` (its sequence number and
+    # hash): the stored state must agree with the audit log (``memory.account``).
+    audit_seq: int = 0
+    audit_hash: str = ""
     # The account as last seen, for operators who ask while no session runs.
     last_cash: float = 0.0
     last_gross_exposure: float = 0.0
@@ -285,6 +289,59 @@ class TradingStateMachine:
         else:
             self.s.consecutive_losses = 0
         return False
+
+
+def replacement_refusal(old: GuardianState, new: GuardianState) -> str | None:
+    """Why ``new`` must not overwrite the stored ``old`` (None: it may).
+
+    A writer that knows less than the store is stale (another session, or a guardian that
+    Ray restarted and has not caught up): it may not undo a later state change, nor a
+    resume it has not adopted. And nothing leaves HALTED but a resume: a document that
+    is not HALTED replaces a HALTED one only if it records one more resume."""
+    if new.audit_seq < old.audit_seq:
+        return (
+            f"the stored state records a later change (audit entry {old.audit_seq}, "
+            f"{old.state}) than this writer knows ({new.audit_seq})"
+        )
+    if len(new.resumed) < len(old.resumed):
+        return "the stored state records a resume this writer has not adopted"
+    if (
+        old.state == TradingState.HALTED.value
+        and new.state != TradingState.HALTED.value
+        and len(new.resumed) <= len(old.resumed)
+    ):
+        return "only `sovereign resume --confirm` leaves HALTED"
+    return None
+
+
+def rebuild(
+    state: GuardianState | None, *, reason: str, operator: str, ts: int, problem: str
+) -> tuple[GuardianState, dict[str, Any]]:
+    """Start an account again whose stored state was lost or failed its checks (the
+    operator's explicit, audited decision). What survives of the old state is kept for the
+    record; the limits start afresh from the broker's next account snapshot (a high-water
+    mark and day start of 0 are taken from the first equity observed)."""
+    if not reason.strip():
+        raise ValueError("a reason is required to resume trading")
+    old = state or GuardianState()
+    record = {
+        "ts": ts,
+        "operator": operator,
+        "reason": reason,
+        "rebuilt": True,
+        "problem": problem,
+        "halted_reason": old.halted_reason,
+        "halted_ts": old.halted_ts,
+        "high_water_mark_before": old.high_water_mark,
+        "equity": old.last_equity,
+    }
+    fresh = GuardianState(
+        worst_drawdown=old.worst_drawdown,
+        resumed=[*old.resumed, record],
+        audit_seq=old.audit_seq,
+        audit_hash=old.audit_hash,
+    )
+    return fresh, record
 
 
 def resume(state: GuardianState, *, reason: str, operator: str, ts: int) -> dict[str, Any]:

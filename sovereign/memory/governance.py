@@ -26,11 +26,12 @@ import msgspec
 
 from sovereign.core.selfmod import Change, RuleBook
 from sovereign.memory.audit import (
+    Ledger,
     VerifyResult,
     append_in_transaction,
     connect,
     governance_path,
-    verify_chain,
+    verify_audit,
 )
 
 _SCHEMA = """
@@ -123,10 +124,11 @@ def _change_doc(change: Change) -> str:
 class GovernanceStore:
     """Reads and writes of rule sets and modifications, each audited."""
 
-    def __init__(self, state_dir: str | Path) -> None:
+    def __init__(self, state_dir: str | Path, *, audit_key: bytes | None = None) -> None:
         self.path = governance_path(state_dir)
         self._conn = connect(self.path)
         self._conn.executescript(_SCHEMA)
+        self.ledger = Ledger(state_dir, audit_key)
 
     def close(self) -> None:
         self._conn.close()
@@ -214,7 +216,7 @@ class GovernanceStore:
         )
 
     def verify(self) -> VerifyResult:
-        return verify_chain(self._conn)
+        return verify_audit(self.path.parent)
 
     # -- WRITES -------------------------------------------------------------------------
 
@@ -232,6 +234,7 @@ class GovernanceStore:
         actor: str,
     ) -> int:
         conn = self._conn
+        key = self.ledger.key(conn)
         conn.execute("BEGIN IMMEDIATE")
         try:
             mod_id = self._insert(
@@ -247,8 +250,9 @@ class GovernanceStore:
                 after.version,
             )
             self._save_book(scope, ts_ns, after, str(mod_id))
-            append_in_transaction(
+            entry = append_in_transaction(
                 conn,
+                key,
                 ts_ns=ts_ns,
                 actor=actor,
                 action="modification_deployed",
@@ -265,6 +269,7 @@ class GovernanceStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self.ledger.anchor(entry.seq, entry.hash)
         return mod_id
 
     def record_reject(
@@ -281,6 +286,7 @@ class GovernanceStore:
         version: int,
     ) -> int:
         conn = self._conn
+        key = self.ledger.key(conn)
         conn.execute("BEGIN IMMEDIATE")
         try:
             mod_id = self._insert(
@@ -295,8 +301,9 @@ class GovernanceStore:
                 version,
                 None,
             )
-            append_in_transaction(
+            entry = append_in_transaction(
                 conn,
+                key,
                 ts_ns=ts_ns,
                 actor=actor,
                 action="modification_rejected",
@@ -311,11 +318,13 @@ class GovernanceStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self.ledger.anchor(entry.seq, entry.hash)
         return mod_id
 
     def rollback(self, modification_id: int, *, reason: str, by: str, ts_ns: int) -> RollbackResult:
         """Restore the rule set from before a deployed modification (a new version)."""
         conn = self._conn
+        key = self.ledger.key(conn)
         conn.execute("BEGIN IMMEDIATE")
         try:
             rec = self.get(modification_id)
@@ -349,8 +358,9 @@ class GovernanceStore:
                 (ROLLED_BACK, ts_ns, by, reason, *undone),
             )
             self._save_book(rec.scope, ts_ns, book, f"rollback:{modification_id}")
-            append_in_transaction(
+            entry = append_in_transaction(
                 conn,
+                key,
                 ts_ns=ts_ns,
                 actor=by,
                 action="rollback",
@@ -368,6 +378,7 @@ class GovernanceStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self.ledger.anchor(entry.seq, entry.hash)
         return RollbackResult(modification_id, rec.scope, book, undone)
 
     def _insert(

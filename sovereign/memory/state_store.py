@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,7 +25,16 @@ class StateStore(Protocol):
 
     def put(self, key: str, value: dict[str, Any]) -> None: ...
 
+    def update(
+        self, key: str, change: Callable[[dict[str, Any] | None], dict[str, Any] | None]
+    ) -> dict[str, Any] | None: ...
+
     def close(self) -> None: ...
+
+
+Change = Callable[[dict[str, Any] | None], dict[str, Any] | None]
+"""A read-modify-write: given the stored document (None: none), the document to store,
+or None to leave it as it is."""
 
 
 def state_path(state_dir: str | Path) -> Path:
@@ -51,7 +61,7 @@ class SqliteStateStore:
 
     def get(self, key: str) -> dict[str, Any] | None:
         row = self._conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-        return None if row is None else msgspec.json.decode(row[0])
+        return None if row is None else _decode(row[0])
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         self._conn.execute(
@@ -59,6 +69,31 @@ class SqliteStateStore:
             "DO UPDATE SET value = excluded.value, updated_ns = excluded.updated_ns",
             (key, _json.encode(value).decode(), time.time_ns()),
         )
+
+    def update(self, key: str, change: Change) -> dict[str, Any] | None:
+        """Apply ``change`` to the stored document atomically (no other writer, in this or
+        another process, gets between the read and the write); return what is stored
+        afterwards."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+            old = None if row is None else _decode(row[0])
+            new = change(old)
+            if new is not None:
+                conn.execute(
+                    "INSERT INTO kv (key, value, updated_ns) VALUES (?, ?, ?) ON CONFLICT(key) "
+                    "DO UPDATE SET value = excluded.value, updated_ns = excluded.updated_ns",
+                    (key, _json.encode(new).decode(), time.time_ns()),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return old if new is None else new
+
+    def delete(self, key: str) -> None:
+        self._conn.execute("DELETE FROM kv WHERE key = ?", (key,))
 
     def keys(self, prefix: str = "") -> list[str]:
         rows = self._conn.execute(
@@ -85,10 +120,36 @@ class RedisStateStore:
 
     def get(self, key: str) -> dict[str, Any] | None:
         raw = self._redis.get(self.PREFIX + key)
-        return None if raw is None else msgspec.json.decode(raw)
+        return None if raw is None else _decode(raw)
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         self._redis.set(self.PREFIX + key, _json.encode(value))
+
+    def update(self, key: str, change: Change) -> dict[str, Any] | None:
+        """As ``SqliteStateStore.update``, with Redis's optimistic transactions: the write
+        is dropped and retried if anyone changed the key since it was read."""
+        import redis
+
+        name = self.PREFIX + key
+        while True:
+            with self._redis.pipeline() as pipe:
+                try:
+                    pipe.watch(name)
+                    raw = pipe.get(name)
+                    old = None if raw is None else _decode(raw)
+                    new = change(old)
+                    if new is None:
+                        pipe.unwatch()
+                        return old
+                    pipe.multi()
+                    pipe.set(name, _json.encode(new))
+                    pipe.execute()
+                    return new
+                except redis.WatchError:
+                    continue
+
+    def delete(self, key: str) -> None:
+        self._redis.delete(self.PREFIX + key)
 
     def keys(self, prefix: str = "") -> list[str]:
         found = self._redis.scan_iter(match=f"{self.PREFIX}{prefix}*")
@@ -96,6 +157,20 @@ class RedisStateStore:
 
     def close(self) -> None:
         self._redis.close()
+
+
+class CorruptStateError(ValueError):
+    """A stored document that is not a JSON object (a damaged or edited store)."""
+
+
+def _decode(raw: str | bytes) -> dict[str, Any]:
+    try:
+        doc = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise CorruptStateError(f"a stored state document is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise CorruptStateError("a stored state document is not a JSON object")
+    return doc
 
 
 def open_state_store(

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from sovereign.memory.audit import AuditLog, governance_path
+from sovereign.memory.audit import AuditLog, governance_path, verify_audit
 from sovereign.memory.state_store import RedisStateStore, SqliteStateStore, open_state_store
 
 
@@ -102,3 +102,143 @@ def test_two_writers_never_fork_the_chain(tmp_path) -> None:
     for i in range(10):
         (a if i % 2 else b).append(ts_ns=i, actor="w", action="x", payload={"i": i})
     assert a.verify().ok and a.verify().entries == 10
+
+
+# -- THE KEYED, ANCHORED CHAIN ----------------------------------------------------------------
+
+
+def _tamper(tmp_path, sql: str, *args: object) -> None:
+    raw = sqlite3.connect(governance_path(tmp_path))
+    raw.execute(sql, args)
+    raw.commit()
+    raw.close()
+
+
+def test_cutting_off_the_last_entries_is_detected(tmp_path) -> None:
+    _log(tmp_path).close()
+    _tamper(tmp_path, "DELETE FROM audit WHERE seq >= 4")
+    result = verify_audit(tmp_path)
+    assert not result.ok
+    assert any("the anchor expects at least 5 entries" in p for p in result.problems)
+
+
+def test_a_recomputed_chain_is_detected(tmp_path) -> None:
+    """An edit followed by recomputing every hash after it: the sha256 chain links again,
+    but the MACs need the key, which is not in the database."""
+    from sovereign.memory.audit import entry_hash
+
+    _log(tmp_path).close()
+    raw = sqlite3.connect(governance_path(tmp_path))
+    rows = raw.execute(
+        "SELECT seq, ts_ns, actor, action, payload FROM audit ORDER BY seq"
+    ).fetchall()
+    prev = "0" * 64
+    for seq, ts, actor, action, payload in rows:
+        if seq == 2:
+            payload = '{"i":1,"what":"rewritten"}'
+        digest = entry_hash(prev, seq, ts, actor, action, payload)
+        raw.execute(
+            "UPDATE audit SET payload = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+            (payload, prev, digest, seq),
+        )
+        prev = digest
+    raw.commit()
+    raw.close()
+    result = verify_audit(tmp_path)
+    assert not result.ok
+    assert any("entry 2: its MAC does not match" in p for p in result.problems)
+    # Recomputed without MACs too (as if never keyed): detected all the same.
+    _tamper(tmp_path, "UPDATE audit SET mac = ''")
+    assert not verify_audit(tmp_path).ok
+
+
+def test_a_dropped_table_is_detected_and_verify_never_recreates_it(tmp_path) -> None:
+    _log(tmp_path).close()
+    _tamper(tmp_path, "DROP TABLE audit")
+    result = verify_audit(tmp_path)
+    assert not result.ok and any("cannot be read" in p for p in result.problems)
+    raw = sqlite3.connect(governance_path(tmp_path))
+    assert raw.execute("SELECT name FROM sqlite_master WHERE name = 'audit'").fetchone() is None
+    raw.close()
+    governance_path(tmp_path).unlink()
+    result = verify_audit(tmp_path)
+    assert not result.ok
+    assert not governance_path(tmp_path).exists()
+
+
+def test_the_command_line_verify_is_read_only_and_says_tampered(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    _log(tmp_path).close()
+    _tamper(tmp_path, "DELETE FROM audit WHERE seq = 5")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    mtime = governance_path(tmp_path).stat().st_mtime_ns
+    r = subprocess.run(
+        [sys.executable, "-m", "sovereign", "audit", "verify", "--state", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
+    assert r.returncode == 1 and "AUDIT LOG TAMPERED" in r.stdout, r.stdout + r.stderr
+    assert "anchor expects at least 5" in r.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert governance_path(tmp_path).stat().st_mtime_ns == mtime
+
+
+def test_an_edited_anchor_is_detected(tmp_path) -> None:
+    import json
+
+    _log(tmp_path).close()
+    _tamper(tmp_path, "DELETE FROM audit WHERE seq >= 4")
+    store = SqliteStateStore(tmp_path / "state.sqlite")
+    anchor = store.get("audit/anchor")
+    assert anchor is not None and anchor["seq"] == 5
+    # Point the anchor at the new head: without the key its MAC cannot follow.
+    raw = sqlite3.connect(governance_path(tmp_path))
+    (head,) = raw.execute("SELECT hash FROM audit WHERE seq = 3").fetchone()
+    raw.close()
+    store.put("audit/anchor", {**anchor, "seq": 3, "hash": head})
+    store.close()
+    result = verify_audit(tmp_path)
+    assert not result.ok and any("anchor's MAC" in p for p in result.problems), json.dumps(
+        result.problems
+    )
+
+
+def test_a_lost_key_stops_appends_and_verification(tmp_path) -> None:
+    from sovereign.memory.audit import AuditKeyError, audit_key_path
+
+    _log(tmp_path).close()
+    audit_key_path(tmp_path).unlink()
+    with pytest.raises(AuditKeyError, match="missing"):
+        AuditLog(governance_path(tmp_path)).append(ts_ns=9, actor="t", action="x", payload={})
+    result = verify_audit(tmp_path)
+    assert not result.ok and any("audit key" in p for p in result.problems)
+
+
+def test_a_key_can_live_outside_the_state_directory(tmp_path, monkeypatch) -> None:
+    elsewhere = tmp_path / "vault" / "audit.key"
+    monkeypatch.setenv("SOVEREIGN_AUDIT_KEY_FILE", str(elsewhere))
+    state = tmp_path / "state"
+    _log(state).close()
+    assert elsewhere.exists() and not (state / "audit.key").exists()
+    assert oct(elsewhere.stat().st_mode & 0o777) == "0o600"
+    assert verify_audit(state).ok
+
+
+def test_entries_from_before_the_key_verify_as_a_legacy_prefix(tmp_path) -> None:
+    _log(tmp_path).close()
+    # As an older Sovereign left it: no MAC column contents, no anchor, no key.
+    _tamper(tmp_path, "UPDATE audit SET mac = ''")
+    (tmp_path / "audit.key").unlink()
+    SqliteStateStore(tmp_path / "state.sqlite").delete("audit/anchor")
+    result = verify_audit(tmp_path)
+    assert result.ok
+    assert result.notes == ["5 entries predate the keyed chain (checked by hash only)"]
+    log = AuditLog(governance_path(tmp_path))
+    log.append(ts_ns=9, actor="t", action="x", payload={})
+    after = verify_audit(tmp_path)
+    assert after.ok and after.entries == 6 and after.keyed_entries == 1
