@@ -33,7 +33,7 @@ from sovereign.core.risk import (
     sign_chunk,
     sign_verdict,
 )
-from sovereign.core.selfmod import Change, DailyChanges, RuleBook, check_proposal
+from sovereign.core.selfmod import Change, RuleBook, check_proposal
 from sovereign.memory.account import (
     GUARDIAN_KIND,
     MAC_FIELD,
@@ -45,6 +45,7 @@ from sovereign.memory.account import (
 )
 from sovereign.memory.account import guardian_state_key as guardian_state_key
 from sovereign.memory.audit import AuditLog, governance_path
+from sovereign.memory.governance import GovernanceStore
 from sovereign.memory.state_store import CorruptStateError, open_state_store
 from sovereign.messages import (
     AccountSnapshot,
@@ -66,7 +67,6 @@ from sovereign.messages import (
     PositionSnapshot,
     RiskVerdict,
     RuleEvaluationRequested,
-    RuleSetSnapshot,
     SessionEnded,
     SessionStarted,
     SubmitOrder,
@@ -106,7 +106,6 @@ class GuardianActor(Actor):
             TradesClosed,
             CancelOrder,
             ModificationProposal,
-            RuleSetSnapshot,
             SessionStarted,
             SessionEnded,
             IntentChunk,
@@ -142,8 +141,6 @@ class GuardianActor(Actor):
         self.reasons: dict[str, int] = {}
         self.reconciled = False
         self.recent_losses: list[str] = []
-        self.rulebook = RuleBook()
-        self.daily_changes = DailyChanges()
         self._flatten_seq = 0
         # The chunk approved on condition, until its execution report is validated.
         self._chunk: _Pending | None = None
@@ -152,6 +149,7 @@ class GuardianActor(Actor):
         self.store = open_state_store(state_dir, redis_url)
         self.audit = AuditLog(governance_path(state_dir), key=audit_key)
         self._seal_key = self.audit.ledger.key(self.audit.connection)
+        self.governance = GovernanceStore(state_dir, audit_key=self._seal_key)
         self._review_after = review_after_losses
         self._persisted: dict[str, object] | None = None
         self._persisted_at = 0.0
@@ -235,10 +233,6 @@ class GuardianActor(Actor):
                     out.append(msg)  # cancels only reduce risk; pass them to the gateway
                 case ModificationProposal():
                     out.append(self._check_modification(msg))
-                case RuleSetSnapshot():
-                    self.rulebook = RuleBook(
-                        version=msg.version, rules=tuple(msg.rules), parameters=msg.parameters
-                    )
                 case SessionStarted():
                     self._on_session_started(msg)
                 case SessionEnded():
@@ -565,48 +559,50 @@ class GuardianActor(Actor):
     # -- SELF-MODIFICATION --------------------------------------------------------------
 
     def _check_modification(self, p: ModificationProposal) -> ModificationDecision:
-        """The constitutional check of a proposed change. Approving counts as a change of
-        the day; the guardian's own rule book view is advanced so that several proposals
-        in one step are counted against each other."""
+        """The constitutional check of a proposed change, counted against the governance
+        store: the day's approved changes and the active rules are what the store holds
+        (approvals not yet deployed included), so a restart or a second session cannot
+        approve more than the constitution allows."""
         change = Change(
             kind=p.kind, rule=p.rule, rule_id=p.rule_id, parameter=p.parameter, value=p.value
         )
         day = self.machine.s.session_date if self.machine is not None else p.session_date
         day = day or p.session_date
-        today = self.daily_changes.today(day)
-        violations = check_proposal(change, self.constitution, self.rulebook, today)
-        if self.constitution.fingerprint != self.fingerprint:
-            violations.append("CONSTITUTION_TAMPERED: the constitution no longer matches")
-        approved = not violations
-        if approved:
-            self.daily_changes.record(day)
-            self.rulebook = self.rulebook.apply(change)
-        self.count("modifications_approved" if approved else "modifications_rejected")
-        self.audit.append(
+        tampered = self.constitution.fingerprint != self.fingerprint
+
+        def check(book: RuleBook, today: int) -> list[str]:
+            violations = check_proposal(change, self.constitution, book, today)
+            if tampered:
+                violations.append("CONSTITUTION_TAMPERED: the constitution no longer matches")
+            return violations
+
+        decision = self.governance.decide(
+            scope=self.scope,
+            proposal_id=p.proposal_id,
+            session_date=day,
+            change=change,
+            check=check,
             ts_ns=p.ts_event,
             actor=self.name,
-            action="modification_decision",
-            payload={
-                "proposal_id": p.proposal_id,
+            audit={
                 "kind": p.kind,
                 "rule": p.rule.render() if p.rule is not None else None,
                 "parameter": p.parameter or None,
-                "approved": approved,
-                "violations": violations,
                 "fingerprint": self.fingerprint,
             },
         )
+        self.count("modifications_approved" if decision.approved else "modifications_rejected")
         return ModificationDecision(
             msg_id=self.ids.next(),
             ts_event=p.ts_event,
             ts_init=p.ts_event,
             correlation_id=p.msg_id,
             proposal_id=p.proposal_id,
-            approved=approved,
-            violations=violations,
+            approved=decision.approved,
+            violations=decision.violations,
             fingerprint=self.fingerprint,
-            changes_today=self.daily_changes.today(day),
-            active_rules=len(self.rulebook.rules),
+            changes_today=decision.changes_today,
+            active_rules=decision.active_rules,
         )
 
     # -- SPECULATIVE CHUNKS (backtests with the simulated broker) -----------------------

@@ -15,7 +15,12 @@ import json
 
 from sovereign.actors.base import Actor
 from sovereign.core.selfmod import Change, Proposal, RuleBook, SelfModEngine
-from sovereign.memory.governance import GovernanceStore, RollbackError, summarize
+from sovereign.memory.governance import (
+    GovernanceStore,
+    RollbackError,
+    UnapprovedChangeError,
+    summarize,
+)
 from sovereign.messages import (
     AccountSnapshot,
     Message,
@@ -181,17 +186,25 @@ class SelfModActor(Actor):
                 )
             ]
         after = before.apply(p.change)
-        mod_id = store.record_deploy(
-            scope=self.scope,
-            ts_ns=self.now,
-            session_date=p.session_date,
-            change=p.change,
-            evidence=p.evidence,
-            before=before,
-            after=after,
-            trigger=p.trigger,
-            actor=self.name,
-        )
+        try:
+            mod_id = store.record_deploy(
+                scope=self.scope,
+                ts_ns=self.now,
+                session_date=p.session_date,
+                change=p.change,
+                evidence=p.evidence,
+                before=before,
+                after=after,
+                trigger=p.trigger,
+                actor=self.name,
+                proposal_id=p.proposal_id,
+            )
+        except UnapprovedChangeError as exc:
+            # The store holds the guardian's approvals: a decision message it does not
+            # back (forged, or replayed after its approval was used) deploys nothing.
+            self.count("deploys_refused_unapproved")
+            self.log.error("%s", exc)
+            return [self._note("modification_rejected", "critical", str(exc), "", {})]
         self._data_version = store.data_version()
         self.engine.book = after
         self.deployed.append(mod_id)

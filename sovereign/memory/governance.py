@@ -16,8 +16,10 @@ the command says which.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,18 @@ CREATE TABLE IF NOT EXISTS modifications (
     rollback_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS modifications_scope ON modifications (scope, id);
+CREATE TABLE IF NOT EXISTS decisions (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    scope           TEXT    NOT NULL,
+    proposal_id     TEXT    NOT NULL,
+    session_date    TEXT    NOT NULL,
+    ts_ns           INTEGER NOT NULL,
+    approved        INTEGER NOT NULL,
+    change          TEXT    NOT NULL,
+    violations      TEXT    NOT NULL,
+    modification_id INTEGER
+);
+CREATE INDEX IF NOT EXISTS decisions_scope_day ON decisions (scope, session_date);
 """
 
 DEPLOYED, REJECTED, ROLLED_BACK = "AutoDeployed", "AutoRejected", "RolledBack"
@@ -70,6 +84,20 @@ DEPLOYED, REJECTED, ROLLED_BACK = "AutoDeployed", "AutoRejected", "RolledBack"
 
 class RollbackError(ValueError):
     """A rollback that cannot be done; the message says why."""
+
+
+class UnapprovedChangeError(ValueError):
+    """A deployment the guardian never approved (or whose approval was already used)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The guardian's verdict on a proposal, as recorded."""
+
+    approved: bool
+    violations: list[str]
+    changes_today: int
+    active_rules: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +134,19 @@ def summarize(change: Change) -> str:
     if change.kind == "remove_rule":
         return f"remove {change.rule_id}"
     return f"set {change.parameter} = {change.value:g}"
+
+
+def _change_from_doc(doc: dict[str, Any]) -> Change:
+    from sovereign.core.rules import Rule
+
+    rule = msgspec.convert(doc["rule"], Rule) if doc.get("rule") is not None else None
+    return Change(
+        kind=doc["kind"],
+        rule=rule,
+        rule_id=doc.get("rule_id", ""),
+        parameter=doc.get("parameter", ""),
+        value=float(doc.get("value", 0.0)),
+    )
 
 
 def _change_doc(change: Change) -> str:
@@ -220,6 +261,91 @@ class GovernanceStore:
 
     # -- WRITES -------------------------------------------------------------------------
 
+    def decide(
+        self,
+        *,
+        scope: str,
+        proposal_id: str,
+        session_date: str,
+        change: Change,
+        check: Callable[[RuleBook, int], list[str]],
+        ts_ns: int,
+        actor: str,
+        audit: dict[str, Any],
+    ) -> Decision:
+        """The guardian's constitutional check of a proposal, counted and recorded in one
+        transaction: the day's changes and the active rules are read from this store (not
+        from any process's memory), including what was approved and not yet deployed, so
+        no restart, second process or second session gets a fourth change in a day or a
+        51st rule. ``check(book, changes_today)`` returns the violations."""
+        conn = self._conn
+        key = self.ledger.key(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            book = self._approved_book(scope, session_date)
+            today = self._changes_on(scope, session_date)
+            violations = check(book, today)
+            approved = not violations
+            conn.execute(
+                "INSERT INTO decisions (scope, proposal_id, session_date, ts_ns, approved, "
+                "change, violations) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    scope,
+                    proposal_id,
+                    session_date,
+                    ts_ns,
+                    int(approved),
+                    _change_doc(change),
+                    json.dumps(violations),
+                ),
+            )
+            entry = append_in_transaction(
+                conn,
+                key,
+                ts_ns=ts_ns,
+                actor=actor,
+                action="modification_decision",
+                payload={
+                    "scope": scope,
+                    "proposal_id": proposal_id,
+                    "session_date": session_date,
+                    **audit,
+                    "approved": approved,
+                    "violations": violations,
+                },
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self.ledger.anchor(entry.seq, entry.hash)
+        if approved:
+            book, today = book.apply(change), today + 1
+        return Decision(approved, violations, today, len(book.rules))
+
+    def _changes_on(self, scope: str, session_date: str) -> int:
+        row = self._conn.execute(
+            "SELECT COUNT(*) FROM decisions WHERE scope = ? AND session_date = ? AND approved = 1",
+            (scope, session_date),
+        ).fetchone()
+        return int(row[0])
+
+    def _approved_book(self, scope: str, session_date: str) -> RuleBook:
+        """The rule set as deployed, with today's approved changes not yet deployed applied
+        (an approval in flight already takes its rule id and its place among the rules;
+        one from an earlier day whose deployment never came is void)."""
+        book = self.current(scope)
+        rows = self._conn.execute(
+            "SELECT change FROM decisions WHERE scope = ? AND session_date = ? AND approved = 1 "
+            "AND modification_id IS NULL ORDER BY id",
+            (scope, session_date),
+        )
+        for (doc,) in rows:
+            change = _change_from_doc(json.loads(doc))
+            with contextlib.suppress(KeyError, ValueError):
+                book = book.apply(change)
+        return book
+
     def record_deploy(
         self,
         *,
@@ -232,11 +358,38 @@ class GovernanceStore:
         after: RuleBook,
         trigger: str,
         actor: str,
+        proposal_id: str,
     ) -> int:
+        """Deploy a change the guardian approved (``decide``); its approval is used up. A
+        change without an approval of its own is refused (``UnapprovedChangeError``)."""
         conn = self._conn
         key = self.ledger.key(conn)
         conn.execute("BEGIN IMMEDIATE")
         try:
+            approval = conn.execute(
+                "SELECT id, change, session_date FROM decisions WHERE scope = ? AND "
+                "proposal_id = ? AND approved = 1 AND modification_id IS NULL "
+                "ORDER BY id DESC LIMIT 1",
+                (scope, proposal_id),
+            ).fetchone()
+            if approval is None or json.loads(approval[1]) != json.loads(_change_doc(change)):
+                raise UnapprovedChangeError(
+                    f"{scope}: proposal {proposal_id!r} has no unused approval of the guardian "
+                    "for this change; nothing was deployed"
+                )
+            (latest,) = conn.execute(
+                "SELECT MAX(session_date) FROM decisions WHERE scope = ?", (scope,)
+            ).fetchone()
+            if approval[2] != latest:
+                # Approved on a day that has ended without its deployment: the rule set
+                # and the day's count it was checked against are gone.
+                raise UnapprovedChangeError(
+                    f"{scope}: the approval of proposal {proposal_id!r} ({approval[2]}) expired "
+                    f"when {latest} began; nothing was deployed"
+                )
+            rule = change.rule if change.kind == "add_rule" else None
+            if rule is not None and rule.rule_id in self.current(scope).rule_ids():
+                raise UnapprovedChangeError(f"{scope}: rule {rule.rule_id!r} is already active")
             mod_id = self._insert(
                 scope,
                 ts_ns,
@@ -250,6 +403,9 @@ class GovernanceStore:
                 after.version,
             )
             self._save_book(scope, ts_ns, after, str(mod_id))
+            conn.execute(
+                "UPDATE decisions SET modification_id = ? WHERE id = ?", (mod_id, approval[0])
+            )
             entry = append_in_transaction(
                 conn,
                 key,

@@ -22,6 +22,7 @@ from sovereign.core.rules import (
     VolumeBelow,
 )
 from sovereign.core.selfmod import Change, RuleBook, check_proposal
+from sovereign.memory.governance import GovernanceStore
 from sovereign.messages import ModificationDecision, ModificationProposal, RuleSetSnapshot
 from tests.kit import SECRET
 from tests.strategies import rule as any_rule
@@ -212,20 +213,10 @@ def test_no_sequence_of_proposals_breaks_the_constitution(days: list[list[tuple]
 def test_fifty_rules_then_no_more() -> None:
     with tempfile.TemporaryDirectory() as state:
         g = GuardianActor(0, C, SizingPolicy(), SECRET, 300, state_dir=state, state_scope="run/x")
-        book = RuleBook(rules=tuple(rule(f"r{i}") for i in range(50)))
-        g.receive(
-            [
-                RuleSetSnapshot(
-                    msg_id="s",
-                    ts_event=0,
-                    ts_init=0,
-                    version=1,
-                    rules=list(book.rules),
-                    parameters={},
-                    ruleset_hash=book.hash,
-                )
-            ]
-        )
+        # The active rules are what the governance store holds (deployed earlier).
+        book = RuleBook(version=1, rules=tuple(rule(f"r{i}") for i in range(50)))
+        with GovernanceStore(state) as store:
+            store._save_book("run/x", 0, book, "seeded")
         (d,) = g.receive(
             [
                 ModificationProposal(

@@ -17,12 +17,28 @@ from sovereign.memory.governance import (
 SCOPE = "account/test"
 
 
+def approve(store: GovernanceStore, change: Change, proposal_id: str) -> None:
+    """The guardian's approval, as it records it (no deployment without one)."""
+    decision = store.decide(
+        scope=SCOPE,
+        proposal_id=proposal_id,
+        session_date="2024-01-02",
+        change=change,
+        check=lambda book, today: [],
+        ts_ns=0,
+        actor="guardian",
+        audit={},
+    )
+    assert decision.approved
+
+
 def deploy(store: GovernanceStore, rule_id: str, ts: int) -> int:
     before = store.current(SCOPE)
     change = Change(
         "add_rule",
         rule=Rule(rule_id=rule_id, condition=RegimeIs("Volatile"), action=ScaleSize(0.5)),
     )
+    approve(store, change, f"P-{rule_id}")
     return store.record_deploy(
         scope=SCOPE,
         ts_ns=ts,
@@ -33,6 +49,7 @@ def deploy(store: GovernanceStore, rule_id: str, ts: int) -> int:
         after=before.apply(change),
         trigger="end_of_day",
         actor="test",
+        proposal_id=f"P-{rule_id}",
     )
 
 
@@ -47,7 +64,7 @@ def test_deploys_are_versioned_and_audited(tmp_path) -> None:
         assert history[0].status == DEPLOYED and history[0].evidence["q_value"] == 0.01
         assert store.verify().ok
         actions = [e[0] for e in store._conn.execute("SELECT action FROM audit ORDER BY seq")]
-        assert actions == ["modification_deployed", "modification_deployed"]
+        assert actions == ["modification_decision", "modification_deployed"] * 2
 
 
 def test_rejections_are_recorded_with_their_violations(tmp_path) -> None:
@@ -103,6 +120,7 @@ def test_a_failed_write_leaves_no_half_record(tmp_path) -> None:
             "add_rule",
             rule=Rule(rule_id="x", condition=RegimeIs("Volatile"), action=SkipTrade("x")),
         )
+        approve(store, change, "P-x")
         with pytest.raises(Exception):  # noqa: B017 - any failure must roll back
             store.record_deploy(
                 scope=SCOPE,
@@ -114,6 +132,7 @@ def test_a_failed_write_leaves_no_half_record(tmp_path) -> None:
                 after=before,  # the same version again: a primary-key clash
                 trigger="t",
                 actor="test",
+                proposal_id="P-x",
             )
         assert store.count(SCOPE) == 1
-        assert store.verify().entries == 1
+        assert store.verify().entries == 3  # two decisions and one deployment
