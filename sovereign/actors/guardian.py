@@ -716,7 +716,8 @@ class GuardianActor(Actor):
         with np.errstate(invalid="ignore"):
             if not (np.isfinite(ref) & (ref > 0)).all():
                 return "BAD_PRICE"
-            if (buy & (confidence < self.constitution.min_confidence_for_trade)).any():
+            # Written so that NaN is refused too (it compares false either way).
+            if (buy & ~(confidence >= self.constitution.min_confidence_for_trade)).any():
                 return "LOW_CONFIDENCE"
         return ""
 

@@ -295,7 +295,7 @@ def evaluate_intent(
     if intent.side != "BUY":
         return Decision(False, "LONG_ONLY", "short selling is not enabled")
     floor = constitution.min_confidence_for_trade
-    if intent.confidence < floor:
+    if not intent.confidence >= floor:  # NaN is refused too
         return Decision(
             False,
             "LOW_CONFIDENCE",
@@ -390,7 +390,7 @@ def first_unsafe_order(
             ~(np.isfinite(price) & (price > 0))
             | (quantity <= 0)
             | (held < 0)
-            | (confidence < constitution.min_confidence_for_trade)
+            | ~(confidence >= constitution.min_confidence_for_trade)
             | ~(slack > tolerance)
         )
     bad |= buy & entry_bad

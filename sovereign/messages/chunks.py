@@ -109,6 +109,10 @@ class IntentChunk(Message, frozen=True, gc=False):
             ("seq", "<i8"),
         ):
             _column("IntentChunk", name, getattr(self, name), dtype, m)
+        confidence = self.confidence.to_numpy()
+        if confidence.size and not ((confidence >= 0.0) & (confidence <= 1.0)).all():
+            # As OrderIntent: a confidence is a probability; NaN is none.
+            raise ValueError("IntentChunk.confidence must be in [0, 1]")
 
     def __len__(self) -> int:
         return self.bar.shape[0]

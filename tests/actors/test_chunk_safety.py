@@ -28,6 +28,7 @@ from sovereign.messages import (
     BarChunk,
     ChunkExecution,
     ChunkVerdict,
+    IntentChunk,
     NDArray,
     SessionStarted,
 )
@@ -58,7 +59,7 @@ def broker_state(gw: GatewayActor) -> tuple:
     )
 
 
-def build(tmp_path, *, broker_factory=None, length: int = 200) -> Graph:
+def build(tmp_path, *, broker_factory=None, length: int = 200, tamper=None) -> Graph:
     """Shard, guardian and gateway after bar-by-bar steps up to bar 120, with positions
     open, and the guardian's approval of the chunk of the next ``length`` bars."""
     state = str(tmp_path)
@@ -98,7 +99,11 @@ def build(tmp_path, *, broker_factory=None, length: int = 200) -> Graph:
     acks = gateway.receive(verdicts)
     chunk = feed.chunk(120, length, 1)
     intents = shard.receive(verdicts + acks + chunk)
+    if tamper is not None:
+        intents = [tamper(m) if isinstance(m, IntentChunk) else m for m in intents]
     (approved,) = [m for m in guardian.receive(acks + intents) if isinstance(m, ApprovedChunk)]
+    if tamper is not None:
+        return Graph(shard, guardian, gateway, chunk, approved)
     assert not approved.refused and len(approved) > 0
     return Graph(shard, guardian, gateway, chunk, approved)
 
@@ -232,3 +237,52 @@ def test_the_guardian_validates_only_what_it_approved(tmp_path) -> None:
     other = msgspec.structs.replace(report, chunk=report.chunk + 1)
     (v,) = [m for m in g.guardian.receive([other]) if isinstance(m, ChunkVerdict)]
     assert not v.valid and not v.signature
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.5, 1.5])
+def test_a_chunk_confidence_that_is_no_probability_is_refused_at_the_message(bad: float) -> None:
+    """As an OrderIntent's: a chunk's confidence column must hold probabilities."""
+    ok = NDArray.from_numpy(np.array([0.5]))
+    column = NDArray.from_numpy(np.array([bad]))
+    fields = {
+        "msg_id": "c",
+        "ts_event": 0,
+        "ts_init": 0,
+        "chunk": 1,
+        "shard": 0,
+        "symbols": NDArray.from_numpy(np.array([b"AAA"])),
+        "bar_close": NDArray.from_numpy(np.array([1], dtype="<i8")),
+        "bar": NDArray.from_numpy(np.array([0], dtype="<i8")),
+        "index": NDArray.from_numpy(np.array([0], dtype="<i8")),
+        "side": NDArray.from_numpy(np.array([1], dtype="|u1")),
+        "quantity": NDArray.from_numpy(np.array([10], dtype="<i8")),
+        "ref_price": NDArray.from_numpy(np.array([10.0])),
+        "seq": NDArray.from_numpy(np.array([1], dtype="<i8")),
+        "pending": [],
+    }
+    IntentChunk(**fields, confidence=ok)
+    with pytest.raises(ValueError, match="confidence"):
+        IntentChunk(**fields, confidence=column)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 0.1])
+def test_a_chunk_entry_below_the_confidence_floor_is_refused_as_bar_by_bar(
+    tmp_path, bad: float
+) -> None:
+    """Bar by bar an entry below the constitution's minimum confidence is denied
+    (LOW_CONFIDENCE); the chunk's batch approval refuses it alike. NaN, which compares
+    false against the minimum, slipped through the chunk's check; a shard cannot send it
+    (the message refuses it), and the guardian refuses it all the same."""
+
+    def with_bad_confidence(m: IntentChunk) -> IntentChunk:
+        confidence = m.confidence.to_numpy().copy()
+        buys = np.flatnonzero(m.side.to_numpy() == 1)
+        assert buys.size, "the chunk has no entry to spoil"
+        confidence[buys[0]] = bad
+        spoiled = msgspec.structs.replace(m)
+        # Past the message's own check (as a bug in this process could): the guardian's.
+        msgspec.structs.force_setattr(spoiled, "confidence", NDArray.from_numpy(confidence))
+        return spoiled
+
+    g = build(tmp_path, tamper=with_bad_confidence)
+    assert g.approved.refused == "LOW_CONFIDENCE" and not g.approved.signature
