@@ -158,7 +158,10 @@ def intent_chunks(draw: st.DrawFn) -> IntentChunk:
         side=draw(arrays("|u1", (m,))),
         quantity=draw(arrays("<i8", (m,))),
         ref_price=draw(arrays("<f8", (m,))),
-        confidence=draw(arrays("<f8", (m,))),
+        # Probabilities, as IntentChunk (like OrderIntent) requires.
+        confidence=NDArray.from_numpy(
+            np.array(draw(st.lists(st.floats(0, 1), min_size=m, max_size=m)), dtype="<f8")
+        ),
         seq=draw(arrays("<i8", (m,))),
         pending=draw(st.lists(text, max_size=3)),
         refused=draw(text),
