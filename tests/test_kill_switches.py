@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -344,13 +345,73 @@ def test_limit_fields_are_persisted_at_once_and_the_account_view_within_a_second
     )
     g.receive([session_started(mode)])
 
-    peak = 0.0
+    peak, last = 0.0, 100_000.0
     with closing(open_state_store(str(tmp_path))) as store:
         for ts, equity in enumerate([100_000.0, 101_000.0, 102_500.0, 102_000.0], start=1):
             g.receive([flat_account(equity, ts)])
-            peak = max(peak, equity)
+            peak = max(peak, min(equity, last))  # the mark counts confirmed equity
+            last = equity
             stored = store.get(f"guardian/{scope}")
             assert stored is not None and stored["high_water_mark"] == peak
         g.receive([SessionEnded(msg_id="e", ts_event=9, ts_init=9, run_id="r", steps=4)])
         final = store.get(f"guardian/{scope}")
     assert final is not None and final["last_equity"] == 102_000.0 and final["last_ts"] == 4
+
+
+def _spiked(tmp_path: Path) -> tuple[Path, Any, int]:
+    """The bundled daily sample with one AAPL bar x1000 (consistent OHLC) in the middle
+    of an AAPL trade of the default strategy: as a CSV file, as a frame, and that bar's
+    time."""
+    import pandas as pd
+
+    sample = load_ohlcv("sample")
+    plain = run_session(
+        Config(), sample, runtime="local", mode="backtest", state_dir=tmp_path / "s0",
+        out_dir=None, run_id="plain",
+    )  # fmt: skip
+    trade = plain.trades[plain.trades["symbol"] == "AAPL"].iloc[3]
+    frame = sample.frame.copy()
+    inside = frame[
+        (frame["symbol"] == "AAPL")
+        & (frame["ts"] > int(trade["entry_ts"]))
+        & (frame["ts"] < int(trade["exit_ts"]))
+    ]
+    row = inside.index[len(inside) // 2]
+    frame.loc[row, ["open", "high", "low", "close"]] *= 1000.0
+    path = tmp_path / "spiked.csv"
+    days = pd.to_datetime(frame["ts"], utc=True).dt.tz_convert("America/New_York")
+    out = frame.assign(timestamp=days.dt.strftime("%Y-%m-%d")).drop(columns="ts")
+    out[["timestamp", "symbol", "open", "high", "low", "close", "volume"]].to_csv(path, index=False)
+    return path, frame, int(frame.loc[row, "ts"])
+
+
+def test_one_bad_print_neither_halts_nor_sets_a_peak(tmp_path) -> None:
+    """A single AAPL bar x1000 used to be accepted, set a phantom high-water mark and halt
+    the account at a "97 % drawdown" blamed on gap risk. Loaded from a file it is
+    quarantined (reported, never traded, never marked); fed past validation it still
+    sets no high-water mark, since the next bar does not hold it."""
+    import dataclasses
+
+    path, spiked, _ = _spiked(tmp_path)
+    data = load_ohlcv(str(path))
+    assert data.validation.rejected == {"price_spike": 1}
+    out = run_session(
+        Config(), data, runtime="local", mode="backtest", state_dir=tmp_path / "s1",
+        out_dir=tmp_path / "out", run_id="quarantined",
+    )  # fmt: skip
+    assert out.guardian is not None and out.guardian.state == "ACTIVE"
+    assert out.result.equity.max() < 2 * Config().engine.initial_capital  # never marked
+    notes = json.loads((tmp_path / "out" / "metrics.json").read_text())["meta"]["notes"]
+    assert "Rejected at load: 1 rows (price_spike)." in notes
+
+    # Past validation (a live feed has no next bar to look at when the print arrives).
+    unvalidated = dataclasses.replace(load_ohlcv("sample"), frame=spiked)
+    live = run_session(
+        Config(), unvalidated, runtime="local", mode="backtest", state_dir=tmp_path / "s2",
+        out_dir=None, run_id="unvalidated",
+    )  # fmt: skip
+    # The print reached the account: a position was marked to it for one bar.
+    assert live.result.equity.max() > 10 * Config().engine.initial_capital
+    assert live.guardian is not None and live.guardian.state == "ACTIVE"
+    assert live.guardian.worst_drawdown < 0.10
+    assert live.guardian.high_water_mark < 2 * Config().engine.initial_capital

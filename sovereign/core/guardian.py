@@ -11,7 +11,10 @@ consulted before every approval):
     to ACTIVE. The day's starting equity is the equity at the end of the previous session
     (the initial capital on the first day), so an overnight gap counts against the day.
 ``HALTED``
-    Drawdown from the high-water mark exceeded ``max_drawdown`` (10 %). Everything but
+    Drawdown from the high-water mark exceeded ``max_drawdown`` (10 %). The high-water
+    mark is the highest *confirmed* equity: an observation counts towards it only as far
+    as the next one holds it (the lower of two consecutive equities), so a one-bar spike
+    of a bad price never sets a peak; a real rise sets it one observation later. Everything but
     flattening is refused. Only an audited ``sovereign resume --confirm --reason`` leaves
     this state: no message, command or proposal inside the system can.
 
@@ -160,7 +163,10 @@ class TradingStateMachine:
             s.session_date = session_date
             if self.state is TradingState.NO_NEW_POSITIONS:
                 self._move(TradingState.ACTIVE, f"new session {session_date}", equity, out, ts)
-        s.high_water_mark = max(s.high_water_mark, equity)
+        # The high-water mark rises only on equity confirmed by the next observation: a
+        # price that spikes for one bar and comes straight back (a bad print) must not
+        # set a peak that the next, true bar then reads as a drawdown.
+        s.high_water_mark = max(s.high_water_mark, min(equity, s.last_equity))
         s.last_equity = equity
         dd = self.drawdown(equity)
         s.worst_drawdown = max(s.worst_drawdown, dd)
@@ -216,7 +222,8 @@ class TradingStateMachine:
             if state is TradingState.NO_NEW_POSITIONS:
                 first = min(first, i)  # a new session ends the day's stop
                 break
-        hwm = np.maximum.accumulate(np.r_[s.high_water_mark, equity])[1:]
+        confirmed = np.minimum(equity, np.r_[s.last_equity, equity[:-1]])
+        hwm = np.maximum.accumulate(np.r_[s.high_water_mark, confirmed])[1:]
         with np.errstate(invalid="ignore", divide="ignore"):
             drawdown = np.where(hwm <= 0, 0.0, np.maximum(0.0, 1.0 - equity / hwm))
             loss = np.where(day_start <= 0, 0.0, np.maximum(0.0, 1.0 - equity / day_start))

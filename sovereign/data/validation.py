@@ -55,8 +55,18 @@ REJECT_REASONS: tuple[str, ...] = (
     "infinite_volume",
     "duplicate_timestamp",
     "out_of_order_timestamp",
+    "price_spike",
 )
 """Rejection reasons in the order they are tested; a row counts under the first match."""
+
+SPIKE_MIN_MOVE: float = float(np.log(2.0))
+"""A quarantined spike at least doubles or halves the close of the bar before it, and
+moves back by as much at the bar after it. Real one-bar reversals of 20-30 % happen in
+crises (bank stocks in January 2009); a doubling or halving undone at the next bar is a
+bad print (a decimal shift, a broken trade)."""
+SPIKE_SIGMAS: float = 10.0
+"""... and both moves exceed this many robust standard deviations of the symbol's bar-to-
+bar log returns (1.4826 x their median absolute value over the file)."""
 
 INFO_COUNTERS: tuple[str, ...] = ("volume_missing",)
 
@@ -297,6 +307,43 @@ def _order_checks(ts: np.ndarray, codes: np.ndarray, reason: np.ndarray) -> None
     reason[bad_rows] = np.where(is_dup, dup_code, ooo_code)
 
 
+def _spike_checks(ts: np.ndarray, codes: np.ndarray, close: np.ndarray, reason: np.ndarray) -> None:
+    """Quarantine bars whose price jumps far beyond the symbol's usual moves and comes
+    straight back at the next bar (a bad print, e.g. a price x1000 with consistent OHLC):
+    trading on it, or marking positions to it, would set a phantom peak. A jump that
+    stays (a real gap, a split left unadjusted) is kept; the split detector sees it."""
+    rows = np.flatnonzero(reason == 0)
+    if rows.size < 3:
+        return
+    rows = rows[np.lexsort((ts[rows], codes[rows]))]
+    sym = codes[rows]
+    logc = np.log(close[rows])
+    step = np.diff(logc)
+    same = sym[1:] == sym[:-1]
+    up, back = step[:-1], step[1:]
+    middle = same[:-1] & same[1:]
+    candidate = (
+        middle
+        & (np.abs(up) > SPIKE_MIN_MOVE)
+        & (np.abs(back) > SPIKE_MIN_MOVE)
+        & (np.sign(up) != np.sign(back))
+        & (np.abs(up + back) < 0.5 * np.abs(up))
+    )
+    if not candidate.any():
+        return
+    # The symbol's robust scale of moves, from its other moves: without the suspects'
+    # own legs (a short series would otherwise be scaled by its spike).
+    usual = same.copy()
+    legs = np.flatnonzero(candidate)
+    usual[legs] = usual[legs + 1] = False
+    scale = pd.Series(np.abs(step[usual])).groupby(sym[1:][usual]).median() * 1.4826
+    sigma = scale.reindex(sym[1:-1]).to_numpy(dtype=np.float64)
+    sigma = np.where(np.isfinite(sigma), sigma, 0.0)
+    far = (np.abs(up) > SPIKE_SIGMAS * sigma) & (np.abs(back) > SPIKE_SIGMAS * sigma)
+    spikes = rows[1:-1][candidate & far]
+    reason[spikes] = REJECT_REASONS.index("price_spike") + 1
+
+
 def _symbol_codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Factorize symbols in sorted order; missing or blank symbols get code -1."""
     codes, uniques = pd.factorize(col, sort=True)
@@ -359,8 +406,11 @@ def validate_ohlcv(
     included); NaN or infinite open/high/low/close;
     a price <= 0; high < low; open or close outside [low, high]; volume < 0; volume
     +inf; the same (symbol, ts) as an already accepted row; a ts earlier than the last
-    accepted ts of that symbol (in input order). A NaN volume is accepted and counted
-    under ``info["volume_missing"]``.
+    accepted ts of that symbol (in input order); a price spike: among the accepted bars of
+    a symbol in time order, a close at least double or half the one before it (and
+    :data:`SPIKE_SIGMAS` robust standard deviations away) that comes back at least half
+    way at the bar after it (quarantined: never traded, never marked). A NaN volume is
+    accepted and counted under ``info["volume_missing"]``.
     """
     missing = [c for c in OHLCV_COLUMNS if c not in df.columns]
     if missing:
@@ -393,6 +443,7 @@ def validate_ohlcv(
     mark("negative_volume", v < 0)
     mark("infinite_volume", v == np.inf)
     _order_checks(ts, codes, reason)
+    _spike_checks(ts, codes, c, reason)
 
     accepted = reason == 0
     rejected: dict[str, int] = {}

@@ -40,18 +40,19 @@ def test_an_overnight_gap_counts_against_the_new_day() -> None:
 
 def test_drawdown_beyond_ten_percent_halts_and_only_resume_leaves() -> None:
     m = machine()
-    m.observe(110_000, "2024-01-02", 1)  # new high-water mark
-    m.observe(108_000, "2024-01-03", 2)
-    (t,) = m.observe(98_000, "2024-01-04", 3)  # 10.9 % below 110k
+    m.observe(110_000, "2024-01-02", 1)
+    m.observe(110_000, "2024-01-02", 2)  # held: the new high-water mark
+    m.observe(108_000, "2024-01-03", 3)
+    (t,) = m.observe(98_000, "2024-01-04", 4)  # 10.9 % below 110k
     assert t.state is TradingState.HALTED
     assert m.s.halted_reason.startswith("drawdown 10.91%")
     # Recovery does not un-halt, nor does a new session.
-    assert m.observe(120_000, "2024-01-05", 4) == []
+    assert m.observe(120_000, "2024-01-05", 5) == []
     assert m.state is TradingState.HALTED
     assert m.entry_refusal()[0] == "HALTED"  # type: ignore[index]
-    record = resume(m.s, reason="reviewed the crash", operator="ops", ts=5)
+    record = resume(m.s, reason="reviewed the crash", operator="ops", ts=6)
     assert m.state is TradingState.ACTIVE
-    assert record["high_water_mark_before"] == 120_000
+    assert record["high_water_mark_before"] == 110_000  # 120k was never held
     assert m.s.high_water_mark == m.s.last_equity == 120_000
     assert len(m.s.resumed) == 1
 
@@ -104,3 +105,20 @@ def test_halted_is_absorbing_and_states_follow_the_limits(path: list[tuple[float
             assert halted
         if m.state is TradingState.ACTIVE:
             assert 1 - equity / m.s.day_start_equity <= C.max_daily_loss + 1e-12
+
+
+def test_a_one_bar_spike_sets_no_high_water_mark() -> None:
+    """A bad print (a price x1000 for one bar, then back) lifts equity for one observation:
+    the high-water mark counts equity only as far as the next observation holds it, so
+    the true bar after the spike is no phantom drawdown."""
+    m = machine()
+    m.observe(100_000, "2024-01-02", 1)
+    m.observe(100_000, "2024-01-02", 2)
+    assert m.observe(5_000_000, "2024-01-02", 3) == []  # the spike
+    assert m.s.high_water_mark == 100_000
+    assert m.observe(100_500, "2024-01-02", 4) == []  # straight back: no halt
+    assert m.state is TradingState.ACTIVE and m.s.high_water_mark == 100_500
+    # A real rise counts one observation later, as soon as it holds.
+    m.observe(104_000, "2024-01-02", 5)
+    m.observe(104_500, "2024-01-02", 6)
+    assert m.s.high_water_mark == 104_000

@@ -10,6 +10,8 @@ import msgspec
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import sovereign  # noqa: F401  (pins threads before numpy does any work)
 from sovereign.data import load_ohlcv
@@ -62,6 +64,9 @@ ROWS = [
     bar(T0 + MIN, "MSFT", v=np.nan),  # 14 good, volume unknown
     bar(T0 + MIN, "X" * 120),  # 15 symbol_too_long
     bar(T0 + MIN, "AA<PL>"),  # 16 bad_symbol
+    bar(T0, "SPK"),  # 17 good
+    bar(T0 + MIN, "SPK", o=10_000.0, h=11_000.0, lo=9_000.0, c=10_500.0),  # 18 price_spike
+    bar(T0 + 2 * MIN, "SPK"),  # 19 good
 ]
 EXPECTED = {reason: 1 for reason in REJECT_REASONS}
 
@@ -71,7 +76,7 @@ def test_validate_one_bad_row_per_reason_counts_each_under_its_reason() -> None:
 
     assert report.rejected == EXPECTED
     assert report.total_rows == len(ROWS)
-    assert report.accepted_rows == 4 == len(out)
+    assert report.accepted_rows == 6 == len(out)
     assert report.rejected_rows == len(REJECT_REASONS)
     for reason in REJECT_REASONS:
         assert len(report.samples[reason]) == 1
@@ -79,19 +84,20 @@ def test_validate_one_bad_row_per_reason_counts_each_under_its_reason() -> None:
     assert report.samples["bad_timestamp"][0].startswith("row 2 AAPL NaT")
     assert report.samples["missing_symbol"][0].startswith("row 3 <missing>")
     assert "row 13 AAPL 2024-01-02T14:31:00Z" in report.samples["out_of_order_timestamp"][0]
+    assert report.samples["price_spike"][0].startswith("row 18 SPK 2024-01-02T14:31:00Z o=10000 ")
 
 
 def test_validate_good_rows_sorted_by_ts_then_symbol_with_fresh_index() -> None:
     out, _ = validate_ohlcv(frame(ROWS))
 
     assert list(out.columns) == ["ts", "symbol", "open", "high", "low", "close", "volume"]
-    assert out["ts"].tolist() == [T0, T0, T0 + MIN, T0 + 2 * MIN]
-    assert out["symbol"].tolist() == ["AAPL", "MSFT", "MSFT", "AAPL"]
-    assert out.index.equals(pd.RangeIndex(4))
+    assert out["ts"].tolist() == [T0, T0, T0, T0 + MIN, T0 + 2 * MIN, T0 + 2 * MIN]
+    assert out["symbol"].tolist() == ["AAPL", "MSFT", "SPK", "MSFT", "AAPL", "SPK"]
+    assert out.index.equals(pd.RangeIndex(6))
     assert out["ts"].dtype == np.int64
     assert all(out[c].dtype == np.float64 for c in ["open", "high", "low", "close", "volume"])
     # The accepted AAPL bar at +2 min is the first one (row 11), not its duplicate.
-    assert out.loc[3, "close"] == 10.5
+    assert out.loc[4, "close"] == 10.5
 
 
 def test_validate_nan_volume_is_accepted_and_counted_as_info() -> None:
@@ -162,7 +168,7 @@ def test_validate_report_is_frozen_and_summary_readable() -> None:
     with pytest.raises(AttributeError):
         report.total_rows = 0  # type: ignore[misc]
     text = report.summary()
-    assert text.splitlines()[0] == "validated 17 rows: 4 accepted, 13 rejected"
+    assert text.splitlines()[0] == "validated 20 rows: 6 accepted, 14 rejected"
     for reason in REJECT_REASONS:
         assert f"rejected {reason}: 1" in text
     assert "info volume_missing: 1" in text
@@ -344,3 +350,33 @@ def test_validate_symbol_length_and_characters() -> None:
     sample = report.samples["symbol_too_long"][1]
     assert sample.startswith("row 2 ") and len(sample) < 160 and "S" * 40 not in sample
     assert all(s.isprintable() for s in report.samples["bad_symbol"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    factor=st.sampled_from([0.001, 0.01, 0.1, 10.0, 100.0, 1000.0]),
+    where=st.integers(1, 198),
+)
+def test_a_bad_print_is_quarantined_and_real_reversals_are_not(
+    seed: int, factor: float, where: int
+) -> None:
+    """A random walk (2 % daily moves, and a crisis-sized 30 % drop and rebound) with one
+    bar multiplied by ``factor`` with consistent OHLC: that bar, and only that bar, is
+    quarantined."""
+    rng = np.random.default_rng(seed)
+    close = 50.0 * np.exp(np.cumsum(rng.normal(0.0, 0.02, 200)))
+    close[120:] *= 0.7  # a real 30 % fall ...
+    close[121:] /= 0.7  # ... undone the next day: kept
+    rows = [
+        bar(T0 + i * MIN, "AAA", o=x, h=x * 1.01, lo=x * 0.99, c=x) for i, x in enumerate(close)
+    ]
+    if where not in (119, 120, 121):
+        x = close[where] * factor
+        rows[where] = bar(T0 + where * MIN, "AAA", o=x, h=x * 1.01, lo=x * 0.99, c=x)
+    out, report = validate_ohlcv(frame(rows))
+    if where in (119, 120, 121):
+        assert report.rejected == {}
+        return
+    assert report.rejected == {"price_spike": 1}
+    assert T0 + where * MIN not in out["ts"].tolist()
