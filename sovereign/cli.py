@@ -648,6 +648,10 @@ def _run_live(args: argparse.Namespace) -> int:
             "[strategy] volume_confirmation = false), or use TRADES data ([ib] what_to_show)"
         )
     human = sys.stdout
+    from sovereign.session import with_broker_account
+
+    # The broker names the account whose trading state this session carries on.
+    config = with_broker_account(config, args.state)
     try:
         feed = make_live_feed(config, symbols)
     except Exception as exc:
@@ -667,6 +671,7 @@ def _run_live(args: argparse.Namespace) -> int:
     from sovereign.engine import state_scope
     from sovereign.session import new_run_id
 
+    human.write(f"trading state: account {config.engine.account}\n")
     run_id = new_run_id("paper")
     try:
         with _operator_channels(

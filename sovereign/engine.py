@@ -185,6 +185,85 @@ def make_broker_factory(config: Config, position_cap: float) -> Callable[[], Any
     )
 
 
+class BrokerAccountError(RuntimeError):
+    """The broker's account cannot be identified (unreachable, or ambiguous)."""
+
+
+def broker_account_id(config: Config) -> str:
+    """The identity of the broker account a live session would trade, as the broker
+    reports it: ``ib:<account>`` (IB's managed account; ``[ib] account`` picks one of
+    several), ``alpaca:<account number>``, or both for ``ib+alpaca``. A real account's
+    trading state belongs to this identity, whatever the session is called."""
+    kind = config.broker.kind
+    parts: list[str] = []
+    if kind in ("ib", "ib+alpaca"):
+        parts.append(f"ib:{_ib_account(config)}")
+    if kind in ("alpaca", "ib+alpaca"):
+        parts.append(f"alpaca:{_alpaca_account(config)}")
+    if not parts:
+        raise BrokerAccountError(f"the {kind} broker has no account of its own")
+    return "+".join(parts)
+
+
+def _ib_account(config: Config) -> str:
+    from ib_async import IB
+
+    ib = IB()
+    settings = ib_settings(config)
+    try:
+        # The order connection's client id: the gateway takes it over right after.
+        ib.connect(
+            settings.host,
+            settings.port,
+            clientId=settings.client_id,
+            timeout=settings.connect_timeout_s,
+            readonly=True,
+        )
+        managed = [a for a in ib.managedAccounts() if a]
+    except Exception as exc:
+        if settings.account:
+            # Declared by the operator: the gateway trades that account once IB is up.
+            log.warning("IB unreachable (%r); the account is [ib] account", exc)
+            return settings.account
+        raise BrokerAccountError(
+            f"cannot reach IB at {settings.host}:{settings.port} to identify the account "
+            f"({exc!r}); name it with [ib] account to start without IB"
+        ) from None
+    finally:
+        ib.disconnect()
+    if settings.account:
+        if settings.account not in managed:
+            raise BrokerAccountError(
+                f"[ib] account {settings.account!r} is not one of the login's accounts "
+                f"({', '.join(managed) or 'none'})"
+            )
+        return settings.account
+    if len(managed) != 1:
+        raise BrokerAccountError(
+            f"the IB login manages {len(managed)} accounts ({', '.join(managed) or 'none'}): "
+            "name the one to trade with [ib] account"
+        )
+    return managed[0]
+
+
+def _alpaca_account(config: Config) -> str:
+    from alpaca.trading.client import TradingClient
+
+    settings = alpaca_settings(config)
+    try:
+        key, secret = settings.keys()
+        client = TradingClient(
+            key, secret, paper=settings.paper, url_override=settings.base_url or None
+        )
+        account = client.get_account()
+    except Exception as exc:
+        raise BrokerAccountError(f"cannot identify the Alpaca account: {exc}") from None
+    number = str(getattr(account, "account_number", "") or getattr(account, "id", ""))
+    if not number:
+        raise BrokerAccountError("Alpaca reported an account without a number")
+    return number
+
+
 def _failover(ib: Any, alpaca: Any, after_s: float) -> Any:
     from sovereign.brokers.alpaca import AlpacaBroker
     from sovereign.brokers.failover import FailoverBroker

@@ -71,6 +71,8 @@ def run_session(
     the feed delivers until it stops or ``max_steps``.
     """
     run_id = run_id or new_run_id(mode)
+    if feed is not None:
+        config = with_broker_account(config, state_dir)
     scope = state_scope(config, run_id)
     # One owner per account, and a safety state that checks out, before anything starts.
     lock = AccountLock.acquire(state_dir, scope, run_id=run_id, redis_url=config.state.redis_url)
@@ -98,6 +100,30 @@ def run_session(
         )
     finally:
         lock.release()
+
+
+def with_broker_account(config: Config, state_dir: str | Path) -> Config:
+    """A live session's configuration with the account it must trade under: a real
+    broker's account is identified by the broker, never by the session's name alone, so
+    its trading state persists from session to session (``memory.account``)."""
+    if config.broker.kind == "sim":
+        return config
+    import msgspec
+
+    from sovereign.engine import BrokerAccountError, broker_account_id
+    from sovereign.memory.account import AccountRefusedError, bind_broker_account
+    from sovereign.memory.audit import AuditLog, governance_path
+
+    try:
+        identity = broker_account_id(config)
+    except BrokerAccountError as exc:
+        raise AccountRefusedError(str(exc)) from None
+    with AuditLog(governance_path(state_dir)) as audit:
+        scope = bind_broker_account(audit, identity, config.engine.account)
+    return msgspec.structs.replace(
+        config,
+        engine=msgspec.structs.replace(config.engine, account=scope.split("/", 1)[1]),
+    )
 
 
 def check_account(config: Config, state_dir: str | Path, scope: str) -> bytes:

@@ -160,7 +160,11 @@ def test_with_tws_down_the_session_fails_over_to_alpaca_without_doubling(
     monkeypatch.setenv("SOVEREIGN_ALPACA_BASE_URL", alpaca.base_url)
     monkeypatch.setenv("SOVEREIGN_ALPACA_DATA_URL", alpaca.base_url)
     try:
-        config = live_config(broker={"kind": "ib+alpaca"}, ib={"port": tws.port})
+        # With TWS down at the start, the IB account the state belongs to is the one the
+        # operator names (it cannot be asked).
+        config = live_config(
+            broker={"kind": "ib+alpaca"}, ib={"port": tws.port, "account": tws.account}
+        )
         clock = Clock([alpaca, tws], data.interval_s)
         notes: list[Any] = []
 
@@ -215,7 +219,12 @@ def test_when_tws_returns_new_positions_go_back_to_ib_and_nothing_is_split(
     try:
         config = live_config(
             broker={"kind": "ib+alpaca"},
-            ib={"port": tws.port, "reconnect_initial_s": 0.05, "reconnect_max_s": 0.1},
+            ib={
+                "port": tws.port,
+                "reconnect_initial_s": 0.05,
+                "reconnect_max_s": 0.1,
+                "account": tws.account,  # TWS is down at the start: named, not asked
+            },
         )
         clock = Clock([alpaca, tws], data.interval_s)
         notes: list[Any] = []
@@ -406,4 +415,56 @@ def test_ib_paper_session_on_ray_survives_a_drop(
         assert gateway.counters.get("duplicate_fills", 0) == 0
     finally:
         stop.set()
+        tws.stop()
+
+
+def test_a_real_accounts_state_belongs_to_the_broker_account(tmp_path, data) -> None:
+    """Without --account a broker account's trading state used to belong to the run, so a
+    HALTED IB account started ACTIVE the next time. Its state belongs to the broker's
+    account id, is bound to it on the audit log, and no other name can take it over."""
+    from sovereign.actors.guardian import GuardianActor
+    from sovereign.core.constitution import Constitution
+    from sovereign.core.risk import SizingPolicy
+    from sovereign.memory.account import AccountRefusedError
+    from sovereign.messages import BookSnapshot
+    from tests.kit import SECRET, cash_account
+
+    tws = TwsEmulator(data, start_index=WARMUP + 5)
+    tws.start()
+    state = tmp_path / "state"
+    scope = f"account/ib:{tws.account}"
+    try:
+
+        def session(run_id: str, **engine: Any):
+            config = live_config(broker={"kind": "ib"}, ib={"port": tws.port}, engine=engine)
+            feed = make_live_feed(config, SYMBOLS)
+            try:
+                return run_session(
+                    config, None, runtime="local", mode="paper", state_dir=state,
+                    out_dir=None, run_id=run_id, max_steps=WARMUP + 3, feed=feed,
+                    symbols=SYMBOLS,
+                )  # fmt: skip
+            finally:
+                feed.close()
+
+        first = session("first")
+        assert first.guardian is not None and first.guardian.state == "ACTIVE"
+        # The account halts (here: a guardian of that account sees a 20 % loss).
+        g = GuardianActor(
+            0, Constitution(), SizingPolicy(), SECRET, 300, state_dir=str(state),
+            state_scope=scope,
+        )  # fmt: skip
+        book = BookSnapshot(msg_id="b", ts_event=1, ts_init=1, session_date="")
+        equity = first.guardian.last_equity
+        g.receive([book, cash_account(1, equity)])
+        g.receive([cash_account(2, equity * 0.8)])
+        assert g.machine is not None and g.machine.state.value == "HALTED"
+        del g
+        second = session("second")  # no --account, as before
+        assert second.guardian is not None and second.guardian.state == "HALTED"
+        (stats,) = [s for s in second.result.actor_stats if s.role == "guardian"]
+        assert stats.counters.get("verdict_APPROVED", 0) == 0
+        with pytest.raises(AccountRefusedError, match="belongs to the Sovereign account ib:"):
+            session("renamed", account="fresh-name")
+    finally:
         tws.stop()

@@ -42,6 +42,10 @@ class Actor:
     def receive(self, messages: list[Message]) -> list[Message]:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what the actor holds outside its process (sockets); the runtime calls
+        it when the session's actors are shut down."""
+
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
 

@@ -153,6 +153,11 @@ class GatewayActor(Actor):
             out.append(msgspec.structs.replace(account, session_date=self.session_date))
         return out
 
+    def close(self) -> None:
+        close = getattr(self.broker, "close", None)
+        if close is not None:
+            close()
+
     def _check_positions(self) -> list[Message]:
         """Our fills and the broker's positions must agree; say so once when they do not."""
         if not getattr(self.broker, "connected", True):

@@ -150,6 +150,11 @@ class LocalRuntime:
         return len(results)
 
     def shutdown(self) -> None:
+        for actor in self.actors.values():
+            try:
+                actor.close()
+            except Exception as exc:  # one actor's failure to let go must not keep the rest
+                log.error("%s did not close cleanly: %r", actor.name, exc)
         self.actors.clear()
 
 

@@ -370,3 +370,46 @@ def check_sim_account(
         return unseal(key, SIM_ACCOUNT_KIND, doc, f"the simulated account {account}")
     except StateIntegrityError as exc:
         raise StateIntegrityError(f"{exc}; " + resume_hint(scope)) from None
+
+
+# -- A REAL BROKER'S ACCOUNT ------------------------------------------------------------------
+
+BINDING_ACTION = "broker_account_bound"
+
+
+def bind_broker_account(audit: Any, identity: str, account: str) -> str:
+    """The Sovereign account (scope) that trades the broker account ``identity``.
+
+    A real broker account has one trading state: the first session that trades it binds
+    it to its scope (``account`` if named, else ``account/<identity>``), on the audit log,
+    and every later session must use that scope. Refused (``AccountRefusedError``): a
+    name other than the bound one, or a name already bound to another broker account."""
+    conn = audit.connection
+    rows = conn.execute(
+        "SELECT json_extract(payload, '$.broker_account'), json_extract(payload, '$.scope') "
+        "FROM audit WHERE action = ? ORDER BY seq",
+        (BINDING_ACTION,),
+    ).fetchall()
+    bound = {b: s for b, s in rows}
+    scope_of = bound.get(identity)
+    wanted = f"account/{account}" if account else (scope_of or f"account/{identity}")
+    if scope_of is not None and scope_of != wanted:
+        raise AccountRefusedError(
+            f"the broker account {identity} belongs to the Sovereign account "
+            f"{scope_of.split('/', 1)[1]} (its trading state, halts included, lives there): "
+            f"use --account {scope_of.split('/', 1)[1]}, or no --account"
+        )
+    others = sorted(b for b, s in bound.items() if s == wanted and b != identity)
+    if others:
+        raise AccountRefusedError(
+            f"{wanted} trades the broker account {others[0]}, not {identity}: a Sovereign "
+            "account has one broker account; name another account for this one"
+        )
+    if scope_of is None:
+        audit.append(
+            ts_ns=time.time_ns(),
+            actor="session",
+            action=BINDING_ACTION,
+            payload={"broker_account": identity, "scope": wanted},
+        )
+    return wanted

@@ -731,6 +731,11 @@ class TwsEmulator:
         """The port it listens on (0 until :meth:`start` when a free port was asked for)."""
         return self._port
 
+    @property
+    def account(self) -> str:
+        """The account it manages (``managedAccounts``)."""
+        return self._account
+
     def start(self) -> int:
         """Start listening (idempotent).
 
