@@ -60,6 +60,7 @@ from sovereign.core.risk import SizingPolicy
 from sovereign.data.feeds import ReplayFeed, deal_symbols
 from sovereign.data.loaders import LoadedData
 from sovereign.memory.account import sim_account_key
+from sovereign.memory.checkpoints import Checkpoints
 from sovereign.messages import (
     AccountSnapshot,
     ActorStats,
@@ -345,10 +346,14 @@ def build_specs(
     notify_fills: bool = False,
     daily_summary: bool = False,
     audit_key: bytes | None = None,
+    checkpoints: Checkpoints | None = None,
+    replay_window: int = 0,
 ) -> dict[str, Any]:
     """The actor graph as specs (role -> spec or list of specs). ``audit_key`` seals the
     account's safety state and keys the audit log (None: each actor reads it from the
-    state directory)."""
+    state directory). ``checkpoints`` (paper and live sessions): where the shards and the
+    gateway keep the checkpoints they are restored from after a crash; ``replay_window``:
+    how many of its calls' order events the gateway sends again with each output."""
     constitution = config.build_constitution()
     policy = SizingPolicy(
         volatile_scale=config.risk.volatile_scale,
@@ -367,8 +372,11 @@ def build_specs(
                     "symbols": symbols,
                     "strategy": config.strategy,
                     "state_dir": str(state_dir),
+                    "account": account,
+                    "redis_url": config.state.redis_url,
                 },
                 spread=True,
+                checkpoints=checkpoints,
             )
             for i, symbols in enumerate(shard_symbols)
         ],
@@ -400,7 +408,9 @@ def build_specs(
                 "account_key": sim_account_key(account) if account else "",
                 "redis_url": config.state.redis_url,
                 "audit_key": audit_key,
+                "replay_window": replay_window,
             },
+            checkpoints=checkpoints,
         ),
         "selfmod": ActorSpec(
             SelfModActor,
@@ -552,6 +562,12 @@ class Engine:
             notify_fills=self.notify_fills,
             daily_summary=self.daily_summary,
             audit_key=self.audit_key,
+            checkpoints=self._checkpoints(),
+            # The calls that may fail together when an actor dies (those in flight), and
+            # a margin: two gateway calls a step in a paper or live session.
+            replay_window=0
+            if self._replays_steps()
+            else 2 * (self.config.engine.max_in_flight_steps + 4),
         )
         shards = [rt.spawn(s) for s in specs["shards"]]
         regime = rt.spawn(specs["regime"])
@@ -576,6 +592,21 @@ class Engine:
         finally:
             gc.unfreeze()
             rt.shutdown()
+
+    def _replays_steps(self) -> bool:
+        """A backtest replays its data: a lost step stops it (it is run again), so its
+        actors keep no checkpoints."""
+        return not self.live and self.mode == "backtest"
+
+    def _checkpoints(self) -> Checkpoints | None:
+        if self._replays_steps() or self.audit_key is None:
+            return None
+        return Checkpoints(
+            state_dir=str(self.state_dir),
+            run_id=self.run_id,
+            key=self.audit_key,
+            redis_url=self.config.state.redis_url,
+        )
 
     def _run(
         self, rt: Runtime, g: Graph, everyone: list[Any], names: list[str], wall_start: float

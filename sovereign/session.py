@@ -22,6 +22,7 @@ from sovereign.core.metrics import compute_metrics
 from sovereign.data.loaders import LoadedData
 from sovereign.engine import Engine, Mode, Progress, SessionResult, make_runtime, state_scope
 from sovereign.memory.account import AccountLock
+from sovereign.memory.checkpoints import drop_checkpoints
 from sovereign.memory.state_store import CorruptStateError, open_state_store, state_path
 from sovereign.memory.trade_memory import TradeMemory
 from sovereign.messages import Notification, ShardReport
@@ -230,7 +231,11 @@ def _run_locked(
     )
     if on_started is not None:
         on_started(engine)
-    result = engine.run()
+    try:
+        result = engine.run()
+    finally:
+        # A session's checkpoints serve its own restarts only.
+        drop_checkpoints(state_dir, run_id, config.state.redis_url)
     trades = TradeMemory(state_dir).to_frame(run_id=run_id)
     metrics = session_metrics(result, trades, config)
     guardian = load_guardian_state(config, state_dir, state_scope(config, run_id))

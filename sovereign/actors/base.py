@@ -9,6 +9,7 @@ own: they turn messages into calls into ``sovereign.core`` and results back into
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import ClassVar
 
 from sovereign.messages import ActorStats, IdSource, Message
@@ -45,6 +46,24 @@ class Actor:
     def close(self) -> None:
         """Release what the actor holds outside its process (sockets); the runtime calls
         it when the session's actors are shut down."""
+
+    # -- RESTARTS --------------------------------------------------------------------------
+    # In a paper or live session on Ray, the host writes ``snapshot()`` to the state store
+    # after every call and, when Ray reruns the constructor after a crash, hands the last
+    # one to ``restore`` before any call (``memory.checkpoints``). An actor that keeps no
+    # checkpoint starts afresh.
+
+    def snapshot(self) -> bytes | None:
+        """The actor's state to restore after a restart; None: nothing to keep now."""
+        return None
+
+    def restore(self, blob: bytes) -> None:
+        """Go on from ``snapshot()``'s state (called instead of starting afresh)."""
+
+    persist: Callable[[], None] | None = None
+    """Set by the host when checkpoints are kept: writes ``snapshot()`` now. The gateway
+    calls it before an order leaves for a real broker (write-ahead), so that an order a
+    crash interrupts is known to the restarted gateway, which then asks the broker."""
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n

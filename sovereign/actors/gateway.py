@@ -8,6 +8,8 @@ publishes fills, position snapshots for what changed, and an account snapshot pe
 
 from __future__ import annotations
 
+import pickle
+from collections import deque
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
@@ -39,10 +41,13 @@ from sovereign.messages import (
     OrderCanceled,
     OrderFilled,
     OrderRejected,
+    RecentOrderEvents,
     SessionEnded,
     SessionStarted,
     SubmitOrder,
 )
+
+_REPLAYED = (OrderFilled, OrderCanceled, OrderRejected)
 
 
 class GatewayActor(Actor):
@@ -70,6 +75,7 @@ class GatewayActor(Actor):
         account_key: str = "",
         redis_url: str = "",
         audit_key: bytes | None = None,
+        replay_window: int = 0,
     ) -> None:
         super().__init__(index)
         # Built here, inside the actor's process: a broker holds sockets and state that
@@ -89,6 +95,61 @@ class GatewayActor(Actor):
         # A speculative chunk executed on paper, until the guardian's verdict on it.
         self._chunk: _Executed | None = None
         self._markets: dict[tuple[bytes, ...], tuple[list[str], dict[str, int], np.ndarray]] = {}
+        # Paper and live: the order events of the last ``replay_window`` calls, sent again
+        # with every output (``RecentOrderEvents``) for shards that missed some.
+        self._recent: deque[list[Message]] = deque(maxlen=max(1, replay_window))
+        self.replay_window = replay_window
+
+    def _with_recent(self, out: list[Message]) -> list[Message]:
+        """Paper and live: the output, and the order events of the last calls again."""
+        if self.replay_window:
+            self._recent.append([m for m in out if isinstance(m, _REPLAYED)])
+            recent = [m for call in self._recent for m in call]
+            if recent:
+                out.append(
+                    RecentOrderEvents(
+                        msg_id=self.ids.next(),
+                        ts_event=self.clock,
+                        ts_init=self.clock,
+                        events=recent,  # type: ignore[arg-type]
+                    )
+                )
+        return out
+
+    # -- RESTARTS -----------------------------------------------------------------------
+
+    _KEPT = ("orders", "clock", "session_date", "expected", "_mismatch", "counters", "_recent")
+
+    def snapshot(self) -> bytes:
+        """The order manager (every order sent and every execution booked), the approvals
+        already used, the positions our fills add up to, the recent events, and a
+        simulated broker whole (it lives in this process: its book is the account)."""
+        state = {name: getattr(self, name) for name in self._KEPT}
+        state["ids"] = self.ids.n
+        state["used"] = self.verifier._used
+        state["refused"] = self.verifier.refused
+        state["broker"] = self.broker if getattr(self.broker, "speculative", False) else None
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, blob: bytes) -> None:
+        """Go on after a crash: the restored order manager refuses the ids it knows and
+        drops the executions it booked, the used approvals stay used (a replayed approval
+        is refused), and the broker's account is what it was. A real broker is asked what
+        became of the orders that were working (``adopt``), as after a reconnect."""
+        # Sealed by the audit key (memory.checkpoints): only our own process wrote it.
+        state = pickle.loads(blob)
+        for name in self._KEPT:
+            setattr(self, name, state[name])
+        self.ids.n = state["ids"]
+        self.verifier._used = state["used"]
+        self.verifier.refused = state["refused"]
+        if state["broker"] is not None:
+            self.broker = state["broker"]
+        else:
+            adopt = getattr(self.broker, "adopt", None)
+            if adopt is not None:
+                adopt([(r.order, r.filled) for r in self.orders.working()])
+        self.count("restarts")
 
     def receive(self, messages: list[Message]) -> list[Message]:
         out: list[Message] = []
@@ -151,7 +212,7 @@ class GatewayActor(Actor):
             )
             account = self.broker.account(self.clock)
             out.append(msgspec.structs.replace(account, session_date=self.session_date))
-        return out
+        return self._with_recent(out)
 
     def close(self) -> None:
         close = getattr(self.broker, "close", None)
@@ -462,6 +523,10 @@ class GatewayActor(Actor):
             return [self._reject(order, reason, "the guardian's approval did not verify")]
         if not self.orders.register(order):
             return [self._reject(order, "DUPLICATE_ORDER_ID", "this order id was already sent")]
+        if self.persist is not None and not getattr(self.broker, "speculative", False):
+            # Write-ahead: the order (and its used approval) is on disk before it leaves
+            # for a real broker, so a crash now leaves a restarted gateway that knows it.
+            self.persist()
         return self._track(self.broker.submit(order, self.clock), touched)
 
     def _cancel(self, cancel: CancelOrder, touched: list[str]) -> list[Message]:

@@ -141,7 +141,6 @@ class GuardianActor(Actor):
         self.reasons: dict[str, int] = {}
         self.reconciled = False
         self.recent_losses: list[str] = []
-        self._flatten_seq = 0
         # The chunk approved on condition, until its execution report is validated.
         self._chunk: _Pending | None = None
         self.scope = state_scope
@@ -443,8 +442,9 @@ class GuardianActor(Actor):
             quantity = held - self.book.pending_quantity(symbol, "SELL")
             if quantity <= 0:
                 continue
-            self._flatten_seq += 1
-            order_id = f"G-{symbol}-{self._flatten_seq}"
+            assert self.machine is not None  # flattening needs an account state
+            self.machine.s.flatten_seq += 1
+            order_id = f"G-{symbol}-{self.machine.s.flatten_seq}"
             out.append(
                 self._submit(
                     order_id=order_id,

@@ -44,6 +44,7 @@ from sovereign.actors.channel import (
     connect,
     wait_all,
 )
+from sovereign.memory.checkpoints import Checkpoints, CheckpointStore
 from sovereign.messages import WIRE, Message, MessageDecodeError
 
 log = logging.getLogger("sovereign.runtime")
@@ -72,6 +73,9 @@ class ActorSpec:
     index: int = 0
     kwargs: dict[str, Any] = field(default_factory=dict)
     spread: bool = False
+    # Paper and live sessions: where the actor keeps its checkpoint (restored after Ray
+    # restarts it); None keeps none.
+    checkpoints: Checkpoints | None = None
 
     @property
     def name(self) -> str:
@@ -178,25 +182,51 @@ class _Host:
         self._lock = threading.Lock()
         self.calls: list[tuple[float, float]] | None = None
         self._worker: ChannelWorker | None = None
+        self._checkpoint: CheckpointStore | None = None
         if channel:
             # Built on the thread that will run its channel calls: what the actor opens
             # here and is bound to its thread's event loop (ib_async's connection to TWS)
             # is used from that thread only.
             self._worker = ChannelWorker(self._channel_call, self._channel_event)
-            self.actor = self._worker.call(spec.build)
+            self.actor = self._worker.call(lambda: self._build(spec))
         else:
-            self.actor = spec.build()
+            self.actor = self._build(spec)
         # The process is this actor's alone and what it holds now (modules, models) lives
         # as long as it does: the garbage collector need not walk it again (see Engine).
         gc.freeze()
 
+    def _build(self, spec: ActorSpec) -> Actor:
+        """Build the actor; if this is Ray restarting it mid-session, restore it from its
+        checkpoint first."""
+        actor = spec.build()
+        if spec.checkpoints is None:
+            return actor
+        self._checkpoint = CheckpointStore(spec.checkpoints, spec.name)
+        blob = self._checkpoint.load()
+        if blob is not None:
+            actor.restore(blob)
+            actor.count("restored_from_checkpoint")
+            actor.log.warning("%s restarted: restored from its checkpoint", actor.name)
+        actor.persist = self._persist
+        return actor
+
+    def _persist(self) -> None:
+        if self._checkpoint is not None:
+            blob = self.actor.snapshot()
+            if blob is not None:
+                self._checkpoint.save(blob)
+
     def receive(self, *args: bytes | list[Any]) -> bytes:
         with self._lock:
             if self.calls is None:
-                return self._receive(*args)
+                out = self._receive(*args)
+                self._persist()
+                return out
             started = time.perf_counter()
             try:
-                return self._receive(*args)
+                out = self._receive(*args)
+                self._persist()
+                return out
             finally:
                 self.calls.append((started, time.perf_counter()))
 

@@ -8,7 +8,9 @@ writes to its trade-memory shard.
 
 from __future__ import annotations
 
+import pickle
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +31,14 @@ from sovereign.core.chunks import (
 )
 from sovereign.core.signals import ClosedTrade, ShardStrategy
 from sovereign.core.universe import Universe
+from sovereign.memory.state_store import open_state_store
 from sovereign.memory.trade_memory import ShardTradeStore, shard_path
 from sovereign.messages import (
     REGIME_NAMES,
     REGIME_UNKNOWN,
     BarBatch,
     BarChunk,
+    BookSnapshot,
     CancelOrder,
     ChunkExecution,
     ChunkVerdict,
@@ -45,6 +49,7 @@ from sovereign.messages import (
     OrderFilled,
     OrderIntent,
     OrderRejected,
+    RecentOrderEvents,
     RegimeUpdate,
     RiskVerdict,
     RuleSetSnapshot,
@@ -59,6 +64,8 @@ BACKTEST_BATCH = 4_096
 """Trades per trade-memory transaction in a backtest."""
 BACKTEST_FLUSH_S = 2.0
 """A backtest's closed trades go to trade memory at most this long after they closed."""
+BOOKED_MEMORY = 65_536
+"""Execution ids a shard remembers, to book a fill delivered twice once."""
 
 
 class ShardActor(Actor):
@@ -77,6 +84,8 @@ class ShardActor(Actor):
             BarChunk,
             ChunkVerdict,
             ChunkExecution,
+            RecentOrderEvents,
+            BookSnapshot,
         }
     )
 
@@ -86,11 +95,19 @@ class ShardActor(Actor):
         symbols: list[str],
         strategy: StrategyConfig,
         state_dir: str,
+        *,
+        account: str = "",
+        redis_url: str = "",
     ) -> None:
         super().__init__(index)
         self.universe = Universe(symbols)
         self.strategy = ShardStrategy(self.universe, strategy, shard=index)
         self.state_dir = Path(state_dir)
+        # A named account's intent ids go on from session to session (a real broker
+        # remembers the ids of the day, and one used twice would be taken for the other).
+        self.account = account
+        self.redis_url = redis_url
+        self._seq_saved: dict[str, int] = {}
         self.store: ShardTradeStore | None = None
         self.run_id = ""
         self.mode = "backtest"
@@ -111,11 +128,21 @@ class ShardActor(Actor):
         self._mask = np.zeros(n, dtype=bool)
         # A chunk run speculatively: (chunk, checkpoint, outcome) until its verdict.
         self._chunk: tuple[int, dict[str, object], ChunkOutcome] | None = None
+        # Execution ids of the fills booked (the latest BOOKED_MEMORY): a fill delivered
+        # twice (in RecentOrderEvents after a restart) is booked once.
+        self._booked: dict[str, None] = {}
+        self.fills_booked = 0
+        self._rules: tuple[int, list[object], dict[str, float]] = (0, [], {})
+        # After a restart: the next book of the broker is checked against ours.
+        self._reconcile = False
 
     def receive(self, messages: list[Message]) -> list[Message]:
         out: list[Message] = []
         closed: list[ClosedTrade | ClosedColumns] = []
-        for msg in messages:
+        # Events a failed call of ours missed come first, in the order they happened; what
+        # follows in this batch repeats the newest of them and is booked once.
+        replays = [e for m in messages if isinstance(m, RecentOrderEvents) for e in m.events]
+        for msg in [*replays, *messages]:
             match msg:
                 case BarChunk() | ChunkVerdict() | ChunkExecution():
                     out.extend(self._on_chunk_message(msg, messages, closed))
@@ -127,16 +154,28 @@ class ShardActor(Actor):
                     self._on_regime(msg)
                 case RuleSetSnapshot():
                     self.strategy.set_rules(msg.version, msg.rules, msg.parameters)
+                    self._rules = (msg.version, list(msg.rules), dict(msg.parameters))
                     self.count("rule_sets_adopted")
+                case BookSnapshot() if self._reconcile:
+                    closed.extend(self._reconcile_with(msg))
                 case BarBatch():
                     if msg.shard in (self.index, -1):
                         out.extend(self._on_bars(msg))
+                case RecentOrderEvents():
+                    pass  # its events were taken first, above
                 case SessionStarted():
                     self._on_session_started(msg)
                 case SessionEnded():
                     out.append(self._on_session_ended(msg))
                 case _:
                     pass
+        out.extend(self._closed_messages(closed))
+        if self.account and self.mode != "backtest":
+            self._save_sequences()
+        return out
+
+    def _closed_messages(self, closed: list[ClosedTrade | ClosedColumns]) -> list[Message]:
+        out: list[Message] = []
         for trade in closed:
             if isinstance(trade, ClosedColumns):
                 out.append(self._trades_message(trade))
@@ -162,6 +201,13 @@ class ShardActor(Actor):
         """Events about our own orders only; everything else is someone else's."""
         match msg:
             case OrderFilled(shard=s) if s == self.index:
+                if msg.execution_id in self._booked:
+                    self.count("fills_seen_again")
+                    return None
+                self._booked[msg.execution_id] = None
+                if len(self._booked) > BOOKED_MEMORY:
+                    del self._booked[next(iter(self._booked))]
+                self.fills_booked += 1
                 if msg.order_id not in self.strategy.orders:
                     # Not a live order of ours: the guardian flattening a position on a
                     # halt, or a fill the broker reported after the order was canceled.
@@ -329,21 +375,120 @@ class ShardActor(Actor):
             setattr(self, name, state.pop(name))
         restore(self.strategy, state)
 
+    # -- RESTARTS -----------------------------------------------------------------------
+
+    _KEPT = (
+        "run_id",
+        "mode",
+        "regime_codes",
+        "regime_probs",
+        "last_ts",
+        "rejected_bars",
+        "trades_closed",
+        "intents",
+        "counters",
+        "_booked",
+        "fills_booked",
+        "_rules",
+        "_seq_saved",
+    )
+
+    def snapshot(self) -> bytes:
+        """Everything the strategy knows (indicators, open trades, working orders, the
+        intent-id sequence) but its compiled rules (rebuilt from the rules), and the
+        actor's own state."""
+        strategy = {k: v for k, v in vars(self.strategy).items() if k != "compiled"}
+        state = {name: getattr(self, name) for name in self._KEPT}
+        state["ids"] = self.ids.n
+        state["strategy"] = strategy
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, blob: bytes) -> None:
+        """Go on after a crash from the last call that completed; the fills of the calls
+        that did not reach us come in ``RecentOrderEvents``, and the broker's next book is
+        checked against ours (``_reconcile_with``)."""
+        # Sealed by the audit key (memory.checkpoints): only our own process wrote it.
+        state = pickle.loads(blob)
+        for name in self._KEPT:
+            setattr(self, name, state[name])
+        self.ids.n = state["ids"]
+        vars(self.strategy).update(state["strategy"])
+        version, rules, parameters = self._rules
+        self.strategy.set_rules(version, rules, parameters)  # type: ignore[arg-type]
+        if self.run_id:
+            self._open_store(self.mode)
+        self._reconcile = True
+        self.count("restarts")
+
+    def _reconcile_with(self, book: BookSnapshot) -> list[ClosedTrade]:
+        """After a restart, the broker's positions in our symbols against ours. A fill
+        lost beyond the replayed events (or an order no longer working that we still
+        wait on) would leave them apart: the broker's word is booked, and counted. A
+        position we cannot account for is sold at the next close (as a late fill)."""
+        self._reconcile = False
+        strategy = self.strategy
+        index = self.universe.index
+        working = {o.order_id for o in book.working}
+        for order_id in [k for k in strategy.orders if k not in working]:
+            # No longer working at the broker and no event told us: it ended unseen.
+            self.count("reconciled_orders")
+            strategy.on_canceled(order_id, book.ts_event)
+        held = {p.symbol: p for p in book.positions if p.symbol in index}
+        out: list[ClosedTrade] = []
+        for symbol, i in index.items():
+            theirs = held[symbol].quantity if symbol in held else 0
+            ours = int(strategy.quantity[i])
+            if theirs == ours:
+                continue
+            self.count("reconciled_positions")
+            self.log.error("%s: the broker holds %d, we held %d: reconciled", symbol, theirs, ours)
+            price = held[symbol].market_price if symbol in held else 0.0
+            side = "BUY" if theirs > ours else "SELL"
+            trade = strategy.on_external_fill(
+                symbol, side, abs(theirs - ours), price, 0.0, book.ts_event
+            )
+            if trade is not None:
+                out.append(trade)
+        return out
+
+    def _open_store(self, mode: str) -> None:
+        # A backtest can be replayed: its trades are written behind its back, in a
+        # thread of their own, and it waits for them only at the session's end.
+        backtest = mode == "backtest"
+        self.store = ShardTradeStore(
+            shard_path(self.state_dir, self.index),
+            self.index,
+            batch_size=BACKTEST_BATCH if backtest else 256,
+            write_behind=backtest,
+        )
+
     def _on_session_started(self, msg: SessionStarted) -> None:
         self.run_id = msg.run_id
         self.mode = msg.mode
         if self.store is None:
-            # A backtest can be replayed: its trades are written behind its back, in a
-            # thread of their own, and it waits for them only at the session's end.
-            backtest = msg.mode == "backtest"
-            self.store = ShardTradeStore(
-                shard_path(self.state_dir, self.index),
-                self.index,
-                batch_size=BACKTEST_BATCH if backtest else 256,
-                write_behind=backtest,
-            )
+            self._open_store(msg.mode)
+        if self.account:
+            with closing(open_state_store(self.state_dir, self.redis_url)) as store:
+                for symbol in self.universe.symbols:
+                    doc = store.get(_seq_key(self.account, symbol))
+                    if doc is not None:
+                        self.strategy._seq[symbol] = int(doc["n"])
+            self._seq_saved = dict(self.strategy._seq)
+
+    def _save_sequences(self) -> None:
+        """Write the intent-id sequences that moved (a named account's, in paper and live
+        sessions after every call that issued ids, and at every session's end)."""
+        moved = {s: n for s, n in self.strategy._seq.items() if self._seq_saved.get(s) != n}
+        if not moved:
+            return
+        with closing(open_state_store(self.state_dir, self.redis_url)) as store:
+            for symbol, n in moved.items():
+                store.put(_seq_key(self.account, symbol), {"n": n})
+        self._seq_saved.update(moved)
 
     def _on_session_ended(self, msg: SessionEnded) -> ShardReport:
+        if self.account:
+            self._save_sequences()
         if self.store is not None:
             self.store.flush()
             self.store.sync()
@@ -532,3 +677,7 @@ class ShardActor(Actor):
         if self.store is not None:
             self.store.add(msg, self.run_id)
         return msg
+
+
+def _seq_key(account: str, symbol: str) -> str:
+    return f"intent-seq/account/{account}/{symbol}"

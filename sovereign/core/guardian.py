@@ -67,6 +67,9 @@ class GuardianState:
     # hash): the stored state must agree with the audit log (``memory.account``).
     audit_seq: int = 0
     audit_hash: str = ""
+    # Orders the guardian itself sent (flattening on a halt) are numbered from here: a
+    # restarted guardian must not reuse an id.
+    flatten_seq: int = 0
     # The account as last seen, for operators who ask while no session runs.
     last_cash: float = 0.0
     last_gross_exposure: float = 0.0
@@ -347,6 +350,7 @@ def rebuild(
         resumed=[*old.resumed, record],
         audit_seq=old.audit_seq,
         audit_hash=old.audit_hash,
+        flatten_seq=old.flatten_seq,
     )
     return fresh, record
 

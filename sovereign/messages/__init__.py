@@ -55,6 +55,7 @@ from sovereign.messages.orders import (
     OrderFilled,
     OrderIntent,
     OrderRejected,
+    RecentOrderEvents,
     RiskVerdict,
     SubmitOrder,
 )
@@ -94,6 +95,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     ApprovedChunk,
     ChunkExecution,
     ChunkVerdict,
+    RecentOrderEvents,
 )
 
 WIRE = Codec(ALL_MESSAGES, name="wire")
@@ -133,6 +135,7 @@ __all__ = [
     "OrderIntent",
     "OrderRejected",
     "PositionSnapshot",
+    "RecentOrderEvents",
     "RegimeUpdate",
     "RiskVerdict",
     "RollbackRequest",

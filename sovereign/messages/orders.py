@@ -180,3 +180,14 @@ class OrderCanceled(Message, frozen=True, gc=False):
     symbol: str
     filled_quantity: int
     reason: str
+
+
+class RecentOrderEvents(Message, frozen=True, gc=False):
+    """The order events the gateway reported in its last few calls, sent again with every
+    output of a paper or live session. A shard whose call failed (it was killed and Ray
+    restarted it from its checkpoint) finds here the fills, cancels and rejections it
+    missed; it books each fill once, by execution id, so the copies it already has are
+    ignored. Only shards read it: the events themselves went to everyone when they
+    happened."""
+
+    events: list[OrderFilled | OrderCanceled | OrderRejected]

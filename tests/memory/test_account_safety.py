@@ -246,7 +246,8 @@ def test_a_writer_that_did_not_see_the_halt_cannot_write_over_it(tmp_path) -> No
     crashing.receive([book, cash_account(1, 100_000.0)])
     crashing.receive([cash_account(2, 80_000.0)])
     assert crashing.machine is not None and crashing.machine.state.value == "HALTED"
-    out = calm.receive([cash_account(3, 104_000.0)])  # a new high: it writes
+    calm.receive([cash_account(3, 104_000.0)])
+    out = calm.receive([cash_account(4, 104_500.0)])  # a new high, held: it writes
     assert calm.machine is not None and calm.machine.state.value == "HALTED"
     assert calm.counters["state_writes_refused"] == 1
     changed = [m for m in out if isinstance(m, TradingStateChanged)]

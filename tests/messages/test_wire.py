@@ -36,7 +36,11 @@ from sovereign.messages import (
     MessageDecodeError,
     ModificationProposal,
     NDArray,
+    OrderCanceled,
+    OrderFilled,
     OrderIntent,
+    OrderRejected,
+    RecentOrderEvents,
     RegimeUpdate,
     RuleSetSnapshot,
     SessionStarted,
@@ -350,6 +354,9 @@ SPECIAL: dict[type, st.SearchStrategy[Message]] = {
 def strategy_for(cls: type[Message]) -> st.SearchStrategy[Message]:
     if cls in SPECIAL:
         return SPECIAL[cls]
+    if cls is RecentOrderEvents:
+        events = st.one_of(*(strategy_for(c) for c in (OrderFilled, OrderCanceled, OrderRejected)))
+        return st.builds(RecentOrderEvents, **envelope(), events=st.lists(events, max_size=4))
     # Simple messages: let hypothesis fill the fields, keeping ints inside msgpack's range.
     hints = msgspec.structs.fields(cls)
     overrides: dict[str, st.SearchStrategy[object]] = {}
