@@ -148,7 +148,10 @@ class GatewayActor(Actor):
         else:
             adopt = getattr(self.broker, "adopt", None)
             if adopt is not None:
-                adopt([(r.order, r.filled) for r in self.orders.working()])
+                adopt(
+                    [(r.order, r.filled) for r in self.orders.working()],
+                    set(self.orders._executions),
+                )
         self.count("restarts")
 
     def receive(self, messages: list[Message]) -> list[Message]:
@@ -182,6 +185,7 @@ class GatewayActor(Actor):
                 case SessionEnded():
                     self._save_account()
                     self.counters.update(self.orders.counters)
+                    self.counters["executions_booked"] = len(self.orders._executions)
                     self.counters.update(_int_counters(getattr(self.broker, "counters", {})))
                     self.counters.update(
                         {f"refused_{k}": v for k, v in self.verifier.refused.items()}

@@ -513,6 +513,17 @@ class ShardActor(Actor):
                 )
                 if v
             },
+            positions={
+                s: int(q)
+                for s, q in zip(self.universe.symbols, self.strategy.quantity.tolist(), strict=True)
+                if q
+            },
+            recovery={
+                "restarts": self.counters.get("restarts", 0),
+                "fills_booked": self.fills_booked,
+                "reconciled_positions": self.counters.get("reconciled_positions", 0),
+                "reconciled_orders": self.counters.get("reconciled_orders", 0),
+            },
         )
 
     def _on_regime(self, msg: RegimeUpdate) -> None:

@@ -178,6 +178,25 @@ class AlpacaBroker:
     def on_bars(self, batch: BarBatch) -> list[Message]:
         return []
 
+    def adopt(self, orders: list[tuple[SubmitOrder, int]], executions: set[str]) -> None:
+        """Take over the working orders of a gateway that crashed (see ``IBBroker.adopt``):
+        each is looked up by its client order id at the next poll, as an order in doubt
+        is (unknown to Alpaca: LOST_IN_FLIGHT), and the fills already booked are not
+        reported again."""
+        for order, filled in orders:
+            self._orders[order.order_id] = _Tracked(order, filled=filled, in_doubt=True)
+        self._seen_fills |= {e.removeprefix("alpaca:") for e in executions}
+
+    def knows(self, order_id: str) -> bool:
+        """Whether Alpaca has an order with this client order id."""
+        from alpaca.common.exceptions import APIError
+
+        try:
+            self.client.get_order_by_client_id(order_id)
+        except APIError:
+            return False
+        return True
+
     def poll(self, now_ns: int) -> list[Message]:
         """Order states and fills since the last poll (and settle orders in doubt)."""
         if not self.up and not self.backoff.due(self.clock()):

@@ -106,6 +106,24 @@ class FailoverBroker:
                 return broker
         return None
 
+    def adopt(self, orders: list[tuple[SubmitOrder, int]], executions: set[str]) -> None:
+        """A crashed gateway's working orders, each to the broker that has it: Alpaca if
+        it knows the client order id, else IB (whose reconciliation ends the ones it does
+        not know either)."""
+        mine: dict[int, list[tuple[SubmitOrder, int]]] = {
+            id(self.primary): [],
+            id(self.secondary): [],
+        }
+        for order, filled in orders:
+            knows = getattr(self.secondary, "knows", None)
+            broker = self.secondary if knows is not None and knows(order.order_id) else self.primary
+            mine[id(broker)].append((order, filled))
+            self._route[order.order_id] = broker
+        for broker in (self.primary, self.secondary):
+            adopt = getattr(broker, "adopt", None)
+            if adopt is not None:
+                adopt(mine[id(broker)], executions)
+
     def submit(self, order: SubmitOrder, now_ns: int) -> list[Message]:
         self._check(now_ns)
         if order.side == "SELL":

@@ -282,6 +282,17 @@ class IBBroker:
         events, self._events = self._events, []
         return events
 
+    def adopt(self, orders: list[tuple[SubmitOrder, int]], executions: set[str]) -> None:
+        """Take over the working orders of a gateway that crashed (its restored order
+        manager: each order and what it had filled, and every execution it had booked).
+        The next poll reconciles them as after a reconnect: bound again by ``orderRef``,
+        fills made meanwhile reported once, orders IB does not know ended LOST_IN_FLIGHT."""
+        for order, filled in orders:
+            self._orders[order.order_id] = _Tracked(order, filled=filled, submitted_at=self.clock())
+        self._seen_exec |= set(executions)
+        self._was_connected = False
+        self._recovering = True
+
     # -- IB CALLBACKS -------------------------------------------------------------------
 
     def _order_id_of(self, trade: Any) -> str | None:

@@ -244,6 +244,11 @@ class ShardReport(Message, frozen=True, gc=False):
     # ``late_entry_fills`` (booked, then sold), ``unknown_order_events`` (dropped, counted),
     # ``orphaned_orders`` (never answered, forgotten after a grace period).
     order_events: dict[str, int] = msgspec.field(default_factory=dict)
+    # What the shard believes it holds at the end (symbol -> shares), and how it came
+    # through restarts: ``restarts``, ``fills_booked`` (each execution once),
+    # ``reconciled_positions`` / ``reconciled_orders`` (booked from the broker's book).
+    positions: dict[str, int] = msgspec.field(default_factory=dict)
+    recovery: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class EquityCurve(Message, frozen=True, gc=False):
