@@ -350,6 +350,8 @@ class ShardActor(Actor):
             return []
         fee = None
         if executed is not None:
+            # The chunk's fills are booked here, as bar by bar each OrderFilled would be.
+            self.fills_booked += int((executed.fill_shard.to_numpy() == self.index).sum())
             commissions = executed.fill_commission.to_numpy()
             mine = (executed.fill_shard.to_numpy() == self.index) & (commissions != 0)
             if mine.any():

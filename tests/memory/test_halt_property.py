@@ -103,8 +103,10 @@ class World:
             if g.machine is not None and g.machine.state.value == "HALTED":
                 self.halted = True
         elif op == "restart":
-            if self.guardians[arg] is not None:
-                self.guardians[arg] = self.guardian()
+            old = self.guardians[arg]
+            if old is not None:
+                _close(old)  # Ray kills its process ...
+                self.guardians[arg] = self.guardian()  # ... and builds it again
         elif op == "damage":
             self.damage(arg)
         elif op == "resume":
@@ -131,6 +133,8 @@ class World:
                     self.guardians[i] = None
         conn = sqlite3.connect(path, isolation_level=None)
         try:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'kv'").fetchone() is None:
+                kind = "nothing to edit" if kind in ("delete", "edit", "older") else kind
             if kind == "delete":
                 conn.execute("DELETE FROM kv WHERE key = ?", (KEY,))
             elif kind == "edit":
