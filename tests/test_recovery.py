@@ -173,6 +173,12 @@ def test_a_restarted_gateway_adopts_its_orders_at_ib_and_books_their_fills_once(
         order = submit("AAPL-7", "AAPL", "BUY", 10, now=0, ttl_ns=2**62)
         gw.receive([order])
         snapshot = gw.snapshot()  # what the write-ahead checkpoint holds
+        for _ in range(500):  # until TWS has it working
+            if [o for o in tws.orders() if o.status == "Submitted"]:
+                break
+            gw.broker.conn.pump(0.02)
+        assert [(o.orderRef, o.status) for o in tws.orders()] == [("AAPL-7", "Submitted")]
+        tws.fill_while_disconnected(True)
         gw.close()  # the gateway dies
         tws.advance()  # the order fills at TWS meanwhile
         assert tws.positions() == {"AAPL": 10}

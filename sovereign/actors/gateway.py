@@ -48,6 +48,8 @@ from sovereign.messages import (
 )
 
 _REPLAYED = (OrderFilled, OrderCanceled, OrderRejected)
+# What, in an output, says the gateway's state changed (beyond marks and the clock).
+_CHANGES = (*_REPLAYED, OrderAccepted, Notification)
 
 
 class GatewayActor(Actor):
@@ -99,9 +101,13 @@ class GatewayActor(Actor):
         # with every output (``RecentOrderEvents``) for shards that missed some.
         self._recent: deque[list[Message]] = deque(maxlen=max(1, replay_window))
         self.replay_window = replay_window
+        # Whether a call changed more than marks and the clock since the last snapshot.
+        self._dirty = True
 
     def _with_recent(self, out: list[Message]) -> list[Message]:
         """Paper and live: the output, and the order events of the last calls again."""
+        if any(isinstance(m, _CHANGES) for m in out):
+            self._dirty = True
         if self.replay_window:
             self._recent.append([m for m in out if isinstance(m, _REPLAYED)])
             recent = [m for call in self._recent for m in call]
@@ -120,10 +126,17 @@ class GatewayActor(Actor):
 
     _KEPT = ("orders", "clock", "session_date", "expected", "_mismatch", "counters", "_recent")
 
-    def snapshot(self) -> bytes:
+    def snapshot(self) -> bytes | None:
         """The order manager (every order sent and every execution booked), the approvals
         already used, the positions our fills add up to, the recent events, and a
-        simulated broker whole (it lives in this process: its book is the account)."""
+        simulated broker whole (it lives in this process: its book is the account).
+
+        Only after a call that changed any of it: a call that only brought bars moved the
+        marks and the clock, which the next bars set again after a restart."""
+        if not self._dirty:
+            return None
+        self._dirty = False
+        self.verifier.forget_expired(self.clock)
         state = {name: getattr(self, name) for name in self._KEPT}
         state["ids"] = self.ids.n
         state["used"] = self.verifier._used
@@ -170,8 +183,10 @@ class GatewayActor(Actor):
                     self.session_date = session_date(msg.ts)
                     out.extend(self._track(self.broker.on_bars(msg), touched))
                 case SubmitOrder():
+                    self._dirty = True
                     out.extend(self._submit(msg, touched))
                 case CancelOrder():
+                    self._dirty = True
                     out.extend(self._cancel(msg, touched))
                 case BarChunk():
                     bar_chunks.append(msg)
@@ -521,7 +536,9 @@ class GatewayActor(Actor):
             store.put(self.account_key, doc)
 
     def _submit(self, order: SubmitOrder, touched: list[str]) -> list[Message]:
-        reason = self.verifier.check(order, self.clock)
+        # An order is never checked at a time before it was decided (a clock restored from
+        # an older checkpoint would otherwise be lenient with its expiry).
+        reason = self.verifier.check(order, max(self.clock, order.ts_event))
         if reason is not None:
             self.log.warning("refused order %s: %s", order.order_id, reason)
             return [self._reject(order, reason, "the guardian's approval did not verify")]

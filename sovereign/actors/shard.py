@@ -64,8 +64,9 @@ BACKTEST_BATCH = 4_096
 """Trades per trade-memory transaction in a backtest."""
 BACKTEST_FLUSH_S = 2.0
 """A backtest's closed trades go to trade memory at most this long after they closed."""
-BOOKED_MEMORY = 65_536
-"""Execution ids a shard remembers, to book a fill delivered twice once."""
+BOOKED_MEMORY = 4_096
+"""Execution ids a shard remembers, to book a fill delivered twice once: far more than the
+gateway ever sends again (the events of its last few calls)."""
 
 
 class ShardActor(Actor):

@@ -91,6 +91,9 @@ def sign_verdict(secret: bytes, chunk: int, approval: bytes) -> bytes:
     return hmac.digest(secret, _canonical.encode(("verdict", chunk, approval)), "sha256")
 
 
+_NEVER = 2**63 - 1
+
+
 class ApprovalVerifier:
     """The gateway's side of the capability: verify, check expiry, accept once.
 
@@ -116,7 +119,8 @@ class ApprovalVerifier:
         if reason is not None:
             self.refused[reason] = self.refused.get(reason, 0) + 1
             return reason
-        self._used.add(signature)
+        # A chunk's orders expire one by one (the caller checks each): never forgotten.
+        self._used[signature] = _NEVER
         return None
 
     def check_verdict(self, chunk: int, approval: bytes, signature: bytes) -> bool:
@@ -133,7 +137,9 @@ class ApprovalVerifier:
         if len(secret) < 16:
             raise ValueError("the approval secret must be at least 16 bytes")
         self._secret = secret
-        self._used: set[bytes] = set()
+        # Used approvals and when each expires: an expired one is refused as expired
+        # before it could be taken for a replay, so it need not be remembered past that.
+        self._used: dict[bytes, int] = {}
         self.refused: dict[str, int] = {}
 
     def check(self, order: SubmitOrder, now_ns: int) -> str | None:
@@ -162,8 +168,13 @@ class ApprovalVerifier:
             return "APPROVAL_EXPIRED"
         if a.signature in self._used:
             return "APPROVAL_REPLAYED"
-        self._used.add(a.signature)
+        self._used[a.signature] = a.expires_ns
         return None
+
+    def forget_expired(self, now_ns: int) -> None:
+        """Drop the used approvals that have expired (refused as expired from now on)."""
+        if any(expires < now_ns for expires in self._used.values()):
+            self._used = {s: e for s, e in self._used.items() if e >= now_ns}
 
 
 # -- SIZING AND DECISIONS ----------------------------------------------------------------

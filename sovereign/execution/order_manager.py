@@ -54,7 +54,14 @@ class OrderRecord:
 class OrderManager:
     """Tracks every order the gateway has sent and everything the broker said about it."""
 
-    __slots__ = ("_executions", "counters", "orders", "settled")
+    __slots__ = ("_done", "_executions", "counters", "orders", "settled")
+
+    KEEP_DONE = 256
+    """Orders that ended are kept whole, with their execution ids, this long (a fill can
+    still cross a cancel on the wire, a broker may report an execution again); older ones
+    only by id, which is all a duplicate check needs: an execution of one of those is
+    unknown and never booked. A long session's order book, and its checkpoint, stay
+    small."""
 
     def __init__(self) -> None:
         self.orders: dict[str, OrderRecord] = {}
@@ -62,6 +69,8 @@ class OrderManager:
         # (a long backtest has hundreds of thousands), so a reused id is still refused.
         self.settled: set[str] = set()
         self._executions: set[str] = set()
+        # Ids of the orders that ended, oldest first (see KEEP_DONE).
+        self._done: dict[str, None] = {}
         self.counters: dict[str, int] = {
             "submitted": 0,
             "duplicate_submits": 0,
@@ -94,6 +103,16 @@ class OrderManager:
 
     def get(self, order_id: str) -> OrderRecord | None:
         return self.orders.get(order_id)
+
+    def _ended(self, order_id: str) -> None:
+        self._done[order_id] = None
+        while len(self._done) > self.KEEP_DONE:
+            oldest = next(iter(self._done))
+            del self._done[oldest]
+            rec = self.orders.pop(oldest, None)
+            if rec is not None:
+                self.settled.add(oldest)
+                self._executions.difference_update(rec.executions)
 
     def working(self) -> list[OrderRecord]:
         return [r for r in self.orders.values() if not r.state.terminal]
@@ -133,6 +152,7 @@ class OrderManager:
         elif rec.filled == rec.order.quantity:
             rec.state = OrderState.FILLED
             self.counters["filled"] += 1
+            self._ended(event.order_id)
         else:
             rec.state = OrderState.PARTIALLY_FILLED
         return True
@@ -146,6 +166,7 @@ class OrderManager:
             return False
         rec.state = OrderState.CANCELED
         self.counters["canceled"] += 1
+        self._ended(event.order_id)
         return True
 
     def on_rejected(self, event: OrderRejected) -> bool:
@@ -158,4 +179,5 @@ class OrderManager:
             return False
         rec.state = OrderState.REJECTED
         self.counters["rejected"] += 1
+        self._ended(event.order_id)
         return True
