@@ -201,14 +201,13 @@ READY_MAX_DRAWDOWN = 0.05
 
 def readiness(state_dir: str | Path, config: Config, scope: Scope | None) -> Readiness:
     """The live-readiness checklist, from what the stored state shows."""
-    from sovereign.memory.audit import AuditLog, governance_path
+    from sovereign.memory.audit import governance_path, verify_audit
     from sovereign.memory.trade_memory import TradeMemory
 
     r = Readiness()
     gov = governance_path(state_dir)
     if gov.exists():
-        with AuditLog(gov) as log:
-            result = log.verify()
+        result = verify_audit(state_dir)  # read-only
         r.checks.append(
             Check(
                 "audit log intact",

@@ -10,6 +10,20 @@ from sovereign.core.risk import sign_approval
 from sovereign.messages import AccountSnapshot, BarBatch, IdSource, OrderIntent, SubmitOrder
 
 SECRET = b"test-secret-0123456789abcdef"
+
+CRASH_BAR = 400
+CRASH_DATA = f"synthetic:40x600:crash={CRASH_BAR}"
+# A strategy that stays invested, so a 30 % crash is a > 10 % drawdown.
+HOLDING: dict[str, dict[str, object]] = {
+    "regime": {"trend_margin": 0.0005},
+    "strategy": {
+        "max_hold_bars": 1000,
+        "exit_on_regime_change": False,
+        "target_atr_mult": 50.0,
+        "stop_atr_mult": 20.0,
+        "volume_threshold": 0.0,
+    },
+}
 DAY_NS = 86_400 * 1_000_000_000
 
 _ids = IdSource("kit")

@@ -29,21 +29,7 @@ from sovereign.messages import (
     SessionStarted,
 )
 from sovereign.session import load_guardian_state, run_session
-from tests.kit import SECRET, cash_account, intent
-
-CRASH_BAR = 400
-CRASH_DATA = f"synthetic:40x600:crash={CRASH_BAR}"
-# A strategy that stays invested, so a 30 % crash is a > 10 % drawdown.
-HOLDING = {
-    "regime": {"trend_margin": 0.0005},
-    "strategy": {
-        "max_hold_bars": 1000,
-        "exit_on_regime_change": False,
-        "target_atr_mult": 50.0,
-        "stop_atr_mult": 20.0,
-        "volume_threshold": 0.0,
-    },
-}
+from tests.kit import CRASH_BAR, CRASH_DATA, HOLDING, SECRET, cash_account, intent
 
 
 def crash_config(**engine: object) -> Config:

@@ -33,18 +33,11 @@ from sovereign.messages import (
     RecentOrderEvents,
     SessionStarted,
 )
+from tests import kit
 from tests.kit import DAY_NS, SECRET, one_bar, submit
 
-HOLDING = {
-    "regime": {"trend_margin": 0.0005, "model": "baseline"},
-    "strategy": {
-        "max_hold_bars": 1000,
-        "exit_on_regime_change": False,
-        "target_atr_mult": 50.0,
-        "stop_atr_mult": 20.0,
-        "volume_threshold": 0.0,
-    },
-}
+# Held positions (so the crash halts the account); the rule-based regimes, for speed.
+HOLDING = {**kit.HOLDING, "regime": {**kit.HOLDING["regime"], "model": "baseline"}}
 TRADING = {
     "regime": {"trend_margin": 0.0005, "model": "baseline"},
     "strategy": {"max_hold_bars": 30, "exit_on_regime_change": False, "volume_threshold": 0.0},
@@ -290,12 +283,9 @@ def test_a_killed_gateway_or_shard_comes_back_with_its_books(
         assert report.recovery["restarts"] == 1
 
 
-CRASH = "synthetic:40x600:crash=400"
-
-
 @pytest.fixture(scope="module")
 def crash_data():
-    return load_ohlcv(CRASH, seed=7)
+    return load_ohlcv(kit.CRASH_DATA, seed=7)
 
 
 @pytest.fixture(scope="module")

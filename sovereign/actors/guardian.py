@@ -340,7 +340,10 @@ class GuardianActor(Actor):
 
     def _stored(self) -> GuardianState | None:
         """The stored state, if its seal holds (anything else is not an operator's)."""
-        doc = self.store.get(self.state_key)
+        try:
+            doc = self.store.get(self.state_key)
+        except CorruptStateError:
+            return None
         if doc is None:
             return None
         try:

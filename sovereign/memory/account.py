@@ -89,7 +89,10 @@ def unseal(key: bytes, kind: str, doc: dict[str, Any], what: str) -> dict[str, A
     """The document without its MAC, if the MAC holds; else ``StateIntegrityError``."""
     mac = doc.get(MAC_FIELD)
     if not isinstance(mac, str) or not mac:
-        raise StateIntegrityError(f"{what} carries no seal: it was not written by Sovereign")
+        raise StateIntegrityError(
+            f"{what} carries no seal (written by hand, or by a version of Sovereign before "
+            "seals)"
+        )
     if not hmac.compare_digest(mac, _mac(key, kind, doc)):
         raise StateIntegrityError(f"{what} does not match its seal: it was edited")
     return {k: v for k, v in doc.items() if k != MAC_FIELD}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import msgspec
 
 from sovereign.core.selfmod import Change, RuleBook
 from sovereign.memory.audit import (
+    AuditEntry,
     Ledger,
     VerifyResult,
     append_in_transaction,
@@ -261,6 +262,29 @@ class GovernanceStore:
 
     # -- WRITES -------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _audited(self) -> Iterator[Callable[..., AuditEntry]]:
+        """One transaction that writes a record and appends its audit entry (with the
+        function it yields), so the two commit together or not at all; the audit log's
+        anchor advances once the transaction has committed."""
+        conn = self._conn
+        key = self.ledger.key(conn)
+        appended: list[AuditEntry] = []
+
+        def audit(**entry: Any) -> AuditEntry:
+            appended.append(append_in_transaction(conn, key, **entry))
+            return appended[-1]
+
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield audit
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if appended:
+            self.ledger.anchor(appended[-1].seq, appended[-1].hash)
+
     def decide(
         self,
         *,
@@ -279,9 +303,7 @@ class GovernanceStore:
         no restart, second process or second session gets a fourth change in a day or a
         51st rule. ``check(book, changes_today)`` returns the violations."""
         conn = self._conn
-        key = self.ledger.key(conn)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._audited() as record:
             book = self._approved_book(scope, session_date)
             today = self._changes_on(scope, session_date)
             violations = check(book, today)
@@ -299,9 +321,7 @@ class GovernanceStore:
                     json.dumps(violations),
                 ),
             )
-            entry = append_in_transaction(
-                conn,
-                key,
+            record(
                 ts_ns=ts_ns,
                 actor=actor,
                 action="modification_decision",
@@ -314,11 +334,6 @@ class GovernanceStore:
                     "violations": violations,
                 },
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        self.ledger.anchor(entry.seq, entry.hash)
         if approved:
             book, today = book.apply(change), today + 1
         return Decision(approved, violations, today, len(book.rules))
@@ -363,9 +378,7 @@ class GovernanceStore:
         """Deploy a change the guardian approved (``decide``); its approval is used up. A
         change without an approval of its own is refused (``UnapprovedChangeError``)."""
         conn = self._conn
-        key = self.ledger.key(conn)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._audited() as record:
             approval = conn.execute(
                 "SELECT id, change, session_date FROM decisions WHERE scope = ? AND "
                 "proposal_id = ? AND approved = 1 AND modification_id IS NULL "
@@ -406,9 +419,7 @@ class GovernanceStore:
             conn.execute(
                 "UPDATE decisions SET modification_id = ? WHERE id = ?", (mod_id, approval[0])
             )
-            entry = append_in_transaction(
-                conn,
-                key,
+            record(
                 ts_ns=ts_ns,
                 actor=actor,
                 action="modification_deployed",
@@ -421,11 +432,6 @@ class GovernanceStore:
                     "evidence": evidence,
                 },
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        self.ledger.anchor(entry.seq, entry.hash)
         return mod_id
 
     def record_reject(
@@ -441,10 +447,7 @@ class GovernanceStore:
         actor: str,
         version: int,
     ) -> int:
-        conn = self._conn
-        key = self.ledger.key(conn)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._audited() as record:
             mod_id = self._insert(
                 scope,
                 ts_ns,
@@ -457,9 +460,7 @@ class GovernanceStore:
                 version,
                 None,
             )
-            entry = append_in_transaction(
-                conn,
-                key,
+            record(
                 ts_ns=ts_ns,
                 actor=actor,
                 action="modification_rejected",
@@ -470,19 +471,12 @@ class GovernanceStore:
                     "violations": violations,
                 },
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        self.ledger.anchor(entry.seq, entry.hash)
         return mod_id
 
     def rollback(self, modification_id: int, *, reason: str, by: str, ts_ns: int) -> RollbackResult:
         """Restore the rule set from before a deployed modification (a new version)."""
         conn = self._conn
-        key = self.ledger.key(conn)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._audited() as record:
             rec = self.get(modification_id)
             if rec is None:
                 raise RollbackError(f"no modification {modification_id}")
@@ -514,9 +508,7 @@ class GovernanceStore:
                 (ROLLED_BACK, ts_ns, by, reason, *undone),
             )
             self._save_book(rec.scope, ts_ns, book, f"rollback:{modification_id}")
-            entry = append_in_transaction(
-                conn,
-                key,
+            record(
                 ts_ns=ts_ns,
                 actor=by,
                 action="rollback",
@@ -530,11 +522,6 @@ class GovernanceStore:
                     "reason": reason,
                 },
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        self.ledger.anchor(entry.seq, entry.hash)
         return RollbackResult(modification_id, rec.scope, book, undone)
 
     def _insert(

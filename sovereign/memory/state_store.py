@@ -78,7 +78,7 @@ class SqliteStateStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-            old = None if row is None else _decode(row[0])
+            old = None if row is None else _decode_or_damaged(row[0])
             new = change(old)
             if new is not None:
                 conn.execute(
@@ -136,7 +136,7 @@ class RedisStateStore:
                 try:
                     pipe.watch(name)
                     raw = pipe.get(name)
-                    old = None if raw is None else _decode(raw)
+                    old = None if raw is None else _decode_or_damaged(raw)
                     new = change(old)
                     if new is None:
                         pipe.unwatch()
@@ -171,6 +171,18 @@ def _decode(raw: str | bytes) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise CorruptStateError("a stored state document is not a JSON object")
     return doc
+
+
+DAMAGED = "__damaged__"
+
+
+def _decode_or_damaged(raw: str | bytes) -> dict[str, Any]:
+    """For a read-modify-write: a stored document that does not decode is handed to the
+    change as ``{DAMAGED: True}``, which decides whether to write over it."""
+    try:
+        return _decode(raw)
+    except CorruptStateError:
+        return {DAMAGED: True}
 
 
 def open_state_store(

@@ -34,19 +34,8 @@ from sovereign.messages import BookSnapshot, CancelOrder, TradingStateChanged
 from sovereign.messages.account import BookOrder
 from sovereign.operations import inspect_state, resume_account
 from sovereign.session import run_session
-from tests.kit import SECRET, cash_account
+from tests.kit import CRASH_DATA, HOLDING, SECRET, cash_account
 
-CRASH = "synthetic:40x600:crash=400"
-HOLDING = {
-    "regime": {"trend_margin": 0.0005},
-    "strategy": {
-        "max_hold_bars": 1000,
-        "exit_on_regime_change": False,
-        "target_atr_mult": 50.0,
-        "stop_atr_mult": 20.0,
-        "volume_threshold": 0.0,
-    },
-}
 SCOPE = "account/shared"
 GUARDIAN = guardian_state_key(SCOPE)
 SIM = sim_account_key("shared")
@@ -58,7 +47,7 @@ def config(account: str = "shared"):
 
 @pytest.fixture(scope="module")
 def crash_data():
-    return load_ohlcv(CRASH, seed=7)
+    return load_ohlcv(CRASH_DATA, seed=7)
 
 
 def session(state: Path, data: Any, run_id: str, **kw: Any):
@@ -161,7 +150,7 @@ def test_the_issue_two_concurrent_sessions_cannot_unhalt_the_account(tmp_path) -
     )
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     crash = subprocess.Popen(
-        [sys.executable, "-m", "sovereign", "backtest", "--data", CRASH, "--config", str(cfg),
+        [sys.executable, "-m", "sovereign", "backtest", "--data", CRASH_DATA, "--config", str(cfg),
          "--out", str(tmp_path / "a"), *common],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
