@@ -405,12 +405,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if done.rebuilt:
         sys.stdout.write(
-            f"{scope}: its stored state could not be trusted ({done.rebuilt}).\n"
-            f"{scope}: started again, ACTIVE (audit entry {done.audit_seq}); the limits are "
-            "measured from the broker's next account snapshot"
+            f"{scope}: what was stored could not be trusted ({done.rebuilt}).\n"
+            f"{scope}: {done.state.state} (audit entry {done.audit_seq})"
             + (
-                f", and the simulated account starts again from "
-                f"{config.engine.initial_capital:,.2f}"
+                "; the limits are measured from the broker's next account snapshot"
+                if not done.state.high_water_mark
+                else ""
+            )
+            + (
+                f"; the simulated account starts again from {config.engine.initial_capital:,.2f}"
                 if done.sim_account_reset
                 else ""
             )

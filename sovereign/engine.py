@@ -374,6 +374,7 @@ def build_specs(
                     "state_dir": str(state_dir),
                     "account": account,
                     "redis_url": config.state.redis_url,
+                    "replay_window": replay_window,
                 },
                 spread=True,
                 checkpoints=checkpoints,

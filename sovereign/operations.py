@@ -299,26 +299,41 @@ class Resumed:
 def resume_account(
     state_dir: str | Path, config: Config, scope: str, *, reason: str, operator: str, ts: int
 ) -> Resumed:
-    """Leave HALTED — the only way — or start again an account whose safety state was
-    lost or failed its checks. Audited first, then written (a crash between the two leaves
-    the state older than the audit log, which the next start refuses: run it again)."""
-    from sovereign.core.guardian import rebuild, resume
+    """Leave HALTED — the only way — or start again an account whose safety state (its
+    trading state, or a named simulated account's book) was lost or failed its checks.
+    Audited first, then written (a crash between the two leaves the state older than the
+    audit log, which the next start refuses: run it again)."""
+    import sqlite3
+
+    from sovereign.memory.audit import AuditKeyError
+    from sovereign.memory.state_store import CorruptStateError
+
+    if not reason.strip():
+        raise OperationError("a reason is required to resume trading")
+    try:
+        return _resume(state_dir, config, scope, reason=reason, operator=operator, ts=ts)
+    except (AuditKeyError, CorruptStateError, sqlite3.DatabaseError) as exc:
+        raise OperationError(
+            f"the state directory {state_dir} cannot be written ({exc}): restore it, or its "
+            "audit key, from a backup, or move the damaged file aside and resume again"
+        ) from None
+
+
+def _resume(
+    state_dir: str | Path, config: Config, scope: str, *, reason: str, operator: str, ts: int
+) -> Resumed:
+    from sovereign.core.guardian import TradingState, rebuild, resume
     from sovereign.memory.account import (
         GUARDIAN_KIND,
-        SIM_ACCOUNT_KIND,
         StateIntegrityError,
         check_guardian_state,
         guardian_state_key,
         read_guardian_state,
         seal,
-        sim_account_key,
-        unseal,
     )
     from sovereign.memory.audit import AuditLog, governance_path
     from sovereign.memory.state_store import CorruptStateError
 
-    if not reason.strip():
-        raise OperationError("a reason is required to resume trading")
     name = guardian_state_key(scope)
     with closing(_store(state_dir, config)) as store, AuditLog(governance_path(state_dir)) as audit:
         key = audit.ledger.key(audit.connection)
@@ -333,44 +348,80 @@ def resume_account(
                 state = check_guardian_state(doc, scope, audit.connection, key)
             except StateIntegrityError as exc:
                 problem = str(exc)
+        book_problem = _sim_book_problem(
+            store, key, config, scope, history=bool(problem) or (state is not None)
+        )
+        if not problem and state is None:
+            raise OperationError(f"no trading state for {scope} in {state_dir}")
+        if not problem and state is not None and state.state != TradingState.HALTED.value:
+            if not book_problem:
+                raise OperationError(f"trading is {state.state}, not HALTED: nothing to resume")
+            # Only the simulated book has to start again; the trading state stands.
+            entry = audit.append(
+                ts_ns=ts,
+                actor="cli",
+                action="sim_account_reset",
+                payload={
+                    "scope": scope,
+                    "reason": reason,
+                    "operator": operator,
+                    "problem": book_problem,
+                    "capital": config.engine.initial_capital,
+                },
+            )
+            _reset_sim_book(store, key, config, scope)
+            return Resumed(scope, entry.seq, state, book_problem, True)
         if not problem:
-            if state is None:
-                raise OperationError(f"no trading state for {scope} in {state_dir}")
-            try:
-                record = resume(state, reason=reason, operator=operator, ts=ts)
-            except ValueError as exc:
-                raise OperationError(str(exc)) from None
+            assert state is not None
+            record = resume(state, reason=reason, operator=operator, ts=ts)
         else:
             readable, _ = read_guardian_state(doc, key)
             state, record = rebuild(
                 readable, reason=reason, operator=operator, ts=ts, problem=problem
             )
-        sim_reset = False
-        if scope.startswith("account/") and config.broker.kind == "sim":
-            account = scope.split("/", 1)[1]
-            sim_doc = store.get(sim_account_key(account))
-            valid = True
-            if sim_doc is not None:
-                try:
-                    unseal(key, SIM_ACCOUNT_KIND, sim_doc, "sim")
-                except StateIntegrityError:
-                    valid = False
-            if (sim_doc is None and problem) or not valid:
-                # The operator starts the simulated account again from the configured
-                # capital: said in the audit entry, so the record shows the reset.
-                fresh = {"cash": config.engine.initial_capital, "positions": {}}
-                store.put(sim_account_key(account), seal(key, SIM_ACCOUNT_KIND, fresh))
-                sim_reset = True
         entry = audit.append(
             ts_ns=ts,
             actor="cli",
             action="resume",
-            payload={"scope": scope, "to": "ACTIVE", **record, "sim_account_reset": sim_reset},
+            payload={
+                "scope": scope,
+                "to": "ACTIVE",
+                **record,
+                "sim_account_reset": bool(book_problem),
+            },
         )
+        if book_problem:
+            # The operator starts the simulated account again from the configured capital:
+            # said in the audit entry, so the record shows the reset.
+            _reset_sim_book(store, key, config, scope)
         state.audit_seq, state.audit_hash = entry.seq, entry.hash
-        sealed = seal(key, GUARDIAN_KIND, state.to_dict())
-        store.put(name, sealed)
-    return Resumed(scope, entry.seq, state, problem, sim_reset)
+        store.put(name, seal(key, GUARDIAN_KIND, state.to_dict()))
+    return Resumed(scope, entry.seq, state, problem or book_problem, bool(book_problem))
+
+
+def _sim_book_problem(store: Any, key: bytes, config: Config, scope: str, *, history: bool) -> str:
+    """What is wrong with a named simulated account's book ("" if nothing, or if the
+    account trades at a real broker)."""
+    from sovereign.memory.account import StateIntegrityError, check_sim_account
+    from sovereign.memory.state_store import CorruptStateError
+
+    if not scope.startswith("account/") or config.broker.kind != "sim":
+        return ""
+    account = scope.split("/", 1)[1]
+    from sovereign.memory.account import sim_account_key
+
+    try:
+        check_sim_account(store.get(sim_account_key(account)), key, account, has_history=history)
+    except (StateIntegrityError, CorruptStateError) as exc:
+        return str(exc)
+    return ""
+
+
+def _reset_sim_book(store: Any, key: bytes, config: Config, scope: str) -> None:
+    from sovereign.memory.account import SIM_ACCOUNT_KIND, seal, sim_account_key
+
+    fresh = {"cash": config.engine.initial_capital, "positions": {}}
+    store.put(sim_account_key(scope.split("/", 1)[1]), seal(key, SIM_ACCOUNT_KIND, fresh))
 
 
 def inspect_state(

@@ -109,18 +109,25 @@ def with_broker_account(config: Config, state_dir: str | Path) -> Config:
     its trading state persists from session to session (``memory.account``)."""
     if config.broker.kind == "sim":
         return config
+    import sqlite3
+
     import msgspec
 
     from sovereign.engine import BrokerAccountError, broker_account_id
     from sovereign.memory.account import AccountRefusedError, bind_broker_account
-    from sovereign.memory.audit import AuditLog, governance_path
+    from sovereign.memory.audit import AuditKeyError, AuditLog, governance_path
 
     try:
         identity = broker_account_id(config)
     except BrokerAccountError as exc:
         raise AccountRefusedError(str(exc)) from None
-    with AuditLog(governance_path(state_dir)) as audit:
-        scope = bind_broker_account(audit, identity, config.engine.account)
+    try:
+        with AuditLog(governance_path(state_dir)) as audit:
+            scope = bind_broker_account(audit, identity, config.engine.account)
+    except (AuditKeyError, sqlite3.DatabaseError) as exc:
+        raise AccountRefusedError(
+            f"the audit log in {state_dir} cannot bind the broker account {identity}: {exc}"
+        ) from None
     return msgspec.structs.replace(
         config,
         engine=msgspec.structs.replace(config.engine, account=scope.split("/", 1)[1]),
@@ -139,18 +146,27 @@ def check_account(config: Config, state_dir: str | Path, scope: str) -> bytes:
         check_sim_account,
         sim_account_key,
     )
-    from sovereign.memory.audit import AuditKeyError, AuditLog, governance_path, verify_audit
+    from sovereign.memory.audit import (
+        AuditKeyError,
+        AuditLog,
+        governance_path,
+        has_history,
+        verify_audit,
+    )
 
     try:
+        # The audit log is what the safety state is checked against: it must hold. It is
+        # verified read-only before anything opens it for writing (which would make an
+        # empty log where one was lost).
+        if has_history(state_dir):
+            verified = verify_audit(state_dir)
+            if not verified.ok:
+                raise StateIntegrityError(_audit_refusal(state_dir, scope, verified.problems))
         with (
             AuditLog(governance_path(state_dir)) as audit,
             closing(open_state_store(state_dir, config.state.redis_url)) as store,
         ):
             key = audit.ledger.key(audit.connection)
-            # The audit log is what the safety state is checked against: it must hold.
-            verified = verify_audit(state_dir)
-            if not verified.ok:
-                raise StateIntegrityError(_audit_refusal(state_dir, scope, verified.problems))
             state = check_guardian_state(
                 store.get(guardian_state_key(scope)), scope, audit.connection, key
             )

@@ -327,3 +327,32 @@ def test_chaos_every_actor_killed_once_loses_nothing(
         ).fetchall()
     assert all(n <= 3 for n in per_day.values())
     assert all(n <= 3 for _, n in decided)
+
+
+def test_an_order_is_checkpointed_before_it_leaves_for_a_real_broker(tmp_path) -> None:
+    """Write-ahead: when the order reaches a real broker, the checkpoint that a restarted
+    gateway would find already holds it (and its used approval)."""
+    seen: list[bytes] = []
+
+    class RealBroker:
+        name = "real"
+
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def poll(self, now_ns: int) -> list[Any]:
+            return []
+
+        def submit(self, order: Any, now_ns: int) -> list[Any]:
+            assert seen, "the order left before it was checkpointed"
+            restored = GatewayActor(0, RealBroker, SECRET, state_dir=str(tmp_path))
+            restored.restore(seen[-1])
+            assert restored.orders.knows(order.order_id)
+            assert order.approval.signature in restored.verifier._used
+            self.calls.append(order.order_id)
+            return []
+
+    gw = GatewayActor(0, RealBroker, SECRET, state_dir=str(tmp_path))
+    gw.persist = lambda: seen.append(gw.snapshot() or b"")
+    gw.receive([submit("AAA-1", "AAA", "BUY", 10, now=0, ttl_ns=DAY_NS)])
+    assert gw.broker.calls == ["AAA-1"]

@@ -108,6 +108,9 @@ class GatewayActor(Actor):
         """Paper and live: the output, and the order events of the last calls again."""
         if any(isinstance(m, _CHANGES) for m in out):
             self._dirty = True
+            # A named simulated account's book follows every change, so that a crash of
+            # the process loses no fill of it (the trading state is stored as it moves).
+            self._save_account()
         if self.replay_window:
             self._recent.append([m for m in out if isinstance(m, _REPLAYED)])
             recent = [m for call in self._recent for m in call]

@@ -23,7 +23,13 @@ import numpy as np
 
 from sovereign.actors.base import Actor
 from sovereign.core.constitution import Constitution
-from sovereign.core.guardian import GuardianState, TradingState, TradingStateMachine, Transition
+from sovereign.core.guardian import (
+    GuardianState,
+    TradingState,
+    TradingStateMachine,
+    Transition,
+    halted_from,
+)
 from sovereign.core.risk import (
     RiskBook,
     SizingPolicy,
@@ -40,6 +46,7 @@ from sovereign.memory.account import (
     StateIntegrityError,
     check_guardian_state,
     guarded,
+    read_guardian_state,
     seal,
     unseal,
 )
@@ -156,16 +163,18 @@ class GuardianActor(Actor):
         # The fingerprint every decision is checked against: written to the audit log now.
         self.fingerprint = constitution.fingerprint
         problem = ""
+        doc: dict[str, object] | None = None
         try:
-            state = check_guardian_state(
-                self.store.get(self.state_key), state_scope, self.audit.connection, self._seal_key
-            )
+            doc = self.store.get(self.state_key)
+            state = check_guardian_state(doc, state_scope, self.audit.connection, self._seal_key)
         except (StateIntegrityError, CorruptStateError) as exc:
             # Fail closed: a safety state that cannot be trusted is a halt, which only the
             # operator's resume lifts (a session's start refuses it before it gets here;
             # this is a restart mid-session, or a store damaged under a running session).
+            # What can be read of it is kept (its resumes above all: a stale document that
+            # records as many resumes cannot pass for a later one, and be adopted).
             problem = str(exc)
-            state = GuardianState(state=TradingState.HALTED.value, halted_reason=problem)
+            state = halted_from(read_guardian_state(doc, self._seal_key)[0], problem)
         self.machine = (
             TradingStateMachine(constitution, state, review_after_losses=review_after_losses)
             if state is not None
@@ -329,7 +338,7 @@ class GuardianActor(Actor):
     def _adopt_external_resume(self) -> None:
         """``sovereign resume`` writes the store; a running guardian picks it up here."""
         assert self.machine is not None
-        theirs = self._stored()
+        theirs = self._stored(audited=True)
         if (
             theirs is not None
             and theirs.state != TradingState.HALTED.value
@@ -338,8 +347,10 @@ class GuardianActor(Actor):
             self._adopt(theirs)
             self.log.warning("trading resumed by an operator: %s", theirs.resumed[-1])
 
-    def _stored(self) -> GuardianState | None:
-        """The stored state, if its seal holds (anything else is not an operator's)."""
+    def _stored(self, *, audited: bool) -> GuardianState | None:
+        """The stored state, if its seal holds and (``audited``) it agrees with the audit
+        log: the last change of the trading state the audit log records is its own. Only
+        such a state is ever adopted."""
         try:
             doc = self.store.get(self.state_key)
         except CorruptStateError:
@@ -347,6 +358,8 @@ class GuardianActor(Actor):
         if doc is None:
             return None
         try:
+            if audited:
+                return check_guardian_state(doc, self.scope, self.audit.connection, self._seal_key)
             return GuardianState.from_dict(
                 unseal(self._seal_key, GUARDIAN_KIND, doc, "the stored trading state")
             )
@@ -446,8 +459,11 @@ class GuardianActor(Actor):
             if quantity <= 0:
                 continue
             assert self.machine is not None  # flattening needs an account state
-            self.machine.s.flatten_seq += 1
-            order_id = f"G-{symbol}-{self.machine.s.flatten_seq}"
+            s = self.machine.s
+            s.flatten_seq += 1
+            # With the audit entry of the state change: unique even if a state that could
+            # not be read started the numbering again.
+            order_id = f"G-{symbol}-{s.audit_seq}.{s.flatten_seq}"
             out.append(
                 self._submit(
                     order_id=order_id,
@@ -529,8 +545,10 @@ class GuardianActor(Actor):
         the adopted state forbids is canceled at once."""
         assert self.machine is not None
         self.count("state_writes_refused")
-        theirs = self._stored()
+        theirs = self._stored(audited=True)
         if theirs is None:
+            # Not a state the audit log stands behind: ours stays, in memory, and the
+            # store's is refused at the next start.
             return []
         ours = self.machine.state
         self.log.critical(

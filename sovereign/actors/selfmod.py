@@ -185,16 +185,13 @@ class SelfModActor(Actor):
                     {"modification_id": mod_id, "violations": json.dumps(d.violations)},
                 )
             ]
-        after = before.apply(p.change)
         try:
-            mod_id = store.record_deploy(
+            mod_id, after = store.record_deploy(
                 scope=self.scope,
                 ts_ns=self.now,
                 session_date=p.session_date,
                 change=p.change,
                 evidence=p.evidence,
-                before=before,
-                after=after,
                 trigger=p.trigger,
                 actor=self.name,
                 proposal_id=p.proposal_id,

@@ -65,8 +65,9 @@ BACKTEST_BATCH = 4_096
 BACKTEST_FLUSH_S = 2.0
 """A backtest's closed trades go to trade memory at most this long after they closed."""
 BOOKED_MEMORY = 4_096
-"""Execution ids a shard remembers, to book a fill delivered twice once: far more than the
-gateway ever sends again (the events of its last few calls)."""
+"""Execution ids a shard remembers, to book a fill delivered twice once; one booked within
+the gateway's replay window (``replay_window`` of its calls) is never forgotten, however
+many there are."""
 
 
 class ShardActor(Actor):
@@ -99,6 +100,7 @@ class ShardActor(Actor):
         *,
         account: str = "",
         redis_url: str = "",
+        replay_window: int = 0,
     ) -> None:
         super().__init__(index)
         self.universe = Universe(symbols)
@@ -129,9 +131,11 @@ class ShardActor(Actor):
         self._mask = np.zeros(n, dtype=bool)
         # A chunk run speculatively: (chunk, checkpoint, outcome) until its verdict.
         self._chunk: tuple[int, dict[str, object], ChunkOutcome] | None = None
-        # Execution ids of the fills booked (the latest BOOKED_MEMORY): a fill delivered
-        # twice (in RecentOrderEvents after a restart) is booked once.
-        self._booked: dict[str, None] = {}
+        # Execution ids of the fills booked, with the call that booked each: a fill
+        # delivered twice (in RecentOrderEvents after a restart) is booked once.
+        self._booked: dict[str, int] = {}
+        self._calls = 0
+        self.replay_window = replay_window
         self.fills_booked = 0
         self._rules: tuple[int, list[object], dict[str, float]] = (0, [], {})
         # After a restart: the next book of the broker is checked against ours.
@@ -142,6 +146,7 @@ class ShardActor(Actor):
         closed: list[ClosedTrade | ClosedColumns] = []
         # Events a failed call of ours missed come first, in the order they happened; what
         # follows in this batch repeats the newest of them and is booked once.
+        self._calls += 1
         replays = [e for m in messages if isinstance(m, RecentOrderEvents) for e in m.events]
         for msg in [*replays, *messages]:
             match msg:
@@ -205,9 +210,14 @@ class ShardActor(Actor):
                 if msg.execution_id in self._booked:
                     self.count("fills_seen_again")
                     return None
-                self._booked[msg.execution_id] = None
-                if len(self._booked) > BOOKED_MEMORY:
-                    del self._booked[next(iter(self._booked))]
+                self._booked[msg.execution_id] = self._calls
+                # Forget the oldest beyond the memory, never one the gateway may still send
+                # again (a shard call takes two gateway calls' output at most).
+                while len(self._booked) > BOOKED_MEMORY:
+                    oldest = next(iter(self._booked))
+                    if self._booked[oldest] >= self._calls - self.replay_window:
+                        break
+                    del self._booked[oldest]
                 self.fills_booked += 1
                 if msg.order_id not in self.strategy.orders:
                     # Not a live order of ours: the guardian flattening a position on a
@@ -391,6 +401,7 @@ class ShardActor(Actor):
         "intents",
         "counters",
         "_booked",
+        "_calls",
         "fills_booked",
         "_rules",
         "_seq_saved",

@@ -27,6 +27,7 @@ clock. Its whole state is a small document persisted by the guardian after every
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 from dataclasses import dataclass, field
@@ -322,6 +323,18 @@ def replacement_refusal(old: GuardianState, new: GuardianState) -> str | None:
     ):
         return "only `sovereign resume --confirm` leaves HALTED"
     return None
+
+
+def halted_from(state: GuardianState | None, reason: str) -> GuardianState:
+    """A state that cannot be trusted, failed closed: HALTED, keeping whatever could be
+    read of it (its resumes, its high-water mark, its order numbering)."""
+    old = state or GuardianState()
+    return dataclasses.replace(
+        old,
+        state=TradingState.HALTED.value,
+        halted_reason=reason,
+        resumed=[dict(r) for r in old.resumed],
+    )
 
 
 def rebuild(

@@ -37,7 +37,13 @@ from typing import Any
 import msgspec
 
 from sovereign.core.guardian import GuardianState, TradingState, replacement_refusal
-from sovereign.memory.audit import AuditEntry, state_changes
+from sovereign.memory.audit import (
+    AuditEntry,
+    append_in_transaction,
+    entry_mac,
+    same_mac,
+    state_changes,
+)
 
 MAC_FIELD = "mac"
 _canonical = msgspec.json.Encoder(order="sorted")
@@ -90,10 +96,9 @@ def unseal(key: bytes, kind: str, doc: dict[str, Any], what: str) -> dict[str, A
     mac = doc.get(MAC_FIELD)
     if not isinstance(mac, str) or not mac:
         raise StateIntegrityError(
-            f"{what} carries no seal (written by hand, or by a version of Sovereign before "
-            "seals)"
+            f"{what} carries no seal (written by hand, or by a version of Sovereign before seals)"
         )
-    if not hmac.compare_digest(mac, _mac(key, kind, doc)):
+    if not same_mac(mac, _mac(key, kind, doc)):
         raise StateIntegrityError(f"{what} does not match its seal: it was edited")
     return {k: v for k, v in doc.items() if k != MAC_FIELD}
 
@@ -134,15 +139,19 @@ def check_guardian_state(
         raise StateIntegrityError(f"{exc}; " + resume_hint(scope)) from None
     except (TypeError, ValueError) as exc:
         raise StateIntegrityError(f"{what} is unreadable ({exc}); " + resume_hint(scope)) from None
-    problem = _audit_disagreement(state, changes)
+    problem = _audit_disagreement(state, changes, key)
     if problem:
         raise StateIntegrityError(f"{what} {problem}; " + resume_hint(scope))
     return state
 
 
-def _audit_disagreement(state: GuardianState, changes: list[AuditEntry]) -> str:
+def _audit_disagreement(state: GuardianState, changes: list[AuditEntry], key: bytes) -> str:
     recorded = next((c for c in changes if c.seq == state.audit_seq), None)
-    if recorded is None or recorded.hash != state.audit_hash:
+    if (
+        recorded is None
+        or recorded.hash != state.audit_hash
+        or not same_mac(recorded.mac, entry_mac(key, recorded.hash))
+    ):
         return (
             f"names audit entry {state.audit_seq}, which the audit log does not hold "
             "(the audit log was truncated or replaced, or the state belongs elsewhere)"
@@ -321,7 +330,9 @@ class AccountLock:
                 reason = "the lease was taken over by another session"
             if ok:
                 last_ok = time.monotonic()
-            elif ok == 0 or time.monotonic() - last_ok > self.LEASE_MS / 1000.0:
+            elif ok == 0 or time.monotonic() - last_ok > self.LEASE_MS / 2000.0:
+                # Given up well before the lease can expire: by then another session may
+                # hold it, and this one must have stopped trading.
                 self.lost = reason
                 return
 
@@ -388,31 +399,45 @@ def bind_broker_account(audit: Any, identity: str, account: str) -> str:
     and every later session must use that scope. Refused (``AccountRefusedError``): a
     name other than the bound one, or a name already bound to another broker account."""
     conn = audit.connection
-    rows = conn.execute(
-        "SELECT json_extract(payload, '$.broker_account'), json_extract(payload, '$.scope') "
-        "FROM audit WHERE action = ? ORDER BY seq",
-        (BINDING_ACTION,),
-    ).fetchall()
-    bound = {b: s for b, s in rows}
-    scope_of = bound.get(identity)
-    wanted = f"account/{account}" if account else (scope_of or f"account/{identity}")
-    if scope_of is not None and scope_of != wanted:
-        raise AccountRefusedError(
-            f"the broker account {identity} belongs to the Sovereign account "
-            f"{scope_of.split('/', 1)[1]} (its trading state, halts included, lives there): "
-            f"use --account {scope_of.split('/', 1)[1]}, or no --account"
-        )
-    others = sorted(b for b, s in bound.items() if s == wanted and b != identity)
-    if others:
-        raise AccountRefusedError(
-            f"{wanted} trades the broker account {others[0]}, not {identity}: a Sovereign "
-            "account has one broker account; name another account for this one"
-        )
-    if scope_of is None:
-        audit.append(
-            ts_ns=time.time_ns(),
-            actor="session",
-            action=BINDING_ACTION,
-            payload={"broker_account": identity, "scope": wanted},
-        )
+    key = audit.ledger.key(conn)
+    # Read and bind in one transaction: two first sessions on one broker account cannot
+    # bind it to two Sovereign accounts (and hold two locks on it).
+    conn.execute("BEGIN IMMEDIATE")
+    entry = None
+    try:
+        rows = conn.execute(
+            "SELECT json_extract(payload, '$.broker_account'), json_extract(payload, '$.scope') "
+            "FROM audit WHERE action = ? ORDER BY seq",
+            (BINDING_ACTION,),
+        ).fetchall()
+        bound = {b: s for b, s in rows}
+        scope_of = bound.get(identity)
+        wanted = f"account/{account}" if account else (scope_of or f"account/{identity}")
+        if scope_of is not None and scope_of != wanted:
+            raise AccountRefusedError(
+                f"the broker account {identity} belongs to the Sovereign account "
+                f"{scope_of.split('/', 1)[1]} (its trading state, halts included, lives "
+                f"there): use --account {scope_of.split('/', 1)[1]}, or no --account"
+            )
+        others = sorted(b for b, s in bound.items() if s == wanted and b != identity)
+        if others:
+            raise AccountRefusedError(
+                f"{wanted} trades the broker account {others[0]}, not {identity}: a Sovereign "
+                "account has one broker account; name another account for this one"
+            )
+        if scope_of is None:
+            entry = append_in_transaction(
+                conn,
+                key,
+                ts_ns=time.time_ns(),
+                actor="session",
+                action=BINDING_ACTION,
+                payload={"broker_account": identity, "scope": wanted},
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    if entry is not None:
+        audit.ledger.anchor(conn, entry.seq, entry.hash)
     return wanted

@@ -77,8 +77,30 @@ def entry_mac(key: bytes, digest: str) -> str:
     return hmac.new(key, b"audit-entry:" + digest.encode(), "sha256").hexdigest()
 
 
-def anchor_mac(key: bytes, seq: int, digest: str) -> str:
-    return hmac.new(key, _json.encode(["audit-anchor", seq, digest]), "sha256").hexdigest()
+def anchor_mac(key: bytes, seq: int, digest: str, legacy: int) -> str:
+    return hmac.new(key, _json.encode(["audit-anchor", seq, digest, legacy]), "sha256").hexdigest()
+
+
+def same_mac(given: object, expected: str) -> bool:
+    """Constant-time comparison of a stored MAC (whatever an editor put there) with the
+    expected one; never raises."""
+    return hmac.compare_digest(str(given).encode("utf-8", "replace"), expected.encode())
+
+
+def key_is_default(state_dir: str | Path) -> bool:
+    """Whether the key lives in the state directory (not named by the environment): then
+    its existence proves the directory has an audit history."""
+    return audit_key_path(state_dir) == Path(state_dir) / "audit.key"
+
+
+def has_history(state_dir: str | Path) -> bool:
+    """Whether anything shows that this state directory has kept an audit log: the log,
+    its anchor, or the key made with its first entry."""
+    return (
+        governance_path(state_dir).exists()
+        or read_anchor(state_dir) is not None
+        or (key_is_default(state_dir) and audit_key_path(state_dir).exists())
+    )
 
 
 # -- THE KEY ------------------------------------------------------------------------------
@@ -135,6 +157,7 @@ class AuditEntry:
     payload: dict[str, Any]
     prev_hash: str
     hash: str
+    mac: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,12 +211,16 @@ class Ledger:
             self._key = found
         return self._key
 
-    def anchor(self, seq: int, digest: str) -> None:
-        """Advance the anchored head to (seq, digest), never back."""
+    def anchor(self, conn: sqlite3.Connection, seq: int, digest: str) -> None:
+        """Advance the anchored head to (seq, digest), never back. It also records how
+        many entries have no MAC (written before the log was keyed): MACs stripped later
+        to pass entries off as that old are then noticed."""
         from sovereign.memory.state_store import SqliteStateStore, state_path
 
         assert self._key is not None
-        doc = {"seq": seq, "hash": digest, "mac": anchor_mac(self._key, seq, digest)}
+        (legacy,) = conn.execute("SELECT COUNT(*) FROM audit WHERE mac = ''").fetchone()
+        mac = anchor_mac(self._key, seq, digest, int(legacy))
+        doc = {"seq": seq, "hash": digest, "legacy": int(legacy), "mac": mac}
         store = SqliteStateStore(state_path(self.state_dir))
         try:
             store.update(
@@ -237,7 +264,7 @@ class AuditLog:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        self.ledger.anchor(entry.seq, entry.hash)
+        self.ledger.anchor(conn, entry.seq, entry.hash)
         return entry
 
     def entries(self, *, action: str | None = None, limit: int | None = None) -> list[AuditEntry]:
@@ -268,7 +295,7 @@ def append_in_transaction(
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (seq, ts_ns, actor, action, body, prev, digest, entry_mac(key, digest)),
     )
-    return AuditEntry(seq, ts_ns, actor, action, payload, prev, digest)
+    return AuditEntry(seq, ts_ns, actor, action, payload, prev, digest, entry_mac(key, digest))
 
 
 def read_entries(
@@ -293,11 +320,14 @@ def state_changes(conn: sqlite3.Connection, scope: str) -> list[AuditEntry]:
     """The entries that changed ``scope``'s trading state, oldest first."""
     marks = ",".join("?" * len(STATE_ACTIONS))
     rows = conn.execute(
-        "SELECT seq, ts_ns, actor, action, payload, prev_hash, hash FROM audit "
+        "SELECT seq, ts_ns, actor, action, payload, prev_hash, hash, mac FROM audit "
         f"WHERE action IN ({marks}) AND json_extract(payload, '$.scope') = ? ORDER BY seq",
         (*STATE_ACTIONS, scope),
     )
-    return [AuditEntry(r[0], r[1], r[2], r[3], msgspec.json.decode(r[4]), r[5], r[6]) for r in rows]
+    return [
+        AuditEntry(r[0], r[1], r[2], r[3], msgspec.json.decode(r[4]), r[5], r[6], r[7])
+        for r in rows
+    ]
 
 
 def verify_chain(conn: sqlite3.Connection, key: bytes | None) -> VerifyResult:
@@ -332,7 +362,7 @@ def verify_chain(conn: sqlite3.Connection, key: bytes | None) -> VerifyResult:
                 legacy += 1
         else:
             keyed_seen = True
-            if key is not None and not hmac.compare_digest(mac, entry_mac(key, stored_hash)):
+            if key is not None and not same_mac(mac, entry_mac(key, stored_hash)):
                 problems.append(
                     f"entry {seq}: its MAC does not match the audit key (chain recomputed)"
                 )
@@ -421,7 +451,22 @@ def verify_audit(state_dir: str | Path) -> VerifyResult:
             problems.append(
                 f"the audit key {audit_key_path(state_dir)} is missing: the MACs cannot be checked"
             )
-    problems.extend(_anchor_problems(anchor, chain, anchored_hash, key, keyed=keyed))
+    # The key is made with the log's first keyed entry: where it is the directory's own,
+    # a log that is empty or gone while it exists has lost its history, and one without a
+    # single MAC has had them stripped (a log older than its key keeps its newer entries'
+    # MACs).
+    if key is not None and key_is_default(state_dir):
+        if chain is None or not chain.entries:
+            problems.append(
+                "the audit key exists but the audit log is empty or missing: its history was lost"
+            )
+        elif not chain.keyed_entries:
+            problems.append(
+                "no entry has a MAC although the audit key exists: the MACs were stripped"
+            )
+    problems.extend(
+        _anchor_problems(anchor, chain, anchored_hash, key, keyed=keyed or key is not None)
+    )
     return VerifyResult(
         ok=not problems,
         entries=chain.entries if chain else 0,
@@ -447,13 +492,19 @@ def _anchor_problems(
         return ["the audit anchor is missing from the state store"] if keyed else []
     try:
         seq, digest, mac = int(anchor["seq"]), str(anchor["hash"]), str(anchor["mac"])
+        legacy = int(anchor.get("legacy", 0))
     except (KeyError, TypeError, ValueError):
         return ["the audit anchor is unreadable"]
     if seq < 1:
         return ["the audit anchor is unreadable"]
     out: list[str] = []
-    if key is not None and not hmac.compare_digest(mac, anchor_mac(key, seq, digest)):
+    if key is not None and not same_mac(mac, anchor_mac(key, seq, digest, legacy)):
         out.append("the audit anchor's MAC does not match the audit key (anchor edited)")
+    if chain is not None and chain.entries - chain.keyed_entries != legacy:
+        out.append(
+            f"{chain.entries - chain.keyed_entries} entries have no MAC where {legacy} were "
+            "written before the log was keyed (MACs stripped)"
+        )
     if chain is None or anchored_hash is None:
         found = chain.entries if chain else 0
         out.append(

@@ -59,7 +59,7 @@ class CheckpointStore:
             mac = str(doc["mac"])
         except (KeyError, ValueError) as exc:
             raise CheckpointError(f"{self.name} is unreadable: {exc}") from None
-        if not hmac.compare_digest(mac, self._mac(blob)):
+        if not hmac.compare_digest(mac.encode("utf-8", "replace"), self._mac(blob).encode()):
             raise CheckpointError(f"{self.name} does not match its seal: it is not restored")
         return blob
 

@@ -283,7 +283,7 @@ class GovernanceStore:
             conn.execute("ROLLBACK")
             raise
         if appended:
-            self.ledger.anchor(appended[-1].seq, appended[-1].hash)
+            self.ledger.anchor(conn, appended[-1].seq, appended[-1].hash)
 
     def decide(
         self,
@@ -346,9 +346,11 @@ class GovernanceStore:
         return int(row[0])
 
     def _approved_book(self, scope: str, session_date: str) -> RuleBook:
-        """The rule set as deployed, with today's approved changes not yet deployed applied
-        (an approval in flight already takes its rule id and its place among the rules;
-        one from an earlier day whose deployment never came is void)."""
+        """The rule set as deployed, with today's approved additions and settings not yet
+        deployed applied (an approval in flight already takes its rule id and its place
+        among the rules; one from an earlier day whose deployment never came is void).
+        Removals not yet deployed are not: a removal that never comes must not make room
+        for a rule over the limit."""
         book = self.current(scope)
         rows = self._conn.execute(
             "SELECT change FROM decisions WHERE scope = ? AND session_date = ? AND approved = 1 "
@@ -357,6 +359,8 @@ class GovernanceStore:
         )
         for (doc,) in rows:
             change = _change_from_doc(json.loads(doc))
+            if change.kind == "remove_rule":
+                continue
             with contextlib.suppress(KeyError, ValueError):
                 book = book.apply(change)
         return book
@@ -369,14 +373,18 @@ class GovernanceStore:
         session_date: str,
         change: Change,
         evidence: dict[str, Any],
-        before: RuleBook,
-        after: RuleBook,
         trigger: str,
         actor: str,
         proposal_id: str,
-    ) -> int:
-        """Deploy a change the guardian approved (``decide``); its approval is used up. A
-        change without an approval of its own is refused (``UnapprovedChangeError``)."""
+    ) -> tuple[int, RuleBook]:
+        """Deploy a change the guardian approved (``decide``) on the rule set the store
+        holds now; its approval is used up. Returns the modification id and the new rule
+        set. Refused (``UnapprovedChangeError``): a change without an approval of its own,
+        an approval of a day after which the guardian has decided on another day (the
+        rule set and the count it was checked against are gone), and a change that no
+        longer applies (a rule id already active, or a removal of one that is not). A
+        change counts against the day it was approved: a deployment comes a step after
+        its decision, which with daily bars is the next day."""
         conn = self._conn
         with self._audited() as record:
             approval = conn.execute(
@@ -400,9 +408,13 @@ class GovernanceStore:
                     f"{scope}: the approval of proposal {proposal_id!r} ({approval[2]}) expired "
                     f"when {latest} began; nothing was deployed"
                 )
+            before = self.current(scope)
             rule = change.rule if change.kind == "add_rule" else None
-            if rule is not None and rule.rule_id in self.current(scope).rule_ids():
+            if rule is not None and rule.rule_id in before.rule_ids():
                 raise UnapprovedChangeError(f"{scope}: rule {rule.rule_id!r} is already active")
+            if change.kind == "remove_rule" and change.rule_id not in before.rule_ids():
+                raise UnapprovedChangeError(f"{scope}: no active rule {change.rule_id!r}")
+            after = before.apply(change)
             mod_id = self._insert(
                 scope,
                 ts_ns,
@@ -432,7 +444,7 @@ class GovernanceStore:
                     "evidence": evidence,
                 },
             )
-        return mod_id
+        return mod_id, after
 
     def record_reject(
         self,

@@ -86,8 +86,6 @@ def test_nothing_is_deployed_without_an_unused_approval(tmp_path) -> None:
                 session_date="2024-01-02",
                 change=change,
                 evidence={},
-                before=store.current(SCOPE),
-                after=store.current(SCOPE).apply(change),
                 trigger="t",
                 actor="test",
                 proposal_id=proposal_id,
@@ -104,61 +102,120 @@ def test_nothing_is_deployed_without_an_unused_approval(tmp_path) -> None:
         assert before.version + 1 == store.current(SCOPE).version
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SMALL = Constitution(max_active_rules=3)
+DAYS = ["2024-01-02", "2024-01-03", "2024-01-04"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(
         st.one_of(
-            st.just(("restart", "", "")),
-            st.just(("deploy", "", "")),
+            st.just(("restart", "", 0)),
+            st.tuples(st.just("deploy"), st.just(""), st.integers(0, 2)),
             st.tuples(
-                st.just("propose"),
-                st.sampled_from(["a", "b", "c", "d", "e"]),
-                st.sampled_from(["2024-01-02", "2024-01-03"]),
+                st.sampled_from(["add", "remove"]),
+                st.sampled_from(["a", "b", "c", "d", "e", "f"]),
+                st.integers(0, 2),
             ),
         ),
         min_size=1,
-        max_size=25,
+        max_size=30,
     )
 )
 def test_no_sequence_of_restarts_proposals_and_deploys_exceeds_the_limits(ops) -> None:
-    """Restarts (a new guardian on the same store), proposals on two days, and the
-    deployment of the latest approval: never more than the day's allowance, and never a
-    rule id twice in the rule set, deployed or approved."""
+    """Restarts (a new guardian on the same store), additions and removals proposed on
+    three days, and the deployment of the latest approval on some day (its own or a
+    later one), under a constitution of at most 3 active rules: never more approvals or
+    deployments in a day than the constitution allows, never a rule id twice, and never
+    more active rules than the limit, deployed or approved."""
     with tempfile.TemporaryDirectory() as state:
-        g = guardian(state)
-        approved: dict[str, int] = {}
-        undeployed: list[tuple[str, str, str]] = []  # (proposal id, rule id, day)
-        for n, (op, rule_id, day) in enumerate(ops):
+
+        def new_guardian() -> GuardianActor:
+            return GuardianActor(
+                0, SMALL, SizingPolicy(), SECRET, 300, state_dir=state, state_scope=SCOPE
+            )
+
+        g = new_guardian()
+        undeployed: list[tuple[str, Change, str]] = []  # (proposal id, change, day)
+        deployed_on: dict[str, int] = {}
+        for n, (op, rule_id, day_index) in enumerate(ops):
+            day = DAYS[day_index]
             if op == "restart":
-                g = guardian(state)
+                g = new_guardian()
             elif op == "deploy" and undeployed:
-                proposal_id, rid, d = undeployed.pop()
-                change = Change("add_rule", rule=rule(rid))
+                proposal_id, change, approved_on = undeployed.pop()
                 with GovernanceStore(state) as store, contextlib.suppress(UnapprovedChangeError):
-                    # Refused when its day has ended (the approval expired): never deployed.
-                    book = store.current(SCOPE)
+                    # Refused when its day has ended or it no longer applies: never deployed.
                     store.record_deploy(
                         scope=SCOPE,
                         ts_ns=n,
-                        session_date=d,
+                        session_date=approved_on,
                         change=change,
                         evidence={},
-                        before=book,
-                        after=book.apply(change),
                         trigger="t",
                         actor="test",
                         proposal_id=proposal_id,
                     )
-            elif op == "propose":
-                decision = propose(g, rule_id, day, n)
-                if decision.approved:
-                    approved[day] = approved.get(day, 0) + 1
-                    undeployed.append((f"P-{rule_id}-{n}", rule_id, day))
-        assert all(v <= C.max_rule_changes_per_day for v in approved.values())
-        with GovernanceStore(state) as store:
-            deployed = [r.rule_id for r in store.current(SCOPE).rules]
-            assert len(deployed) == len(set(deployed)) <= C.max_active_rules
-            if approved:
-                latest = max(approved)
-                ids = [r.rule_id for r in store._approved_book(SCOPE, latest).rules]
-                assert len(ids) == len(set(ids)) <= C.max_active_rules
+                    # A change counts against the day it was approved.
+                    deployed_on[approved_on] = deployed_on.get(approved_on, 0) + 1
+            elif op in ("add", "remove"):
+                kind = "add_rule" if op == "add" else "remove_rule"
+                (d,) = g.receive(
+                    [
+                        ModificationProposal(
+                            msg_id=f"m{n}",
+                            ts_event=0,
+                            ts_init=0,
+                            proposal_id=f"P{n}",
+                            kind=kind,  # type: ignore[arg-type]
+                            reason="",
+                            session_date=day,
+                            rule=rule(rule_id) if op == "add" else None,
+                            rule_id="" if op == "add" else rule_id,
+                        )
+                    ]
+                )
+                assert isinstance(d, ModificationDecision)
+                if d.approved:
+                    change = (
+                        Change("add_rule", rule=rule(rule_id))
+                        if op == "add"
+                        else Change("remove_rule", rule_id=rule_id)
+                    )
+                    undeployed.append((f"P{n}", change, day))
+            with GovernanceStore(state) as store:
+                deployed = [r.rule_id for r in store.current(SCOPE).rules]
+                assert len(deployed) == len(set(deployed)) <= SMALL.max_active_rules
+                approved = store._conn.execute(
+                    "SELECT session_date, COUNT(*) FROM decisions WHERE approved = 1 GROUP BY 1"
+                ).fetchall()
+        assert all(k <= SMALL.max_rule_changes_per_day for _, k in approved)
+        assert all(k <= SMALL.max_rule_changes_per_day for k in deployed_on.values())
+
+
+def test_a_removal_not_yet_deployed_makes_no_room_for_a_rule_over_the_limit(tmp_path) -> None:
+    """With the limit reached, an approved removal that is never deployed (the self-
+    modification actor died) must not let an addition past the limit."""
+    g = GuardianActor(
+        0, SMALL, SizingPolicy(), SECRET, 300, state_dir=str(tmp_path), state_scope=SCOPE
+    )
+    day1, day2 = DAYS[0], DAYS[1]
+    with GovernanceStore(tmp_path) as store:
+        for rid in ("a", "b", "c"):
+            assert propose(g, rid, day1).approved
+            store.record_deploy(
+                scope=SCOPE, ts_ns=1, session_date=day1, change=Change("add_rule", rule=rule(rid)),
+                evidence={}, trigger="t", actor="test", proposal_id=f"P-{rid}-0",
+            )  # fmt: skip
+        assert len(store.current(SCOPE).rules) == SMALL.max_active_rules
+    (removal,) = g.receive(
+        [
+            ModificationProposal(
+                msg_id="rm", ts_event=0, ts_init=0, proposal_id="P-rm", kind="remove_rule",
+                reason="", session_date=day2, rule_id="a",
+            )
+        ]
+    )  # fmt: skip
+    assert isinstance(removal, ModificationDecision) and removal.approved
+    over = propose(g, "d", day2)
+    assert not over.approved and codes(over) == {"TOO_MANY_ACTIVE_RULES"}

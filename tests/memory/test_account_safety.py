@@ -313,10 +313,33 @@ def test_a_lost_or_edited_state_is_refused_at_start_never_reset(
 ) -> None:
     state, active = halted
     TAMPERING[tamper](state, active)
-    with pytest.raises(StateIntegrityError, match="sovereign resume") as refused:
+    before = _files(state)
+    with pytest.raises(StateIntegrityError, match="sovereign resume"):
         session(state, crash_data, "after-tampering", max_steps=20)
-    # Nothing was written on the way out: the account is as the tampering left it.
-    assert "Traceback" not in str(refused.value)
+    # Nothing was written on the way out: the stores are as the tampering left them.
+    assert _files(state) == before
+
+
+def _files(state: Path) -> dict[str, bytes]:
+    """The state directory's databases, their logs checkpointed in (what a reader sees)."""
+    out: dict[str, bytes] = {}
+    for name in ("state.sqlite", "governance.sqlite"):
+        path = state / name
+        if not path.exists():
+            continue
+        try:
+            with closing(sqlite3.connect(path)) as conn:
+                rows = conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+                ).fetchall()
+                dump = [
+                    (t, sorted(map(repr, conn.execute(f"SELECT * FROM {t}").fetchall())))
+                    for (t,) in rows
+                ]
+        except sqlite3.DatabaseError:
+            dump = [("unreadable", [repr(path.read_bytes())])]
+        out[name] = repr(dump).encode()
+    return out
 
 
 def test_the_command_line_refuses_with_exit_2_and_names_resume(halted, tmp_path) -> None:
@@ -365,6 +388,41 @@ def test_a_guardian_restarted_on_a_damaged_store_comes_up_halted(halted) -> None
     assert "later change" in g.machine.s.halted_reason
     g2, problem = inspect_state(state, config(), SCOPE)
     assert problem == "" and g2 is not None and g2.state == "HALTED"
+
+
+def test_an_older_copy_from_after_a_resume_cannot_undo_a_later_halt(halted) -> None:
+    """The stale document records a resume: the restarted guardian's fail-closed halt must
+    not be taken for a state with fewer resumes and give way to it, nor may a guardian
+    adopt a stored state the audit log does not stand behind."""
+    state, _ = halted
+    resume_account(state, config(), SCOPE, reason="reviewed", operator="t", ts=10)
+    g = guardian(state)
+    book = BookSnapshot(msg_id="b", ts_event=11, ts_init=11, session_date="")
+    g.receive([book, cash_account(11, 70_000.0)])
+    g.receive([cash_account(12, 70_000.0)])
+    resumed_doc = doc(state)  # ACTIVE, one resume
+    g.receive([cash_account(13, 50_000.0)])  # halts again
+    assert g.machine is not None and g.machine.state.value == "HALTED"
+    put(state, resumed_doc)  # the older, genuine copy put back
+    restarted = guardian(state)
+    assert restarted.machine is not None and restarted.machine.state.value == "HALTED"
+    restarted.receive([book, cash_account(14, 52_000.0)])
+    restarted.receive([cash_account(15, 51_000.0)])
+    assert restarted.machine.state.value == "HALTED"
+    stored, problem = inspect_state(state, config(), SCOPE)
+    assert problem == "" and stored is not None and stored.state == "HALTED"
+
+
+def test_a_lost_simulated_book_is_started_again_by_resume(halted, crash_data) -> None:
+    state, active = halted
+    resume_account(state, config(), SCOPE, reason="reviewed", operator="t", ts=10)
+    _sim_book_deleted(state, active)
+    with pytest.raises(StateIntegrityError, match="book"):
+        session(state, crash_data, "no-book", max_steps=20)
+    done = resume_account(state, config(), SCOPE, reason="book lost", operator="t", ts=11)
+    assert done.sim_account_reset and "book" in done.rebuilt
+    after = session(state, crash_data, "new-book", max_steps=20)
+    assert after.guardian is not None and after.guardian.state == "ACTIVE"
 
 
 def test_an_active_account_resumed_after_a_halt_trades_again(halted, crash_data) -> None:

@@ -33,7 +33,6 @@ def approve(store: GovernanceStore, change: Change, proposal_id: str) -> None:
 
 
 def deploy(store: GovernanceStore, rule_id: str, ts: int) -> int:
-    before = store.current(SCOPE)
     change = Change(
         "add_rule",
         rule=Rule(rule_id=rule_id, condition=RegimeIs("Volatile"), action=ScaleSize(0.5)),
@@ -45,12 +44,10 @@ def deploy(store: GovernanceStore, rule_id: str, ts: int) -> int:
         session_date="2024-01-02",
         change=change,
         evidence={"n": 30, "q_value": 0.01},
-        before=before,
-        after=before.apply(change),
         trigger="end_of_day",
         actor="test",
         proposal_id=f"P-{rule_id}",
-    )
+    )[0]
 
 
 def test_deploys_are_versioned_and_audited(tmp_path) -> None:
@@ -112,27 +109,43 @@ def test_rollback_restores_the_set_from_before_and_undoes_what_came_after(tmp_pa
         assert store.verify().ok
 
 
-def test_a_failed_write_leaves_no_half_record(tmp_path) -> None:
+def test_a_failed_write_leaves_no_half_record(tmp_path, monkeypatch) -> None:
     with GovernanceStore(tmp_path) as store:
         deploy(store, "a", 1)
-        before = store.current(SCOPE)
         change = Change(
             "add_rule",
             rule=Rule(rule_id="x", condition=RegimeIs("Volatile"), action=SkipTrade("x")),
         )
         approve(store, change, "P-x")
-        with pytest.raises(Exception):  # noqa: B017 - any failure must roll back
+
+        def full_disk(*args: object) -> None:
+            raise OSError("disk full")
+
+        # The rule set fails to be written after the modification row was inserted.
+        monkeypatch.setattr(store, "_save_book", full_disk)
+        with pytest.raises(OSError):
             store.record_deploy(
                 scope=SCOPE,
                 ts_ns=2,
-                session_date="d",
+                session_date="2024-01-02",
                 change=change,
                 evidence={},
-                before=before,
-                after=before,  # the same version again: a primary-key clash
                 trigger="t",
                 actor="test",
                 proposal_id="P-x",
             )
         assert store.count(SCOPE) == 1
         assert store.verify().entries == 3  # two decisions and one deployment
+        # The approval was not used up by the failed write: the deployment can be retried.
+        monkeypatch.undo()
+        store.record_deploy(
+            scope=SCOPE,
+            ts_ns=3,
+            session_date="2024-01-02",
+            change=change,
+            evidence={},
+            trigger="t",
+            actor="test",
+            proposal_id="P-x",
+        )
+        assert [r.rule_id for r in store.current(SCOPE).rules] == ["a", "x"]

@@ -16,7 +16,8 @@ import json
 import shutil
 import sqlite3
 import tempfile
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from sovereign.memory.account import (
     check_guardian_state,
     guardian_state_key,
 )
-from sovereign.memory.audit import AuditLog, governance_path, read_audit_key
+from sovereign.memory.audit import AuditLog, governance_path, read_audit_key, verify_audit
 from sovereign.memory.state_store import SqliteStateStore, state_path
 from sovereign.messages import BookSnapshot
 from sovereign.operations import OperationError, resume_account
@@ -45,11 +46,13 @@ CONFIG = parse_config({"broker": {"kind": "ib"}, "engine": {"account": "prop"}})
 
 operation = st.one_of(
     st.tuples(st.just("observe"), st.integers(0, 1), st.sampled_from([100e3, 104e3, 80e3])),
+    # The guardian dies between auditing a halt and storing it (its process is killed).
+    st.tuples(st.just("die_halting"), st.integers(0, 1), st.just(60e3)),
     st.tuples(st.just("restart"), st.integers(0, 1), st.just(0.0)),
     st.tuples(
         st.just("damage"),
-        st.sampled_from(["delete", "edit", "older", "truncate", "cut_audit"]),
-        st.just(0.0),
+        st.sampled_from(["delete", "edit", "older", "truncate", "cut_audit", "strip_macs"]),
+        st.integers(0, 20),
     ),
     st.tuples(st.just("resume"), st.just(0), st.just(0.0)),
 )
@@ -59,6 +62,8 @@ class World:
     def __init__(self, root: Path) -> None:
         self.state = root
         self.guardians: list[GuardianActor | None] = [None, None]
+        # Which of them were built (started or restarted) while the account was halted.
+        self.built_halted = [False, False]
         self.docs: list[dict[str, Any]] = []
         self.halted = False
         self.ts = 0
@@ -73,6 +78,25 @@ class World:
             state_dir=str(self.state),
             state_scope=SCOPE,
         )
+
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        """The account halts when a halt is recorded in the audit log (a guardian that
+        merely holds a stale HALTED has not halted it again)."""
+        with AuditLog(governance_path(self.state)) as audit:
+            (before,) = audit.connection.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM audit"
+            ).fetchone()
+        try:
+            yield
+        finally:
+            with AuditLog(governance_path(self.state)) as audit:
+                new = audit.connection.execute(
+                    "SELECT payload FROM audit WHERE seq > ? AND action = 'trading_state'",
+                    (before,),
+                ).fetchall()
+            if any(json.loads(p).get("to") == "HALTED" for (p,) in new):
+                self.halted = True
 
     def stored(self) -> dict[str, Any] | None:
         if not state_path(self.state).exists():
@@ -98,17 +122,29 @@ class World:
                 except AccountRefusedError:
                     return  # this session is refused at its start
                 g = self.guardians[arg] = self.guardian()
+                self.built_halted[arg] = self.halted
             book = BookSnapshot(msg_id="b", ts_event=self.ts, ts_init=self.ts, session_date="")
-            g.receive([book, cash_account(self.ts, equity)])
-            if g.machine is not None and g.machine.state.value == "HALTED":
-                self.halted = True
+            with self.watching():
+                g.receive([book, cash_account(self.ts, equity)])
+        elif op == "die_halting":
+            g = self.guardians[arg]
+            if g is None or g.machine is None:
+                return
+            # The store write that follows the audit entry never happens: the process died.
+            g.store.update = _dies  # type: ignore[method-assign]
+            book = BookSnapshot(msg_id="b", ts_event=self.ts, ts_init=self.ts, session_date="")
+            with suppress(_DiedError), self.watching():
+                g.receive([book, cash_account(self.ts, equity)])
+            _close(g)
+            self.guardians[arg] = None
         elif op == "restart":
             old = self.guardians[arg]
             if old is not None:
                 _close(old)  # Ray kills its process ...
                 self.guardians[arg] = self.guardian()  # ... and builds it again
+                self.built_halted[arg] = self.halted
         elif op == "damage":
-            self.damage(arg)
+            self.damage(arg, int(equity))
         elif op == "resume":
             try:
                 resume_account(
@@ -117,10 +153,11 @@ class World:
             except OperationError:
                 return
             self.halted = False
+            self.built_halted = [False, False]
             # Sessions running through a resume pick it up at their next snapshot.
         self.note()
 
-    def damage(self, kind: str) -> None:
+    def damage(self, kind: str, pick: int = 0) -> None:
         path = state_path(self.state)
         if not path.exists():
             return
@@ -143,9 +180,8 @@ class World:
                     doc = {**json.loads(row[0]), "state": "ACTIVE"}
                     conn.execute("UPDATE kv SET value = ? WHERE key = ?", (json.dumps(doc), KEY))
             elif kind == "older" and self.docs:
-                conn.execute(
-                    "UPDATE kv SET value = ? WHERE key = ?", (json.dumps(self.docs[0]), KEY)
-                )
+                old = self.docs[pick % len(self.docs)]
+                conn.execute("UPDATE kv SET value = ? WHERE key = ?", (json.dumps(old), KEY))
         finally:
             conn.close()
         if kind == "truncate":
@@ -158,10 +194,24 @@ class World:
                 gov.execute("DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit)")
             finally:
                 gov.close()
+        elif kind == "strip_macs":
+            # Passing the log off as one written before it was keyed: MACs and anchor gone.
+            gov = sqlite3.connect(governance_path(self.state), isolation_level=None)
+            try:
+                gov.execute("UPDATE audit SET mac = ''")
+            finally:
+                gov.close()
+            with closing(sqlite3.connect(path, isolation_level=None)) as conn2:
+                if conn2.execute("SELECT 1 FROM sqlite_master WHERE name = 'kv'").fetchone():
+                    conn2.execute("DELETE FROM kv WHERE key = 'audit/anchor'")
 
     def check(self) -> None:
         if not self.halted:
             return
+        # A guardian built while the account was halted never trades as if it were not.
+        for g, built in zip(self.guardians, self.built_halted, strict=True):
+            if g is not None and built and g.machine is not None:
+                assert g.machine.state.value == "HALTED", g.machine.s
         # A new session: refused at its start, or it finds the account HALTED.
         try:
             check_account(CONFIG, self.state, SCOPE)
@@ -171,10 +221,11 @@ class World:
             g = self.guardian()
             assert g.machine is not None and g.machine.state.value == "HALTED"
             _close(g)
-        # Whatever the store holds that checks out says HALTED.
+        # Whatever the store holds that checks out (against an audit log that verifies)
+        # says HALTED.
         doc = self.stored()
         key = read_audit_key(self.state)
-        if doc is None or key is None:
+        if doc is None or key is None or not verify_audit(self.state).ok:
             return
         with AuditLog(governance_path(self.state)) as audit:
             try:
@@ -182,6 +233,14 @@ class World:
             except AccountRefusedError:
                 return
         assert state is not None and state.state == "HALTED"
+
+
+class _DiedError(Exception):
+    pass
+
+
+def _dies(*args: object, **kwargs: object) -> None:
+    raise _DiedError("killed between the audit entry and the store write")
 
 
 def _close(g: GuardianActor) -> None:

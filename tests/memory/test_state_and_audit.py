@@ -242,3 +242,40 @@ def test_entries_from_before_the_key_verify_as_a_legacy_prefix(tmp_path) -> None
     log.append(ts_ns=9, actor="t", action="x", payload={})
     after = verify_audit(tmp_path)
     assert after.ok and after.entries == 6 and after.keyed_entries == 1
+
+
+def test_stripped_macs_and_a_deleted_anchor_are_not_taken_for_an_old_log(tmp_path) -> None:
+    """With the key in place, entries without MACs cannot pass for a log written before
+    the key: cut the chain, strip its MACs and delete the anchor, and it is still caught."""
+    _log(tmp_path).close()
+    _tamper(tmp_path, "DELETE FROM audit WHERE seq >= 4")
+    _tamper(tmp_path, "UPDATE audit SET mac = ''")
+    SqliteStateStore(tmp_path / "state.sqlite").delete("audit/anchor")
+    result = verify_audit(tmp_path)
+    assert not result.ok
+    assert any("MACs were stripped" in p for p in result.problems), result.problems
+    assert any("anchor is missing" in p for p in result.problems), result.problems
+
+
+def test_a_lost_log_with_its_key_left_behind_is_a_lost_history(tmp_path) -> None:
+    _log(tmp_path).close()
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"governance.sqlite{suffix}").unlink(missing_ok=True)
+        (tmp_path / f"state.sqlite{suffix}").unlink(missing_ok=True)
+    result = verify_audit(tmp_path)
+    assert not result.ok
+    assert any("history was lost" in p for p in result.problems), result.problems
+
+
+def test_garbage_in_a_mac_is_a_finding_not_a_crash(tmp_path) -> None:
+    _log(tmp_path).close()
+    _tamper(tmp_path, "UPDATE audit SET mac = 'é' WHERE seq = 2")
+    store = SqliteStateStore(tmp_path / "state.sqlite")
+    anchor = store.get("audit/anchor")
+    assert anchor is not None
+    store.put("audit/anchor", {**anchor, "mac": "ü"})
+    store.close()
+    result = verify_audit(tmp_path)
+    assert not result.ok
+    assert any("entry 2: its MAC" in p for p in result.problems)
+    assert any("anchor's MAC" in p for p in result.problems)
