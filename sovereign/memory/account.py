@@ -246,7 +246,8 @@ class AccountLock:
         self._fd: int | None = None
         self._redis: Any = None
         self._name = ""
-        self._token = ""
+        self._lease_lock: Any = None
+        self._holder_doc = ""
         self._renewer: threading.Thread | None = None
         self._stop = threading.Event()
         self.lost = ""
@@ -290,9 +291,13 @@ class AccountLock:
 
         self._redis = redis.Redis.from_url(redis_url, socket_timeout=5.0)
         self._name = f"sovereign:lock:{self.scope}"
-        self._token = json.dumps({**_holder(self.scope, run_id), "token": os.urandom(16).hex()})
-        if not self._redis.set(self._name, self._token, nx=True, px=self.LEASE_MS):
-            raw = self._redis.get(self._name)
+        # redis-py's lock: SET NX with an expiry and a random token, renewed and released
+        # only by its owner (a Lua check of the token).
+        self._lease_lock = self._redis.lock(
+            self._name, timeout=self.LEASE_MS / 1000.0, blocking=False, thread_local=False
+        )
+        if not self._lease_lock.acquire(blocking=False):
+            raw = self._redis.get(self._name + ":holder")
             holder = None
             with contextlib.suppress(ValueError, TypeError):
                 holder = json.loads(raw) if raw else None
@@ -301,40 +306,31 @@ class AccountLock:
                 f"{self._name}): an account has one owner at a time. Stop that session first "
                 f"(a crashed session's lease expires within {self.LEASE_MS // 1000} s)."
             )
+        self._holder_doc = json.dumps(_holder(self.scope, run_id))
+        self._redis.set(self._name + ":holder", self._holder_doc, px=self.LEASE_MS)
         self._renewer = threading.Thread(target=self._renew, name="account-lease", daemon=True)
         self._renewer.start()
 
-    _RENEW = """
-    if redis.call('get', KEYS[1]) == ARGV[1] then
-        return redis.call('pexpire', KEYS[1], ARGV[2])
-    end
-    return 0
-    """
-    _RELEASE = """
-    if redis.call('get', KEYS[1]) == ARGV[1] then
-        return redis.call('del', KEYS[1])
-    end
-    return 0
-    """
-
     def _renew(self) -> None:
+        from redis.exceptions import LockError
+
         every = self.LEASE_MS / 3000.0
         last_ok = time.monotonic()
         while not self._stop.wait(every):
             try:
-                ok = self._redis.eval(self._RENEW, 1, self._name, self._token, self.LEASE_MS)
-            except Exception as exc:
-                ok = None
-                reason = f"renewing the lease failed: {exc}"
-            else:
-                reason = "the lease was taken over by another session"
-            if ok:
-                last_ok = time.monotonic()
-            elif ok == 0 or time.monotonic() - last_ok > self.LEASE_MS / 2000.0:
-                # Given up well before the lease can expire: by then another session may
-                # hold it, and this one must have stopped trading.
-                self.lost = reason
+                self._lease_lock.reacquire()
+                self._redis.set(self._name + ":holder", self._holder_doc, px=self.LEASE_MS)
+            except LockError:
+                self.lost = "the lease was taken over by another session"
                 return
+            except Exception as exc:
+                if time.monotonic() - last_ok > self.LEASE_MS / 2000.0:
+                    # Given up well before the lease can expire: by then another session
+                    # may hold it, and this one must have stopped trading.
+                    self.lost = f"renewing the lease failed: {exc}"
+                    return
+                continue
+            last_ok = time.monotonic()
 
     def check(self) -> None:
         if self.lost:
@@ -347,7 +343,8 @@ class AccountLock:
             self._fd = None
         if self._redis is not None:
             with contextlib.suppress(Exception):
-                self._redis.eval(self._RELEASE, 1, self._name, self._token)
+                self._lease_lock.release()  # refused unless still ours
+                self._redis.delete(self._name + ":holder")
             self._redis.close()
             self._redis = None
 
