@@ -532,6 +532,32 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_eval_selfmod(args: argparse.Namespace) -> int:
+    from sovereign.selfmod_eval import evaluate_selfmod, write_eval
+
+    if args.placebo < 0:
+        raise UsageError(f"--placebo must be a number of seeds (0 or more), got {args.placebo}")
+    config = _with_overrides(args, load_config(args.config))
+    human = sys.stderr if args.json else sys.stdout
+    results = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    for source in args.data or ["sample"]:
+        one = argparse.Namespace(**{**vars(args), "data": source})
+        data = _load(one, config)
+        human.write(data.describe() + "\n")  # type: ignore[attr-defined]
+        human.write("  backtests with self-modification on and off ...\n")
+        human.flush()
+        results.append(
+            evaluate_selfmod(data, config, label=source, placebo=args.placebo, work_dir=args.out)
+        )
+    json_path, md_path = write_eval(args.out, results)
+    human.write(md_path.read_text())
+    human.write(f"\nwritten: {json_path}, {md_path}\n")
+    if args.json:
+        sys.stdout.write(json.dumps(results, sort_keys=True, default=str) + "\n")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from sovereign.regime_eval import evaluate_regimes, write_eval
 
@@ -960,6 +986,23 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--json", action="store_true")
     er.add_argument("--no-backtest", action="store_true", help="skip the two backtests")
     er.set_defaults(func=cmd_eval)
+    es = ev_sub.add_parser(
+        "selfmod", help="backtests with self-modification on and off, a placebo, PBO and DSR"
+    )
+    _common(es)
+    es.add_argument(
+        "--data", action="append", help="a data set (repeat for several; default: sample)"
+    )
+    es.add_argument("--symbols", default=None)
+    es.add_argument("--start", default=None)
+    es.add_argument("--end", default=None)
+    es.add_argument("--strategy", choices=["baseline", "breakout"], default=None)
+    es.add_argument("--no-volume-confirmation", action="store_true")
+    es.add_argument("--shards", type=int, default=None)
+    es.add_argument("--placebo", type=int, default=0, help="placebo seeds (outcomes permuted)")
+    es.add_argument("--out", type=Path, default=Path("out/selfmod-eval"))
+    es.add_argument("--json", action="store_true")
+    es.set_defaults(func=cmd_eval_selfmod)
 
     tr = sub.add_parser("train", help="train a model")
     tr_sub = tr.add_subparsers(dest="what", required=True)

@@ -428,12 +428,21 @@ class SelfModConfig(_Section, frozen=True):
     min_trades
         A slice of trade memory is tested only with at least this many trades in it and
         outside it. Default 20.
-    fdr
-        False-discovery rate of the Benjamini-Hochberg control over all tests of one
-        analysis. Default 0.10.
+    alpha
+        The account's error budget for discoveries: the probability that any look ever
+        finds a weakness where there is none is at most this, however many looks are taken
+        (each look spends a share of it; ``core.weakness.spending``). Default 0.05.
+    look_growth
+        A discovery look is taken when trade memory has grown by this factor since the
+        last one (looks are few, and each sees much new data). Default 1.5.
+    confirm_trades
+        A weakness found at a look is proposed only after it holds again on at least this
+        many trades inside the slice (and outside it) that closed after it was found.
+        Default 20.
     min_new_trades
-        The end-of-day analysis runs only when this many trades have closed since the last
-        one (the losing-streak trigger always runs). Default 10.
+        The end-of-day analysis (confirmations, and a look if one is due) runs only when
+        this many trades have closed since the last one (the losing-streak trigger always
+        runs). Default 10.
     max_proposals
         Proposals per analysis. Default 1.
     compare_without_rules
@@ -443,7 +452,9 @@ class SelfModConfig(_Section, frozen=True):
 
     enabled: bool = True
     min_trades: int = 20
-    fdr: float = 0.10
+    alpha: float = 0.05
+    look_growth: float = 1.5
+    confirm_trades: int = 20
     min_new_trades: int = 10
     max_proposals: int = 1
     compare_without_rules: bool = True
@@ -451,8 +462,12 @@ class SelfModConfig(_Section, frozen=True):
     def __post_init__(self) -> None:
         if self.min_trades < 5:
             raise ValueError(f"min_trades must be >= 5, got {self.min_trades}")
-        if not 0 < self.fdr < 1:
-            raise ValueError(f"fdr must be in (0, 1), got {self.fdr}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if not 1 < self.look_growth <= 10:
+            raise ValueError(f"look_growth must be in (1, 10], got {self.look_growth}")
+        if self.confirm_trades < 5:
+            raise ValueError(f"confirm_trades must be >= 5, got {self.confirm_trades}")
         if self.min_new_trades < 1 or self.max_proposals < 1:
             raise ValueError("min_new_trades and max_proposals must be >= 1")
 

@@ -57,6 +57,7 @@ from sovereign.actors.shard import ShardActor
 from sovereign.brokers.sim import SimBroker
 from sovereign.config import NOTIFICATION_KINDS, Config
 from sovereign.core.risk import SizingPolicy
+from sovereign.core.shadow import ShadowCosts
 from sovereign.data.feeds import ReplayFeed, deal_symbols
 from sovereign.data.loaders import LoadedData
 from sovereign.memory.account import sim_account_key
@@ -375,6 +376,10 @@ def build_specs(
                     "account": account,
                     "redis_url": config.state.redis_url,
                     "replay_window": replay_window,
+                    # Self-modification learns from the trades its rules prevent.
+                    "shadow": ShadowCosts(constitution, policy, config.sim)
+                    if config.selfmod.enabled
+                    else None,
                 },
                 spread=True,
                 checkpoints=checkpoints,
@@ -420,7 +425,9 @@ def build_specs(
                 "scope": state_scope(config, run_id),
                 "enabled": config.selfmod.enabled,
                 "min_trades": config.selfmod.min_trades,
-                "fdr": config.selfmod.fdr,
+                "alpha": config.selfmod.alpha,
+                "look_growth": config.selfmod.look_growth,
+                "confirm_trades": config.selfmod.confirm_trades,
                 "min_new_trades": config.selfmod.min_new_trades,
                 "max_proposals": config.selfmod.max_proposals,
                 "audit_key": audit_key,

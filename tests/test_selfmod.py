@@ -1,4 +1,8 @@
-"""Self-modification end to end on the bundled data: find, deploy, compare, roll back, audit."""
+"""Self-modification end to end: find, confirm, deploy, compare, roll back, audit.
+
+The data are synthetic minute bars with a planted weakness (whatever is bought in the
+Volatile regime drifts down) on top of the generator's own (TrendingDown drifts down), long
+enough for a weakness to be found at a look and confirmed on later trades."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from sovereign.memory.governance import DEPLOYED, ROLLED_BACK, GovernanceStore
 from sovereign.session import run_session
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "selfmod-demo.toml"
+PLANTED = "synthetic:20x16000:drift=Volatile@-1"
 
 
 def sovereign(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -38,7 +43,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory):
     p = sovereign(
         "backtest",
         "--data",
-        "sample:sp500",
+        PLANTED,
         "--config",
         str(DEMO),
         "--out",
@@ -113,7 +118,7 @@ def test_tampering_with_the_audit_log_is_detected(demo, tmp_path) -> None:
 
 def test_a_rollback_reaches_the_running_shards(tmp_path) -> None:
     """Roll back from another connection (as the CLI does) while a session runs."""
-    data = load_ohlcv("sample:sp500", end="1992-06-30")
+    data = load_ohlcv(PLANTED, seed=7)
     config = load_config(DEMO)
     seen: dict[str, object] = {}
 

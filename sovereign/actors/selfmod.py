@@ -13,8 +13,17 @@ from __future__ import annotations
 
 import json
 
+import msgspec
+
 from sovereign.actors.base import Actor
-from sovereign.core.selfmod import Change, Proposal, RuleBook, SelfModEngine
+from sovereign.core.selfmod import (
+    Change,
+    EvidenceTrade,
+    Proposal,
+    RuleBook,
+    SelfModEngine,
+    refusal_lifts,
+)
 from sovereign.memory.governance import (
     GovernanceStore,
     RollbackError,
@@ -32,9 +41,13 @@ from sovereign.messages import (
     RuleSetSnapshot,
     SessionEnded,
     SessionStarted,
+    ShadowTradeClosed,
     TradeClosed,
     TradesClosed,
 )
+
+_TRADE_ENCODER = msgspec.msgpack.Encoder()
+_TRADE_DECODER = msgspec.msgpack.Decoder(EvidenceTrade)
 
 
 class SelfModActor(Actor):
@@ -49,6 +62,7 @@ class SelfModActor(Actor):
             ModificationDecision,
             RollbackRequest,
             SessionEnded,
+            ShadowTradeClosed,
         }
     )
 
@@ -60,7 +74,9 @@ class SelfModActor(Actor):
         scope: str,
         enabled: bool = True,
         min_trades: int = 20,
-        fdr: float = 0.10,
+        alpha: float = 0.05,
+        look_growth: float = 1.5,
+        confirm_trades: int = 20,
         min_new_trades: int = 10,
         max_proposals: int = 1,
         audit_key: bytes | None = None,
@@ -70,11 +86,16 @@ class SelfModActor(Actor):
         self.enabled = enabled
         self.engine = SelfModEngine(
             min_trades=min_trades,
-            fdr=fdr,
+            alpha=alpha,
+            look_growth=look_growth,
+            confirm_trades=confirm_trades,
             min_new_trades=min_new_trades,
             max_proposals=max_proposals,
         )
         self.store = GovernanceStore(state_dir, audit_key=audit_key) if enabled else None
+        # Only a named account's evidence outlives its session (a backtest's scope is its
+        # own run, which never comes again).
+        self.persist = scope.startswith("account/")
         self.session_date = ""
         self.now = 0
         self._data_version = -1
@@ -90,10 +111,9 @@ class SelfModActor(Actor):
             match msg:
                 case SessionStarted():
                     self.now = msg.ts_event
-                    self.engine.book = self.store.current(self.scope)  # type: ignore[union-attr]
-                    self._data_version = self.store.data_version()  # type: ignore[union-attr]
+                    self._on_session_started()
                     out.append(self._snapshot(""))
-                case TradeClosed():
+                case TradeClosed() | ShadowTradeClosed():
                     self.engine.on_trade(msg)
                 case TradesClosed():
                     for trade in msg.trades():
@@ -109,11 +129,38 @@ class SelfModActor(Actor):
                 case RollbackRequest():
                     out.extend(self._rollback(msg))
                 case SessionEnded():
+                    self._save_evidence()
                     out.append(self.stats(msg.ts_event))
                 case _:
                     pass
         out.extend(self._external_changes())
         return out
+
+    def _on_session_started(self) -> None:
+        store = self.store
+        assert store is not None
+        self.engine.book = store.current(self.scope)
+        # A named account goes on with the evidence of its earlier sessions: the budget
+        # already spent, the candidates, the rules' records and the trades.
+        doc, blobs = store.evidence(self.scope)
+        trades: list[EvidenceTrade] = []
+        for blob in blobs:
+            try:
+                trades.append(_TRADE_DECODER.decode(blob))
+            except msgspec.DecodeError:
+                self.count("evidence_trades_unreadable")
+        self.engine.adopt_evidence(doc, trades)
+        if self.engine.counters.get("evidence_unreadable"):
+            self.log.error("%s: the stored self-modification evidence is unreadable", self.scope)
+        self.count("evidence_trades_loaded", len(trades))
+        self._data_version = store.data_version()
+
+    def _save_evidence(self) -> None:
+        """Store what the engine learned: a named account keeps it between sessions."""
+        if self.store is None or not self.persist:
+            return
+        trades = [_TRADE_ENCODER.encode(t) for t in self.engine.unsaved_trades()]
+        self.store.save_evidence(self.scope, self.engine.evidence(), self.now, trades)
 
     def _disabled(self, messages: list[Message]) -> list[Message]:
         # A run without self-modification (the counterfactual replay): no rules at all.
@@ -129,10 +176,14 @@ class SelfModActor(Actor):
     # -- PROPOSALS ----------------------------------------------------------------------
 
     def _propose(self, trigger: str, *, force: bool = False) -> list[Message]:
+        analyses = self.engine.analyses
         proposals = self.engine.analyse(
             trigger=trigger, session_date=self.session_date, ts=self.now, force=force
         )
         self.counters["analyses"] = self.engine.analyses
+        self.counters.update(self.engine.counters)
+        if self.engine.analyses != analyses:
+            self._save_evidence()
         return [self._proposal_message(p) for p in proposals]
 
     def _proposal_message(self, p: Proposal) -> ModificationProposal:
@@ -155,7 +206,7 @@ class SelfModActor(Actor):
         )
 
     def _on_decision(self, d: ModificationDecision) -> list[Message]:
-        p = self.engine.settle(d.proposal_id, d.approved)
+        p = self.engine.settle(d.proposal_id, d.approved, d.violations)
         if p is None:
             self.count("decisions_for_unknown_proposals")
             return []
@@ -181,7 +232,9 @@ class SelfModActor(Actor):
                     "modification_rejected",
                     "warning",
                     f"AutoRejected #{mod_id}: {summarize(p.change)}",
-                    "violates: " + "; ".join(d.violations),
+                    "violates: "
+                    + "; ".join(d.violations)
+                    + f". Proposed again {refusal_lifts(d.violations)}.",
                     {"modification_id": mod_id, "violations": json.dumps(d.violations)},
                 )
             ]
@@ -219,6 +272,12 @@ class SelfModActor(Actor):
                 "q_value",
                 "actual_pnl",
                 "counterfactual_pnl",
+                "confirm_p",
+                "prevented_n",
+                "prevented_mean_return",
+                "kept_mean_return",
+                "p_value",
+                "prevented_pnl",
             )
         )
         return [

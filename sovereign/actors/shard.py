@@ -29,6 +29,7 @@ from sovereign.core.chunks import (
     restore,
     strategy_state_names,
 )
+from sovereign.core.shadow import ShadowCosts
 from sovereign.core.signals import ClosedTrade, ShardStrategy
 from sovereign.core.universe import Universe
 from sovereign.memory.state_store import open_state_store
@@ -36,6 +37,7 @@ from sovereign.memory.trade_memory import ShardTradeStore, shard_path
 from sovereign.messages import (
     REGIME_NAMES,
     REGIME_UNKNOWN,
+    AccountSnapshot,
     BarBatch,
     BarChunk,
     BookSnapshot,
@@ -55,6 +57,7 @@ from sovereign.messages import (
     RuleSetSnapshot,
     SessionEnded,
     SessionStarted,
+    ShadowTradeClosed,
     ShardReport,
     TradeClosed,
     TradesClosed,
@@ -88,6 +91,7 @@ class ShardActor(Actor):
             ChunkExecution,
             RecentOrderEvents,
             BookSnapshot,
+            AccountSnapshot,
         }
     )
 
@@ -101,10 +105,11 @@ class ShardActor(Actor):
         account: str = "",
         redis_url: str = "",
         replay_window: int = 0,
+        shadow: ShadowCosts | None = None,
     ) -> None:
         super().__init__(index)
         self.universe = Universe(symbols)
-        self.strategy = ShardStrategy(self.universe, strategy, shard=index)
+        self.strategy = ShardStrategy(self.universe, strategy, shard=index, shadow=shadow)
         self.state_dir = Path(state_dir)
         # A named account's intent ids go on from session to session (a real broker
         # remembers the ids of the day, and one used twice would be taken for the other).
@@ -158,10 +163,8 @@ class ShardActor(Actor):
                         closed.append(trade)
                 case RegimeUpdate(shard=s) if s == self.index:
                     self._on_regime(msg)
-                case RuleSetSnapshot():
-                    self.strategy.set_rules(msg.version, msg.rules, msg.parameters)
-                    self._rules = (msg.version, list(msg.rules), dict(msg.parameters))
-                    self.count("rule_sets_adopted")
+                case RuleSetSnapshot() | AccountSnapshot():
+                    self._on_state(msg)
                 case BookSnapshot() if self._reconcile:
                     closed.extend(self._reconcile_with(msg))
                 case BarBatch():
@@ -176,8 +179,55 @@ class ShardActor(Actor):
                 case _:
                     pass
         out.extend(self._closed_messages(closed))
+        if self.strategy.shadow is not None and self.strategy.shadow.closed:
+            out.extend(self._shadow_messages())
         if self.account and self.mode != "backtest":
             self._save_sequences()
+        return out
+
+    def _on_state(self, msg: RuleSetSnapshot | AccountSnapshot) -> None:
+        if isinstance(msg, RuleSetSnapshot):
+            self.strategy.set_rules(msg.version, msg.rules, msg.parameters)
+            self._rules = (msg.version, list(msg.rules), dict(msg.parameters))
+            self.count("rule_sets_adopted")
+        elif self.strategy.shadow is not None:
+            # What the shadow book sizes prevented entries at, as the guardian does.
+            self.strategy.shadow.equity = msg.equity
+
+    def _shadow_messages(self) -> list[Message]:
+        """The shadow trades closed in this call: for self-modification and trade memory
+        only (no other actor accepts them)."""
+        assert self.strategy.shadow is not None
+        out: list[Message] = []
+        for s in self.strategy.shadow.take_closed():
+            t = s.trade
+            msg = ShadowTradeClosed(
+                msg_id=self.ids.next(),
+                ts_event=t.exit_ts,
+                ts_init=t.exit_ts,
+                trade_id=t.trade_id,
+                shard=self.index,
+                symbol=t.symbol,
+                quantity=t.quantity,
+                entry_ts=t.entry_ts,
+                exit_ts=t.exit_ts,
+                entry_price=t.entry_price,
+                exit_price=t.exit_price,
+                pnl=t.pnl,
+                commission=t.commission,
+                return_pct=t.return_pct,
+                bars_held=t.bars_held,
+                exit_reason=t.exit_reason,
+                regime=t.regime,
+                confidence=t.confidence,
+                rule_ids=list(s.rule_ids),
+                effect=s.effect,  # type: ignore[arg-type]
+                features=t.features,
+            )
+            if self.store is not None:
+                self.store.add_shadow(msg, self.run_id)
+            out.append(msg)
+        self.count("shadow_trades", len(out))
         return out
 
     def _closed_messages(self, closed: list[ClosedTrade | ClosedColumns]) -> list[Message]:
@@ -588,6 +638,7 @@ class ShardActor(Actor):
             self.regime_codes,
             self.regime_probs,
             trade=not batch.warmup,
+            open_=self._o,
         )
         now = batch.ts_event
         out: list[Message] = []

@@ -69,6 +69,19 @@ def commission_for(quantity: int, price: float, config: SimConfig) -> float:
     return round(fee, 6)
 
 
+def market_price(open_: float, side: str, config: SimConfig) -> float:
+    """A market order's fill price: the open, moved against the order by the slippage."""
+    slip = config.slippage_bps / 10_000.0
+    return open_ * (1 + slip) if side == "BUY" else open_ * (1 - slip)
+
+
+def volume_cap(volume: float, config: SimConfig) -> int | None:
+    """The most one fill may take of a bar (None: its volume is unknown, not capped)."""
+    if math.isnan(volume):
+        return None
+    return math.floor(volume * config.max_volume_share)
+
+
 class SimBroker:
     """An in-process broker filling orders against the bars it is shown."""
 
@@ -179,8 +192,7 @@ class SimBroker:
     ) -> tuple[int, float] | None:
         order = w.order
         if order.order_type == "MARKET":
-            slip = self.config.slippage_bps / 10_000.0
-            price = open_ * (1 + slip) if order.side == "BUY" else open_ * (1 - slip)
+            price = market_price(open_, order.side, self.config)
         else:
             limit = float(order.limit_price)  # type: ignore[arg-type]
             if order.side == "BUY":
@@ -192,10 +204,10 @@ class SimBroker:
                     return None
                 price = max(open_, limit)
         quantity = w.remaining
-        if math.isnan(volume):
+        cap = volume_cap(volume, self.config)
+        if cap is None:
             self.counters["uncapped_unknown_volume"] += 1
         else:
-            cap = math.floor(volume * self.config.max_volume_share)
             if cap <= 0:
                 self.counters["zero_volume_bars"] += 1
                 return None

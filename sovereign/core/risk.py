@@ -274,6 +274,25 @@ def confidence_scale(confidence: float, floor: float) -> float:
     return 0.5 + 0.5 * min(1.0, max(0.0, (confidence - floor) / (1.0 - floor)))
 
 
+def entry_target(
+    confidence: float,
+    regime: str,
+    size_scale: float,
+    equity: float,
+    constitution: Constitution,
+    policy: SizingPolicy,
+) -> float:
+    """The notional an entry is sized to before any room is taken into account: the
+    position cap, scaled by confidence, by the Volatile regime and by the rules' size
+    factor. ``evaluate_intent`` sizes every entry with it; the shards' shadow book sizes
+    the trades a rule prevented with it too."""
+    scale = confidence_scale(confidence, constitution.min_confidence_for_trade)
+    if regime == "Volatile":
+        scale *= policy.volatile_scale
+    scale *= min(1.0, max(0.0, size_scale))
+    return constitution.max_position_size * equity * scale
+
+
 def evaluate_intent(
     intent: OrderIntent,
     book: RiskBook,
@@ -313,11 +332,9 @@ def evaluate_intent(
             f"confidence {intent.confidence:.3f} is below the constitution's {floor:.2f}",
         )
     cap = constitution.max_position_size * book.equity
-    scale = confidence_scale(intent.confidence, floor)
-    if intent.regime == "Volatile":
-        scale *= policy.volatile_scale
-    scale *= min(1.0, max(0.0, intent.size_scale))
-    target = cap * scale
+    target = entry_target(
+        intent.confidence, intent.regime, intent.size_scale, book.equity, constitution, policy
+    )
     committed = (held + book.pending_quantity(intent.symbol, "BUY")) * price
     room = cap - committed
     # Pending buys of every symbol will consume cash and add exposure when they fill.

@@ -28,9 +28,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
+import numpy as np
 
+from sovereign.core.codegen import eval_condition
 from sovereign.core.constitution import Constitution
 from sovereign.core.rules import (
     MAX_HOLD_BOUNDS,
@@ -43,8 +46,19 @@ from sovereign.core.rules import (
     RequireConfidence,
     Rule,
     ScaleSize,
+    SkipTrade,
     condition_problems,
     ruleset_hash,
+)
+from sovereign.core.weakness import (
+    Confirmation,
+    TradeSample,
+    Weakness,
+    confirm_weakness,
+    find_weaknesses,
+    retirement_test,
+    spending,
+    weakness_to_rule,
 )
 
 TUNABLE: dict[str, tuple[float, float]] = {
@@ -70,7 +84,7 @@ _CONSTITUTION_FIELDS = frozenset(
 class Change:
     """What a proposal asks for, as plain data (the guardian and engine share it)."""
 
-    kind: str  # add_rule | remove_rule | set_parameter
+    kind: str  # add_rule | remove_rule | replace_rule | set_parameter
     rule: Rule | None = None
     rule_id: str = ""
     parameter: str = ""
@@ -99,6 +113,9 @@ class RuleBook:
             rules.append(change.rule)
         elif change.kind == "remove_rule":
             rules = [r for r in rules if r.rule_id != change.rule_id]
+        elif change.kind == "replace_rule" and change.rule is not None:
+            # In the replaced rule's place: the order of the rules is kept.
+            rules = [change.rule if r.rule_id == change.rule_id else r for r in rules]
         elif change.kind == "set_parameter":
             params[change.parameter] = float(change.value)
         else:
@@ -127,7 +144,7 @@ class RuleBook:
                 f"{MAX_TREE_DEPTH} levels"
             ) from None
         return cls(
-            version=int(doc["version"]),  # type: ignore[arg-type]
+            version=int(doc["version"]),
             rules=tuple(rules),
             parameters={k: float(v) for k, v in dict(doc["parameters"]).items()},  # type: ignore[call-overload]
         )
@@ -161,6 +178,16 @@ def check_proposal(
         case "remove_rule":
             if change.rule_id not in book.rule_ids():
                 v.append(f"MALFORMED: no active rule {change.rule_id!r} to remove")
+        case "replace_rule":
+            # One rule for another: the count of rules does not change.
+            if change.rule is None:
+                v.append("MALFORMED: replace_rule without a rule")
+                return v
+            v.extend(_check_rule(change.rule, constitution))
+            if change.rule_id not in book.rule_ids():
+                v.append(f"MALFORMED: no active rule {change.rule_id!r} to replace")
+            if change.rule.rule_id != change.rule_id and change.rule.rule_id in book.rule_ids():
+                v.append(f"MALFORMED: rule id {change.rule.rule_id!r} is already active")
         case other:
             v.append(f"MALFORMED: unknown kind of change {other!r}")
     return v
@@ -241,83 +268,518 @@ class Proposal:
     session_date: str
 
 
-class SelfModEngine:
-    """Finds weaknesses in its trades and turns the strongest into proposals.
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    """A weakness found at a look, waiting for trades it was not found on."""
 
-    It remembers what is pending with the guardian and what was rejected, so it does not
-    propose the same change twice while one is in flight, nor repeat a rejected one on the
-    same day.
+    weakness: Weakness
+    found_at: int  # trades in memory when it was found
+    look: int
+    level: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    codes: frozenset[str]
+    session_date: str
+    book_version: int
+
+
+# Refusals that can change: a new day lifts the daily limit; a rule leaving the book makes
+# room under the active-rule limit. Any other refusal (the change itself breaks the
+# constitution) stands for good.
+_DAILY, _ACTIVE = "TOO_MANY_CHANGES_TODAY", "TOO_MANY_ACTIVE_RULES"
+
+
+def refusal_lifts(violations: list[str]) -> str:
+    """When a change refused for ``violations`` may be proposed again, in words."""
+    codes = {v.split(":", 1)[0] for v in violations}
+    if not codes <= {_DAILY, _ACTIVE}:
+        return "never: the change itself breaks the constitution"
+    parts = []
+    if _DAILY in codes:
+        parts.append("the next session day")
+    if _ACTIVE in codes:
+        parts.append("a rule leaves the rule set")
+    return "after " + " and ".join(parts)
+
+
+class EvidenceTrade(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A closed trade as the engine keeps it (and stores it for a named account).
+
+    ``kind``: ``real`` (a trade taken), ``skipped`` (a shadow trade a rule prevented) or
+    ``scaled`` (the part of a taken trade a size cut did not buy); ``rule_ids``: the rules
+    that acted on it."""
+
+    kind: str
+    rule_ids: tuple[str, ...]
+    pnl: float
+    return_pct: float
+    regime: str
+    symbol: str
+    entry_ts: int
+    exit_ts: int
+    confidence: float
+    features: dict[str, float | int | str | bool | None]
+
+
+_KEPT_FEATURES = ("volume_pct", "sr_score", "minute_of_day", "atr_pct")
+
+
+def evidence_trade(trade: Any) -> EvidenceTrade:
+    """A real trade (``TradeClosed``, a trade-memory record) or a shadow trade
+    (``ShadowTradeClosed``) as the engine keeps it."""
+    features = getattr(trade, "features", {}) or {}
+    effect = getattr(trade, "effect", None)
+    if effect is not None:
+        kind, rule_ids = str(effect), tuple(getattr(trade, "rule_ids", ()))
+    else:
+        acting = features.get("rules_acting")
+        kind = "real"
+        rule_ids = tuple(acting.split(",")) if isinstance(acting, str) and acting else ()
+    return EvidenceTrade(
+        kind=kind,
+        rule_ids=rule_ids,
+        pnl=float(trade.pnl),
+        return_pct=float(trade.return_pct),
+        regime=str(trade.regime),
+        symbol=str(trade.symbol),
+        entry_ts=int(trade.entry_ts),
+        exit_ts=int(trade.exit_ts),
+        confidence=float(getattr(trade, "confidence", math.nan)),
+        features={k: features[k] for k in _KEPT_FEATURES if k in features},
+    )
+
+
+@dataclass(slots=True)
+class _RuleRecord:
+    """What the engine knows of a deployed rule's record: the effect it was confirmed
+    with (the retirement margin is half of it) and its own looks."""
+
+    effect: float = 0.0
+    looks: int = 0
+    look_at: int = 0
+
+
+RELAX_LIMIT = 0.9
+"""A size cut relaxed past this factor is removed instead (``_relaxation``)."""
+
+
+class SelfModEngine:
+    """Finds weaknesses in its trades, turns the confirmed ones into proposals, and
+    retires the rules whose record stops supporting them.
+
+    Discovery: a look at all the trades (``core.weakness.find_weaknesses``) at the share
+    of the account's error budget ``alpha`` that the look may spend
+    (``core.weakness.spending``); a look is taken when the trades have grown by
+    ``look_growth`` since the last one, so looks are few and each sees much new data.
+    The trades are the real ones and the shadow trades of skipped entries: what the
+    strategy would have traded, whatever the rules let through.
+    Confirmation: a weakness found at a look is proposed only after it holds again on at
+    least ``confirm_trades`` trades (inside the slice, and outside it) that closed after
+    it was found (``core.weakness.confirm_weakness``); otherwise it is dropped.
+    Retirement: every active rule is tested on its record since its deployment
+    (``core.weakness.retirement_test``) each time the trades it acted on have grown by
+    ``look_growth`` (from ``confirm_trades``), spending ``alpha`` across its own looks;
+    one that no longer helps is removed, a size cut relaxed half way to 1 first.
+
+    It remembers what is pending with the guardian, and what was refused and why: a change
+    refused for a reason that has not changed is not proposed again (counted in
+    ``suppressed``). ``evidence``/``adopt_evidence`` carry all of it across sessions.
     """
 
     def __init__(
         self,
         *,
         min_trades: int = 20,
-        fdr: float = 0.10,
+        alpha: float = 0.05,
+        look_growth: float = 1.5,
+        confirm_trades: int = 20,
         min_new_trades: int = 10,
         max_proposals: int = 1,
     ) -> None:
+        if look_growth <= 1.0:
+            raise ValueError(f"look_growth must be above 1, got {look_growth}")
         self.min_trades = min_trades
-        self.fdr = fdr
+        self.alpha = alpha
+        self.look_growth = look_growth
+        self.confirm_trades = confirm_trades
         self.min_new_trades = min_new_trades
         self.max_proposals = max_proposals
         self.book = RuleBook()
-        self.trades: list[object] = []
+        # The population analysed: real trades and skipped shadow trades, as they closed.
+        self.trades: list[EvidenceTrade] = []
+        # The parts of scaled trades not bought (a rule's P&L effect, not its population).
+        self.scaled: list[EvidenceTrade] = []
         self.pending: dict[str, Proposal] = {}
         self._analysed_at = 0
         self.analyses = 0
+        # Looks taken for this account (the error budget spent so far) and the trades in
+        # memory at the last one.
+        self.looks = 0
+        self._look_at = 0
+        self.candidates: dict[bytes, _Candidate] = {}
+        self.confirmed: dict[bytes, tuple[Weakness, Confirmation, _Candidate]] = {}
+        self.records: dict[str, _RuleRecord] = {}
         self._seq = 0
-        self._refused: set[tuple[str, bytes]] = set()
+        self._refused: dict[bytes, _Refusal] = {}
+        # Trades already in the account's store (``unsaved_trades``).
+        self._stored = 0
+        self._stored_scaled = 0
+        self.counters: dict[str, int] = {
+            "looks": 0,
+            "candidates_found": 0,
+            "candidates_dropped": 0,
+            "candidates_confirmed": 0,
+            "suppressed": 0,
+            "retirement_looks": 0,
+            "retirements_proposed": 0,
+            "relaxations_proposed": 0,
+        }
 
     def on_trade(self, trade: object) -> None:
-        self.trades.append(trade)
+        """A closed trade, real or shadow (``evidence_trade``)."""
+        t = trade if isinstance(trade, EvidenceTrade) else evidence_trade(trade)
+        if t.kind == "scaled":
+            self.scaled.append(t)
+        else:
+            self.trades.append(t)
 
     def new_trades(self) -> int:
         return len(self.trades) - self._analysed_at
 
+    # -- THE ACCOUNT'S EVIDENCE (kept across sessions) ----------------------------------
+
+    def evidence(self) -> dict[str, object]:
+        """What outlives the session besides the trades (``unsaved_trades``): the looks
+        taken (the error budget spent), the candidates waiting for confirmation, the
+        confirmed ones not yet proposed, the rules' records and the standing refusals."""
+        enc = msgspec.msgpack.encode
+        return {
+            "looks": self.looks,
+            "look_at": self._look_at,
+            "analysed_at": self._analysed_at,
+            "seq": self._seq,
+            "candidates": [
+                {
+                    "weakness": enc(c.weakness).hex(),
+                    "found_at": c.found_at,
+                    "look": c.look,
+                    "level": c.level,
+                }
+                for c in self.candidates.values()
+            ],
+            "confirmed": [
+                {
+                    "weakness": enc(w).hex(),
+                    "confirmation": enc(cf).hex(),
+                    "found_at": c.found_at,
+                    "look": c.look,
+                    "level": c.level,
+                }
+                for w, cf, c in self.confirmed.values()
+            ],
+            "records": {
+                rule_id: [r.effect, r.looks, r.look_at] for rule_id, r in self.records.items()
+            },
+            "refused": [
+                {
+                    "condition": key.hex(),
+                    "codes": sorted(r.codes),
+                    "session_date": r.session_date,
+                    "book_version": r.book_version,
+                }
+                for key, r in self._refused.items()
+            ],
+        }
+
+    def adopt_evidence(
+        self, doc: dict[str, object], trades: list[EvidenceTrade] | None = None
+    ) -> None:
+        """Go on from a stored ``evidence`` and the account's stored trades. A document
+        that does not read as one is ignored (the engine starts afresh and says so in
+        ``counters["evidence_unreadable"]``)."""
+        try:
+            self._adopt(doc)
+        except (KeyError, TypeError, ValueError, msgspec.DecodeError):
+            self.counters["evidence_unreadable"] = 1
+            self.looks, self._look_at, self._analysed_at = 0, 0, 0
+            self.candidates, self.confirmed, self.records, self._refused = {}, {}, {}, {}
+        for t in trades or []:
+            self.on_trade(t)
+        self._stored, self._stored_scaled = len(self.trades), len(self.scaled)
+        self._analysed_at = min(self._analysed_at, len(self.trades))
+
+    def _adopt(self, doc: dict[str, object]) -> None:
+        if doc.get("unreadable"):
+            raise ValueError("the stored evidence is not a JSON object")
+        dec_w = msgspec.msgpack.Decoder(Weakness)
+        dec_c = msgspec.msgpack.Decoder(Confirmation)
+        looks = doc.get("looks", 0)
+        self.looks = int(looks) if isinstance(looks, int) else 0
+        self._look_at = int(doc.get("look_at", 0))  # type: ignore[call-overload]
+        self._analysed_at = int(doc.get("analysed_at", 0))  # type: ignore[call-overload]
+        self._seq = int(doc.get("seq", 0))  # type: ignore[call-overload]
+        for c in doc.get("candidates", []):  # type: ignore[attr-defined]
+            w = dec_w.decode(bytes.fromhex(c["weakness"]))
+            key = msgspec.msgpack.encode(w.condition)
+            self.candidates[key] = _Candidate(
+                w, int(c["found_at"]), int(c["look"]), float(c["level"])
+            )
+        for c in doc.get("confirmed", []):  # type: ignore[attr-defined]
+            w = dec_w.decode(bytes.fromhex(c["weakness"]))
+            cf = dec_c.decode(bytes.fromhex(c["confirmation"]))
+            key = msgspec.msgpack.encode(w.condition)
+            cand = _Candidate(w, int(c["found_at"]), int(c["look"]), float(c["level"]))
+            self.confirmed[key] = (w, cf, cand)
+        for rule_id, (effect, looks_, at) in dict(doc.get("records", {})).items():  # type: ignore[call-overload]
+            self.records[str(rule_id)] = _RuleRecord(float(effect), int(looks_), int(at))
+        for r in doc.get("refused", []):  # type: ignore[attr-defined]
+            self._refused[bytes.fromhex(r["condition"])] = _Refusal(
+                frozenset(r["codes"]), str(r["session_date"]), int(r["book_version"])
+            )
+
+    def unsaved_trades(self) -> list[EvidenceTrade]:
+        """The trades (real and shadow) not yet in the account's store; they count as
+        stored from now on. The population keeps its order (its positions are what the
+        candidates' ``found_at`` count); the scaled parts are told apart by their kind."""
+        out = self.trades[self._stored :] + self.scaled[self._stored_scaled :]
+        self._stored, self._stored_scaled = len(self.trades), len(self.scaled)
+        return out
+
+    # -- ANALYSIS -----------------------------------------------------------------------
+
     def analyse(
         self, *, trigger: str, session_date: str, ts: int, force: bool = False
     ) -> list[Proposal]:
-        """Look for weaknesses; propose rules for the strongest new ones."""
-        from sovereign.core.weakness import TradeSample, find_weaknesses, weakness_to_rule
-
+        """Retire the rules whose record no longer supports them, confirm the candidates
+        that have enough new trades, propose the confirmed ones the guardian may accept,
+        and take a discovery look if one is due."""
         if not force and self.new_trades() < self.min_new_trades:
             return []
         self._analysed_at = len(self.trades)
         self.analyses += 1
+        out = self._retirements(trigger, session_date)
         sample = TradeSample.from_records(self.trades)
+        self._confirm(sample)
+        out += self._propose_confirmed(trigger, session_date, ts, self.max_proposals - len(out))
+        n = len(self.trades)
+        if n >= 2 * self.min_trades and n >= self.look_growth * self._look_at:
+            self._look(sample, n)
+        return out
+
+    def _look(self, sample: TradeSample, n: int) -> None:
+        self.looks += 1
+        self.counters["looks"] += 1
+        self._look_at = n
+        level = spending(self.looks, self.alpha)
         found = find_weaknesses(
-            sample, min_trades=self.min_trades, fdr=self.fdr, max_results=self.max_proposals * 4
+            sample,
+            min_trades=self.min_trades,
+            fdr=level,
+            max_results=self.max_proposals * 4,
         )
+        taken = self._taken()
+        for w in found:
+            key = msgspec.msgpack.encode(w.condition)
+            if key in taken or key in self.candidates or key in self.confirmed:
+                continue
+            self.candidates[key] = _Candidate(w, found_at=n, look=self.looks, level=level)
+            self.counters["candidates_found"] += 1
+
+    def _confirm(self, sample: TradeSample) -> None:
+        for key, c in list(self.candidates.items()):
+            new = sample.select(np.arange(len(sample)) >= c.found_at)
+            inside = eval_condition(c.weakness.condition, new.rule_features())
+            n_in = int(inside.sum())
+            if n_in < self.confirm_trades or len(new) - n_in < self.confirm_trades:
+                continue  # not enough new trades yet: the one look waits for them
+            del self.candidates[key]
+            confirmation = confirm_weakness(new, c.weakness.condition)
+            if confirmation.holds:
+                self.counters["candidates_confirmed"] += 1
+                self.confirmed[key] = (c.weakness, confirmation, c)
+            else:
+                self.counters["candidates_dropped"] += 1
+
+    def _taken(self) -> set[bytes]:
         active = {msgspec.msgpack.encode(r.condition) for r in self.book.rules}
         in_flight = {
             msgspec.msgpack.encode(p.change.rule.condition)
             for p in self.pending.values()
             if p.change.rule is not None
         }
+        return active | in_flight
+
+    def _suppressed(self, key: bytes, session_date: str) -> bool:
+        refusal = self._refused.get(key)
+        if refusal is None:
+            return False
+        if not refusal.codes <= {_DAILY, _ACTIVE}:
+            return True
+        if _DAILY in refusal.codes and refusal.session_date == session_date:
+            return True
+        return _ACTIVE in refusal.codes and refusal.book_version == self.book.version
+
+    # -- RETIREMENT ---------------------------------------------------------------------
+
+    def record(self, rule: Rule) -> tuple[np.ndarray, np.ndarray, float]:
+        """A rule's record since its deployment: the returns of the trades it acted on
+        (its shadow trades for a skip; its scaled trades for a size cut), the returns of
+        the real trades it left alone that were entered after it was created, and the P&L
+        of what it prevented (the shadow trades' or the unbought parts')."""
+        rid = rule.rule_id
+        since = rule.created_ts
+        if isinstance(rule.action, ScaleSize):
+            acted = [t for t in self.trades if t.kind == "real" and rid in t.rule_ids]
+            prevented_pnl = sum(t.pnl for t in self.scaled if rid in t.rule_ids)
+        else:
+            acted = [t for t in self.trades if t.kind == "skipped" and rid in t.rule_ids]
+            prevented_pnl = sum(t.pnl for t in acted)
+        kept = [
+            t
+            for t in self.trades
+            if t.kind == "real" and t.entry_ts >= since and rid not in t.rule_ids
+        ]
+        return (
+            np.array([t.return_pct for t in acted], dtype=np.float64),
+            np.array([t.return_pct for t in kept], dtype=np.float64),
+            float(prevented_pnl),
+        )
+
+    def _retirements(self, trigger: str, session_date: str) -> list[Proposal]:
         out: list[Proposal] = []
-        for w in found:
-            key = msgspec.msgpack.encode(w.condition)
-            if key in active or key in in_flight or (session_date, key) in self._refused:
+        in_flight = {p.change.rule_id for p in self.pending.values()}
+        for rule in self.book.rules:
+            if len(out) >= self.max_proposals:
+                break
+            if rule.rule_id in in_flight or not isinstance(
+                rule.action, SkipTrade | ScaleSize | RequireConfidence
+            ):
+                continue
+            rec = self.records.setdefault(rule.rule_id, _RuleRecord())
+            prevented, kept, prevented_pnl = self.record(rule)
+            n = prevented.size
+            if n < self.confirm_trades or kept.size < self.confirm_trades:
+                continue
+            if n < self.look_growth * rec.look_at:
+                continue
+            rec.looks += 1
+            rec.look_at = n
+            self.counters["retirement_looks"] += 1
+            level = spending(rec.looks, self.alpha)
+            test = retirement_test(prevented, kept, margin=0.5 * max(rec.effect, 0.0))
+            if test.p_value > level:
+                continue
+            change, what = self._relaxation(rule)
+            evidence: dict[str, float | int | str | bool | None] = {
+                "test": "welch_t_noninferiority",
+                "prevented_n": test.n,
+                "prevented_mean_return": test.mean_return,
+                "kept_n": test.kept_n,
+                "kept_mean_return": test.kept_mean_return,
+                "margin": test.margin,
+                "statistic": test.statistic,
+                "p_value": test.p_value,
+                "look": rec.looks,
+                "look_level": level,
+                "alpha": self.alpha,
+                "prevented_pnl": prevented_pnl,
+                "retires": rule.rule_id,
+            }
+            self.counters[
+                "relaxations_proposed" if change.kind == "replace_rule" else "retirements_proposed"
+            ] += 1
+            out.append(
+                self.propose_modification(
+                    change,
+                    reason=(
+                        f"{rule.rule_id} {what}: the {test.n} trades it acted on since its "
+                        f"deployment returned {test.mean_return:+.3%} on average against "
+                        f"{test.kept_mean_return:+.3%} for the {test.kept_n} it left alone; "
+                        f"it no longer helps by {test.margin:.3%} (p = {test.p_value:.2g} at "
+                        f"level {level:.2g}, look {rec.looks})"
+                    ),
+                    evidence=evidence,
+                    trigger=trigger,
+                    session_date=session_date,
+                )
+            )
+        return out
+
+    def _relaxation(self, rule: Rule) -> tuple[Change, str]:
+        """Retire a rule; a size cut is relaxed half way to 1 first (removed once the
+        relaxed factor would pass ``RELAX_LIMIT``)."""
+        action = rule.action
+        if isinstance(action, ScaleSize):
+            factor = round((1.0 + action.factor) / 2.0, 6)
+            if factor <= RELAX_LIMIT:
+                self._seq += 1
+                relaxed = Rule(
+                    rule_id=f"{rule.rule_id.split('~')[0]}~{self._seq}",
+                    condition=rule.condition,
+                    action=ScaleSize(factor),
+                    provenance=f"{rule.rule_id} relaxed from {action.factor:g} to {factor:g}",
+                    created_ts=rule.created_ts,
+                )
+                change = Change(kind="replace_rule", rule=relaxed, rule_id=rule.rule_id)
+                return change, f"relaxed to ScaleSize({factor:g})"
+        return Change(kind="remove_rule", rule_id=rule.rule_id), "retired"
+
+    # -- PROPOSALS ----------------------------------------------------------------------
+
+    def _propose_confirmed(
+        self, trigger: str, session_date: str, ts: int, room: int
+    ) -> list[Proposal]:
+        out: list[Proposal] = []
+        taken = self._taken()
+        for key, (w, confirmation, c) in list(self.confirmed.items()):
+            if len(out) >= room:
+                break
+            if key in taken:
+                del self.confirmed[key]
+                continue
+            if self._suppressed(key, session_date):
+                self.counters["suppressed"] += 1
                 continue
             self._seq += 1
             rule, evidence = weakness_to_rule(
                 w,
                 rule_id=f"R{self.book.version + 1}-{self._seq}",
                 created_ts=ts,
-                provenance=f"weakness analysis ({trigger}) of {len(self.trades)} trades",
+                provenance=(
+                    f"weakness found at look {c.look} of {c.found_at} trades, confirmed on "
+                    f"{confirmation.n + confirmation.rest_n} later trades ({trigger})"
+                ),
             )
+            evidence.update(
+                {
+                    "look": c.look,
+                    "look_level": c.level,
+                    "alpha": self.alpha,
+                    "found_at_trades": c.found_at,
+                    "confirm_n": confirmation.n,
+                    "confirm_rest_n": confirmation.rest_n,
+                    "confirm_test": confirmation.test,
+                    "confirm_p": confirmation.p_value,
+                    "confirm_mean_return": confirmation.mean_return,
+                    "confirm_rest_mean_return": confirmation.rest_mean_return,
+                }
+            )
+            del self.confirmed[key]
             out.append(
                 self.propose_modification(
                     Change(kind="add_rule", rule=rule, rule_id=rule.rule_id),
-                    reason=f"{w.label}: worse than the rest (q = {w.q_value:.3f})",
+                    reason=(
+                        f"{w.label}: worse than the rest at look {c.look} (q = "
+                        f"{w.q_value:.2g} at level {c.level:.2g}) and again on "
+                        f"{confirmation.n} later trades (p = {confirmation.p_value:.2g})"
+                    ),
                     evidence=evidence,
                     trigger=trigger,
                     session_date=session_date,
                 )
             )
-            if len(out) >= self.max_proposals:
-                break
         return out
 
     def propose_modification(
@@ -342,9 +804,38 @@ class SelfModEngine:
         self.pending[proposal.proposal_id] = proposal
         return proposal
 
-    def settle(self, proposal_id: str, approved: bool) -> Proposal | None:
-        """The guardian decided; forget the proposal as pending (and remember a refusal)."""
+    def settle(
+        self, proposal_id: str, approved: bool, violations: list[str] | None = None
+    ) -> Proposal | None:
+        """The guardian decided; forget the proposal as pending, and remember a refusal
+        and why (the same change is not proposed again while its reason stands)."""
         p = self.pending.pop(proposal_id, None)
+        if p is not None and approved:
+            self._adopted(p)
         if p is not None and not approved and p.change.rule is not None:
-            self._refused.add((p.session_date, msgspec.msgpack.encode(p.change.rule.condition)))
+            key = msgspec.msgpack.encode(p.change.rule.condition)
+            codes = frozenset(v.split(":", 1)[0] for v in violations or ())
+            self._refused[key] = _Refusal(codes, p.session_date, self.book.version)
         return p
+
+    def _adopted(self, p: Proposal) -> None:
+        """An approved change's rule starts its record: a new rule with the effect it
+        was confirmed with, a relaxed one with its predecessor's."""
+        change = p.change
+        if change.rule is None:
+            self.records.pop(change.rule_id, None)
+            return
+        if change.kind == "replace_rule":
+            before = self.records.pop(change.rule_id, _RuleRecord())
+            self.records[change.rule.rule_id] = _RuleRecord(effect=before.effect)
+            return
+        mean = p.evidence.get("confirm_mean_return")
+        rest = p.evidence.get("confirm_rest_mean_return")
+        effect = (
+            float(rest) - float(mean)
+            if isinstance(mean, int | float) and isinstance(rest, int | float)
+            else 0.0
+        )
+        self.records[change.rule.rule_id] = _RuleRecord(
+            effect=effect if math.isfinite(effect) else 0.0
+        )

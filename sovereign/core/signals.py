@@ -30,13 +30,19 @@ rules, no support/resistance; exits by stop, target or max hold as above.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from sovereign.config import StrategyConfig
 from sovereign.core.calendar import new_york_time
-from sovereign.core.codegen import CompiledRuleset, Effects, RuleFeatures, compile_ruleset
+from sovereign.core.codegen import (
+    CompiledRuleset,
+    Effects,
+    RuleFeatures,
+    compile_ruleset,
+    eval_condition,
+)
 from sovereign.core.indicators import (
     ATR,
     RollingExtreme,
@@ -45,9 +51,12 @@ from sovereign.core.indicators import (
     SupportResistance,
     VolumePercentile,
 )
-from sovereign.core.rules import Rule
+from sovereign.core.rules import RequireConfidence, Rule, ScaleSize, SkipTrade
 from sovereign.core.universe import Universe
 from sovereign.messages.market import REGIME_NAMES, REGIME_UNKNOWN
+
+if TYPE_CHECKING:
+    from sovereign.core.shadow import ShadowBook, ShadowCosts
 
 ORPHAN_GRACE_BARS = 3
 """Bars to wait for an answer about an order before forgetting it (see _stale_orders)."""
@@ -109,6 +118,51 @@ class ClosedTrade(NamedTuple):
     features: dict[str, float | int | str | bool | None]
 
 
+def exit_reasons(
+    candidates: np.ndarray,
+    high: np.ndarray,
+    low: np.ndarray,
+    regime_codes: np.ndarray,
+    *,
+    stop: np.ndarray,
+    target: np.ndarray,
+    entry_regime: np.ndarray,
+    bars_held: np.ndarray,
+    max_hold: np.ndarray,
+    on_regime_change: bool,
+    late: np.ndarray | None = None,
+) -> list[tuple[int, str]]:
+    """The exits of one bar: ``(symbol index, reason)`` for every candidate (a symbol in a
+    trade with no exit pending) that must leave, by the first reason that applies (see the
+    module docstring). The one definition of an exit: the trade book and the shadow book
+    (``core.shadow``) both decide with it."""
+    stop_hit = low <= stop
+    target_hit = high >= target
+    changed = (
+        (regime_codes != entry_regime) & (regime_codes != REGIME_UNKNOWN)
+        if on_regime_change
+        else np.zeros_like(candidates)
+    )
+    timeout = bars_held >= max_hold
+    fire = candidates & (stop_hit | target_hit | changed | timeout)
+    if late is not None:
+        fire |= candidates & late
+    out: list[tuple[int, str]] = []
+    for i in np.flatnonzero(fire).tolist():
+        if late is not None and late[i]:
+            reason = "late_fill"
+        elif stop_hit[i]:
+            reason = "stop"
+        elif target_hit[i]:
+            reason = "target"
+        elif changed[i]:
+            reason = "regime_change"
+        else:
+            reason = "max_hold"
+        out.append((i, reason))
+    return out
+
+
 @dataclass(slots=True)
 class _Trade:
     """One symbol's open trade, from its first entry fill until flat."""
@@ -157,7 +211,14 @@ class StrategyCounters:
 class ShardStrategy:
     """Indicators, signals and the trade book of one shard's universe."""
 
-    def __init__(self, universe: Universe, config: StrategyConfig, shard: int) -> None:
+    def __init__(
+        self,
+        universe: Universe,
+        config: StrategyConfig,
+        shard: int,
+        *,
+        shadow: ShadowCosts | None = None,
+    ) -> None:
         n = len(universe)
         self.universe = universe
         self.config = config
@@ -188,6 +249,13 @@ class ShardStrategy:
         self.exit_late_fill = np.zeros(n, dtype=bool)
         self.trades: dict[int, _Trade] = {}
         self.compiled: CompiledRuleset | None = None
+        self.rules: list[Rule] = []
+        # The trades the rules prevent, followed on the same bars (``core.shadow``).
+        self.shadow: ShadowBook | None = None
+        if shadow is not None:
+            from sovereign.core.shadow import ShadowBook  # it decides exits with ours
+
+            self.shadow = ShadowBook(universe, config, shadow)
         self.rules_version = 0
         self.parameters: dict[str, float] = {}
         self.losing_streak = 0
@@ -355,6 +423,10 @@ class ShardStrategy:
         self.bars_held[i] = 0
         self.entry_regime[i] = REGIME_UNKNOWN
         self.exit_late_fill[i] = False
+        acting = trade.features.get("rules_acting")
+        scale = trade.features.get("size_scale")
+        if self.shadow is not None and isinstance(acting, str) and isinstance(scale, float):
+            self.shadow.scaled(closed, tuple(acting.split(",")), scale)
         return closed
 
     # -- BARS ---------------------------------------------------------------------------
@@ -371,10 +443,13 @@ class ShardStrategy:
         regime_probs: np.ndarray,
         *,
         trade: bool = True,
+        open_: np.ndarray | None = None,
     ) -> tuple[list[EntrySignal], list[ExitSignal], list[CancelSignal]]:
         """Update indicators with one bar time and decide exits and entries (none when
-        ``trade`` is False: warm-up history)."""
+        ``trade`` is False: warm-up history). ``open_`` moves the shadow book, if any."""
         self.counters.bars += int(mask.sum())
+        if self.shadow is not None and open_ is not None:
+            self.shadow.on_bars(ts, mask, open_, high, low, volume, regime_codes)
         self.atr.update(mask, high, low, close)
         atr = self.atr.value
         if self.breakout:
@@ -486,30 +561,21 @@ class ShardStrategy:
     ) -> tuple[list[ExitSignal], list[CancelSignal]]:
         if not candidates.any():
             return [], []
-        cfg = self.config
-        stop_hit = low <= self.stop
-        target_hit = high >= self.target
-        changed = (
-            (regime_codes != self.entry_regime) & (regime_codes != REGIME_UNKNOWN)
-            if cfg.exit_on_regime_change
-            else np.zeros_like(candidates)
-        )
-        timeout = self.bars_held >= self.max_hold
-        late = self.exit_late_fill
-        fire = candidates & (stop_hit | target_hit | changed | timeout | late)
         exits: list[ExitSignal] = []
         cancels: list[CancelSignal] = []
-        for i in np.flatnonzero(fire).tolist():
-            if late[i]:
-                reason = "late_fill"
-            elif stop_hit[i]:
-                reason = "stop"
-            elif target_hit[i]:
-                reason = "target"
-            elif changed[i]:
-                reason = "regime_change"
-            else:
-                reason = "max_hold"
+        for i, reason in exit_reasons(
+            candidates,
+            high,
+            low,
+            regime_codes,
+            stop=self.stop,
+            target=self.target,
+            entry_regime=self.entry_regime,
+            bars_held=self.bars_held,
+            max_hold=self.max_hold,
+            on_regime_change=self.config.exit_on_regime_change,
+            late=self.exit_late_fill,
+        ):
             symbol = self.universe.symbols[i]
             if self.pending_entry[i]:
                 # Stop adding to a position we are leaving.
@@ -585,35 +651,84 @@ class ShardStrategy:
             idx, regime_codes, vol_pct, sr, a / c * 100.0, minute, confidence
         )
         out: list[EntrySignal] = []
+        acted = self._rules_acting(
+            idx, regime_codes, vol_pct, sr, a / c * 100.0, minute, confidence, effects
+        )
         for k, i in enumerate(idx.tolist()):
-            if effects is not None and (
+            skipped = effects is not None and (
                 effects.skip[k]
                 or (
                     not np.isnan(effects.min_confidence[k])
                     and confidence[k] < effects.min_confidence[k]
                 )
-            ):
-                self.counters.rule_skips += 1
-                continue
-            out.append(
-                self._open(
-                    i,
-                    k,
-                    float(a[k]),
-                    float(c[k]),
-                    float(strength[k]),
-                    int(sr[k]),
-                    float(confidence[k]),
-                    int(regime_codes[i]),
-                    regime_probs,
-                    vol_pct,
-                    float(prior_high[i]),
-                    minute,
-                    weekday,
-                    effects,
-                )
             )
+            if skipped:
+                self.counters.rule_skips += 1
+                if self.shadow is None:
+                    continue
+            signal = self._open(
+                i,
+                k,
+                float(a[k]),
+                float(c[k]),
+                float(strength[k]),
+                int(sr[k]),
+                float(confidence[k]),
+                int(regime_codes[i]),
+                regime_probs,
+                vol_pct,
+                float(prior_high[i]),
+                minute,
+                weekday,
+                effects,
+                acted[k] if acted is not None else (),
+                shadow=skipped,
+            )
+            if signal is not None:
+                out.append(signal)
         return out
+
+    def _rules_acting(
+        self,
+        idx: np.ndarray,
+        regime_codes: np.ndarray,
+        vol_pct: np.ndarray,
+        sr: np.ndarray,
+        atr_pct: np.ndarray,
+        minute: int,
+        confidence: np.ndarray,
+        effects: Effects | None,
+    ) -> list[tuple[str, ...]] | None:
+        """For each candidate, the ids of the rules that skipped or scaled it down (what a
+        shadow trade is tagged with); None when no rule did anything to any candidate."""
+        if effects is None or self.shadow is None:
+            return None
+        with np.errstate(invalid="ignore"):
+            blocked = ~np.isnan(effects.min_confidence) & (confidence < effects.min_confidence)
+        if not (effects.skip.any() or blocked.any() or (effects.scale < 1).any()):
+            return None
+        features = RuleFeatures(
+            regime=regime_codes[idx],
+            volume_pct=vol_pct[idx],
+            sr_score=sr,
+            atr_pct=atr_pct,
+            minute=np.full(idx.size, minute, dtype=np.int64),
+            symbol=self.universe.names[idx],
+            confidence=confidence,
+            losses=np.full(idx.size, self.losing_streak, dtype=np.int64),
+        )
+        acted: list[list[str]] = [[] for _ in range(idx.size)]
+        for rule in self.rules:
+            match rule.action:
+                case SkipTrade() | ScaleSize():
+                    hit = eval_condition(rule.condition, features)
+                case RequireConfidence(minimum=m):
+                    hit = eval_condition(rule.condition, features) & (confidence < m)
+                case _:
+                    continue
+            for k in np.flatnonzero(hit).tolist():
+                acted[k].append(rule.rule_id)
+        return [tuple(x) for x in acted]
 
     def _apply_rules(
         self,
@@ -655,8 +770,12 @@ class ShardStrategy:
         minute: int,
         weekday: int,
         effects: Effects | None,
-    ) -> EntrySignal:
-        """Record an entry decision and return its signal."""
+        acted: tuple[str, ...] = (),
+        *,
+        shadow: bool = False,
+    ) -> EntrySignal | None:
+        """Record an entry decision and return its signal; with ``shadow`` (a rule
+        prevented it) the decision goes to the shadow book instead, and no signal."""
         cfg = self.config
         stop_mult = self.param("stop_atr_mult", cfg.stop_atr_mult)
         target_mult = self.param("target_atr_mult", cfg.target_atr_mult)
@@ -676,7 +795,9 @@ class ShardStrategy:
             if effects.max_hold[k] > 0:
                 max_hold = int(effects.max_hold[k])
         symbol = self.universe.symbols[i]
-        intent_id = self._next_id(symbol)
+        # A prevented entry takes no intent id: the real ids (and trades.csv) stay as
+        # they are without rules.
+        intent_id = "" if shadow else self._next_id(symbol)
         features: dict[str, float | int | str | bool | None] = {
             "atr": a,
             "atr_pct": a / c * 100.0,
@@ -691,6 +812,23 @@ class ShardStrategy:
             "size_scale": scale,
             "rules_version": self.rules_version,
         }
+        if acted:
+            features["rules_acting"] = ",".join(acted)
+        if shadow:
+            assert self.shadow is not None
+            self.shadow.open(
+                i,
+                ref_price=c,
+                atr=a,
+                confidence=confidence,
+                regime_code=code,
+                stop_mult=stop_mult,
+                target_mult=target_mult,
+                max_hold=max_hold,
+                features=features,
+                rule_ids=acted,
+            )
+            return None
         self.orders[intent_id] = _Order(i, "OPEN", "breakout")
         self.trades[i] = _Trade(
             trade_id=intent_id,
@@ -722,6 +860,7 @@ class ShardStrategy:
     def set_rules(self, version: int, rules: list[Rule], parameters: dict[str, float]) -> None:
         """Adopt a rule-set snapshot: compiled once, used for every later entry."""
         self.rules_version = version
+        self.rules = list(rules)
         self.compiled = compile_ruleset(rules) if rules else None
         self.parameters = dict(parameters)
 

@@ -262,34 +262,53 @@ def _numeric(col: pd.Series) -> np.ndarray:
 
 
 def load_synthetic(spec: str, *, seed: int = 0) -> LoadedData:
-    """Generated bars: ``synthetic:<symbols>x<bars>[:crash=<bar>[@<fraction>]]``.
+    """Generated bars: ``synthetic:<symbols>x<bars>[:crash=<bar>[@<fraction>]][:drift=...]``.
 
     One-minute regime-switching bars from :func:`sovereign.data.synthetic.generate`,
     validated like any other source, for scale tests and benchmarks. ``crash=300@0.3``
     makes every symbol gap down 30 % at the open of bar 300 (the default fraction) and
-    stay there: a market crash, for testing the kill switches.
+    stay there: a market crash, for testing the kill switches. ``drift=S0003@-0.3`` adds
+    that per-bar drift (in base volatilities) to a symbol, ``drift=Volatile@-0.3`` sets a
+    regime's: a planted weakness, for testing self-modification; ``drift=Volatile@-1@0-8000``
+    only on bars 0 to 7,999 (a weakness that goes away).
     """
     from sovereign.data.synthetic import generate
 
     parts = spec.split(":")
     usage = (
-        "synthetic data is 'synthetic:<symbols>x<bars>[:crash=<bar>[@<fraction>]]', "
-        f"e.g. synthetic:100x10000; got {spec!r}"
+        "synthetic data is 'synthetic:<symbols>x<bars>[:crash=<bar>[@<fraction>]]"
+        "[:drift=<regime or symbol>@<drift>[@<first>-<end bar>]]', e.g. synthetic:100x10000; got "
+        f"{spec!r}"
     )
+    drift: dict[str, float | tuple[float, int, int]] = {}
     try:
         n_symbols, n_bars = (int(x) for x in parts[1].lower().split("x"))
         crash_bar, crash_size = None, 0.30
         for option in parts[2:]:
             name, _, value = option.partition("=")
-            if name != "crash":
+            if name == "crash":
+                bar, _, size = value.partition("@")
+                crash_bar, crash_size = int(bar), float(size) if size else 0.30
+            elif name == "drift":
+                where, _, rest = value.partition("@")
+                amount, _, window = rest.partition("@")
+                if not where or not -1 <= float(amount) <= 1:
+                    raise ValueError(option)
+                if window:
+                    first, _, end = window.partition("-")
+                    drift[where] = (float(amount), int(first), int(end))
+                else:
+                    drift[where] = float(amount)
+            else:
                 raise ValueError(option)
-            bar, _, size = value.partition("@")
-            crash_bar, crash_size = int(bar), float(size) if size else 0.30
     except (ValueError, IndexError):
         raise ValueError(usage) from None
     if n_symbols < 1 or n_bars < 2:
         raise ValueError(f"{spec!r}: need at least 1 symbol and 2 bars")
-    bars = generate(n_symbols, n_bars, seed=seed)
+    try:
+        bars = generate(n_symbols, n_bars, seed=seed, drift=drift)
+    except ValueError as exc:
+        raise ValueError(f"{spec!r}: {exc}") from None
     if crash_bar is not None:
         if not (0 < crash_bar < n_bars and 0 < crash_size < 1):
             raise ValueError(f"{spec!r}: the crash bar must be inside the data, size in (0, 1)")
@@ -302,7 +321,13 @@ def load_synthetic(spec: str, *, seed: int = 0) -> LoadedData:
         validation=report,
         splits=[],
         source=f"synthetic {n_symbols}x{n_bars} seed={seed}"
-        + (f", {crash_size:.0%} crash at bar {crash_bar}" if crash_bar is not None else ""),
+        + (f", {crash_size:.0%} crash at bar {crash_bar}" if crash_bar is not None else "")
+        + "".join(
+            f", {r} drift {d:+g}"
+            if isinstance(d, float)
+            else f", {r} drift {d[0]:+g} on bars {d[1]}-{d[2]}"
+            for r, d in sorted(drift.items())
+        ),
     )
 
 

@@ -143,6 +143,7 @@ def generate(
     start: str = "2024-01-02T14:30:00Z",
     interval_s: int = 60,
     base_price: float = 100.0,
+    drift: dict[str, float | tuple[float, int, int]] | None = None,
 ) -> SyntheticBars:
     """Generate regime-switching OHLCV bars.
 
@@ -161,6 +162,12 @@ def generate(
     base_price
         Typical first price; each symbol starts at ``base_price`` times a lognormal
         factor (sd 0.25 in log) so symbols differ in level.
+    drift
+        Per-bar drift, in units of the symbol's base volatility: of a named regime, in
+        place of :data:`REGIME_DRIFT`, or of a named symbol (``S0003``), added to its
+        regimes' drift. A planted edge or weakness: ``{"S0003": -0.3}`` makes whatever
+        is bought in that symbol lose on average. ``(drift, first, end)`` applies it to
+        bars ``first <= bar < end`` only: a weakness that comes or goes.
 
     Returns
     -------
@@ -191,7 +198,24 @@ def generate(
     z = rng.standard_normal(shape)
 
     vol = sigma * REGIME_VOL[regimes] * np.sqrt(_garch_multiplier(z))
-    ret = REGIME_DRIFT[regimes] * sigma + vol * z
+    width = max(4, len(str(n_symbols - 1)))
+    names = [f"S{i:0{width}d}" for i in range(n_symbols)]
+    per_bar = REGIME_DRIFT[regimes]
+    for name, spec in (drift or {}).items():
+        value, first, end = spec if isinstance(spec, tuple) else (spec, 0, n_bars)
+        if not 0 <= first < end:
+            raise ValueError(f"the drift of {name} needs 0 <= first bar < end bar")
+        window = np.zeros(n_bars, dtype=bool)
+        window[first:end] = True
+        if name in REGIME_NAMES:
+            per_bar = np.where(
+                window[:, None] & (regimes == REGIME_NAMES.index(name)), value, per_bar
+            )
+        elif name in names:
+            per_bar[window, names.index(name)] += value
+        else:
+            raise ValueError(f"drift names a regime or a symbol, not {name!r}")
+    ret = per_bar * sigma + vol * z
     gap = GAP_SCALE * vol * rng.standard_normal(shape)
     log_close = log_p0 + np.cumsum(gap + ret, axis=0)
     log_open = log_close - ret
@@ -208,10 +232,9 @@ def generate(
     )
     volume = np.round(np.exp(log_volume))
 
-    width = max(4, len(str(n_symbols - 1)))
     return SyntheticBars(
         ts=ts,
-        symbols=[f"S{i:0{width}d}" for i in range(n_symbols)],
+        symbols=names,
         open=open_,
         high=high,
         low=low,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,7 +78,22 @@ CREATE TABLE IF NOT EXISTS decisions (
     modification_id INTEGER
 );
 CREATE INDEX IF NOT EXISTS decisions_scope_day ON decisions (scope, session_date);
+CREATE TABLE IF NOT EXISTS evidence (
+    scope           TEXT    PRIMARY KEY,
+    ts_ns           INTEGER NOT NULL,
+    doc             TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS evidence_trades (
+    scope           TEXT    NOT NULL,
+    seq             INTEGER NOT NULL,
+    trade           BLOB    NOT NULL,
+    PRIMARY KEY (scope, seq)
+);
 """
+# ``evidence`` and ``evidence_trades`` are a named account's self-modification evidence
+# (``core.selfmod.SelfModEngine.evidence``): the budget spent, the candidates, the rules'
+# records, and every trade it learned from, real and shadow, so it goes on where the last
+# session stopped.
 
 DEPLOYED, REJECTED, ROLLED_BACK = "AutoDeployed", "AutoRejected", "RolledBack"
 
@@ -134,6 +149,8 @@ def summarize(change: Change) -> str:
         return f"add {change.rule.rule_id}: {change.rule.render()}"
     if change.kind == "remove_rule":
         return f"remove {change.rule_id}"
+    if change.kind == "replace_rule" and change.rule is not None:
+        return f"replace {change.rule_id} by {change.rule.rule_id}: {change.rule.render()}"
     return f"set {change.parameter} = {change.value:g}"
 
 
@@ -202,6 +219,50 @@ class GovernanceStore:
         if row is None:
             raise KeyError(f"{scope} has no rule set version {version}")
         return RuleBook.from_doc(json.loads(row[0]))
+
+    def evidence(self, scope: str) -> tuple[dict[str, Any], list[bytes]]:
+        """The self-modification engine's evidence kept for a scope: its document and
+        its trades (msgpack-encoded ``EvidenceTrade``s), oldest first. A document that is
+        not a JSON object reads as empty (the engine counts it)."""
+        row = self._conn.execute("SELECT doc FROM evidence WHERE scope = ?", (scope,)).fetchone()
+        doc: Any = {}
+        if row is not None:
+            try:
+                doc = json.loads(row[0])
+            except (ValueError, RecursionError):
+                doc = {"unreadable": True}
+        trades = [
+            bytes(t)
+            for (t,) in self._conn.execute(
+                "SELECT trade FROM evidence_trades WHERE scope = ? ORDER BY seq", (scope,)
+            )
+        ]
+        return (doc if isinstance(doc, dict) else {"unreadable": True}), trades
+
+    def save_evidence(
+        self, scope: str, doc: dict[str, Any], ts_ns: int, trades: Sequence[bytes] = ()
+    ) -> None:
+        """Store the evidence document and append the new trades, in one transaction."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT INTO evidence (scope, ts_ns, doc) VALUES (?, ?, ?) ON CONFLICT(scope) "
+                "DO UPDATE SET ts_ns = excluded.ts_ns, doc = excluded.doc",
+                (scope, ts_ns, json.dumps(doc, sort_keys=True)),
+            )
+            if trades:
+                (last,) = conn.execute(
+                    "SELECT COALESCE(MAX(seq), 0) FROM evidence_trades WHERE scope = ?", (scope,)
+                ).fetchone()
+                conn.executemany(
+                    "INSERT INTO evidence_trades (scope, seq, trade) VALUES (?, ?, ?)",
+                    [(scope, last + 1 + i, t) for i, t in enumerate(trades)],
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def scopes(self) -> list[str]:
         rows = self._conn.execute(
@@ -409,10 +470,13 @@ class GovernanceStore:
                     f"when {latest} began; nothing was deployed"
                 )
             before = self.current(scope)
-            rule = change.rule if change.kind == "add_rule" else None
-            if rule is not None and rule.rule_id in before.rule_ids():
+            rule = change.rule if change.kind in ("add_rule", "replace_rule") else None
+            replaced = change.rule_id if change.kind == "replace_rule" else None
+            if rule is not None and rule.rule_id != replaced and rule.rule_id in before.rule_ids():
                 raise UnapprovedChangeError(f"{scope}: rule {rule.rule_id!r} is already active")
-            if change.kind == "remove_rule" and change.rule_id not in before.rule_ids():
+            if change.kind in ("remove_rule", "replace_rule") and (
+                change.rule_id not in before.rule_ids()
+            ):
                 raise UnapprovedChangeError(f"{scope}: no active rule {change.rule_id!r}")
             after = before.apply(change)
             mod_id = self._insert(

@@ -28,7 +28,12 @@ from typing import Any, Literal, Self
 import msgspec
 import pandas as pd
 
-from sovereign.messages.account import FeatureValue, TradeClosed, TradesClosed
+from sovereign.messages.account import (
+    FeatureValue,
+    ShadowTradeClosed,
+    TradeClosed,
+    TradesClosed,
+)
 
 SCHEMA_VERSION = 1
 """Stored in ``PRAGMA user_version``; bump it (and migrate) when the table changes."""
@@ -61,7 +66,32 @@ CREATE TABLE IF NOT EXISTS trades (
 CREATE INDEX IF NOT EXISTS trades_run_exit ON trades (run_id, exit_ts);
 CREATE INDEX IF NOT EXISTS trades_symbol ON trades (symbol);
 CREATE INDEX IF NOT EXISTS trades_regime ON trades (regime);
+CREATE TABLE IF NOT EXISTS shadow_trades (
+    run_id      TEXT    NOT NULL,
+    trade_id    TEXT    NOT NULL,
+    shard       INTEGER NOT NULL,
+    symbol      TEXT    NOT NULL,
+    quantity    INTEGER NOT NULL,
+    entry_ts    INTEGER NOT NULL,
+    exit_ts     INTEGER NOT NULL,
+    entry_price REAL,
+    exit_price  REAL,
+    pnl         REAL,
+    commission  REAL,
+    return_pct  REAL,
+    bars_held   INTEGER NOT NULL,
+    exit_reason TEXT    NOT NULL,
+    regime      TEXT    NOT NULL,
+    confidence  REAL,
+    features    TEXT    NOT NULL,
+    rule_ids    TEXT    NOT NULL,
+    effect      TEXT    NOT NULL,
+    msg_id      TEXT    NOT NULL,
+    PRIMARY KEY (run_id, trade_id)
+);
 """
+# ``shadow_trades`` (the trades the rules prevented, ``core.shadow``) came after version 1
+# without changing ``trades``: a version-1 file gets the table when it is next opened.
 # REAL columns are nullable on purpose: SQLite stores a NaN as NULL, and a NaN return (a
 # zero-notional entry) is data, not a reason to lose the trade.
 
@@ -70,6 +100,13 @@ _INSERT = (
     " exit_ts, entry_price, exit_price, pnl, commission, return_pct, bars_held, exit_reason,"
     " regime, confidence, features, msg_id)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+_INSERT_SHADOW = (
+    "INSERT OR IGNORE INTO shadow_trades (run_id, trade_id, shard, symbol, quantity, entry_ts,"
+    " exit_ts, entry_price, exit_price, pnl, commission, return_pct, bars_held, exit_reason,"
+    " regime, confidence, features, rule_ids, effect, msg_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 _SELECT_COLUMNS = (
@@ -188,6 +225,7 @@ class ShardTradeStore:
         self.written = 0
         self.duplicates = 0
         self._buffer: list[tuple[Any, ...]] = []
+        self._shadow: list[tuple[Any, ...]] = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: transactions are explicit (one per flush). The owner may be
         # driven by different threads over its life, never concurrently, so the sqlite3
@@ -256,6 +294,38 @@ class ShardTradeStore:
         one at a time."""
         self._buffer_rows(_to_rows(trades, run_id), run_id)
 
+    def add_shadow(self, trade: ShadowTradeClosed, run_id: str) -> None:
+        """Buffer a shadow trade (a trade a rule prevented), written with the next batch."""
+        if self._conn is None:
+            raise RuntimeError(f"{self!r} is closed")
+        if not run_id:
+            raise ValueError("run_id must be a non-empty string")
+        index = operator.index
+        self._shadow.append(
+            (
+                run_id,
+                trade.trade_id,
+                index(trade.shard),
+                trade.symbol,
+                index(trade.quantity),
+                index(trade.entry_ts),
+                index(trade.exit_ts),
+                float(trade.entry_price),
+                float(trade.exit_price),
+                float(trade.pnl),
+                float(trade.commission),
+                float(trade.return_pct),
+                index(trade.bars_held),
+                trade.exit_reason,
+                trade.regime,
+                float(trade.confidence),
+                _FEATURES_ENCODER.encode(trade.features).decode(),
+                ",".join(trade.rule_ids),
+                trade.effect,
+                trade.msg_id,
+            )
+        )
+
     def _buffer_rows(self, rows: list[tuple[Any, ...]], run_id: str) -> None:
         if self._conn is None:
             raise RuntimeError(f"{self!r} is closed")
@@ -278,14 +348,15 @@ class ShardTradeStore:
         """
         if self._conn is None:
             raise RuntimeError(f"{self!r} is closed")
-        if not self._buffer:
+        if not self._buffer and not self._shadow:
             return 0
         if self._writer is not None:
-            self._writer.submit(self._buffer)
-            self._buffer = []
+            self._writer.submit((self._buffer, self._shadow))
+            self._buffer, self._shadow = [], []
             return 0  # counted in ``written`` when the writer has written them
-        written = self._write(self._buffer)
+        written = self._write((self._buffer, self._shadow))
         self._buffer.clear()
+        self._shadow.clear()
         return written
 
     def sync(self) -> None:
@@ -294,18 +365,22 @@ class ShardTradeStore:
         if self._writer is not None:
             self._writer.wait()
 
-    def _write(self, rows: list[tuple[Any, ...]]) -> int:
+    def _write(self, batch: _Batch) -> int:
+        """One transaction: the trades, then the shadow trades. Returns trades written."""
+        rows, shadow = batch
         conn = self._conn
         assert conn is not None
         before = conn.total_changes
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany(_INSERT, rows)
+            written = conn.total_changes - before
+            if shadow:
+                conn.executemany(_INSERT_SHADOW, shadow)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        written = conn.total_changes - before
         self.written += written
         self.duplicates += len(rows) - written
         return written
@@ -336,6 +411,10 @@ class ShardTradeStore:
         self.close()
 
 
+_Batch = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]
+"""Trade rows and shadow-trade rows written in one transaction."""
+
+
 class _Writer:
     """The background thread of a write-behind store: batches are written in the order
     they were handed over, one transaction each. After a failed write it writes nothing
@@ -343,7 +422,7 @@ class _Writer:
 
     def __init__(self, store: ShardTradeStore) -> None:
         self._store = store
-        self._queue: queue.Queue[list[tuple[Any, ...]] | None] = queue.Queue(maxsize=8)
+        self._queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=8)
         self.error: BaseException | None = None
         self.unwritten: list[tuple[Any, ...]] = []
         self._thread = threading.Thread(
@@ -351,11 +430,11 @@ class _Writer:
         )
         self._thread.start()
 
-    def submit(self, rows: list[tuple[Any, ...]]) -> None:
+    def submit(self, batch: _Batch) -> None:
         if self.error is not None:
-            self.unwritten.extend(rows)
+            self.unwritten.extend(batch[0])
             raise TradeMemoryWriteError(self.error, len(self.unwritten)) from self.error
-        self._queue.put(rows)  # blocks while 8 batches wait: the disk sets the pace
+        self._queue.put(batch)  # blocks while 8 batches wait: the disk sets the pace
 
     def wait(self) -> None:
         self._queue.join()
@@ -368,18 +447,18 @@ class _Writer:
 
     def _run(self) -> None:
         while True:
-            rows = self._queue.get()
+            batch = self._queue.get()
             try:
-                if rows is None:
+                if batch is None:
                     return
                 if self.error is not None:
-                    self.unwritten.extend(rows)
+                    self.unwritten.extend(batch[0])
                     continue
                 try:
-                    self._store._write(rows)
+                    self._store._write(batch)
                 except BaseException as exc:  # kept for the owner, who is not this thread
                     self.error = exc
-                    self.unwritten.extend(rows)
+                    self.unwritten.extend(batch[0])
             finally:
                 self._queue.task_done()
 
@@ -647,6 +726,34 @@ class TradeMemory:
         for key in feature_names:
             columns[f"f_{key}"] = pd.Series([r.features.get(key) for r in records])
         return pd.DataFrame(columns)
+
+    def shadow_frame(self, *, run_id: str | None = None) -> pd.DataFrame:
+        """The shadow trades (the trades rules prevented, ``core.shadow``), ordered by
+        exit time: one row each with ``run_id, trade_id, symbol, entry_ts, exit_ts, pnl,
+        return_pct, regime, rule_ids, effect`` (``rule_ids`` comma-separated)."""
+        columns = (
+            "run_id, trade_id, symbol, quantity, entry_ts, exit_ts, pnl, return_pct, "
+            "regime, exit_reason, rule_ids, effect"
+        )
+        sql = f"SELECT {columns} FROM shadow_trades"
+        params: tuple[str, ...] = ()
+        if run_id is not None:
+            sql += " WHERE run_id = ?"
+            params = (run_id,)
+        rows: list[tuple[Any, ...]] = []
+        for handle in self._connections():
+            with handle as conn:
+                has = conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'shadow_trades'"
+                ).fetchone()
+                if has:
+                    rows.extend(conn.execute(sql, params))
+        frame = pd.DataFrame(rows, columns=[c.strip() for c in columns.split(",")])
+        frame["pnl"] = frame["pnl"].astype("float64")
+        frame["return_pct"] = frame["return_pct"].astype("float64")
+        return frame.sort_values(["exit_ts", "symbol", "trade_id"], kind="stable").reset_index(
+            drop=True
+        )
 
     def runs(self) -> list[str]:
         """Return the run ids present in any shard, sorted."""

@@ -19,6 +19,7 @@ from sovereign.messages.account import (
     RuleEvaluationRequested,
     SessionEnded,
     SessionStarted,
+    ShadowTradeClosed,
     ShardReport,
     TradeClosed,
     TradesClosed,
@@ -96,6 +97,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     ChunkExecution,
     ChunkVerdict,
     RecentOrderEvents,
+    ShadowTradeClosed,
 )
 
 WIRE = Codec(ALL_MESSAGES, name="wire")
@@ -143,6 +145,7 @@ __all__ = [
     "RuleSetSnapshot",
     "SessionEnded",
     "SessionStarted",
+    "ShadowTradeClosed",
     "ShardReport",
     "SubmitOrder",
     "TradeClosed",

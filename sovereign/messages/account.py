@@ -65,6 +65,33 @@ class TradeClosed(Message, frozen=True, gc=False):
     features: dict[str, FeatureValue] = msgspec.field(default_factory=dict)
 
 
+class ShadowTradeClosed(Message, frozen=True, gc=False):
+    """A trade a rule prevented, followed to its end on the real bars (``core.shadow``):
+    never an order, never in the account. ``rule_ids`` are the rules that acted on it;
+    ``effect`` is ``skipped`` (the whole trade was not taken) or ``scaled`` (the part a
+    ``ScaleSize`` did not buy, on the taken trade's prices). The fields are those of
+    ``TradeClosed``."""
+
+    trade_id: str
+    shard: int
+    symbol: str
+    quantity: int
+    entry_ts: int
+    exit_ts: int
+    entry_price: float
+    exit_price: float
+    pnl: float
+    commission: float
+    return_pct: float
+    bars_held: int
+    exit_reason: str
+    regime: str
+    confidence: float
+    rule_ids: list[str]
+    effect: Literal["skipped", "scaled"]
+    features: dict[str, FeatureValue] = msgspec.field(default_factory=dict)
+
+
 _TRADE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("quantity", "<i8"),
     ("entry_ts", "<i8"),

@@ -29,12 +29,13 @@ class RuleSetSnapshot(Message, frozen=True, gc=False):
 class ModificationProposal(Message, frozen=True, gc=False):
     """A change the self-modification engine wants, with the evidence for it.
 
-    ``kind`` is ``add_rule`` (``rule``), ``remove_rule`` (``rule_id``) or
+    ``kind`` is ``add_rule`` (``rule``), ``remove_rule`` (``rule_id``),
+    ``replace_rule`` (``rule`` takes the place of ``rule_id``: a relaxation) or
     ``set_parameter`` (``parameter`` = ``value``).
     """
 
     proposal_id: str
-    kind: Literal["add_rule", "remove_rule", "set_parameter"]
+    kind: Literal["add_rule", "remove_rule", "replace_rule", "set_parameter"]
     reason: str
     session_date: str
     rule: Rule | None = None

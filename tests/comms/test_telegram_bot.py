@@ -26,6 +26,8 @@ from sovereign.session import run_session
 from sovereign.testing.telegram import TelegramEmulator
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "selfmod-demo.toml"
+# Minute bars whose Volatile regime drifts down: a weakness the loop finds and deploys a rule for.
+PLANTED = "synthetic:20x16000:drift=Volatile@-1"
 TOKEN = "987654:SECRET-token_value"
 OPERATOR = 111
 STRANGER = 222
@@ -51,7 +53,7 @@ def state(tmp_path_factory) -> tuple[Path, Config]:
     config = demo_config()
     run_session(
         config,
-        load_ohlcv("sample:sp500", end="1993-12-31"),
+        load_ohlcv(PLANTED, seed=config.engine.seed),
         runtime="local",
         mode="paper",
         state_dir=state_dir,
@@ -311,7 +313,7 @@ def test_without_a_token_there_is_no_bot_and_nothing_fails(state) -> None:
 
 def test_a_rollback_from_telegram_changes_the_running_rule_set(tmp_path, emulator) -> None:
     config = demo_config()
-    data = load_ohlcv("sample:sp500", end="1992-06-30")
+    data = load_ohlcv(PLANTED, seed=config.engine.seed)
     state_dir = tmp_path / "state"
     seen: dict[str, Any] = {}
     bot = OperatorBot(
