@@ -88,11 +88,13 @@ def test_a_prevented_trade_is_the_trade_the_book_would_have_made(tmp_path) -> No
     and nothing reaches the broker."""
     config = Config()
     everything = Rule(
-        rule_id="ALL", condition=SymbolIn(["S0000", "S0001", "S0002", "S0003"]), action=SkipTrade("all")
+        rule_id="ALL",
+        condition=SymbolIn(["S0000", "S0001", "S0002", "S0003"]),
+        action=SkipTrade("all"),
     )
     seed_rules(tmp_path / "a", "a", [everything])
     with_rule = session(config, tmp_path / "a", "a")
-    without = session(config, tmp_path / "b", "b")
+    session(config, tmp_path / "b", "b")
 
     gateway = {s.role: s.counters for s in with_rule.result.actor_stats}["gateway"]
     assert gateway["submitted"] == 0  # no order at all: the shadow trades never left the shard
@@ -148,9 +150,7 @@ actions = st.one_of(
     st.floats(0.4, 0.95).map(RequireConfidence),
 )
 rule_sets = st.lists(st.tuples(conditions, actions), min_size=1, max_size=4).map(
-    lambda pairs: [
-        Rule(rule_id=f"R{i}", condition=c, action=a) for i, (c, a) in enumerate(pairs)
-    ]
+    lambda pairs: [Rule(rule_id=f"R{i}", condition=c, action=a) for i, (c, a) in enumerate(pairs)]
 )
 
 

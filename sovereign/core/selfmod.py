@@ -354,11 +354,12 @@ def evidence_trade(trade: Any) -> EvidenceTrade:
 @dataclass(slots=True)
 class _RuleRecord:
     """What the engine knows of a deployed rule's record: the effect it was confirmed
-    with (the retirement margin is half of it) and its own looks."""
+    with (the retirement margin is half of it), its own looks, and where in the trades
+    the window of its next look starts."""
 
     effect: float = 0.0
     looks: int = 0
-    look_at: int = 0
+    since: int = 0
 
 
 RELAX_LIMIT = 0.9
@@ -379,9 +380,10 @@ class SelfModEngine:
     least ``confirm_trades`` trades (inside the slice, and outside it) that closed after
     it was found (``core.weakness.confirm_weakness``); otherwise it is dropped.
     Retirement: every active rule is tested on its record since its deployment
-    (``core.weakness.retirement_test``) each time the trades it acted on have grown by
-    ``look_growth`` (from ``confirm_trades``), spending ``alpha`` across its own looks;
-    one that no longer helps is removed, a size cut relaxed half way to 1 first.
+    (``core.weakness.retirement_test``), in windows of its own: look ``k`` reads the
+    trades since the last look once ``confirm_trades * 2**(k-1)`` of them were acted on,
+    spending ``alpha`` across the rule's own looks; one that no longer helps is removed, a
+    size cut relaxed half way to 1 first.
 
     It remembers what is pending with the guardian, and what was refused and why: a change
     refused for a reason that has not changed is not proposed again (counted in
@@ -421,6 +423,8 @@ class SelfModEngine:
         self.candidates: dict[bytes, _Candidate] = {}
         self.confirmed: dict[bytes, tuple[Weakness, Confirmation, _Candidate]] = {}
         self.records: dict[str, _RuleRecord] = {}
+        # Conditions of rules retired, with where in the trades they were.
+        self.retired: dict[bytes, int] = {}
         self._seq = 0
         self._refused: dict[bytes, _Refusal] = {}
         # Trades already in the account's store (``unsaved_trades``).
@@ -433,6 +437,7 @@ class SelfModEngine:
             "candidates_confirmed": 0,
             "suppressed": 0,
             "retirement_looks": 0,
+            "retired_not_found_again": 0,
             "retirements_proposed": 0,
             "relaxations_proposed": 0,
         }
@@ -480,8 +485,9 @@ class SelfModEngine:
                 for w, cf, c in self.confirmed.values()
             ],
             "records": {
-                rule_id: [r.effect, r.looks, r.look_at] for rule_id, r in self.records.items()
+                rule_id: [r.effect, r.looks, r.since] for rule_id, r in self.records.items()
             },
+            "retired": {key.hex(): at for key, at in self.retired.items()},
             "refused": [
                 {
                     "condition": key.hex(),
@@ -505,6 +511,7 @@ class SelfModEngine:
             self.counters["evidence_unreadable"] = 1
             self.looks, self._look_at, self._analysed_at = 0, 0, 0
             self.candidates, self.confirmed, self.records, self._refused = {}, {}, {}, {}
+            self.retired = {}
         for t in trades or []:
             self.on_trade(t)
         self._stored, self._stored_scaled = len(self.trades), len(self.scaled)
@@ -534,6 +541,8 @@ class SelfModEngine:
             self.confirmed[key] = (w, cf, cand)
         for rule_id, (effect, looks_, at) in dict(doc.get("records", {})).items():  # type: ignore[call-overload]
             self.records[str(rule_id)] = _RuleRecord(float(effect), int(looks_), int(at))
+        for key, at in dict(doc.get("retired", {})).items():  # type: ignore[call-overload]
+            self.retired[bytes.fromhex(key)] = int(at)
         for r in doc.get("refused", []):  # type: ignore[attr-defined]
             self._refused[bytes.fromhex(r["condition"])] = _Refusal(
                 frozenset(r["codes"]), str(r["session_date"]), int(r["book_version"])
@@ -561,14 +570,28 @@ class SelfModEngine:
         self.analyses += 1
         out = self._retirements(trigger, session_date)
         sample = TradeSample.from_records(self.trades)
-        self._confirm(sample)
+        free = self._uncovered(sample)
+        self._confirm(sample, free)
         out += self._propose_confirmed(trigger, session_date, ts, self.max_proposals - len(out))
         n = len(self.trades)
         if n >= 2 * self.min_trades and n >= self.look_growth * self._look_at:
-            self._look(sample, n)
+            self._look(sample, free, n)
         return out
 
-    def _look(self, sample: TradeSample, n: int) -> None:
+    def _uncovered(self, sample: TradeSample) -> np.ndarray:
+        """The trades no active skip covers: a new rule is judged by what it would add
+        to the rules in force (a slice that looks weak only because it contains an
+        active rule's slice is not a weakness of its own)."""
+        free = np.ones(len(sample), dtype=bool)
+        skips = [r for r in self.book.rules if isinstance(r.action, SkipTrade)]
+        if skips and len(sample):
+            features = sample.rule_features()
+            for rule in skips:
+                free &= ~eval_condition(rule.condition, features)
+        return free
+
+    def _look(self, full: TradeSample, free: np.ndarray, n: int) -> None:
+        sample = full.select(free)
         self.looks += 1
         self.counters["looks"] += 1
         self._look_at = n
@@ -584,18 +607,27 @@ class SelfModEngine:
             key = msgspec.msgpack.encode(w.condition)
             if key in taken or key in self.candidates or key in self.confirmed:
                 continue
+            retired_at = self.retired.get(key)
+            if retired_at is not None:
+                # Found again on a history that still holds the time it was real: it is a
+                # candidate only if the trades since its retirement show it too (tested
+                # at this look's level, out of this look's share of the budget).
+                since = full.select(free & (np.arange(len(full)) >= retired_at))
+                if not confirm_weakness(since, w.condition, level=level).holds:
+                    self.counters["retired_not_found_again"] += 1
+                    continue
             self.candidates[key] = _Candidate(w, found_at=n, look=self.looks, level=level)
             self.counters["candidates_found"] += 1
 
-    def _confirm(self, sample: TradeSample) -> None:
+    def _confirm(self, sample: TradeSample, free: np.ndarray) -> None:
         for key, c in list(self.candidates.items()):
-            new = sample.select(np.arange(len(sample)) >= c.found_at)
+            new = sample.select(free & (np.arange(len(sample)) >= c.found_at))
             inside = eval_condition(c.weakness.condition, new.rule_features())
             n_in = int(inside.sum())
             if n_in < self.confirm_trades or len(new) - n_in < self.confirm_trades:
                 continue  # not enough new trades yet: the one look waits for them
             del self.candidates[key]
-            confirmation = confirm_weakness(new, c.weakness.condition)
+            confirmation = confirm_weakness(new, c.weakness.condition, level=self.alpha)
             if confirmation.holds:
                 self.counters["candidates_confirmed"] += 1
                 self.confirmed[key] = (c.weakness, confirmation, c)
@@ -623,23 +655,27 @@ class SelfModEngine:
 
     # -- RETIREMENT ---------------------------------------------------------------------
 
-    def record(self, rule: Rule) -> tuple[np.ndarray, np.ndarray, float]:
-        """A rule's record since its deployment: the returns of the trades it acted on
-        (its shadow trades for a skip; its scaled trades for a size cut), the returns of
-        the real trades it left alone that were entered after it was created, and the P&L
-        of what it prevented (the shadow trades' or the unbought parts')."""
+    def record(self, rule: Rule, *, since: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
+        """A rule's record since its deployment (from position ``since`` of the trades
+        on): the returns of the trades it acted on (its shadow trades for a skip; its
+        scaled trades for a size cut), the returns of the real trades it left alone that
+        were entered after it was created, and the P&L of what it prevented (the shadow
+        trades' or the unbought parts')."""
         rid = rule.rule_id
-        since = rule.created_ts
+        trades = self.trades[since:]
         if isinstance(rule.action, ScaleSize):
-            acted = [t for t in self.trades if t.kind == "real" and rid in t.rule_ids]
-            prevented_pnl = sum(t.pnl for t in self.scaled if rid in t.rule_ids)
+            acted = [t for t in trades if t.kind == "real" and rid in t.rule_ids]
+            first = trades[0].exit_ts if trades else 0
+            prevented_pnl = sum(
+                t.pnl for t in self.scaled if rid in t.rule_ids and t.exit_ts >= first
+            )
         else:
-            acted = [t for t in self.trades if t.kind == "skipped" and rid in t.rule_ids]
+            acted = [t for t in trades if t.kind == "skipped" and rid in t.rule_ids]
             prevented_pnl = sum(t.pnl for t in acted)
         kept = [
             t
-            for t in self.trades
-            if t.kind == "real" and t.entry_ts >= since and rid not in t.rule_ids
+            for t in trades
+            if t.kind == "real" and t.entry_ts >= rule.created_ts and rid not in t.rule_ids
         ]
         return (
             np.array([t.return_pct for t in acted], dtype=np.float64),
@@ -658,14 +694,15 @@ class SelfModEngine:
             ):
                 continue
             rec = self.records.setdefault(rule.rule_id, _RuleRecord())
-            prevented, kept, prevented_pnl = self.record(rule)
+            prevented, kept, prevented_pnl = self.record(rule, since=rec.since)
+            # Each look reads a window of its own, twice as long as the last: a weakness
+            # that went away is not averaged with the time it was there.
             n = prevented.size
-            if n < self.confirm_trades or kept.size < self.confirm_trades:
-                continue
-            if n < self.look_growth * rec.look_at:
+            need = self.confirm_trades * 2**rec.looks
+            if n < need or kept.size < self.confirm_trades:
                 continue
             rec.looks += 1
-            rec.look_at = n
+            rec.since = len(self.trades)
             self.counters["retirement_looks"] += 1
             level = spending(rec.looks, self.alpha)
             test = retirement_test(prevented, kept, margin=0.5 * max(rec.effect, 0.0))
@@ -824,10 +861,15 @@ class SelfModEngine:
         change = p.change
         if change.rule is None:
             self.records.pop(change.rule_id, None)
+            for rule in self.book.rules:
+                if rule.rule_id == change.rule_id:
+                    self.retired[msgspec.msgpack.encode(rule.condition)] = len(self.trades)
             return
         if change.kind == "replace_rule":
             before = self.records.pop(change.rule_id, _RuleRecord())
-            self.records[change.rule.rule_id] = _RuleRecord(effect=before.effect)
+            self.records[change.rule.rule_id] = _RuleRecord(
+                effect=before.effect, since=len(self.trades)
+            )
             return
         mean = p.evidence.get("confirm_mean_return")
         rest = p.evidence.get("confirm_rest_mean_return")
@@ -837,5 +879,5 @@ class SelfModEngine:
             else 0.0
         )
         self.records[change.rule.rule_id] = _RuleRecord(
-            effect=effect if math.isfinite(effect) else 0.0
+            effect=effect if math.isfinite(effect) else 0.0, since=len(self.trades)
         )

@@ -59,8 +59,9 @@ finds a false weakness is at most ``alpha``, however many looks there are (a uni
 it needs no independence between looks). A weakness found at a look is then only a
 *candidate*: it is confirmed on the trades that closed after it was found
 (``confirm_weakness``: the same one-sided tests on the new trades alone, at
-``CONFIRM_LEVEL``), once, when enough of them have accumulated; a candidate that does not
-hold on new data is dropped.
+the account's ``alpha``), once, when enough of them have accumulated; a candidate that
+does not hold on new data is dropped. A weakness whose rule was retired is a candidate
+again only if the trades since the retirement show it too, at the look's level.
 
 Retirement. A deployed rule is looked at again on its own record since its deployment
 (``retirement_test``: the trades it prevented, followed by the shards' shadow book, against
@@ -114,8 +115,9 @@ __all__ = [
     "weakness_to_rule",
 ]
 
-CONFIRM_LEVEL = 0.10
-"""The level of the one look at a candidate's new trades (``confirm_weakness``)."""
+CONFIRM_LEVEL = 0.05
+"""The default level of the one look at a candidate's new trades (``confirm_weakness``);
+the engine uses the account's ``alpha``."""
 
 EvidenceValue = float | int | str | bool | None
 

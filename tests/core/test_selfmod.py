@@ -127,6 +127,8 @@ parameter_names = st.sampled_from(
 proposal = st.one_of(
     st.tuples(st.just("add_rule"), any_rule, st.just(""), st.just(0.0)),
     st.tuples(st.just("remove_rule"), st.none(), st.text(max_size=8), st.just(0.0)),
+    # A relaxation or retirement's replacement: any rule in an active one's place.
+    st.tuples(st.just("replace_rule"), any_rule, st.text(max_size=8), st.just(0.0)),
     st.tuples(
         st.just("set_parameter"),
         st.none(),
@@ -152,9 +154,11 @@ def test_no_sequence_of_proposals_breaks_the_constitution(days: list[list[tuple]
             approved_today = 0
             for kind, r, name, value in proposals:
                 seq += 1
-                # The engine sometimes proposes to remove a rule that really is active.
-                rule_id = name if kind != "remove_rule" or not book.rules else book.rules[0].rule_id
-                if kind == "add_rule" and r is not None:
+                # The engine sometimes proposes to remove (or replace) a rule that really
+                # is active.
+                targets_rule = kind in ("remove_rule", "replace_rule")
+                rule_id = book.rules[-1].rule_id if targets_rule and book.rules else name
+                if kind in ("add_rule", "replace_rule") and r is not None:
                     r = Rule(rule_id=f"{r.rule_id}-{seq}", condition=r.condition, action=r.action)
                 msg = ModificationProposal(
                     msg_id=f"p{seq}",
@@ -165,7 +169,7 @@ def test_no_sequence_of_proposals_breaks_the_constitution(days: list[list[tuple]
                     reason="prop",
                     session_date=date,
                     rule=r,
-                    rule_id=rule_id if kind == "remove_rule" else "",
+                    rule_id=rule_id if targets_rule else "",
                     parameter=name if kind == "set_parameter" else "",
                     value=value if kind == "set_parameter" else 0.0,
                 )
@@ -207,6 +211,12 @@ def test_no_sequence_of_proposals_breaks_the_constitution(days: list[list[tuple]
                 )
                 for v in book.parameters.values():
                     assert v == v and abs(v) != float("inf")
+                for active in book.rules:
+                    match active.action:
+                        case ScaleSize(factor=f):
+                            assert 0 < f <= 1
+                        case RequireConfidence(minimum=m):
+                            assert C.min_confidence_for_trade <= m <= 1
         assert g.constitution == C and g.constitution.fingerprint == fingerprint
 
 

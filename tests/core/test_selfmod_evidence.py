@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from sovereign.core.rules import And, RegimeIs, VolumeBelow
-from sovereign.core.selfmod import SelfModEngine, refusal_lifts
+from sovereign.core.codegen import eval_condition
+from sovereign.core.rules import And, RegimeIs, SkipTrade, VolumeBelow
+from sovereign.core.selfmod import RuleBook, SelfModEngine, refusal_lifts
 from sovereign.core.weakness import TradeSample, confirm_weakness, spending
 from sovereign.messages.market import REGIME_NAMES
 
@@ -31,15 +32,29 @@ class Trade:
     confidence: float = 0.6
 
 
-def stream(seed: int, n: int, *, planted: bool = False, placebo: bool = False) -> list[Trade]:
+@dataclass
+class Shadow(Trade):
+    """A trade a rule prevented (as the shard's shadow book reports it)."""
+
+    effect: str = "skipped"
+    rule_ids: tuple[str, ...] = ()
+
+
+def stream(
+    seed: int, n: int, *, planted: bool = False, placebo: bool = False, until: int | None = None
+) -> list[Trade]:
     """``n`` closed trades; with ``planted``, entries in the Volatile regime on low volume
-    lose 3 points of return on average (a strong, persistent weakness)."""
+    lose 3 points of return on average (a strong weakness), persistent or only in the
+    first ``until`` trades."""
     rng = np.random.default_rng(seed)
     regime = rng.integers(0, 4, n)
     volume = rng.uniform(0, 100, n)
     ret = rng.normal(0.002, 0.03, n)
     if planted:
-        ret -= 0.03 * ((regime == 3) & (volume < 30))
+        weak = (regime == 3) & (volume < 30)
+        if until is not None:
+            weak &= np.arange(n) < until
+        ret -= 0.03 * weak
     if placebo:
         ret = rng.permutation(ret)
     symbols = rng.integers(0, 6, n)
@@ -58,13 +73,30 @@ def stream(seed: int, n: int, *, planted: bool = False, placebo: bool = False) -
     ]
 
 
+def as_taken(book: RuleBook, t: Trade) -> Trade:
+    """What the shard reports of a trade under the active rules: a skipped one as a
+    shadow trade tagged with the rules that skipped it."""
+    if not book.rules:
+        return t
+    features = TradeSample.from_records([t]).rule_features()
+    skipping = tuple(
+        r.rule_id
+        for r in book.rules
+        if isinstance(r.action, SkipTrade) and eval_condition(r.condition, features)[0]
+    )
+    if not skipping:
+        return t
+    return Shadow(**vars(t), rule_ids=skipping)
+
+
 def run(trades: list[Trade], engine: SelfModEngine | None = None, *, every: int = 10):
-    """Feed the trades one by one, analysing every ``every`` trades (an end of day), and
-    deploy whatever is proposed (the guardian approving everything)."""
+    """Feed the trades one by one (as the rules let them through, or as shadow trades),
+    analysing every ``every`` trades (an end of day), and deploy whatever is proposed (the
+    guardian approving everything)."""
     e = engine or SelfModEngine()
     proposed = []
     for i, t in enumerate(trades):
-        e.on_trade(t)
+        e.on_trade(as_taken(e.book, t))
         if i % every == every - 1:
             for p in e.analyse(trigger="end_of_day", session_date=f"d{i // 50}", ts=i):
                 proposed.append(p)
@@ -168,3 +200,55 @@ def test_the_budget_spent_is_kept_across_sessions() -> None:
     assert second.looks == first.looks and len(second.trades) == len(first.trades)
     run(stream(6, 600, placebo=True), second)
     assert second.looks > first.looks
+
+
+def test_a_weakness_that_goes_away_is_retired_by_its_shadow_record() -> None:
+    """Planted in the first 1,500 of 6,000 trades: found, confirmed and deployed while it
+    lasts; then the trades the rule skips (followed as shadow trades) do as well as the
+    rest, and the rule is proposed for retirement — in most seeded runs, and never while
+    the weakness lasts."""
+    retired = 0
+    for seed in range(6):
+        engine, proposed = run(stream(200 + seed, 6_000, planted=True, until=1_500))
+        adds = [p for p in proposed if p.change.kind == "add_rule"]
+        removes = [p for p in proposed if p.change.kind == "remove_rule"]
+        assert adds, "the planted weakness was not deployed"
+        for p in removes:
+            assert p.evidence["test"] == "welch_t_noninferiority"
+            assert p.evidence["prevented_n"] >= engine.confirm_trades
+            assert p.evidence["p_value"] <= p.evidence["look_level"]
+        retired += any(p.change.rule_id == a.change.rule.rule_id for p in removes for a in adds)
+    assert retired >= 5, f"retired in {retired} of 6 runs"
+
+
+def test_a_weakness_that_stays_is_kept() -> None:
+    kept = 0
+    for seed in range(6):
+        _, proposed = run(stream(300 + seed, 4_000, planted=True))
+        adds = [p for p in proposed if p.change.kind == "add_rule"]
+        removes = {p.change.rule_id for p in proposed if p.change.kind == "remove_rule"}
+        # The planted slice, or the regime that holds it.
+        planted = [a for a in adds if "regime=Volatile" in p_label(a.change.rule)]
+
+        kept += bool(planted) and not any(a.change.rule.rule_id in removes for a in planted)
+    assert kept >= 5, f"the planted rule was deployed and kept in {kept} of 6 runs"
+
+
+def test_a_size_cut_is_relaxed_before_it_is_removed() -> None:
+    from sovereign.core.rules import Rule, ScaleSize
+
+    engine = SelfModEngine()
+    rule = Rule(rule_id="R1-1", condition=RegimeIs("Volatile"), action=ScaleSize(0.5))
+    change, _ = engine._relaxation(rule)
+    assert change.kind == "replace_rule" and change.rule_id == "R1-1"
+    assert change.rule is not None and change.rule.action == ScaleSize(0.75)
+    factors = [0.75]
+    while change.kind == "replace_rule":
+        assert change.rule is not None
+        current = change.rule
+        change, _ = engine._relaxation(current)
+        if change.rule is not None:
+            factors.append(change.rule.action.factor)  # type: ignore[union-attr]
+    # Half way to 1 each time, removed once the next step would pass 0.9.
+    assert factors == [0.75, 0.875] and change.kind == "remove_rule"
+    assert change.rule_id == current.rule_id
