@@ -380,6 +380,8 @@ def build_specs(
                     "shadow": ShadowCosts(constitution, policy, config.sim)
                     if config.selfmod.enabled
                     else None,
+                    # A real broker's positions may be the owner's own: never sold unasked.
+                    "adopt_carried": bool(account) and config.broker.kind == "sim",
                 },
                 spread=True,
                 checkpoints=checkpoints,

@@ -106,6 +106,7 @@ class ShardActor(Actor):
         redis_url: str = "",
         replay_window: int = 0,
         shadow: ShadowCosts | None = None,
+        adopt_carried: bool = False,
     ) -> None:
         super().__init__(index)
         self.universe = Universe(symbols)
@@ -145,6 +146,7 @@ class ShardActor(Actor):
         self._rules: tuple[int, list[object], dict[str, float]] = (0, [], {})
         # After a restart: the next book of the broker is checked against ours.
         self._reconcile = False
+        self.adopt_carried = adopt_carried
 
     def receive(self, messages: list[Message]) -> list[Message]:
         out: list[Message] = []
@@ -538,6 +540,12 @@ class ShardActor(Actor):
                     if doc is not None:
                         self.strategy._seq[symbol] = int(doc["n"])
             self._seq_saved = dict(self.strategy._seq)
+        if self.adopt_carried:
+            # A named simulated account's positions outlive its sessions, its trades do
+            # not: what the broker holds that this session did not buy has no stop, no
+            # target and no end, so the first book is reconciled like a restart's (a
+            # position nobody manages is sold at the next close, counted and logged).
+            self._reconcile = True
 
     def _save_sequences(self) -> None:
         """Write the intent-id sequences that moved (a named account's, in paper and live
