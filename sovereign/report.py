@@ -177,7 +177,7 @@ def write_report(
     text = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
     _write_atomic(paths.metrics_json, (text + "\n").encode())
     _write_atomic(paths.trades_csv, _trades_csv(rows))
-    png = _equity_png(ts_ns, equity_values, title)
+    png = _equity_png(ts_ns, equity_values, title, markers=_selfmod_markers(selfmod))
     _write_atomic(paths.equity_png, png)
     page = _html_page(title=title, metrics=metrics, meta=meta, rows=rows, png=png)
     if selfmod:
@@ -386,7 +386,31 @@ def _trades_csv(rows: Sequence[dict[str, Any]]) -> bytes:
 # -- CHART --
 
 
-def _equity_png(ts_ns: np.ndarray, equity: np.ndarray, title: str) -> bytes:
+def _selfmod_markers(selfmod: Mapping[str, Any] | None) -> list[tuple[int, str, str]]:
+    """The deployments, retirements and relaxations of a run: (time, label, colour)."""
+    out: list[tuple[int, str, str]] = []
+    for m in (selfmod or {}).get("modifications") or []:
+        if m.get("status") not in ("AutoDeployed", "RolledBack"):
+            continue
+        summary = str(m.get("summary", ""))
+        verb, _, rest = summary.partition(" ")
+        rule_id = rest.split(":")[0].split()[0] if rest else ""
+        colour = {"add": "#1e8449", "remove": "#ca6f1e", "replace": "#7d3c98"}.get(verb, "#555555")
+        try:
+            ts = int(pd.Timestamp(str(m.get("time"))).value)
+        except ValueError:
+            continue
+        out.append((ts, f"{verb} {rule_id}", colour))
+    return out
+
+
+def _equity_png(
+    ts_ns: np.ndarray,
+    equity: np.ndarray,
+    title: str,
+    *,
+    markers: Sequence[tuple[int, str, str]] = (),
+) -> bytes:
     # Imported here: matplotlib is slow to import and only the report needs it. The
     # object-oriented API with an Agg canvas never touches pyplot's global state or a
     # display.
@@ -418,6 +442,23 @@ def _equity_png(ts_ns: np.ndarray, equity: np.ndarray, title: str) -> bytes:
                 textcoords="offset points",
                 fontsize=9,
                 color="#7b241c",
+            )
+        # Self-modification's timeline: each deployment (green), retirement (orange) and
+        # relaxation (purple) where it happened on the curve.
+        for when, label, colour in markers:
+            at = np.datetime64(when, "ns")
+            for ax in (ax_equity, ax_drawdown):
+                ax.axvline(at, color=colour, linewidth=0.9, linestyle="--", alpha=0.8)
+            ax_equity.annotate(
+                label,
+                xy=(at, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -12),
+                textcoords="offset points",
+                fontsize=8,
+                color=colour,
+                rotation=90,
+                va="top",
             )
         locator = mdates.AutoDateLocator()
         ax_drawdown.xaxis.set_major_locator(locator)
@@ -558,6 +599,42 @@ def _selfmod_section(selfmod: Mapping[str, Any]) -> str:
         parts.append(f"<table>{head}<tbody>{body}</tbody></table>")
     else:
         parts.append("<p>No modification was proposed in this run.</p>")
+    rules = list(selfmod.get("rules") or [])
+    if rules:
+        parts.append(
+            "<h3>Each rule's record after its deployment</h3><p>The trades it acted on are "
+            "its shadow record: the trades it skipped, followed on the real bars with the "
+            "broker's fill model, or the part of a trade a size cut did not buy. Its effect "
+            "is what they made, with the sign turned (positive: it saved money).</p>"
+        )
+        head = _thead(
+            [
+                ("Rule", False),
+                ("Deployed", False),
+                ("Retired", False),
+                ("Acted on", True),
+                ("Their P&L", True),
+                ("Kept", True),
+                ("Their P&L", True),
+                ("Effect", True),
+            ]
+        )
+        body = "".join(
+            _tr(
+                [
+                    (str(r.get("rule", "")), ""),
+                    (str(r.get("deployed", ""))[:19], ""),
+                    (str(r.get("retired") or "")[:19], ""),
+                    (str(r.get("acted_on", "")), "num"),
+                    (format_metric("total_pnl", r.get("acted_pnl")), "num"),
+                    (str(r.get("kept", "")), "num"),
+                    (format_metric("total_pnl", r.get("kept_pnl")), "num"),
+                    (format_metric("total_pnl", r.get("effect")), "num"),
+                ]
+            )
+            for r in rules
+        )
+        parts.append(f"<table>{head}<tbody>{body}</tbody></table>")
     comparison = selfmod.get("comparison")
     if comparison:
         with_rules = comparison.get("with_rules") or {}

@@ -114,53 +114,67 @@ def _summary(output: Any) -> dict[str, Any]:
     }
 
 
-def _rules(state_dir: Path, scope: str, output: Any, shadow: pd.DataFrame) -> dict[str, Any]:
-    with GovernanceStore(state_dir) as store:
-        history = sorted(store.history(scope, limit=100_000), key=lambda r: r.id)
-    deployed = [r for r in history if r.status in (DEPLOYED, ROLLED_BACK)]
-    trades: pd.DataFrame = output.trades
+def rule_records(
+    deployed: list[Any], trades: pd.DataFrame, shadow: pd.DataFrame
+) -> list[dict[str, Any]]:
+    """Each rule a run deployed (``deployed``: its governance records, oldest first) with
+    its record after deployment: the trades it acted on (its shadow record: ``shadow`` is
+    trade memory's ``shadow_frame``) against the trades it kept (``trades``)."""
     acting = (
         trades["f_rules_acting"].fillna("").astype(str)
         if "f_rules_acting" in trades
-        else pd.Series([""] * len(trades), index=trades.index)
+        else pd.Series([""] * len(trades), index=trades.index, dtype=str)
     )
-    retired_at: dict[str, int] = {}
+    ended: dict[str, int] = {}
     for r in deployed:
         if r.summary.startswith(("remove ", "replace ")):
-            retired_at[r.summary.split()[1].rstrip(":")] = r.ts_ns
+            ended[r.summary.split()[1].rstrip(":")] = r.ts_ns
     records = []
     for r in deployed:
         if not r.summary.startswith(("add ", "replace ")):
             continue
         rule_id = r.summary.split(":")[0].split()[-1]
-        mine = shadow[shadow["rule_ids"].str.split(",").map(lambda ids, k=rule_id: k in ids)]
+        mine = (
+            shadow[shadow["rule_ids"].str.split(",").map(lambda ids, k=rule_id: k in ids)]
+            if len(shadow)
+            else shadow
+        )
         acted = acting.str.split(",").map(lambda ids, k=rule_id: k in ids)
-        end = retired_at.get(rule_id, 2**63 - 1)
-        after = (trades["entry_ts"] >= r.ts_ns) & (trades["entry_ts"] < end)
+        end = ended.get(rule_id)
+        after = trades["entry_ts"] >= r.ts_ns
+        if end is not None:
+            after &= trades["entry_ts"] < end
         kept = trades[after & ~acted]
         records.append(
             {
                 "rule_id": rule_id,
                 "rule": r.summary,
                 "deployed": pd.Timestamp(r.ts_ns, tz="UTC").isoformat(),
-                "retired": pd.Timestamp(end, tz="UTC").isoformat() if end < 2**63 - 1 else None,
+                "retired": pd.Timestamp(end, tz="UTC").isoformat() if end is not None else None,
                 "acted_on": len(mine),
-                "acted_pnl": float(mine["pnl"].sum()),
+                "acted_pnl": float(mine["pnl"].sum()) if len(mine) else 0.0,
                 "acted_mean_return": float(mine["return_pct"].mean()) if len(mine) else None,
                 "kept": len(kept),
                 "kept_pnl": float(kept["pnl"].sum()),
                 "kept_mean_return": float(kept["return_pct"].mean()) if len(kept) else None,
                 # What the rule changed: the P&L of what it prevented, with the sign turned.
-                "effect": -float(mine["pnl"].sum()),
+                "effect": -float(mine["pnl"].sum()) if len(mine) else 0.0,
             }
         )
+    return records
+
+
+def _rules(state_dir: Path, scope: str, output: Any, shadow: pd.DataFrame) -> dict[str, Any]:
+    with GovernanceStore(state_dir) as store:
+        history = sorted(store.history(scope, limit=100_000), key=lambda r: r.id)
+    deployed = [r for r in history if r.status in (DEPLOYED, ROLLED_BACK)]
     return {
         "deployed": sum(1 for r in deployed if r.summary.startswith("add ")),
         "retired": sum(1 for r in deployed if r.summary.startswith("remove ")),
         "relaxed": sum(1 for r in deployed if r.summary.startswith("replace ")),
         "rejected": sum(1 for r in history if r.status == REJECTED),
         "first_deployment": deployed[0].ts_ns if deployed else None,
-        "records": records,
+        "records": rule_records(deployed, output.trades, shadow),
     }
 
 

@@ -328,6 +328,13 @@ def self_modification_record(
         ],
     }
     deployed = [r for r in history if r.status in (DEPLOYED, ROLLED_BACK)]
+    if deployed:
+        from sovereign.memory.trade_memory import TradeMemory
+        from sovereign.selfmod_eval import rule_records
+
+        shadow = TradeMemory(state_dir).shadow_frame(run_id=run_id)
+        # Each rule's shadow record: what the trades it acted on made, against the rest.
+        record["rules"] = rule_records(deployed, trades, shadow)
     if mode == "backtest" and deployed and config.selfmod.compare_without_rules and data:
         import msgspec
 

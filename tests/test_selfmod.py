@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sovereign.config import load_config
@@ -83,6 +84,28 @@ def test_the_report_compares_after_deployment_with_a_replay_without_rules(demo) 
     assert comparison["with_rules"] != comparison["without_rules"]
     html = (root / "out" / "report.html").read_text()
     assert "Self-modification" in html and "Without" in html and "With the rules" in html
+
+
+def test_each_rule_has_a_shadow_record_and_a_place_on_the_equity_chart(demo) -> None:
+    """The planted weakness stays: its rule is kept, and the trades it skipped (followed
+    by the shadow book) lost money, which the rule saved."""
+    root, _ = demo
+    sm = json.loads((root / "out" / "metrics.json").read_text())["self_modification"]
+    records = {r["rule_id"]: r for r in sm["rules"]}
+    assert records and all(r["retired"] is None for r in records.values())
+    for r in records.values():
+        assert r["acted_on"] > 0 and r["kept"] > 0
+        assert r["effect"] == -r["acted_pnl"]
+    assert sum(r["effect"] for r in records.values()) > 0
+    html = (root / "out" / "report.html").read_text()
+    assert "Each rule&#x27;s record" in html or "Each rule's record" in html
+    # The deployments are drawn on the chart: it differs from the same curve without them.
+    from sovereign.report import _equity_png
+
+    ts = np.array([1, 2, 3], dtype=np.int64) * 86_400 * 10**9
+    plain = _equity_png(ts, np.array([1.0, 2.0, 3.0]), "t")
+    marked = _equity_png(ts, np.array([1.0, 2.0, 3.0]), "t", markers=[(int(ts[1]), "add R1", "g")])
+    assert plain != marked
 
 
 def test_rules_history_and_audit_commands_read_the_store(demo) -> None:
