@@ -252,3 +252,38 @@ def test_a_size_cut_is_relaxed_before_it_is_removed() -> None:
     # Half way to 1 each time, removed once the next step would pass 0.9.
     assert factors == [0.75, 0.875] and change.kind == "remove_rule"
     assert change.rule_id == current.rule_id
+
+
+def test_stored_evidence_that_does_not_read_is_counted_and_the_session_goes_on(tmp_path) -> None:
+    """A damaged evidence store is a learning store, not the safety state: the session
+    starts, says so in its counters and its log, and keeps the trades that do read."""
+    import numpy as np
+
+    from sovereign.actors.selfmod import _TRADE_ENCODER, SelfModActor
+    from sovereign.core.selfmod import evidence_trade
+    from sovereign.memory.governance import GovernanceStore
+    from sovereign.messages import NDArray, SessionStarted
+
+    scope = "account/damaged"
+    good = _TRADE_ENCODER.encode(evidence_trade(stream(1, 1)[0]))
+    with GovernanceStore(tmp_path) as store:
+        store.save_evidence(scope, {"looks": 2}, 0, [good, b"\xc1garbage", good])
+        store._conn.execute("UPDATE evidence SET doc = '{not json' WHERE scope = ?", (scope,))
+    actor = SelfModActor(0, state_dir=str(tmp_path), scope=scope)
+    actor.receive(
+        [
+            SessionStarted(
+                msg_id="s",
+                ts_event=0,
+                ts_init=0,
+                run_id="r",
+                mode="paper",
+                symbols=NDArray.from_numpy(np.array([b"S0"])),
+                initial_capital=1e5,
+            )
+        ]
+    )
+    assert actor.counters["evidence_trades_unreadable"] == 1
+    assert actor.counters["evidence_trades_loaded"] == 2
+    assert actor.engine.counters["evidence_unreadable"] == 1
+    assert actor.engine.looks == 0 and len(actor.engine.trades) == 2
