@@ -150,6 +150,15 @@ def _load(args: argparse.Namespace, config: Config) -> LoadedData:
     return data
 
 
+def _check_volume(data: LoadedData, config: Config) -> None:
+    if not data.has_volume and config.strategy.volume_confirmation:
+        raise UsageError(
+            f"{data.source} has no volume, so volume confirmation would block every entry; "
+            "turn it off explicitly with --no-volume-confirmation or [strategy] "
+            "volume_confirmation = false"
+        )
+
+
 def _why_no_bars(source: str, data: LoadedData) -> str:
     """One line on why nothing is left to trade: what validation rejected, or the filters."""
     from sovereign.data.loaders import TIMESTAMP_FORMATS
@@ -199,6 +208,13 @@ def _check_state_store(config: Config) -> None:
 
 
 def _with_overrides(args: argparse.Namespace, config: Config) -> Config:
+    try:
+        return _overridden(args, config)
+    except ValueError as exc:  # a bad value given on the command line
+        raise UsageError(str(exc)) from None
+
+
+def _overridden(args: argparse.Namespace, config: Config) -> Config:
     import msgspec
 
     if getattr(args, "strategy", "baseline") == "breakout":
@@ -237,12 +253,7 @@ def _run(args: argparse.Namespace, *, mode: str) -> int:
     config = _with_overrides(args, load_config(args.config))
     _check_state_store(config)
     data = _load(args, config)
-    if not data.has_volume and config.strategy.volume_confirmation:
-        raise UsageError(
-            f"{data.source} has no volume, so volume confirmation would block every entry; "
-            "turn it off explicitly with --no-volume-confirmation or [strategy] "
-            "volume_confirmation = false"
-        )
+    _check_volume(data, config)
     human = sys.stderr if args.json else sys.stdout
     human.write(data.describe() + "\n")
     if data.validation.rejected:
@@ -540,10 +551,14 @@ def cmd_eval_selfmod(args: argparse.Namespace) -> int:
     config = _with_overrides(args, load_config(args.config))
     human = sys.stderr if args.json else sys.stdout
     results = []
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write the evaluation to {args.out}: {exc}") from None
     for source in args.data or ["sample"]:
         one = argparse.Namespace(**{**vars(args), "data": source})
         data = _load(one, config)
+        _check_volume(data, config)
         human.write(data.describe() + "\n")  # type: ignore[attr-defined]
         human.write("  backtests with self-modification on and off ...\n")
         human.flush()

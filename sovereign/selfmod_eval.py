@@ -23,14 +23,14 @@ Overfitting (methods named in the output):
   cross-validation (Bailey, Borwein, López de Prado and Zhu, 2017) over the configurations
   the loop chose among: the strategy alone and the strategy with each candidate rule found
   at any look of the replay (deployed or not), applied to the off run's trades (a skip
-  removes its slice's trades, a size cut scales them). The trades are cut into ``S`` blocks
-  in time; for every half of the blocks the configuration with the best per-trade Sharpe
-  ratio there is ranked among all on the other half; PBO is the share of splits where it
-  ranks in the lower half.
+  removes its slice's trades, a size cut scales them), as P&L per session day. The days
+  are cut into ``S`` blocks; for every half of the blocks the configuration with the best
+  daily Sharpe ratio there is ranked among all on the other half; PBO is the share of
+  splits where it ranks in the lower half.
 * ``deflated_sharpe``: the deflated Sharpe ratio (Bailey and López de Prado, 2014) of the
-  on run's per-trade P&L: the probability that its Sharpe ratio beats the best of ``N``
-  unskilled trials, ``N`` being the configurations above and the variance of their Sharpe
-  ratios the trials' dispersion, corrected for the skewness and kurtosis of the P&L.
+  on run's daily P&L: the probability that its Sharpe ratio beats the best of ``N``
+  unskilled trials, ``N`` being the configurations above and the variance of their daily
+  Sharpe ratios the trials' dispersion, corrected for the skewness and kurtosis of the P&L.
 
 Both are our own code (a few lines each on scipy's normal distribution): no maintained
 package on the index implements them.
@@ -238,6 +238,7 @@ def replay(trades: list[EvidenceTrade], config: Config) -> tuple[list[str], list
             violations = check_proposal(p.change, constitution, engine.book, daily.today(day))
             engine.settle(p.proposal_id, not violations, violations)
             if not violations:
+                engine.deployed(p)
                 engine.book = engine.book.apply(p.change)
                 daily.record(day)
                 deployed.append(f"{p.change.kind} {p.change.rule_id}")
@@ -287,21 +288,36 @@ def _sharpe(x: np.ndarray) -> float:
     return float(x.mean()) / sd if sd > 0 else 0.0
 
 
-def configuration_matrix(trades: list[EvidenceTrade], candidates: list[Weakness]) -> np.ndarray:
-    """Per-trade P&L (rows, in closing order) of the strategy alone and with each
-    candidate rule (columns): a skip takes its slice's P&L away, a size cut halves it."""
+def daily_pnl(exit_ts: np.ndarray, pnl: np.ndarray, days: list[str]) -> np.ndarray:
+    """P&L summed by the session date the trades closed on, over ``days``."""
+    index = {d: i for i, d in enumerate(days)}
+    out = np.zeros(len(days))
+    for ts, x in zip(exit_ts.tolist(), pnl.tolist(), strict=True):
+        i = index.get(session_date(int(ts)))
+        if i is not None and math.isfinite(x):
+            out[i] += x
+    return out
+
+
+def configuration_matrix(
+    trades: list[EvidenceTrade], candidates: list[Weakness], days: list[str]
+) -> np.ndarray:
+    """Daily P&L (rows: ``days``) of the strategy alone and with each candidate rule
+    (columns), on the off run's trades: a skip takes its slice's P&L away, a size cut
+    scales it."""
     from sovereign.core.weakness import weakness_to_rule
 
     pnl = np.array([t.pnl for t in trades], dtype=np.float64)
+    exit_ts = np.array([t.exit_ts for t in trades], dtype=np.int64)
     columns = [pnl]
-    if candidates:
+    if candidates and trades:
         features = TradeSample.from_records(trades).rule_features()
         for w in candidates:
             rule, _ = weakness_to_rule(w, rule_id="c", created_ts=0, provenance="")
             mask = eval_condition(w.condition, features)
             factor = rule.action.factor if isinstance(rule.action, ScaleSize) else 0.0
             columns.append(np.where(mask, pnl * factor, pnl))
-    return np.column_stack(columns)
+    return np.column_stack([daily_pnl(exit_ts, c, days) for c in columns])
 
 
 def pbo_cscv(matrix: np.ndarray, blocks: int = CSCV_BLOCKS) -> float | None:
@@ -341,10 +357,12 @@ def deflated_sharpe(returns: np.ndarray, trial_sharpes: np.ndarray) -> float | N
         )
     else:
         sr0 = 0.0
+    if float(x.std(ddof=1)) == 0.0:
+        return None  # no variation: no Sharpe ratio to deflate
     skew = float(stats.skew(x))
     kurt = float(stats.kurtosis(x, fisher=False))
     denom = 1 - skew * sr + (kurt - 1) / 4 * sr * sr
-    if denom <= 0:
+    if not (math.isfinite(denom) and denom > 0):
         return None
     return float(stats.norm.cdf((sr - sr0) * math.sqrt(x.size - 1) / math.sqrt(denom)))
 
@@ -382,10 +400,14 @@ def evaluate_selfmod(
         }
     stream = _evidence_trades(off.trades)
     _, candidates = replay(stream, config)
-    matrix = configuration_matrix(stream, candidates)
+    # Every figure on one basis: P&L per session day, over the days of the data.
+    days = sorted({session_date(int(t)) for t in np.asarray(on.result.ts)})
+    matrix = configuration_matrix(stream, candidates, days)
     trial_sr = np.array([_sharpe(matrix[:, j]) for j in range(matrix.shape[1])])
-    on_pnl_per_trade = (
-        on.trades["pnl"].to_numpy(dtype=np.float64) if not on.trades.empty else np.zeros(0)
+    on_daily = daily_pnl(
+        on.trades["exit_ts"].to_numpy(dtype=np.int64),
+        on.trades["pnl"].to_numpy(dtype=np.float64),
+        days,
     )
     result: dict[str, Any] = {
         "data": label,
@@ -399,10 +421,10 @@ def evaluate_selfmod(
         "overfitting": {
             "configurations": int(matrix.shape[1]),
             "pbo": pbo_cscv(matrix),
-            "pbo_method": f"CSCV, {CSCV_BLOCKS} blocks, per-trade Sharpe (Bailey et al. 2017)",
-            "deflated_sharpe": deflated_sharpe(on_pnl_per_trade, trial_sr),
-            "deflated_sharpe_method": "deflated Sharpe ratio of the on run's per-trade P&L "
-            "(Bailey and López de Prado 2014)",
+            "pbo_method": f"CSCV, {CSCV_BLOCKS} blocks of days, daily Sharpe (Bailey et al. 2017)",
+            "deflated_sharpe": deflated_sharpe(on_daily, trial_sr),
+            "deflated_sharpe_method": "deflated Sharpe ratio of the on run's daily P&L, "
+            "against the configurations' (Bailey and López de Prado 2014)",
         },
     }
     if placebo:
@@ -417,10 +439,23 @@ def write_eval(out_dir: str | Path, results: list[dict[str, Any]]) -> tuple[Path
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "selfmod-eval.json"
-    json_path.write_text(json.dumps(results, indent=2, sort_keys=True, default=str))
+    json_path.write_text(
+        json.dumps(_finite(results), indent=2, sort_keys=True, default=str, allow_nan=False)
+    )
     md_path = out / "selfmod-eval.md"
     md_path.write_text(render_markdown(results))
     return json_path, md_path
+
+
+def _finite(x: Any) -> Any:
+    """NaN and infinities as None: JSON has no such numbers."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
 
 
 def _money(x: float | None) -> str:
@@ -478,7 +513,7 @@ def render_markdown(results: list[dict[str, Any]]) -> str:
         "same run). Effect of a rule: minus the P&L of the trades it acted on (its shadow "
         "record), i.e. what it saved. PBO: "
         + CSCV_METHOD
-        + ". DSR: deflated Sharpe ratio of the on run's per-trade P&L. Placebo: runs "
+        + ". DSR: deflated Sharpe ratio of the on run's daily P&L. Placebo: runs "
         "deploying any rule with outcomes permuted.",
     ]
     return "\n".join(lines) + "\n"

@@ -18,19 +18,13 @@ from sovereign.session import run_session
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "selfmod-demo.toml"
 # Minute bars whose Volatile regime drifts down, on top of the generator's own weakness
 # (TrendingDown drifts down): one third of them is too little to find anything in.
-DATA = "synthetic:20x9000:drift=Volatile@-1"
+DATA = "synthetic:20x12000:drift=Volatile@-1"
 
 
 def account_config(name: str) -> Config:
     config = load_config(DEMO)
-    # Without costs the naive demo strategy does not run into the drawdown halt, which
-    # would stop the trades (and so the evidence) halfway.
     return msgspec.structs.replace(
-        config,
-        engine=msgspec.structs.replace(config.engine, account=name),
-        sim=msgspec.structs.replace(
-            config.sim, slippage_bps=0.0, commission_per_share=0.0, commission_min=0.0
-        ),
+        config, engine=msgspec.structs.replace(config.engine, account=name)
     )
 
 

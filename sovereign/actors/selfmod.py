@@ -95,7 +95,9 @@ class SelfModActor(Actor):
         self.store = GovernanceStore(state_dir, audit_key=audit_key) if enabled else None
         # Only a named account's evidence outlives its session (a backtest's scope is its
         # own run, which never comes again).
-        self.persist = scope.startswith("account/")
+        self._keep_evidence = scope.startswith("account/")
+        # Whether the stored evidence is in the engine: never saved over before it is.
+        self._loaded = False
         self.session_date = ""
         self.now = 0
         self._data_version = -1
@@ -107,6 +109,10 @@ class SelfModActor(Actor):
         out: list[Message] = []
         if not self.enabled:
             return self._disabled(messages)
+        if not self._loaded and not any(isinstance(m, SessionStarted) for m in messages):
+            # Restarted in the middle of a session (its start is not coming again): go on
+            # from the account's stored rules and evidence, never from nothing.
+            self._load()
         for msg in messages:
             match msg:
                 case SessionStarted():
@@ -137,8 +143,12 @@ class SelfModActor(Actor):
         return out
 
     def _on_session_started(self) -> None:
+        self._load()
+
+    def _load(self) -> None:
         store = self.store
         assert store is not None
+        self._loaded = True
         self.engine.book = store.current(self.scope)
         # A named account goes on with the evidence of its earlier sessions: the budget
         # already spent, the candidates, the rules' records and the trades.
@@ -149,7 +159,7 @@ class SelfModActor(Actor):
                 trades.append(_TRADE_DECODER.decode(blob))
             except msgspec.DecodeError:
                 self.count("evidence_trades_unreadable")
-        self.engine.adopt_evidence(doc, trades)
+        self.engine.adopt_evidence(doc, trades, damaged=len(trades) != len(blobs))
         if self.engine.counters.get("evidence_unreadable"):
             self.log.error("%s: the stored self-modification evidence is unreadable", self.scope)
         self.count("evidence_trades_loaded", len(trades))
@@ -157,10 +167,11 @@ class SelfModActor(Actor):
 
     def _save_evidence(self) -> None:
         """Store what the engine learned: a named account keeps it between sessions."""
-        if self.store is None or not self.persist:
+        if self.store is None or not self._keep_evidence or not self._loaded:
             return
         trades = [_TRADE_ENCODER.encode(t) for t in self.engine.unsaved_trades()]
         self.store.save_evidence(self.scope, self.engine.evidence(), self.now, trades)
+        self.engine.saved()
 
     def _disabled(self, messages: list[Message]) -> list[Message]:
         # A run without self-modification (the counterfactual replay): no rules at all.
@@ -256,6 +267,7 @@ class SelfModActor(Actor):
             self.log.error("%s", exc)
             return [self._note("modification_rejected", "critical", str(exc), "", {})]
         self._data_version = store.data_version()
+        self.engine.deployed(p)
         self.engine.book = after
         self.deployed.append(mod_id)
         self.count("auto_deployed")

@@ -289,19 +289,32 @@ class _Refusal:
 # room under the active-rule limit. Any other refusal (the change itself breaks the
 # constitution) stands for good.
 _DAILY, _ACTIVE = "TOO_MANY_CHANGES_TODAY", "TOO_MANY_ACTIVE_RULES"
+# The refusals about the change itself; any other (a limit of the day, of the rule count,
+# a guardian that cannot trust its constitution) may lift.
+_LASTING = frozenset(
+    {
+        "FORBIDDEN_FIELD",
+        "LOOSENS_LIMIT",
+        "ACTION_OUT_OF_BOUNDS",
+        "CONFIDENCE_BELOW_CONSTITUTION",
+        "MALFORMED",
+    }
+)
 
 
 def refusal_lifts(violations: list[str]) -> str:
     """When a change refused for ``violations`` may be proposed again, in words."""
     codes = {v.split(":", 1)[0] for v in violations}
-    if not codes <= {_DAILY, _ACTIVE}:
+    if codes & _LASTING:
         return "never: the change itself breaks the constitution"
     parts = []
     if _DAILY in codes:
         parts.append("the next session day")
     if _ACTIVE in codes:
         parts.append("a rule leaves the rule set")
-    return "after " + " and ".join(parts)
+    if codes - {_DAILY, _ACTIVE}:
+        parts.append("the next session day")
+    return "after " + " and ".join(dict.fromkeys(parts))
 
 
 class EvidenceTrade(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -425,6 +438,8 @@ class SelfModEngine:
         self.records: dict[str, _RuleRecord] = {}
         # Conditions of rules retired, with where in the trades they were.
         self.retired: dict[bytes, int] = {}
+        # A retirement's record before its look, until the guardian decides.
+        self._retire_undo: dict[str, _RuleRecord] = {}
         self._seq = 0
         self._refused: dict[bytes, _Refusal] = {}
         # Trades already in the account's store (``unsaved_trades``).
@@ -443,7 +458,14 @@ class SelfModEngine:
         }
 
     def on_trade(self, trade: object) -> None:
-        """A closed trade, real or shadow (``evidence_trade``)."""
+        """A closed trade, real or shadow (``evidence_trade``). A position the strategy
+        did not decide (a late fill, a position carried from an earlier session) is not
+        evidence about its decisions and is left out."""
+        if not isinstance(trade, EvidenceTrade):
+            features = getattr(trade, "features", None) or {}
+            if features.get("late_fill"):
+                self.counters["late_fills_ignored"] = self.counters.get("late_fills_ignored", 0) + 1
+                return
         t = trade if isinstance(trade, EvidenceTrade) else evidence_trade(trade)
         if t.kind == "scaled":
             self.scaled.append(t)
@@ -500,22 +522,40 @@ class SelfModEngine:
         }
 
     def adopt_evidence(
-        self, doc: dict[str, object], trades: list[EvidenceTrade] | None = None
+        self,
+        doc: dict[str, object],
+        trades: list[EvidenceTrade] | None = None,
+        *,
+        damaged: bool = False,
     ) -> None:
-        """Go on from a stored ``evidence`` and the account's stored trades. A document
-        that does not read as one is ignored (the engine starts afresh and says so in
-        ``counters["evidence_unreadable"]``)."""
+        """Go on from a stored ``evidence`` and the account's stored trades (``damaged``:
+        some could not be read). A document that does not read, or trades that do not
+        all read, leave the positions it counts in unknown: the candidates, the
+        confirmed ones and the rules' windows start again from the trades as they are,
+        and the budget is taken as spent by as many looks as those trades would have
+        had (never a fresh budget on old data). Counted in ``evidence_unreadable``."""
         try:
             self._adopt(doc)
         except (KeyError, TypeError, ValueError, msgspec.DecodeError):
-            self.counters["evidence_unreadable"] = 1
-            self.looks, self._look_at, self._analysed_at = 0, 0, 0
-            self.candidates, self.confirmed, self.records, self._refused = {}, {}, {}, {}
-            self.retired = {}
+            damaged = True
+            self.looks, self._look_at, self._refused = 0, 0, {}
         for t in trades or []:
             self.on_trade(t)
-        self._stored, self._stored_scaled = len(self.trades), len(self.scaled)
-        self._analysed_at = min(self._analysed_at, len(self.trades))
+        n = len(self.trades)
+        if damaged:
+            self.counters["evidence_unreadable"] = 1
+            self.candidates, self.confirmed = {}, {}
+            for rec in self.records.values():
+                rec.since = n
+            self.retired = {key: n for key in self.retired}
+            implied = 0
+            while n >= 2 * self.min_trades * self.look_growth**implied:
+                implied += 1
+            self.looks = max(self.looks, implied)
+            self._look_at = max(self._look_at, n) if implied else self._look_at
+            self._analysed_at = n
+        self._stored, self._stored_scaled = n, len(self.scaled)
+        self._analysed_at = min(self._analysed_at, n)
 
     def _adopt(self, doc: dict[str, object]) -> None:
         if doc.get("unreadable"):
@@ -549,12 +589,14 @@ class SelfModEngine:
             )
 
     def unsaved_trades(self) -> list[EvidenceTrade]:
-        """The trades (real and shadow) not yet in the account's store; they count as
-        stored from now on. The population keeps its order (its positions are what the
-        candidates' ``found_at`` count); the scaled parts are told apart by their kind."""
-        out = self.trades[self._stored :] + self.scaled[self._stored_scaled :]
+        """The trades (real and shadow) not yet in the account's store. The population
+        keeps its order (its positions are what the candidates' ``found_at`` count); the
+        scaled parts are told apart by their kind. ``saved`` marks them stored once the
+        store has them."""
+        return self.trades[self._stored :] + self.scaled[self._stored_scaled :]
+
+    def saved(self) -> None:
         self._stored, self._stored_scaled = len(self.trades), len(self.scaled)
-        return out
 
     # -- ANALYSIS -----------------------------------------------------------------------
 
@@ -647,9 +689,9 @@ class SelfModEngine:
         refusal = self._refused.get(key)
         if refusal is None:
             return False
-        if not refusal.codes <= {_DAILY, _ACTIVE}:
+        if refusal.codes & _LASTING:
             return True
-        if _DAILY in refusal.codes and refusal.session_date == session_date:
+        if refusal.codes - {_ACTIVE} and refusal.session_date == session_date:
             return True
         return _ACTIVE in refusal.codes and refusal.book_version == self.book.version
 
@@ -701,11 +743,12 @@ class SelfModEngine:
             need = self.confirm_trades * 2**rec.looks
             if n < need or kept.size < self.confirm_trades:
                 continue
+            undo = _RuleRecord(rec.effect, rec.looks, rec.since)
             rec.looks += 1
             rec.since = len(self.trades)
             self.counters["retirement_looks"] += 1
             level = spending(rec.looks, self.alpha)
-            test = retirement_test(prevented, kept, margin=0.5 * max(rec.effect, 0.0))
+            test = retirement_test(prevented, kept, margin=max(rec.effect, 0.0))
             if test.p_value > level:
                 continue
             change, what = self._relaxation(rule)
@@ -727,6 +770,7 @@ class SelfModEngine:
             self.counters[
                 "relaxations_proposed" if change.kind == "replace_rule" else "retirements_proposed"
             ] += 1
+            self._retire_undo[f"P{self._seq + 1}-{session_date}"] = undo
             out.append(
                 self.propose_modification(
                     change,
@@ -769,13 +813,16 @@ class SelfModEngine:
         self, trigger: str, session_date: str, ts: int, room: int
     ) -> list[Proposal]:
         out: list[Proposal] = []
-        taken = self._taken()
+        active = {msgspec.msgpack.encode(r.condition) for r in self.book.rules}
+        in_flight = self._taken() - active
         for key, (w, confirmation, c) in list(self.confirmed.items()):
             if len(out) >= room:
                 break
-            if key in taken:
+            if key in active:
                 del self.confirmed[key]
                 continue
+            if key in in_flight:
+                continue  # the guardian has it: kept until it decides
             if self._suppressed(key, session_date):
                 self.counters["suppressed"] += 1
                 continue
@@ -801,9 +848,9 @@ class SelfModEngine:
                     "confirm_p": confirmation.p_value,
                     "confirm_mean_return": confirmation.mean_return,
                     "confirm_rest_mean_return": confirmation.rest_mean_return,
+                    "confirm_se": confirmation.se,
                 }
             )
-            del self.confirmed[key]
             out.append(
                 self.propose_modification(
                     Change(kind="add_rule", rule=rule, rule_id=rule.rule_id),
@@ -847,18 +894,31 @@ class SelfModEngine:
         """The guardian decided; forget the proposal as pending, and remember a refusal
         and why (the same change is not proposed again while its reason stands)."""
         p = self.pending.pop(proposal_id, None)
-        if p is not None and approved:
-            self._adopted(p)
-        if p is not None and not approved and p.change.rule is not None:
+        if p is None or approved:
+            return p
+        codes = frozenset(v.split(":", 1)[0] for v in violations or ())
+        lasting = bool(codes & _LASTING)
+        if p.change.kind == "add_rule" and p.change.rule is not None:
             key = msgspec.msgpack.encode(p.change.rule.condition)
-            codes = frozenset(v.split(":", 1)[0] for v in violations or ())
             self._refused[key] = _Refusal(codes, p.session_date, self.book.version)
+            if lasting:
+                self.confirmed.pop(key, None)  # the change itself breaks the constitution
+        elif p.change.kind in ("remove_rule", "replace_rule"):
+            # A retirement refused for a limit of the day is taken up again at the next
+            # analysis, on the same window (the look is given back).
+            undo = self._retire_undo.pop(proposal_id, None)
+            if undo is not None and not lasting:
+                self.records[p.change.rule_id] = undo
         return p
 
-    def _adopted(self, p: Proposal) -> None:
-        """An approved change's rule starts its record: a new rule with the effect it
-        was confirmed with, a relaxed one with its predecessor's."""
+    def deployed(self, p: Proposal) -> None:
+        """An approved change was deployed (call before the book moves on): a new rule
+        starts its record with the effect it was confirmed with, a relaxed one with its
+        predecessor's; a retired rule's slice is remembered."""
+        self._retire_undo.pop(p.proposal_id, None)
         change = p.change
+        if change.kind == "add_rule" and change.rule is not None:
+            self.confirmed.pop(msgspec.msgpack.encode(change.rule.condition), None)
         if change.rule is None:
             self.records.pop(change.rule_id, None)
             for rule in self.book.rules:
@@ -871,10 +931,14 @@ class SelfModEngine:
                 effect=before.effect, since=len(self.trades)
             )
             return
+        # The effect the rule is held to: the lower 95 % bound of the effect measured on
+        # the confirmation's trades (the estimate itself is biased up: only candidates
+        # that passed got measured).
         mean = p.evidence.get("confirm_mean_return")
         rest = p.evidence.get("confirm_rest_mean_return")
+        se = p.evidence.get("confirm_se")
         effect = (
-            float(rest) - float(mean)
+            float(rest) - float(mean) - 1.645 * (float(se) if isinstance(se, int | float) else 0.0)
             if isinstance(mean, int | float) and isinstance(rest, int | float)
             else 0.0
         )

@@ -107,6 +107,7 @@ class ShadowBook:
             "unfilled": 0,
             "busy": 0,
             "unsized": 0,
+            "below_floor": 0,
             "scaled": 0,
         }
 
@@ -134,6 +135,10 @@ class ShadowBook:
             self.counters["busy"] += 1  # the symbol's previous prevented trade is still open
             return
         c = self.costs
+        if not confidence >= c.constitution.min_confidence_for_trade:
+            # The guardian would have refused it whatever the rules: nothing prevented.
+            self.counters["below_floor"] += 1
+            return
         regime = REGIME_NAMES[regime_code] if regime_code < len(REGIME_NAMES) else "Unknown"
         limit = c.policy.entry_limit(ref_price)
         notional = entry_target(confidence, regime, 1.0, self.equity, c.constitution, c.policy)

@@ -695,6 +695,7 @@ class Confirmation:
     rest_mean_return: float
     p_value: float
     test: str
+    se: float = math.nan  # standard error of the difference of the two means
 
 
 def confirm_weakness(
@@ -705,7 +706,7 @@ def confirm_weakness(
     The slice is ``condition`` evaluated on ``new_trades`` (which closed after the
     candidate was found); it holds when its mean return is below the rest's and one of the
     two one-sided tests of the analysis (Welch's t on returns, Fisher's exact on wins) has
-    ``p <= level``. The caller looks once, so the level is not adjusted."""
+    ``p <= level / 2`` (the two tests share the level). The caller looks once."""
     trades = new_trades.select(np.isfinite(new_trades.pnl) & np.isfinite(new_trades.return_pct))
     mask = eval_condition(condition, trades.rule_features())
     inside, outside = trades.return_pct[mask], trades.return_pct[~mask]
@@ -716,8 +717,11 @@ def confirm_weakness(
     wins_in = int(trades.win[mask].sum())
     _, p_fisher = _fisher_less(wins_in, n_in, int(trades.win[~mask].sum()), n_out)
     test, p = ("welch_t", p_welch) if p_welch <= p_fisher else ("fisher_exact", p_fisher)
-    holds = p <= level and _mean(inside) < _mean(outside)
-    return Confirmation(holds, n_in, n_out, _mean(inside), _mean(outside), p, test)
+    # Two tests, the smaller p: each at half the level (Bonferroni), so the look as a
+    # whole is at ``level``.
+    holds = p <= level / 2 and _mean(inside) < _mean(outside)
+    se = math.sqrt(float(np.var(inside, ddof=1)) / n_in + float(np.var(outside, ddof=1)) / n_out)
+    return Confirmation(holds, n_in, n_out, _mean(inside), _mean(outside), p, test, se)
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,6 +101,7 @@ def run(trades: list[Trade], engine: SelfModEngine | None = None, *, every: int 
             for p in e.analyse(trigger="end_of_day", session_date=f"d{i // 50}", ts=i):
                 proposed.append(p)
                 e.settle(p.proposal_id, True)
+                e.deployed(p)
                 e.book = e.book.apply(p.change)
     return e, proposed
 
@@ -186,6 +187,9 @@ def test_a_refusal_is_not_proposed_again_while_its_reason_stands() -> None:
                 )
     conditions_day1 = [c for d, c in refused if d == "day-1"]
     assert len(conditions_day1) == len(set(map(repr, conditions_day1)))
+    # The limit of the day lifted: what it refused is proposed again the next day.
+    conditions_day2 = {repr(c) for d, c in refused if d == "day-2"}
+    assert conditions_day1 and set(map(repr, conditions_day1)) <= conditions_day2
     assert engine.counters["suppressed"] > 0
     assert refusal_lifts(["TOO_MANY_CHANGES_TODAY: x"]) == "after the next session day"
     assert refusal_lifts(["ACTION_OUT_OF_BOUNDS: x"]).startswith("never")
@@ -197,6 +201,7 @@ def test_the_budget_spent_is_kept_across_sessions() -> None:
     assert first.looks >= 3
     second = SelfModEngine()
     second.adopt_evidence(first.evidence(), first.unsaved_trades())
+    first.saved()
     assert second.looks == first.looks and len(second.trades) == len(first.trades)
     run(stream(6, 600, placebo=True), second)
     assert second.looks > first.looks
@@ -287,3 +292,39 @@ def test_stored_evidence_that_does_not_read_is_counted_and_the_session_goes_on(t
     assert actor.counters["evidence_trades_loaded"] == 2
     assert actor.engine.counters["evidence_unreadable"] == 1
     assert actor.engine.looks == 0 and len(actor.engine.trades) == 2
+
+
+def test_a_restarted_actor_goes_on_from_the_stored_evidence(tmp_path) -> None:
+    """Ray restarts a self-modification actor that died mid-session: its session start
+    is not coming again, so it loads the account's evidence at its first call, and never
+    saves an empty engine over it."""
+    from sovereign.actors.selfmod import _TRADE_ENCODER, SelfModActor
+    from sovereign.core.selfmod import evidence_trade
+    from sovereign.memory.governance import GovernanceStore
+    from sovereign.messages import AccountSnapshot
+
+    scope = "account/restarted"
+    trades = [_TRADE_ENCODER.encode(evidence_trade(t)) for t in stream(2, 50)]
+    with GovernanceStore(tmp_path) as store:
+        store.save_evidence(scope, {"looks": 4, "look_at": 50, "analysed_at": 50}, 0, trades)
+    actor = SelfModActor(0, state_dir=str(tmp_path), scope=scope)
+    snapshot = AccountSnapshot(
+        msg_id="a",
+        ts_event=1,
+        ts_init=1,
+        cash=1e5,
+        equity=1e5,
+        realized_pnl=0.0,
+        unrealized_pnl=0.0,
+        gross_exposure=0.0,
+        net_exposure=0.0,
+        commissions=0.0,
+        open_positions=0,
+        session_date="2024-01-03",
+    )
+    actor.receive([snapshot])
+    assert actor.engine.looks == 4 and len(actor.engine.trades) == 50
+    actor._save_evidence()
+    with GovernanceStore(tmp_path) as store:
+        doc, stored = store.evidence(scope)
+    assert doc["looks"] == 4 and len(stored) == 50  # nothing lost, nothing doubled
