@@ -210,3 +210,45 @@ def test_shadow_trades_never_reach_a_broker(rules: list[Rule], seed: int) -> Non
 
 if __name__ == "__main__":
     pytest.main([__file__])
+
+
+def test_a_rule_whose_weakness_is_gone_is_retired_by_its_shadow_record(tmp_path) -> None:
+    """An account carries a rule from earlier sessions, confirmed then with an effect of
+    0.2 % a trade; on these bars its five symbols are like the other fifteen. The trades
+    it skips, followed by the shadow book, do as well as those it keeps: the rule is
+    proposed for retirement, approved by the guardian and removed (audited)."""
+    from sovereign.config import load_config
+    from sovereign.memory.governance import DEPLOYED
+
+    demo = Path(__file__).resolve().parents[1] / "examples" / "selfmod-demo.toml"
+    config = load_config(demo)
+    config = msgspec.structs.replace(
+        config, engine=msgspec.structs.replace(config.engine, account="old")
+    )
+    old = Rule(
+        rule_id="R0-1",
+        condition=SymbolIn(["S0000", "S0001", "S0002", "S0003", "S0004"]),
+        action=SkipTrade("an old weakness"),
+    )
+    seed_rules(tmp_path, "old", [old])
+    with GovernanceStore(tmp_path) as store:
+        store.save_evidence("account/old", {"records": {"R0-1": [0.002, 0, 0]}}, 0, [])
+    run_session(
+        config,
+        load_ohlcv("synthetic:20x6000", seed=config.engine.seed),
+        runtime="local",
+        mode="paper",
+        state_dir=tmp_path,
+        out_dir=None,
+    )
+    with GovernanceStore(tmp_path) as store:
+        history = sorted(store.history("account/old", limit=100), key=lambda r: r.id)
+        book = store.current("account/old")
+        assert store.verify().ok
+    removal = [r for r in history if r.status == DEPLOYED and r.summary == "remove R0-1"]
+    assert removal and "R0-1" not in book.rule_ids()
+    evidence = removal[0].evidence
+    assert evidence["test"] == "welch_t_noninferiority" and evidence["prevented_n"] >= 20
+    assert evidence["p_value"] <= evidence["look_level"]
+    shadow = TradeMemory(tmp_path).shadow_frame()
+    assert (shadow.rule_ids == "R0-1").sum() >= evidence["prevented_n"]

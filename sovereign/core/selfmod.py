@@ -367,7 +367,7 @@ def evidence_trade(trade: Any) -> EvidenceTrade:
 @dataclass(slots=True)
 class _RuleRecord:
     """What the engine knows of a deployed rule's record: the effect it was confirmed
-    with (the retirement margin is half of it), its own looks, and where in the trades
+    with (its lower 95 % bound: the retirement margin), its own looks, and where in the trades
     the window of its next look starts."""
 
     effect: float = 0.0

@@ -67,7 +67,7 @@ Retirement. A deployed rule is looked at again on its own record since its deplo
 (``retirement_test``: the trades it prevented, followed by the shards' shadow book, against
 the trades it kept), with the same spending of a budget ``alpha`` across its own looks,
 and retired (or, for a size cut, relaxed towards 1) when the record rejects that it still
-helps by half the effect it was confirmed with.
+helps by the lower 95 % bound of the effect it was confirmed with.
 """
 
 from __future__ import annotations
@@ -745,9 +745,9 @@ def retirement_test(prevented: np.ndarray, kept: np.ndarray, *, margin: float) -
     The null hypothesis is that the rule still helps by at least ``margin`` (the prevented
     trades return at least ``margin`` less than the kept ones on average); it is rejected,
     and the rule retired, on evidence that ``mean(prevented) + margin > mean(kept)``. With
-    ``margin`` half the effect measured when the rule was confirmed, a weakness that
-    disappears is retired once its record is long enough, and a weakness that stays is
-    retired with a probability of at most the level the test is run at."""
+    ``margin`` the lower 95 % bound of the effect measured when the rule was confirmed, a
+    weakness that disappears is retired once its record is long enough, and one that
+    stays is retired with a probability of at most the level the test is run at."""
     prevented = prevented[np.isfinite(prevented)]
     kept = kept[np.isfinite(kept)]
     n, k = int(prevented.size), int(kept.size)
