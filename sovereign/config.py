@@ -834,6 +834,14 @@ def breakout_preset(config: Config) -> Config:
 
 def parse_config(data: dict[str, Any], *, source: str = "config") -> Config:
     """Validate a mapping (as read from TOML) into a Config; errors name the field."""
+    selfmod = data.get("selfmod")
+    if isinstance(selfmod, dict) and "fdr" in selfmod:
+        # Renamed when the loop's statistics changed: say so rather than "unknown field".
+        raise ConfigError(
+            f"{source}: [selfmod] fdr is no longer a setting: the error rate is now one "
+            "budget per account spent across looks, [selfmod] alpha (default 0.05); see "
+            "the README's Self-modification section"
+        )
     try:
         config = msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:

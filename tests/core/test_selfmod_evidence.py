@@ -328,3 +328,13 @@ def test_a_restarted_actor_goes_on_from_the_stored_evidence(tmp_path) -> None:
     with GovernanceStore(tmp_path) as store:
         doc, stored = store.evidence(scope)
     assert doc["looks"] == 4 and len(stored) == 50  # nothing lost, nothing doubled
+
+
+def test_the_old_fdr_setting_is_refused_with_what_replaced_it() -> None:
+    from sovereign.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=r"\[selfmod\] alpha"):
+        parse_config({"selfmod": {"fdr": 0.1}})
+    assert parse_config({"selfmod": {"alpha": 0.02}}).selfmod.alpha == 0.02
+    with pytest.raises(ConfigError):
+        parse_config({"selfmod": {"alpha": 1.5}})
