@@ -491,6 +491,24 @@ def render_markdown(results: list[dict[str, Any]]) -> str:
             f"| {placebo_text} |"
         )
     for r in results:
+        symbols = sorted(set(r["on"]["per_symbol"]) | set(r["off"]["per_symbol"]))
+        if not symbols:
+            continue
+        lines += [
+            "",
+            f"Per symbol on {r['data']}:",
+            "",
+            "| symbol | trades on / off | P&L on / off |",
+            "|---|---|---|",
+        ]
+        for sym in symbols:
+            on_s = r["on"]["per_symbol"].get(sym, {"trades": 0, "pnl": 0.0})
+            off_s = r["off"]["per_symbol"].get(sym, {"trades": 0, "pnl": 0.0})
+            lines.append(
+                f"| {sym} | {on_s['trades']} / {off_s['trades']} "
+                f"| {_money(on_s['pnl'])} / {_money(off_s['pnl'])} |"
+            )
+    for r in results:
         records = r["rules"]["records"]
         if not records:
             continue

@@ -50,6 +50,11 @@ def test_where_no_rule_passes_on_and_off_are_the_same_run(tmp_path) -> None:
     assert "CSCV" in result["overfitting"]["pbo_method"]
     table = (tmp_path / "ev" / "selfmod-eval.md").read_text()
     assert table.startswith("| data |") and "| sample |" in table
+    assert "Per symbol on sample" in table and "| AAPL |" in table
+    per_symbol = result["on"]["per_symbol"]
+    assert per_symbol == result["off"]["per_symbol"]
+    assert set(per_symbol) <= {"AAPL", "FB", "GOOG", "IBM", "MSFT"}
+    assert sum(x["trades"] for x in per_symbol.values()) == result["on"]["trades"]
     assert not list((tmp_path / "ev").glob("selfmod-eval-*")), "the runs' state was left behind"
 
 
