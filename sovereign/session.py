@@ -72,6 +72,10 @@ def run_session(
     the feed delivers until it stops or ``max_steps``.
     """
     run_id = run_id or new_run_id(mode)
+    # Absolute before it reaches any actor: an actor process on a Ray cluster has its own
+    # working directory, where a relative path would put the state somewhere else (and
+    # apart from its audit key).
+    state_dir = Path(state_dir).resolve()
     if feed is not None:
         config = with_broker_account(config, state_dir)
     scope = state_scope(config, run_id)

@@ -204,6 +204,11 @@ def test_paper_session_on_ray_lists_named_actors_while_running(tmp_path: Path, r
     assert "session paper-" in out  # console notifications
     assert (tmp_path / "paper" / "report.html").exists()
     assert json.loads((tmp_path / "paper" / "metrics.json").read_text())["meta"]["runtime"] == "ray"
+    # The actors, in Ray's own worker processes, kept the state where the user ran the
+    # command (a relative --state resolved there), next to its audit key.
+    state = tmp_path / ".sovereign"
+    assert (state / "governance.sqlite").exists() and (state / "audit.key").exists()
+    assert list((state / "trade_memory").glob("shard-*.sqlite"))
 
 
 def test_data_without_volume_needs_volume_confirmation_turned_off_explicitly(
