@@ -207,24 +207,10 @@ class ShardActor(Actor):
                 msg_id=self.ids.next(),
                 ts_event=t.exit_ts,
                 ts_init=t.exit_ts,
-                trade_id=t.trade_id,
                 shard=self.index,
-                symbol=t.symbol,
-                quantity=t.quantity,
-                entry_ts=t.entry_ts,
-                exit_ts=t.exit_ts,
-                entry_price=t.entry_price,
-                exit_price=t.exit_price,
-                pnl=t.pnl,
-                commission=t.commission,
-                return_pct=t.return_pct,
-                bars_held=t.bars_held,
-                exit_reason=t.exit_reason,
-                regime=t.regime,
-                confidence=t.confidence,
                 rule_ids=list(s.rule_ids),
                 effect=s.effect,  # type: ignore[arg-type]
-                features=t.features,
+                **t._asdict(),
             )
             if self.store is not None:
                 self.store.add_shadow(msg, self.run_id)

@@ -37,7 +37,7 @@ from sovereign.brokers.sim import commission_for, market_price, volume_cap
 from sovereign.config import SimConfig, StrategyConfig
 from sovereign.core.constitution import Constitution
 from sovereign.core.risk import SizingPolicy, entry_target
-from sovereign.core.signals import ClosedTrade, exit_reasons
+from sovereign.core.signals import ClosedTrade, closed_trade, exit_reasons
 from sovereign.core.universe import Universe
 from sovereign.messages.market import REGIME_NAMES, REGIME_UNKNOWN
 
@@ -279,24 +279,7 @@ class ShadowBook:
 
     def _close(self, i: int, ts: int) -> None:
         t = self.trades[i]
-        pnl = t.exit_proceeds - t.entry_cost - t.commission
-        trade = ClosedTrade(
-            trade_id=t.trade_id,
-            symbol=self.universe.symbols[i],
-            quantity=t.entry_qty,
-            entry_ts=t.entry_ts,
-            exit_ts=ts,
-            entry_price=t.entry_cost / t.entry_qty,
-            exit_price=t.exit_proceeds / t.exit_qty,
-            pnl=pnl,
-            commission=t.commission,
-            return_pct=pnl / t.entry_cost if t.entry_cost else 0.0,
-            bars_held=int(self.bars_held[i]),
-            exit_reason=t.exit_reason or "unknown",
-            regime=REGIME_NAMES[t.regime_code] if t.regime_code < len(REGIME_NAMES) else "Unknown",
-            confidence=t.confidence,
-            features=t.features,
-        )
+        trade = closed_trade(t, self.universe.symbols[i], ts, int(self.bars_held[i]))  # type: ignore[arg-type]
         self.closed.append(ShadowClosed(trade, t.rule_ids, "skipped"))
         self._forget(i)
 

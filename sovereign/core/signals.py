@@ -184,6 +184,31 @@ class _Trade:
     target_mult: float = 3.0
 
 
+def closed_trade(trade: _Trade, symbol: str, ts: int, bars_held: int) -> ClosedTrade:
+    """A finished round trip from its booked fills: the one definition of a trade's close,
+    for the trade book and the shadow book (whose trades carry the same fields)."""
+    pnl = trade.exit_proceeds - trade.entry_cost - trade.commission
+    return ClosedTrade(
+        trade_id=trade.trade_id,
+        symbol=symbol,
+        quantity=trade.entry_qty,
+        entry_ts=trade.entry_ts,
+        exit_ts=ts,
+        entry_price=trade.entry_cost / trade.entry_qty,
+        exit_price=trade.exit_proceeds / trade.exit_qty,
+        pnl=pnl,
+        commission=trade.commission,
+        return_pct=pnl / trade.entry_cost if trade.entry_cost else 0.0,
+        bars_held=bars_held,
+        exit_reason=trade.exit_reason or "unknown",
+        regime=REGIME_NAMES[trade.regime_code]
+        if trade.regime_code < len(REGIME_NAMES)
+        else "Unknown",
+        confidence=trade.confidence,
+        features=trade.features,
+    )
+
+
 @dataclass(slots=True)
 class _Order:
     index: int
@@ -395,30 +420,8 @@ class ShardStrategy:
 
     def _close(self, i: int, trade: _Trade, ts: int) -> ClosedTrade:
         del self.trades[i]
-        pnl_net = trade.exit_proceeds - trade.entry_cost - trade.commission
-        self.losing_streak = self.losing_streak + 1 if pnl_net < 0 else 0
-        entry_price = trade.entry_cost / trade.entry_qty
-        exit_price = trade.exit_proceeds / trade.exit_qty
-        pnl = trade.exit_proceeds - trade.entry_cost - trade.commission
-        closed = ClosedTrade(
-            trade_id=trade.trade_id,
-            symbol=self.universe.symbols[i],
-            quantity=trade.entry_qty,
-            entry_ts=trade.entry_ts,
-            exit_ts=ts,
-            entry_price=entry_price,
-            exit_price=exit_price,
-            pnl=pnl,
-            commission=trade.commission,
-            return_pct=pnl / trade.entry_cost if trade.entry_cost else 0.0,
-            bars_held=int(self.bars_held[i]),
-            exit_reason=trade.exit_reason or "unknown",
-            regime=REGIME_NAMES[trade.regime_code]
-            if trade.regime_code < len(REGIME_NAMES)
-            else "Unknown",
-            confidence=trade.confidence,
-            features=trade.features,
-        )
+        closed = closed_trade(trade, self.universe.symbols[i], ts, int(self.bars_held[i]))
+        self.losing_streak = self.losing_streak + 1 if closed.pnl < 0 else 0
         self.stop[i] = self.target[i] = np.nan
         self.bars_held[i] = 0
         self.entry_regime[i] = REGIME_UNKNOWN
@@ -647,13 +650,14 @@ class ShardStrategy:
             1.0,
         )
         minute, weekday = new_york_time(ts)
-        effects = self._apply_rules(
-            idx, regime_codes, vol_pct, sr, a / c * 100.0, minute, confidence
-        )
+        effects = acted = None
+        if self.compiled is not None:
+            features = self._rule_features(
+                idx, regime_codes, vol_pct, sr, a / c * 100.0, minute, confidence
+            )
+            effects = self.compiled(features)
+            acted = self._rules_acting(features, confidence, effects)
         out: list[EntrySignal] = []
-        acted = self._rules_acting(
-            idx, regime_codes, vol_pct, sr, a / c * 100.0, minute, confidence, effects
-        )
         for k, i in enumerate(idx.tolist()):
             skipped = effects is not None and (
                 effects.skip[k]
@@ -689,35 +693,17 @@ class ShardStrategy:
         return out
 
     def _rules_acting(
-        self,
-        idx: np.ndarray,
-        regime_codes: np.ndarray,
-        vol_pct: np.ndarray,
-        sr: np.ndarray,
-        atr_pct: np.ndarray,
-        minute: int,
-        confidence: np.ndarray,
-        effects: Effects | None,
+        self, features: RuleFeatures, confidence: np.ndarray, effects: Effects
     ) -> list[tuple[str, ...]] | None:
         """For each candidate, the ids of the rules that skipped or scaled it down (what a
         shadow trade is tagged with); None when no rule did anything to any candidate."""
-        if effects is None or self.shadow is None:
+        if self.shadow is None:
             return None
         with np.errstate(invalid="ignore"):
             blocked = ~np.isnan(effects.min_confidence) & (confidence < effects.min_confidence)
         if not (effects.skip.any() or blocked.any() or (effects.scale < 1).any()):
             return None
-        features = RuleFeatures(
-            regime=regime_codes[idx],
-            volume_pct=vol_pct[idx],
-            sr_score=sr,
-            atr_pct=atr_pct,
-            minute=np.full(idx.size, minute, dtype=np.int64),
-            symbol=self.universe.names[idx],
-            confidence=confidence,
-            losses=np.full(idx.size, self.losing_streak, dtype=np.int64),
-        )
-        acted: list[list[str]] = [[] for _ in range(idx.size)]
+        acted: list[list[str]] = [[] for _ in range(features.n)]
         for rule in self.rules:
             match rule.action:
                 case SkipTrade() | ScaleSize():
@@ -730,7 +716,7 @@ class ShardStrategy:
                 acted[k].append(rule.rule_id)
         return [tuple(x) for x in acted]
 
-    def _apply_rules(
+    def _rule_features(
         self,
         idx: np.ndarray,
         regime_codes: np.ndarray,
@@ -739,10 +725,8 @@ class ShardStrategy:
         atr_pct: np.ndarray,
         minute: int,
         confidence: np.ndarray,
-    ) -> Effects | None:
-        if self.compiled is None:
-            return None
-        features = RuleFeatures(
+    ) -> RuleFeatures:
+        return RuleFeatures(
             regime=regime_codes[idx],
             volume_pct=vol_pct[idx],
             sr_score=sr,
@@ -752,7 +736,6 @@ class ShardStrategy:
             confidence=confidence,
             losses=np.full(idx.size, self.losing_streak, dtype=np.int64),
         )
-        return self.compiled(features)
 
     def _open(
         self,
