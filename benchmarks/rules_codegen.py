@@ -41,7 +41,7 @@ from sovereign.core.codegen import (  # noqa: E402
     generate_source,
     interpret,
 )
-from sovereign.core.rules import (  # noqa: E402
+from sovereign.domain.rules import (  # noqa: E402
     Action,
     AdjustStop,
     AdjustTarget,

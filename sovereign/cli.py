@@ -191,7 +191,7 @@ def _check_state_store(config: Config) -> None:
         return
     import redis
 
-    from sovereign.config import redact_url
+    from sovereign.domain.service_settings import redact_url
     from sovereign.memory.state_store import RedisStateStore
 
     try:
@@ -601,7 +601,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     import torch
 
-    from sovereign.core.foundation import FoundationConfig, save_checkpoint, train_foundation
+    from sovereign.core.foundation import FoundationConfig
+    from sovereign.training.foundation import save_checkpoint, train_foundation
 
     torch.set_num_threads(1)
     config = load_config(args.config)

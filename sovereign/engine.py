@@ -55,11 +55,12 @@ from sovereign.actors.runtime import (
 from sovereign.actors.selfmod import SelfModActor
 from sovereign.actors.shard import ShardActor
 from sovereign.brokers.sim import SimBroker
-from sovereign.config import NOTIFICATION_KINDS, Config
+from sovereign.config import Config
 from sovereign.core.risk import SizingPolicy
 from sovereign.core.shadow import ShadowCosts
 from sovereign.data.feeds import ReplayFeed, deal_symbols
 from sovereign.data.loaders import LoadedData
+from sovereign.domain.service_settings import NOTIFICATION_KINDS
 from sovereign.memory.account import sim_account_key
 from sovereign.memory.checkpoints import Checkpoints
 from sovereign.messages import (

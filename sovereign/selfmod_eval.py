@@ -54,7 +54,6 @@ from scipy import stats
 from sovereign.config import Config
 from sovereign.core.calendar import session_date
 from sovereign.core.codegen import eval_condition
-from sovereign.core.rules import ScaleSize
 from sovereign.core.selfmod import (
     DailyChanges,
     EvidenceTrade,
@@ -64,6 +63,7 @@ from sovereign.core.selfmod import (
 )
 from sovereign.core.weakness import TradeSample, Weakness
 from sovereign.data.loaders import LoadedData
+from sovereign.domain.rules import ScaleSize
 from sovereign.memory.governance import DEPLOYED, REJECTED, ROLLED_BACK, GovernanceStore
 from sovereign.memory.trade_memory import TradeMemory
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from sovereign.core.rules import (
+from sovereign.domain.rules import (
     AdjustStop,
     AdjustTarget,
     And,

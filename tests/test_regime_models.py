@@ -12,10 +12,11 @@ import numpy as np
 
 from sovereign.actors.regime import RegimeActor, bundled_foundation_path
 from sovereign.config import RegimeConfig
-from sovereign.core.foundation import FOUNDATION_VERSION, load_checkpoint
+from sovereign.core.foundation import FOUNDATION_VERSION
 from sovereign.data.loaders import load_ohlcv
 from sovereign.messages import REGIME_NAMES, BarBatch, RegimeUpdate
 from sovereign.messages.base import IdSource
+from sovereign.training.foundation import load_checkpoint
 
 
 def sovereign(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

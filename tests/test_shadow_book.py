@@ -17,7 +17,12 @@ from sovereign.actors.selfmod import SelfModActor
 from sovereign.config import Config, SimConfig, StrategyConfig
 from sovereign.core.constitution import Constitution
 from sovereign.core.risk import SizingPolicy
-from sovereign.core.rules import (
+from sovereign.core.selfmod import Change
+from sovereign.core.shadow import ShadowCosts
+from sovereign.core.signals import ShardStrategy
+from sovereign.core.universe import Universe
+from sovereign.data.loaders import load_ohlcv
+from sovereign.domain.rules import (
     ConfidenceBelow,
     RegimeIs,
     RequireConfidence,
@@ -27,11 +32,6 @@ from sovereign.core.rules import (
     SymbolIn,
     VolumeBelow,
 )
-from sovereign.core.selfmod import Change
-from sovereign.core.shadow import ShadowCosts
-from sovereign.core.signals import ShardStrategy
-from sovereign.core.universe import Universe
-from sovereign.data.loaders import load_ohlcv
 from sovereign.memory.governance import GovernanceStore
 from sovereign.memory.trade_memory import TradeMemory
 from sovereign.messages import REGIME_NAMES, ShadowTradeClosed

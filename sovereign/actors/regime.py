@@ -37,7 +37,7 @@ def load_foundation(spec: str) -> Any | None:
     """The foundation checkpoint named by ``[regime] foundation_checkpoint``, or None."""
     if not spec:
         return None
-    from sovereign.core.foundation import load_checkpoint
+    from sovereign.training.foundation import load_checkpoint
 
     path = bundled_foundation_path() if spec == "bundled" else Path(spec)
     return load_checkpoint(path)

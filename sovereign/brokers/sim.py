@@ -31,6 +31,7 @@ from sovereign.brokers import sim_chunk
 from sovereign.brokers.base import accepted, canceled, rejected
 from sovereign.brokers.sim_chunk import ChunkMarket, ChunkOrders, Speculation
 from sovereign.config import SimConfig
+from sovereign.core.fills import commission_for, market_price, volume_cap
 from sovereign.core.portfolio import Portfolio
 from sovereign.messages import (
     AccountSnapshot,
@@ -58,28 +59,6 @@ class _Working:
     @property
     def remaining(self) -> int:
         return self.order.quantity - self.filled
-
-
-def commission_for(quantity: int, price: float, config: SimConfig) -> float:
-    """IBKR-style fixed commission for one fill."""
-    value = quantity * price
-    fee = max(quantity * config.commission_per_share, config.commission_min)
-    if config.commission_max_pct > 0:
-        fee = min(fee, value * config.commission_max_pct)
-    return round(fee, 6)
-
-
-def market_price(open_: float, side: str, config: SimConfig) -> float:
-    """A market order's fill price: the open, moved against the order by the slippage."""
-    slip = config.slippage_bps / 10_000.0
-    return open_ * (1 + slip) if side == "BUY" else open_ * (1 - slip)
-
-
-def volume_cap(volume: float, config: SimConfig) -> int | None:
-    """The most one fill may take of a bar (None: its volume is unknown, not capped)."""
-    if math.isnan(volume):
-        return None
-    return math.floor(volume * config.max_volume_share)
 
 
 class SimBroker:

@@ -22,6 +22,7 @@ import numpy as np
 
 from sovereign.brokers.base import _about
 from sovereign.core.calendar import session_days
+from sovereign.core.fills import commission_for
 from sovereign.messages import BookOrder, IdSource, OrderFilled
 
 if TYPE_CHECKING:
@@ -204,8 +205,6 @@ def speculate(
     if cfg.commission_per_share == 0 and cfg.commission_min == 0:
         commission = np.zeros(fill_qty.size)
     else:
-        from sovereign.brokers.sim import commission_for
-
         commission = np.array(
             [
                 commission_for(q, p, cfg)

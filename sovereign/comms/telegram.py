@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sovereign.comms import text as fmt
-from sovereign.config import Config, ConfigError, NotifyMode, TelegramConfig
+from sovereign.config import Config, ConfigError
+from sovereign.domain.service_settings import NotifyMode, TelegramConfig
 from sovereign.messages import Notification
 
 log = logging.getLogger("sovereign.telegram")

@@ -37,10 +37,9 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from sovereign.core.indicators import window_sums
-from sovereign.messages.market import REGIME_NAMES, REGIME_UNKNOWN
+from sovereign.domain.orders import SIDE_BUY, SIDE_SELL
+from sovereign.domain.regimes import REGIME_NAMES, REGIME_UNKNOWN
 
-SIDE_BUY = 1
-SIDE_SELL = 2
 EXIT_REASONS: tuple[str, ...] = ("stop", "target", "max_hold")
 
 

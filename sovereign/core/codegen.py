@@ -9,7 +9,7 @@ the two to the same answers.
 
 Both return an ``Effects`` over the candidates: which to skip, the size multiplier, and the
 stop, target, max-hold and minimum-confidence overrides (NaN / -1 where no rule applies),
-combined as described in ``sovereign.core.rules``.
+combined as described in ``sovereign.domain.rules``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from sovereign.core.rules import (
+from sovereign.domain.regimes import REGIME_NAMES
+from sovereign.domain.rules import (
     AdjustStop,
     AdjustTarget,
     And,
@@ -45,7 +46,6 @@ from sovereign.core.rules import (
     VolumeBelow,
     ruleset_hash,
 )
-from sovereign.messages.market import REGIME_NAMES
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,8 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -65,8 +64,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812  (the universal torch idiom)
 
-from sovereign.data.loaders import LoadedData
-from sovereign.messages.market import REGIME_NAMES, REGIME_UNKNOWN
+from sovereign.domain.regimes import REGIME_NAMES, REGIME_UNKNOWN
 
 __all__ = [
     "FEATURE_NAMES",
@@ -77,13 +75,9 @@ __all__ = [
     "FoundationConfig",
     "FoundationModel",
     "FoundationRegime",
-    "evaluate_foundation",
     "feature_matrix",
-    "load_checkpoint",
     "predict_series",
-    "save_checkpoint",
     "standardize",
-    "train_foundation",
 ]
 
 FOUNDATION_VERSION = 1
@@ -97,11 +91,10 @@ TRENDING_UP = REGIME_NAMES.index("TrendingUp")
 TRENDING_DOWN = REGIME_NAMES.index("TrendingDown")
 RANGING = REGIME_NAMES.index("Ranging")
 
-_VAR_FLOOR = 1e-12
+VAR_FLOOR = 1e-12
 # Columns of the raw feature matrix, by name, for readability below.
-_RET, _LOGVOL, _VOLREL, _KNOWN = range(N_FEATURES)
-_EVAL_CHUNK = 512
-_TRAIN_EVAL_WINDOWS = 2048
+RET_COLUMN, LOGVOL_COLUMN, VOLREL_COLUMN, KNOWN_COLUMN = range(N_FEATURES)
+EVAL_CHUNK = 512
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -256,7 +249,7 @@ def feature_matrix(
     ret[1:] = np.log(c[1:] / c[:-1])
     log_vol = np.full(k, np.nan)
     if k > 1:
-        log_vol[1:] = 0.5 * np.log(_ewm_adjusted(ret[1:] ** 2, vol_span) + _VAR_FLOOR)
+        log_vol[1:] = 0.5 * np.log(_ewm_adjusted(ret[1:] ** 2, vol_span) + VAR_FLOOR)
     v = volume[idx]
     with np.errstate(invalid="ignore"):
         known = np.isfinite(v) & (v >= 0)
@@ -333,7 +326,7 @@ class FeatureState:
         self._var_sum[later] = self._decay_vol * self._var_sum[later] + ret[later] ** 2
         self._var_weight[later] = self._decay_vol * self._var_weight[later] + 1.0
         log_vol = np.full(self.n, np.nan)
-        log_vol[later] = 0.5 * np.log(self._var_sum[later] / self._var_weight[later] + _VAR_FLOOR)
+        log_vol[later] = 0.5 * np.log(self._var_sum[later] / self._var_weight[later] + VAR_FLOOR)
 
         with np.errstate(invalid="ignore"):
             known = rows & np.isfinite(volume) & (volume >= 0)
@@ -348,10 +341,10 @@ class FeatureState:
 
         self.prev_close[rows] = close[rows]
         self.count[rows] += 1
-        out[rows, _RET] = ret[rows]
-        out[rows, _LOGVOL] = log_vol[rows]
-        out[rows, _VOLREL] = rel[rows]
-        out[rows, _KNOWN] = known[rows]
+        out[rows, RET_COLUMN] = ret[rows]
+        out[rows, LOGVOL_COLUMN] = log_vol[rows]
+        out[rows, VOLREL_COLUMN] = rel[rows]
+        out[rows, KNOWN_COLUMN] = known[rows]
         return out
 
 
@@ -376,7 +369,7 @@ def standardize(raw: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: float)
     """
     z = np.clip((raw - mean) / std, -clip, clip)
     z = np.nan_to_num(z, nan=0.0)
-    z[..., _VOLREL] = np.where(raw[..., _KNOWN] > 0, z[..., _VOLREL], 0.0)
+    z[..., VOLREL_COLUMN] = np.where(raw[..., KNOWN_COLUMN] > 0, z[..., VOLREL_COLUMN], 0.0)
     return z.astype(np.float32)
 
 
@@ -564,412 +557,17 @@ class Checkpoint:
         if not all(s > 0 for s in values["feature_std"]) or not values["vol_std"] > 0:
             raise ValueError("foundation checkpoint has a non-positive standard deviation")
         ckpt = cls(**values)
-        _build_model(ckpt)  # the weights must fit the config
+        build_model(ckpt)  # the weights must fit the config
         return ckpt
 
 
-def _build_model(ckpt: Checkpoint) -> FoundationModel:
+def build_model(ckpt: Checkpoint) -> FoundationModel:
     model = FoundationModel(ckpt.config)
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)
     except (RuntimeError, TypeError, AttributeError) as exc:
         raise ValueError(f"foundation checkpoint weights do not fit its config: {exc}") from None
     return model.eval()
-
-
-def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
-    """Write a checkpoint with ``torch.save`` (plain containers, loadable weights-only)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so a crash never leaves a half-written checkpoint in place.
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt.to_payload(), tmp)
-    tmp.replace(path)
-
-
-def load_checkpoint(path: str | Path, *, expected: FoundationConfig | None = None) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint` from a local file.
-
-    Parameters
-    ----------
-    path
-        A local file. Nothing is ever downloaded.
-    expected
-        If given, the checkpoint's config must equal it.
-
-    Raises
-    ------
-    FileNotFoundError
-        If the file does not exist.
-    ValueError
-        If the path is a URL, the file is not a readable checkpoint (corrupt, truncated,
-        or holding anything but plain containers and tensors), its version is not
-        :data:`FOUNDATION_VERSION`, or its config or weights do not match.
-    """
-    if isinstance(path, str) and "://" in path:
-        raise ValueError(f"load_checkpoint reads local files only, got {path!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"foundation checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    # torch.load raises a zoo of types on a bad file (UnpicklingError, RuntimeError,
-    # EOFError, zipfile errors ...); all mean the same thing here.
-    except Exception as exc:
-        raise ValueError(
-            f"{path}: not a readable foundation checkpoint ({type(exc).__name__}: {exc})"
-        ) from None
-    if not isinstance(payload, dict):
-        raise ValueError(f"{path}: not a foundation checkpoint (holds {type(payload).__name__})")
-    try:
-        ckpt = Checkpoint.from_payload(payload)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{path}: {exc}") from None
-    if expected is not None and ckpt.config != expected:
-        diff = {
-            k: (v, getattr(expected, k))
-            for k, v in ckpt.config.to_dict().items()
-            if getattr(expected, k) != v
-        }
-        raise ValueError(f"{path}: config differs from the expected one (have, want): {diff}")
-    return ckpt
-
-
-# -- DATASET --
-
-
-@dataclasses.dataclass(slots=True)
-class _Prepared:
-    # All symbols' bars concatenated; window ends are global row indices.
-    features: np.ndarray  # (rows, F) float32, standardised
-    vol_target: np.ndarray  # (rows,) float32, standardised forward log vol (NaN: none)
-    labels: np.ndarray  # (rows,) int64 regime target (-1: none)
-    train_ends: np.ndarray
-    val_ends: np.ndarray
-    mean: np.ndarray
-    std: np.ndarray
-    vol_mean: float
-    vol_std: float
-    volatile_log_vol: float
-
-
-def _as_list(data: LoadedData | Sequence[LoadedData]) -> list[LoadedData]:
-    return [data] if isinstance(data, LoadedData) else list(data)
-
-
-def _series(datas: list[LoadedData]) -> list[tuple[np.ndarray, np.ndarray]]:
-    out = []
-    for data in datas:
-        # The frame is sorted by (ts, symbol), so each group is in time order.
-        for _, group in data.frame.groupby("symbol", sort=True):
-            out.append(
-                (
-                    group["close"].to_numpy(dtype=np.float64),
-                    group["volume"].to_numpy(dtype=np.float64),
-                )
-            )
-    return out
-
-
-def _prepare(
-    datas: list[LoadedData], config: FoundationConfig, fitted: Checkpoint | None = None
-) -> _Prepared:
-    h, length = config.horizon, config.seq_len
-    raws, fwd_vols, fwd_rets, cur_vols, ends_train, ends_val, stat_rows = [], [], [], [], [], [], []
-    offset = 0
-    for close, volume in _series(datas):
-        raw = feature_matrix(
-            close, volume, vol_span=config.vol_span, volume_span=config.volume_span
-        )
-        keep = ~np.isnan(raw[:, _RET])
-        raw, close = raw[keep], close[keep]
-        n = raw.shape[0]
-        split = n - math.ceil(config.val_fraction * n)
-        fwd_vol = np.full(n, np.nan)
-        fwd_ret = np.full(n, np.nan)
-        if n > h:
-            sq = np.concatenate([[0.0], np.cumsum(raw[:, _RET] ** 2)])
-            last = n - h  # window ends 0..last-1 have H bars ahead
-            fwd_vol[:last] = 0.5 * np.log((sq[h + 1 : n + 1] - sq[1 : last + 1]) / h + _VAR_FLOOR)
-            fwd_ret[:last] = np.log(close[h:] / close[:last])
-        ends_train.append(offset + np.arange(length - 1, split - h))
-        ends_val.append(offset + np.arange(max(length - 1, split - 1), n - h))
-        stat_rows.append(raw[:split])
-        raws.append(raw)
-        fwd_vols.append(fwd_vol)
-        fwd_rets.append(fwd_ret)
-        cur_vols.append(np.exp(raw[:, _LOGVOL]))
-        offset += n
-    if not raws:
-        raise ValueError("no bars to build foundation features from")
-    raw_all = np.concatenate(raws)
-    fwd_vol_all = np.concatenate(fwd_vols)
-    train_ends = np.concatenate(ends_train).astype(np.int64)
-    val_ends = np.concatenate(ends_val).astype(np.int64)
-
-    if fitted is None:
-        stats = np.concatenate(stat_rows)
-        mean = np.zeros(N_FEATURES)
-        std = np.ones(N_FEATURES)
-        for j in (_RET, _LOGVOL):
-            col = stats[:, j]
-            col = col[np.isfinite(col)]
-            if col.size > 1:
-                mean[j], std[j] = col.mean(), max(col.std(), 1e-8)
-        col = stats[stats[:, _KNOWN] > 0, _VOLREL]
-        if col.size > 1:
-            mean[_VOLREL], std[_VOLREL] = col.mean(), max(col.std(), 1e-8)
-        train_fwd = fwd_vol_all[train_ends]
-        if train_fwd.size < 2:
-            raise ValueError(
-                f"too few training windows ({train_fwd.size}): each symbol needs more than "
-                f"seq_len + horizon bars in its first {1 - config.val_fraction:.0%}"
-            )
-        vol_mean = float(train_fwd.mean())
-        vol_std = float(max(train_fwd.std(), 1e-8))
-        volatile = float(np.quantile(train_fwd, config.volatile_quantile))
-    else:
-        mean, std = np.asarray(fitted.feature_mean), np.asarray(fitted.feature_std)
-        vol_mean, vol_std = fitted.vol_mean, fitted.vol_std
-        volatile = fitted.volatile_log_vol
-
-    fwd_ret_all = np.concatenate(fwd_rets)
-    band = config.trend_k * np.concatenate(cur_vols) * math.sqrt(h)
-    labels = np.full(raw_all.shape[0], -1, dtype=np.int64)
-    defined = np.isfinite(fwd_vol_all) & np.isfinite(band)
-    labels[defined] = np.select(
-        [
-            fwd_vol_all[defined] > volatile,
-            fwd_ret_all[defined] > band[defined],
-            fwd_ret_all[defined] < -band[defined],
-        ],
-        [VOLATILE, TRENDING_UP, TRENDING_DOWN],
-        default=RANGING,
-    )
-    # Only a one-bar window can end where log_vol (and so the trend band) is undefined.
-    train_ends = train_ends[labels[train_ends] >= 0]
-    val_ends = val_ends[labels[val_ends] >= 0]
-    return _Prepared(
-        features=standardize(raw_all, mean, std, config.feature_clip),
-        vol_target=((fwd_vol_all - vol_mean) / vol_std).astype(np.float32),
-        labels=labels,
-        train_ends=train_ends,
-        val_ends=val_ends,
-        mean=mean,
-        std=std,
-        vol_mean=vol_mean,
-        vol_std=vol_std,
-        volatile_log_vol=volatile,
-    )
-
-
-def _batch(
-    prep: _Prepared, ends: np.ndarray, seq_len: int, hide_volume: np.ndarray | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    window = ends[:, None] + np.arange(-seq_len + 1, 1)[None, :]
-    x = prep.features[window]
-    nxt = prep.features[ends + 1]
-    if hide_volume is not None and hide_volume.any():
-        # Exactly what close-only bars look like after standardisation.
-        x[hide_volume, :, _VOLREL] = 0.0
-        x[hide_volume, :, _KNOWN] = 0.0
-        nxt[hide_volume, _VOLREL] = 0.0
-        nxt[hide_volume, _KNOWN] = 0.0
-    return (
-        torch.from_numpy(x),
-        torch.from_numpy(nxt),
-        torch.from_numpy(prep.vol_target[ends]),
-        torch.from_numpy(prep.labels[ends]),
-    )
-
-
-def _loss_terms(
-    model: FoundationModel, batch: tuple[torch.Tensor, ...]
-) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    # Returns [total, next, vol, regime] and the vol and regime outputs.
-    x, nxt, vol, labels = batch
-    pred_next, pred_vol, logits = model(x)
-    next_loss = F.mse_loss(pred_next, nxt)
-    vol_loss = F.mse_loss(pred_vol, vol)
-    regime_loss = F.cross_entropy(logits, labels)
-    return [next_loss + vol_loss + regime_loss, next_loss, vol_loss, regime_loss], pred_vol, logits
-
-
-def _evaluate(
-    model: FoundationModel, prep: _Prepared, ends: np.ndarray
-) -> tuple[dict[str, float], np.ndarray]:
-    # Means over every window in ``ends`` (chunked, each chunk weighted by its size), and
-    # the predicted standardised forward log vol of each window.
-    names = ("loss", "next", "vol", "regime", "accuracy")
-    if ends.size == 0:
-        return dict.fromkeys(names, float("nan")), np.zeros(0, dtype=np.float32)
-    sums = np.zeros(len(names))
-    preds = []
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, ends.size, _EVAL_CHUNK):
-            chunk = ends[start : start + _EVAL_CHUNK]
-            batch = _batch(prep, chunk, model.config.seq_len)
-            terms, pred_vol, logits = _loss_terms(model, batch)
-            accuracy = (logits.argmax(-1) == batch[3]).float().mean()
-            sums += chunk.size * np.array([float(t) for t in (*terms, accuracy)])
-            preds.append(pred_vol.numpy())
-    model.train(was_training)
-    return dict(zip(names, (sums / ends.size).tolist(), strict=True)), np.concatenate(preds)
-
-
-# -- TRAINING --
-
-
-def train_foundation(
-    data: LoadedData | Sequence[LoadedData],
-    config: FoundationConfig | None = None,
-    *,
-    seed: int,
-    steps: int,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
-) -> Checkpoint:
-    """Pretrain the foundation model on bars, self-supervised (see the module docstring).
-
-    Parameters
-    ----------
-    data
-        Bars to learn from; several sources may be given (e.g. one with volume and a
-        close-only one). Every symbol contributes windows in proportion to its bars.
-    config
-        Sizes; default :class:`FoundationConfig()`.
-    seed
-        Seeds torch and numpy. The same seed and data give bit-identical weights.
-    steps
-        Optimiser steps (AdamW, gradient norm clipped to 1).
-    batch_size
-        Windows per step, sampled uniformly with replacement from the training windows.
-    lr
-        Learning rate.
-    on_step
-        Called after each step with the 1-based step number and that batch's loss terms
-        (``loss``, ``next``, ``vol``, ``regime``).
-
-    Returns
-    -------
-    Checkpoint
-        Weights, statistics and the initial/final training and validation losses.
-
-    Notes
-    -----
-    Runs on one thread with deterministic algorithms and its own torch RNG; the caller's
-    thread count, determinism flag and torch RNG state are restored afterwards.
-    """
-    config = config or FoundationConfig()
-    if steps < 0 or batch_size < 1:
-        raise ValueError(f"need steps >= 0 and batch_size >= 1, got {steps} and {batch_size}")
-    datas = _as_list(data)
-    intervals = sorted({d.interval_s for d in datas})
-    if len(intervals) > 1:
-        # The statistics are per bar: mixing bar lengths would blur them all.
-        raise ValueError(f"training data mixes bar lengths {intervals} s; train one per length")
-    prep = _prepare(datas, config)
-    rng = np.random.default_rng(seed)
-    monitor = np.sort(
-        rng.choice(
-            prep.train_ends,
-            size=min(_TRAIN_EVAL_WINDOWS, prep.train_ends.size),
-            replace=False,
-        )
-    )
-    threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = FoundationModel(config)
-            initial, _ = _evaluate(model, prep, monitor)
-            optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-            model.train()
-            for step in range(1, steps + 1):
-                ends = prep.train_ends[rng.integers(0, prep.train_ends.size, batch_size)]
-                hide = rng.random(batch_size) < config.volume_dropout
-                terms, _, _ = _loss_terms(model, _batch(prep, ends, config.seq_len, hide))
-                optimiser.zero_grad(set_to_none=True)
-                terms[0].backward()
-                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimiser.step()
-                if on_step is not None:
-                    names = ("loss", "next", "vol", "regime")
-                    on_step(step, {k: v.item() for k, v in zip(names, terms, strict=True)})
-            train, _ = _evaluate(model, prep, monitor)
-            val, _ = _evaluate(model, prep, prep.val_ends)
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
-
-    symbols = sorted({s for d in datas for s in d.symbols})
-    return Checkpoint(
-        config=config,
-        state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
-        feature_mean=tuple(float(x) for x in prep.mean),
-        feature_std=tuple(float(x) for x in prep.std),
-        vol_mean=prep.vol_mean,
-        vol_std=prep.vol_std,
-        volatile_log_vol=prep.volatile_log_vol,
-        seed=seed,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        initial_train_loss=initial["loss"],
-        train_loss=train["loss"],
-        val_loss=val["loss"],
-        losses={
-            **{f"train_{k}": train[k] for k in ("next", "vol", "regime")},
-            **{f"val_{k}": val[k] for k in ("next", "vol", "regime")},
-        },
-        source="; ".join(d.source for d in datas),
-        symbols=tuple(symbols),
-        interval_s=int(intervals[0]),
-    )
-
-
-def evaluate_foundation(
-    ckpt: Checkpoint, data: LoadedData | Sequence[LoadedData]
-) -> dict[str, float]:
-    """Score a checkpoint on the held-out tail of each symbol of ``data``.
-
-    The tail, the targets and the Volatile threshold are defined as in training, with
-    the checkpoint's statistics (so on the training data this is the validation set).
-
-    Returns
-    -------
-    dict
-        ``loss``, ``next``, ``vol`` and ``regime`` (the loss terms), ``accuracy`` (regime
-        head vs the forward targets), ``majority_accuracy`` (always guessing the most
-        common target class, a baseline), ``vol_corr`` (correlation of the predicted
-        and realised forward log vol), ``persistence_vol_corr`` (the same for "forward
-        vol = current vol", a baseline), ``n_windows`` and ``class_share_<name>``.
-    """
-    prep = _prepare(_as_list(data), ckpt.config, fitted=ckpt)
-    ends = prep.val_ends
-    result, preds = _evaluate(_build_model(ckpt), prep, ends)
-    counts = np.bincount(prep.labels[ends], minlength=N_REGIMES)
-    result["majority_accuracy"] = float(counts.max() / max(ends.size, 1))
-    result["n_windows"] = float(ends.size)
-    for i, name in enumerate(REGIME_NAMES):
-        result[f"class_share_{name}"] = float(counts[i] / max(ends.size, 1))
-    nan = float("nan")
-    result["vol_corr"] = result["persistence_vol_corr"] = nan
-    if ends.size > 1:
-        actual = prep.vol_target[ends]
-        result["vol_corr"] = float(np.corrcoef(preds, actual)[0, 1])
-        # Standardised log_vol is an affine map of the current log vol (up to clipping), so
-        # its correlation with the target is the persistence baseline's.
-        result["persistence_vol_corr"] = float(
-            np.corrcoef(prep.features[ends, _LOGVOL], actual)[0, 1]
-        )
-    return result
 
 
 # -- INFERENCE --
@@ -1012,7 +610,7 @@ class FoundationRegime:
         self.checkpoint = checkpoint
         self.config = checkpoint.config
         self.n = n_symbols
-        self.model = _build_model(checkpoint)
+        self.model = build_model(checkpoint)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self._mean = np.asarray(checkpoint.feature_mean)
@@ -1048,7 +646,7 @@ class FoundationRegime:
             float64 (N,); NaN or negative means unknown. None means all unknown.
         """
         raw = self.features.update(mask, close, volume)
-        rows = np.flatnonzero(~np.isnan(raw[:, _RET]))
+        rows = np.flatnonzero(~np.isnan(raw[:, RET_COLUMN]))
         if rows.size == 0:
             return
         z = standardize(raw[rows], self._mean, self._std, self.config.feature_clip)
@@ -1087,7 +685,7 @@ def predict_series(
     """
     cfg = ckpt.config
     raw = feature_matrix(close, volume, vol_span=cfg.vol_span, volume_span=cfg.volume_span)
-    valid = np.flatnonzero(~np.isnan(raw[:, _RET]))
+    valid = np.flatnonzero(~np.isnan(raw[:, RET_COLUMN]))
     z = standardize(
         raw[valid], np.asarray(ckpt.feature_mean), np.asarray(ckpt.feature_std), cfg.feature_clip
     )
@@ -1097,12 +695,12 @@ def predict_series(
     ready = np.zeros(t_len, dtype=bool)
     ends = np.arange(cfg.seq_len - 1, valid.size)
     if ends.size:
-        model = _build_model(ckpt)
+        model = build_model(ckpt)
         window = ends[:, None] + np.arange(-cfg.seq_len + 1, 1)[None, :]
         with torch.no_grad():
-            for i in range(0, ends.size, _EVAL_CHUNK):
-                rows = valid[ends[i : i + _EVAL_CHUNK]]
-                _, vol, logits = model(torch.from_numpy(z[window[i : i + _EVAL_CHUNK]]))
+            for i in range(0, ends.size, EVAL_CHUNK):
+                rows = valid[ends[i : i + EVAL_CHUNK]]
+                _, vol, logits = model(torch.from_numpy(z[window[i : i + EVAL_CHUNK]]))
                 probs[rows] = torch.softmax(logits, dim=-1).numpy()
                 fwd[rows] = np.exp(vol.numpy().astype(np.float64) * ckpt.vol_std + ckpt.vol_mean)
         ready[valid[ends]] = True

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sovereign.config import RegimeConfig
-from sovereign.messages.market import REGIME_NAMES, REGIME_UNKNOWN
+from sovereign.domain.regimes import REGIME_NAMES, REGIME_UNKNOWN
+from sovereign.domain.settings import RegimeConfig
 
 TRENDING_UP, TRENDING_DOWN, RANGING, VOLATILE = range(4)
 

@@ -35,7 +35,17 @@ import numpy as np
 
 from sovereign.core.codegen import eval_condition
 from sovereign.core.constitution import Constitution
-from sovereign.core.rules import (
+from sovereign.core.weakness import (
+    Confirmation,
+    TradeSample,
+    Weakness,
+    confirm_weakness,
+    find_weaknesses,
+    retirement_test,
+    spending,
+    weakness_to_rule,
+)
+from sovereign.domain.rules import (
     MAX_HOLD_BOUNDS,
     MAX_TREE_DEPTH,
     STOP_BOUNDS,
@@ -49,16 +59,6 @@ from sovereign.core.rules import (
     SkipTrade,
     condition_problems,
     ruleset_hash,
-)
-from sovereign.core.weakness import (
-    Confirmation,
-    TradeSample,
-    Weakness,
-    confirm_weakness,
-    find_weaknesses,
-    retirement_test,
-    spending,
-    weakness_to_rule,
 )
 
 TUNABLE: dict[str, tuple[float, float]] = {

@@ -33,13 +33,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sovereign.brokers.sim import commission_for, market_price, volume_cap
-from sovereign.config import SimConfig, StrategyConfig
 from sovereign.core.constitution import Constitution
+from sovereign.core.fills import commission_for, market_price, volume_cap
 from sovereign.core.risk import SizingPolicy, entry_target
 from sovereign.core.signals import ClosedTrade, closed_trade, exit_reasons
 from sovereign.core.universe import Universe
-from sovereign.messages.market import REGIME_NAMES, REGIME_UNKNOWN
+from sovereign.domain.regimes import REGIME_NAMES, REGIME_UNKNOWN
+from sovereign.domain.settings import SimConfig, StrategyConfig
 
 
 @dataclass(frozen=True, slots=True)

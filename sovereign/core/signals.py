@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from sovereign.config import StrategyConfig
 from sovereign.core.calendar import new_york_time
 from sovereign.core.codegen import (
     CompiledRuleset,
@@ -51,9 +50,10 @@ from sovereign.core.indicators import (
     SupportResistance,
     VolumePercentile,
 )
-from sovereign.core.rules import RequireConfidence, Rule, ScaleSize, SkipTrade
 from sovereign.core.universe import Universe
-from sovereign.messages.market import REGIME_NAMES, REGIME_UNKNOWN
+from sovereign.domain.regimes import REGIME_NAMES, REGIME_UNKNOWN
+from sovereign.domain.rules import RequireConfidence, Rule, ScaleSize, SkipTrade
+from sovereign.domain.settings import StrategyConfig
 
 if TYPE_CHECKING:
     from sovereign.core.shadow import ShadowBook, ShadowCosts

@@ -83,7 +83,8 @@ import numpy as np
 from scipy import stats
 
 from sovereign.core.codegen import RuleFeatures, eval_condition, interpret
-from sovereign.core.rules import (
+from sovereign.domain.regimes import REGIME_NAMES
+from sovereign.domain.rules import (
     And,
     Condition,
     RegimeIs,
@@ -97,7 +98,6 @@ from sovereign.core.rules import (
     VolumeAbove,
     VolumeBelow,
 )
-from sovereign.messages.market import REGIME_NAMES
 
 __all__ = [
     "CONFIRM_LEVEL",

@@ -155,7 +155,7 @@ def summarize(change: Change) -> str:
 
 
 def _change_from_doc(doc: dict[str, Any]) -> Change:
-    from sovereign.core.rules import Rule
+    from sovereign.domain.rules import Rule
 
     rule = msgspec.convert(doc["rule"], Rule) if doc.get("rule") is not None else None
     return Change(

@@ -6,7 +6,7 @@ from typing import Literal
 
 import msgspec
 
-from sovereign.core.rules import Rule
+from sovereign.domain.rules import Rule
 from sovereign.messages.base import Message
 
 EvidenceValue = float | int | str | bool | None

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 
+from sovereign.domain.regimes import REGIME_NAMES, REGIME_UNKNOWN, RegimeName, regime_name
 from sovereign.messages.base import Message, NDArray
 
-REGIME_NAMES: tuple[str, ...] = ("TrendingUp", "TrendingDown", "Ranging", "Volatile")
-"""Regime labels, indexed by their code. Code 255 means "not yet known" (warm-up)."""
-REGIME_UNKNOWN = 255
-
-RegimeName = Literal["TrendingUp", "TrendingDown", "Ranging", "Volatile", "Unknown"]
-
-
-def regime_name(code: int) -> str:
-    """Name of a regime code; ``Unknown`` for the warm-up code or anything out of range."""
-    return REGIME_NAMES[code] if 0 <= code < len(REGIME_NAMES) else "Unknown"
+__all__ = ["REGIME_NAMES", "REGIME_UNKNOWN", "RegimeName", "regime_name"]
 
 
 class Bar(Message, frozen=True, gc=False):

@@ -13,9 +13,9 @@ from typing import Literal
 
 import msgspec
 
+from sovereign.domain.orders import Side
 from sovereign.messages.base import Message
 
-Side = Literal["BUY", "SELL"]
 OrderType = Literal["MARKET", "LIMIT"]
 Purpose = Literal["OPEN", "CLOSE"]
 TimeInForce = Literal["DAY", "GTC"]

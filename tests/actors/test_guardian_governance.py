@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from sovereign.actors.guardian import GuardianActor
 from sovereign.core.constitution import Constitution
 from sovereign.core.risk import SizingPolicy
-from sovereign.core.rules import RegimeIs, Rule, SkipTrade
 from sovereign.core.selfmod import Change
+from sovereign.domain.rules import RegimeIs, Rule, SkipTrade
 from sovereign.memory.governance import GovernanceStore, UnapprovedChangeError
 from sovereign.messages import ModificationDecision, ModificationProposal
 from tests.kit import SECRET

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sovereign.brokers.sim import SimBroker, commission_for
+from sovereign.brokers.sim import SimBroker
 from sovereign.config import SimConfig
+from sovereign.core.fills import commission_for
 from sovereign.messages import OrderAccepted, OrderCanceled, OrderFilled
 from tests.kit import bars, one_bar, submit
 

@@ -17,15 +17,17 @@ from sovereign.core.foundation import (
     FeatureState,
     FoundationConfig,
     FoundationRegime,
-    evaluate_foundation,
     feature_matrix,
-    load_checkpoint,
     predict_series,
-    save_checkpoint,
-    train_foundation,
 )
 from sovereign.data.loaders import LoadedData, load_ohlcv
 from sovereign.messages import REGIME_UNKNOWN
+from sovereign.training.foundation import (
+    evaluate_foundation,
+    load_checkpoint,
+    save_checkpoint,
+    train_foundation,
+)
 
 # Two threads stall badly on the two-core machines (FIELD-NOTES).
 torch.set_num_threads(1)

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sovereign.core.codegen import RuleFeatures, compile_ruleset, generate_source, interpret
-from sovereign.core.rules import (
+from sovereign.core.selfmod import RuleBook
+from sovereign.domain.rules import (
     MAX_RULE_DEPTH,
     MAX_RULE_NODES,
     MAX_TREE_DEPTH,
@@ -33,7 +34,6 @@ from sovereign.core.rules import (
     depth,
     walk,
 )
-from sovereign.core.selfmod import RuleBook
 from sovereign.messages import WIRE, RuleSetSnapshot
 from tests.strategies import SYMS, rules
 

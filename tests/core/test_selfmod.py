@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from sovereign.actors.guardian import GuardianActor
 from sovereign.core.constitution import Constitution
 from sovereign.core.risk import SizingPolicy
-from sovereign.core.rules import (
+from sovereign.core.selfmod import Change, RuleBook, check_proposal
+from sovereign.domain.rules import (
     AdjustStop,
     MaxHold,
     RegimeIs,
@@ -21,7 +22,6 @@ from sovereign.core.rules import (
     SkipTrade,
     VolumeBelow,
 )
-from sovereign.core.selfmod import Change, RuleBook, check_proposal
 from sovereign.memory.governance import GovernanceStore
 from sovereign.messages import ModificationDecision, ModificationProposal, RuleSetSnapshot
 from tests.kit import SECRET

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from sovereign.core.codegen import eval_condition
-from sovereign.core.rules import And, RegimeIs, SkipTrade, VolumeBelow
 from sovereign.core.selfmod import RuleBook, SelfModEngine, refusal_lifts
 from sovereign.core.weakness import TradeSample, confirm_weakness, spending
+from sovereign.domain.rules import And, RegimeIs, SkipTrade, VolumeBelow
 from sovereign.messages.market import REGIME_NAMES
 
 
@@ -240,7 +240,7 @@ def test_a_weakness_that_stays_is_kept() -> None:
 
 
 def test_a_size_cut_is_relaxed_before_it_is_removed() -> None:
-    from sovereign.core.rules import Rule, ScaleSize
+    from sovereign.domain.rules import Rule, ScaleSize
 
     engine = SelfModEngine()
     rule = Rule(rule_id="R1-1", condition=RegimeIs("Volatile"), action=ScaleSize(0.5))

@@ -154,7 +154,7 @@ def test_unfilled_entry_is_canceled_after_the_timeout_and_forgotten_if_never_ans
 
 
 def test_per_regime_parameters_set_stop_target_and_hold() -> None:
-    from sovereign.config import RegimeOverrides
+    from sovereign.domain.settings import RegimeOverrides
 
     cfg = StrategyConfig(
         atr_period=3,

@@ -10,7 +10,15 @@ import pytest
 from scipy import stats
 
 from sovereign.core.codegen import eval_condition
-from sovereign.core.rules import (
+from sovereign.core.weakness import (
+    TradeSample,
+    Weakness,
+    benjamini_hochberg,
+    counterfactual_pnl,
+    find_weaknesses,
+    weakness_to_rule,
+)
+from sovereign.domain.rules import (
     AdjustStop,
     And,
     ATRPercentAbove,
@@ -26,14 +34,6 @@ from sovereign.core.rules import (
     VolumeBelow,
     condition_problems,
     walk,
-)
-from sovereign.core.weakness import (
-    TradeSample,
-    Weakness,
-    benjamini_hochberg,
-    counterfactual_pnl,
-    find_weaknesses,
-    weakness_to_rule,
 )
 from sovereign.memory.trade_memory import TradeRecord
 from sovereign.messages.account import TradeClosed

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sovereign.core.rules import RegimeIs, Rule, ScaleSize, SkipTrade
 from sovereign.core.selfmod import Change, RuleBook
+from sovereign.domain.rules import RegimeIs, Rule, ScaleSize, SkipTrade
 from sovereign.memory.governance import (
     DEPLOYED,
     REJECTED,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sovereign.core.rules import (
+from sovereign.domain.rules import (
     MAX_TREE_DEPTH,
     MAX_TREE_NODES,
     And,

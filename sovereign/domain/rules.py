@@ -47,6 +47,8 @@ from typing import Union
 
 import msgspec
 
+from sovereign.domain.regimes import REGIME_NAMES
+
 # -- CONDITIONS -------------------------------------------------------------------------
 
 
@@ -291,9 +293,6 @@ def depth(c: Condition) -> int:
 
 def condition_problems(c: Condition) -> list[str]:
     """What is malformed in a condition (empty is well formed)."""
-    # Imported here: the messages package imports this module (rules travel in messages).
-    from sovereign.messages.market import REGIME_NAMES
-
     problems: list[str] = []
     if depth(c) > MAX_RULE_DEPTH:
         problems.append(f"condition nests deeper than {MAX_RULE_DEPTH}")

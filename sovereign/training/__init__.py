@@ -1,0 +1,1 @@
+"""Training the models the system ships (see ``training.foundation``)."""
