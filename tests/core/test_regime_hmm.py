@@ -127,3 +127,38 @@ def test_hysteresis_waits_for_a_lead_or_a_strong_probability() -> None:
     assert h.update(mask, p(1, 0.6), ready)[0] == 0  # two
     assert h.update(mask, p(1, 0.6), ready)[0] == 1  # three: switch
     assert h.update(mask, p(2, 0.95), ready)[0] == 2  # strong: at once
+
+
+def test_every_symbol_is_filtered_as_its_own_model_would_filter_it(bars) -> None:
+    """The model filters all symbols in one vectorised step and refits them in batches;
+    each symbol's probabilities still equal the forward recursion of its own model over
+    its own bars (here with bars missing at different times for each symbol, so windows,
+    refits and first fits fall at different bars)."""
+    close = bars.close[:900]
+    n = close.shape[1]
+    rng = np.random.default_rng(3)
+    present = rng.random(close.shape) > 0.1
+    model = HmmRegimeModel(n, window=200, min_bars=80, refit_every=60, n_iter=8)
+    # The reference: one scalar recursion per symbol, on the models the batch fitted.
+    alpha = [None] * n
+    seen_params = [None] * n
+    feats = [HmmFeatureState(1) for _ in range(n)]
+    for t in range(len(close)):
+        model.update(present[t], close[t])
+        for i in range(n):
+            if not present[t, i]:
+                continue
+            x = feats[i].update(np.ones(1, bool), close[t, i : i + 1])
+            p = model.params[i]
+            if p is None or np.isnan(x).any():
+                continue
+            if p is not seen_params[i]:  # fitted at this bar: its window, filtered afresh
+                seen_params[i] = p
+                alpha[i] = forward_filter(p, model._window(i))[-1]
+            else:
+                logb = emission_logprob(p, x)[0]
+                prior = alpha[i] @ p.transmat
+                w = prior * np.exp(logb - logb.max())
+                alpha[i] = w / w.sum()
+            np.testing.assert_allclose(model.probabilities[i], alpha[i], rtol=1e-9, atol=1e-12)
+    assert model.fits > 3 * n and model.ready.all()
