@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -44,7 +44,14 @@ WORKLOADS: dict[str, tuple[int, int]] = {
     "a": (1, 1_000_000),
     "b": (100, 10_000),
     "c": (2_000, 2_000),
+    # One symbol's long history: the default configuration's single-symbol target.
+    "d": (1, 200_000),
 }
+PRESETS = ("breakout", "default")
+"""What an engine run trades: ``breakout`` is the peer-comparable strategy
+(``config.breakout_preset``); ``default`` is the configuration a user gets with no config
+file (the baseline strategy, the regime models, self-modification, sized positions,
+slippage and commissions)."""
 SEED = 7
 # The pause before each spaced latency measurement: long enough that the processes of the
 # graph go idle between steps, as they do between a paper session's bars.
@@ -65,6 +72,8 @@ class Job:
     python: str = ""  # the interpreter of a peer that needs its own (NautilusTrader)
     gap_ms: int = 0  # latency probe: the pause before each timed step (0: back to back)
     channel: bool = True  # RayRuntime: calls on step channels (False: as Ray actor calls)
+    preset: str = "breakout"  # an engine run's configuration (see PRESETS)
+    workload: str = ""  # its name in WORKLOADS, if it is one
 
 
 def workload_spec(name: str, scale: float) -> str:
@@ -77,12 +86,58 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _config(shards: int, channel: bool = True) -> Any:
+class TreeMemory:
+    """The peak of the summed resident memory of this process and all its descendants
+    (on Ray: the GCS, the raylet and every actor's worker process), sampled every
+    ``interval`` seconds while the run lasts. Pages shared between processes (the object
+    store, imported libraries) count once per process that maps them: an upper bound."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        import threading
+
+        self.interval = interval
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        total = 0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue  # a worker that ended between the listing and the reading
+        self.peak_bytes = max(self.peak_bytes, total)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    @property
+    def peak_mib(self) -> float:
+        return self.peak_bytes / 2**20
+
+
+def _config(shards: int, channel: bool = True, preset: str = "breakout") -> Any:
     import msgspec
 
     from sovereign.config import Config, NotificationsConfig, breakout_preset
 
-    config = breakout_preset(Config())
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    config = breakout_preset(Config()) if preset == "breakout" else Config()
     # A benchmark has no operator listening: per-trade and per-order notifications go to
     # no channel, so the operator does not build them (as in any session so configured).
     off = {"trade_closed": "off", "order_rejected": "off"}
@@ -132,7 +187,7 @@ def run_job(job: Job) -> dict[str, Any]:
         return {**figures, "spec": job.spec, "load_seconds": round(load_s, 3)}
     from sovereign.session import run_session
 
-    config = _config(job.shards, job.channel)
+    config = _config(job.shards, job.channel, job.preset)
     latencies: list[float] = []
     engines: list[Any] = []
 
@@ -142,7 +197,10 @@ def run_job(job: Job) -> dict[str, Any]:
             engine.step_latencies = latencies
             engine.step_gap_s = job.gap_ms / 1000
 
-    with tempfile.TemporaryDirectory(prefix="sovereign-bench-") as state:
+    with (
+        tempfile.TemporaryDirectory(prefix="sovereign-bench-") as state,
+        TreeMemory() as tree,
+    ):
         out = run_session(
             config,
             data,
@@ -171,6 +229,9 @@ def run_job(job: Job) -> dict[str, Any]:
         "bars_per_second_with_load": round(r.bars / (time.perf_counter() - started), 1),
         "us_per_step": round(r.engine_seconds / max(r.steps, 1) * 1e6, 1),
         "peak_rss_mib": round(_peak_rss_mib(), 1),
+        "peak_tree_rss_mib": round(tree.peak_mib, 1),
+        "preset": job.preset,
+        "workload": job.workload,
         "trades": len(out.trades),
         "failed_steps": r.counters.get("failed_steps", 0),
     }
@@ -403,16 +464,23 @@ def plan(
     scaling: bool,
     peers: Sequence[str] = (),
     nautilus_python: str = "",
+    presets: Sequence[str] = ("breakout",),
 ) -> list[Job]:
     jobs: list[Job] = []
     for w in workloads:
         spec = workload_spec(w, scale)
-        jobs.append(Job("reference", spec))
+        if "breakout" in presets:
+            jobs.append(Job("reference", spec))
         # One shard in one process (LocalRuntime runs shards one after the other, so more
         # only add calls); two on Ray, one per core.
-        for r in runtimes:
-            jobs.append(Job("engine", spec, runtime=r, shards=1 if r == "local" else 2))
-        jobs += [Job("peer", spec, runtime=p, python=nautilus_python) for p in peers]
+        for preset in presets:
+            for r in runtimes:
+                shards = 1 if r == "local" else 2
+                jobs.append(
+                    Job("engine", spec, runtime=r, shards=shards, preset=preset, workload=w)
+                )
+        if "breakout" in presets:
+            jobs += [Job("peer", spec, runtime=p, python=nautilus_python) for p in peers]
     if "ray" in runtimes and latency_steps:
         jobs.append(Job("ping", steps=2_000))
         # On step channels (the default) and, for comparison, as plain Ray actor calls.
@@ -457,65 +525,18 @@ def report(results: list[dict[str, Any]], out: TextIO) -> None:
             out.write(f"{what}: ERROR {r['error']}\n")
             continue
         if r["kind"] == "ping":
-            out.write(
-                f"{'bare Ray actor ping':<30} {'ray':<7} {'':>2} {'':>11} {'':>12} "
-                f"{r['ping_us_p50']:>9,.0f} {r['peak_rss_mib']:>8,.0f}  "
-                f"p99 {r['ping_us_p99']:,.0f} us\n"
-            )
-            out.write(
-                f"{'bare actors, step data flow':<30} {'ray':<7} {'':>2} {'':>11} {'':>12} "
-                f"{r['chain_us_p50']:>9,.0f} {'':>8}  p99 {r['chain_us_p99']:,.0f} us\n"
-            )
-            gap = f"{r.get('spaced_gap_ms')} ms apart"
-            flows: list[tuple[str, str]] = []
-            if "spaced_ping_us_p50" in r:
-                flows += [
-                    (f"ping, {gap}", "spaced_ping"),
-                    (f"step data flow, {gap}", "spaced_chain"),
-                    (f"actor-to-actor flow, {gap}", "pushed_chain"),
-                ]
-            if "channel_chain_us_p50" in r:
-                flows += [
-                    ("step channels flow", "channel_chain"),
-                    (f"step channels flow, {gap}", "spaced_channel_chain"),
-                ]
-            if "compiled_chain_us_p50" in r:
-                flows += [
-                    ("compiled graph flow", "compiled_chain"),
-                    (f"compiled graph flow, {gap}", "spaced_compiled_chain"),
-                ]
-            for label, key in flows:
-                out.write(
-                    f"{label:<30} {'ray':<7} {'':>2} {'':>11} {'':>12} "
-                    f"{r[key + '_us_p50']:>9,.0f} {'':>8}  "
-                    f"p99 {r[key + '_us_p99']:,.0f} us\n"
-                )
-            if "compiled_chain_us_p50" in r:
-                out.write(
-                    f"{'':<30} idle, the four actors keep {r['compiled_idle_cores']:.2f} "
-                    f"cores busy in a compiled graph, {r['plain_idle_cores']:.2f} without\n"
-                )
-            if "channel_idle_cores" in r:
-                out.write(
-                    f"{'':<30} idle with their step channels open, four actors keep "
-                    f"{r['channel_idle_cores']:.2f} cores busy\n"
-                )
-            if "compiled_error" in r:
-                out.write(f"{'compiled graph flow':<30} ray     failed: {r['compiled_error']}\n")
-            if "pipelined_flow_us_per_step" in r:
-                out.write(
-                    f"{'bare actors, pipelined steps':<30} {'ray':<7} {'':>2} {'':>11} {'':>12} "
-                    f"{r['pipelined_flow_us_per_step']:>9,.0f}  (the floor of a Ray bar time)\n"
-                )
+            _report_ping(r, out)
             continue
         what = f"{r['kind']} {r['spec'].removeprefix('synthetic:')}"
+        if r.get("preset", "breakout") != "breakout":
+            what += f" [{r['preset']}]"
         if r["kind"] == "latency":
             what += f" {r['gap_ms']} ms apart" if r.get("gap_ms") else " back to back"
             what += "" if r.get("channel", True) else " (calls)"
         line = (
             f"{what:<30} {r['runtime']:<7} {r.get('shards', ''):>2} {r['bars']:>11,} "
             f"{r['bars_per_second']:>12,.0f} {r['us_per_step']:>9,.1f} "
-            f"{r['peak_rss_mib']:>8,.0f} {r['trades']:>7,}"
+            f"{r.get('peak_tree_rss_mib', r['peak_rss_mib']):>8,.0f} {r['trades']:>7,}"
         )
         if "step_latency_us_p50" in r:
             line += (
@@ -528,6 +549,60 @@ def report(results: list[dict[str, Any]], out: TextIO) -> None:
                 f"transport overhead p50 {r['step_overhead_us_p50']:,.0f} us"
             )
         out.write(line + "\n")
+
+
+def _report_ping(r: dict[str, Any], out: TextIO) -> None:
+    """The bare Ray flows a ping job timed, a line each."""
+    out.write(
+        f"{'bare Ray actor ping':<30} {'ray':<7} {'':>2} {'':>11} {'':>12} "
+        f"{r['ping_us_p50']:>9,.0f} {r['peak_rss_mib']:>8,.0f}  "
+        f"p99 {r['ping_us_p99']:,.0f} us\n"
+    )
+    out.write(
+        f"{'bare actors, step data flow':<30} {'ray':<7} {'':>2} {'':>11} {'':>12} "
+        f"{r['chain_us_p50']:>9,.0f} {'':>8}  p99 {r['chain_us_p99']:,.0f} us\n"
+    )
+    gap = f"{r.get('spaced_gap_ms')} ms apart"
+    flows: list[tuple[str, str]] = []
+    if "spaced_ping_us_p50" in r:
+        flows += [
+            (f"ping, {gap}", "spaced_ping"),
+            (f"step data flow, {gap}", "spaced_chain"),
+            (f"actor-to-actor flow, {gap}", "pushed_chain"),
+        ]
+    if "channel_chain_us_p50" in r:
+        flows += [
+            ("step channels flow", "channel_chain"),
+            (f"step channels flow, {gap}", "spaced_channel_chain"),
+        ]
+    if "compiled_chain_us_p50" in r:
+        flows += [
+            ("compiled graph flow", "compiled_chain"),
+            (f"compiled graph flow, {gap}", "spaced_compiled_chain"),
+        ]
+    for label, key in flows:
+        out.write(
+            f"{label:<30} {'ray':<7} {'':>2} {'':>11} {'':>12} "
+            f"{r[key + '_us_p50']:>9,.0f} {'':>8}  "
+            f"p99 {r[key + '_us_p99']:,.0f} us\n"
+        )
+    if "compiled_chain_us_p50" in r:
+        out.write(
+            f"{'':<30} idle, the four actors keep {r['compiled_idle_cores']:.2f} "
+            f"cores busy in a compiled graph, {r['plain_idle_cores']:.2f} without\n"
+        )
+    if "channel_idle_cores" in r:
+        out.write(
+            f"{'':<30} idle with their step channels open, four actors keep "
+            f"{r['channel_idle_cores']:.2f} cores busy\n"
+        )
+    if "compiled_error" in r:
+        out.write(f"{'compiled graph flow':<30} ray     failed: {r['compiled_error']}\n")
+    if "pipelined_flow_us_per_step" in r:
+        out.write(
+            f"{'bare actors, pipelined steps':<30} {'ray':<7} {'':>2} {'':>11} {'':>12} "
+            f"{r['pipelined_flow_us_per_step']:>9,.0f}  (the floor of a Ray bar time)\n"
+        )
 
 
 # Nautilus fills a market order at the close of the bar it is sent in (the others at the
@@ -546,6 +621,8 @@ def check_trades(results: list[dict[str, Any]]) -> list[str]:
     for r in results:
         if r.get("kind") not in ("engine", "peer") or r.get("spec") not in ref or "error" in r:
             continue
+        if r.get("preset", "breakout") != "breakout":
+            continue  # the reference and the peers trade the breakout preset only
         want = ref[r["spec"]]
         allowed = TRADE_TOLERANCE.get(r["runtime"], 0.0) * want
         if abs(r["trades"] - want) > allowed:
@@ -612,23 +689,27 @@ def targets(results: list[dict[str, Any]]) -> list[Target]:
     """The targets this run has the figures for (ratios from the same run)."""
     ok = [r for r in results if "error" not in r]
 
-    def find(kind: str, workload: str, runtime: str) -> dict[str, Any] | None:
+    def find(
+        kind: str, workload: str, runtime: str, preset: str = "breakout"
+    ) -> dict[str, Any] | None:
         symbols = WORKLOADS[workload][0]
         for r in ok:
             if (
                 r.get("kind") == kind
                 and r.get("runtime") == runtime
+                and r.get("preset", "breakout") == preset
                 and r.get("spec", "").startswith(f"synthetic:{symbols}x")
+                and r.get("workload", workload) == workload
             ):
                 return r
         return None
 
     out: list[Target] = []
-    scaled = [
+    scaled = {
         r["spec"]
         for r in ok
         if r.get("kind") == "engine" and r.get("runtime") == "local" and r["spec"] not in _FULL
-    ]
+    }
     # The targets are set on the full workloads: a shortened run only indicates them.
     suffix = f" [shortened: {', '.join(sorted(scaled))}]" if scaled else ""
     for w, per_second in (("b", 1_000_000.0), ("c", 1_000_000.0)):
@@ -656,7 +737,31 @@ def targets(results: list[dict[str, Any]]) -> list[Target]:
     local = find("engine", "b", "local")
     if local is not None:
         out.append(Target("peak RSS on (b)", local["peak_rss_mib"], 1024.0, "MiB", False))
+    out.extend(_default_targets(find))
     return [Target(t.name + suffix, t.value, t.goal, t.unit, t.higher_is_better) for t in out]
+
+
+def _default_targets(find: Callable[..., dict[str, Any] | None]) -> list[Target]:
+    """Issue 19's targets for the configuration users run by default."""
+    out: list[Target] = []
+    for w, per_second in (("b", 250_000.0), ("c", 500_000.0), ("d", 50_000.0)):
+        local = find("engine", w, "local", "default")
+        if local is not None:
+            out.append(
+                Target(
+                    f"default config, LocalRuntime bars/s on ({w})",
+                    local["bars_per_second"],
+                    per_second,
+                    "bars/s",
+                )
+            )
+    local, ray = find("engine", "c", "local", "default"), find("engine", "c", "ray", "default")
+    if local is not None and ray is not None:
+        value = local["bars_per_second"] / ray["bars_per_second"]
+        out.append(
+            Target("default config, LocalRuntime / RayRuntime on (c)", value, 2.0, "x", False)
+        )
+    return out
 
 
 def report_targets(found: list[Target], out: TextIO) -> None:
@@ -674,7 +779,13 @@ def report_targets(found: list[Target], out: TextIO) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sovereign bench", description=__doc__.splitlines()[0])
-    p.add_argument("--workloads", default="a,b,c", help="comma-separated: a, b, c")
+    p.add_argument("--workloads", default="a,b,c", help="comma-separated: a, b, c, d")
+    p.add_argument(
+        "--presets",
+        default="breakout",
+        help="comma-separated engine configurations: breakout (the peers' strategy), "
+        "default (what a user runs with no config file)",
+    )
     p.add_argument("--scale", type=float, default=1.0, help="fraction of each workload's bars")
     p.add_argument("--runtimes", default="local,ray")
     p.add_argument("--latency-steps", type=int, default=500, help="Ray per-step latency probe")
@@ -700,7 +811,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown or not 0 < args.scale <= 1:
-        p.error(f"workloads are a, b, c (got {unknown}); --scale is in (0, 1]")
+        p.error(f"workloads are a, b, c, d (got {unknown}); --scale is in (0, 1]")
+    presets = [x.strip() for x in args.presets.split(",") if x.strip()]
+    if not presets or any(x not in PRESETS for x in presets):
+        p.error(f"presets are {', '.join(PRESETS)} (got {args.presets!r})")
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     peers: list[str] = []
     if args.peers:
@@ -719,6 +833,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scaling=args.scaling,
         peers=peers,
         nautilus_python=args.nautilus_python,
+        presets=presets,
     )
     human = sys.stderr if args.json else sys.stdout
     human.write(f"sovereign bench: {len(jobs)} measurements, each in its own process\n")

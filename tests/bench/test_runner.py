@@ -290,3 +290,32 @@ def test_the_report_shows_the_compiled_graph_flow_or_why_it_failed() -> None:
     failed = [line for line in text.splitlines() if "failed:" in line]
     assert len(failed) == 1 and failed[0].startswith("compiled graph flow")
     assert failed[0].endswith("failed: RayChannelError: no channel")
+
+
+def test_the_default_configuration_is_benchmarked_as_users_run_it(capsys) -> None:
+    """``--presets default`` times the configuration a user gets with no config file (the
+    regime models, self-modification, sized positions, slippage), reports the memory of
+    the whole process tree, and leaves it out of the breakout reference's trade check."""
+    from sovereign.bench.runner import _config, plan
+    from sovereign.config import Config
+
+    config, defaults = _config(1, preset="default"), Config()
+    assert config.strategy == defaults.strategy and config.regime == defaults.regime
+    assert config.sim == defaults.sim and config.selfmod == defaults.selfmod
+    assert config.regime.model != "none" and config.selfmod.enabled
+    assert config.strategy.fixed_quantity == 0 and config.sim.slippage_bps > 0
+    jobs = plan(["b", "d"], 0.01, ["local"], latency_steps=0, scaling=False, presets=["default"])
+    assert [(j.kind, j.preset, j.workload) for j in jobs] == [
+        ("engine", "default", "b"),
+        ("engine", "default", "d"),
+    ]
+    code, out = tiny_bench(capsys, "--presets", "default,breakout")
+    assert code == 0, out
+    engines = {r["preset"]: r for r in out["results"] if r["kind"] == "engine"}
+    assert set(engines) == {"default", "breakout"}
+    default = engines["default"]
+    assert default["bars"] == 20_000 and default["peak_tree_rss_mib"] >= default["peak_rss_mib"]
+    names = {t["name"] for t in out["targets"]}
+    assert "default config, LocalRuntime bars/s on (b) [shortened: synthetic:100x200]" in names
+    # A different strategy trades differently: no mismatch is reported for it.
+    assert out["trade_mismatches"] == []
