@@ -30,13 +30,13 @@ from sovereign.core.chunks import (
     strategy_state_names,
 )
 from sovereign.core.shadow import ShadowCosts
-from sovereign.core.signals import ClosedTrade, ShardStrategy
+from sovereign.core.signals import ShardStrategy
+from sovereign.core.trades import ClosedTrade
 from sovereign.core.universe import Universe
+from sovereign.domain.regimes import REGIME_NAMES, REGIME_UNKNOWN
 from sovereign.memory.state_store import open_state_store
 from sovereign.memory.trade_memory import ShardTradeStore, shard_path
 from sovereign.messages import (
-    REGIME_NAMES,
-    REGIME_UNKNOWN,
     AccountSnapshot,
     BarBatch,
     BarChunk,

@@ -23,13 +23,12 @@ Fill model (documented in the README):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from sovereign.brokers import sim_chunk
 from sovereign.brokers.base import accepted, canceled, rejected
-from sovereign.brokers.sim_chunk import ChunkMarket, ChunkOrders, Speculation
+from sovereign.brokers.sim_chunk import ChunkMarket, ChunkOrders, Speculation, Working
 from sovereign.config import SimConfig
 from sovereign.core.fills import commission_for, market_price, volume_cap
 from sovereign.core.portfolio import Portfolio
@@ -48,19 +47,6 @@ from sovereign.messages import (
 )
 
 
-@dataclass(slots=True)
-class _Working:
-    order: SubmitOrder
-    submitted_ns: int
-    filled: int = 0
-    executions: int = 0
-    commission: float = 0.0
-
-    @property
-    def remaining(self) -> int:
-        return self.order.quantity - self.filled
-
-
 class SimBroker:
     """An in-process broker filling orders against the bars it is shown."""
 
@@ -72,7 +58,7 @@ class SimBroker:
         self.config = config
         self.position_cap = position_cap
         self.portfolio = Portfolio(initial_cash)
-        self._working: dict[str, _Working] = {}
+        self._working: dict[str, Working] = {}
         self._ids = IdSource("sim")
         self._index_cache: dict[int, tuple[bytes, dict[str, int]]] = {}
         self.last_ts = 0
@@ -88,7 +74,7 @@ class SimBroker:
     def submit(self, order: SubmitOrder, now_ns: int) -> list[Message]:
         if order.order_id in self._working:
             return [self._rejected(order, "DUPLICATE_ORDER_ID", "order id already working", now_ns)]
-        self._working[order.order_id] = _Working(order, submitted_ns=now_ns)
+        self._working[order.order_id] = Working(order, submitted_ns=now_ns)
         return [accepted(self._ids, order, f"SIM-{order.order_id}", now_ns)]
 
     def cancel(self, order_id: str, now_ns: int) -> list[Message]:
@@ -167,7 +153,7 @@ class SimBroker:
         return events
 
     def _try_fill(
-        self, w: _Working, open_: float, high: float, low: float, volume: float, ts: int
+        self, w: Working, open_: float, high: float, low: float, volume: float, ts: int
     ) -> tuple[int, float] | None:
         order = w.order
         if order.order_type == "MARKET":
@@ -193,11 +179,11 @@ class SimBroker:
             quantity = min(quantity, cap)
         return quantity, price
 
-    def _capped(self, w: _Working) -> bool:
+    def _capped(self, w: Working) -> bool:
         return self.position_cap is not None and w.order.purpose == "OPEN" and w.order.side == "BUY"
 
     def _cap_at_fill(
-        self, w: _Working, quantity: int, price: float, equity: float | None = None
+        self, w: Working, quantity: int, price: float, equity: float | None = None
     ) -> int:
         """The part of an opening fill that keeps the position within the cap.
 
@@ -222,11 +208,11 @@ class SimBroker:
         room = self.position_cap * equity - held * price  # type: ignore[operator]
         return max(0, math.floor(room / price)) if room > 0 else 0
 
-    def _cut(self, w: _Working, now: int) -> OrderCanceled:
+    def _cut(self, w: Working, now: int) -> OrderCanceled:
         return canceled(self._ids, w.order, w.filled, "POSITION_CAP_AT_FILL", now)
 
     def _book_fill(
-        self, w: _Working, quantity: int, price: float, *, ts: int, now: int
+        self, w: Working, quantity: int, price: float, *, ts: int, now: int
     ) -> OrderFilled:
         order = w.order
         commission = commission_for(quantity, price, self.config)

@@ -16,18 +16,46 @@ each fill exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from sovereign.brokers.base import _about
 from sovereign.core.calendar import session_days
 from sovereign.core.fills import commission_for
-from sovereign.messages import BookOrder, IdSource, OrderFilled
+from sovereign.messages import BookOrder, IdSource, OrderFilled, SubmitOrder
 
 if TYPE_CHECKING:
-    from sovereign.brokers.sim import SimBroker, _Working
     from sovereign.core.portfolio import Portfolio
+    from sovereign.domain.settings import SimConfig
+
+
+@dataclass(slots=True)
+class Working:
+    """An order working at the simulated broker: what has filled of it so far."""
+
+    order: SubmitOrder
+    submitted_ns: int
+    filled: int = 0
+    executions: int = 0
+    commission: float = 0.0
+
+    @property
+    def remaining(self) -> int:
+        return self.order.quantity - self.filled
+
+
+class SimBroker(Protocol):
+    """What a chunk's execution reads and books on the simulated broker
+    (``brokers.sim.SimBroker``); named here so that this module does not import that
+    one, which imports this one."""
+
+    config: SimConfig
+    portfolio: Portfolio
+    position_cap: float | None
+    counters: dict[str, int]
+    last_ts: int
+    _working: dict[str, Working]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +117,7 @@ class Speculation:
     fill_order: list[str] = field(default_factory=list)
     fill_shard: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     fill_seq: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    started: list[_Working] = field(default_factory=list)
+    started: list[Working] = field(default_factory=list)
     unknown_volume: int = 0
     end_positions: dict[str, int] = field(default_factory=dict)
     working: list[BookOrder] = field(default_factory=list)
@@ -344,7 +372,7 @@ def commit(broker: SimBroker, spec: Speculation, ids: IdSource) -> list[OrderFil
 
 
 def _started_fill(
-    broker: SimBroker, spec: Speculation, m: ChunkMarket, ids: IdSource, w: _Working, i: int
+    broker: SimBroker, spec: Speculation, m: ChunkMarket, ids: IdSource, w: Working, i: int
 ) -> OrderFilled:
     """The fill event of an order that was working before the chunk (fill ``i``)."""
     bar, qty = int(spec.fill_bar[i]), int(spec.fill_qty[i])

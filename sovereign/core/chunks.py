@@ -37,6 +37,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from sovereign.core.indicators import window_sums
+from sovereign.core.trades import Order, Trade
 from sovereign.domain.orders import SIDE_BUY, SIDE_SELL
 from sovereign.domain.regimes import REGIME_NAMES, REGIME_UNKNOWN
 
@@ -568,7 +569,6 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
     """Number the chunk's intents, pair each exit with its entry into a closed trade, and
     leave the strategy's records as its bars one at a time would, all as columns; only the
     trades open (or orders pending) at the chunk's edges are handled one by one."""
-    from sovereign.core.signals import _Order, _Trade  # the strategy's own records
 
     cfg = st.config
     symbols = st.universe.symbols
@@ -686,20 +686,20 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
                 st.trades.pop(j, None)
                 continue
             why = EXIT_REASONS[int(reason[p])]
-            end_exits.append((j, f"{symbol}-{n}", _Order(j, "CLOSE", why)))
+            end_exits.append((j, f"{symbol}-{n}", Order(j, "CLOSE", why)))
             if p > 0 and col[p - 1] == j:
                 # Opened in the chunk (its entry is the event before): its record.
                 entry, entry_seq = int(bar[p - 1]), int(seq[p - 1])
-                st.trades[j] = _open_trade(_Trade, st, j, entry, entry_seq, bars, ind, regime_codes)
+                st.trades[j] = _open_trade(Trade, st, j, entry, entry_seq, bars, ind, regime_codes)
                 entries_filled[j] = entry_seq
             elif j in entry_seq_of:
                 entries_filled[j] = entry_seq_of[j]
             st.trades[j].exit_reason = why
             continue
-        trade = _open_trade(_Trade, st, j, b, n, bars, ind, regime_codes)
+        trade = _open_trade(Trade, st, j, b, n, bars, ind, regime_codes)
         st.trades[j] = trade
         if b == k_bars - 1:
-            end_entries.append((j, f"{symbol}-{n}", _Order(j, "OPEN", "breakout")))
+            end_entries.append((j, f"{symbol}-{n}", Order(j, "OPEN", "breakout")))
         else:
             entries_filled[j] = n
 

@@ -13,7 +13,7 @@ the shard opens the prevented trade here instead:
   the bar's volume a bar, the rest canceled after ``entry_timeout_bars`` bar closes; exits
   are market orders at the next open moved by ``slippage_bps``, volume-capped the same
   way; ``commission_for`` on every fill;
-* left by the same exits as a real trade (``core.signals.exit_reasons``: stop, target,
+* left by the same exits as a real trade (``core.trades.exit_reasons``: stop, target,
   regime change, max hold, with the trade's own stop, target and hold).
 
 A rule that scales an entry down (``ScaleSize``) acts on a trade that is taken: the part
@@ -36,7 +36,7 @@ import numpy as np
 from sovereign.core.constitution import Constitution
 from sovereign.core.fills import commission_for, market_price, volume_cap
 from sovereign.core.risk import SizingPolicy, entry_target
-from sovereign.core.signals import ClosedTrade, closed_trade, exit_reasons
+from sovereign.core.trades import ClosedTrade, closed_trade, exit_reasons
 from sovereign.core.universe import Universe
 from sovereign.domain.regimes import REGIME_NAMES, REGIME_UNKNOWN
 from sovereign.domain.settings import SimConfig, StrategyConfig

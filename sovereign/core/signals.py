@@ -30,7 +30,6 @@ rules, no support/resistance; exits by stop, target or max hold as above.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -50,13 +49,12 @@ from sovereign.core.indicators import (
     SupportResistance,
     VolumePercentile,
 )
+from sovereign.core.shadow import ShadowBook, ShadowCosts
+from sovereign.core.trades import ClosedTrade, Order, Trade, closed_trade, exit_reasons
 from sovereign.core.universe import Universe
 from sovereign.domain.regimes import REGIME_NAMES, REGIME_UNKNOWN
 from sovereign.domain.rules import RequireConfidence, Rule, ScaleSize, SkipTrade
 from sovereign.domain.settings import StrategyConfig
-
-if TYPE_CHECKING:
-    from sovereign.core.shadow import ShadowBook, ShadowCosts
 
 ORPHAN_GRACE_BARS = 3
 """Bars to wait for an answer about an order before forgetting it (see _stale_orders)."""
@@ -93,130 +91,6 @@ class CancelSignal:
     index: int
     symbol: str
     reason: str
-
-
-class ClosedTrade(NamedTuple):
-    """A finished round trip (see ``TradeClosed`` for the meaning of the fields).
-
-    A named tuple: immutable like a frozen dataclass and built four times faster, which
-    counts when a chunk closes thousands of trades at once."""
-
-    trade_id: str
-    symbol: str
-    quantity: int
-    entry_ts: int
-    exit_ts: int
-    entry_price: float
-    exit_price: float
-    pnl: float
-    commission: float
-    return_pct: float
-    bars_held: int
-    exit_reason: str
-    regime: str
-    confidence: float
-    features: dict[str, float | int | str | bool | None]
-
-
-def exit_reasons(
-    candidates: np.ndarray,
-    high: np.ndarray,
-    low: np.ndarray,
-    regime_codes: np.ndarray,
-    *,
-    stop: np.ndarray,
-    target: np.ndarray,
-    entry_regime: np.ndarray,
-    bars_held: np.ndarray,
-    max_hold: np.ndarray,
-    on_regime_change: bool,
-    late: np.ndarray | None = None,
-) -> list[tuple[int, str]]:
-    """The exits of one bar: ``(symbol index, reason)`` for every candidate (a symbol in a
-    trade with no exit pending) that must leave, by the first reason that applies (see the
-    module docstring). The one definition of an exit: the trade book and the shadow book
-    (``core.shadow``) both decide with it."""
-    stop_hit = low <= stop
-    target_hit = high >= target
-    changed = (
-        (regime_codes != entry_regime) & (regime_codes != REGIME_UNKNOWN)
-        if on_regime_change
-        else np.zeros_like(candidates)
-    )
-    timeout = bars_held >= max_hold
-    fire = candidates & (stop_hit | target_hit | changed | timeout)
-    if late is not None:
-        fire |= candidates & late
-    out: list[tuple[int, str]] = []
-    for i in np.flatnonzero(fire).tolist():
-        if late is not None and late[i]:
-            reason = "late_fill"
-        elif stop_hit[i]:
-            reason = "stop"
-        elif target_hit[i]:
-            reason = "target"
-        elif changed[i]:
-            reason = "regime_change"
-        else:
-            reason = "max_hold"
-        out.append((i, reason))
-    return out
-
-
-@dataclass(slots=True)
-class _Trade:
-    """One symbol's open trade, from its first entry fill until flat."""
-
-    trade_id: str
-    regime_code: int
-    confidence: float
-    atr: float
-    features: dict[str, float | int | str | bool | None]
-    entry_ts: int = 0
-    entry_qty: int = 0
-    entry_cost: float = 0.0
-    exit_qty: int = 0
-    exit_proceeds: float = 0.0
-    commission: float = 0.0
-    exit_reason: str = ""
-    filled_once: bool = False
-    stop_mult: float = 1.5
-    target_mult: float = 3.0
-
-
-def closed_trade(trade: _Trade, symbol: str, ts: int, bars_held: int) -> ClosedTrade:
-    """A finished round trip from its booked fills: the one definition of a trade's close,
-    for the trade book and the shadow book (whose trades carry the same fields)."""
-    pnl = trade.exit_proceeds - trade.entry_cost - trade.commission
-    return ClosedTrade(
-        trade_id=trade.trade_id,
-        symbol=symbol,
-        quantity=trade.entry_qty,
-        entry_ts=trade.entry_ts,
-        exit_ts=ts,
-        entry_price=trade.entry_cost / trade.entry_qty,
-        exit_price=trade.exit_proceeds / trade.exit_qty,
-        pnl=pnl,
-        commission=trade.commission,
-        return_pct=pnl / trade.entry_cost if trade.entry_cost else 0.0,
-        bars_held=bars_held,
-        exit_reason=trade.exit_reason or "unknown",
-        regime=REGIME_NAMES[trade.regime_code]
-        if trade.regime_code < len(REGIME_NAMES)
-        else "Unknown",
-        confidence=trade.confidence,
-        features=trade.features,
-    )
-
-
-@dataclass(slots=True)
-class _Order:
-    index: int
-    purpose: str  # "OPEN" or "CLOSE"
-    reason: str = ""
-    age: int = 0  # bar closes seen since the order was decided
-    cancel_sent: bool = False
-    filled: int = 0
 
 
 @dataclass(slots=True)
@@ -272,19 +146,17 @@ class ShardStrategy:
         self.entry_regime = np.full(n, REGIME_UNKNOWN, dtype=np.uint8)
         self.max_hold = np.full(n, config.max_hold_bars, dtype=np.int64)
         self.exit_late_fill = np.zeros(n, dtype=bool)
-        self.trades: dict[int, _Trade] = {}
+        self.trades: dict[int, Trade] = {}
         self.compiled: CompiledRuleset | None = None
         self.rules: list[Rule] = []
         # The trades the rules prevent, followed on the same bars (``core.shadow``).
         self.shadow: ShadowBook | None = None
         if shadow is not None:
-            from sovereign.core.shadow import ShadowBook  # it decides exits with ours
-
             self.shadow = ShadowBook(universe, config, shadow)
         self.rules_version = 0
         self.parameters: dict[str, float] = {}
         self.losing_streak = 0
-        self.orders: dict[str, _Order] = {}
+        self.orders: dict[str, Order] = {}
         self._seq: dict[str, int] = {}
         self.counters = StrategyCounters()
 
@@ -384,7 +256,7 @@ class ShardStrategy:
         trade = self.trades.get(i)
         if trade is None:
             atr = float(self.atr.value[i])
-            trade = self.trades[i] = _Trade(
+            trade = self.trades[i] = Trade(
                 trade_id=self._next_id(symbol),
                 regime_code=REGIME_UNKNOWN,
                 confidence=0.0,
@@ -399,7 +271,7 @@ class ShardStrategy:
         self.exit_late_fill[i] = True
         self.counters.late_entry_fills += 1
 
-    def _book_entry(self, i: int, trade: _Trade, quantity: int, price: float, ts: int) -> None:
+    def _book_entry(self, i: int, trade: Trade, quantity: int, price: float, ts: int) -> None:
         """Add bought shares to the trade; stop and target follow the average price."""
         if not trade.filled_once:
             trade.filled_once = True
@@ -412,13 +284,13 @@ class ShardStrategy:
         self.stop[i] = avg - trade.stop_mult * trade.atr
         self.target[i] = avg + trade.target_mult * trade.atr
 
-    def _clear_pending(self, order: _Order) -> None:
+    def _clear_pending(self, order: Order) -> None:
         if order.purpose == "OPEN":
             self.pending_entry[order.index] = False
         else:
             self.pending_exit[order.index] = False
 
-    def _close(self, i: int, trade: _Trade, ts: int) -> ClosedTrade:
+    def _close(self, i: int, trade: Trade, ts: int) -> ClosedTrade:
         del self.trades[i]
         closed = closed_trade(trade, self.universe.symbols[i], ts, int(self.bars_held[i]))
         self.losing_streak = self.losing_streak + 1 if closed.pnl < 0 else 0
@@ -499,8 +371,8 @@ class ShardStrategy:
             regime = REGIME_NAMES[code] if code < len(REGIME_NAMES) else "Unknown"
             symbol = self.universe.symbols[i]
             intent_id = self._next_id(symbol)
-            self.orders[intent_id] = _Order(i, "OPEN", "breakout")
-            self.trades[i] = _Trade(
+            self.orders[intent_id] = Order(i, "OPEN", "breakout")
+            self.trades[i] = Trade(
                 trade_id=intent_id,
                 regime_code=code,
                 confidence=1.0,
@@ -587,7 +459,7 @@ class ShardStrategy:
                         order.cancel_sent = True
                         cancels.append(CancelSignal(order_id, i, symbol, f"exit: {reason}"))
             intent_id = self._next_id(symbol)
-            self.orders[intent_id] = _Order(i, "CLOSE", reason)
+            self.orders[intent_id] = Order(i, "CLOSE", reason)
             self.pending_exit[i] = True
             self.trades[i].exit_reason = reason
             code = int(regime_codes[i])
@@ -812,8 +684,8 @@ class ShardStrategy:
                 rule_ids=acted,
             )
             return None
-        self.orders[intent_id] = _Order(i, "OPEN", "breakout")
-        self.trades[i] = _Trade(
+        self.orders[intent_id] = Order(i, "OPEN", "breakout")
+        self.trades[i] = Trade(
             trade_id=intent_id,
             regime_code=code,
             confidence=confidence,

@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from sovereign.bench.runner import TRADE_TOLERANCE, check_trades, main, targets, workload_spec
+from sovereign.bench.results import TRADE_TOLERANCE, check_trades, targets, workload_spec
+from sovereign.bench.runner import main
 
 
 def tiny_bench(capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, dict]:
@@ -266,7 +267,7 @@ def test_the_latency_probe_splits_each_step_into_work_and_overhead(channel: bool
 def test_the_report_shows_the_compiled_graph_flow_or_why_it_failed() -> None:
     import io
 
-    from sovereign.bench.runner import report
+    from sovereign.bench.results import report
 
     ping = {"kind": "ping", "runtime": "ray", "peak_rss_mib": 150.0, "spaced_gap_ms": 10}
     for key in ("ping", "chain", "spaced_ping", "spaced_chain", "pushed_chain"):

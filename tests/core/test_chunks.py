@@ -24,7 +24,8 @@ from sovereign.core.chunks import (
     restore,
     strategy_state_names,
 )
-from sovereign.core.signals import ClosedTrade, ShardStrategy
+from sovereign.core.signals import ShardStrategy
+from sovereign.core.trades import ClosedTrade
 from sovereign.core.universe import Universe
 from sovereign.messages import REGIME_NAMES, REGIME_UNKNOWN
 
