@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from sovereign.messages import ActorStats, IdSource, Message
+
+if TYPE_CHECKING:
+    from sovereign.memory.state_store import LazyStateStore
 
 
 class Actor:
@@ -43,9 +46,15 @@ class Actor:
     def receive(self, messages: list[Message]) -> list[Message]:
         raise NotImplementedError
 
+    state: LazyStateStore | None = None
+    """The actor's state store, if it keeps state outside its checkpoints (opened at its
+    first use, closed with the actor)."""
+
     def close(self) -> None:
-        """Release what the actor holds outside its process (sockets); the runtime calls
-        it when the session's actors are shut down."""
+        """Release what the actor holds outside its process (sockets, its state store);
+        the runtime calls it when the session's actors are shut down."""
+        if self.state is not None:
+            self.state.close()
 
     # -- RESTARTS --------------------------------------------------------------------------
     # In a paper or live session on Ray, the host writes ``snapshot()`` to the state store

@@ -11,7 +11,6 @@ from __future__ import annotations
 import pickle
 from collections import deque
 from collections.abc import Callable
-from contextlib import closing
 from dataclasses import dataclass
 
 import msgspec
@@ -24,7 +23,7 @@ from sovereign.core.calendar import session_date
 from sovereign.core.risk import ApprovalVerifier
 from sovereign.execution.order_manager import OrderManager
 from sovereign.memory.account import SIM_ACCOUNT_KIND, seal, unseal
-from sovereign.memory.state_store import open_state_store
+from sovereign.memory.state_store import LazyStateStore
 from sovereign.messages import (
     Approval,
     ApprovedChunk,
@@ -89,7 +88,7 @@ class GatewayActor(Actor):
         self.session_date = ""
         self.state_dir = state_dir
         self.account_key = account_key
-        self.redis_url = redis_url
+        self.state = LazyStateStore(state_dir, redis_url)
         self._seal_key = audit_key
         # What our own fills say each position should be; checked against the broker.
         self.expected: dict[str, int] = {}
@@ -237,6 +236,7 @@ class GatewayActor(Actor):
         return self._with_recent(out)
 
     def close(self) -> None:
+        super().close()
         close = getattr(self.broker, "close", None)
         if close is not None:
             close()
@@ -521,8 +521,7 @@ class GatewayActor(Actor):
         (the session's start checked it; this is the gateway's own check)."""
         if not self.account_key or not hasattr(self.broker, "restore"):
             return
-        with closing(open_state_store(self.state_dir, self.redis_url)) as store:
-            doc = store.get(self.account_key)
+        doc = self.state().get(self.account_key)
         if doc is not None:
             self.broker.restore(
                 unseal(self._key(), SIM_ACCOUNT_KIND, doc, f"the account {self.account_key}")
@@ -535,8 +534,7 @@ class GatewayActor(Actor):
         if not self.account_key or not hasattr(self.broker, "snapshot"):
             return
         doc = seal(self._key(), SIM_ACCOUNT_KIND, self.broker.snapshot())
-        with closing(open_state_store(self.state_dir, self.redis_url)) as store:
-            store.put(self.account_key, doc)
+        self.state().put(self.account_key, doc)
 
     def _submit(self, order: SubmitOrder, touched: list[str]) -> list[Message]:
         # An order is never checked at a time before it was decided (a clock restored from

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pickle
 import time
-from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ from sovereign.core.signals import ShardStrategy
 from sovereign.core.trades import ClosedTrade
 from sovereign.core.universe import Universe
 from sovereign.domain.regimes import REGIME_NAMES, REGIME_UNKNOWN
-from sovereign.memory.state_store import open_state_store
+from sovereign.memory.state_store import LazyStateStore
 from sovereign.memory.trade_memory import ShardTradeStore, shard_path
 from sovereign.messages import (
     AccountSnapshot,
@@ -115,7 +114,7 @@ class ShardActor(Actor):
         # A named account's intent ids go on from session to session (a real broker
         # remembers the ids of the day, and one used twice would be taken for the other).
         self.account = account
-        self.redis_url = redis_url
+        self.state = LazyStateStore(state_dir, redis_url)
         self._seq_saved: dict[str, int] = {}
         self.store: ShardTradeStore | None = None
         self.run_id = ""
@@ -520,11 +519,11 @@ class ShardActor(Actor):
         if self.store is None:
             self._open_store(msg.mode)
         if self.account:
-            with closing(open_state_store(self.state_dir, self.redis_url)) as store:
-                for symbol in self.universe.symbols:
-                    doc = store.get(_seq_key(self.account, symbol))
-                    if doc is not None:
-                        self.strategy._seq[symbol] = int(doc["n"])
+            store = self.state()
+            for symbol in self.universe.symbols:
+                doc = store.get(_seq_key(self.account, symbol))
+                if doc is not None:
+                    self.strategy._seq[symbol] = int(doc["n"])
             self._seq_saved = dict(self.strategy._seq)
         if self.adopt_carried:
             # A named simulated account's positions outlive its sessions, its trades do
@@ -539,9 +538,9 @@ class ShardActor(Actor):
         moved = {s: n for s, n in self.strategy._seq.items() if self._seq_saved.get(s) != n}
         if not moved:
             return
-        with closing(open_state_store(self.state_dir, self.redis_url)) as store:
-            for symbol, n in moved.items():
-                store.put(_seq_key(self.account, symbol), {"n": n})
+        store = self.state()
+        for symbol, n in moved.items():
+            store.put(_seq_key(self.account, symbol), {"n": n})
         self._seq_saved.update(moved)
 
     def _on_session_ended(self, msg: SessionEnded) -> ShardReport:

@@ -192,3 +192,25 @@ def open_state_store(
     if redis_url:
         return RedisStateStore(redis_url)
     return SqliteStateStore(state_path(state_dir))
+
+
+class LazyStateStore:
+    """The state store an actor uses all session: opened at its first use and kept open
+    (opening one per call cost a SQLite connection, its pragmas and a schema check on
+    every step of a paper session), closed with the actor. Until then it holds only where
+    the store is, so it can be built in one process and handed to another."""
+
+    def __init__(self, state_dir: str | Path, redis_url: str = "") -> None:
+        self.state_dir = str(state_dir)
+        self.redis_url = redis_url
+        self._store: SqliteStateStore | RedisStateStore | None = None
+
+    def __call__(self) -> SqliteStateStore | RedisStateStore:
+        if self._store is None:
+            self._store = open_state_store(self.state_dir, self.redis_url)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
