@@ -14,6 +14,7 @@ every symbol gets its probabilities.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -119,12 +120,16 @@ class RegimeActor(Actor):
         batches = [m for m in messages if isinstance(m, BarBatch)]
         if self.market is not None and batches:
             self._update_market(batches)
+        # Every shard's bar first, then the foundation model once for all of them: its
+        # fixed cost per call (a few dozen small torch operations) is most of its time.
+        taken = {id(msg): self._take(msg) for msg in batches if 0 <= msg.shard < len(self.models)}
+        self._infer([t for t in taken.values() if t is not None])
         for msg in messages:
             match msg:
                 case BarBatch() if 0 <= msg.shard < len(self.models):
-                    update = self._on_bars(msg)
-                    if update is not None:
-                        out.append(update)
+                    step = taken[id(msg)]
+                    if step is not None:
+                        out.append(self._finish(step))
                 case BarBatch() if self.config.model == "none":
                     pass
                 case BarBatch():
@@ -154,7 +159,8 @@ class RegimeActor(Actor):
         assert self.market is not None
         self.market.update(np.ones(1, dtype=bool), np.array([self._index_level]))
 
-    def _on_bars(self, batch: BarBatch) -> RegimeUpdate | None:
+    def _take(self, batch: BarBatch) -> _Step | None:
+        """A shard's bar into its models, up to the foundation model's inference."""
         m = self.models[batch.shard]
         if m.foundation is not None and m.foundation_interval not in (0, batch.interval_s):
             # Its statistics are per bar: a model trained on daily bars cannot read minutes.
@@ -182,7 +188,34 @@ class RegimeActor(Actor):
         full_close[idx[take]] = close[take]
         full_volume = np.full(n, np.nan)
         full_volume[idx[take]] = volume[take]
-        model_name = self._update(m, mask, full_close, full_volume)
+        step = _Step(batch, m, mask)
+        if m.baseline is not None:
+            m.baseline.update(mask, full_close)
+        elif m.hmm is not None:
+            m.hmm.update(mask, full_close)
+        if m.baseline is None and m.foundation is not None:
+            step.window = m.foundation.prepare(mask, full_close, full_volume)
+        return step
+
+    def _infer(self, steps: list[_Step]) -> None:
+        """The foundation model over every shard's ready windows, in one call."""
+        waiting = [
+            (s.models.foundation, s.window)
+            for s in steps
+            if s.window is not None and s.models.foundation is not None
+        ]
+        if not waiting:
+            return
+        # Every shard's model holds the same checkpoint: any of them reads every window.
+        vol, probs = waiting[0][0].infer(np.concatenate([w[1] for _, w in waiting]))
+        at = 0
+        for foundation, (run, _) in waiting:
+            foundation.apply(run, vol[at : at + run.size], probs[at : at + run.size])
+            at += run.size
+
+    def _finish(self, step: _Step) -> RegimeUpdate:
+        batch, m = step.batch, step.models
+        model_name = self._blend(m, step.mask)
         return RegimeUpdate(
             msg_id=self.ids.next(),
             ts_event=batch.ts_event,
@@ -197,17 +230,14 @@ class RegimeActor(Actor):
             shard=batch.shard,
         )
 
-    def _update(
-        self, m: _ShardModels, mask: np.ndarray, close: np.ndarray, volume: np.ndarray
-    ) -> str:
+    def _blend(self, m: _ShardModels, mask: np.ndarray) -> str:
+        """The shard's probabilities and labels after this bar (its models are updated)."""
         if m.baseline is not None:
-            m.baseline.update(mask, close)
             m.codes = m.baseline.codes.copy()
             m.probs = m.baseline.probabilities.copy()
             return m.baseline.name
         n = len(m.universe)
         if m.hmm is not None:
-            m.hmm.update(mask, close)
             p_hmm, r_hmm = m.hmm.probabilities, m.hmm.ready
         else:
             assert self.market is not None
@@ -217,7 +247,6 @@ class RegimeActor(Actor):
         ready = r_hmm.copy()
         name = "hmm" if m.hmm is not None else "hmm-market"
         if m.foundation is not None:
-            m.foundation.update(mask, close, volume)
             p_fm, r_fm = m.foundation.probabilities.astype(np.float64), m.foundation.ready
             both = r_hmm & r_fm
             w = m.weight
@@ -229,6 +258,16 @@ class RegimeActor(Actor):
         m.probs = np.where(ready[:, None], probs, 0.25).astype(np.float32)
         m.codes = m.hysteresis.update(mask, m.probs, ready).copy()
         return name
+
+
+@dataclass(slots=True)
+class _Step:
+    """One shard's bar between its models' update and its RegimeUpdate."""
+
+    batch: BarBatch
+    models: _ShardModels
+    mask: np.ndarray
+    window: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _market_label(codes: np.ndarray) -> str:

@@ -645,26 +645,45 @@ class FoundationRegime:
         volume
             float64 (N,); NaN or negative means unknown. None means all unknown.
         """
+        window = self.prepare(mask, close, volume)
+        if window is not None:
+            run, x = window
+            self.apply(run, *self.infer(x))
+
+    def prepare(
+        self, mask: np.ndarray, close: np.ndarray, volume: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The first half of :meth:`update`: take the bar into the features and return the
+        symbols to run the model on and their windows (None: none is ready). Several
+        universes' windows can then go through the model in one call (:meth:`infer`), each
+        handed back with :meth:`apply`: per bar, the model's fixed cost is paid once."""
         raw = self.features.update(mask, close, volume)
         rows = np.flatnonzero(~np.isnan(raw[:, RET_COLUMN]))
         if rows.size == 0:
-            return
+            return None
         z = standardize(raw[rows], self._mean, self._std, self.config.feature_clip)
         length = self.config.seq_len
         self._ring[rows, self._count[rows] % length] = z
         self._count[rows] += 1
         run = rows[self._count[rows] >= length]
         if run.size == 0:
-            return
+            return None
         # Oldest first: the next write slot holds the oldest row of a full ring.
         slots = (self._count[run, None] + self._steps[None, :]) % length
-        x = torch.from_numpy(self._ring[run[:, None], slots])
-        with torch.no_grad():
-            _, vol, logits = self.model(x)
-            probs = torch.softmax(logits, dim=-1).numpy()
+        return run, self._ring[run[:, None], slots]
+
+    def infer(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Standardised forward log vol (B,) and regime probabilities (B, 4) of windows
+        (B, seq_len, F)."""
+        with torch.inference_mode():
+            _, vol, logits = self.model(torch.from_numpy(x))
+            return vol.numpy(), torch.softmax(logits, dim=-1).numpy()
+
+    def apply(self, run: np.ndarray, vol: np.ndarray, probs: np.ndarray) -> None:
+        """The second half of :meth:`update`: the model's outputs for the symbols ``run``."""
         self.probabilities[run] = probs
         self.forward_vol[run] = np.exp(
-            vol.numpy().astype(np.float64) * self.checkpoint.vol_std + self.checkpoint.vol_mean
+            vol.astype(np.float64) * self.checkpoint.vol_std + self.checkpoint.vol_mean
         )
         self.codes[run] = probs.argmax(axis=1).astype(np.uint8)
 

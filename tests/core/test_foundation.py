@@ -282,3 +282,35 @@ def test_config_rejects_inconsistent_sizes() -> None:
         FoundationConfig(d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="seq_len"):
         FoundationConfig(seq_len=0)
+
+
+def test_universes_run_through_the_model_together_as_they_would_alone(
+    trained: Checkpoint,
+) -> None:
+    """The regime actor runs every shard's windows through the model in one call
+    (prepare, infer, apply): each universe ends where its own updates would take it."""
+    close, volume, mask = random_bars(140, 5, seed=6)
+    alone = [FoundationRegime(trained, 3), FoundationRegime(trained, 2)]
+    together = [FoundationRegime(trained, 3), FoundationRegime(trained, 2)]
+    parts = [slice(0, 3), slice(3, 5)]
+    ran = 0
+    for t in range(len(close)):
+        for model, cols in zip(alone, parts, strict=True):
+            model.update(mask[t, cols], close[t, cols], volume[t, cols])
+        windows = [
+            (model, model.prepare(mask[t, cols], close[t, cols], volume[t, cols]))
+            for model, cols in zip(together, parts, strict=True)
+        ]
+        ready = [(m, w) for m, w in windows if w is not None]
+        if ready:
+            vol, probs = ready[0][0].infer(np.concatenate([w[1] for _, w in ready]))
+            at = 0
+            for m, (run, _) in ready:
+                m.apply(run, vol[at : at + run.size], probs[at : at + run.size])
+                at += run.size
+            ran += len(ready) == 2
+        for a, b in zip(alone, together, strict=True):
+            np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
+            np.testing.assert_allclose(a.forward_vol, b.forward_vol, rtol=1e-5)
+            np.testing.assert_array_equal(a.ready, b.ready)
+    assert ran > 50  # both universes went through the model together on most bars
