@@ -272,6 +272,8 @@ def _run(args: argparse.Namespace, *, mode: str) -> int:
             f"{mode}: {len(data.symbols)} symbols on {len(engine.shard_symbols)} shards, "
             f"{len(engine.feed)} steps, runtime {args.runtime}\n"
         )
+        if mode != "backtest":
+            _stop_on_first_interrupt(engine, human)
         url = getattr(engine.runtime, "dashboard_url", None)
         if url:
             human.write(
@@ -302,6 +304,10 @@ def _run(args: argparse.Namespace, *, mode: str) -> int:
             on_started=on_started,
             daily_summary=daily,
         )
+    if mode != "backtest":
+        import signal
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     r = output.result
     human.write(
         f"\n{mode} {r.run_id}: {r.steps} steps, {r.bars} bars in {r.engine_seconds:.2f} s "
@@ -317,6 +323,22 @@ def _run(args: argparse.Namespace, *, mode: str) -> int:
     if args.json:
         sys.stdout.write(json.dumps(output.metrics, sort_keys=True) + "\n")
     return 0
+
+
+def _stop_on_first_interrupt(engine: Any, out: Any) -> None:
+    """A paper or live session's first Ctrl-C ends it after the step in progress, as if
+    the data ended there (orders of that step still reach the broker, the report is
+    written); a second one interrupts at once."""
+    import signal
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        if engine.stop_requested:
+            raise KeyboardInterrupt
+        engine.request_stop()
+        out.write("\nstopping after this step (Ctrl-C again to abort)\n")
+        out.flush()
+
+    signal.signal(signal.SIGINT, on_interrupt)
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:

@@ -537,6 +537,7 @@ class Engine:
         self.lease = lease
         self.failed_steps = 0
         self.fail_fast = False
+        self.stop_requested = False
         # Set to a list to time each step (see the latency benchmark); None: not timed.
         self.step_latencies: list[float] | None = None
         # With the probe: the pause before each timed step, as bars come apart in a paper
@@ -603,6 +604,12 @@ class Engine:
         finally:
             gc.unfreeze()
             rt.shutdown()
+
+    def request_stop(self) -> None:
+        """End the session after the step in progress, as if the data ended there: its
+        orders still reach the broker, every actor ends the session, the report is
+        written. Safe from a signal handler or another thread (it only sets a flag)."""
+        self.stop_requested = True
 
     def _replays_steps(self) -> bool:
         """A backtest replays its data: a lost step stops it (it is run again), so its
@@ -701,9 +708,16 @@ class Engine:
         )
         if self.live:
             for step, (ts, batches) in enumerate(self._steps(total)):
+                if self.stop_requested:
+                    break
                 self._bar_step(loop, step, ts, batches)
         else:
             self._replay(loop)
+        if self.stop_requested and loop.steps < total:
+            log.info("session stopped on request after %d of %d steps", loop.steps, total)
+            if loop.merged and loop.prev_verdicts:
+                # The last step's orders, which the next step's bars would have carried.
+                loop.watched.append(rt.tell(g.gateway, loop.carry(loop.prev_verdicts)))
         if loop.watched:  # the feed ended before `total` steps
             rt.tell(g.monitor, *loop.watched)
             loop.in_flight.append(
@@ -907,7 +921,7 @@ class Engine:
         length = min(limit, CHUNK_MIN_BARS * 4)
         step = 0
         chunk = 0
-        while step < total:
+        while step < total and not self.stop_requested:
             # The first bar time goes bar by bar: the guardian learns the account from it.
             run = min(length, feed.clean_run(step), total - step) if limit and step else 0
             # No chunk is shorter than CHUNK_MIN_BARS but the last, which ends the data.

@@ -356,3 +356,37 @@ def test_unreachable_redis_is_a_clear_error_at_start(tmp_path: Path) -> None:
         _refused(p, "[state] redis_url", f"127.0.0.1:{port}")
         assert "hunter2" not in p.stderr
     assert not (tmp_path / "rep").exists()
+
+
+def test_the_first_ctrl_c_ends_a_paper_session_cleanly_with_its_report(tmp_path: Path) -> None:
+    """Ctrl-C in a paper session stops it after the step in progress: the session ends
+    as if its data ended there, with its report written and exit code 0."""
+    import re
+    import signal
+
+    cmd = [sys.executable, "-m", "sovereign", "paper", "--broker", "sim", "--runtime", "local"]
+    cmd += ["--speed", str(86_400 * 40), "--out", "paper", "--state", "state"]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
+    assert proc.stdout is not None
+    started = ""
+    while "steps, runtime local" not in started:
+        line = proc.stdout.readline()
+        assert line, proc.communicate(timeout=60)
+        started += line
+    time.sleep(3.0)  # some 120 bar times in
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert "stopping after this step" in out
+    steps = int(re.search(r"paper \S+: (\d+) steps", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) steps, runtime local", started).group(1))  # type: ignore[union-attr]
+    assert 0 < steps < total
+    meta = json.loads((tmp_path / "paper" / "metrics.json").read_text())["meta"]
+    assert meta["steps"] == steps

@@ -222,3 +222,49 @@ def test_ray_backtest_stops_with_a_clear_error_at_a_lost_step(
     assert killed
     # The session never reached its end, so no report claims a complete replay.
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_a_stop_request_ends_the_session_as_if_the_data_ended_there(tmp_path, sample) -> None:
+    """``Engine.request_stop`` (a paper session's first Ctrl-C) ends the session after the
+    step in progress: what it leaves is exactly a session over the steps it ran — the
+    same trades, equity, counts and account (the last step's orders reached the broker)."""
+    import msgspec
+
+    cfg = Config()
+    cfg = msgspec.structs.replace(cfg, regime=msgspec.structs.replace(cfg.regime, model="baseline"))
+    engines: list = []
+
+    def stop_midway(p) -> None:
+        if p.step >= 1_500:
+            engines[0].request_stop()
+
+    stopped = run_session(
+        cfg,
+        sample,
+        runtime="local",
+        mode="backtest",
+        state_dir=tmp_path / "a" / "state",
+        out_dir=tmp_path / "a" / "out",
+        run_id="s",
+        on_started=engines.append,
+        on_progress=stop_midway,
+    )
+    steps = stopped.result.steps
+    assert 1_500 <= steps < len(engines[0].feed) - 1_000  # stopped well before the end
+    whole = run_session(
+        cfg,
+        sample,
+        runtime="local",
+        mode="backtest",
+        state_dir=tmp_path / "b" / "state",
+        out_dir=tmp_path / "b" / "out",
+        run_id="s",
+        max_steps=steps,
+    )
+    a, b = stopped.result, whole.result
+    assert (tmp_path / "a" / "out" / "trades.csv").read_bytes() == (
+        tmp_path / "b" / "out" / "trades.csv"
+    ).read_bytes()
+    assert len(stopped.trades) > 20
+    assert np.array_equal(a.ts, b.ts) and np.array_equal(a.equity, b.equity)
+    assert a.counters == b.counters and a.final_account == b.final_account
