@@ -304,10 +304,7 @@ def _run(args: argparse.Namespace, *, mode: str) -> int:
             on_started=on_started,
             daily_summary=daily,
         )
-    if mode != "backtest":
-        import signal
-
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    _restore_interrupt()
     r = output.result
     human.write(
         f"\n{mode} {r.run_id}: {r.steps} steps, {r.bars} bars in {r.engine_seconds:.2f} s "
@@ -325,20 +322,26 @@ def _run(args: argparse.Namespace, *, mode: str) -> int:
     return 0
 
 
-def _stop_on_first_interrupt(engine: Any, out: Any) -> None:
+def _stop_on_first_interrupt(engine: Any, out: Any, when: str = "after this step") -> None:
     """A paper or live session's first Ctrl-C ends it after the step in progress, as if
     the data ended there (orders of that step still reach the broker, the report is
-    written); a second one interrupts at once."""
+    written); a second one interrupts at once. Restored by ``_restore_interrupt``."""
     import signal
 
     def on_interrupt(signum: int, frame: object) -> None:
         if engine.stop_requested:
             raise KeyboardInterrupt
         engine.request_stop()
-        out.write("\nstopping after this step (Ctrl-C again to abort)\n")
+        out.write(f"\nstopping {when} (Ctrl-C again to abort)\n")
         out.flush()
 
     signal.signal(signal.SIGINT, on_interrupt)
+
+
+def _restore_interrupt() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
@@ -758,8 +761,11 @@ def _run_live(args: argparse.Namespace) -> int:
                 feed=feed,
                 symbols=symbols,
                 daily_summary=daily,
+                # A live step waits for the broker's next bar: the stop comes with it.
+                on_started=lambda e: _stop_on_first_interrupt(e, human, "at the next bar"),
             )
     finally:
+        _restore_interrupt()
         feed.close()
     human.write(format_summary_table(output.metrics) + "\n")
     if output.paths is not None:
