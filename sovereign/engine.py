@@ -26,7 +26,6 @@ paces steps against the wall clock, scaled by ``speed``.
 
 from __future__ import annotations
 
-import functools
 import gc
 import logging
 import math
@@ -40,28 +39,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from sovereign.actors.gateway import GatewayActor
-from sovereign.actors.guardian import GuardianActor
-from sovereign.actors.monitor import MonitorActor
-from sovereign.actors.operator import OperatorActor
-from sovereign.actors.regime import RegimeActor
 from sovereign.actors.runtime import (
     ActorCallError,
-    ActorSpec,
     Lenient,
     LocalRuntime,
     RayRuntime,
 )
-from sovereign.actors.selfmod import SelfModActor
-from sovereign.actors.shard import ShardActor
-from sovereign.brokers.sim import SimBroker
 from sovereign.config import Config
-from sovereign.core.risk import SizingPolicy
-from sovereign.core.shadow import ShadowCosts
 from sovereign.data.feeds import ReplayFeed, deal_symbols
 from sovereign.data.loaders import LoadedData
-from sovereign.domain.service_settings import NOTIFICATION_KINDS
-from sovereign.memory.account import sim_account_key
 from sovereign.memory.checkpoints import Checkpoints
 from sovereign.messages import (
     AccountSnapshot,
@@ -79,6 +65,8 @@ from sovereign.messages import (
     SessionStarted,
     ShardReport,
 )
+from sovereign.specs import build_specs
+from sovereign.stepgraph import BAR_STEP, WATCHED, run_step
 
 log = logging.getLogger("sovereign.engine")
 
@@ -136,316 +124,6 @@ class SessionResult:
     final_account: AccountSnapshot | None
     notifications: int
     actor_names: list[str] = field(default_factory=list)
-
-
-def ib_settings(config: Config, *, data: bool = False) -> Any:
-    from sovereign.brokers.ib import IBSettings
-
-    ib = config.ib
-    return IBSettings(
-        host=ib.host,
-        port=ib.port,
-        client_id=ib.data_client_id if data else ib.client_id,
-        account=ib.account,
-        connect_timeout_s=ib.connect_timeout_s,
-        max_requests=ib.max_requests,
-        historical_pacing=ib.historical_pacing,
-        backoff_initial_s=ib.reconnect_initial_s,
-        backoff_max_s=ib.reconnect_max_s,
-    )
-
-
-def alpaca_settings(config: Config) -> Any:
-    from sovereign.brokers.alpaca import AlpacaSettings
-
-    base = AlpacaSettings.from_env(paper=config.alpaca.paper)
-    return AlpacaSettings(
-        paper=base.paper,
-        base_url=base.base_url,
-        data_url=base.data_url,
-        stream_url=base.stream_url,
-        feed=config.alpaca.feed,
-    )
-
-
-def make_broker_factory(config: Config, position_cap: float) -> Callable[[], Any]:
-    """A picklable factory: the broker is built inside the gateway actor's process."""
-    kind = config.broker.kind
-    if kind == "sim":
-        return functools.partial(
-            SimBroker, config.sim, config.engine.initial_capital, position_cap=position_cap
-        )
-    if kind == "ib":
-        from sovereign.brokers.ib import IBBroker
-
-        return functools.partial(IBBroker, ib_settings(config))
-    if kind == "alpaca":
-        from sovereign.brokers.alpaca import AlpacaBroker
-
-        return functools.partial(AlpacaBroker, alpaca_settings(config))
-    return functools.partial(
-        _failover, ib_settings(config), alpaca_settings(config), config.broker.failover_after_s
-    )
-
-
-class BrokerAccountError(RuntimeError):
-    """The broker's account cannot be identified (unreachable, or ambiguous)."""
-
-
-def broker_account_id(config: Config) -> str:
-    """The identity of the broker account a live session would trade, as the broker
-    reports it: ``ib:<account>`` (IB's managed account; ``[ib] account`` picks one of
-    several), ``alpaca:<account number>``, or both for ``ib+alpaca``. A real account's
-    trading state belongs to this identity, whatever the session is called."""
-    kind = config.broker.kind
-    parts: list[str] = []
-    if kind in ("ib", "ib+alpaca"):
-        parts.append(f"ib:{_ib_account(config)}")
-    if kind in ("alpaca", "ib+alpaca"):
-        parts.append(f"alpaca:{_alpaca_account(config)}")
-    if not parts:
-        raise BrokerAccountError(f"the {kind} broker has no account of its own")
-    return "+".join(parts)
-
-
-def _ib_account(config: Config) -> str:
-    from ib_async import IB
-
-    ib = IB()
-    settings = ib_settings(config)
-    try:
-        # The order connection's client id: the gateway takes it over right after.
-        ib.connect(
-            settings.host,
-            settings.port,
-            clientId=settings.client_id,
-            timeout=settings.connect_timeout_s,
-            readonly=True,
-        )
-        managed = [a for a in ib.managedAccounts() if a]
-    except Exception as exc:
-        if settings.account:
-            # Declared by the operator: the gateway trades that account once IB is up.
-            log.warning("IB unreachable (%r); the account is [ib] account", exc)
-            return settings.account
-        raise BrokerAccountError(
-            f"cannot reach IB at {settings.host}:{settings.port} to identify the account "
-            f"({exc!r}); name it with [ib] account to start without IB"
-        ) from None
-    finally:
-        ib.disconnect()
-    if settings.account:
-        if settings.account not in managed:
-            raise BrokerAccountError(
-                f"[ib] account {settings.account!r} is not one of the login's accounts "
-                f"({', '.join(managed) or 'none'})"
-            )
-        return settings.account
-    if len(managed) != 1:
-        raise BrokerAccountError(
-            f"the IB login manages {len(managed)} accounts ({', '.join(managed) or 'none'}): "
-            "name the one to trade with [ib] account"
-        )
-    return managed[0]
-
-
-def _alpaca_account(config: Config) -> str:
-    from alpaca.trading.client import TradingClient
-
-    settings = alpaca_settings(config)
-    try:
-        key, secret = settings.keys()
-        client = TradingClient(
-            key, secret, paper=settings.paper, url_override=settings.base_url or None
-        )
-        account = client.get_account()
-    except Exception as exc:
-        raise BrokerAccountError(f"cannot identify the Alpaca account: {exc}") from None
-    number = str(getattr(account, "account_number", "") or getattr(account, "id", ""))
-    if not number:
-        raise BrokerAccountError("Alpaca reported an account without a number")
-    return number
-
-
-def _failover(ib: Any, alpaca: Any, after_s: float) -> Any:
-    from sovereign.brokers.alpaca import AlpacaBroker
-    from sovereign.brokers.failover import FailoverBroker
-    from sovereign.brokers.ib import IBBroker
-
-    return FailoverBroker(IBBroker(ib), AlpacaBroker(alpaca), failover_after_s=after_s)
-
-
-def make_live_feed(config: Config, symbols: list[str]) -> Any:
-    """The feed of a live session on ``config.broker.kind``: polled, or streamed."""
-    from sovereign.data.live import FailoverBarSource, PollingFeed, StreamingFeed
-
-    kind = config.broker.kind
-    interval = config.broker.bar_interval_s
-    if config.broker.feed == "stream":
-        shards = deal_symbols(symbols, config.engine.shards)
-        if kind == "ib":
-            from sovereign.brokers.ib import IBStreamSource
-
-            stream: Any = IBStreamSource(
-                ib_settings(config, data=True),
-                symbols,
-                interval,
-                what_to_show=config.ib.what_to_show,
-                use_rth=config.ib.use_rth,
-                warmup_bars=config.broker.warmup_bars,
-            )
-        elif kind == "alpaca":
-            from sovereign.brokers.alpaca import AlpacaStreamSource
-
-            stream = AlpacaStreamSource(
-                alpaca_settings(config), symbols, interval, warmup_bars=config.broker.warmup_bars
-            )
-        else:
-            raise ValueError("streaming bars need one broker (ib or alpaca); ib+alpaca polls")
-        return StreamingFeed(stream, shards, interval, grace_s=config.broker.stream_grace_s)
-    sources = []
-    if kind in ("ib", "ib+alpaca"):
-        from sovereign.brokers.ib import IBBarSource
-
-        sources.append(
-            IBBarSource(
-                ib_settings(config, data=True),
-                interval,
-                what_to_show=config.ib.what_to_show,
-                use_rth=config.ib.use_rth,
-                warmup_bars=config.broker.warmup_bars,
-            )
-        )
-    if kind in ("alpaca", "ib+alpaca"):
-        from sovereign.brokers.alpaca import AlpacaBarSource
-
-        sources.append(
-            AlpacaBarSource(
-                alpaca_settings(config), interval, warmup_bars=config.broker.warmup_bars
-            )
-        )
-    source = sources[0] if len(sources) == 1 else FailoverBarSource(sources[0], sources[1])
-    return PollingFeed(
-        source,
-        deal_symbols(symbols, config.engine.shards),
-        interval,
-        poll_interval_s=config.broker.poll_interval_s,
-    )
-
-
-def state_scope(config: Config, run_id: str) -> str:
-    """Whose guardian state this is: a named account's, or this run's alone."""
-    return f"account/{config.engine.account}" if config.engine.account else f"run/{run_id}"
-
-
-def build_specs(
-    config: Config,
-    shard_symbols: list[list[str]],
-    state_dir: Path,
-    secret: bytes,
-    *,
-    run_id: str,
-    notify_fills: bool = False,
-    daily_summary: bool = False,
-    audit_key: bytes | None = None,
-    checkpoints: Checkpoints | None = None,
-    replay_window: int = 0,
-) -> dict[str, Any]:
-    """The actor graph as specs (role -> spec or list of specs). ``audit_key`` seals the
-    account's safety state and keys the audit log (None: each actor reads it from the
-    state directory). ``checkpoints`` (paper and live sessions): where the shards and the
-    gateway keep the checkpoints they are restored from after a crash; ``replay_window``:
-    how many of its calls' order events the gateway sends again with each output."""
-    constitution = config.build_constitution()
-    policy = SizingPolicy(
-        volatile_scale=config.risk.volatile_scale,
-        max_gross_exposure=config.risk.max_gross_exposure,
-        entry_limit_buffer=config.risk.entry_limit_buffer,
-    )
-    broker_factory = make_broker_factory(config, constitution.max_position_size)
-    shard_of = {s: i for i, symbols in enumerate(shard_symbols) for s in symbols}
-    account = config.engine.account
-    return {
-        "shards": [
-            ActorSpec(
-                ShardActor,
-                index=i,
-                kwargs={
-                    "symbols": symbols,
-                    "strategy": config.strategy,
-                    "state_dir": str(state_dir),
-                    "account": account,
-                    "redis_url": config.state.redis_url,
-                    "replay_window": replay_window,
-                    # Self-modification learns from the trades its rules prevent.
-                    "shadow": ShadowCosts(constitution, policy, config.sim)
-                    if config.selfmod.enabled
-                    else None,
-                    # A real broker's positions may be the owner's own: never sold unasked.
-                    "adopt_carried": bool(account) and config.broker.kind == "sim",
-                },
-                spread=True,
-                checkpoints=checkpoints,
-            )
-            for i, symbols in enumerate(shard_symbols)
-        ],
-        "regime": ActorSpec(
-            RegimeActor, kwargs={"shard_symbols": shard_symbols, "config": config.regime}
-        ),
-        "guardian": ActorSpec(
-            GuardianActor,
-            kwargs={
-                "constitution": constitution,
-                "policy": policy,
-                "secret": secret,
-                "approval_ttl_s": config.engine.approval_ttl_s,
-                "state_dir": str(state_dir),
-                "state_scope": state_scope(config, run_id),
-                "shard_of": shard_of,
-                "flatten_on_halt": config.risk.flatten_on_halt,
-                "review_after_losses": config.risk.review_after_losses,
-                "redis_url": config.state.redis_url,
-                "audit_key": audit_key,
-            },
-        ),
-        "gateway": ActorSpec(
-            GatewayActor,
-            kwargs={
-                "broker_factory": broker_factory,
-                "secret": secret,
-                "state_dir": str(state_dir),
-                "account_key": sim_account_key(account) if account else "",
-                "redis_url": config.state.redis_url,
-                "audit_key": audit_key,
-                "replay_window": replay_window,
-            },
-            checkpoints=checkpoints,
-        ),
-        "selfmod": ActorSpec(
-            SelfModActor,
-            kwargs={
-                "state_dir": str(state_dir),
-                "scope": state_scope(config, run_id),
-                "enabled": config.selfmod.enabled,
-                "min_trades": config.selfmod.min_trades,
-                "alpha": config.selfmod.alpha,
-                "look_growth": config.selfmod.look_growth,
-                "confirm_trades": config.selfmod.confirm_trades,
-                "min_new_trades": config.selfmod.min_new_trades,
-                "max_proposals": config.selfmod.max_proposals,
-                "audit_key": audit_key,
-            },
-        ),
-        "monitor": ActorSpec(MonitorActor),
-        "operator": ActorSpec(
-            OperatorActor,
-            kwargs={
-                "notify_fills": notify_fills or config.notifications.wants("fill"),
-                "daily_summary": daily_summary,
-                "muted": sorted(k for k in NOTIFICATION_KINDS if not config.notifications.wants(k)),
-            },
-        ),
-    }
 
 
 DRAIN_QUIET_S = 0.25
@@ -706,18 +384,7 @@ class Engine:
             first_ts=first_ts,
             engine_start=time.perf_counter(),
         )
-        if self.live:
-            for step, (ts, batches) in enumerate(self._steps(total)):
-                if self.stop_requested:
-                    break
-                self._bar_step(loop, step, ts, batches)
-        else:
-            self._replay(loop)
-        if self.stop_requested and loop.steps < total:
-            log.info("session stopped on request after %d of %d steps", loop.steps, total)
-            if loop.merged and loop.prev_verdicts:
-                # The last step's orders, which the next step's bars would have carried.
-                loop.watched.append(rt.tell(g.gateway, loop.carry(loop.prev_verdicts)))
+        self._steps_of_session(loop)
         if loop.watched:  # the feed ended before `total` steps
             rt.tell(g.monitor, *loop.watched)
             loop.in_flight.append(
@@ -775,6 +442,23 @@ class Engine:
             actor_names=names,
         )
 
+    def _steps_of_session(self, loop: _Loop) -> None:
+        """Every step of the session: the live feed's as its bars come, a replay's in
+        chunks where they hold; up to the end of the data or a stop request."""
+        if self.live:
+            for step, (ts, batches) in enumerate(self._steps(loop.total)):
+                if self.stop_requested:
+                    break
+                self._bar_step(loop, step, ts, batches)
+        else:
+            self._replay(loop)
+        if self.stop_requested and loop.steps < loop.total:
+            log.info("session stopped on request after %d of %d steps", loop.steps, loop.total)
+            if loop.merged and loop.prev_verdicts:
+                # The last step's orders, which the next step's bars would have carried.
+                gateway = loop.rt.tell(loop.g.gateway, loop.carry(loop.prev_verdicts))
+                loop.watched.append(gateway)
+
     def _bar_step(self, loop: _Loop, step: int, ts: int, batches: list[Any]) -> None:
         """One bar time through the graph (see the module docstring)."""
         rt, g, carry = loop.rt, loop.g, loop.carry
@@ -786,48 +470,41 @@ class Engine:
         step_started = time.perf_counter()
         present = [b for b in batches if b is not None]
         loop.bars += sum(len(b) for b in present)
-        # Without a regime model the regime actor answers nothing: no call per step.
-        regime_r = rt.tell(g.regime, present) if loop.regime_on else []
-        if loop.merged:
-            # Its answer starts with the acks of the previous step's orders, which is
-            # where the shards and the guardian read them otherwise too.
-            gw_r = rt.tell(g.gateway, carry(loop.prev_verdicts), present)
-            acks: tuple[Any, ...] = ()
-        else:
-            gw_r = rt.tell(g.gateway, present)
-            acks = (carry(loop.prev_acks),)
-        shard_rs = [
-            rt.tell(
-                shard,
-                carry(loop.prev_verdicts),
-                *acks,
-                carry(loop.prev_selfmod),
-                gw_r,
-                regime_r,
-                [batches[i]] if batches[i] is not None else [],
-            )
-            for i, shard in enumerate(g.shards)
-        ]
-        verdicts_r = rt.tell(
-            g.guardian, *acks, *loop.for_guardian, carry(loop.prev_selfmod), gw_r, *shard_rs
+        flags = {
+            "regime": loop.regime_on,
+            "selfmod": loop.selfmod_on,
+            "merged": loop.merged,
+            "split": not loop.merged,
+            "last": loop.merged and step + 1 == loop.total,
+        }
+        prev = {
+            "verdicts": loop.prev_verdicts,
+            "acks": loop.prev_acks,
+            "selfmod": loop.prev_selfmod,
+        }
+        r = run_step(
+            BAR_STEP,
+            rt.tell,
+            lambda role: getattr(g, role),
+            flags,
+            bars=present,
+            own_bars=batches,
+            pending=loop.for_guardian,
+            prev=prev,
+            carry=carry,
         )
         loop.for_guardian = []
-        loop.watched.extend((gw_r, verdicts_r))
-        if not loop.merged:
-            acks_r = loop.prev_acks = rt.tell(g.gateway, verdicts_r)
-            loop.watched.append(acks_r)
-        elif step + 1 == loop.total:
-            # The last step's orders: the broker takes them before the session ends.
-            loop.watched.append(rt.tell(g.gateway, carry(verdicts_r)))
+        for name in WATCHED:
+            if name in r:
+                loop.watched.extend(r[name] if name == "shards" else [r[name]])
+        loop.prev_verdicts = r["verdicts"]
+        loop.prev_acks = r.get("acks", [])
         if loop.selfmod_on:
-            loop.prev_selfmod = rt.tell(g.selfmod, gw_r, verdicts_r, *shard_rs)
-            loop.watched.append(loop.prev_selfmod)
-        loop.watched.extend(shard_rs)
-        loop.prev_verdicts = verdicts_r
+            loop.prev_selfmod = r["selfmod"]
         if self.step_latencies is not None:
             # Latency probe: one step at a time, timed from the bar's arrival to the
             # gateway having sent the step's orders to the broker.
-            rt.ready([acks_r], timeout=None)
+            rt.ready([r["acks"]], timeout=None)
             self.step_latencies.append(time.perf_counter() - step_started)
             self.step_starts.append(step_started)
         self._watch(loop, step, ts, 1)

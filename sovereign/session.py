@@ -15,18 +15,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sovereign.actors.guardian import guardian_state_key
 from sovereign.config import Config
 from sovereign.core.guardian import GuardianState
 from sovereign.core.metrics import compute_metrics
 from sovereign.data.loaders import LoadedData
-from sovereign.engine import Engine, Mode, Progress, SessionResult, make_runtime, state_scope
-from sovereign.memory.account import AccountLock
+from sovereign.engine import Engine, Mode, Progress, SessionResult, make_runtime
+from sovereign.memory.account import AccountLock, guardian_state_key
 from sovereign.memory.checkpoints import drop_checkpoints
 from sovereign.memory.state_store import CorruptStateError, open_state_store, state_path
 from sovereign.memory.trade_memory import TradeMemory
 from sovereign.messages import Notification, ShardReport
 from sovereign.report import ReportPaths, write_report
+from sovereign.specs import state_scope
 
 
 @dataclass(slots=True)
@@ -117,9 +117,9 @@ def with_broker_account(config: Config, state_dir: str | Path) -> Config:
 
     import msgspec
 
-    from sovereign.engine import BrokerAccountError, broker_account_id
     from sovereign.memory.account import AccountRefusedError, bind_broker_account
     from sovereign.memory.audit import AuditKeyError, AuditLog, governance_path
+    from sovereign.specs import BrokerAccountError, broker_account_id
 
     try:
         identity = broker_account_id(config)

@@ -14,9 +14,9 @@ import pytest
 
 from sovereign.config import parse_config
 from sovereign.data.loaders import load_ohlcv
-from sovereign.engine import make_live_feed
 from sovereign.messages import REGIME_NAMES
 from sovereign.session import run_session
+from sovereign.specs import make_live_feed
 from sovereign.testing.alpaca import AlpacaEmulator
 from sovereign.testing.tws import TwsEmulator
 

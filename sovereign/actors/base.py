@@ -9,8 +9,9 @@ own: they turn messages into calls into ``sovereign.core`` and results back into
 from __future__ import annotations
 
 import logging
+import typing
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 from sovereign.messages import ActorStats, IdSource, Message
 
@@ -18,13 +19,25 @@ if TYPE_CHECKING:
     from sovereign.memory.state_store import LazyStateStore
 
 
-class Actor:
+Inbox = TypeVar("Inbox", bound=Message)
+
+
+def accepting(inbox: object) -> frozenset[type[Message]]:
+    """The message types of an inbox: the members of a union (``A | B``), or one type."""
+    members = typing.get_args(inbox) or (inbox,)
+    if not all(isinstance(t, type) and issubclass(t, Message) for t in members):
+        raise TypeError(f"an inbox is a union of message types, not {inbox!r}")
+    return frozenset(members)  # type: ignore[arg-type]
+
+
+class Actor(Generic[Inbox]):
     """Base class: identity, deterministic message ids, counters.
 
-    ``accepts`` names the message types ``receive`` acts on; the runtimes deliver only
-    those (None: everything). Over the wire the others are not even decoded, which is most
-    of a watcher's inbox. Both runtimes filter alike, so a type missing from the set is
-    missing in every test, not only on Ray.
+    An actor's inbox is a union of message types (``Actor[BarBatch | SessionEnded]``):
+    ``receive`` takes a list of those, and ``accepts = accepting(TheInbox)`` tells the
+    runtimes to deliver only those (None: everything). Over the wire the others are not
+    even decoded, which is most of a watcher's inbox. Both runtimes filter alike, so a
+    type missing from the inbox is missing in every test, not only on Ray.
     """
 
     role: ClassVar[str] = "actor"
@@ -43,7 +56,7 @@ class Actor:
     def __repr__(self) -> str:
         return self.name
 
-    def receive(self, messages: list[Message]) -> list[Message]:
+    def receive(self, messages: list[Inbox]) -> list[Message]:
         raise NotImplementedError
 
     state: LazyStateStore | None = None

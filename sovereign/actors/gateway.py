@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import msgspec
 import numpy as np
 
-from sovereign.actors.base import Actor
+from sovereign.actors.base import Actor, accepting
 from sovereign.brokers.base import BrokerAdapter, rejected
 from sovereign.brokers.sim_chunk import ChunkMarket, ChunkOrders, Speculation
 from sovereign.core.calendar import session_date
@@ -51,20 +51,21 @@ _REPLAYED = (OrderFilled, OrderCanceled, OrderRejected)
 _CHANGES = (*_REPLAYED, OrderAccepted, Notification)
 
 
-class GatewayActor(Actor):
+GatewayInbox = (
+    BarBatch
+    | SubmitOrder
+    | CancelOrder
+    | SessionStarted
+    | SessionEnded
+    | BarChunk
+    | ApprovedChunk
+    | ChunkVerdict
+)
+
+
+class GatewayActor(Actor[GatewayInbox]):
     role = "gateway"
-    accepts = frozenset(
-        {
-            BarBatch,
-            SubmitOrder,
-            CancelOrder,
-            SessionStarted,
-            SessionEnded,
-            BarChunk,
-            ApprovedChunk,
-            ChunkVerdict,
-        }
-    )
+    accepts = accepting(GatewayInbox)
 
     def __init__(
         self,
@@ -169,7 +170,7 @@ class GatewayActor(Actor):
                 )
         self.count("restarts")
 
-    def receive(self, messages: list[Message]) -> list[Message]:
+    def receive(self, messages: list[GatewayInbox]) -> list[Message]:
         out: list[Message] = []
         touched: list[str] = []
         saw_bars = False

@@ -21,7 +21,7 @@ from operator import itemgetter
 import msgspec
 import numpy as np
 
-from sovereign.actors.base import Actor
+from sovereign.actors.base import Actor, accepting
 from sovereign.core.constitution import Constitution
 from sovereign.core.guardian import (
     GuardianState,
@@ -46,11 +46,11 @@ from sovereign.memory.account import (
     StateIntegrityError,
     check_guardian_state,
     guarded,
+    guardian_state_key,
     read_guardian_state,
     seal,
     unseal,
 )
-from sovereign.memory.account import guardian_state_key as guardian_state_key
 from sovereign.memory.audit import AuditLog, governance_path
 from sovereign.memory.governance import GovernanceStore
 from sovereign.memory.state_store import CorruptStateError, open_state_store
@@ -87,38 +87,32 @@ def _closed_rows(msg: TradeClosed | TradesClosed) -> list[tuple[int, float, str,
     """(exit time, P&L, trade id, message id) of each trade a message closes."""
     if isinstance(msg, TradeClosed):
         return [(msg.ts_event, msg.pnl, msg.trade_id, msg.msg_id)]
-    return list(
-        zip(
-            msg.exit_ts.to_numpy().tolist(),
-            msg.pnl.to_numpy().tolist(),
-            msg.trade_id,
-            msg.msg_ids,
-            strict=True,
-        )
-    )
+    ts, pnl = msg.exit_ts.to_numpy().tolist(), msg.pnl.to_numpy().tolist()
+    return list(zip(ts, pnl, msg.trade_id, msg.msg_ids, strict=True))
 
 
-class GuardianActor(Actor):
+GuardianInbox = (
+    OrderIntent
+    | BookSnapshot
+    | AccountSnapshot
+    | PositionSnapshot
+    | OrderFilled
+    | OrderCanceled
+    | OrderRejected
+    | TradeClosed
+    | TradesClosed
+    | CancelOrder
+    | ModificationProposal
+    | SessionStarted
+    | SessionEnded
+    | IntentChunk
+    | ChunkExecution
+)
+
+
+class GuardianActor(Actor[GuardianInbox]):
     role = "guardian"
-    accepts = frozenset(
-        {
-            OrderIntent,
-            BookSnapshot,
-            AccountSnapshot,
-            PositionSnapshot,
-            OrderFilled,
-            OrderCanceled,
-            OrderRejected,
-            TradeClosed,
-            TradesClosed,
-            CancelOrder,
-            ModificationProposal,
-            SessionStarted,
-            SessionEnded,
-            IntentChunk,
-            ChunkExecution,
-        }
-    )
+    accepts = accepting(GuardianInbox)
 
     def __init__(
         self,
@@ -212,7 +206,7 @@ class GuardianActor(Actor):
 
     # -- INBOX --------------------------------------------------------------------------
 
-    def receive(self, messages: list[Message]) -> list[Message]:
+    def receive(self, messages: list[GuardianInbox]) -> list[Message]:
         out: list[Message] = []
         intents: list[OrderIntent] = []
         chunk_intents: list[IntentChunk] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sovereign.actors.base import Actor
+from sovereign.actors.base import Actor, accepting
 from sovereign.messages import (
     AccountSnapshot,
     ChunkExecution,
@@ -20,22 +20,22 @@ from sovereign.messages import (
     TradesClosed,
 )
 
+MonitorInbox = (
+    AccountSnapshot
+    | OrderFilled
+    | TradeClosed
+    | TradesClosed
+    | RiskVerdict
+    | OrderRejected
+    | SessionEnded
+    | ChunkExecution
+    | ChunkVerdict
+)
 
-class MonitorActor(Actor):
+
+class MonitorActor(Actor[MonitorInbox]):
     role = "monitor"
-    accepts = frozenset(
-        {
-            AccountSnapshot,
-            OrderFilled,
-            TradeClosed,
-            TradesClosed,
-            RiskVerdict,
-            OrderRejected,
-            SessionEnded,
-            ChunkExecution,
-            ChunkVerdict,
-        }
-    )
+    accepts = accepting(MonitorInbox)
 
     def __init__(self, index: int = 0) -> None:
         super().__init__(index)
@@ -49,7 +49,7 @@ class MonitorActor(Actor):
         self._segments: list[tuple[np.ndarray, ...]] = []
         self._executed: ChunkExecution | None = None
 
-    def receive(self, messages: list[Message]) -> list[Message]:
+    def receive(self, messages: list[MonitorInbox]) -> list[Message]:
         out: list[Message] = []
         for msg in messages:
             match msg:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from sovereign.actors.base import Actor
+from sovereign.actors.base import Actor, accepting
 from sovereign.core.calendar import session_date
 from sovereign.messages import (
     AccountSnapshot,
@@ -59,7 +59,23 @@ class _DayTrades:
         self.pnl = 0.0
 
 
-class OperatorActor(Actor):
+OperatorInbox = (
+    AccountSnapshot
+    | Notification
+    | RuleEvaluationRequested
+    | TradeClosed
+    | TradesClosed
+    | OrderFilled
+    | OrderRejected
+    | RegimeUpdate
+    | SessionStarted
+    | SessionEnded
+    | ChunkExecution
+    | ChunkVerdict
+)
+
+
+class OperatorActor(Actor[OperatorInbox]):
     """Decides what operators hear.
 
     Parameters
@@ -78,22 +94,7 @@ class OperatorActor(Actor):
     """
 
     role = "operator"
-    accepts = frozenset(
-        {
-            AccountSnapshot,
-            Notification,
-            RuleEvaluationRequested,
-            TradeClosed,
-            TradesClosed,
-            OrderFilled,
-            OrderRejected,
-            RegimeUpdate,
-            SessionStarted,
-            SessionEnded,
-            ChunkExecution,
-            ChunkVerdict,
-        }
-    )
+    accepts = accepting(OperatorInbox)
 
     def __init__(
         self,
@@ -127,7 +128,7 @@ class OperatorActor(Actor):
         self._trades: dict[str, _DayTrades] = {}
         self._executed: ChunkExecution | None = None
 
-    def receive(self, messages: list[Message]) -> list[Message]:
+    def receive(self, messages: list[OperatorInbox]) -> list[Message]:
         out: list[Message] = []
         for msg in messages:
             match msg:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from sovereign.actors.base import Actor
+from sovereign.actors.base import Actor, accepting
 from sovereign.config import RegimeConfig
 from sovereign.core.bars import clean_rows
 from sovereign.core.regime import BaselineRegimeClassifier, HmmRegimeModel, Hysteresis
@@ -77,14 +77,12 @@ class _ShardModels:
         self.last_ts = -1
 
 
-class RegimeActor(Actor):
+RegimeInbox = BarBatch | SessionEnded
+
+
+class RegimeActor(Actor[RegimeInbox]):
     role = "regime"
-    accepts = frozenset(
-        {
-            BarBatch,
-            SessionEnded,
-        }
-    )
+    accepts = accepting(RegimeInbox)
 
     def __init__(self, index: int, shard_symbols: list[list[str]], config: RegimeConfig) -> None:
         super().__init__(index)
@@ -115,7 +113,7 @@ class RegimeActor(Actor):
         self._index_level = 1.0
         self._last_close: dict[str, float] = {}
 
-    def receive(self, messages: list[Message]) -> list[Message]:
+    def receive(self, messages: list[RegimeInbox]) -> list[Message]:
         out: list[Message] = []
         batches = [m for m in messages if isinstance(m, BarBatch)]
         if self.market is not None and batches:

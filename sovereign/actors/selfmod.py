@@ -15,7 +15,7 @@ import json
 
 import msgspec
 
-from sovereign.actors.base import Actor
+from sovereign.actors.base import Actor, accepting
 from sovereign.core.selfmod import (
     Change,
     EvidenceTrade,
@@ -50,21 +50,22 @@ _TRADE_ENCODER = msgspec.msgpack.Encoder()
 _TRADE_DECODER = msgspec.msgpack.Decoder(EvidenceTrade)
 
 
-class SelfModActor(Actor):
+SelfModInbox = (
+    SessionStarted
+    | TradeClosed
+    | TradesClosed
+    | AccountSnapshot
+    | RuleEvaluationRequested
+    | ModificationDecision
+    | RollbackRequest
+    | SessionEnded
+    | ShadowTradeClosed
+)
+
+
+class SelfModActor(Actor[SelfModInbox]):
     role = "selfmod"
-    accepts = frozenset(
-        {
-            SessionStarted,
-            TradeClosed,
-            TradesClosed,
-            AccountSnapshot,
-            RuleEvaluationRequested,
-            ModificationDecision,
-            RollbackRequest,
-            SessionEnded,
-            ShadowTradeClosed,
-        }
-    )
+    accepts = accepting(SelfModInbox)
 
     def __init__(
         self,
@@ -105,7 +106,7 @@ class SelfModActor(Actor):
 
     # -- INBOX --------------------------------------------------------------------------
 
-    def receive(self, messages: list[Message]) -> list[Message]:
+    def receive(self, messages: list[SelfModInbox]) -> list[Message]:
         out: list[Message] = []
         if not self.enabled:
             return self._disabled(messages)

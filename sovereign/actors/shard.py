@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sovereign.actors.base import Actor
+from sovereign.actors.base import Actor, accepting
 from sovereign.config import StrategyConfig
 from sovereign.core.bars import clean_rows
 from sovereign.core.chunks import (
@@ -72,27 +72,28 @@ the gateway's replay window (``replay_window`` of its calls) is never forgotten,
 many there are."""
 
 
-class ShardActor(Actor):
+ShardInbox = (
+    OrderFilled
+    | RiskVerdict
+    | OrderRejected
+    | OrderCanceled
+    | RegimeUpdate
+    | RuleSetSnapshot
+    | BarBatch
+    | SessionStarted
+    | SessionEnded
+    | BarChunk
+    | ChunkVerdict
+    | ChunkExecution
+    | RecentOrderEvents
+    | BookSnapshot
+    | AccountSnapshot
+)
+
+
+class ShardActor(Actor[ShardInbox]):
     role = "shard"
-    accepts = frozenset(
-        {
-            OrderFilled,
-            RiskVerdict,
-            OrderRejected,
-            OrderCanceled,
-            RegimeUpdate,
-            RuleSetSnapshot,
-            BarBatch,
-            SessionStarted,
-            SessionEnded,
-            BarChunk,
-            ChunkVerdict,
-            ChunkExecution,
-            RecentOrderEvents,
-            BookSnapshot,
-            AccountSnapshot,
-        }
-    )
+    accepts = accepting(ShardInbox)
 
     def __init__(
         self,
@@ -147,7 +148,7 @@ class ShardActor(Actor):
         self._reconcile = False
         self.adopt_carried = adopt_carried
 
-    def receive(self, messages: list[Message]) -> list[Message]:
+    def receive(self, messages: list[ShardInbox]) -> list[Message]:
         out: list[Message] = []
         closed: list[ClosedTrade | ClosedColumns] = []
         # Events a failed call of ours missed come first, in the order they happened; what

@@ -76,7 +76,6 @@ __all__ = [
     "FoundationModel",
     "FoundationRegime",
     "feature_matrix",
-    "predict_series",
     "standardize",
 ]
 
@@ -686,41 +685,3 @@ class FoundationRegime:
             vol.astype(np.float64) * self.checkpoint.vol_std + self.checkpoint.vol_mean
         )
         self.codes[run] = probs.argmax(axis=1).astype(np.uint8)
-
-
-def predict_series(
-    ckpt: Checkpoint, close: np.ndarray, volume: np.ndarray | None = None
-) -> dict[str, np.ndarray]:
-    """Run the model over one symbol's whole series at once (research and tests).
-
-    Bar t sees bars 0..t only, exactly as :class:`FoundationRegime` would.
-
-    Returns
-    -------
-    dict
-        ``probabilities`` float32 (T, 4) (0.25 where not ready), ``forward_vol`` (T,)
-        (NaN where not ready) and ``ready`` bool (T,). Bars with a bad close are not
-        ready and do not count.
-    """
-    cfg = ckpt.config
-    raw = feature_matrix(close, volume, vol_span=cfg.vol_span, volume_span=cfg.volume_span)
-    valid = np.flatnonzero(~np.isnan(raw[:, RET_COLUMN]))
-    z = standardize(
-        raw[valid], np.asarray(ckpt.feature_mean), np.asarray(ckpt.feature_std), cfg.feature_clip
-    )
-    t_len = raw.shape[0]
-    probs = np.full((t_len, N_REGIMES), 1.0 / N_REGIMES, dtype=np.float32)
-    fwd = np.full(t_len, np.nan)
-    ready = np.zeros(t_len, dtype=bool)
-    ends = np.arange(cfg.seq_len - 1, valid.size)
-    if ends.size:
-        model = build_model(ckpt)
-        window = ends[:, None] + np.arange(-cfg.seq_len + 1, 1)[None, :]
-        with torch.no_grad():
-            for i in range(0, ends.size, EVAL_CHUNK):
-                rows = valid[ends[i : i + EVAL_CHUNK]]
-                _, vol, logits = model(torch.from_numpy(z[window[i : i + EVAL_CHUNK]]))
-                probs[rows] = torch.softmax(logits, dim=-1).numpy()
-                fwd[rows] = np.exp(vol.numpy().astype(np.float64) * ckpt.vol_std + ckpt.vol_mean)
-        ready[valid[ends]] = True
-    return {"probabilities": probs, "forward_vol": fwd, "ready": ready}

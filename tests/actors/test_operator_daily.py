@@ -233,7 +233,7 @@ def test_muted_trade_notifications_are_not_built_but_the_days_still_count_them()
 
 def test_session_mutes_the_kinds_no_channel_delivers(tmp_path) -> None:
     from sovereign.config import Config, NotificationsConfig
-    from sovereign.engine import build_specs
+    from sovereign.specs import build_specs
 
     def muted(config: Config) -> list[str]:
         specs = build_specs(config, [["AAA"]], tmp_path, b"s" * 32, run_id="r")

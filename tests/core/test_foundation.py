@@ -18,13 +18,13 @@ from sovereign.core.foundation import (
     FoundationConfig,
     FoundationRegime,
     feature_matrix,
-    predict_series,
 )
 from sovereign.data.loaders import LoadedData, load_ohlcv
 from sovereign.messages import REGIME_UNKNOWN
 from sovereign.training.foundation import (
     evaluate_foundation,
     load_checkpoint,
+    predict_series,
     save_checkpoint,
     train_foundation,
 )

@@ -1,0 +1,159 @@
+"""The bar step as data: which actor takes whose results, from this step or the last.
+
+One bar time through the actor graph is the table :data:`BAR_STEP`, read in order by
+:func:`run_step` for both runtimes (``LocalRuntime`` calls the actors in order;
+``RayRuntime`` sends each call at once with the results it waits on as references, so
+the table's order is also the order of the calls' dependencies). A node names its result,
+the actor that produces it, and its inputs:
+
+* ``In(BARS)``: the step's bars (every shard's batch); ``In(OWN_BARS)``: a shard's own;
+* ``In(PENDING)``: results handed over from outside the table (a committed speculative
+  chunk's closed trades, which the guardian counts in its next call);
+* ``In("name")``: the result of an earlier node of this step — strict: on Ray a call
+  waits for it, and in a backtest a failed input fails the call;
+* ``In("name", prev=True)``: the result of that node at the previous step — carried as
+  the session carries its inputs (a backtest strictly; a paper or live session leniently,
+  so the next step runs without what a failed call would have produced).
+
+A node runs only when its ``when`` holds (``regime``: a regime model is configured;
+``selfmod``: self-modification is on; ``merged``: a backtest hands the gateway a step's
+approved orders together with the next step's bars; ``split``: they go in a call of their
+own; ``last``: the session's last step). An input from a node that does not run in this
+session is not passed at all. ``shards`` is one call per shard. Adding an actor to the
+step is a row here, its class, and its spec in ``specs.build_specs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+BARS = "@bars"
+OWN_BARS = "@own-bars"
+PENDING = "@pending"
+
+
+@dataclass(frozen=True, slots=True)
+class In:
+    """One input of a call: a node's result (this step's or, ``prev``, the last one's)
+    or one of the step's own inputs (``BARS``, ``OWN_BARS``, ``PENDING``)."""
+
+    source: str
+    prev: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One call of the step: ``actor`` (a role of the graph) on ``inputs``, its result
+    named ``name``; run only when ``when`` (a flag of the session or step) is on."""
+
+    name: str
+    actor: str
+    inputs: tuple[In, ...]
+    when: str = ""
+
+
+BAR_STEP: tuple[Node, ...] = (
+    Node("regime", "regime", (In(BARS),), when="regime"),
+    # The gateway's answer starts with the acks of the previous step's orders, which is
+    # where the shards and the guardian read them when orders travel with the bars.
+    Node("gateway", "gateway", (In("verdicts", prev=True), In(BARS)), when="merged"),
+    Node("gateway", "gateway", (In(BARS),), when="split"),
+    Node(
+        "shards",
+        "shards",
+        (
+            In("verdicts", prev=True),
+            In("acks", prev=True),
+            In("selfmod", prev=True),
+            In("gateway"),
+            In("regime"),
+            In(OWN_BARS),
+        ),
+    ),
+    Node(
+        "verdicts",
+        "guardian",
+        (In("acks", prev=True), In(PENDING), In("selfmod", prev=True), In("gateway"), In("shards")),
+    ),
+    Node("acks", "gateway", (In("verdicts"),), when="split"),
+    # The last step's orders: the broker takes them before the session ends.
+    Node("final", "gateway", (In("verdicts"),), when="last"),
+    Node("selfmod", "selfmod", (In("gateway"), In("verdicts"), In("shards")), when="selfmod"),
+)
+"""One bar time through the graph."""
+
+WATCHED: tuple[str, ...] = ("gateway", "verdicts", "acks", "final", "selfmod", "shards")
+"""The results the watchers (monitor, operator) see, in the order they see them."""
+
+CARRIED: tuple[str, ...] = ("verdicts", "acks", "selfmod")
+"""The results a later step reads (``prev``)."""
+
+
+def produced(flags: dict[str, bool], table: Sequence[Node] = BAR_STEP) -> set[str]:
+    """The results a step with these flags produces."""
+    return {n.name for n in table if not n.when or flags.get(n.when, False)}
+
+
+def run_step(
+    table: Sequence[Node],
+    tell: Callable[..., Any],
+    actors: Callable[[str], Any],
+    flags: dict[str, bool],
+    *,
+    bars: list[Any],
+    own_bars: Sequence[Any],
+    pending: list[Any],
+    prev: dict[str, Any],
+    carry: Callable[[Any], Any],
+) -> dict[str, Any]:
+    """Run one step of ``table``; return its results by name (``shards``: a list).
+
+    ``tell(handle, *inputs)`` is the runtime's call; ``actors(role)`` a role's handle (a
+    list for ``shards``); ``prev`` the last step's carried results; ``own_bars[i]`` shard
+    i's batch (None: no bar). ``flags`` say which nodes run (see the module docstring)."""
+    made = produced(flags, table)
+    out: dict[str, Any] = {}
+    for node in table:
+        if node.when and not flags.get(node.when, False):
+            continue
+        handles = actors(node.actor)
+        if node.actor == "shards":
+            out[node.name] = [
+                tell(h, *_inputs(node, made, out, prev, carry, bars, own_bars[i], pending))
+                for i, h in enumerate(handles)
+            ]
+        else:
+            out[node.name] = tell(
+                handles, *_inputs(node, made, out, prev, carry, bars, None, pending)
+            )
+    return out
+
+
+def _inputs(
+    node: Node,
+    made: set[str],
+    out: dict[str, Any],
+    prev: dict[str, Any],
+    carry: Callable[[Any], Any],
+    bars: list[Any],
+    own: Any,
+    pending: list[Any],
+) -> list[Any]:
+    args: list[Any] = []
+    for i in node.inputs:
+        if i.source == BARS:
+            args.append(bars)
+        elif i.source == OWN_BARS:
+            args.append([own] if own is not None else [])
+        elif i.source == PENDING:
+            args.extend(pending)
+        elif i.source not in made:
+            continue  # that node does not run in this session
+        elif i.prev:
+            args.append(carry(prev[i.source]))
+        else:
+            value = out[i.source]
+            args.extend(value if i.source == "shards" else [value])
+    return args
