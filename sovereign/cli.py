@@ -271,8 +271,7 @@ def _run(args: argparse.Namespace, *, mode: str) -> int:
             f"{mode}: {len(data.symbols)} symbols on {len(engine.shard_symbols)} shards, "
             f"{len(engine.feed)} steps, runtime {args.runtime}\n"
         )
-        if mode != "backtest":
-            _stop_on_first_interrupt(engine, human)
+        watch(engine)
         url = getattr(engine.runtime, "dashboard_url", None)
         if url:
             human.write(
@@ -281,13 +280,21 @@ def _run(args: argparse.Namespace, *, mode: str) -> int:
             )
         human.flush()
 
-    with _operator_channels(
-        config,
-        args.state,
-        human,
-        scope=state_scope(config, run_id),
-        telegram=mode == "paper",
-    ) as (notifier, daily):
+    interrupts = (
+        _graceful_interrupts(human, "after this step")
+        if mode != "backtest"
+        else contextlib.nullcontext(lambda engine: None)
+    )
+    with (
+        interrupts as watch,
+        _operator_channels(
+            config,
+            args.state,
+            human,
+            scope=state_scope(config, run_id),
+            telegram=mode == "paper",
+        ) as (notifier, daily),
+    ):
         output = run_session(
             config,
             data,
@@ -303,7 +310,6 @@ def _run(args: argparse.Namespace, *, mode: str) -> int:
             on_started=on_started,
             daily_summary=daily,
         )
-    _restore_interrupt()
     r = output.result
     human.write(
         f"\n{mode} {r.run_id}: {r.steps} steps, {r.bars} bars in {r.engine_seconds:.2f} s "
@@ -321,26 +327,34 @@ def _run(args: argparse.Namespace, *, mode: str) -> int:
     return 0
 
 
-def _stop_on_first_interrupt(engine: Any, out: Any, when: str = "after this step") -> None:
-    """A paper or live session's first Ctrl-C ends it after the step in progress, as if
-    the data ended there (orders of that step still reach the broker, the report is
-    written); a second one interrupts at once. Restored by ``_restore_interrupt``."""
+@contextlib.contextmanager
+def _graceful_interrupts(out: Any, when: str) -> Iterator[Callable[[Any], None]]:
+    """While a paper or live session runs: its first Ctrl-C ends it after the step in
+    progress (``when``), as if the data ended there — that step's orders still reach the
+    broker and the report is written; a second one interrupts at once. Yields the hook
+    that hands it the session's engine; the previous handler is back afterwards, however
+    the session ends (and an ignored SIGINT, as in a background job, stays ignored)."""
+    import os
     import signal
+
+    previous = signal.getsignal(signal.SIGINT)
+    engines: list[Any] = []
 
     def on_interrupt(signum: int, frame: object) -> None:
-        if engine.stop_requested:
+        if not engines or engines[0].stop_requested:
             raise KeyboardInterrupt
-        engine.request_stop()
-        out.write(f"\nstopping {when} (Ctrl-C again to abort)\n")
-        out.flush()
+        engines[0].request_stop()
+        # os.write, not the stream: the handler may interrupt a write to it (the
+        # progress bar's), and a buffered stream refuses a reentrant call.
+        with contextlib.suppress(Exception):
+            os.write(out.fileno(), f"\nstopping {when} (Ctrl-C again to abort)\n".encode())
 
-    signal.signal(signal.SIGINT, on_interrupt)
-
-
-def _restore_interrupt() -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if previous is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield engines.append
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
@@ -743,9 +757,13 @@ def _run_live(args: argparse.Namespace) -> int:
     human.write(f"trading state: account {config.engine.account}\n")
     run_id = new_run_id("paper")
     try:
-        with _operator_channels(
-            config, args.state, human, scope=state_scope(config, run_id), telegram=True
-        ) as (notifier, daily):
+        with (
+            # A live step waits for the broker's next bar: the stop comes with it.
+            _graceful_interrupts(human, "at the next bar") as watch,
+            _operator_channels(
+                config, args.state, human, scope=state_scope(config, run_id), telegram=True
+            ) as (notifier, daily),
+        ):
             output = run_session(
                 config,
                 None,
@@ -760,11 +778,9 @@ def _run_live(args: argparse.Namespace) -> int:
                 feed=feed,
                 symbols=symbols,
                 daily_summary=daily,
-                # A live step waits for the broker's next bar: the stop comes with it.
-                on_started=lambda e: _stop_on_first_interrupt(e, human, "at the next bar"),
+                on_started=watch,
             )
     finally:
-        _restore_interrupt()
         feed.close()
     human.write(format_summary_table(output.metrics) + "\n")
     if output.paths is not None:

@@ -714,9 +714,9 @@ class Engine:
         if self.speed <= 0:
             return
         due = engine_start + (ts - first_ts) / 1e9 / self.speed
-        delay = due - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
+        # In short naps, so that a stop request (Ctrl-C) is not kept waiting for a bar.
+        while not self.stop_requested and (delay := due - time.perf_counter()) > 0:
+            time.sleep(min(delay, 0.1))
 
     def _deliver(self, messages: list[Message]) -> int:
         n = 0

@@ -129,3 +129,49 @@ def test_the_actor_refuses_a_daily_model_on_minute_bars() -> None:
     updates = [m for b in _batches(data)[:300] for m in actor.receive([b])]
     assert actor.counters["foundation_interval_mismatch"] == 1
     assert updates[-1].model == "hmm"  # type: ignore[attr-defined]
+
+
+def test_the_actor_answers_each_bar_as_its_own_whatever_one_call_holds() -> None:
+    """Two shards in one call share one pass of the foundation model; a shard's second
+    bar in the same call waits for the next round, so every update is its own bar's."""
+    data = load_ohlcv("sample", symbols=["AAPL", "IBM", "MSFT"], end="2002-06-30")
+    config = RegimeConfig(hmm_min_bars=100, hmm_window=200)
+    shards = [["AAPL", "IBM"], ["MSFT"]]
+
+    def split(b: BarBatch) -> list[BarBatch]:
+        out = []
+        for k, names in enumerate(shards):
+            keep = np.isin(b.symbols.to_numpy(), np.array(names, dtype="S"))
+            out.append(
+                BarBatch.from_arrays(
+                    msg_id=f"{b.msg_id}/{k}",
+                    ts=b.ts,
+                    interval_s=b.interval_s,
+                    symbols=b.symbols.to_numpy()[keep],
+                    open=b.open.to_numpy()[keep],
+                    high=b.high.to_numpy()[keep],
+                    low=b.low.to_numpy()[keep],
+                    close=b.close.to_numpy()[keep],
+                    volume=b.volume.to_numpy()[keep],
+                    shard=k,
+                )
+            )
+        return out
+
+    bars = [split(b) for b in _batches(data)]
+    one_at_a_time = RegimeActor(0, shards, config)
+    alone = [one_at_a_time.receive([b]) for step in bars for b in step]
+    together = RegimeActor(0, shards, config)
+    # Two bar times of both shards in each call: rounds of one bar per shard.
+    grouped = []
+    for i in range(0, len(bars), 2):
+        grouped.extend(together.receive([b for step in bars[i : i + 2] for b in step]))
+    flat = [m for ms in alone for m in ms]
+    assert len(flat) == len(grouped) > 200
+    for a, b in zip(flat, grouped, strict=True):
+        assert (a.shard, a.ts, a.model) == (b.shard, b.ts, b.model)
+        np.testing.assert_array_equal(a.codes.to_numpy(), b.codes.to_numpy())
+        np.testing.assert_allclose(
+            a.probabilities.to_numpy(), b.probabilities.to_numpy(), atol=1e-6
+        )
+    assert flat[-1].model == "hmm+foundation"

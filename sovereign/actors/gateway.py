@@ -237,10 +237,12 @@ class GatewayActor(Actor[GatewayInbox]):
         return self._with_recent(out)
 
     def close(self) -> None:
-        super().close()
-        close = getattr(self.broker, "close", None)
-        if close is not None:
-            close()
+        try:
+            super().close()
+        finally:
+            close = getattr(self.broker, "close", None)
+            if close is not None:
+                close()
 
     def _check_positions(self) -> list[Message]:
         """Our fills and the broker's positions must agree; say so once when they do not."""

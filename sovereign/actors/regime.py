@@ -118,28 +118,37 @@ class RegimeActor(Actor[RegimeInbox]):
         batches = [m for m in messages if isinstance(m, BarBatch)]
         if self.market is not None and batches:
             self._update_market(batches)
-        # Every shard's bar first, then the foundation model once for all of them: its
-        # fixed cost per call (a few dozen small torch operations) is most of its time.
-        taken = {id(msg): self._take(msg) for msg in batches if 0 <= msg.shard < len(self.models)}
-        self._infer([t for t in taken.values() if t is not None])
+        # Every shard's bar first, then the foundation model once for all of them (its
+        # fixed cost per call, a few dozen small torch operations, is most of its time).
+        # A round holds one bar per shard: a shard's next bar waits for the next round,
+        # so each update says what its own bar left.
+        taken: list[_Step | None] = []
         for msg in messages:
             match msg:
                 case BarBatch() if 0 <= msg.shard < len(self.models):
-                    step = taken[id(msg)]
-                    if step is not None:
-                        out.append(self._finish(step))
+                    if any(t is not None and t.batch.shard == msg.shard for t in taken):
+                        self._finish_round(taken, out)
+                    taken.append(self._take(msg))
                 case BarBatch() if self.config.model == "none":
                     pass
                 case BarBatch():
                     self.count("batches_for_unknown_shard")
                 case SessionEnded():
+                    self._finish_round(taken, out)
                     self.counters["hmm_fits"] = sum(
                         m.hmm.fits for m in self.models if m.hmm is not None
                     ) + (self.market.fits if self.market is not None else 0)
                     out.append(self.stats(msg.ts_event))
                 case _:
                     pass
+        self._finish_round(taken, out)
         return out
+
+    def _finish_round(self, taken: list[_Step | None], out: list[Message]) -> None:
+        steps = [t for t in taken if t is not None]
+        self._infer(steps)
+        out.extend(self._finish(t) for t in steps)
+        taken.clear()
 
     def _update_market(self, batches: list[BarBatch]) -> None:
         """Advance the equal-weight index by the mean log return of this bar's symbols."""

@@ -213,7 +213,7 @@ def targets(results: list[dict[str, Any]]) -> list[Target]:
                 and r.get("runtime") == runtime
                 and r.get("preset", "breakout") == preset
                 and r.get("spec", "").startswith(f"synthetic:{symbols}x")
-                and r.get("workload", workload) == workload
+                and r.get("workload") in (None, "", workload)
             ):
                 return r
         return None
@@ -222,7 +222,7 @@ def targets(results: list[dict[str, Any]]) -> list[Target]:
     scaled = {
         r["spec"]
         for r in ok
-        if r.get("kind") == "engine" and r.get("runtime") == "local" and r["spec"] not in FULL_SPECS
+        if r.get("kind") == "engine" and r.get("runtime") == "local" and not _full(r)
     }
     # The targets are set on the full workloads: a shortened run only indicates them.
     suffix = f" [shortened: {', '.join(sorted(scaled))}]" if scaled else ""
@@ -253,6 +253,12 @@ def targets(results: list[dict[str, Any]]) -> list[Target]:
         out.append(Target("peak RSS on (b)", local["peak_rss_mib"], 1024.0, "MiB", False))
     out.extend(_default_targets(find))
     return [Target(t.name + suffix, t.value, t.goal, t.unit, t.higher_is_better) for t in out]
+
+
+def _full(r: dict[str, Any]) -> bool:
+    """Whether a result ran its whole workload (not a ``--scale``d part of it)."""
+    w = r.get("workload")
+    return r["spec"] == workload_spec(w, 1.0) if w in WORKLOADS else r["spec"] in FULL_SPECS
 
 
 def _default_targets(find: Callable[..., dict[str, Any] | None]) -> list[Target]:

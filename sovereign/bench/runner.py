@@ -118,6 +118,10 @@ def load_workload(spec: str) -> Any:
 
 def run_job(job: Job) -> dict[str, Any]:
     """Carry out one measurement in this process and return its figures."""
+    return {**_measure(job), "workload": job.workload}
+
+
+def _measure(job: Job) -> dict[str, Any]:
     if job.kind == "ping":
         return _ray_ping(job.steps or 2_000)
     started = time.perf_counter()
@@ -180,7 +184,6 @@ def run_job(job: Job) -> dict[str, Any]:
         # Sampled, the tree can miss the driver's own peak between two samples.
         "peak_tree_rss_mib": round(max(tree.peak_mib, _peak_rss_mib()), 1),
         "preset": job.preset,
-        "workload": job.workload,
         "trades": len(out.trades),
         "failed_steps": r.counters.get("failed_steps", 0),
     }
@@ -419,7 +422,7 @@ def plan(
     for w in workloads:
         spec = workload_spec(w, scale)
         if "breakout" in presets:
-            jobs.append(Job("reference", spec))
+            jobs.append(Job("reference", spec, workload=w))
         # One shard in one process (LocalRuntime runs shards one after the other, so more
         # only add calls); two on Ray, one per core.
         for preset in presets:
@@ -429,7 +432,9 @@ def plan(
                     Job("engine", spec, runtime=r, shards=shards, preset=preset, workload=w)
                 )
         if "breakout" in presets:
-            jobs += [Job("peer", spec, runtime=p, python=nautilus_python) for p in peers]
+            jobs += [
+                Job("peer", spec, runtime=p, python=nautilus_python, workload=w) for p in peers
+            ]
     if "ray" in runtimes and latency_steps:
         jobs.append(Job("ping", steps=2_000))
         # On step channels (the default) and, for comparison, as plain Ray actor calls.

@@ -144,6 +144,8 @@ class BaselineRegimeClassifier:
 # its window with the new parameters, so alpha_t is consistent with the model in force.
 
 _HMM_FEATURES = 3
+_FILTER_SLICE = 256
+"""Symbols filtered together after a refit (a block is symbols x window x 4 x 3 floats)."""
 _LOG_2PI = math.log(2.0 * math.pi)
 # hmmlearn logs a warning for every state no bar leaves; the fit handles that itself.
 logging.getLogger("hmmlearn").setLevel(logging.ERROR)
@@ -364,6 +366,8 @@ class HmmRegimeModel:
         self.alpha = np.full((n, k), 0.25)
         self.ready = np.zeros(n, dtype=bool)
         self.fits = 0
+        self.failed_fits = 0
+        self.retry_at = np.zeros(n, dtype=np.int64)  # no first fit before this many bars
         # Every symbol's model in stacked arrays, so that a bar is one vectorised forward
         # step for all the symbols that have one (a Python loop per symbol cost ~70 µs a
         # symbol-bar, most of a default backtest's time).
@@ -392,7 +396,10 @@ class HmmRegimeModel:
         self._push(rows, x[rows])
         self.since_fit[rows] += 1
         # First fits: the window ends with this bar, which is filtered as part of it.
-        self._fit(np.flatnonzero(valid & ~self.ready & (self.filled >= self.min_bars)))
+        first = (
+            valid & ~self.ready & (self.filled >= self.min_bars) & (self.pushed >= self.retry_at)
+        )
+        self._fit(np.flatnonzero(first))
 
     def _logb(self, idx: np.ndarray, x_raw: np.ndarray) -> np.ndarray:
         """log b_k(x) of raw feature rows (m, ..., F) under the models of ``idx`` (m,): the
@@ -427,9 +434,20 @@ class HmmRegimeModel:
         longest window) so that each alpha is consistent with the model in force."""
         if rows.size == 0:
             return
-        windows = [self._window(i) for i in rows.tolist()]
-        for i, data in zip(rows.tolist(), windows, strict=True):
-            params = fit_hmm(data, seed=self.seed, n_iter=self.n_iter, previous=self.params[i])
+        fitted: list[int] = []
+        windows: list[np.ndarray] = []
+        for i in rows.tolist():
+            data = self._window(i)
+            try:
+                params = fit_hmm(data, seed=self.seed, n_iter=self.n_iter, previous=self.params[i])
+            except ValueError:
+                # A first fit that failed twice (a refit keeps its model): the symbol stays
+                # unlabelled and tries again ``refit_every`` bars later, alone.
+                self.failed_fits += 1
+                self.retry_at[i] = self.pushed[i] + self.refit_every
+                continue
+            fitted.append(i)
+            windows.append(data)
             self.params[i] = params
             self._startprob[i] = params.startprob
             self._transmat[i] = params.transmat
@@ -438,9 +456,17 @@ class HmmRegimeModel:
             self._log_norm[i] = _HMM_FEATURES * _LOG_2PI + np.log(params.variances).sum(axis=1)
             self._feature_mean[i] = params.feature_mean
             self._feature_std[i] = params.feature_std
-        self.fits += rows.size
-        self.since_fit[rows] = 0
-        # The windows right-aligned in one block; row r starts at ``start[r]``.
+        done = np.array(fitted, dtype=np.int64)
+        self.fits += done.size
+        self.since_fit[done] = 0
+        self.ready[done] = True
+        # The forward passes a few hundred symbols at a time: a block is (m, L, K, F).
+        for at in range(0, done.size, _FILTER_SLICE):
+            self._filter(done[at : at + _FILTER_SLICE], windows[at : at + _FILTER_SLICE])
+
+    def _filter(self, rows: np.ndarray, windows: list[np.ndarray]) -> None:
+        """Each window filtered forward under its symbol's model, all at once: the windows
+        right-aligned in one block, row r starting at ``start[r]``."""
         lengths = np.array([len(w) for w in windows])
         longest = int(lengths.max())
         block = np.zeros((rows.size, longest, _HMM_FEATURES))
@@ -458,7 +484,6 @@ class HmmRegimeModel:
             )
             alpha[live] = _forward_step(prior[live], logb[live, t])
         self.alpha[rows] = alpha
-        self.ready[rows] = True
 
 
 class Hysteresis:

@@ -162,3 +162,31 @@ def test_every_symbol_is_filtered_as_its_own_model_would_filter_it(bars) -> None
                 alpha[i] = w / w.sum()
             np.testing.assert_allclose(model.probabilities[i], alpha[i], rtol=1e-9, atol=1e-12)
     assert model.fits > 3 * n and model.ready.all()
+
+
+def test_a_symbol_whose_first_fit_fails_waits_alone_and_tries_again(bars, monkeypatch) -> None:
+    """A first fit that cannot be made (hmmlearn degenerate twice, no model to keep) leaves
+    that symbol unlabelled and retries it ``refit_every`` bars later; the symbols fitted
+    on the same bar are not held back."""
+    import sovereign.core.regime as regime
+
+    real = regime.fit_hmm
+    calls: list[int] = []
+
+    def second_call_fails(data, **kwargs):
+        calls.append(len(data))
+        if len(calls) == 2:  # the first round fits symbols 0, 1, 2 in order
+            raise ValueError("the HMM could not be fitted to this window")
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(regime, "fit_hmm", second_call_fails)
+    model = HmmRegimeModel(3, window=200, min_bars=80, refit_every=60, n_iter=8)
+    mask = np.ones(3, dtype=bool)
+    ready_at: dict[int, int] = {}
+    for t, row in enumerate(bars.close[:300]):
+        model.update(mask, row)
+        for i in np.flatnonzero(model.ready).tolist():
+            ready_at.setdefault(i, t)
+    assert model.failed_fits == 1
+    assert ready_at[0] == ready_at[2]  # not held back by symbol 1
+    assert ready_at[1] == ready_at[0] + 60  # tried again alone, refit_every bars later
