@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from sovereign.cli_parser import build_parser
 from sovereign.config import Config, ConfigError, load_config
+from sovereign.interrupts import graceful_interrupts
 from sovereign.memory.account import AccountRefusedError
 
 if TYPE_CHECKING:
@@ -281,7 +282,7 @@ def _run(args: argparse.Namespace, *, mode: str) -> int:
         human.flush()
 
     interrupts = (
-        _graceful_interrupts(human, "after this step")
+        graceful_interrupts(human, "after this step")
         if mode != "backtest"
         else contextlib.nullcontext(lambda engine: None)
     )
@@ -325,36 +326,6 @@ def _run(args: argparse.Namespace, *, mode: str) -> int:
     if args.json:
         sys.stdout.write(json.dumps(output.metrics, sort_keys=True) + "\n")
     return 0
-
-
-@contextlib.contextmanager
-def _graceful_interrupts(out: Any, when: str) -> Iterator[Callable[[Any], None]]:
-    """While a paper or live session runs: its first Ctrl-C ends it after the step in
-    progress (``when``), as if the data ended there — that step's orders still reach the
-    broker and the report is written; a second one interrupts at once. Yields the hook
-    that hands it the session's engine; the previous handler is back afterwards, however
-    the session ends (and an ignored SIGINT, as in a background job, stays ignored)."""
-    import os
-    import signal
-
-    previous = signal.getsignal(signal.SIGINT)
-    engines: list[Any] = []
-
-    def on_interrupt(signum: int, frame: object) -> None:
-        if not engines or engines[0].stop_requested:
-            raise KeyboardInterrupt
-        engines[0].request_stop()
-        # os.write, not the stream: the handler may interrupt a write to it (the
-        # progress bar's), and a buffered stream refuses a reentrant call.
-        with contextlib.suppress(Exception):
-            os.write(out.fileno(), f"\nstopping {when} (Ctrl-C again to abort)\n".encode())
-
-    if previous is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, on_interrupt)
-    try:
-        yield engines.append
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
@@ -759,7 +730,7 @@ def _run_live(args: argparse.Namespace) -> int:
     try:
         with (
             # A live step waits for the broker's next bar: the stop comes with it.
-            _graceful_interrupts(human, "at the next bar") as watch,
+            graceful_interrupts(human, "at the next bar") as watch,
             _operator_channels(
                 config, args.state, human, scope=state_scope(config, run_id), telegram=True
             ) as (notifier, daily),

@@ -66,8 +66,14 @@ class Actor(Generic[Inbox]):
     def close(self) -> None:
         """Release what the actor holds outside its process (sockets, its state store);
         the runtime calls it when the session's actors are shut down."""
-        if self.state is not None:
-            self.state.close()
+        try:
+            self.release()
+        finally:
+            if self.state is not None:
+                self.state.close()
+
+    def release(self) -> None:
+        """What a subclass holds besides its state store (a broker's connection)."""
 
     # -- RESTARTS --------------------------------------------------------------------------
     # In a paper or live session on Ray, the host writes ``snapshot()`` to the state store

@@ -236,13 +236,10 @@ class GatewayActor(Actor[GatewayInbox]):
             out.append(msgspec.structs.replace(account, session_date=self.session_date))
         return self._with_recent(out)
 
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            close = getattr(self.broker, "close", None)
-            if close is not None:
-                close()
+    def release(self) -> None:
+        close = getattr(self.broker, "close", None)
+        if close is not None:
+            close()
 
     def _check_positions(self) -> list[Message]:
         """Our fills and the broker's positions must agree; say so once when they do not."""
