@@ -103,7 +103,12 @@ class Portfolio:
         pos.quantity = new
         self._sync(pos)
         pos.realized_pnl += realized
-        pos.market_price = price if not math.isfinite(pos.market_price) else pos.market_price
+        if old == 0 or not math.isfinite(pos.market_price):
+            # A position opened from flat is worth its fill price until the next mark: a
+            # mark left from an earlier position in the symbol is stale, and the equity the
+            # position cap is measured against would count it (found by the guardian's
+            # property test: a reopened position kept its pre-gap mark).
+            pos.market_price = price
         self.realized_pnl += realized
         self.cash -= signed * price + commission
         self.commissions += commission

@@ -73,3 +73,18 @@ def test_the_open_index_always_matches_the_positions(trades, marks) -> None:
     for s, pos in p.positions.items():
         q.set_position(s, pos.quantity, pos.avg_price, pos.realized_pnl, pos.market_price)
     assert set(q.open) == set(p.open) and q.equity == pytest.approx(p.equity)
+
+
+def test_a_position_reopened_from_flat_is_worth_its_fill_price() -> None:
+    """Closing a position leaves its last mark behind (nothing marks a symbol not held);
+    reopening must not inherit it, or the equity the position cap is measured against
+    counts the old price until the next mark (the guardian's property test found a 5 %
+    limit passed that way after a gap)."""
+    p = Portfolio(100_000.0)
+    p.apply_fill("AAA", "BUY", 49, 100.0, 0.0)
+    p.apply_fill("AAA", "SELL", 49, 100.0, 0.0)
+    p.apply_fill("AAA", "BUY", 49, 60.0, 0.0)  # after a gap, before any new mark
+    assert p.positions["AAA"].market_price == 60.0
+    assert p.equity == pytest.approx(100_000.0)
+    p.apply_fill("AAA", "BUY", 1, 61.0, 0.0)  # adding keeps the mark the bar set
+    assert p.positions["AAA"].market_price == 60.0
