@@ -146,3 +146,18 @@ def cash_account(ts: int, equity: float, day: str = "2024-01-02") -> AccountSnap
         open_positions=0,
         session_date=day,
     )
+
+
+def at_a_terminal(module: str, *args: str) -> list[str]:
+    """The command line of ``python -m module args`` as if typed at a terminal: Ctrl-C
+    (SIGINT) reaches it. A process started from a backgrounded shell inherits SIGINT
+    ignored (POSIX, for asynchronous lists without job control), and Python then keeps it
+    ignored; a CI runner can start the suite that way. So the child puts Python's own
+    handler back before it runs the module."""
+    import sys
+
+    boot = (
+        "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+    )
+    return [sys.executable, "-c", boot, *args]

@@ -364,7 +364,9 @@ def test_the_first_ctrl_c_ends_a_paper_session_cleanly_with_its_report(tmp_path:
     import re
     import signal
 
-    cmd = [sys.executable, "-m", "sovereign", "paper", "--broker", "sim", "--runtime", "local"]
+    from tests.kit import at_a_terminal
+
+    cmd = at_a_terminal("sovereign", "paper", "--broker", "sim", "--runtime", "local")
     cmd += ["--speed", str(86_400 * 40), "--out", "paper", "--state", "state"]
     proc = subprocess.Popen(
         cmd,

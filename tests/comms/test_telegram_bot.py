@@ -482,7 +482,6 @@ def test_sovereign_operator_serves_a_state_dir_with_no_session_running(state, em
     import os
     import signal
     import subprocess
-    import sys
 
     state_dir, _ = state
     env = {
@@ -491,7 +490,9 @@ def test_sovereign_operator_serves_a_state_dir_with_no_session_running(state, em
         ALLOWED_ENV: str(OPERATOR),
         BASE_URL_ENV: emulator.base_url,
     }
-    cmd = [sys.executable, "-m", "sovereign.cli", "-v", "operator", "--state", str(state_dir)]
+    from tests.kit import at_a_terminal
+
+    cmd = at_a_terminal("sovereign.cli", "-v", "operator", "--state", str(state_dir))
     cmd += ["--config", str(DEMO), "--account", "ops-1"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
