@@ -1,0 +1,273 @@
+"""The risk engine's part in speculative chunks (backtests with the simulated broker).
+
+A chunk's intents are approved on condition, as one signed batch (``approve_chunk``), and
+the chunk is validated against the account path the broker's speculation computed
+(``validate_chunk``): valid only if every order would have been approved in full bar by
+bar and no bar moves the trading state (``core.chunks`` tells the whole story).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from sovereign.core.constitution import Constitution
+from sovereign.core.guardian import TradingState, TradingStateMachine
+from sovereign.core.risk import (
+    RiskBook,
+    SizingPolicy,
+    first_unsafe_order,
+    sign_chunk,
+    sign_verdict,
+)
+from sovereign.messages import (
+    ApprovedChunk,
+    ChunkExecution,
+    ChunkVerdict,
+    IntentChunk,
+    NDArray,
+)
+from sovereign.messages.base import IdSource
+
+
+@dataclass(frozen=True, slots=True)
+class PendingChunk:
+    """A chunk approved on condition: its orders in decision order (the price is the
+    entry's limit, or the exit's reference price)."""
+
+    chunk: int
+    signature: bytes
+    bar: np.ndarray
+    buy: np.ndarray
+    quantity: np.ndarray
+    price: np.ndarray
+    confidence: np.ndarray
+
+
+class RiskEngine(Protocol):
+    """What of the risk engine (``core.risk_engine``) a chunk's approval reads and moves."""
+
+    constitution: Constitution
+    policy: SizingPolicy
+    secret: bytes
+    ttl_ns: int
+    ids: IdSource
+    fingerprint: str
+    machine: TradingStateMachine | None
+    reconciled: bool
+    book: RiskBook
+    working: list[Any]
+    reasons: dict[str, int]
+    chunk: PendingChunk | None
+
+    def count(self, key: str, n: int) -> None: ...
+
+
+def approve_chunk(engine: RiskEngine, chunks: list[IntentChunk]) -> ApprovedChunk:
+    """Approve a chunk's intents on condition, as one signed batch.
+
+    Everything that does not depend on the account inside the chunk is checked here,
+    as ``RiskEngine.decide`` checks it; the rest (sizing against each bar's equity, cash and
+    exposure, and the trading state at every bar) waits for the execution report
+    (``validate_chunk``). A chunk that cannot be approved this way is refused whole,
+    and the engine replays it bar by bar, where each intent is decided on its own."""
+    engine.chunk = None
+    chunk = chunks[0].chunk
+    names = np.concatenate([c.symbols.to_numpy()[c.index.to_numpy()] for c in chunks])
+    shard = np.concatenate([np.full(len(c), c.shard, dtype=np.int64) for c in chunks])
+    cols = {
+        k: np.concatenate([getattr(c, k).to_numpy() for c in chunks])
+        for k in ("bar", "side", "quantity", "ref_price", "confidence", "seq")
+    }
+    order = np.lexsort((names, cols["side"] == 1, cols["bar"]))
+    names, shard = names[order], shard[order]
+    bar, side, quantity, ref, confidence, seq = (
+        cols[k][order] for k in ("bar", "side", "quantity", "ref_price", "confidence", "seq")
+    )
+    buy = side == 1
+    bar_close = chunks[0].bar_close.to_numpy()
+    refused = _chunk_refusal(engine, chunks, bar_close, bar, side, buy, quantity, ref, confidence)
+    limit = np.where(buy, engine.policy.entry_limits(ref), np.nan)
+    expires = bar_close[bar] + engine.ttl_ns if not refused else np.zeros(bar.size, dtype=np.int64)
+    columns = tuple(
+        NDArray.from_numpy(np.ascontiguousarray(x))
+        for x in (
+            names,
+            shard.astype(np.int64),
+            bar.astype(np.int64),
+            side.astype(np.uint8),
+            quantity.astype(np.int64),
+            limit.astype(np.float64),
+            seq.astype(np.int64),
+            expires.astype(np.int64),
+        )
+    )
+    expects = sorted({o for c in chunks for o in c.pending})
+    signature = b"" if refused else sign_chunk(engine.secret, chunk, columns, expects)
+    if refused:
+        engine.count("chunks_refused", 1)
+    else:
+        engine.chunk = PendingChunk(
+            chunk=chunk,
+            signature=signature,
+            bar=bar,
+            buy=buy,
+            quantity=quantity,
+            price=np.where(buy, limit, ref),
+            confidence=confidence,
+        )
+    now = int(bar_close[-1]) if bar_close.size else 0
+    return ApprovedChunk(
+        msg_id=engine.ids.next(),
+        ts_event=now,
+        ts_init=now,
+        chunk=chunk,
+        symbol=columns[0],
+        shard=columns[1],
+        bar=columns[2],
+        side=columns[3],
+        quantity=columns[4],
+        limit_price=columns[5],
+        seq=columns[6],
+        expires_ns=columns[7],
+        expects=expects,
+        signature=signature,
+        refused=refused,
+    )
+
+
+def _chunk_refusal(
+    engine: RiskEngine,
+    chunks: list[IntentChunk],
+    bar_close: np.ndarray,
+    bar: np.ndarray,
+    side: np.ndarray,
+    buy: np.ndarray,
+    quantity: np.ndarray,
+    ref: np.ndarray,
+    confidence: np.ndarray,
+) -> str:
+    """Why a chunk cannot be approved on condition ("" when it can)."""
+    if any(c.chunk != chunks[0].chunk for c in chunks):
+        return "intents of different chunks"
+    for c in chunks:
+        if c.refused:
+            return f"shard {c.shard}: {c.refused}"
+        if not np.array_equal(c.bar_close.to_numpy(), bar_close):
+            return "the shards' bar times differ"
+    if engine.constitution.fingerprint != engine.fingerprint:
+        return "CONSTITUTION_TAMPERED"
+    if engine.machine is None:
+        return "NOT_STARTED: no account state yet"
+    if not engine.reconciled:
+        return "RECONCILING: no book snapshot since the guardian started"
+    if engine.machine.state is not TradingState.ACTIVE:
+        # Denials, flattening and the way back to ACTIVE are decided bar by bar.
+        return f"trading is {engine.machine.state.value}"
+    if bar.size and ((bar < 0).any() or (bar >= bar_close.size).any()):
+        return "an intent's bar is outside the chunk"
+    if ((side != 1) & (side != 2)).any() or (quantity <= 0).any():
+        return "malformed intents"
+    with np.errstate(invalid="ignore"):
+        if not (np.isfinite(ref) & (ref > 0)).all():
+            return "BAD_PRICE"
+        # Written so that NaN is refused too (it compares false either way).
+        if (buy & ~(confidence >= engine.constitution.min_confidence_for_trade)).any():
+            return "LOW_CONFIDENCE"
+    return ""
+
+
+def validate_chunk(engine: RiskEngine, ex: ChunkExecution) -> ChunkVerdict:
+    """Decide a chunk against its execution report: valid if every order would have
+    been approved in full bar by bar and no bar moves the trading state. A valid chunk
+    is taken into the guardian's state here, as its bars one at a time would have."""
+    pending, engine.chunk = engine.chunk, None
+    ts = ex.ts.to_numpy()
+    now = int(ts[-1]) if ts.size else ex.ts_event
+
+    def verdict(valid: bool, reason: str = "", bar: int = -1, n: int = 0) -> ChunkVerdict:
+        engine.count("chunks_valid" if valid else "chunks_invalid", 1)
+        assert pending is not None or not valid
+        signature = (
+            sign_verdict(engine.secret, ex.chunk, pending.signature)
+            if valid and pending is not None
+            else b""
+        )
+        return ChunkVerdict(
+            msg_id=engine.ids.next(),
+            ts_event=now,
+            ts_init=now,
+            chunk=ex.chunk,
+            valid=valid,
+            reason=reason,
+            bar=bar,
+            approved=n,
+            fills=ex.fills if valid else 0,
+            signature=signature,
+        )
+
+    if pending is None or pending.chunk != ex.chunk:
+        return verdict(False, "no conditional approval for this chunk")
+    if ex.diverged:
+        return verdict(False, ex.diverged, ex.bar)
+    problem, bar = _chunk_problem(engine, pending, ex, ts)
+    if problem:
+        return verdict(False, problem, bar)
+    _commit_chunk(engine, ex, now)
+    n = int(pending.bar.size)
+    engine.reasons["APPROVED"] = engine.reasons.get("APPROVED", 0) + n
+    return verdict(True, n=n)
+
+
+def _chunk_problem(
+    engine: RiskEngine, pending: PendingChunk, ex: ChunkExecution, ts: np.ndarray
+) -> tuple[str, int]:
+    """Why the executed chunk is not what bar by bar would have done, and at which bar
+    ("" when it is)."""
+    machine = engine.machine
+    assert machine is not None  # a chunk is only approved with an account state
+    equity, cash = ex.equity.to_numpy(), ex.cash.to_numpy()
+    gross, held = ex.gross_exposure.to_numpy(), ex.held.to_numpy()
+    if held.shape != pending.bar.shape or equity.shape != ts.shape or not ts.size:
+        return "the execution report does not match the approval", -1
+    b = pending.bar
+    first = first_unsafe_order(
+        bar=b,
+        buy=pending.buy,
+        quantity=pending.quantity,
+        price=pending.price,
+        confidence=pending.confidence,
+        held=held,
+        equity=equity[b],
+        cash=cash[b],
+        gross=gross[b],
+        constitution=engine.constitution,
+        policy=engine.policy,
+    )
+    if first >= 0:
+        return "an order might not be approved in full", int(b[first])
+    moved = machine.observe_path(equity, ex.day.to_numpy(), ex.session_dates)
+    if moved >= 0:
+        return "the trading state would change", moved
+    return "", -1
+
+
+def _commit_chunk(engine: RiskEngine, ex: ChunkExecution, now: int) -> None:
+    """Take a valid chunk's account and book as its last bar left them."""
+    assert engine.machine is not None
+    equity, cash = ex.equity.to_numpy(), ex.cash.to_numpy()
+    gross = ex.gross_exposure.to_numpy()
+    s = engine.machine.s
+    s.last_cash, s.last_gross_exposure = float(cash[-1]), float(gross[-1])
+    s.last_open_positions = int(ex.open_positions.to_numpy()[-1])
+    s.last_ts = now
+    engine.book.equity, engine.book.cash = float(equity[-1]), float(cash[-1])
+    engine.book.gross_exposure = float(gross[-1])
+    names = [x.decode() for x in ex.position_symbols.to_numpy().tolist()]
+    engine.book.held = dict(zip(names, ex.positions.to_numpy().tolist(), strict=True))
+    engine.book.pending = {}
+    for o in ex.working:
+        engine.book.add_pending(o.order_id, o.symbol, o.side, o.remaining, o.price)
+    engine.working = list(ex.working)
