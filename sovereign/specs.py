@@ -31,6 +31,7 @@ from sovereign.data.feeds import deal_symbols
 from sovereign.domain.service_settings import NOTIFICATION_KINDS
 from sovereign.memory.account import sim_account_key
 from sovereign.memory.checkpoints import Checkpoints
+from sovereign.memory.stores import Stores
 
 log = logging.getLogger("sovereign.engine")
 
@@ -262,6 +263,8 @@ def build_specs(
     broker_factory = make_broker_factory(config, constitution.max_position_size)
     shard_of = {s: i for i, symbols in enumerate(shard_symbols) for s in symbols}
     account = config.engine.account
+    # Every actor that keeps state is handed where it lives (it opens nothing by path).
+    stores = Stores(str(state_dir), config.state.redis_url, audit_key)
     return {
         "shards": [
             ActorSpec(
@@ -270,9 +273,8 @@ def build_specs(
                 kwargs={
                     "symbols": symbols,
                     "strategy": config.strategy,
-                    "state_dir": str(state_dir),
+                    "stores": stores,
                     "account": account,
-                    "redis_url": config.state.redis_url,
                     "replay_window": replay_window,
                     # Self-modification learns from the trades its rules prevent.
                     "shadow": ShadowCosts(constitution, policy, config.sim)
@@ -296,13 +298,11 @@ def build_specs(
                 "policy": policy,
                 "secret": secret,
                 "approval_ttl_s": config.engine.approval_ttl_s,
-                "state_dir": str(state_dir),
+                "stores": stores,
                 "state_scope": state_scope(config, run_id),
                 "shard_of": shard_of,
                 "flatten_on_halt": config.risk.flatten_on_halt,
                 "review_after_losses": config.risk.review_after_losses,
-                "redis_url": config.state.redis_url,
-                "audit_key": audit_key,
             },
         ),
         "gateway": ActorSpec(
@@ -310,10 +310,8 @@ def build_specs(
             kwargs={
                 "broker_factory": broker_factory,
                 "secret": secret,
-                "state_dir": str(state_dir),
+                "stores": stores,
                 "account_key": sim_account_key(account) if account else "",
-                "redis_url": config.state.redis_url,
-                "audit_key": audit_key,
                 "replay_window": replay_window,
             },
             checkpoints=checkpoints,
@@ -321,7 +319,7 @@ def build_specs(
         "selfmod": ActorSpec(
             SelfModActor,
             kwargs={
-                "state_dir": str(state_dir),
+                "stores": stores,
                 "scope": state_scope(config, run_id),
                 "enabled": config.selfmod.enabled,
                 "min_trades": config.selfmod.min_trades,
@@ -330,7 +328,6 @@ def build_specs(
                 "confirm_trades": config.selfmod.confirm_trades,
                 "min_new_trades": config.selfmod.min_new_trades,
                 "max_proposals": config.selfmod.max_proposals,
-                "audit_key": audit_key,
             },
         ),
         "monitor": ActorSpec(MonitorActor),

@@ -19,6 +19,7 @@ from sovereign.core.constitution import Constitution
 from sovereign.core.risk import SizingPolicy
 from sovereign.data.loaders import load_ohlcv
 from sovereign.memory.audit import AuditLog, governance_path
+from sovereign.memory.stores import Stores
 from sovereign.messages import (
     AccountSnapshot,
     BookSnapshot,
@@ -175,7 +176,7 @@ def test_a_restarted_guardian_restores_its_state_and_waits_for_the_book(tmp_path
             SizingPolicy(),
             SECRET,
             300,
-            state_dir=str(tmp_path),
+            stores=Stores(str(tmp_path)),
             state_scope="run/restart",
         )
 
@@ -272,9 +273,8 @@ def test_guardian_state_can_live_in_redis(tmp_path, redis_url: str) -> None:
             SizingPolicy(),
             SECRET,
             300,
-            state_dir=str(tmp_path),
+            stores=Stores(str(tmp_path), redis_url),
             state_scope="account/redis-test",
-            redis_url=redis_url,
         )
 
     g = guardian()
@@ -297,7 +297,13 @@ def test_a_fresh_account_is_baselined_on_the_brokers_equity_not_the_configured_c
     from sovereign.actors.guardian import GuardianActor
 
     g = GuardianActor(
-        0, Constitution(), SizingPolicy(), SECRET, 300, state_dir=str(tmp_path), state_scope="r/x"
+        0,
+        Constitution(),
+        SizingPolicy(),
+        SECRET,
+        300,
+        stores=Stores(str(tmp_path)),
+        state_scope="r/x",
     )
     g.receive([session_started("paper")])
     (early,) = [
@@ -327,7 +333,13 @@ def test_limit_fields_are_persisted_at_once_and_the_account_view_within_a_second
     from sovereign.memory.state_store import open_state_store
 
     g = GuardianActor(
-        0, Constitution(), SizingPolicy(), SECRET, 300, state_dir=str(tmp_path), state_scope=scope
+        0,
+        Constitution(),
+        SizingPolicy(),
+        SECRET,
+        300,
+        stores=Stores(str(tmp_path)),
+        state_scope=scope,
     )
     g.receive([session_started(mode)])
 

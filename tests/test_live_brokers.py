@@ -14,6 +14,7 @@ import pytest
 
 from sovereign.config import parse_config
 from sovereign.data.loaders import load_ohlcv
+from sovereign.memory.stores import Stores
 from sovereign.messages import REGIME_NAMES
 from sovereign.session import run_session
 from sovereign.specs import make_live_feed
@@ -451,7 +452,7 @@ def test_a_real_accounts_state_belongs_to_the_broker_account(tmp_path, data) -> 
         assert first.guardian is not None and first.guardian.state == "ACTIVE"
         # The account halts (here: a guardian of that account sees a 20 % loss).
         g = GuardianActor(
-            0, Constitution(), SizingPolicy(), SECRET, 300, state_dir=str(state),
+            0, Constitution(), SizingPolicy(), SECRET, 300, stores=Stores(str(state)),
             state_scope=scope,
         )  # fmt: skip
         book = BookSnapshot(msg_id="b", ts_event=1, ts_init=1, session_date="")

@@ -25,6 +25,7 @@ from sovereign.data.loaders import load_ohlcv
 from sovereign.memory.account import sim_account_key
 from sovereign.memory.governance import DEPLOYED, GovernanceStore
 from sovereign.memory.state_store import open_state_store
+from sovereign.memory.stores import Stores
 from sovereign.messages import (
     REGIME_NAMES,
     OrderAccepted,
@@ -66,7 +67,7 @@ def started(mode: str = "paper") -> SessionStarted:
 
 def sim_gateway(tmp_path: Path) -> GatewayActor:
     factory = functools.partial(SimBroker, Config().sim, 100_000.0, position_cap=0.05)
-    return GatewayActor(0, factory, SECRET, state_dir=str(tmp_path), replay_window=8)
+    return GatewayActor(0, factory, SECRET, stores=Stores(str(tmp_path)), replay_window=8)
 
 
 def test_a_restored_gateway_has_its_account_its_orders_and_its_used_approvals(tmp_path) -> None:
@@ -101,7 +102,7 @@ def test_a_restored_shard_issues_new_ids_and_books_a_fill_once(tmp_path) -> None
     cfg = parse_config(TRADING)
     data = load_ohlcv("synthetic:4x200", seed=3)
     symbols = sorted(data.symbols)
-    shard = ShardActor(0, symbols, cfg.strategy, str(tmp_path))
+    shard = ShardActor(0, symbols, cfg.strategy, Stores(str(tmp_path)))
     shard.receive([started()])
     shard.regime_codes[:] = REGIME_NAMES.index("TrendingUp")  # no regime actor here
     from sovereign.data.feeds import ReplayFeed
@@ -132,7 +133,7 @@ def test_a_restored_shard_issues_new_ids_and_books_a_fill_once(tmp_path) -> None
         purpose="OPEN",
     )
     shard.receive([fill])
-    restored = ShardActor(0, symbols, cfg.strategy, str(tmp_path))
+    restored = ShardActor(0, symbols, cfg.strategy, Stores(str(tmp_path)))
     restored.restore(shard.snapshot())
     i = restored.universe.index[symbol]
     assert int(restored.strategy.quantity[i]) == 10
@@ -162,7 +163,7 @@ def test_a_restarted_gateway_adopts_its_orders_at_ib_and_books_their_fills_once(
     try:
         settings = IBSettings(port=tws.port, max_requests=0, historical_pacing=False)
         factory = functools.partial(IBBroker, settings)
-        gw = GatewayActor(0, factory, SECRET, state_dir=str(tmp_path), replay_window=8)
+        gw = GatewayActor(0, factory, SECRET, stores=Stores(str(tmp_path)), replay_window=8)
         order = submit("AAPL-7", "AAPL", "BUY", 10, now=0, ttl_ns=2**62)
         gw.receive([order])
         snapshot = gw.snapshot()  # what the write-ahead checkpoint holds
@@ -175,7 +176,7 @@ def test_a_restarted_gateway_adopts_its_orders_at_ib_and_books_their_fills_once(
         gw.close()  # the gateway dies
         tws.advance()  # the order fills at TWS meanwhile
         assert tws.positions() == {"AAPL": 10}
-        again = GatewayActor(0, factory, SECRET, state_dir=str(tmp_path), replay_window=8)
+        again = GatewayActor(0, factory, SECRET, stores=Stores(str(tmp_path)), replay_window=8)
         again.restore(snapshot)
         fills: list[OrderFilled] = []
         for _ in range(50):
@@ -345,14 +346,14 @@ def test_an_order_is_checkpointed_before_it_leaves_for_a_real_broker(tmp_path) -
 
         def submit(self, order: Any, now_ns: int) -> list[Any]:
             assert seen, "the order left before it was checkpointed"
-            restored = GatewayActor(0, RealBroker, SECRET, state_dir=str(tmp_path))
+            restored = GatewayActor(0, RealBroker, SECRET, stores=Stores(str(tmp_path)))
             restored.restore(seen[-1])
             assert restored.orders.knows(order.order_id)
             assert order.approval.signature in restored.verifier._used
             self.calls.append(order.order_id)
             return []
 
-    gw = GatewayActor(0, RealBroker, SECRET, state_dir=str(tmp_path))
+    gw = GatewayActor(0, RealBroker, SECRET, stores=Stores(str(tmp_path)))
     gw.persist = lambda: seen.append(gw.snapshot() or b"")
     gw.receive([submit("AAA-1", "AAA", "BUY", 10, now=0, ttl_ns=DAY_NS)])
     assert gw.broker.calls == ["AAA-1"]

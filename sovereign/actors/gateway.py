@@ -23,7 +23,7 @@ from sovereign.core.calendar import session_date
 from sovereign.core.risk import ApprovalVerifier
 from sovereign.execution.order_manager import OrderManager
 from sovereign.memory.account import SIM_ACCOUNT_KIND, seal, unseal
-from sovereign.memory.state_store import LazyStateStore
+from sovereign.memory.stores import Stores
 from sovereign.messages import (
     Approval,
     ApprovedChunk,
@@ -73,10 +73,8 @@ class GatewayActor(Actor[GatewayInbox]):
         broker_factory: Callable[[], BrokerAdapter],
         secret: bytes,
         *,
-        state_dir: str = "",
+        stores: Stores | None = None,
         account_key: str = "",
-        redis_url: str = "",
-        audit_key: bytes | None = None,
         replay_window: int = 0,
     ) -> None:
         super().__init__(index)
@@ -87,10 +85,11 @@ class GatewayActor(Actor[GatewayInbox]):
         self.orders = OrderManager()
         self.clock = 0
         self.session_date = ""
-        self.state_dir = state_dir
+        # Only a named simulated account keeps a book in the store.
+        self.stores = stores or Stores("")
         self.account_key = account_key
-        self.state = LazyStateStore(state_dir, redis_url)
-        self._seal_key = audit_key
+        self.state = self.stores.state()
+        self._seal_key = self.stores.audit_key
         # What our own fills say each position should be; checked against the broker.
         self.expected: dict[str, int] = {}
         self._mismatch: dict[str, tuple[int, int]] = {}
@@ -507,13 +506,7 @@ class GatewayActor(Actor[GatewayInbox]):
 
     def _key(self) -> bytes:
         if self._seal_key is None:
-            from sovereign.memory.audit import Ledger, connect, governance_path
-
-            conn = connect(governance_path(self.state_dir))
-            try:
-                self._seal_key = Ledger(self.state_dir).key(conn)
-            finally:
-                conn.close()
+            self._seal_key = self.stores.seal_key()
         return self._seal_key
 
     def _restore_account(self) -> None:

@@ -37,9 +37,8 @@ from sovereign.memory.account import (
     seal,
     unseal,
 )
-from sovereign.memory.audit import AuditLog, governance_path
-from sovereign.memory.governance import GovernanceStore
-from sovereign.memory.state_store import CorruptStateError, open_state_store
+from sovereign.memory.state_store import CorruptStateError
+from sovereign.memory.stores import Stores
 from sovereign.messages import (
     AccountSnapshot,
     BookSnapshot,
@@ -91,22 +90,22 @@ class GuardianActor(Actor[GuardianInbox]):
         secret: bytes,
         approval_ttl_s: int,
         *,
-        state_dir: str,
+        stores: Stores,
         state_scope: str,
         shard_of: dict[str, int] | None = None,
         flatten_on_halt: bool = True,
         review_after_losses: int = 3,
-        redis_url: str = "",
-        audit_key: bytes | None = None,
     ) -> None:
         super().__init__(index)
         self.constitution = constitution
         self.scope = state_scope
         self.state_key = guardian_state_key(state_scope)
-        self.store = open_state_store(state_dir, redis_url)
-        self.audit = AuditLog(governance_path(state_dir), key=audit_key)
+        # The trading state is read at once: a guardian Ray restarts must come back in it.
+        self.state = stores.state()
+        self.store = self.state()
+        self.audit = stores.audit()
         self._seal_key = self.audit.ledger.key(self.audit.connection)
-        self.governance = GovernanceStore(state_dir, audit_key=self._seal_key)
+        self.governance = stores.governance(self._seal_key)
         self._persisted: dict[str, object] | None = None
         self._persisted_at = 0.0
         self._persisted_limits: tuple[object, ...] | None = None
@@ -171,6 +170,12 @@ class GuardianActor(Actor[GuardianInbox]):
             # records as many resumes cannot pass for a later one, and be adopted).
             problem = str(exc)
             return halted_from(read_guardian_state(doc, self._seal_key)[0], problem), problem
+
+    def release(self) -> None:
+        try:
+            self.governance.close()
+        finally:
+            self.audit.close()
 
     # What the engine holds, as the guardian's (operators' tools and tests read them).
     @property

@@ -25,11 +25,11 @@ from sovereign.core.selfmod import (
     refusal_lifts,
 )
 from sovereign.memory.governance import (
-    GovernanceStore,
     RollbackError,
     UnapprovedChangeError,
     summarize,
 )
+from sovereign.memory.stores import Stores
 from sovereign.messages import (
     AccountSnapshot,
     Message,
@@ -71,7 +71,7 @@ class SelfModActor(Actor[SelfModInbox]):
         self,
         index: int,
         *,
-        state_dir: str,
+        stores: Stores,
         scope: str,
         enabled: bool = True,
         min_trades: int = 20,
@@ -80,7 +80,6 @@ class SelfModActor(Actor[SelfModInbox]):
         confirm_trades: int = 20,
         min_new_trades: int = 10,
         max_proposals: int = 1,
-        audit_key: bytes | None = None,
     ) -> None:
         super().__init__(index)
         self.scope = scope
@@ -93,7 +92,7 @@ class SelfModActor(Actor[SelfModInbox]):
             min_new_trades=min_new_trades,
             max_proposals=max_proposals,
         )
-        self.store = GovernanceStore(state_dir, audit_key=audit_key) if enabled else None
+        self.store = stores.governance() if enabled else None
         # Only a named account's evidence outlives its session (a backtest's scope is its
         # own run, which never comes again).
         self._keep_evidence = scope.startswith("account/")
@@ -103,6 +102,10 @@ class SelfModActor(Actor[SelfModInbox]):
         self.now = 0
         self._data_version = -1
         self.deployed: list[int] = []
+
+    def release(self) -> None:
+        if self.store is not None:
+            self.store.close()
 
     # -- INBOX --------------------------------------------------------------------------
 

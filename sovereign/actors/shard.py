@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pickle
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -33,8 +32,8 @@ from sovereign.core.signals import ShardStrategy
 from sovereign.core.trades import ClosedTrade
 from sovereign.core.universe import Universe
 from sovereign.domain.regimes import REGIME_NAMES, REGIME_UNKNOWN
-from sovereign.memory.state_store import LazyStateStore
-from sovereign.memory.trade_memory import ShardTradeStore, shard_path
+from sovereign.memory.stores import Stores
+from sovereign.memory.trade_memory import ShardTradeStore
 from sovereign.messages import (
     AccountSnapshot,
     BarBatch,
@@ -100,10 +99,9 @@ class ShardActor(Actor[ShardInbox]):
         index: int,
         symbols: list[str],
         strategy: StrategyConfig,
-        state_dir: str,
+        stores: Stores,
         *,
         account: str = "",
-        redis_url: str = "",
         replay_window: int = 0,
         shadow: ShadowCosts | None = None,
         adopt_carried: bool = False,
@@ -111,11 +109,11 @@ class ShardActor(Actor[ShardInbox]):
         super().__init__(index)
         self.universe = Universe(symbols)
         self.strategy = ShardStrategy(self.universe, strategy, shard=index, shadow=shadow)
-        self.state_dir = Path(state_dir)
+        self.stores = stores
         # A named account's intent ids go on from session to session (a real broker
         # remembers the ids of the day, and one used twice would be taken for the other).
         self.account = account
-        self.state = LazyStateStore(state_dir, redis_url)
+        self.state = stores.state()
         self._seq_saved: dict[str, int] = {}
         self.store: ShardTradeStore | None = None
         self.run_id = ""
@@ -507,11 +505,8 @@ class ShardActor(Actor[ShardInbox]):
         # A backtest can be replayed: its trades are written behind its back, in a
         # thread of their own, and it waits for them only at the session's end.
         backtest = mode == "backtest"
-        self.store = ShardTradeStore(
-            shard_path(self.state_dir, self.index),
-            self.index,
-            batch_size=BACKTEST_BATCH if backtest else 256,
-            write_behind=backtest,
+        self.store = self.stores.shard_trades(
+            self.index, batch_size=BACKTEST_BATCH if backtest else 256, write_behind=backtest
         )
 
     def _on_session_started(self, msg: SessionStarted) -> None:

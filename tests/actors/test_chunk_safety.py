@@ -23,6 +23,7 @@ from sovereign.config import Config, breakout_preset
 from sovereign.core.risk import SizingPolicy
 from sovereign.data.feeds import ReplayFeed
 from sovereign.data.loaders import load_ohlcv
+from sovereign.memory.stores import Stores
 from sovereign.messages import (
     ApprovedChunk,
     BarChunk,
@@ -66,18 +67,18 @@ def build(tmp_path, *, broker_factory=None, length: int = 200, tamper=None) -> G
     factory = broker_factory or functools.partial(
         SimBroker, CONFIG.sim, CONFIG.engine.initial_capital, position_cap=0.05
     )
-    shard = ShardActor(0, SYMBOLS, CONFIG.strategy, state)
+    shard = ShardActor(0, SYMBOLS, CONFIG.strategy, Stores(state))
     guardian = GuardianActor(
         0,
         CONFIG.build_constitution(),
         SizingPolicy(entry_limit_buffer=CONFIG.risk.entry_limit_buffer),
         SECRET,
         300,
-        state_dir=state,
+        stores=Stores(state),
         state_scope="test",
         shard_of=dict.fromkeys(SYMBOLS, 0),
     )
-    gateway = GatewayActor(0, factory, SECRET, state_dir=state)
+    gateway = GatewayActor(0, factory, SECRET, stores=Stores(state))
     feed = ReplayFeed(DATA.frame, [SYMBOLS], DATA.interval_s)
     start = SessionStarted(
         msg_id="s",

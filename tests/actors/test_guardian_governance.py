@@ -18,6 +18,7 @@ from sovereign.core.risk import SizingPolicy
 from sovereign.core.selfmod import Change
 from sovereign.domain.rules import RegimeIs, Rule, SkipTrade
 from sovereign.memory.governance import GovernanceStore, UnapprovedChangeError
+from sovereign.memory.stores import Stores
 from sovereign.messages import ModificationDecision, ModificationProposal
 from tests.kit import SECRET
 
@@ -26,7 +27,9 @@ C = Constitution()
 
 
 def guardian(state: str | Path) -> GuardianActor:
-    return GuardianActor(0, C, SizingPolicy(), SECRET, 300, state_dir=str(state), state_scope=SCOPE)
+    return GuardianActor(
+        0, C, SizingPolicy(), SECRET, 300, stores=Stores(str(state)), state_scope=SCOPE
+    )
 
 
 def rule(rule_id: str) -> Rule:
@@ -132,7 +135,7 @@ def test_no_sequence_of_restarts_proposals_and_deploys_exceeds_the_limits(ops) -
 
         def new_guardian() -> GuardianActor:
             return GuardianActor(
-                0, SMALL, SizingPolicy(), SECRET, 300, state_dir=state, state_scope=SCOPE
+                0, SMALL, SizingPolicy(), SECRET, 300, stores=Stores(state), state_scope=SCOPE
             )
 
         g = new_guardian()
@@ -197,7 +200,7 @@ def test_a_removal_not_yet_deployed_makes_no_room_for_a_rule_over_the_limit(tmp_
     """With the limit reached, an approved removal that is never deployed (the self-
     modification actor died) must not let an addition past the limit."""
     g = GuardianActor(
-        0, SMALL, SizingPolicy(), SECRET, 300, state_dir=str(tmp_path), state_scope=SCOPE
+        0, SMALL, SizingPolicy(), SECRET, 300, stores=Stores(str(tmp_path)), state_scope=SCOPE
     )
     day1, day2 = DAYS[0], DAYS[1]
     with GovernanceStore(tmp_path) as store:

@@ -25,6 +25,7 @@ from sovereign.config import SimConfig
 from sovereign.core.constitution import Constitution
 from sovereign.core.portfolio import Portfolio
 from sovereign.core.risk import SizingPolicy
+from sovereign.memory.stores import Stores
 from sovereign.messages import (
     NDArray,
     OrderFilled,
@@ -60,7 +61,7 @@ class Harness:
             SizingPolicy(),
             SECRET,
             approval_ttl_s=7 * 86_400,
-            state_dir=state_dir,
+            stores=Stores(state_dir),
             state_scope="run/property",
             shard_of={s: 0 for s in SYMBOLS},
         )

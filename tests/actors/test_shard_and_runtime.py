@@ -19,6 +19,7 @@ from sovereign.actors.runtime import ActorSpec, LocalRuntime, RayRuntime
 from sovereign.actors.selfmod import SelfModActor
 from sovereign.actors.shard import ShardActor
 from sovereign.config import StrategyConfig
+from sovereign.memory.stores import Stores
 from sovereign.messages import (
     ALL_MESSAGES,
     WIRE,
@@ -38,7 +39,11 @@ def shard_spec(tmp_path, symbols=("AAA", "BBB", "CCC")) -> ActorSpec:
     return ActorSpec(
         ShardActor,
         index=0,
-        kwargs={"symbols": list(symbols), "strategy": StrategyConfig(), "state_dir": str(tmp_path)},
+        kwargs={
+            "symbols": list(symbols),
+            "strategy": StrategyConfig(),
+            "stores": Stores(str(tmp_path)),
+        },
     )
 
 

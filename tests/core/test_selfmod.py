@@ -23,6 +23,7 @@ from sovereign.domain.rules import (
     VolumeBelow,
 )
 from sovereign.memory.governance import GovernanceStore
+from sovereign.memory.stores import Stores
 from sovereign.messages import ModificationDecision, ModificationProposal, RuleSetSnapshot
 from tests.kit import SECRET
 from tests.strategies import rule as any_rule
@@ -144,7 +145,7 @@ day_of_proposals = st.lists(proposal, max_size=8)
 def test_no_sequence_of_proposals_breaks_the_constitution(days: list[list[tuple]]) -> None:
     with tempfile.TemporaryDirectory() as state:
         g = GuardianActor(
-            0, C, SizingPolicy(), SECRET, 300, state_dir=state, state_scope="run/prop"
+            0, C, SizingPolicy(), SECRET, 300, stores=Stores(state), state_scope="run/prop"
         )
         fingerprint = C.fingerprint
         book = RuleBook()
@@ -222,7 +223,9 @@ def test_no_sequence_of_proposals_breaks_the_constitution(days: list[list[tuple]
 
 def test_fifty_rules_then_no_more() -> None:
     with tempfile.TemporaryDirectory() as state:
-        g = GuardianActor(0, C, SizingPolicy(), SECRET, 300, state_dir=state, state_scope="run/x")
+        g = GuardianActor(
+            0, C, SizingPolicy(), SECRET, 300, stores=Stores(state), state_scope="run/x"
+        )
         # The active rules are what the governance store holds (deployed earlier).
         book = RuleBook(version=1, rules=tuple(rule(f"r{i}") for i in range(50)))
         with GovernanceStore(state) as store:

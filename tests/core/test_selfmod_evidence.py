@@ -17,6 +17,7 @@ from sovereign.core.codegen import eval_condition
 from sovereign.core.selfmod import RuleBook, SelfModEngine, refusal_lifts
 from sovereign.core.weakness import TradeSample, confirm_weakness, spending
 from sovereign.domain.rules import And, RegimeIs, SkipTrade, VolumeBelow
+from sovereign.memory.stores import Stores
 from sovereign.messages.market import REGIME_NAMES
 
 
@@ -274,7 +275,7 @@ def test_stored_evidence_that_does_not_read_is_counted_and_the_session_goes_on(t
     with GovernanceStore(tmp_path) as store:
         store.save_evidence(scope, {"looks": 2}, 0, [good, b"\xc1garbage", good])
         store._conn.execute("UPDATE evidence SET doc = '{not json' WHERE scope = ?", (scope,))
-    actor = SelfModActor(0, state_dir=str(tmp_path), scope=scope)
+    actor = SelfModActor(0, stores=Stores(str(tmp_path)), scope=scope)
     actor.receive(
         [
             SessionStarted(
@@ -307,7 +308,7 @@ def test_a_restarted_actor_goes_on_from_the_stored_evidence(tmp_path) -> None:
     trades = [_TRADE_ENCODER.encode(evidence_trade(t)) for t in stream(2, 50)]
     with GovernanceStore(tmp_path) as store:
         store.save_evidence(scope, {"looks": 4, "look_at": 50, "analysed_at": 50}, 0, trades)
-    actor = SelfModActor(0, state_dir=str(tmp_path), scope=scope)
+    actor = SelfModActor(0, stores=Stores(str(tmp_path)), scope=scope)
     snapshot = AccountSnapshot(
         msg_id="a",
         ts_event=1,

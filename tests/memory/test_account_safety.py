@@ -30,6 +30,7 @@ from sovereign.memory.account import (
 )
 from sovereign.memory.audit import AuditLog, governance_path
 from sovereign.memory.state_store import state_path
+from sovereign.memory.stores import Stores
 from sovereign.messages import BookSnapshot, CancelOrder, TradingStateChanged
 from sovereign.messages.account import BookOrder
 from sovereign.operations import inspect_state, resume_account
@@ -219,7 +220,7 @@ def guardian(state: Path, scope: str = SCOPE):
     from sovereign.actors.guardian import GuardianActor
 
     return GuardianActor(
-        0, Constitution(), SizingPolicy(), SECRET, 300, state_dir=str(state), state_scope=scope
+        0, Constitution(), SizingPolicy(), SECRET, 300, stores=Stores(str(state)), state_scope=scope
     )
 
 

@@ -35,6 +35,7 @@ from sovereign.memory.account import (
 )
 from sovereign.memory.audit import AuditLog, governance_path, read_audit_key, verify_audit
 from sovereign.memory.state_store import SqliteStateStore, state_path
+from sovereign.memory.stores import Stores
 from sovereign.messages import BookSnapshot
 from sovereign.operations import OperationError, resume_account
 from sovereign.session import check_account
@@ -75,7 +76,7 @@ class World:
             SizingPolicy(),
             SECRET,
             300,
-            state_dir=str(self.state),
+            stores=Stores(str(self.state)),
             state_scope=SCOPE,
         )
 
