@@ -66,7 +66,16 @@ from sovereign.messages import (
     ShardReport,
 )
 from sovereign.specs import build_specs
-from sovereign.stepgraph import BAR_STEP, WATCHED, run_step
+from sovereign.stepgraph import (
+    BAR_STEP,
+    CHUNK_STEP,
+    CHUNK_WATCHED,
+    DELIVER_STEP,
+    POLL_STEP,
+    WATCHED,
+    results_of,
+    run_step,
+)
 
 log = logging.getLogger("sovereign.engine")
 
@@ -477,11 +486,11 @@ class Engine:
             "split": not loop.merged,
             "last": loop.merged and step + 1 == loop.total,
         }
-        prev = {
-            "verdicts": loop.prev_verdicts,
-            "acks": loop.prev_acks,
-            "selfmod": loop.prev_selfmod,
-        }
+        prev = {"verdicts": loop.prev_verdicts}
+        if not loop.merged:
+            prev["acks"] = loop.prev_acks
+        if loop.selfmod_on:
+            prev["selfmod"] = loop.prev_selfmod
         r = run_step(
             BAR_STEP,
             rt.tell,
@@ -494,9 +503,7 @@ class Engine:
             carry=carry,
         )
         loop.for_guardian = []
-        for name in WATCHED:
-            if name in r:
-                loop.watched.extend(r[name] if name == "shards" else [r[name]])
+        loop.watched.extend(results_of(r, WATCHED, BAR_STEP))
         loop.prev_verdicts = r["verdicts"]
         loop.prev_acks = r.get("acks", [])
         if loop.selfmod_on:
@@ -516,18 +523,29 @@ class Engine:
         holds. The broker is polled until it has been quiet for ``DRAIN_QUIET_S`` (at most
         ``DRAIN_MAX_S``); whatever comes later, the next session's reconciliation finds."""
         rt, g = loop.rt, loop.g
+
+        def roles(role: str) -> Any:
+            return getattr(g, role)
+
+        nothing: dict[str, Any] = {
+            "bars": [],
+            "own_bars": [],
+            "pending": [],
+            "prev": {},
+            "carry": lambda x: x,
+        }
         deadline = time.monotonic() + DRAIN_MAX_S
         quiet_since = time.monotonic()
         while time.monotonic() < deadline:
-            polled = rt.tell(g.gateway)
+            polled = run_step(POLL_STEP, rt.tell, roles, {}, **nothing)["polled"]
             try:
                 events = rt.fetch([polled])[0]
             except ActorCallError as exc:
                 log.error("draining the broker at the session's end failed: %s", exc)
                 return
             if any(isinstance(m, _ORDER_EVENTS) for m in events):
-                shard_rs = [rt.tell(shard, polled) for shard in g.shards]
-                watched = [polled, rt.tell(g.guardian, polled, *shard_rs), *shard_rs]
+                r = run_step(DELIVER_STEP, rt.tell, roles, {}, **{**nothing, "pending": [polled]})
+                watched = [polled, r["guardian"], *r["shards"]]
                 rt.tell(g.monitor, *watched)
                 loop.notified += self._deliver(rt.fetch([rt.tell(g.operator, *watched)])[0])
                 quiet_since = time.monotonic()
@@ -627,40 +645,30 @@ class Engine:
         caller then replays those bar times one by one, from the same state)."""
         rt, g = loop.rt, loop.g
         bar_chunks = self.feed.chunk(step, length, chunk)
-        # The orders approved at the last bar-by-bar step go to the broker first, so that
-        # their acknowledgements reach the shards and the guardian before the chunk.
-        if loop.merged:
-            acks: Any = rt.tell(g.gateway, loop.prev_verdicts) if loop.prev_verdicts else []
-            if loop.prev_verdicts:
-                loop.watched.append(acks)
-        else:
-            acks = loop.prev_acks  # sent (and watched) by the last step
-        shard_rs = [
-            rt.tell(shard, loop.prev_verdicts, acks, [bar_chunks[i]])
-            for i, shard in enumerate(g.shards)
-        ]
-        approved = rt.tell(g.guardian, acks, *loop.for_guardian, *shard_rs)
-        executed = rt.tell(g.gateway, approved, bar_chunks)
-        verdict_r = rt.tell(g.guardian, executed)
+        prev = {"verdicts": loop.prev_verdicts}
+        if not loop.merged:
+            prev["acks"] = loop.prev_acks  # sent (and watched) by the last step
+        r = run_step(
+            CHUNK_STEP,
+            rt.tell,
+            lambda role: getattr(g, role),
+            {"orders": loop.merged and bool(loop.prev_verdicts)},
+            bars=bar_chunks,
+            own_bars=bar_chunks,
+            pending=loop.for_guardian,
+            prev=prev,
+            carry=lambda x: x,
+        )
         try:
-            verdict = next(m for m in rt.fetch([verdict_r])[0] if isinstance(m, ChunkVerdict))
+            verdict = next(m for m in rt.fetch([r["verdict"]])[0] if isinstance(m, ChunkVerdict))
         except ActorCallError as exc:
             raise BacktestStepError(
                 f"backtest stopped at the chunk of steps {step + 1}-{step + length}: an actor "
                 f"call failed ({exc}); a replay that lost a step is not the replay of its data"
             ) from exc
-        # Commit or discard, everywhere: the shards (with the commissions in the report)
-        # and the gateway. The shards' closed trades reach the guardian in its next call.
-        settles = [rt.tell(shard, executed, verdict_r) for shard in g.shards]
-        gateway_settled = rt.tell(g.gateway, verdict_r)
         loop.prev_verdicts, loop.prev_acks = [], []
-        loop.for_guardian = list(settles)
-        # The shards' first answers may hold trades closed by the acknowledgements (booked
-        # before the chunk); the chunk's own follow, then its account path and verdict.
-        loop.watched.extend(shard_rs)
-        loop.watched.append(approved)  # the guardian's notes on the trades it took in
-        loop.watched.extend(settles)
-        loop.watched.append(gateway_settled)
+        loop.for_guardian = list(r["settles"])
+        loop.watched.extend(results_of(r, CHUNK_WATCHED, CHUNK_STEP))
         counters = loop.chunk_counters
         if not verdict.valid:
             counters["chunks_replayed"] += 1
@@ -675,7 +683,7 @@ class Engine:
             return False
         counters["chunks_committed"] += 1
         counters["chunked_steps"] += length
-        loop.watched.extend((executed, verdict_r))
+        loop.watched.extend((r["executed"], r["verdict"]))
         last = step + length - 1
         loop.last_ts, loop.steps = int(self.feed.timestamps[last]), last + 1
         loop.bars += length * len(self.symbols)

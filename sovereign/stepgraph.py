@@ -1,7 +1,9 @@
-"""The bar step as data: which actor takes whose results, from this step or the last.
+"""The steps as data: which actor takes whose results, from this step or the last.
 
-One bar time through the actor graph is the table :data:`BAR_STEP`, read in order by
-:func:`run_step` for both runtimes (``LocalRuntime`` calls the actors in order;
+One bar time through the actor graph is the table :data:`BAR_STEP`, a speculative chunk
+of bar times :data:`CHUNK_STEP`, a live session's last word with its broker
+:data:`POLL_STEP` then :data:`DELIVER_STEP`; each is read in order by :func:`run_step` for
+both runtimes (``LocalRuntime`` calls the actors in order;
 ``RayRuntime`` sends each call at once with the results it waits on as references, so
 the table's order is also the order of the calls' dependencies). A node names its result,
 the actor that produces it, and its inputs:
@@ -20,7 +22,8 @@ A node runs only when its ``when`` holds (``regime``: a regime model is configur
 approved orders together with the next step's bars; ``split``: they go in a call of their
 own; ``last``: the session's last step). An input from a node that does not run in this
 session is not passed at all. ``shards`` is one call per shard. Adding an actor to the
-step is a row here, its class, and its spec in ``specs.build_specs``.
+step is a row here (in each table it takes part in), its class, and its spec in
+``specs.build_specs``.
 """
 
 from __future__ import annotations
@@ -84,11 +87,59 @@ BAR_STEP: tuple[Node, ...] = (
 )
 """One bar time through the graph."""
 
+CHUNK_STEP: tuple[Node, ...] = (
+    # The orders approved at the last bar-by-bar step go to the broker first, so that
+    # their acknowledgements reach the shards and the guardian before the chunk (when
+    # orders travel with the bars; otherwise the last step sent them, and its ``acks``
+    # are carried).
+    Node("acks", "gateway", (In("verdicts", prev=True),), when="orders"),
+    Node(
+        "shards",
+        "shards",
+        (In("verdicts", prev=True), In("acks", prev=True), In("acks"), In(OWN_BARS)),
+    ),
+    # The conditional approval; the guardian also takes the last chunk's closed trades.
+    Node("approved", "guardian", (In("acks", prev=True), In("acks"), In(PENDING), In("shards"))),
+    Node("executed", "gateway", (In("approved"), In(BARS))),
+    Node("verdict", "guardian", (In("executed"),)),
+    # Commit or discard, everywhere: the shards (with the commissions in the report) and
+    # the gateway. The shards' closed trades reach the guardian in its next call.
+    Node("settles", "shards", (In("executed"), In("verdict"))),
+    Node("settled", "gateway", (In("verdict"),)),
+)
+"""One speculative chunk of bar times through the graph (``core.chunks``): ``BARS`` are
+the shards' bar chunks, ``OWN_BARS`` a shard's own."""
+
+CHUNK_WATCHED: tuple[str, ...] = ("acks", "shards", "approved", "settles", "settled")
+"""What the watchers see of every chunk (the shards' first answers may hold trades closed
+by the acknowledgements, booked before the chunk); a committed one's ``executed`` and
+``verdict`` follow."""
+
+POLL_STEP: tuple[Node, ...] = (Node("polled", "gateway", ()),)
+"""A live session's end: ask the broker for what is still on its way."""
+
+DELIVER_STEP: tuple[Node, ...] = (
+    Node("shards", "shards", (In(PENDING),)),
+    Node("guardian", "guardian", (In(PENDING), In("shards"))),
+)
+"""...and hand what it said (``PENDING``: the poll) to the shards and the guardian."""
+
 WATCHED: tuple[str, ...] = ("gateway", "verdicts", "acks", "final", "selfmod", "shards")
 """The results the watchers (monitor, operator) see, in the order they see them."""
 
 CARRIED: tuple[str, ...] = ("verdicts", "acks", "selfmod")
 """The results a later step reads (``prev``)."""
+
+
+def results_of(results: dict[str, Any], names: Sequence[str], table: Sequence[Node]) -> list[Any]:
+    """The named results of a step that made them, in ``names``' order, one per call (a
+    node on the shards made one per shard)."""
+    per_shard = {n.name for n in table if n.actor == "shards"}
+    out: list[Any] = []
+    for name in names:
+        if name in results:
+            out.extend(results[name] if name in per_shard else [results[name]])
+    return out
 
 
 def produced(flags: dict[str, bool], table: Sequence[Node] = BAR_STEP) -> set[str]:
@@ -111,8 +162,9 @@ def run_step(
     """Run one step of ``table``; return its results by name (``shards``: a list).
 
     ``tell(handle, *inputs)`` is the runtime's call; ``actors(role)`` a role's handle (a
-    list for ``shards``); ``prev`` the last step's carried results; ``own_bars[i]`` shard
-    i's batch (None: no bar). ``flags`` say which nodes run (see the module docstring)."""
+    list for ``shards``); ``prev`` the results carried from the last step (an input from
+    one that is not there is not passed); ``own_bars[i]`` shard i's batch (None: no bar).
+    ``flags`` say which nodes run (see the module docstring)."""
     made = produced(flags, table)
     out: dict[str, Any] = {}
     for node in table:
@@ -121,7 +173,19 @@ def run_step(
         handles = actors(node.actor)
         if node.actor == "shards":
             out[node.name] = [
-                tell(h, *_inputs(node, made, out, prev, carry, bars, own_bars[i], pending))
+                tell(
+                    h,
+                    *_inputs(
+                        node,
+                        made,
+                        out,
+                        prev,
+                        carry,
+                        bars,
+                        own_bars[i] if own_bars else None,
+                        pending,
+                    ),
+                )
                 for i, h in enumerate(handles)
             ]
         else:
@@ -149,10 +213,11 @@ def _inputs(
             args.append([own] if own is not None else [])
         elif i.source == PENDING:
             args.extend(pending)
+        elif i.prev:
+            if i.source in prev:
+                args.append(carry(prev[i.source]))
         elif i.source not in made:
             continue  # that node does not run in this session
-        elif i.prev:
-            args.append(carry(prev[i.source]))
         else:
             value = out[i.source]
             args.extend(value if i.source == "shards" else [value])

@@ -7,29 +7,59 @@ import dataclasses
 from typing import Any
 
 from sovereign.engine import Graph
-from sovereign.stepgraph import BAR_STEP, BARS, CARRIED, OWN_BARS, PENDING, WATCHED, In, Node
+from sovereign.stepgraph import (
+    BAR_STEP,
+    BARS,
+    CARRIED,
+    CHUNK_STEP,
+    CHUNK_WATCHED,
+    DELIVER_STEP,
+    OWN_BARS,
+    PENDING,
+    POLL_STEP,
+    WATCHED,
+    In,
+    Node,
+    produced,
+)
 from sovereign.stepgraph import run_step as run
 
 
 def test_every_input_is_a_result_made_before_it_or_carried_from_the_last_step() -> None:
     roles = {f.name for f in dataclasses.fields(Graph)}
-    seen: set[str] = set()
-    for node in BAR_STEP:
-        assert node.actor in roles
-        for i in node.inputs:
-            if i.source in (BARS, OWN_BARS, PENDING):
-                continue
-            if i.prev:
-                assert i.source in CARRIED, f"{node.name} reads {i.source} from the last step"
-            else:
-                assert i.source in seen, f"{node.name} reads {i.source} before it is made"
-        seen.add(node.name)
-    assert set(CARRIED) <= seen and set(WATCHED) <= seen
+    for table, watched in (
+        (BAR_STEP, WATCHED),
+        (CHUNK_STEP, CHUNK_WATCHED),
+        (POLL_STEP, ()),
+        (DELIVER_STEP, ()),
+    ):
+        seen: set[str] = set()
+        for node in table:
+            assert node.actor in roles
+            for i in node.inputs:
+                if i.source in (BARS, OWN_BARS, PENDING):
+                    continue
+                if i.prev:
+                    assert i.source in CARRIED, f"{node.name} reads {i.source} from the last step"
+                else:
+                    assert i.source in seen, f"{node.name} reads {i.source} before it is made"
+            seen.add(node.name)
+        assert set(watched) <= seen
+    assert set(CARRIED) <= {n.name for n in BAR_STEP}
 
 
-def record(flags: dict[str, bool], table: tuple[Node, ...] = BAR_STEP) -> list[tuple]:
-    """The calls of one step, each as (actor, its inputs named)."""
+def record(
+    flags: dict[str, bool],
+    table: tuple[Node, ...] = BAR_STEP,
+    prev: dict[str, Any] | None = None,
+    own_bars: list[Any] | None = None,
+) -> list[tuple]:
+    """The calls of one step, each as (actor, its inputs named). The last step (``prev``)
+    is by default one of the same kind: it carried what such a step makes."""
     calls: list[tuple] = []
+    if prev is None:
+        last = {"verdicts": "<v-1>", "acks": "<a-1>", "selfmod": "<s-1>"}
+        prev = {k: v for k, v in last.items() if k in produced(flags, table)}
 
     def tell(handle: str, *inputs: Any) -> str:
         calls.append((handle, inputs))
@@ -44,9 +74,9 @@ def record(flags: dict[str, bool], table: tuple[Node, ...] = BAR_STEP) -> list[t
         actors,
         flags,
         bars=["bar0", "bar1"],
-        own_bars=["bar0", None],
+        own_bars=["bar0", None] if own_bars is None else own_bars,
         pending=["<closed>"],
-        prev={"verdicts": "<v-1>", "acks": "<a-1>", "selfmod": "<s-1>"},
+        prev=prev,
         carry=lambda x: ("carried", x),
     )
     return calls
@@ -95,3 +125,47 @@ def test_an_actor_joins_the_step_with_one_row() -> None:
         "reporter",
         ("<guardian#4>", "<shard0#2>", "<shard1#3>", ("carried", "<s-1>")),
     )
+
+
+def test_a_chunk_after_a_backtest_step_sends_the_last_orders_first() -> None:
+    """Orders travel with the bars: the last bar-by-bar step's verdicts go to the broker
+    before the chunk, and their acknowledgements reach the shards and the guardian."""
+    chunks = ["chunk0", "chunk1"]
+    calls = record({"orders": True}, CHUNK_STEP, prev={"verdicts": "<v-1>"}, own_bars=chunks)
+    v = ("carried", "<v-1>")
+    assert calls == [
+        ("gateway", (v,)),
+        ("shard0", (v, "<gateway#1>", ["chunk0"])),
+        ("shard1", (v, "<gateway#1>", ["chunk1"])),
+        ("guardian", ("<gateway#1>", "<closed>", "<shard0#2>", "<shard1#3>")),
+        ("gateway", ("<guardian#4>", ["bar0", "bar1"])),
+        ("guardian", ("<gateway#5>",)),
+        ("shard0", ("<gateway#5>", "<guardian#6>")),
+        ("shard1", ("<gateway#5>", "<guardian#6>")),
+        ("gateway", ("<guardian#6>",)),
+    ]
+    # Nothing approved at the last step: no call to send it.
+    quiet = record({"orders": False}, CHUNK_STEP, prev={"verdicts": []}, own_bars=chunks)
+    assert quiet[0] == ("shard0", (("carried", []), ["chunk0"]))
+
+
+def test_a_chunk_after_a_step_that_sent_its_orders_reads_that_steps_acks() -> None:
+    calls = record(
+        {"orders": False},
+        CHUNK_STEP,
+        prev={"verdicts": "<v-1>", "acks": "<a-1>"},
+        own_bars=["chunk0", "chunk1"],
+    )
+    v, a = ("carried", "<v-1>"), ("carried", "<a-1>")
+    assert calls[0] == ("shard0", (v, a, ["chunk0"]))
+    assert calls[2] == ("guardian", (a, "<closed>", "<shard0#1>", "<shard1#2>"))
+
+
+def test_draining_a_live_broker_hands_its_events_to_the_shards_then_the_guardian() -> None:
+    assert record({}, POLL_STEP, prev={}) == [("gateway", ())]
+    calls = record({}, DELIVER_STEP, prev={})
+    assert calls == [
+        ("shard0", ("<closed>",)),
+        ("shard1", ("<closed>",)),
+        ("guardian", ("<closed>", "<shard0#1>", "<shard1#2>")),
+    ]
