@@ -16,21 +16,28 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
-from urllib.parse import urlsplit
+from typing import Any, TextIO
 
+from sovereign.cli_account import (
+    cmd_audit,
+    cmd_constitution,
+    cmd_history,
+    cmd_resume,
+    cmd_rollback,
+    cmd_rules,
+)
+from sovereign.cli_common import (
+    UsageError,
+    check_state_store,
+    check_volume,
+    load_data,
+    named_scope,
+    with_overrides,
+)
 from sovereign.cli_parser import build_parser
 from sovereign.config import Config, ConfigError, load_config
 from sovereign.interrupts import graceful_interrupts
 from sovereign.memory.account import AccountRefusedError
-
-if TYPE_CHECKING:
-    from sovereign.data.loaders import LoadedData
-
-
-class UsageError(Exception):
-    """Bad arguments: reported on stderr with exit code 2."""
-
 
 # -- OUTPUT -----------------------------------------------------------------------------
 
@@ -129,131 +136,14 @@ def _operator_channels(
 # -- COMMANDS ---------------------------------------------------------------------------
 
 
-def _load(args: argparse.Namespace, config: Config) -> LoadedData:
-    from sovereign.data.loaders import load_ohlcv
-
-    symbols = [s.strip() for s in args.symbols.split(",") if s.strip()] if args.symbols else None
-    try:
-        data = load_ohlcv(
-            args.data,
-            symbols=symbols,
-            start=args.start,
-            end=args.end,
-            split_adjust=config.data.split_adjust,
-            splits_file=config.data.splits_file or None,
-            seed=config.engine.seed,
-        )
-    except (FileNotFoundError, ValueError) as exc:
-        raise UsageError(f"cannot load data {args.data!r}: {exc}") from None
-    if data.frame.empty:
-        raise UsageError(_why_no_bars(args.data, data))
-    return data
-
-
-def _check_volume(data: LoadedData, config: Config) -> None:
-    if not data.has_volume and config.strategy.volume_confirmation:
-        raise UsageError(
-            f"{data.source} has no volume, so volume confirmation would block every entry; "
-            "turn it off explicitly with --no-volume-confirmation or [strategy] "
-            "volume_confirmation = false"
-        )
-
-
-def _why_no_bars(source: str, data: LoadedData) -> str:
-    """One line on why nothing is left to trade: what validation rejected, or the filters."""
-    from sovereign.data.loaders import TIMESTAMP_FORMATS
-
-    v = data.validation
-    if v.total_rows == 0:
-        return f"cannot load data {source!r}: it has no rows"
-    if v.accepted_rows == 0:
-        reasons = ", ".join(f"{k}={c:,}" for k, c in v.rejected.items())
-        commonest = max(v.rejected, key=lambda k: v.rejected[k])
-        example = v.samples.get(commonest, ["?"])[0]
-        text = (
-            f"cannot load data {source!r}: all {v.total_rows:,} rows were rejected by "
-            f"validation ({reasons}; e.g. {example})"
-        )
-        if "bad_timestamp" in v.rejected:
-            text += f"; {TIMESTAMP_FORMATS}"
-        return text
-    return (
-        f"no bars left after the filters (--symbols, --start, --end): {v.accepted_rows:,} "
-        f"rows passed validation ({v.rejected_rows:,} rejected)"
-    )
-
-
-def _check_state_store(config: Config) -> None:
-    """Reach the configured Redis now, so that one that does not answer is an exit-2 error
-    at start rather than a failure of the first actor that writes state, mid-run."""
-    url = config.state.redis_url
-    if not url:
-        return
-    import redis
-
-    from sovereign.domain.service_settings import redact_url
-    from sovereign.memory.state_store import RedisStateStore
-
-    try:
-        RedisStateStore(url).close()
-    except (redis.exceptions.RedisError, OSError, ValueError) as exc:
-        reason = " ".join(str(exc).split())
-        password = urlsplit(url).password
-        if password:
-            reason = reason.replace(password, "***")
-        raise UsageError(
-            f"[state] redis_url: no answer from Redis at {redact_url(url)} ({reason}); "
-            "is it running, and is the URL right?"
-        ) from None
-
-
-def _with_overrides(args: argparse.Namespace, config: Config) -> Config:
-    try:
-        return _overridden(args, config)
-    except ValueError as exc:  # a bad value given on the command line
-        raise UsageError(str(exc)) from None
-
-
-def _overridden(args: argparse.Namespace, config: Config) -> Config:
-    import msgspec
-
-    if getattr(args, "strategy", "baseline") == "breakout":
-        from sovereign.config import breakout_preset
-
-        config = breakout_preset(config)
-
-    if getattr(args, "account", None):
-        config = msgspec.structs.replace(
-            config, engine=msgspec.structs.replace(config.engine, account=args.account)
-        )
-    if getattr(args, "shards", None):
-        config = msgspec.structs.replace(
-            config, engine=msgspec.structs.replace(config.engine, shards=args.shards)
-        )
-    if getattr(args, "address", None):
-        config = msgspec.structs.replace(
-            config, ray=msgspec.structs.replace(config.ray, address=args.address)
-        )
-    if getattr(args, "no_volume_confirmation", False):
-        config = msgspec.structs.replace(
-            config,
-            strategy=msgspec.structs.replace(config.strategy, volume_confirmation=False),
-        )
-    if getattr(args, "no_dashboard", False):
-        config = msgspec.structs.replace(
-            config, ray=msgspec.structs.replace(config.ray, dashboard=False)
-        )
-    return config
-
-
 def _run(args: argparse.Namespace, *, mode: str) -> int:
-    from sovereign.report import format_summary_table
+    from sovereign.report_format import format_summary_table
     from sovereign.session import run_session
 
-    config = _with_overrides(args, load_config(args.config))
-    _check_state_store(config)
-    data = _load(args, config)
-    _check_volume(data, config)
+    config = with_overrides(args, load_config(args.config))
+    check_state_store(config)
+    data = load_data(args, config)
+    check_volume(data, config)
     human = sys.stderr if args.json else sys.stdout
     human.write(data.describe() + "\n")
     if data.validation.rejected:
@@ -332,232 +222,12 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return _run(args, mode="backtest")
 
 
-def _named_scope(args: argparse.Namespace) -> str:
-    """The scope named by ``--run`` or ``--account``, or "" when neither is given."""
-    if getattr(args, "run", None):
-        return f"run/{args.run}"
-    if getattr(args, "account", None):
-        return f"account/{args.account}"
-    return ""
-
-
-def _scope(args: argparse.Namespace, config: Config) -> str:
-    named = _named_scope(args)
-    if named:
-        return named
-    if not config.engine.account:
-        raise UsageError("name the account (--account NAME) or the run (--run RUN_ID)")
-    return f"account/{config.engine.account}"
-
-
-def cmd_constitution(args: argparse.Namespace) -> int:
-    from contextlib import closing
-
-    from sovereign.memory.state_store import open_state_store
-    from sovereign.operations import inspect_state
-
-    config = load_config(args.config)
-    _check_state_store(config)
-    c = config.build_constitution()
-    lines = [
-        "Constitution (immutable; configuration may only tighten it)",
-        f"  {'max_position_size':<26} {c.max_position_size:.2%} of equity",
-        f"  {'max_daily_loss':<26} {c.max_daily_loss:.2%} (then no new positions today)",
-        f"  {'max_drawdown':<26} {c.max_drawdown:.2%} (then all trading halts)",
-        f"  {'min_confidence_for_trade':<26} {c.min_confidence_for_trade:.2f}",
-        f"  {'max_rule_changes_per_day':<26} {c.max_rule_changes_per_day}",
-        f"  {'max_active_rules':<26} {c.max_active_rules}",
-        f"  {'forbidden_modifications':<26} {', '.join(sorted(c.forbidden_modifications))}",
-        f"  {'fingerprint (sha256)':<26} {c.fingerprint}",
-        "",
-        "Trading state",
-    ]
-    named = getattr(args, "account", None) or getattr(args, "run", None) or config.engine.account
-    if named:
-        scopes = [_scope(args, config)]
-    else:
-        with closing(open_state_store(args.state, config.state.redis_url)) as store:
-            scopes = [k.removeprefix("guardian/") for k in store.keys("guardian/account/")]
-        if not scopes:
-            lines.append("  no named account has state yet (--account NAME names one)")
-    for scope in scopes:
-        g, problem = inspect_state(args.state, config, scope)
-        if problem:
-            lines.append(f"  {scope}: REFUSED AT START: {problem}")
-        if g is None:
-            if not problem:
-                lines.append(f"  {scope}: no state yet (it starts ACTIVE)")
-            continue
-        drawdown = 1 - g.last_equity / g.high_water_mark if g.high_water_mark else 0.0
-        lines.append(
-            f"  {scope}: {g.state}  equity {g.last_equity:,.2f}  high-water mark "
-            f"{g.high_water_mark:,.2f}  drawdown {drawdown:.2%}  session "
-            f"{g.session_date or '-'}"
-        )
-        if g.state == "HALTED":
-            lines.append(f"      halted: {g.halted_reason}")
-    sys.stdout.write("\n".join(lines) + "\n")
-    return 0
-
-
-def cmd_resume(args: argparse.Namespace) -> int:
-    import time as _time
-
-    from sovereign.operations import OperationError, resume_account
-
-    if not args.confirm:
-        raise UsageError("resuming trading after a halt needs --confirm (and --reason)")
-    if not args.reason or not args.reason.strip():
-        raise UsageError("--reason is required: say why trading may resume")
-    config = load_config(args.config)
-    _check_state_store(config)
-    scope = _scope(args, config)
-    try:
-        done = resume_account(
-            args.state,
-            config,
-            scope,
-            reason=args.reason,
-            operator=_operator(),
-            ts=_time.time_ns(),
-        )
-    except OperationError as exc:
-        raise UsageError(str(exc)) from None
-    if done.rebuilt:
-        sys.stdout.write(
-            f"{scope}: what was stored could not be trusted ({done.rebuilt}).\n"
-            f"{scope}: {done.state.state} (audit entry {done.audit_seq})"
-            + (
-                "; the limits are measured from the broker's next account snapshot"
-                if not done.state.high_water_mark
-                else ""
-            )
-            + (
-                f"; the simulated account starts again from {config.engine.initial_capital:,.2f}"
-                if done.sim_account_reset
-                else ""
-            )
-            + f". Reason: {args.reason}\n"
-        )
-        return 0
-    sys.stdout.write(
-        f"{scope}: HALTED -> ACTIVE (audit entry {done.audit_seq}). High-water mark reset to "
-        f"{done.state.high_water_mark:,.2f}. Reason: {args.reason}\n"
-    )
-    return 0
-
-
-def _governance_scope(args: argparse.Namespace, store: object) -> str:
-    if getattr(args, "run", None):
-        return f"run/{args.run}"
-    if getattr(args, "account", None):
-        return f"account/{args.account}"
-    scopes = store.scopes()  # type: ignore[attr-defined]
-    if not scopes:
-        raise UsageError(f"no self-modification has been recorded in {args.state} yet")
-    return str(scopes[0])
-
-
-def cmd_rules(args: argparse.Namespace) -> int:
-    from sovereign.memory.governance import GovernanceStore
-
-    with GovernanceStore(args.state) as store:
-        scope = _governance_scope(args, store)
-        book = store.current(scope)
-    lines = [f"Active rules of {scope} (rule set v{book.version}, hash {book.hash[:12]})"]
-    if not book.rules:
-        lines.append("  none")
-    for rule in book.rules:
-        lines.append(f"  {rule.rule_id:<10} {rule.render()}")
-        if rule.provenance:
-            lines.append(f"  {'':<10} from {rule.provenance}")
-    if book.parameters:
-        lines.append("Tuned parameters")
-        lines += [f"  {k} = {v:g}" for k, v in sorted(book.parameters.items())]
-    sys.stdout.write("\n".join(lines) + "\n")
-    return 0
-
-
-def cmd_history(args: argparse.Namespace) -> int:
-    from sovereign.comms.text import modification_lines
-    from sovereign.memory.governance import GovernanceStore
-
-    with GovernanceStore(args.state) as store:
-        scope = None if args.all else _governance_scope(args, store)
-        records = store.history(scope, limit=args.limit, offset=(args.page - 1) * args.limit)
-        total = store.count(scope)
-    pages = max(1, -(-total // args.limit))
-    lines = [
-        f"Modifications of {scope or 'every scope'}, newest first "
-        f"(page {args.page} of {pages}, {total} in all)"
-    ]
-    for r in records:
-        lines += modification_lines(r)
-    if not records:
-        lines.append("  none")
-    sys.stdout.write("\n".join(lines) + "\n")
-    return 0
-
-
-def cmd_rollback(args: argparse.Namespace) -> int:
-    import time as _time
-
-    from sovereign.memory.governance import GovernanceStore, RollbackError
-
-    try:
-        modification_id = int(args.id)
-    except ValueError:
-        raise UsageError(
-            f"a modification id is a number (see `sovereign history`), not {args.id!r}"
-        ) from None
-    with GovernanceStore(args.state) as store:
-        try:
-            result = store.rollback(
-                modification_id, reason=args.reason, by=f"cli:{_operator()}", ts_ns=_time.time_ns()
-            )
-        except RollbackError as exc:
-            raise UsageError(str(exc)) from None
-    undone = ", ".join(f"#{i}" for i in result.undone)
-    sys.stdout.write(
-        f"rolled back #{modification_id} in {result.scope}: rule set v{result.book.version} "
-        f"restores the rules from before it ({len(result.book.rules)} active); undone: "
-        f"{undone}. A running session adopts it at its next step.\n"
-    )
-    return 0
-
-
-def cmd_audit(args: argparse.Namespace) -> int:
-    from sovereign.memory.audit import audit_key_path, governance_path, read_anchor, verify_audit
-
-    # Read-only throughout: verifying must never create, repair or extend what it checks.
-    path = governance_path(args.state)
-    if (
-        not path.exists()
-        and read_anchor(args.state) is None
-        and not audit_key_path(args.state).exists()
-    ):
-        raise UsageError(f"no audit log in {args.state}")
-    result = verify_audit(args.state)
-    if result.ok:
-        sys.stdout.write(
-            f"audit log intact: {result.entries} entries, hash chain, MACs and anchor verified "
-            f"(head {result.head_seq}: {result.head_hash[:16]})\n"
-        )
-        sys.stdout.write("".join(f"  note: {n}\n" for n in result.notes))
-        return 0
-    sys.stdout.write(
-        f"AUDIT LOG TAMPERED: {len(result.problems)} problem(s) in {result.entries} entries\n"
-    )
-    sys.stdout.write("".join(f"  {p}\n" for p in result.problems))
-    return 1
-
-
 def cmd_eval_selfmod(args: argparse.Namespace) -> int:
     from sovereign.selfmod_eval import evaluate_selfmod, write_eval
 
     if args.placebo < 0:
         raise UsageError(f"--placebo must be a number of seeds (0 or more), got {args.placebo}")
-    config = _with_overrides(args, load_config(args.config))
+    config = with_overrides(args, load_config(args.config))
     human = sys.stderr if args.json else sys.stdout
     results = []
     try:
@@ -566,8 +236,8 @@ def cmd_eval_selfmod(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot write the evaluation to {args.out}: {exc}") from None
     for source in args.data or ["sample"]:
         one = argparse.Namespace(**{**vars(args), "data": source})
-        data = _load(one, config)
-        _check_volume(data, config)
+        data = load_data(one, config)
+        check_volume(data, config)
         human.write(data.describe() + "\n")  # type: ignore[attr-defined]
         human.write("  backtests with self-modification on and off ...\n")
         human.flush()
@@ -585,8 +255,8 @@ def cmd_eval_selfmod(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from sovereign.regime_eval import evaluate_regimes, write_eval
 
-    config = _with_overrides(args, load_config(args.config))
-    data = _load(args, config)
+    config = with_overrides(args, load_config(args.config))
+    data = load_data(args, config)
     human = sys.stderr if args.json else sys.stdout
     human.write(data.describe() + "\n")  # type: ignore[attr-defined]
     human.write("running the regime models bar by bar ...\n")
@@ -615,7 +285,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     config = load_config(args.config)
-    data = _load(args, config)
+    data = load_data(args, config)
     sys.stdout.write(data.describe() + "\n")  # type: ignore[attr-defined]
     start = _time.monotonic()
 
@@ -641,15 +311,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _operator() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
 def cmd_paper(args: argparse.Namespace) -> int:
     if args.broker == "sim":
         return _run(args, mode="paper")
@@ -659,7 +320,7 @@ def cmd_paper(args: argparse.Namespace) -> int:
 def _live_config(args: argparse.Namespace) -> Config:
     import msgspec
 
-    config = _with_overrides(args, load_config(args.config))
+    config = with_overrides(args, load_config(args.config))
     broker = msgspec.structs.replace(config.broker, kind=args.broker)
     if args.poll_interval is not None:
         broker = msgspec.structs.replace(broker, poll_interval_s=args.poll_interval)
@@ -678,12 +339,12 @@ def _live_config(args: argparse.Namespace) -> Config:
 
 
 def _run_live(args: argparse.Namespace) -> int:
-    from sovereign.report import format_summary_table
+    from sovereign.report_format import format_summary_table
     from sovereign.session import run_session
     from sovereign.specs import make_live_feed
 
     config = _live_config(args)
-    _check_state_store(config)
+    check_state_store(config)
     symbols = (
         [s.strip() for s in args.symbols.split(",") if s.strip()]
         if args.symbols
@@ -777,7 +438,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         )
     if not args.state.exists():
         raise UsageError(f"state directory {args.state} does not exist")
-    scope = _named_scope(args)
+    scope = named_scope(args)
     bot = OperatorBot(settings, args.state, config, scope=scope)
     if not settings.allowed_users:
         sys.stderr.write(
@@ -804,7 +465,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     from sovereign.config import TelegramConfig
 
     config = load_config(args.config)
-    scope = _named_scope(args)
+    scope = named_scope(args)
     settings = TelegramSettings("", "", frozenset(), (), TelegramConfig())
     bot = OperatorBot(settings, args.state, config, scope=scope)
     sys.stdout.write(bot.answer(args.command, " ".join(args.args), 0) + "\n")
@@ -815,7 +476,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     import time as _time
 
     config = load_config(args.config)
-    data = _load(args, config)
+    data = load_data(args, config)
     if args.what == "tws":
         from sovereign.testing.tws import TwsEmulator
 
@@ -866,7 +527,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "ask": cmd_ask,
     "emulate": cmd_emulate,
 }
-"""What each subcommand runs (``cli_parser`` names them)."""
+"""What each subcommand runs (``cli_parser`` names them; ``cli_account`` holds the commands
+on the state a session leaves behind)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -99,7 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sovereign {sovereign.__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_session_commands(sub)
+    _add_state_commands(sub)
+    _add_eval_commands(sub)
+    _add_tool_commands(sub)
+    return parser
 
+
+def _add_session_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The sessions: backtest and paper."""
     bt = sub.add_parser("backtest", help="replay historical data through the actor graph")
     _common(bt)
     _session_args(bt, runtime="local", out="out/backtest")
@@ -132,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--max-steps", type=_whole(1), default=None, help="stop after this many bars")
     pp.set_defaults(subcommand_fn="paper")
 
+
+def _add_state_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The commands on the state a session leaves behind (``sovereign.cli_account``)."""
     cp = sub.add_parser("constitution", help="show the limits, the fingerprint and trading state")
     _common(cp)
     cp.add_argument("--account", default=None, help="account to show (default: all named)")
@@ -172,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("action", choices=["verify"])
     au.set_defaults(subcommand_fn="audit")
 
+
+def _add_eval_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The work on data and models outside a session: eval and train."""
     ev = sub.add_parser("eval", help="evaluate a component on data")
     ev_sub = ev.add_subparsers(dest="what", required=True)
     er = ev_sub.add_parser("regime", help="regime-conditional volatility, drift, flicker")
@@ -215,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--seed", type=int, default=7)
     tf.set_defaults(subcommand_fn="train")
 
+
+def _add_tool_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The operator bot, its commands on the console, the benchmarks and the emulators."""
     op = sub.add_parser("operator", help="the Telegram operator bot on its own, on a state dir")
     _common(op)
     op.add_argument("--account", default=None, help="answer for this named account")
@@ -244,4 +261,3 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--clock", choices=("wall", "manual"), default="wall")
     em.add_argument("--speed", type=float, default=60.0, help="bars advance this much faster")
     em.set_defaults(subcommand_fn="emulate")
-    return parser

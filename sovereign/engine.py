@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +50,6 @@ from sovereign.memory.checkpoints import Checkpoints
 from sovereign.messages import (
     AccountSnapshot,
     ActorStats,
-    ChunkVerdict,
     EquityCurve,
     Message,
     NDArray,
@@ -65,41 +62,22 @@ from sovereign.messages import (
     SessionStarted,
     ShardReport,
 )
+from sovereign.replay import BacktestStepError, ChunkedReplay, Runtime, StepLoop
 from sovereign.specs import build_specs
 from sovereign.stepgraph import (
     BAR_STEP,
-    CHUNK_STEP,
-    CHUNK_WATCHED,
     DELIVER_STEP,
     POLL_STEP,
     WATCHED,
+    Graph,
     results_of,
     run_step,
 )
 
 log = logging.getLogger("sovereign.engine")
 
-Runtime = LocalRuntime | RayRuntime
-
-
-class BacktestStepError(ActorCallError):
-    """A backtest lost a step (an actor died or raised) and stopped there."""
-
 
 Mode = Literal["backtest", "paper"]
-
-
-@dataclass(frozen=True, slots=True)
-class Graph:
-    """Handles of the actors of one session."""
-
-    shards: list[Any]
-    regime: Any
-    guardian: Any
-    gateway: Any
-    selfmod: Any
-    monitor: Any
-    operator: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,46 +117,8 @@ DRAIN_QUIET_S = 0.25
 DRAIN_MAX_S = 3.0
 _ORDER_EVENTS = (OrderAccepted, OrderCanceled, OrderFilled, OrderRejected)
 
-CHUNK_MIN_BARS = 16
-"""No chunk is shorter: below this the calls of a chunk cost more than the bars save."""
-CHUNK_MAX_BARS = 8_192
-CHUNK_TARGET_BARS = 1 << 20
-"""Bars (bar times x symbols) an automatically sized chunk aims at."""
 
-
-@dataclass(slots=True)
-class _Loop:
-    """The engine's running state over one session's steps."""
-
-    rt: Runtime
-    g: Graph
-    total: int
-    batch: int
-    window: int
-    merged: bool
-    regime_on: bool
-    selfmod_on: bool
-    carry: Callable[[Any], Any]
-    prev_selfmod: Any
-    last_ts: int
-    engine_start: float
-    first_ts: int = 0
-    steps: int = 0
-    bars: int = 0
-    notified: int = 0
-    prev_verdicts: Any = field(default_factory=list)
-    prev_acks: Any = field(default_factory=list)
-    # Results the guardian takes in its next call (a committed chunk's closed trades).
-    for_guardian: list[Any] = field(default_factory=list)
-    watched: list[Any] = field(default_factory=list)
-    watched_steps: int = 0
-    in_flight: deque[tuple[int, int, Any]] = field(default_factory=deque)
-    chunk_counters: dict[str, int] = field(
-        default_factory=lambda: {"chunks_committed": 0, "chunks_replayed": 0, "chunked_steps": 0}
-    )
-
-
-class Engine:
+class Engine(ChunkedReplay):
     """Runs one session (a backtest or a paper session) over replayed data."""
 
     def __init__(
@@ -323,6 +263,34 @@ class Engine:
             n = len(self.feed)
             total = n if self.max_steps is None else min(n, self.max_steps)
             first_ts = int(self.feed.timestamps[0])
+        start_results = self._start_session(rt, everyone, first_ts)
+        probe_calls = self.step_latencies is not None and hasattr(rt, "time_calls")
+        # Everything alive now (the bars, the actors and their models, the modules) lives
+        # as long as the session: frozen, the garbage collector stops walking it at every
+        # collection the session's own allocations trigger (a sixth of a chunked backtest's
+        # time on (b) went there). Unfrozen when the session ends.
+        gc.freeze()
+        if probe_calls:
+            rt.time_calls()  # type: ignore[attr-defined]
+        loop = self._new_loop(rt, g, total, first_ts, start_results[everyone.index(g.selfmod)])
+        self._steps_of_session(loop)
+        if loop.watched:  # the feed ended before `total` steps
+            rt.tell(g.monitor, *loop.watched)
+            loop.in_flight.append(
+                (loop.steps - 1, loop.last_ts, rt.tell(g.operator, *loop.watched))
+            )
+        while loop.in_flight:
+            loop.notified += self._complete(
+                rt, loop.in_flight.popleft(), total, loop.engine_start, loop.notified
+            )
+        if self.live:
+            self._drain(loop)
+        if probe_calls:
+            self.call_times = rt.call_times()  # type: ignore[attr-defined]
+        return self._end_session(rt, everyone, names, loop, wall_start)
+
+    def _start_session(self, rt: Runtime, everyone: list[Any], first_ts: int) -> list[Any]:
+        """Every actor's answer to the session's start, once all have started."""
         symbols_col = NDArray.from_numpy(np.array([s.encode() for s in self.symbols], dtype="S"))
         started = SessionStarted(
             msg_id=f"engine/{self.run_id}:start",
@@ -338,14 +306,11 @@ class Engine:
         # loaded) before the first bar: a failure to start surfaces here, not steps later,
         # and the engine's clock times the session, not the start-up of its processes.
         self._deliver(rt.fetch(start_results)[-1])
-        probe_calls = self.step_latencies is not None and hasattr(rt, "time_calls")
-        # Everything alive now (the bars, the actors and their models, the modules) lives
-        # as long as the session: frozen, the garbage collector stops walking it at every
-        # collection the session's own allocations trigger (a sixth of a chunked backtest's
-        # time on (b) went there). Unfrozen when the session ends.
-        gc.freeze()
-        if probe_calls:
-            rt.time_calls()  # type: ignore[attr-defined]
+        return start_results
+
+    def _new_loop(
+        self, rt: Runtime, g: Graph, total: int, first_ts: int, selfmod_start: Any
+    ) -> StepLoop:
         # The self-modification actor answers the start with the rule set in force. Switched
         # off, it answers nothing, ever: it is then left out of the steps.
         selfmod_on = self.config.selfmod.enabled
@@ -378,7 +343,7 @@ class Engine:
         # The latency probe times a step as a paper session runs it, so it carries
         # inputs as paper sessions do.
         self.fail_fast = not self.live and self.mode == "backtest" and self.step_latencies is None
-        loop = _Loop(
+        return StepLoop(
             rt=rt,
             g=g,
             total=total,
@@ -388,27 +353,22 @@ class Engine:
             regime_on=self.config.regime.model != "none",
             selfmod_on=selfmod_on,
             carry=(lambda x: x) if self.fail_fast else Lenient,
-            prev_selfmod=start_results[everyone.index(g.selfmod)] if selfmod_on else [],
+            prev_selfmod=selfmod_start if selfmod_on else [],
             last_ts=first_ts,
             first_ts=first_ts,
             engine_start=time.perf_counter(),
         )
-        self._steps_of_session(loop)
-        if loop.watched:  # the feed ended before `total` steps
-            rt.tell(g.monitor, *loop.watched)
-            loop.in_flight.append(
-                (loop.steps - 1, loop.last_ts, rt.tell(g.operator, *loop.watched))
-            )
-        while loop.in_flight:
-            loop.notified += self._complete(
-                rt, loop.in_flight.popleft(), total, loop.engine_start, loop.notified
-            )
-        if self.live:
-            self._drain(loop)
-        if probe_calls:
-            self.call_times = rt.call_times()  # type: ignore[attr-defined]
-        last_ts, steps, notified = loop.last_ts, loop.steps, loop.notified
 
+    def _end_session(
+        self,
+        rt: Runtime,
+        everyone: list[Any],
+        names: list[str],
+        loop: StepLoop,
+        wall_start: float,
+    ) -> SessionResult:
+        """End the session in every actor and gather what the report needs."""
+        last_ts, steps, notified = loop.last_ts, loop.steps, loop.notified
         end_ts = last_ts + self.interval_s * 1_000_000_000
         ended = SessionEnded(
             msg_id=f"engine/{self.run_id}:end",
@@ -451,7 +411,7 @@ class Engine:
             actor_names=names,
         )
 
-    def _steps_of_session(self, loop: _Loop) -> None:
+    def _steps_of_session(self, loop: StepLoop) -> None:
         """Every step of the session: the live feed's as its bars come, a replay's in
         chunks where they hold; up to the end of the data or a stop request."""
         if self.live:
@@ -468,7 +428,7 @@ class Engine:
                 gateway = loop.rt.tell(loop.g.gateway, loop.carry(loop.prev_verdicts))
                 loop.watched.append(gateway)
 
-    def _bar_step(self, loop: _Loop, step: int, ts: int, batches: list[Any]) -> None:
+    def _bar_step(self, loop: StepLoop, step: int, ts: int, batches: list[Any]) -> None:
         """One bar time through the graph (see the module docstring)."""
         rt, g, carry = loop.rt, loop.g, loop.carry
         loop.last_ts, loop.steps = ts, step + 1
@@ -516,7 +476,7 @@ class Engine:
             self.step_starts.append(step_started)
         self._watch(loop, step, ts, 1)
 
-    def _drain(self, loop: _Loop) -> None:
+    def _drain(self, loop: StepLoop) -> None:
         """A live session's last word with its broker: events still on their way (the
         fill of an order sent at the last step, a cancel) reach the shards and the
         guardian before the session ends, so that the books close on what the broker
@@ -527,24 +487,17 @@ class Engine:
         def roles(role: str) -> Any:
             return getattr(g, role)
 
-        nothing: dict[str, Any] = {
-            "bars": [],
-            "own_bars": [],
-            "pending": [],
-            "prev": {},
-            "carry": lambda x: x,
-        }
         deadline = time.monotonic() + DRAIN_MAX_S
         quiet_since = time.monotonic()
         while time.monotonic() < deadline:
-            polled = run_step(POLL_STEP, rt.tell, roles, {}, **nothing)["polled"]
+            polled = run_step(POLL_STEP, rt.tell, roles, {})["polled"]
             try:
                 events = rt.fetch([polled])[0]
             except ActorCallError as exc:
                 log.error("draining the broker at the session's end failed: %s", exc)
                 return
             if any(isinstance(m, _ORDER_EVENTS) for m in events):
-                r = run_step(DELIVER_STEP, rt.tell, roles, {}, **{**nothing, "pending": [polled]})
+                r = run_step(DELIVER_STEP, rt.tell, roles, {}, pending=[polled])
                 watched = [polled, r["guardian"], *r["shards"]]
                 rt.tell(g.monitor, *watched)
                 loop.notified += self._deliver(rt.fetch([rt.tell(g.operator, *watched)])[0])
@@ -554,7 +507,7 @@ class Engine:
             else:
                 time.sleep(0.02)
 
-    def _watch(self, loop: _Loop, step: int, ts: int, steps: int) -> None:
+    def _watch(self, loop: StepLoop, step: int, ts: int, steps: int) -> None:
         """Hand the watchers what the last steps produced, ``batch`` steps per call, and
         deliver notifications as steps finish (at most ``window`` calls in flight)."""
         rt, g = loop.rt, loop.g
@@ -572,123 +525,6 @@ class Engine:
             loop.notified += self._complete(
                 rt, loop.in_flight.popleft(), loop.total, loop.engine_start, loop.notified
             )
-
-    # -- SPECULATIVE CHUNKS -----------------------------------------------------------------
-
-    def chunk_limit(self) -> int:
-        """The longest chunk this session replays at once (``core.chunks``); 0: none.
-
-        Chunks need a replayed backtest on the simulated broker (whose executions can be
-        taken back), a strategy that runs in chunks (the breakout, with a fixed quantity),
-        no model or learner that would act between two bars (regime model, self-
-        modification) and nobody waiting for each fill. Slippage would move every fill off
-        the open the shards assume, so with slippage there are no chunks either."""
-        c = self.config
-        if (
-            self.live
-            or self.mode != "backtest"
-            or self.step_latencies is not None
-            or not isinstance(self.feed, ReplayFeed)
-            or c.engine.chunk_bars == 1
-            or c.broker.kind != "sim"
-            or c.strategy.kind != "breakout"
-            or c.strategy.fixed_quantity <= 0
-            or c.regime.model != "none"
-            or c.selfmod.enabled
-            or self.notify_fills
-            or c.notifications.wants("fill")
-            or c.sim.slippage_bps != 0
-        ):
-            return 0
-        if c.engine.chunk_bars:
-            return c.engine.chunk_bars
-        # About a million bars per chunk: long enough that a chunk's fixed costs (its
-        # calls, its checkpoints, its checks) vanish, short enough that one replayed bar by
-        # bar costs little and its columns stay small (~40 MB of bars).
-        size = 1 << int(math.log2(max(1.0, CHUNK_TARGET_BARS / max(1, len(self.symbols)))))
-        return max(CHUNK_MIN_BARS * 4, min(CHUNK_MAX_BARS, size))
-
-    def _replay(self, loop: _Loop) -> None:
-        """Replay the feed: in speculative chunks where the data and the state allow, bar
-        by bar everywhere else (and wherever a chunk turns out invalid)."""
-        feed, total = self.feed, loop.total
-        limit = self.chunk_limit()
-        length = min(limit, CHUNK_MIN_BARS * 4)
-        step = 0
-        chunk = 0
-        while step < total and not self.stop_requested:
-            # The first bar time goes bar by bar: the guardian learns the account from it.
-            run = min(length, feed.clean_run(step), total - step) if limit and step else 0
-            # No chunk is shorter than CHUNK_MIN_BARS but the last, which ends the data.
-            if run >= CHUNK_MIN_BARS or (run > 1 and step + run == total):
-                chunk += 1
-                if self._chunk_step(loop, chunk, step, run):
-                    step += run
-                    length = min(limit, length * 2)
-                    continue
-                length = max(CHUNK_MIN_BARS, length // 4)
-                for s in range(step, step + run):
-                    self._bar_step(loop, s, int(feed.timestamps[s]), feed.batches(s))
-                step += run
-                continue
-            self._bar_step(loop, step, int(feed.timestamps[step]), feed.batches(step))
-            step += 1
-        if loop.for_guardian:
-            # The last chunk's closed trades: the guardian counts its losing streak on them.
-            loop.watched.append(loop.rt.tell(loop.g.guardian, *loop.for_guardian))
-            loop.for_guardian = []
-
-    def _chunk_step(self, loop: _Loop, chunk: int, step: int, length: int) -> bool:
-        """One speculative chunk of ``length`` bar times from ``step``: the shards run it,
-        the guardian approves it on condition, the gateway executes it on paper, the
-        guardian validates it. True if it was committed; False if it was discarded (the
-        caller then replays those bar times one by one, from the same state)."""
-        rt, g = loop.rt, loop.g
-        bar_chunks = self.feed.chunk(step, length, chunk)
-        prev = {"verdicts": loop.prev_verdicts}
-        if not loop.merged:
-            prev["acks"] = loop.prev_acks  # sent (and watched) by the last step
-        r = run_step(
-            CHUNK_STEP,
-            rt.tell,
-            lambda role: getattr(g, role),
-            {"orders": loop.merged and bool(loop.prev_verdicts)},
-            bars=bar_chunks,
-            own_bars=bar_chunks,
-            pending=loop.for_guardian,
-            prev=prev,
-            carry=lambda x: x,
-        )
-        try:
-            verdict = next(m for m in rt.fetch([r["verdict"]])[0] if isinstance(m, ChunkVerdict))
-        except ActorCallError as exc:
-            raise BacktestStepError(
-                f"backtest stopped at the chunk of steps {step + 1}-{step + length}: an actor "
-                f"call failed ({exc}); a replay that lost a step is not the replay of its data"
-            ) from exc
-        loop.prev_verdicts, loop.prev_acks = [], []
-        loop.for_guardian = list(r["settles"])
-        loop.watched.extend(results_of(r, CHUNK_WATCHED, CHUNK_STEP))
-        counters = loop.chunk_counters
-        if not verdict.valid:
-            counters["chunks_replayed"] += 1
-            log.debug(
-                "chunk %d (steps %d-%d) replayed bar by bar: %s (bar %d)",
-                chunk,
-                step + 1,
-                step + length,
-                verdict.reason,
-                verdict.bar,
-            )
-            return False
-        counters["chunks_committed"] += 1
-        counters["chunked_steps"] += length
-        loop.watched.extend((r["executed"], r["verdict"]))
-        last = step + length - 1
-        loop.last_ts, loop.steps = int(self.feed.timestamps[last]), last + 1
-        loop.bars += length * len(self.symbols)
-        self._watch(loop, last, loop.last_ts, length)
-        return True
 
     def _steps(self, total: int) -> Iterator[tuple[int, list[Any]]]:
         if self.live:

@@ -57,10 +57,10 @@ from sovereign.core.codegen import eval_condition
 from sovereign.core.selfmod import (
     DailyChanges,
     EvidenceTrade,
-    SelfModEngine,
     check_proposal,
     evidence_trade,
 )
+from sovereign.core.selfmod_engine import SelfModEngine
 from sovereign.core.weakness import TradeSample, Weakness
 from sovereign.data.loaders import LoadedData
 from sovereign.domain.rules import ScaleSize

@@ -503,19 +503,8 @@ def audit_head(state_dir: str | Path) -> dict[str, Any]:
     return {"entries": anchor.get("seq", 0), "hash": anchor.get("hash", "")}
 
 
-def session_meta(
-    result: SessionResult,
-    data: LoadedData | None,
-    config: Config,
-    guardian: GuardianState | None = None,
-    metrics: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Facts about the run for the report: what ran, on what, and what was refused."""
-    rejected_bars: dict[str, int] = {}
-    for report in result.shard_reports:
-        for k, v in report.rejected_bars.items():
-            rejected_bars[k] = rejected_bars.get(k, 0) + v
-    decode_errors = sum(r.decode_errors for r in result.shard_reports)
+def _data_notes(data: LoadedData | None, config: Config) -> list[str]:
+    """Where the bars came from: what was accepted, rejected and split-adjusted at load."""
     notes: list[str] = []
     if data is not None:
         notes.append(
@@ -531,6 +520,23 @@ def session_meta(
             )
     else:
         notes.append(f"Live bars from the {config.broker.kind} broker's feed.")
+    return notes
+
+
+def session_meta(
+    result: SessionResult,
+    data: LoadedData | None,
+    config: Config,
+    guardian: GuardianState | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Facts about the run for the report: what ran, on what, and what was refused."""
+    rejected_bars: dict[str, int] = {}
+    for report in result.shard_reports:
+        for k, v in report.rejected_bars.items():
+            rejected_bars[k] = rejected_bars.get(k, 0) + v
+    decode_errors = sum(r.decode_errors for r in result.shard_reports)
+    notes = _data_notes(data, config)
     for reason, n in sorted(rejected_bars.items()):
         notes.append(f"Rejected by shards at run time: {n} bars ({reason}).")
     if decode_errors:

@@ -25,6 +25,7 @@ from sovereign.actors.selfmod import SelfModActor
 from sovereign.actors.shard import ShardActor
 from sovereign.brokers.sim import SimBroker
 from sovereign.config import Config
+from sovereign.core.constitution import Constitution
 from sovereign.core.risk import SizingPolicy
 from sovereign.core.shadow import ShadowCosts
 from sovereign.data.feeds import deal_symbols
@@ -182,7 +183,7 @@ def make_live_feed(config: Config, symbols: list[str]) -> Any:
     if config.broker.feed == "stream":
         shards = deal_symbols(symbols, config.engine.shards)
         if kind == "ib":
-            from sovereign.brokers.ib import IBStreamSource
+            from sovereign.brokers.ib_bars import IBStreamSource
 
             stream: Any = IBStreamSource(
                 ib_settings(config, data=True),
@@ -203,7 +204,7 @@ def make_live_feed(config: Config, symbols: list[str]) -> Any:
         return StreamingFeed(stream, shards, interval, grace_s=config.broker.stream_grace_s)
     sources = []
     if kind in ("ib", "ib+alpaca"):
-        from sovereign.brokers.ib import IBBarSource
+        from sovereign.brokers.ib_bars import IBBarSource
 
         sources.append(
             IBBarSource(
@@ -266,28 +267,9 @@ def build_specs(
     # Every actor that keeps state is handed where it lives (it opens nothing by path).
     stores = Stores(str(state_dir), config.state.redis_url, audit_key)
     return {
-        "shards": [
-            ActorSpec(
-                ShardActor,
-                index=i,
-                kwargs={
-                    "symbols": symbols,
-                    "strategy": config.strategy,
-                    "stores": stores,
-                    "account": account,
-                    "replay_window": replay_window,
-                    # Self-modification learns from the trades its rules prevent.
-                    "shadow": ShadowCosts(constitution, policy, config.sim)
-                    if config.selfmod.enabled
-                    else None,
-                    # A real broker's positions may be the owner's own: never sold unasked.
-                    "adopt_carried": bool(account) and config.broker.kind == "sim",
-                },
-                spread=True,
-                checkpoints=checkpoints,
-            )
-            for i, symbols in enumerate(shard_symbols)
-        ],
+        "shards": _shard_specs(
+            config, shard_symbols, stores, constitution, policy, replay_window, checkpoints
+        ),
         "regime": ActorSpec(
             RegimeActor, kwargs={"shard_symbols": shard_symbols, "config": config.regime}
         ),
@@ -316,20 +298,7 @@ def build_specs(
             },
             checkpoints=checkpoints,
         ),
-        "selfmod": ActorSpec(
-            SelfModActor,
-            kwargs={
-                "stores": stores,
-                "scope": state_scope(config, run_id),
-                "enabled": config.selfmod.enabled,
-                "min_trades": config.selfmod.min_trades,
-                "alpha": config.selfmod.alpha,
-                "look_growth": config.selfmod.look_growth,
-                "confirm_trades": config.selfmod.confirm_trades,
-                "min_new_trades": config.selfmod.min_new_trades,
-                "max_proposals": config.selfmod.max_proposals,
-            },
-        ),
+        "selfmod": _selfmod_spec(config, stores, run_id),
         "monitor": ActorSpec(MonitorActor),
         "operator": ActorSpec(
             OperatorActor,
@@ -340,3 +309,56 @@ def build_specs(
             },
         ),
     }
+
+
+def _shard_specs(
+    config: Config,
+    shard_symbols: list[list[str]],
+    stores: Stores,
+    constitution: Constitution,
+    policy: SizingPolicy,
+    replay_window: int,
+    checkpoints: Checkpoints | None,
+) -> list[ActorSpec]:
+    """One shard actor per group of symbols, spread over the cluster."""
+    account = config.engine.account
+    return [
+        ActorSpec(
+            ShardActor,
+            index=i,
+            kwargs={
+                "symbols": symbols,
+                "strategy": config.strategy,
+                "stores": stores,
+                "account": account,
+                "replay_window": replay_window,
+                # Self-modification learns from the trades its rules prevent.
+                "shadow": ShadowCosts(constitution, policy, config.sim)
+                if config.selfmod.enabled
+                else None,
+                # A real broker's positions may be the owner's own: never sold unasked.
+                "adopt_carried": bool(account) and config.broker.kind == "sim",
+            },
+            spread=True,
+            checkpoints=checkpoints,
+        )
+        for i, symbols in enumerate(shard_symbols)
+    ]
+
+
+def _selfmod_spec(config: Config, stores: Stores, run_id: str) -> ActorSpec:
+    """The self-modification actor, with the settings of ``[selfmod]``."""
+    return ActorSpec(
+        SelfModActor,
+        kwargs={
+            "stores": stores,
+            "scope": state_scope(config, run_id),
+            "enabled": config.selfmod.enabled,
+            "min_trades": config.selfmod.min_trades,
+            "alpha": config.selfmod.alpha,
+            "look_growth": config.selfmod.look_growth,
+            "confirm_trades": config.selfmod.confirm_trades,
+            "min_new_trades": config.selfmod.min_new_trades,
+            "max_proposals": config.selfmod.max_proposals,
+        },
+    )

@@ -32,6 +32,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+
+@dataclass(frozen=True, slots=True)
+class Graph:
+    """Handles of the actors of one session, by role (the tables' ``actor``)."""
+
+    shards: list[Any]
+    regime: Any
+    guardian: Any
+    gateway: Any
+    selfmod: Any
+    monitor: Any
+    operator: Any
+
+
 BARS = "@bars"
 OWN_BARS = "@own-bars"
 PENDING = "@pending"
@@ -153,11 +167,11 @@ def run_step(
     actors: Callable[[str], Any],
     flags: dict[str, bool],
     *,
-    bars: list[Any],
-    own_bars: Sequence[Any],
-    pending: list[Any],
-    prev: dict[str, Any],
-    carry: Callable[[Any], Any],
+    bars: list[Any] | None = None,
+    own_bars: Sequence[Any] = (),
+    pending: list[Any] | None = None,
+    prev: dict[str, Any] | None = None,
+    carry: Callable[[Any], Any] = lambda x: x,
 ) -> dict[str, Any]:
     """Run one step of ``table``; return its results by name (``shards``: a list).
 
@@ -166,6 +180,7 @@ def run_step(
     one that is not there is not passed); ``own_bars[i]`` shard i's batch (None: no bar).
     ``flags`` say which nodes run (see the module docstring)."""
     made = produced(flags, table)
+    bars, pending, prev = bars or [], pending or [], prev or {}
     out: dict[str, Any] = {}
     for node in table:
         if node.when and not flags.get(node.when, False):

@@ -25,48 +25,15 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 MAX_FUNCTION_LINES = 80
 MAX_FILE_LINES = 600
 LONG_FILES: dict[str, int] = {
-    "sovereign/actors/channel.py": 640,
-    "sovereign/actors/gateway.py": 632,
-    "sovereign/actors/shard.py": 753,
-    "sovereign/brokers/ib.py": 827,
-    "sovereign/cli.py": 896,
-    "sovereign/comms/telegram.py": 848,
+    # The breakout's speculative chunk kernel: a second copy of the strategy, to go when the
+    # strategy itself runs on blocks (issue 19, item 1), not to be split meanwhile.
     "sovereign/core/chunks.py": 974,
-    "sovereign/core/foundation.py": 687,
-    "sovereign/core/indicators.py": 681,
-    "sovereign/core/selfmod.py": 947,
-    "sovereign/core/signals.py": 734,
-    "sovereign/core/weakness.py": 871,
-    "sovereign/engine.py": 754,
-    "sovereign/memory/governance.py": 653,
-    "sovereign/memory/trade_memory.py": 794,
-    "sovereign/report.py": 819,
 }
 LONG_FUNCTIONS: dict[str, int] = {
-    "sovereign/actors/selfmod.py:_on_decision": 86,
-    "sovereign/actors/shard.py:_on_bars": 96,
-    "sovereign/bench/peer_nautilus.py:run": 132,
-    "sovereign/bench/reference.py:breakout_reference": 91,
-    "sovereign/bench/runner.py:_ray_ping": 81,
     "sovereign/brokers/sim_chunk.py:speculate": 170,
-    "sovereign/cli_parser.py:build_parser": 154,
     "sovereign/core/chunks.py:_walk": 127,
     "sovereign/core/chunks.py:_walk_scalar": 105,
     "sovereign/core/chunks.py:_book": 207,
-    "sovereign/core/metrics.py:compute_metrics": 108,
-    "sovereign/core/signals.py:_entries": 86,
-    "sovereign/core/signals.py:_open": 100,
-    "sovereign/core/weakness.py:find_weaknesses": 89,
-    "sovereign/data/loaders.py:load_ohlcv": 132,
-    "sovereign/data/synthetic.py:generate": 107,
-    "sovereign/data/validation.py:validate_ohlcv": 133,
-    "sovereign/engine.py:_run": 137,
-    "sovereign/memory/governance.py:record_deploy": 83,
-    "sovereign/report.py:_selfmod_section": 88,
-    "sovereign/session.py:session_meta": 83,
-    "sovereign/specs.py:build_specs": 108,
-    "sovereign/training/foundation.py:_prepare": 90,
-    "sovereign/training/foundation.py:train_foundation": 110,
 }
 
 
@@ -165,6 +132,16 @@ def test_no_file_or_function_grows_past_its_limit() -> None:
         for k, v in too_long_functions.items()
         if v > LONG_FUNCTIONS.get(k, 0)
     }
+    # The allowances follow every shrink down: one left above its part's size would let
+    # it grow back unnoticed.
+    stale = {
+        k: (too_long_files.get(k), v) for k, v in LONG_FILES.items() if too_long_files.get(k, 0) < v
+    } | {
+        k: (too_long_functions.get(k), v)
+        for k, v in LONG_FUNCTIONS.items()
+        if too_long_functions.get(k, 0) < v
+    }
+    assert stale == {}, f"allowances above their part's size (now, allowed): {stale}"
     assert grown_files == {}, f"files over {MAX_FILE_LINES} lines (now, allowed): {grown_files}"
     assert grown_functions == {}, (
         f"functions over {MAX_FUNCTION_LINES} lines (now, allowed): {grown_functions}"

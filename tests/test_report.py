@@ -13,13 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sovereign.report import (
-    TRADE_COLUMNS,
-    ReportPaths,
-    format_metric,
-    format_summary_table,
-    write_report,
-)
+from sovereign.report import TRADE_COLUMNS, ReportPaths, write_report
+from sovereign.report_format import format_metric, format_summary_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DAY_NS = 86_400 * 1_000_000_000

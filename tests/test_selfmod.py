@@ -100,11 +100,11 @@ def test_each_rule_has_a_shadow_record_and_a_place_on_the_equity_chart(demo) -> 
     html = (root / "out" / "report.html").read_text()
     assert "Each rule&#x27;s record" in html or "Each rule's record" in html
     # The deployments are drawn on the chart: it differs from the same curve without them.
-    from sovereign.report import _equity_png
+    from sovereign.report_chart import equity_png
 
     ts = np.array([1, 2, 3], dtype=np.int64) * 86_400 * 10**9
-    plain = _equity_png(ts, np.array([1.0, 2.0, 3.0]), "t")
-    marked = _equity_png(ts, np.array([1.0, 2.0, 3.0]), "t", markers=[(int(ts[1]), "add R1", "g")])
+    plain = equity_png(ts, np.array([1.0, 2.0, 3.0]), "t")
+    marked = equity_png(ts, np.array([1.0, 2.0, 3.0]), "t", markers=[(int(ts[1]), "add R1", "g")])
     assert plain != marked
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from sovereign.engine import Graph
 from sovereign.stepgraph import (
     BAR_STEP,
     BARS,
@@ -18,6 +17,7 @@ from sovereign.stepgraph import (
     PENDING,
     POLL_STEP,
     WATCHED,
+    Graph,
     In,
     Node,
     produced,

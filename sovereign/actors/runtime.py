@@ -35,15 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sovereign.actors.base import Actor
-from sovereign.actors.channel import (
-    ChannelCall,
-    ChannelError,
-    Channels,
-    ChannelServer,
-    ChannelWorker,
-    connect,
-    wait_all,
-)
+from sovereign.actors.channel import ChannelError, ChannelServer, ChannelWorker
+from sovereign.actors.channel_driver import ChannelCall, Channels, connect, wait_all
 from sovereign.memory.checkpoints import Checkpoints, CheckpointStore
 from sovereign.messages import WIRE, Message, MessageDecodeError
 

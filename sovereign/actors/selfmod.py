@@ -21,9 +21,9 @@ from sovereign.core.selfmod import (
     EvidenceTrade,
     Proposal,
     RuleBook,
-    SelfModEngine,
     refusal_lifts,
 )
+from sovereign.core.selfmod_engine import SelfModEngine
 from sovereign.memory.governance import (
     RollbackError,
     UnapprovedChangeError,
@@ -61,6 +61,27 @@ SelfModInbox = (
     | SessionEnded
     | ShadowTradeClosed
 )
+
+
+_NOTIFIED_EVIDENCE = frozenset(
+    (
+        "n",
+        "win_rate",
+        "expectancy",
+        "test",
+        "statistic",
+        "q_value",
+        "actual_pnl",
+        "counterfactual_pnl",
+        "confirm_p",
+        "prevented_n",
+        "prevented_mean_return",
+        "kept_mean_return",
+        "p_value",
+        "prevented_pnl",
+    )
+)
+"""The evidence a deployment's notification names (the rest is in the audit log)."""
 
 
 class SelfModActor(Actor[SelfModInbox]):
@@ -276,25 +297,7 @@ class SelfModActor(Actor[SelfModInbox]):
         self.deployed.append(mod_id)
         self.count("auto_deployed")
         evidence = ", ".join(
-            f"{k}={_short(v)}"
-            for k, v in p.evidence.items()
-            if k
-            in (
-                "n",
-                "win_rate",
-                "expectancy",
-                "test",
-                "statistic",
-                "q_value",
-                "actual_pnl",
-                "counterfactual_pnl",
-                "confirm_p",
-                "prevented_n",
-                "prevented_mean_return",
-                "kept_mean_return",
-                "p_value",
-                "prevented_pnl",
-            )
+            f"{k}={_short(v)}" for k, v in p.evidence.items() if k in _NOTIFIED_EVIDENCE
         )
         return [
             self._snapshot(str(mod_id)),

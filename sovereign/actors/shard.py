@@ -14,21 +14,16 @@ import time
 import numpy as np
 
 from sovereign.actors.base import Actor, accepting
+from sovereign.actors.shard_chunks import ShardChunks
+from sovereign.actors.trade_messages import trade_closed, trades_closed
 from sovereign.config import StrategyConfig
 from sovereign.core.bars import clean_rows
 from sovereign.core.chunks import (
-    ChunkBars,
     ChunkOutcome,
-    ChunkUnsupportedError,
     ClosedColumns,
-    breakout_chunk,
-    checkpoint,
-    commit_trades,
-    restore,
-    strategy_state_names,
 )
 from sovereign.core.shadow import ShadowCosts
-from sovereign.core.signals import ShardStrategy
+from sovereign.core.signals import CancelSignal, EntrySignal, ExitSignal, ShardStrategy
 from sovereign.core.trades import ClosedTrade
 from sovereign.core.universe import Universe
 from sovereign.domain.regimes import REGIME_NAMES, REGIME_UNKNOWN
@@ -42,9 +37,7 @@ from sovereign.messages import (
     CancelOrder,
     ChunkExecution,
     ChunkVerdict,
-    IntentChunk,
     Message,
-    NDArray,
     OrderCanceled,
     OrderFilled,
     OrderIntent,
@@ -90,7 +83,7 @@ ShardInbox = (
 )
 
 
-class ShardActor(Actor[ShardInbox]):
+class ShardActor(ShardChunks, Actor[ShardInbox]):
     role = "shard"
     accepts = accepting(ShardInbox)
 
@@ -285,145 +278,6 @@ class ShardActor(Actor[ShardInbox]):
                 return self.strategy.on_canceled(msg.order_id, msg.ts_event)
         return None
 
-    # -- SPECULATIVE CHUNKS ---------------------------------------------------------------
-
-    _ACTOR_STATE = ("last_ts", "intents")
-
-    def _on_chunk_message(
-        self,
-        msg: BarChunk | ChunkVerdict | ChunkExecution,
-        messages: list[Message],
-        closed: list[ClosedTrade | ClosedColumns],
-    ) -> list[Message]:
-        if isinstance(msg, ChunkExecution):
-            return []  # read with the verdict that follows it
-        if isinstance(msg, ChunkVerdict):
-            # Its execution report (the commissions charged) travels in the same call.
-            executed = next(
-                (m for m in messages if isinstance(m, ChunkExecution) and m.chunk == msg.chunk),
-                None,
-            )
-            closed.extend(self._settle_chunk(msg, executed))
-            return []
-        return [self._on_bar_chunk(msg)] if msg.shard == self.index else []
-
-    def _on_bar_chunk(self, msg: BarChunk) -> IntentChunk:
-        """Run the strategy over a chunk speculatively (``core.chunks``): every intent is
-        assumed approved and filled at the next open. The state before it is kept until
-        the guardian's verdict commits the chunk or discards it."""
-        self._chunk = None
-        ts = msg.ts.to_numpy()
-        bar_close = ts + msg.interval_s * 1_000_000_000
-        saved_orders = list(self.strategy.orders)
-
-        def refuse(why: str) -> IntentChunk:
-            self.count("chunks_refused")
-            return self._intent_chunk(msg, bar_close, None, saved_orders, why)
-
-        if int(ts[0]) <= self.last_ts or (np.diff(ts) <= 0).any():
-            return refuse("bar times not after the last bar")
-        if self.universe.locate(msg.symbols.to_numpy()) is not self.universe.identity:
-            return refuse("the chunk's symbols are not this shard's universe")
-        bars = ChunkBars(
-            ts=ts,
-            open=msg.open.to_numpy(),
-            high=msg.high.to_numpy(),
-            low=msg.low.to_numpy(),
-            close=msg.close.to_numpy(),
-            volume=msg.volume.to_numpy(),
-        )
-        saved = checkpoint(self.strategy, strategy_state_names())
-        saved.update({name: getattr(self, name) for name in self._ACTOR_STATE})
-        saved["ids"] = self.ids.n
-        try:
-            outcome = breakout_chunk(self.strategy, bars, self.regime_codes)
-        except ChunkUnsupportedError as exc:
-            self._restore(saved)
-            return refuse(str(exc))
-        self._chunk = (msg.chunk, saved, outcome)
-        self.last_ts = int(ts[-1])
-        self.intents += len(outcome.intents)
-        return self._intent_chunk(msg, bar_close, outcome, saved_orders, "")
-
-    def _intent_chunk(
-        self,
-        msg: BarChunk,
-        bar_close: np.ndarray,
-        outcome: ChunkOutcome | None,
-        pending: list[str],
-        refused: str,
-    ) -> IntentChunk:
-        i = outcome.intents if outcome is not None else None
-
-        def col(name: str, dtype: str) -> NDArray:
-            values = getattr(i, name) if i is not None else np.zeros(0)
-            return NDArray.from_numpy(np.asarray(values, dtype=dtype))
-
-        return IntentChunk(
-            msg_id=self.ids.next(),
-            ts_event=msg.ts_event,
-            ts_init=msg.ts_init,
-            correlation_id=msg.msg_id,
-            chunk=msg.chunk,
-            shard=self.index,
-            symbols=NDArray.from_numpy(self.universe.array),
-            bar_close=NDArray.from_numpy(bar_close.astype(np.int64)),
-            bar=col("bar", "<i8"),
-            index=col("index", "<i8"),
-            side=col("side", "|u1"),
-            quantity=col("quantity", "<i8"),
-            ref_price=col("ref_price", "<f8"),
-            confidence=col("confidence", "<f8"),
-            seq=col("seq", "<i8"),
-            pending=pending,
-            refused=refused,
-        )
-
-    def _settle_chunk(
-        self, verdict: ChunkVerdict, executed: ChunkExecution | None
-    ) -> list[ClosedColumns]:
-        """Commit the speculative chunk (its closed trades, with the commissions the broker
-        charged, go to trade memory) or go back to the state before it."""
-        held, self._chunk = self._chunk, None
-        if held is None or held[0] != verdict.chunk:
-            return []
-        _, saved, outcome = held
-        if verdict.valid and executed is None:
-            # The commissions of its fills are in the report: never book without them.
-            raise RuntimeError(f"chunk {verdict.chunk}: a valid verdict without its execution")
-        if not verdict.valid:
-            self._restore(saved)
-            self.count("chunks_discarded")
-            return []
-        fee = None
-        if executed is not None:
-            # The chunk's fills are booked here, as bar by bar each OrderFilled would be.
-            self.fills_booked += int((executed.fill_shard.to_numpy() == self.index).sum())
-            commissions = executed.fill_commission.to_numpy()
-            mine = (executed.fill_shard.to_numpy() == self.index) & (commissions != 0)
-            if mine.any():
-                index = self.universe.index
-                names = executed.fill_symbol.to_numpy()[mine].tolist()
-                seqs = executed.fill_seq.to_numpy()[mine].tolist()
-                charged = {
-                    (index[s.decode()], q): c
-                    for s, q, c in zip(names, seqs, commissions[mine].tolist(), strict=True)
-                }
-
-                def fee(j: int, seq: int) -> float:
-                    return charged.get((j, seq), 0.0)
-
-        self.count("chunks_committed")
-        trades = commit_trades(self.strategy, outcome, fee)
-        return [trades] if len(trades) else []
-
-    def _restore(self, saved: dict[str, object]) -> None:
-        state = dict(saved)
-        self.ids.n = state.pop("ids")  # type: ignore[assignment]
-        for name in self._ACTOR_STATE:
-            setattr(self, name, state.pop(name))
-        restore(self.strategy, state)
-
     # -- RESTARTS -----------------------------------------------------------------------
 
     _KEPT = (
@@ -590,6 +444,27 @@ class ShardActor(Actor[ShardInbox]):
             key = "duplicate_time" if batch.ts == self.last_ts else "out_of_order_time"
             self.rejected_bars[key] = self.rejected_bars.get(key, 0) + len(batch)
             return []
+        self._take_rows(batch)
+        self.last_ts = batch.ts
+        entries, exits, cancels = self.strategy.on_bars(
+            batch.ts,
+            self._mask,
+            self._h,
+            self._l,
+            self._c,
+            self._v,
+            self.regime_codes,
+            self.regime_probs,
+            trade=not batch.warmup,
+            open_=self._o,
+        )
+        out = self._intents(batch, entries, exits, cancels)
+        self.intents += len(exits) + len(entries)
+        return out
+
+    def _take_rows(self, batch: BarBatch) -> None:
+        """Scatter the batch's good rows of known symbols into the full-width columns
+        (``_mask`` says which symbols have a bar); count every row refused, by reason."""
         idx = self.universe.locate(batch.symbols.to_numpy())
         o, h, lo = batch.open.to_numpy(), batch.high.to_numpy(), batch.low.to_numpy()
         c, v = batch.close.to_numpy(), batch.volume.to_numpy()
@@ -604,7 +479,6 @@ class ShardActor(Actor[ShardInbox]):
                 n = int((hit & known).sum())
                 if n:
                     self.rejected_bars[reason] = self.rejected_bars.get(reason, 0) + n
-        self.last_ts = batch.ts
         if idx is self.universe.identity and not reasons:
             # The whole universe, in order, every row good (clean_rows names reasons only
             # when a row is bad): the usual replay step, plain copies and no gathers.
@@ -617,18 +491,15 @@ class ShardActor(Actor[ShardInbox]):
             self._mask[rows] = True
             self._o[rows], self._h[rows], self._l[rows] = o[take], h[take], lo[take]
             self._c[rows], self._v[rows] = c[take], v[take]
-        entries, exits, cancels = self.strategy.on_bars(
-            batch.ts,
-            self._mask,
-            self._h,
-            self._l,
-            self._c,
-            self._v,
-            self.regime_codes,
-            self.regime_probs,
-            trade=not batch.warmup,
-            open_=self._o,
-        )
+
+    def _intents(
+        self,
+        batch: BarBatch,
+        entries: list[EntrySignal],
+        exits: list[ExitSignal],
+        cancels: list[CancelSignal],
+    ) -> list[Message]:
+        """The strategy's decisions at this bar as messages: cancels, exits, entries."""
         now = batch.ts_event
         out: list[Message] = []
         for cancel in cancels:
@@ -679,65 +550,17 @@ class ShardActor(Actor[ShardInbox]):
                     size_scale=e.size_scale,
                 )
             )
-        self.intents += len(exits) + len(entries)
         return out
 
     def _trades_message(self, t: ClosedColumns) -> TradesClosed:
-        """A chunk's closed trades in one message; each row keeps the id its own
-        ``TradeClosed`` would have had."""
-        ids = self.ids.take(len(t))
-        last = int(t.exit_ts.max())
-        msg = TradesClosed(
-            msg_id=self.ids.next(),
-            ts_event=last,
-            ts_init=last,
-            shard=self.index,
-            msg_ids=ids,
-            trade_id=t.trade_id,
-            symbol=t.symbol,
-            side=["LONG"] * len(t),
-            quantity=NDArray.from_numpy(t.quantity),
-            entry_ts=NDArray.from_numpy(t.entry_ts),
-            exit_ts=NDArray.from_numpy(t.exit_ts),
-            entry_price=NDArray.from_numpy(t.entry_price),
-            exit_price=NDArray.from_numpy(t.exit_price),
-            pnl=NDArray.from_numpy(t.pnl),
-            commission=NDArray.from_numpy(t.commission),
-            return_pct=NDArray.from_numpy(t.return_pct),
-            bars_held=NDArray.from_numpy(t.bars_held),
-            exit_reason=t.exit_reason,
-            regime=t.regime,
-            confidence=NDArray.from_numpy(t.confidence),
-            features=t.features,
-        )
+        msg = trades_closed(self.ids, self.index, t)
         self.trades_closed += len(t)
         if self.store is not None:
             self.store.add_many(msg, self.run_id)
         return msg
 
     def _trade_message(self, t: ClosedTrade) -> TradeClosed:
-        msg = TradeClosed(
-            msg_id=self.ids.next(),
-            ts_event=t.exit_ts,
-            ts_init=t.exit_ts,
-            trade_id=t.trade_id,
-            shard=self.index,
-            symbol=t.symbol,
-            side="LONG",
-            quantity=t.quantity,
-            entry_ts=t.entry_ts,
-            exit_ts=t.exit_ts,
-            entry_price=t.entry_price,
-            exit_price=t.exit_price,
-            pnl=t.pnl,
-            commission=t.commission,
-            return_pct=t.return_pct,
-            bars_held=t.bars_held,
-            exit_reason=t.exit_reason,
-            regime=t.regime,
-            confidence=t.confidence,
-            features=t.features,
-        )
+        msg = trade_closed(self.ids, self.index, t)
         self.trades_closed += 1
         if self.store is not None:
             self.store.add(msg, self.run_id)

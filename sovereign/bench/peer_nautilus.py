@@ -29,23 +29,10 @@ import pandas as pd
 WINDOW, ATR_PERIOD, STOP, TARGET, MAX_HOLD, QTY = 20, 14, 1.5, 3.0, 50, 100
 
 
-def run(path: str) -> dict[str, Any]:
-    from nautilus_trader.backtest.engine import BacktestEngine, BacktestEngineConfig
-    from nautilus_trader.config import LoggingConfig
-    from nautilus_trader.model.currencies import USD
-    from nautilus_trader.model.data import BarType
-    from nautilus_trader.model.enums import AccountType, OmsType, OrderSide
-    from nautilus_trader.model.identifiers import Venue
-    from nautilus_trader.model.objects import Money
-    from nautilus_trader.persistence.wranglers import BarDataWrangler
-    from nautilus_trader.test_kit.providers import TestInstrumentProvider
+def _breakout_class() -> type[Any]:
+    """The strategy class, defined on call: NautilusTrader is imported only when run."""
+    from nautilus_trader.model.enums import OrderSide
     from nautilus_trader.trading.strategy import Strategy
-
-    started = time.perf_counter()
-    with np.load(path) as f:
-        bars = {k: f[k] for k in f.files}
-    t, n = bars["close"].shape
-    index = pd.to_datetime(bars["ts"], unit="ns", utc=True)
 
     class Breakout(Strategy):  # type: ignore[misc]
         def __init__(self, bar_types: list[Any], instruments: dict[Any, Any]) -> None:
@@ -110,6 +97,28 @@ def run(path: str) -> dict[str, Any]:
             s["highs"].append(h)
             s["vols"].append(v)
 
+    return Breakout
+
+
+def run(path: str) -> dict[str, Any]:
+    from nautilus_trader.backtest.engine import BacktestEngine, BacktestEngineConfig
+    from nautilus_trader.config import LoggingConfig
+    from nautilus_trader.model.currencies import USD
+    from nautilus_trader.model.data import BarType
+    from nautilus_trader.model.enums import AccountType, OmsType
+    from nautilus_trader.model.identifiers import Venue
+    from nautilus_trader.model.objects import Money
+    from nautilus_trader.persistence.wranglers import BarDataWrangler
+    from nautilus_trader.test_kit.providers import TestInstrumentProvider
+
+    started = time.perf_counter()
+    with np.load(path) as f:
+        bars = {k: f[k] for k in f.files}
+    t, n = bars["close"].shape
+    index = pd.to_datetime(bars["ts"], unit="ns", utc=True)
+
+    strategy_class = _breakout_class()
+
     engine = BacktestEngine(
         config=BacktestEngineConfig(logging=LoggingConfig(log_level="ERROR", bypass_logging=True))
     )
@@ -140,7 +149,7 @@ def run(path: str) -> dict[str, Any]:
         engine.add_data(BarDataWrangler(bar_type, inst).process(frame))
         bar_types.append(bar_type)
         instruments[inst.id] = inst
-    strategy = Breakout(bar_types, instruments)
+    strategy = strategy_class(bar_types, instruments)
     engine.add_strategy(strategy)
     load_s = time.perf_counter() - started
     t0 = time.perf_counter()

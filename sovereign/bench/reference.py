@@ -78,16 +78,7 @@ def breakout_reference(
             entry_pending = np.zeros(n, dtype=bool)
         if exit_pending.any():
             idx = np.flatnonzero(exit_pending)
-            out.append(
-                (
-                    idx,
-                    entry_bar[idx].copy(),
-                    np.full(idx.size, t),
-                    entry_price[idx].copy(),
-                    o[idx].copy(),
-                    exit_reason[idx].copy(),
-                )
-            )
+            out.append(_closed(idx, t, entry_bar, entry_price, o, exit_reason))
             quantity[idx] = False
             exit_pending = np.zeros(n, dtype=bool)
         # 2. indicators
@@ -119,6 +110,30 @@ def breakout_reference(
                 signal_atr[go] = atr[go]
         high_ring[t % window] = h
         vol_ring[t % window] = v
+    return _trades(out)
+
+
+def _closed(
+    idx: np.ndarray,
+    t: int,
+    entry_bar: np.ndarray,
+    entry_price: np.ndarray,
+    exit_price: np.ndarray,
+    exit_reason: np.ndarray,
+) -> tuple[np.ndarray, ...]:
+    """The trades of symbols ``idx`` exiting at bar ``t``, copied out of the live state."""
+    return (
+        idx,
+        entry_bar[idx].copy(),
+        np.full(idx.size, t),
+        entry_price[idx].copy(),
+        exit_price[idx].copy(),
+        exit_reason[idx].copy(),
+    )
+
+
+def _trades(out: list[tuple[np.ndarray, ...]]) -> ReferenceTrades:
+    """Join the per-bar batches of closed trades into one :class:`ReferenceTrades`."""
     if not out:
         empty_i = np.zeros(0, dtype=np.int64)
         empty_f = np.zeros(0)

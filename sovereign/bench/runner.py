@@ -296,6 +296,27 @@ def _reference(data: Any, job: Job, load_s: float, started: float) -> dict[str, 
     }
 
 
+def _percentile(values: Any, q: float) -> float:
+    """The ``q`` percentile of ``values``, rounded as the figures are reported."""
+    return round(float(np.percentile(values, q)), 1)
+
+
+def _compiled_figures(ray: Any, n: int, gap: float) -> dict[str, Any]:
+    """The step flow as a compiled graph, or why it failed (an experimental Ray API)."""
+    try:
+        compiled = compiled_step_flow(ray, n, gap)
+    except Exception as exc:  # an experimental Ray API: keep the other figures
+        return {"compiled_error": f"{type(exc).__name__}: {exc}"}
+    return {
+        "compiled_chain_us_p50": _percentile(compiled["back_to_back_us"], 50),
+        "compiled_chain_us_p99": _percentile(compiled["back_to_back_us"], 99),
+        "spaced_compiled_chain_us_p50": _percentile(compiled["spaced_us"], 50),
+        "spaced_compiled_chain_us_p99": _percentile(compiled["spaced_us"], 99),
+        "compiled_idle_cores": round(compiled["idle_cores"], 2),
+        "plain_idle_cores": round(compiled["plain_idle_cores"], 2),
+    }
+
+
 def _ray_ping(n: int) -> dict[str, Any]:
     """A bare Ray actor round trip (bytes in, bytes out), the floor of a Ray step; and the
     step's data flow with actors that do nothing, back to back and spaced apart."""
@@ -318,9 +339,6 @@ def _ray_ping(n: int) -> dict[str, Any]:
         verdicts = guardian.call.remote(*outs, gw)
         ray.get(gateway.call.remote(verdicts))
 
-    def p(values: Any, q: float) -> float:
-        return round(float(np.percentile(values, q)), 1)
-
     hot_ping, hot_flow = timed_steps(ping, n, 0.0), timed_steps(flow, n // 2, 0.0)
     # Spaced: each call after a pause, as a paper session's steps come (its processes
     # idle between bars, and waking them is part of every hop).
@@ -339,39 +357,26 @@ def _ray_ping(n: int) -> dict[str, Any]:
     )
     # The same flow as a compiled graph: what Ray's fastest transport costs per step, and
     # what its polling actors cost the machine while they wait.
-    compiled_figures: dict[str, Any]
-    try:
-        compiled = compiled_step_flow(ray, n // 4, gap)
-    except Exception as exc:  # an experimental Ray API: keep the other figures
-        compiled_figures = {"compiled_error": f"{type(exc).__name__}: {exc}"}
-    else:
-        compiled_figures = {
-            "compiled_chain_us_p50": p(compiled["back_to_back_us"], 50),
-            "compiled_chain_us_p99": p(compiled["back_to_back_us"], 99),
-            "spaced_compiled_chain_us_p50": p(compiled["spaced_us"], 50),
-            "spaced_compiled_chain_us_p99": p(compiled["spaced_us"], 99),
-            "compiled_idle_cores": round(compiled["idle_cores"], 2),
-            "plain_idle_cores": round(compiled["plain_idle_cores"], 2),
-        }
+    compiled_figures = _compiled_figures(ray, n // 4, gap)
     ray.shutdown()
     return {
         "kind": "ping",
         "runtime": "ray",
-        "ping_us_p50": p(hot_ping, 50),
-        "ping_us_p99": p(hot_ping, 99),
-        "chain_us_p50": p(hot_flow, 50),
-        "chain_us_p99": p(hot_flow, 99),
+        "ping_us_p50": _percentile(hot_ping, 50),
+        "ping_us_p99": _percentile(hot_ping, 99),
+        "chain_us_p50": _percentile(hot_flow, 50),
+        "chain_us_p99": _percentile(hot_flow, 99),
         "spaced_gap_ms": SPACED_GAP_MS,
-        "spaced_ping_us_p50": p(spaced_ping, 50),
-        "spaced_ping_us_p99": p(spaced_ping, 99),
-        "spaced_chain_us_p50": p(spaced_flow, 50),
-        "spaced_chain_us_p99": p(spaced_flow, 99),
-        "pushed_chain_us_p50": p(pushed, 50),
-        "pushed_chain_us_p99": p(pushed, 99),
-        "channel_chain_us_p50": p(on_channels["back_to_back_us"], 50),
-        "channel_chain_us_p99": p(on_channels["back_to_back_us"], 99),
-        "spaced_channel_chain_us_p50": p(on_channels["spaced_us"], 50),
-        "spaced_channel_chain_us_p99": p(on_channels["spaced_us"], 99),
+        "spaced_ping_us_p50": _percentile(spaced_ping, 50),
+        "spaced_ping_us_p99": _percentile(spaced_ping, 99),
+        "spaced_chain_us_p50": _percentile(spaced_flow, 50),
+        "spaced_chain_us_p99": _percentile(spaced_flow, 99),
+        "pushed_chain_us_p50": _percentile(pushed, 50),
+        "pushed_chain_us_p99": _percentile(pushed, 99),
+        "channel_chain_us_p50": _percentile(on_channels["back_to_back_us"], 50),
+        "channel_chain_us_p99": _percentile(on_channels["back_to_back_us"], 99),
+        "spaced_channel_chain_us_p50": _percentile(on_channels["spaced_us"], 50),
+        "spaced_channel_chain_us_p99": _percentile(on_channels["spaced_us"], 99),
         "channel_idle_cores": round(on_channels["idle_cores"], 2),
         "pipelined_flow_us_per_step": round(pipelined_us, 1),
         **compiled_figures,

@@ -17,8 +17,9 @@ group — and is written to the audit log, rate limited so that a flood cannot f
 The token comes from the environment and is redacted from every log record and error this
 process produces.
 
-The commands' facts come from ``sovereign.operations`` and their text from
-``sovereign.comms.text`` (the CLI uses the same), so the bot only routes and checks.
+The commands are checked and answered in ``sovereign.comms.telegram_commands``; their
+facts come from ``sovereign.operations`` and their text from ``sovereign.comms.text`` (the
+CLI uses the same), so the bot only routes and checks.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from sovereign.comms import text as fmt
+from sovereign.comms.telegram_commands import OperatorCommands
 from sovereign.config import Config, ConfigError
 from sovereign.domain.service_settings import NotifyMode, TelegramConfig
 from sovereign.messages import Notification
@@ -151,44 +153,6 @@ def _install_redaction(token: str) -> None:
 
 # -- THE BOT ----------------------------------------------------------------------------
 
-IgnoreReason = Literal["business", "channel", "edited", "not_own_chat", "other"]
-
-
-def ignore_reason(update: Any) -> IgnoreReason | None:
-    """Why ``update`` must get no answer at all, or None for a new message that the
-    allowlist and chat-type checks then decide on.
-
-    Only ``update.message`` can be a command: ``effective_message`` would also return an
-    edit, a business account's message or a channel post (and a callback query's message,
-    which the bot wrote itself).
-    """
-    message = update.message
-    if message is None:
-        if (
-            update.business_connection is not None
-            or update.business_message is not None
-            or update.edited_business_message is not None
-            or update.deleted_business_messages is not None
-        ):
-            return "business"
-        if update.channel_post is not None or update.edited_channel_post is not None:
-            return "channel"
-        if update.edited_message is not None:
-            return "edited"
-        return "other"
-    # Telegram puts none of these in a plain new message; checked all the same, since an
-    # answer to such a message would go into a chat with someone else.
-    if message.business_connection_id:
-        return "business"
-    if message.edit_date is not None:
-        return "edited"
-    user = message.from_user
-    if user is None:
-        return "other"
-    if message.chat.type == "private" and message.chat.id != user.id:
-        return "not_own_chat"
-    return None
-
 
 @dataclass(slots=True)
 class TelegramCounters:
@@ -204,7 +168,8 @@ class TelegramCounters:
     replies: int = 0
     denied: int = 0
     denied_audited: int = 0
-    # Updates answered with nothing at all (see ``ignore_reason``), in all and by reason.
+    # Updates answered with nothing at all (see ``telegram_commands.ignore_reason``), in all
+    # and by reason.
     ignored_updates: int = 0
     ignored_business: int = 0
     ignored_channel: int = 0
@@ -220,14 +185,6 @@ class _Outgoing:
     silent: bool
     chats: list[int]
     enqueued: float
-
-
-@dataclass(slots=True)
-class _StrangerWindow:
-    started: float
-    attempts: int = 0
-    audited: int = 0
-    replied: bool = False
 
 
 class OperatorBot:
@@ -269,8 +226,6 @@ class OperatorBot:
         self._queue: deque[_Outgoing] = deque()
         self._inflight: _Outgoing | None = None  # the head item while it is being sent
         self._lock = threading.Lock()
-        self._strangers: dict[int, _StrangerWindow] = {}
-        self._audit_window: tuple[float, int] = (0.0, 0)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -279,6 +234,15 @@ class OperatorBot:
         self._startup_error: BaseException | None = None
         self._drain_deadline = 0.0
         self.connected = False
+        self.commands = OperatorCommands(
+            settings,
+            self.state_dir,
+            config,
+            scope=scope,
+            counters=self.counters,
+            stats=self.stats,
+            clock=clock,
+        )
 
     # -- LIFECYCLE --
 
@@ -404,7 +368,7 @@ class OperatorBot:
             .get_updates_read_timeout(self.poll_timeout_s + 5)
             .build()
         )
-        app.add_handler(TypeHandler(Update, self._on_update))
+        app.add_handler(TypeHandler(Update, self.commands.on_update))
         app.add_error_handler(self._on_error)
         backoff = s.config.retry_initial_s
         sender = asyncio.create_task(self._sender(app.bot))
@@ -569,256 +533,9 @@ class OperatorBot:
 
     # -- COMMANDS --
 
-    async def _on_update(self, update: Any, context: Any) -> None:
-        reason = ignore_reason(update)
-        if reason is not None:
-            self._ignore(update, reason)
-            return
-        message = update.message
-        user, chat = message.from_user, message.chat
-        text = (message.text or "").strip()
-        if user.id not in self.settings.allowed_users or chat.type != "private":
-            await self._deny(context.bot, user, chat, text)
-            return
-        self.counters.commands += 1
-        if not text.startswith("/"):
-            answer = "Commands start with /. /help lists them."
-        else:
-            word, _, argument = text[1:].partition(" ")
-            command = word.split("@", 1)[0].lower()
-            log.info("operator %s: /%s %s", user.id, command, argument[:64])
-            answer = await asyncio.to_thread(self.answer, command, argument.strip(), user.id)
-        for part in fmt.split_message(answer):
-            await self._reply(context.bot, chat.id, part)
-
-    def _ignore(self, update: Any, reason: IgnoreReason) -> None:
-        c = self.counters
-        c.ignored_updates += 1
-        name = f"ignored_{reason}"
-        setattr(c, name, getattr(c, name) + 1)
-        user, chat = update.effective_user, update.effective_chat
-        log.info(
-            "Telegram: ignored update %s (%s) from user %s in chat %s",
-            update.update_id,
-            reason,
-            "-" if user is None else user.id,
-            "-" if chat is None else chat.id,
-        )
-
-    async def _reply(self, bot: Any, chat_id: int, text: str) -> None:
-        delay = self.settings.config.retry_initial_s
-        for attempt in range(4):
-            try:
-                await bot.send_message(chat_id, text)
-                self.counters.replies += 1
-                return
-            except Exception as exc:
-                if attempt == 3:
-                    self.counters.failed += 1
-                    log.error("could not answer chat %s: %s", chat_id, exc)
-                    return
-                self.counters.retries += 1
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.config.retry_max_s)
-
     def answer(self, command: str, argument: str, user_id: int) -> str:
         """The reply to an authorised operator's command (runs off the event loop)."""
-        from sovereign import operations as ops
-
-        try:
-            handler = self._commands().get(command)
-            if handler is None:
-                return f"Unknown command /{command}. /help lists the commands."
-            return handler(argument, user_id)
-        except ops.OperationError as exc:
-            return str(exc)
-        except Exception:
-            self.counters.errors += 1
-            log.exception("/%s failed", command)
-            return f"/{command} failed with an internal error; it was logged."
-
-    def _commands(self) -> dict[str, Callable[[str, int], str]]:
-        return {
-            "start": self._help,
-            "help": self._help,
-            "status": self._status,
-            "capital": self._capital,
-            "constitution": self._constitution,
-            "rules": self._rules,
-            "history": self._history,
-            "readiness": self._readiness,
-            "rollback": self._rollback,
-        }
-
-    def _no_argument(self, name: str, argument: str) -> None:
-        from sovereign.operations import OperationError
-
-        if argument:
-            raise OperationError(f"/{name} takes no arguments (got {argument[:40]!r})")
-
-    def _scope_or_none(self) -> Any:
-        from sovereign.operations import Scope, find_scope
-
-        return Scope(self.scope) if self.scope else find_scope(self.state_dir, self.config)
-
-    def _scope(self) -> Any:
-        from sovereign.operations import OperationError
-
-        found = self._scope_or_none()
-        if found is None:
-            raise OperationError(
-                f"no trading session has stored any state in {self.state_dir.name} yet"
-            )
-        return found
-
-    def _help(self, argument: str, user_id: int) -> str:
-        return fmt.help_text()
-
-    def _status(self, argument: str, user_id: int) -> str:
-        from sovereign import operations as ops
-
-        self._no_argument("status", argument)
-        scope = self._scope()
-        lines = [f"Status of {scope.label}"]
-        try:
-            c = ops.capital(self.state_dir, self.config, scope)
-            view = ops.constitution(self.state_dir, self.config, scope)
-            lines.append(f"  trading state   {view.trading_state}")
-            lines.append(f"  equity          {c.equity:,.2f} (day {c.day_pnl:+,.2f})")
-            lines.append(f"  drawdown        {c.drawdown:.2%}")
-            lines.append(f"  open positions  {c.open_positions}")
-            lines.append(f"  as of           {fmt.when(c.as_of_ts)}")
-        except ops.OperationError as exc:
-            lines.append(f"  {exc}")
-        version, rules, _ = ops.rules(self.state_dir, scope)
-        lines.append(f"  rules           {len(rules)} active (rule set v{version})")
-        st = self.stats()
-        lines.append(
-            f"  notifications   {st['sent']} sent, {st['pending']} pending, "
-            f"{st['dropped_queue_full'] + st['dropped_expired']} dropped"
-        )
-        return "\n".join(lines)
-
-    def _capital(self, argument: str, user_id: int) -> str:
-        from sovereign import operations as ops
-
-        self._no_argument("capital", argument)
-        return fmt.capital_text(ops.capital(self.state_dir, self.config, self._scope()))
-
-    def _constitution(self, argument: str, user_id: int) -> str:
-        from sovereign import operations as ops
-
-        self._no_argument("constitution", argument)
-        scope = self._scope_or_none()
-        return fmt.constitution_text(ops.constitution(self.state_dir, self.config, scope))
-
-    def _rules(self, argument: str, user_id: int) -> str:
-        from sovereign import operations as ops
-
-        self._no_argument("rules", argument)
-        scope = self._scope()
-        version, rules, params = ops.rules(self.state_dir, scope)
-        return fmt.rules_text(scope.label, version, rules, params)
-
-    def _history(self, argument: str, user_id: int) -> str:
-        from sovereign import operations as ops
-
-        page = 1
-        if argument:
-            if not argument.isdigit() or int(argument) < 1:
-                raise ops.OperationError(
-                    f"/history takes a page number, e.g. /history 2 (got {argument[:40]!r})"
-                )
-            page = int(argument)
-        scope = self._scope()
-        result = ops.history(
-            self.state_dir, scope, page=page, per_page=self.settings.config.history_page_size
-        )
-        return fmt.history_text(scope.label, result)
-
-    def _readiness(self, argument: str, user_id: int) -> str:
-        from sovereign import operations as ops
-
-        self._no_argument("readiness", argument)
-        scope = self._scope_or_none()
-        return fmt.readiness_text(ops.readiness(self.state_dir, self.config, scope))
-
-    def _rollback(self, argument: str, user_id: int) -> str:
-        from sovereign import operations as ops
-
-        if not argument:
-            raise ops.OperationError("usage: /rollback <id> (the number /history shows, e.g. 3)")
-        result = ops.rollback(self.state_dir, argument, by=f"telegram:{user_id}")
-        return fmt.rollback_text(int(argument.strip().lstrip("#")), result)
-
-    # -- STRANGERS --
-
-    async def _deny(self, bot: Any, user: Any, chat: Any, text: str) -> None:
-        self.counters.denied += 1
-        now = self.clock()
-        window_s = self.settings.config.stranger_window_s
-        w = self._strangers.get(user.id)
-        if w is None or now - w.started >= window_s:
-            w = self._strangers[user.id] = _StrangerWindow(started=now)
-            if len(self._strangers) > 10_000:  # forget the oldest windows, bounded memory
-                for uid in sorted(self._strangers, key=lambda u: self._strangers[u].started)[
-                    :5_000
-                ]:
-                    del self._strangers[uid]
-        w.attempts += 1
-        allowed = user.id in self.settings.allowed_users
-        reason = "group_chat" if allowed else "not_on_allowlist"
-        if w.audited < self.settings.config.stranger_audit_per_window and self._audit_budget(now):
-            w.audited += 1
-            self.counters.denied_audited += 1
-            payload = {
-                "user_id": int(user.id),
-                "username": str(getattr(user, "username", "") or "")[:64],
-                "chat_id": int(chat.id),
-                "chat_type": str(chat.type),
-                "command": text.split(" ", 1)[0][:64],
-                "reason": reason,
-                "attempts_in_window": w.attempts,
-            }
-            await asyncio.to_thread(self._audit, payload)
-        log.warning("Telegram: denied user %s in %s chat (%s)", user.id, chat.type, reason)
-        if w.replied:
-            return
-        if chat.type == "private":
-            # The sender's own chat with the bot: ignore_reason let no other private chat in.
-            w.replied = True
-            await self._reply(bot, chat.id, "Not authorised.")
-        elif allowed:
-            # An operator writing in a group is told where commands work in their own
-            # private chat: a word in the group would tell its members who runs the bot.
-            w.replied = True
-            await self._reply(bot, user.id, "Operator commands work only in a private chat.")
-
-    def _audit_budget(self, now: float) -> bool:
-        # At most 100 stranger entries per window in all, however many strangers there are.
-        start, n = self._audit_window
-        if now - start >= self.settings.config.stranger_window_s:
-            start, n = now, 0
-        if n >= 100:
-            self._audit_window = (start, n)
-            return False
-        self._audit_window = (start, n + 1)
-        return True
-
-    def _audit(self, payload: dict[str, Any]) -> None:
-        from sovereign.memory.audit import AuditLog, governance_path
-
-        try:
-            with AuditLog(governance_path(self.state_dir)) as audit:
-                audit.append(
-                    ts_ns=time.time_ns(),
-                    actor="operator/telegram",
-                    action="telegram_denied",
-                    payload=payload,
-                )
-        except Exception as exc:
-            self.counters.errors += 1
-            log.error("could not audit a denied Telegram user: %s", exc)
+        return self.commands.answer(command, argument, user_id)
 
 
 class ChannelFilter:

@@ -182,18 +182,9 @@ def compute_metrics(
     ValueError
         If the lengths do not match or an input is not finite.
     """
-    ts_arr = np.asarray(ts, dtype=np.int64)
-    eq = _finite("equity", equity)
-    pnl = _finite("trade_pnl", trade_pnl)
-    bars = _finite("trade_bars_held", trade_bars_held)
-    held_s = _finite("trade_duration_s", trade_duration_s)
-    if ts_arr.shape != eq.shape:
-        raise ValueError(f"ts has {ts_arr.size} steps but equity has {eq.size}")
-    if not pnl.size == bars.size == held_s.size:
-        raise ValueError(
-            f"trade arrays differ in length: pnl {pnl.size}, bars_held {bars.size}, "
-            f"duration_s {held_s.size}"
-        )
+    ts_arr, eq, pnl, bars, held_s = _validated_arrays(
+        ts, equity, trade_pnl, trade_bars_held, trade_duration_s
+    )
     if periods_per_year is None:
         periods_per_year = infer_periods_per_year(ts_arr)
     elif not (math.isfinite(periods_per_year) and periods_per_year > 0):
@@ -210,49 +201,80 @@ def compute_metrics(
 
     sharpe, sortino, volatility = _risk_ratios(returns, math.sqrt(periods_per_year))
     max_dd, max_dd_steps = _drawdown(curve)
-    span_ns = float(ts_arr[-1] - ts_arr[0]) if ts_arr.size else 0.0
-    if initial_capital is not None:
-        span_ns += _median_spacing_s(ts_arr) * NS_PER_S
-    years = span_ns / NS_PER_S / SECONDS_PER_YEAR
+    years = _span_years(ts_arr, starts_before_ts0=initial_capital is not None)
 
-    exposure_fraction = None
-    if exposure is not None:
-        gross = _finite("exposure", exposure)
-        if gross.shape != eq.shape:
-            raise ValueError(f"exposure has {gross.size} steps but equity has {eq.size}")
-        funded = eq > 0.0
-        if funded.any():
-            exposure_fraction = float(np.mean(gross[funded] / eq[funded]))
+    exposure_fraction = None if exposure is None else _exposure_fraction(exposure, eq)
 
-    wins, losses = pnl[pnl > 0.0], pnl[pnl < 0.0]
-    gross_loss = float(-losses.sum())
-    has_trades = pnl.size > 0
     if not curve.size:
         total_return: float | None = 0.0  # nothing happened
     else:
         total_return = final / initial - 1.0 if initial > 0.0 else None
     return PerformanceMetrics(
-        total_trades=int(pnl.size),
-        win_rate=wins.size / pnl.size if has_trades else 0.0,
-        profit_factor=float(wins.sum()) / gross_loss if gross_loss > 0.0 else None,
+        **_trade_statistics(pnl, bars, held_s),
         sharpe=_finite_or_none(sharpe),
         sortino=_finite_or_none(sortino),
         max_drawdown=max_dd,
         max_drawdown_duration_steps=max_dd_steps,
-        avg_trade_duration=float(bars.mean()) if has_trades else 0.0,
-        avg_trade_duration_s=float(held_s.mean()) if has_trades else 0.0,
         total_pnl=final - initial,
         total_return=total_return,
         cagr=_cagr(initial, final, years),
         exposure=_finite_or_none(exposure_fraction),
-        expectancy=float(pnl.mean()) if has_trades else 0.0,
-        avg_win=float(wins.mean()) if wins.size else None,
-        avg_loss=float(losses.mean()) if losses.size else None,
-        best_trade=float(pnl.max()) if has_trades else None,
-        worst_trade=float(pnl.min()) if has_trades else None,
         volatility=_finite_or_none(volatility),
         periods_per_year=float(periods_per_year),
     )
+
+
+def _validated_arrays(
+    ts: np.ndarray,
+    equity: np.ndarray,
+    trade_pnl: np.ndarray,
+    trade_bars_held: np.ndarray,
+    trade_duration_s: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return the step and trade arrays as numpy arrays, raising on corrupt data."""
+    ts_arr = np.asarray(ts, dtype=np.int64)
+    eq = _finite("equity", equity)
+    pnl = _finite("trade_pnl", trade_pnl)
+    bars = _finite("trade_bars_held", trade_bars_held)
+    held_s = _finite("trade_duration_s", trade_duration_s)
+    if ts_arr.shape != eq.shape:
+        raise ValueError(f"ts has {ts_arr.size} steps but equity has {eq.size}")
+    if not pnl.size == bars.size == held_s.size:
+        raise ValueError(
+            f"trade arrays differ in length: pnl {pnl.size}, bars_held {bars.size}, "
+            f"duration_s {held_s.size}"
+        )
+    return ts_arr, eq, pnl, bars, held_s
+
+
+def _exposure_fraction(exposure: np.ndarray, eq: np.ndarray) -> float | None:
+    """Mean gross exposure / equity over the funded steps; None when none is funded."""
+    gross = _finite("exposure", exposure)
+    if gross.shape != eq.shape:
+        raise ValueError(f"exposure has {gross.size} steps but equity has {eq.size}")
+    funded = eq > 0.0
+    if funded.any():
+        return float(np.mean(gross[funded] / eq[funded]))
+    return None
+
+
+def _trade_statistics(pnl: np.ndarray, bars: np.ndarray, held_s: np.ndarray) -> dict[str, Any]:
+    """The per-trade fields of `PerformanceMetrics`, keyed by field name."""
+    wins, losses = pnl[pnl > 0.0], pnl[pnl < 0.0]
+    gross_loss = float(-losses.sum())
+    has_trades = pnl.size > 0
+    return {
+        "total_trades": int(pnl.size),
+        "win_rate": wins.size / pnl.size if has_trades else 0.0,
+        "profit_factor": float(wins.sum()) / gross_loss if gross_loss > 0.0 else None,
+        "avg_trade_duration": float(bars.mean()) if has_trades else 0.0,
+        "avg_trade_duration_s": float(held_s.mean()) if has_trades else 0.0,
+        "expectancy": float(pnl.mean()) if has_trades else 0.0,
+        "avg_win": float(wins.mean()) if wins.size else None,
+        "avg_loss": float(losses.mean()) if losses.size else None,
+        "best_trade": float(pnl.max()) if has_trades else None,
+        "worst_trade": float(pnl.min()) if has_trades else None,
+    }
 
 
 def _finite(name: str, values: np.ndarray) -> np.ndarray:
@@ -306,6 +328,14 @@ def _drawdown(curve: np.ndarray) -> tuple[float, int]:
     edges = np.flatnonzero(np.diff(np.concatenate(([0], underwater, [0]))))
     longest = int((edges[1::2] - edges[::2]).max()) if edges.size else 0
     return max(float(drawdown.max()), 0.0), longest
+
+
+def _span_years(ts: np.ndarray, *, starts_before_ts0: bool) -> float:
+    """Years the curve spans; one more median spacing when it starts before ``ts[0]``."""
+    span_ns = float(ts[-1] - ts[0]) if ts.size else 0.0
+    if starts_before_ts0:
+        span_ns += _median_spacing_s(ts) * NS_PER_S
+    return span_ns / NS_PER_S / SECONDS_PER_YEAR
 
 
 def _cagr(initial: float, final: float, years: float) -> float | None:

@@ -29,7 +29,7 @@ rules, no support/resistance; exits by stop, target or max hold as above.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -50,7 +50,8 @@ from sovereign.core.indicators import (
     VolumePercentile,
 )
 from sovereign.core.shadow import ShadowBook, ShadowCosts
-from sovereign.core.trades import ClosedTrade, Order, Trade, closed_trade, exit_reasons
+from sovereign.core.trade_book import StrategyCounters, TradeBook
+from sovereign.core.trades import Order, Trade, exit_reasons
 from sovereign.core.universe import Universe
 from sovereign.domain.regimes import REGIME_NAMES, REGIME_UNKNOWN
 from sovereign.domain.rules import RequireConfidence, Rule, ScaleSize, SkipTrade
@@ -93,21 +94,29 @@ class CancelSignal:
     reason: str
 
 
-@dataclass(slots=True)
-class StrategyCounters:
-    bars: int = 0
-    entries: int = 0
-    exits: int = 0
-    denied: int = 0
-    no_volume_blocked: int = 0
-    unknown_order_events: int = 0
-    late_entry_fills: int = 0
-    orphaned_orders: int = 0
-    rule_skips: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
+def transparent_confidence(
+    strength: np.ndarray, volume_pct: np.ndarray, sr: np.ndarray
+) -> np.ndarray:
+    """The entry's confidence until the learner calibrates it (the module doc's formula)."""
+    return np.clip(
+        0.30 + 0.30 * strength + 0.25 * volume_pct / 100.0 + 0.15 * (1.0 - np.minimum(sr, 4) / 4.0),
+        0.0,
+        1.0,
+    )
 
 
-class ShardStrategy:
+def _probability(regime_probs: np.ndarray, i: int, code: int) -> float | None:
+    """Symbol ``i``'s probability of the regime ``code`` (None: no regime known)."""
+    return float(regime_probs[i, code]) if code < len(REGIME_NAMES) else None
+
+
+def _skipped(effects: Effects, k: int, confidence: float) -> bool:
+    """Whether the rules skip candidate ``k``: a skip, or a confidence below their floor."""
+    floor = effects.min_confidence[k]
+    return bool(effects.skip[k]) or (not np.isnan(floor) and confidence < floor)
+
+
+class ShardStrategy(TradeBook):
     """Indicators, signals and the trade book of one shard's universe."""
 
     def __init__(
@@ -159,150 +168,6 @@ class ShardStrategy:
         self.orders: dict[str, Order] = {}
         self._seq: dict[str, int] = {}
         self.counters = StrategyCounters()
-
-    # -- ORDER EVENTS -------------------------------------------------------------------
-
-    def on_denied(self, order_id: str, ts: int) -> ClosedTrade | None:
-        """The guardian denied the intent, or the gateway/broker rejected the order."""
-        if order_id in self.orders:
-            self.counters.denied += 1
-        return self.on_canceled(order_id, ts)
-
-    def on_canceled(self, order_id: str, ts: int) -> ClosedTrade | None:
-        """An order stopped working; return the trade if that leaves it closed."""
-        order = self.orders.pop(order_id, None)
-        if order is None:
-            return None
-        i = order.index
-        self._clear_pending(order)
-        trade = self.trades.get(i)
-        if trade is None:
-            return None
-        if not trade.filled_once:
-            # The entry never filled: there is no trade to remember.
-            del self.trades[i]
-            self.entry_regime[i] = REGIME_UNKNOWN
-            return None
-        if self.quantity[i] == 0 and trade.exit_qty > 0 and not self.pending_exit[i]:
-            return self._close(i, trade, ts)
-        return None
-
-    def on_fill(
-        self,
-        order_id: str,
-        quantity: int,
-        price: float,
-        commission: float,
-        leaves: int,
-        ts: int,
-    ) -> ClosedTrade | None:
-        """Book a fill of one of our orders; return the trade if it is now closed."""
-        order = self.orders.get(order_id)
-        if order is None:
-            self.counters.unknown_order_events += 1
-            return None
-        i = order.index
-        trade = self.trades.get(i)
-        if trade is None:
-            self.counters.unknown_order_events += 1
-            return None
-        trade.commission += commission
-        order.filled += quantity
-        if order.purpose == "OPEN":
-            self._book_entry(i, trade, quantity, price, ts)
-        else:
-            trade.exit_qty += quantity
-            trade.exit_proceeds += quantity * price
-            self.quantity[i] -= quantity
-        if leaves == 0:
-            self.orders.pop(order_id, None)
-            self._clear_pending(order)
-        if self.quantity[i] == 0 and trade.exit_qty > 0 and not self.pending_entry[i]:
-            return self._close(i, trade, ts)
-        return None
-
-    def on_external_fill(
-        self, symbol: str, side: str, quantity: int, price: float, commission: float, ts: int
-    ) -> ClosedTrade | None:
-        """A fill of an order the shard no longer tracks. A sale is the guardian flattening
-        a position (a halt), or a late fill of an exit: it is booked as an exit of the open
-        trade. A purchase is a late fill of an entry that was canceled or forgotten (a
-        broker can report a fill after the cancel): the shares are held all the same, so
-        they are booked into the trade, which leaves at the next bar close."""
-        i = self.universe.index.get(symbol)
-        if i is not None and side == "BUY":
-            self._late_entry_fill(i, symbol, quantity, price, commission, ts)
-            return None
-        trade = self.trades.get(i) if i is not None else None
-        if i is None or trade is None or side != "SELL":
-            self.counters.unknown_order_events += 1
-            return None
-        trade.commission += commission
-        trade.exit_qty += quantity
-        trade.exit_proceeds += quantity * price
-        trade.exit_reason = trade.exit_reason or "guardian_flatten"
-        self.quantity[i] -= quantity
-        if self.quantity[i] <= 0 and not self.pending_entry[i]:
-            self.quantity[i] = 0
-            self.pending_exit[i] = False
-            for order_id in [k for k, o in self.orders.items() if o.index == i]:
-                del self.orders[order_id]
-            return self._close(i, trade, ts)
-        return None
-
-    def _late_entry_fill(
-        self, i: int, symbol: str, quantity: int, price: float, commission: float, ts: int
-    ) -> None:
-        trade = self.trades.get(i)
-        if trade is None:
-            atr = float(self.atr.value[i])
-            trade = self.trades[i] = Trade(
-                trade_id=self._next_id(symbol),
-                regime_code=REGIME_UNKNOWN,
-                confidence=0.0,
-                atr=atr,
-                features={"late_fill": True},
-                stop_mult=self.config.stop_atr_mult,
-                target_mult=self.config.target_atr_mult,
-            )
-        trade.commission += commission
-        self._book_entry(i, trade, quantity, price, ts)
-        # The strategy had given these shares up: leave at the next close.
-        self.exit_late_fill[i] = True
-        self.counters.late_entry_fills += 1
-
-    def _book_entry(self, i: int, trade: Trade, quantity: int, price: float, ts: int) -> None:
-        """Add bought shares to the trade; stop and target follow the average price."""
-        if not trade.filled_once:
-            trade.filled_once = True
-            trade.entry_ts = ts
-            self.bars_held[i] = 0
-        trade.entry_qty += quantity
-        trade.entry_cost += quantity * price
-        self.quantity[i] += quantity
-        avg = trade.entry_cost / trade.entry_qty
-        self.stop[i] = avg - trade.stop_mult * trade.atr
-        self.target[i] = avg + trade.target_mult * trade.atr
-
-    def _clear_pending(self, order: Order) -> None:
-        if order.purpose == "OPEN":
-            self.pending_entry[order.index] = False
-        else:
-            self.pending_exit[order.index] = False
-
-    def _close(self, i: int, trade: Trade, ts: int) -> ClosedTrade:
-        del self.trades[i]
-        closed = closed_trade(trade, self.universe.symbols[i], ts, int(self.bars_held[i]))
-        self.losing_streak = self.losing_streak + 1 if closed.pnl < 0 else 0
-        self.stop[i] = self.target[i] = np.nan
-        self.bars_held[i] = 0
-        self.entry_regime[i] = REGIME_UNKNOWN
-        self.exit_late_fill[i] = False
-        acting = trade.features.get("rules_acting")
-        scale = trade.features.get("size_scale")
-        if self.shadow is not None and isinstance(acting, str) and isinstance(scale, float):
-            self.shadow.scaled(closed, tuple(acting.split(",")), scale)
-        return closed
 
     # -- BARS ---------------------------------------------------------------------------
 
@@ -513,14 +378,7 @@ class ShardStrategy:
         a, c = atr[idx], close[idx]
         strength = np.clip(np.where(a > 0, (c - prior_high[idx]) / a, 0.0), 0.0, 1.0)
         sr = self.sr.score[idx].astype(np.int64)
-        confidence = np.clip(
-            0.30
-            + 0.30 * strength
-            + 0.25 * vol_term[idx] / 100.0
-            + 0.15 * (1.0 - np.minimum(sr, 4) / 4.0),
-            0.0,
-            1.0,
-        )
+        confidence = transparent_confidence(strength, vol_term[idx], sr)
         minute, weekday = new_york_time(ts)
         effects = acted = None
         if self.compiled is not None:
@@ -531,13 +389,7 @@ class ShardStrategy:
             acted = self._rules_acting(features, confidence, effects)
         out: list[EntrySignal] = []
         for k, i in enumerate(idx.tolist()):
-            skipped = effects is not None and (
-                effects.skip[k]
-                or (
-                    not np.isnan(effects.min_confidence[k])
-                    and confidence[k] < effects.min_confidence[k]
-                )
-            )
+            skipped = effects is not None and _skipped(effects, k, float(confidence[k]))
             if skipped:
                 self.counters.rule_skips += 1
                 if self.shadow is None:
@@ -631,24 +483,7 @@ class ShardStrategy:
     ) -> EntrySignal | None:
         """Record an entry decision and return its signal; with ``shadow`` (a rule
         prevented it) the decision goes to the shadow book instead, and no signal."""
-        cfg = self.config
-        stop_mult = self.param("stop_atr_mult", cfg.stop_atr_mult)
-        target_mult = self.param("target_atr_mult", cfg.target_atr_mult)
-        max_hold = int(self.param("max_hold_bars", cfg.max_hold_bars))
-        regime = cfg.per_regime.get(REGIME_NAMES[code]) if code < len(REGIME_NAMES) else None
-        if regime is not None:
-            stop_mult = regime.stop_atr_mult or stop_mult
-            target_mult = regime.target_atr_mult or target_mult
-            max_hold = regime.max_hold_bars or max_hold
-        scale = 1.0
-        if effects is not None:
-            scale = float(effects.scale[k])
-            if not np.isnan(effects.stop_mult[k]):
-                stop_mult = float(effects.stop_mult[k])
-            if not np.isnan(effects.target_mult[k]):
-                target_mult = float(effects.target_mult[k])
-            if effects.max_hold[k] > 0:
-                max_hold = int(effects.max_hold[k])
+        stop_mult, target_mult, max_hold, scale = self._exit_parameters(code, effects, k)
         symbol = self.universe.symbols[i]
         # A prevented entry takes no intent id: the real ids (and trades.csv) stay as
         # they are without rules.
@@ -659,16 +494,13 @@ class ShardStrategy:
             "volume_pct": None if np.isnan(vol_pct[i]) else float(vol_pct[i]),
             "sr_score": sr,
             "breakout_strength": strength,
-            "regime_probability": float(regime_probs[i, code])
-            if code < len(REGIME_NAMES)
-            else None,
+            "regime_probability": _probability(regime_probs, i, code),
             "minute_of_day": minute,
             "day_of_week": weekday,
             "size_scale": scale,
             "rules_version": self.rules_version,
+            **({"rules_acting": ",".join(acted)} if acted else {}),
         }
-        if acted:
-            features["rules_acting"] = ",".join(acted)
         if shadow:
             assert self.shadow is not None
             self.shadow.open(
@@ -709,6 +541,31 @@ class ShardStrategy:
             reason=f"breakout above {prior_high:.2f} in {REGIME_NAMES[code]}",
             size_scale=scale,
         )
+
+    def _exit_parameters(
+        self, code: int, effects: Effects | None, k: int
+    ) -> tuple[float, float, int, float]:
+        """An entry's stop and target (ATR multiples), maximum hold and size scale: the
+        strategy's, its regime's where set, and the rules' where they act."""
+        cfg = self.config
+        stop_mult = self.param("stop_atr_mult", cfg.stop_atr_mult)
+        target_mult = self.param("target_atr_mult", cfg.target_atr_mult)
+        max_hold = int(self.param("max_hold_bars", cfg.max_hold_bars))
+        regime = cfg.per_regime.get(REGIME_NAMES[code]) if code < len(REGIME_NAMES) else None
+        if regime is not None:
+            stop_mult = regime.stop_atr_mult or stop_mult
+            target_mult = regime.target_atr_mult or target_mult
+            max_hold = regime.max_hold_bars or max_hold
+        scale = 1.0
+        if effects is not None:
+            scale = float(effects.scale[k])
+            if not np.isnan(effects.stop_mult[k]):
+                stop_mult = float(effects.stop_mult[k])
+            if not np.isnan(effects.target_mult[k]):
+                target_mult = float(effects.target_mult[k])
+            if effects.max_hold[k] > 0:
+                max_hold = int(effects.max_hold[k])
+        return stop_mult, target_mult, max_hold, scale
 
     # -- RULES --------------------------------------------------------------------------
 

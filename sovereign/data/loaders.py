@@ -400,12 +400,29 @@ def load_ohlcv(
         data = load_synthetic(source, seed=seed)
         return _filtered(data, symbols, start, end)
     path, label = _resolve(source)
+    lo, hi = _bounds(start, end)
+    return _load_file(
+        path,
+        label,
+        symbols=symbols,
+        lo=lo,
+        hi=hi,
+        split_adjust=split_adjust,
+        splits_file=splits_file,
+    )
+
+
+def _bounds(start: str | None, end: str | None) -> tuple[int | None, int | None]:
+    """The ts bounds of the inclusive ``start``/``end`` filters (None where not given)."""
     lo = _bound_ns(start, end=False) if start is not None else None
     hi = _bound_ns(end, end=True) if end is not None else None
     if lo is not None and hi is not None and lo > hi:
         raise ValueError(f"start={start!r} is after end={end!r}")
-    file_events = load_splits_file(splits_file) if splits_file is not None else None
+    return lo, hi
 
+
+def _read_validated(path: Path) -> tuple[pd.DataFrame, ValidationReport, bool, bool]:
+    """Read a file and validate its rows; also say whether it is daily and close-only."""
     raw = _read(path)
     close_only = _is_close_only(raw)
     if close_only:
@@ -427,6 +444,22 @@ def load_ohlcv(
         ),
         ts_text=raw["timestamp"],
     )
+    return frame, report, daily, close_only
+
+
+def _load_file(
+    path: Path,
+    label: str,
+    *,
+    symbols: Sequence[str] | None,
+    lo: int | None,
+    hi: int | None,
+    split_adjust: Literal["detect", "off"],
+    splits_file: str | Path | None,
+) -> LoadedData:
+    """Load a file source once the arguments are checked: validate, split-adjust, filter."""
+    file_events = load_splits_file(splits_file) if splits_file is not None else None
+    frame, report, daily, close_only = _read_validated(path)
     interval = _interval_s(frame, daily)
 
     if file_events is not None:

@@ -135,6 +135,75 @@ def _garch_multiplier(z: np.ndarray) -> np.ndarray:
     return g
 
 
+def _check_arguments(n_symbols: int, n_bars: int, interval_s: int, base_price: float) -> None:
+    """Refuse sizes or an ``interval_s`` below 1 and a ``base_price`` that is not positive."""
+    if n_symbols < 1 or n_bars < 1:
+        raise ValueError(f"n_symbols and n_bars must be >= 1, got {n_symbols}, {n_bars}")
+    if interval_s < 1:
+        raise ValueError(f"interval_s must be >= 1, got {interval_s}")
+    if not base_price > 0:
+        raise ValueError(f"base_price must be positive, got {base_price}")
+
+
+def _bar_starts(start: str, n_bars: int, interval_s: int) -> np.ndarray:
+    """Consecutive bar starts (int64 ns UTC) from ``start`` (ISO; naive means UTC)."""
+    t0 = pd.Timestamp(start)
+    t0 = t0.tz_localize("UTC") if t0.tzinfo is None else t0.tz_convert("UTC")
+    return t0.as_unit("ns").value + np.arange(n_bars, dtype=np.int64) * (interval_s * 1_000_000_000)
+
+
+def _per_bar_drift(
+    drift: dict[str, float | tuple[float, int, int]], regimes: np.ndarray, names: list[str]
+) -> np.ndarray:
+    """(T, N) drift in base volatilities: the regimes' own, with the planted ones applied."""
+    n_bars = regimes.shape[0]
+    per_bar = REGIME_DRIFT[regimes]
+    for name, spec in drift.items():
+        value, first, end = spec if isinstance(spec, tuple) else (spec, 0, n_bars)
+        if not 0 <= first < end:
+            raise ValueError(f"the drift of {name} needs 0 <= first bar < end bar")
+        window = np.zeros(n_bars, dtype=bool)
+        window[first:end] = True
+        if name in REGIME_NAMES:
+            per_bar = np.where(
+                window[:, None] & (regimes == REGIME_NAMES.index(name)), value, per_bar
+            )
+        elif name in names:
+            per_bar[window, names.index(name)] += value
+        else:
+            raise ValueError(f"drift names a regime or a symbol, not {name!r}")
+    return per_bar
+
+
+def _bars(
+    rng: np.random.Generator,
+    ret: np.ndarray,
+    vol: np.ndarray,
+    z: np.ndarray,
+    sigma: np.ndarray,
+    log_p0: np.ndarray,
+    log_v0: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Open, high, low, close and volume from the returns (prices built in log space)."""
+    shape = z.shape
+    gap = GAP_SCALE * vol * rng.standard_normal(shape)
+    log_close = log_p0 + np.cumsum(gap + ret, axis=0)
+    log_open = log_close - ret
+    close = np.exp(log_close)
+    open_ = np.exp(log_open)
+    top = np.maximum(open_, close)
+    bottom = np.minimum(open_, close)
+    # The maximum/minimum guard against exp rounding, so the OHLC invariant is exact.
+    high = np.maximum(top * np.exp(WICK_SCALE * vol * rng.standard_exponential(shape)), top)
+    low = np.minimum(bottom * np.exp(-WICK_SCALE * vol * rng.standard_exponential(shape)), bottom)
+
+    log_volume = (
+        log_v0 + np.log(vol / sigma) + 0.4 * (np.abs(z) - 0.8) + 0.3 * rng.standard_normal(shape)
+    )
+    volume = np.round(np.exp(log_volume))
+    return open_, high, low, close, volume
+
+
 def generate(
     n_symbols: int,
     n_bars: int,
@@ -179,15 +248,8 @@ def generate(
     ValueError
         If a size or ``interval_s`` is below 1 or ``base_price`` is not positive.
     """
-    if n_symbols < 1 or n_bars < 1:
-        raise ValueError(f"n_symbols and n_bars must be >= 1, got {n_symbols}, {n_bars}")
-    if interval_s < 1:
-        raise ValueError(f"interval_s must be >= 1, got {interval_s}")
-    if not base_price > 0:
-        raise ValueError(f"base_price must be positive, got {base_price}")
-    t0 = pd.Timestamp(start)
-    t0 = t0.tz_localize("UTC") if t0.tzinfo is None else t0.tz_convert("UTC")
-    ts = t0.as_unit("ns").value + np.arange(n_bars, dtype=np.int64) * (interval_s * 1_000_000_000)
+    _check_arguments(n_symbols, n_bars, interval_s, base_price)
+    ts = _bar_starts(start, n_bars, interval_s)
 
     rng = np.random.Generator(np.random.PCG64(seed))
     shape = (n_bars, n_symbols)
@@ -200,37 +262,9 @@ def generate(
     vol = sigma * REGIME_VOL[regimes] * np.sqrt(_garch_multiplier(z))
     width = max(4, len(str(n_symbols - 1)))
     names = [f"S{i:0{width}d}" for i in range(n_symbols)]
-    per_bar = REGIME_DRIFT[regimes]
-    for name, spec in (drift or {}).items():
-        value, first, end = spec if isinstance(spec, tuple) else (spec, 0, n_bars)
-        if not 0 <= first < end:
-            raise ValueError(f"the drift of {name} needs 0 <= first bar < end bar")
-        window = np.zeros(n_bars, dtype=bool)
-        window[first:end] = True
-        if name in REGIME_NAMES:
-            per_bar = np.where(
-                window[:, None] & (regimes == REGIME_NAMES.index(name)), value, per_bar
-            )
-        elif name in names:
-            per_bar[window, names.index(name)] += value
-        else:
-            raise ValueError(f"drift names a regime or a symbol, not {name!r}")
+    per_bar = _per_bar_drift(drift or {}, regimes, names)
     ret = per_bar * sigma + vol * z
-    gap = GAP_SCALE * vol * rng.standard_normal(shape)
-    log_close = log_p0 + np.cumsum(gap + ret, axis=0)
-    log_open = log_close - ret
-    close = np.exp(log_close)
-    open_ = np.exp(log_open)
-    top = np.maximum(open_, close)
-    bottom = np.minimum(open_, close)
-    # The maximum/minimum guard against exp rounding, so the OHLC invariant is exact.
-    high = np.maximum(top * np.exp(WICK_SCALE * vol * rng.standard_exponential(shape)), top)
-    low = np.minimum(bottom * np.exp(-WICK_SCALE * vol * rng.standard_exponential(shape)), bottom)
-
-    log_volume = (
-        log_v0 + np.log(vol / sigma) + 0.4 * (np.abs(z) - 0.8) + 0.3 * rng.standard_normal(shape)
-    )
-    volume = np.round(np.exp(log_volume))
+    open_, high, low, close, volume = _bars(rng, ret, vol, z, sigma, log_p0, log_v0)
 
     return SyntheticBars(
         ts=ts,

@@ -418,10 +418,39 @@ def validate_ohlcv(
     n = len(df)
     ts = _ts_column(df["ts"])
     codes, names = _symbol_codes(df["symbol"])
-    o, h, lo, c, v = (df[k].to_numpy(dtype=np.float64) for k in OHLCV_COLUMNS[2:])
+    ohlcv = tuple(df[k].to_numpy(dtype=np.float64) for k in OHLCV_COLUMNS[2:])
+    reason = _reject_reasons(ts, codes, names, ohlcv)
+    rejected, info, samples = _tally(reason, ts, codes, names, ohlcv, ts_text)
+    rows = _accepted_rows(reason, ts, codes)
+    o, h, lo, c, v = ohlcv
+    frame = pd.DataFrame(
+        {
+            "ts": ts[rows],
+            "symbol": pd.Series(names[codes[rows]], dtype="str"),
+            "open": o[rows],
+            "high": h[rows],
+            "low": lo[rows],
+            "close": c[rows],
+            "volume": v[rows],
+        }
+    )
+    report = ValidationReport(
+        total_rows=n,
+        accepted_rows=int(rows.size),
+        rejected=rejected,
+        info=info,
+        samples=samples,
+    )
+    return frame, report
 
+
+def _reject_reasons(
+    ts: np.ndarray, codes: np.ndarray, names: np.ndarray, ohlcv: tuple[np.ndarray, ...]
+) -> np.ndarray:
+    """Each row's rejection reason: 0 if accepted, i+1 for ``REJECT_REASONS[i]``."""
+    o, h, lo, c, v = ohlcv
     # 0 means accepted so far; reason i+1 means REJECT_REASONS[i].
-    reason = np.zeros(n, dtype=np.int8)
+    reason = np.zeros(len(ts), dtype=np.int8)
 
     def mark(name: str, mask: np.ndarray) -> None:
         reason[(reason == 0) & mask] = REJECT_REASONS.index(name) + 1
@@ -444,7 +473,19 @@ def validate_ohlcv(
     mark("infinite_volume", v == np.inf)
     _order_checks(ts, codes, reason)
     _spike_checks(ts, codes, c, reason)
+    return reason
 
+
+def _tally(
+    reason: np.ndarray,
+    ts: np.ndarray,
+    codes: np.ndarray,
+    names: np.ndarray,
+    ohlcv: tuple[np.ndarray, ...],
+    ts_text: pd.Series | None,
+) -> tuple[dict[str, int], dict[str, int], dict[str, list[str]]]:
+    """The report's rejected counts, info counters and sample rows."""
+    o, h, lo, c, v = ohlcv
     accepted = reason == 0
     rejected: dict[str, int] = {}
     samples: dict[str, list[str]] = {}
@@ -474,8 +515,12 @@ def validate_ohlcv(
     if vol_missing.any():
         info["volume_missing"] = int(vol_missing.sum())
         samples["volume_missing"] = render(np.flatnonzero(vol_missing)[:MAX_SAMPLES])
+    return rejected, info, samples
 
-    rows = np.flatnonzero(accepted)
+
+def _accepted_rows(reason: np.ndarray, ts: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Positions of the accepted rows in ``(ts, symbol)`` order."""
+    rows = np.flatnonzero(reason == 0)
     a_ts, a_codes = ts[rows], codes[rows]
     # Files usually arrive sorted; skip the sort when they do.
     if a_ts.size > 1:
@@ -483,22 +528,4 @@ def validate_ohlcv(
         already = bool(np.all((d_ts > 0) | ((d_ts == 0) & (np.diff(a_codes) > 0))))
         if not already:
             rows = rows[np.lexsort((a_codes, a_ts))]
-    frame = pd.DataFrame(
-        {
-            "ts": ts[rows],
-            "symbol": pd.Series(names[codes[rows]], dtype="str"),
-            "open": o[rows],
-            "high": h[rows],
-            "low": lo[rows],
-            "close": c[rows],
-            "volume": v[rows],
-        }
-    )
-    report = ValidationReport(
-        total_rows=n,
-        accepted_rows=int(rows.size),
-        rejected=rejected,
-        info=info,
-        samples=samples,
-    )
-    return frame, report
+    return rows

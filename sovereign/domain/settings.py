@@ -418,7 +418,7 @@ class SelfModConfig(Section, frozen=True):
     alpha
         The account's error budget for discoveries: the probability that any look ever
         finds a weakness where there is none is at most this, however many looks are taken
-        (each look spends a share of it; ``core.weakness.spending``). Default 0.05.
+        (each look spends a share of it; ``core.weakness_looks.spending``). Default 0.05.
     look_growth
         A discovery look is taken when trade memory has grown by this factor since the
         last one (looks are few, and each sees much new data). Default 1.5.

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from sovereign.core.selfmod import Change, RuleBook
 from sovereign.memory.audit import (
     AuditEntry,
@@ -36,64 +34,7 @@ from sovereign.memory.audit import (
     governance_path,
     verify_audit,
 )
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS rule_sets (
-    scope           TEXT    NOT NULL,
-    version         INTEGER NOT NULL,
-    ts_ns           INTEGER NOT NULL,
-    doc             TEXT    NOT NULL,
-    hash            TEXT    NOT NULL,
-    modification_id TEXT    NOT NULL DEFAULT '',
-    PRIMARY KEY (scope, version)
-);
-CREATE TABLE IF NOT EXISTS modifications (
-    id              INTEGER PRIMARY KEY AUTOINCREMENT,
-    scope           TEXT    NOT NULL,
-    ts_ns           INTEGER NOT NULL,
-    session_date    TEXT    NOT NULL,
-    kind            TEXT    NOT NULL,
-    status          TEXT    NOT NULL,
-    summary         TEXT    NOT NULL,
-    change          TEXT    NOT NULL,
-    evidence        TEXT    NOT NULL,
-    violations      TEXT    NOT NULL,
-    trigger         TEXT    NOT NULL,
-    version_before  INTEGER,
-    version_after   INTEGER,
-    rolled_back_ts  INTEGER,
-    rolled_back_by  TEXT,
-    rollback_reason TEXT
-);
-CREATE INDEX IF NOT EXISTS modifications_scope ON modifications (scope, id);
-CREATE TABLE IF NOT EXISTS decisions (
-    id              INTEGER PRIMARY KEY AUTOINCREMENT,
-    scope           TEXT    NOT NULL,
-    proposal_id     TEXT    NOT NULL,
-    session_date    TEXT    NOT NULL,
-    ts_ns           INTEGER NOT NULL,
-    approved        INTEGER NOT NULL,
-    change          TEXT    NOT NULL,
-    violations      TEXT    NOT NULL,
-    modification_id INTEGER
-);
-CREATE INDEX IF NOT EXISTS decisions_scope_day ON decisions (scope, session_date);
-CREATE TABLE IF NOT EXISTS evidence (
-    scope           TEXT    PRIMARY KEY,
-    ts_ns           INTEGER NOT NULL,
-    doc             TEXT    NOT NULL
-);
-CREATE TABLE IF NOT EXISTS evidence_trades (
-    scope           TEXT    NOT NULL,
-    seq             INTEGER NOT NULL,
-    trade           BLOB    NOT NULL,
-    PRIMARY KEY (scope, seq)
-);
-"""
-# ``evidence`` and ``evidence_trades`` are a named account's self-modification evidence
-# (``core.selfmod.SelfModEngine.evidence``): the budget spent, the candidates, the rules'
-# records, and every trade it learned from, real and shadow, so it goes on where the last
-# session stopped.
+from sovereign.memory.governance_schema import SCHEMA, change_doc, change_from_doc
 
 DEPLOYED, REJECTED, ROLLED_BACK = "AutoDeployed", "AutoRejected", "RolledBack"
 
@@ -154,39 +95,13 @@ def summarize(change: Change) -> str:
     return f"set {change.parameter} = {change.value:g}"
 
 
-def _change_from_doc(doc: dict[str, Any]) -> Change:
-    from sovereign.domain.rules import Rule
-
-    rule = msgspec.convert(doc["rule"], Rule) if doc.get("rule") is not None else None
-    return Change(
-        kind=doc["kind"],
-        rule=rule,
-        rule_id=doc.get("rule_id", ""),
-        parameter=doc.get("parameter", ""),
-        value=float(doc.get("value", 0.0)),
-    )
-
-
-def _change_doc(change: Change) -> str:
-    return json.dumps(
-        {
-            "kind": change.kind,
-            "rule": msgspec.to_builtins(change.rule) if change.rule is not None else None,
-            "rule_id": change.rule_id or (change.rule.rule_id if change.rule else ""),
-            "parameter": change.parameter,
-            "value": change.value,
-        },
-        sort_keys=True,
-    )
-
-
 class GovernanceStore:
     """Reads and writes of rule sets and modifications, each audited."""
 
     def __init__(self, state_dir: str | Path, *, audit_key: bytes | None = None) -> None:
         self.path = governance_path(state_dir)
         self._conn = connect(self.path)
-        self._conn.executescript(_SCHEMA)
+        self._conn.executescript(SCHEMA)
         self.ledger = Ledger(state_dir, audit_key)
 
     def close(self) -> None:
@@ -378,7 +293,7 @@ class GovernanceStore:
                     session_date,
                     ts_ns,
                     int(approved),
-                    _change_doc(change),
+                    change_doc(change),
                     json.dumps(violations),
                 ),
             )
@@ -419,7 +334,7 @@ class GovernanceStore:
             (scope, session_date),
         )
         for (doc,) in rows:
-            change = _change_from_doc(json.loads(doc))
+            change = change_from_doc(json.loads(doc))
             if change.kind == "remove_rule":
                 continue
             with contextlib.suppress(KeyError, ValueError):
@@ -448,27 +363,7 @@ class GovernanceStore:
         its decision, which with daily bars is the next day."""
         conn = self._conn
         with self._audited() as record:
-            approval = conn.execute(
-                "SELECT id, change, session_date FROM decisions WHERE scope = ? AND "
-                "proposal_id = ? AND approved = 1 AND modification_id IS NULL "
-                "ORDER BY id DESC LIMIT 1",
-                (scope, proposal_id),
-            ).fetchone()
-            if approval is None or json.loads(approval[1]) != json.loads(_change_doc(change)):
-                raise UnapprovedChangeError(
-                    f"{scope}: proposal {proposal_id!r} has no unused approval of the guardian "
-                    "for this change; nothing was deployed"
-                )
-            (latest,) = conn.execute(
-                "SELECT MAX(session_date) FROM decisions WHERE scope = ?", (scope,)
-            ).fetchone()
-            if approval[2] != latest:
-                # Approved on a day that has ended without its deployment: the rule set
-                # and the day's count it was checked against are gone.
-                raise UnapprovedChangeError(
-                    f"{scope}: the approval of proposal {proposal_id!r} ({approval[2]}) expired "
-                    f"when {latest} began; nothing was deployed"
-                )
+            approval_id = self._unused_approval(scope, proposal_id, change)
             before = self.current(scope)
             rule = change.rule if change.kind in ("add_rule", "replace_rule") else None
             replaced = change.rule_id if change.kind == "replace_rule" else None
@@ -493,7 +388,7 @@ class GovernanceStore:
             )
             self._save_book(scope, ts_ns, after, str(mod_id))
             conn.execute(
-                "UPDATE decisions SET modification_id = ? WHERE id = ?", (mod_id, approval[0])
+                "UPDATE decisions SET modification_id = ? WHERE id = ?", (mod_id, approval_id)
             )
             record(
                 ts_ns=ts_ns,
@@ -509,6 +404,33 @@ class GovernanceStore:
                 },
             )
         return mod_id, after
+
+    def _unused_approval(self, scope: str, proposal_id: str, change: Change) -> int:
+        """The id of the guardian's unused approval of ``change`` as ``proposal_id``, given
+        on the day the guardian decides on now (``UnapprovedChangeError`` if there is none)."""
+        conn = self._conn
+        approval = conn.execute(
+            "SELECT id, change, session_date FROM decisions WHERE scope = ? AND "
+            "proposal_id = ? AND approved = 1 AND modification_id IS NULL "
+            "ORDER BY id DESC LIMIT 1",
+            (scope, proposal_id),
+        ).fetchone()
+        if approval is None or json.loads(approval[1]) != json.loads(change_doc(change)):
+            raise UnapprovedChangeError(
+                f"{scope}: proposal {proposal_id!r} has no unused approval of the guardian "
+                "for this change; nothing was deployed"
+            )
+        (latest,) = conn.execute(
+            "SELECT MAX(session_date) FROM decisions WHERE scope = ?", (scope,)
+        ).fetchone()
+        if approval[2] != latest:
+            # Approved on a day that has ended without its deployment: the rule set
+            # and the day's count it was checked against are gone.
+            raise UnapprovedChangeError(
+                f"{scope}: the approval of proposal {proposal_id!r} ({approval[2]}) expired "
+                f"when {latest} began; nothing was deployed"
+            )
+        return int(approval[0])
 
     def record_reject(
         self,
@@ -624,7 +546,7 @@ class GovernanceStore:
                 change.kind,
                 status,
                 summarize(change),
-                _change_doc(change),
+                change_doc(change),
                 json.dumps(evidence, sort_keys=True, default=str),
                 json.dumps(violations),
                 trigger,

@@ -5,6 +5,9 @@ file, so writers never contend for a lock. :class:`TradeMemory` is the read side
 every shard file read-only and merges them into one ordered view for the learner, the
 weakness analyser and the report.
 
+The tables, and the conversion of trades to rows and back, are in
+:mod:`sovereign.memory.trade_rows`.
+
 The files use WAL journaling so readers can query while a shard is writing. WAL needs
 shared memory between the processes that open a file, so the state directory must be on a
 local disk, not a network filesystem.
@@ -23,137 +26,29 @@ from collections.abc import Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
-import msgspec
 import pandas as pd
 
-from sovereign.messages.account import (
-    FeatureValue,
-    ShadowTradeClosed,
-    TradeClosed,
-    TradesClosed,
+from sovereign.memory.trade_rows import (
+    FEATURES_ENCODER,
+    FLOAT_FIELDS,
+    INSERT,
+    INSERT_SHADOW,
+    INT_FIELDS,
+    RECORD_FIELDS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SELECT_COLUMNS,
+    TradeRecord,
+    sort_key,
+    to_record,
+    to_row,
+    to_rows,
 )
-
-SCHEMA_VERSION = 1
-"""Stored in ``PRAGMA user_version``; bump it (and migrate) when the table changes."""
+from sovereign.messages.account import ShadowTradeClosed, TradeClosed, TradesClosed
 
 _SHARD_FILE_RE = re.compile(r"^shard-(\d+)\.sqlite$")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS trades (
-    run_id      TEXT    NOT NULL,
-    trade_id    TEXT    NOT NULL,
-    shard       INTEGER NOT NULL,
-    symbol      TEXT    NOT NULL,
-    side        TEXT    NOT NULL,
-    quantity    INTEGER NOT NULL,
-    entry_ts    INTEGER NOT NULL,
-    exit_ts     INTEGER NOT NULL,
-    entry_price REAL,
-    exit_price  REAL,
-    pnl         REAL,
-    commission  REAL,
-    return_pct  REAL,
-    bars_held   INTEGER NOT NULL,
-    exit_reason TEXT    NOT NULL,
-    regime      TEXT    NOT NULL,
-    confidence  REAL,
-    features    TEXT    NOT NULL,
-    msg_id      TEXT    NOT NULL,
-    PRIMARY KEY (run_id, trade_id)
-);
-CREATE INDEX IF NOT EXISTS trades_run_exit ON trades (run_id, exit_ts);
-CREATE INDEX IF NOT EXISTS trades_symbol ON trades (symbol);
-CREATE INDEX IF NOT EXISTS trades_regime ON trades (regime);
-CREATE TABLE IF NOT EXISTS shadow_trades (
-    run_id      TEXT    NOT NULL,
-    trade_id    TEXT    NOT NULL,
-    shard       INTEGER NOT NULL,
-    symbol      TEXT    NOT NULL,
-    quantity    INTEGER NOT NULL,
-    entry_ts    INTEGER NOT NULL,
-    exit_ts     INTEGER NOT NULL,
-    entry_price REAL,
-    exit_price  REAL,
-    pnl         REAL,
-    commission  REAL,
-    return_pct  REAL,
-    bars_held   INTEGER NOT NULL,
-    exit_reason TEXT    NOT NULL,
-    regime      TEXT    NOT NULL,
-    confidence  REAL,
-    features    TEXT    NOT NULL,
-    rule_ids    TEXT    NOT NULL,
-    effect      TEXT    NOT NULL,
-    msg_id      TEXT    NOT NULL,
-    PRIMARY KEY (run_id, trade_id)
-);
-"""
-# ``shadow_trades`` (the trades the rules prevented, ``core.shadow``) came after version 1
-# without changing ``trades``: a version-1 file gets the table when it is next opened.
-# REAL columns are nullable on purpose: SQLite stores a NaN as NULL, and a NaN return (a
-# zero-notional entry) is data, not a reason to lose the trade.
-
-_INSERT = (
-    "INSERT OR IGNORE INTO trades (run_id, trade_id, shard, symbol, side, quantity, entry_ts,"
-    " exit_ts, entry_price, exit_price, pnl, commission, return_pct, bars_held, exit_reason,"
-    " regime, confidence, features, msg_id)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-_INSERT_SHADOW = (
-    "INSERT OR IGNORE INTO shadow_trades (run_id, trade_id, shard, symbol, quantity, entry_ts,"
-    " exit_ts, entry_price, exit_price, pnl, commission, return_pct, bars_held, exit_reason,"
-    " regime, confidence, features, rule_ids, effect, msg_id)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-_SELECT_COLUMNS = (
-    "run_id, trade_id, shard, symbol, side, quantity, entry_ts, exit_ts, entry_price,"
-    " exit_price, pnl, commission, return_pct, bars_held, exit_reason, regime, confidence,"
-    " features"
-)
-
-# Sorted keys make the stored JSON a pure function of the features, so identical replays
-# write identical rows.
-_FEATURES_ENCODER = msgspec.json.Encoder(order="sorted")
-_FEATURES_DECODER = msgspec.json.Decoder(dict[str, FeatureValue])
-
-
-class TradeRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """A closed trade as stored in trade memory.
-
-    The fields of :class:`~sovereign.messages.account.TradeClosed` without the message
-    envelope, plus the ``run_id`` of the session that produced it. Float fields are NaN
-    where the trade carried a NaN.
-    """
-
-    run_id: str
-    trade_id: str
-    shard: int
-    symbol: str
-    side: Literal["LONG", "SHORT"]
-    quantity: int
-    entry_ts: int
-    exit_ts: int
-    entry_price: float
-    exit_price: float
-    pnl: float
-    commission: float
-    return_pct: float
-    bars_held: int
-    exit_reason: str
-    regime: str
-    confidence: float
-    features: dict[str, FeatureValue] = msgspec.field(default_factory=dict)
-
-
-_RECORD_FIELDS: tuple[str, ...] = tuple(f for f in TradeRecord.__struct_fields__ if f != "features")
-_INT_FIELDS = frozenset({"shard", "quantity", "entry_ts", "exit_ts", "bars_held"})
-_FLOAT_FIELDS = frozenset(
-    {"entry_price", "exit_price", "pnl", "commission", "return_pct", "confidence"}
-)
 
 
 def shard_path(state_dir: str | Path, shard: int) -> Path:
@@ -255,7 +150,7 @@ class ShardTradeStore:
                 raise RuntimeError(
                     f"{self.path}: trade memory schema version {version}, expected {SCHEMA_VERSION}"
                 )
-            for statement in _SCHEMA.split(";"):
+            for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -287,12 +182,12 @@ class ShardTradeStore:
         run_id
             The session that produced it (non-empty).
         """
-        self._buffer_rows([_to_row(trade, run_id)], run_id)
+        self._buffer_rows([to_row(trade, run_id)], run_id)
 
     def add_many(self, trades: TradesClosed, run_id: str) -> None:
         """Buffer a batch of closed trades (one row each, in order), as ``add`` would
         one at a time."""
-        self._buffer_rows(_to_rows(trades, run_id), run_id)
+        self._buffer_rows(to_rows(trades, run_id), run_id)
 
     def add_shadow(self, trade: ShadowTradeClosed, run_id: str) -> None:
         """Buffer a shadow trade (a trade a rule prevented), written with the next batch."""
@@ -319,7 +214,7 @@ class ShardTradeStore:
                 trade.exit_reason,
                 trade.regime,
                 float(trade.confidence),
-                _FEATURES_ENCODER.encode(trade.features).decode(),
+                FEATURES_ENCODER.encode(trade.features).decode(),
                 ",".join(trade.rule_ids),
                 trade.effect,
                 trade.msg_id,
@@ -373,10 +268,10 @@ class ShardTradeStore:
         before = conn.total_changes
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(_INSERT, rows)
+            conn.executemany(INSERT, rows)
             written = conn.total_changes - before
             if shadow:
-                conn.executemany(_INSERT_SHADOW, shadow)
+                conn.executemany(INSERT_SHADOW, shadow)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -471,114 +366,6 @@ class TradeMemoryWriteError(RuntimeError):
         self.unwritten = unwritten
 
 
-def _to_row(trade: TradeClosed, run_id: str) -> tuple[Any, ...]:
-    # Structs are not validated on construction, so coerce here: sqlite3 cannot bind numpy
-    # integers, and operator.index refuses a float where an integer belongs.
-    index = operator.index
-    return (
-        run_id,
-        trade.trade_id,
-        index(trade.shard),
-        trade.symbol,
-        trade.side,
-        index(trade.quantity),
-        index(trade.entry_ts),
-        index(trade.exit_ts),
-        float(trade.entry_price),
-        float(trade.exit_price),
-        float(trade.pnl),
-        float(trade.commission),
-        float(trade.return_pct),
-        index(trade.bars_held),
-        trade.exit_reason,
-        trade.regime,
-        float(trade.confidence),
-        _FEATURES_ENCODER.encode(trade.features).decode(),
-        trade.msg_id,
-    )
-
-
-def _to_rows(t: TradesClosed, run_id: str) -> list[tuple[Any, ...]]:
-    # ``tolist`` gives plain ints and floats, which is what sqlite3 binds.
-    m = len(t)
-    encode = _FEATURES_ENCODER.encode
-    return list(
-        zip(
-            itertools.repeat(run_id, m),
-            t.trade_id,
-            itertools.repeat(operator.index(t.shard), m),
-            t.symbol,
-            t.side,
-            t.quantity.to_numpy().tolist(),
-            t.entry_ts.to_numpy().tolist(),
-            t.exit_ts.to_numpy().tolist(),
-            t.entry_price.to_numpy().tolist(),
-            t.exit_price.to_numpy().tolist(),
-            t.pnl.to_numpy().tolist(),
-            t.commission.to_numpy().tolist(),
-            t.return_pct.to_numpy().tolist(),
-            t.bars_held.to_numpy().tolist(),
-            t.exit_reason,
-            t.regime,
-            t.confidence.to_numpy().tolist(),
-            [encode(f).decode() for f in t.features],
-            t.msg_ids,
-            strict=True,
-        )
-    )
-
-
-def _nan_if_null(value: float | None) -> float:
-    return float("nan") if value is None else value
-
-
-def _to_record(row: tuple[Any, ...]) -> TradeRecord:
-    (
-        run_id,
-        trade_id,
-        shard,
-        symbol,
-        side,
-        quantity,
-        entry_ts,
-        exit_ts,
-        entry_price,
-        exit_price,
-        pnl,
-        commission,
-        return_pct,
-        bars_held,
-        exit_reason,
-        regime,
-        confidence,
-        features,
-    ) = row
-    return TradeRecord(
-        run_id=run_id,
-        trade_id=trade_id,
-        shard=shard,
-        symbol=symbol,
-        side=side,
-        quantity=quantity,
-        entry_ts=entry_ts,
-        exit_ts=exit_ts,
-        entry_price=_nan_if_null(entry_price),
-        exit_price=_nan_if_null(exit_price),
-        pnl=_nan_if_null(pnl),
-        commission=_nan_if_null(commission),
-        return_pct=_nan_if_null(return_pct),
-        bars_held=bars_held,
-        exit_reason=exit_reason,
-        regime=regime,
-        confidence=_nan_if_null(confidence),
-        features=_FEATURES_DECODER.decode(features),
-    )
-
-
-def _sort_key(record: TradeRecord) -> tuple[int, str, str, str]:
-    return (record.exit_ts, record.symbol, record.trade_id, record.run_id)
-
-
 class TradeMemory:
     """Read-only queries over every shard file of a state directory.
 
@@ -665,7 +452,7 @@ class TradeMemory:
         if until_ns is not None:
             where.append("exit_ts < ?")
             params.append(operator.index(until_ns))
-        sql = f"SELECT {_SELECT_COLUMNS} FROM trades"
+        sql = f"SELECT {SELECT_COLUMNS} FROM trades"
         if where:
             sql += " WHERE " + " AND ".join(where)
         # SQLite's BINARY collation compares UTF-8 bytes, which orders like Python str
@@ -679,8 +466,8 @@ class TradeMemory:
         per_shard: list[list[TradeRecord]] = []
         for handle in self._connections():
             with handle as conn:
-                per_shard.append([_to_record(row) for row in conn.execute(sql, params)])
-        merged = heapq.merge(*per_shard, key=_sort_key)
+                per_shard.append([to_record(row) for row in conn.execute(sql, params)])
+        merged = heapq.merge(*per_shard, key=sort_key)
         return list(itertools.islice(merged, limit))
 
     def to_frame(
@@ -713,11 +500,11 @@ class TradeMemory:
             limit=limit,
         )
         columns: dict[str, pd.Series] = {}
-        for name in _RECORD_FIELDS:
+        for name in RECORD_FIELDS:
             values = [getattr(r, name) for r in records]
-            if name in _INT_FIELDS:
+            if name in INT_FIELDS:
                 dtype: Any = "int64"
-            elif name in _FLOAT_FIELDS:
+            elif name in FLOAT_FIELDS:
                 dtype = "float64"
             else:
                 dtype = str

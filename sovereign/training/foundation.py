@@ -19,21 +19,23 @@ from torch.nn import functional as F  # noqa: N812  (the universal torch idiom)
 
 from sovereign.core.foundation import (
     EVAL_CHUNK,
-    KNOWN_COLUMN,
-    LOGVOL_COLUMN,
-    N_FEATURES,
     N_REGIMES,
     RANGING,
-    RET_COLUMN,
     TRENDING_DOWN,
     TRENDING_UP,
-    VAR_FLOOR,
     VOLATILE,
-    VOLREL_COLUMN,
     Checkpoint,
     FoundationConfig,
     FoundationModel,
     build_model,
+)
+from sovereign.core.foundation_features import (
+    KNOWN_COLUMN,
+    LOGVOL_COLUMN,
+    N_FEATURES,
+    RET_COLUMN,
+    VAR_FLOOR,
+    VOLREL_COLUMN,
     feature_matrix,
     standardize,
 )
@@ -137,6 +139,74 @@ def _series(datas: list[LoadedData]) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+def _forward_targets(
+    raw: np.ndarray, close: np.ndarray, horizon: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Forward log vol and log return over the ``horizon`` bars after each bar of one
+    symbol (NaN where fewer bars follow): they look ahead, so only training uses them."""
+    h = horizon
+    n = raw.shape[0]
+    fwd_vol = np.full(n, np.nan)
+    fwd_ret = np.full(n, np.nan)
+    if n > h:
+        sq = np.concatenate([[0.0], np.cumsum(raw[:, RET_COLUMN] ** 2)])
+        last = n - h  # window ends 0..last-1 have H bars ahead
+        fwd_vol[:last] = 0.5 * np.log((sq[h + 1 : n + 1] - sq[1 : last + 1]) / h + VAR_FLOOR)
+        fwd_ret[:last] = np.log(close[h:] / close[:last])
+    return fwd_vol, fwd_ret
+
+
+def _feature_stats(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of the raw features on the training bars (the flag
+    keeps 0 and 1; the relative volume is measured where the volume is known)."""
+    mean = np.zeros(N_FEATURES)
+    std = np.ones(N_FEATURES)
+    for j in (RET_COLUMN, LOGVOL_COLUMN):
+        col = stats[:, j]
+        col = col[np.isfinite(col)]
+        if col.size > 1:
+            mean[j], std[j] = col.mean(), max(col.std(), 1e-8)
+    col = stats[stats[:, KNOWN_COLUMN] > 0, VOLREL_COLUMN]
+    if col.size > 1:
+        mean[VOLREL_COLUMN], std[VOLREL_COLUMN] = col.mean(), max(col.std(), 1e-8)
+    return mean, std
+
+
+def _fit_statistics(
+    stat_rows: list[np.ndarray], train_fwd: np.ndarray, config: FoundationConfig
+) -> tuple[np.ndarray, np.ndarray, float, float, float]:
+    """Feature mean and std, forward-vol mean and std and the Volatile threshold, all
+    measured on the training part only."""
+    mean, std = _feature_stats(np.concatenate(stat_rows))
+    if train_fwd.size < 2:
+        raise ValueError(
+            f"too few training windows ({train_fwd.size}): each symbol needs more than "
+            f"seq_len + horizon bars in its first {1 - config.val_fraction:.0%}"
+        )
+    vol_mean = float(train_fwd.mean())
+    vol_std = float(max(train_fwd.std(), 1e-8))
+    volatile = float(np.quantile(train_fwd, config.volatile_quantile))
+    return mean, std, vol_mean, vol_std, volatile
+
+
+def _regime_labels(
+    fwd_vol: np.ndarray, fwd_ret: np.ndarray, band: np.ndarray, volatile: float
+) -> np.ndarray:
+    """The regime target of each bar (-1 where its forward vol or trend band is undefined)."""
+    labels = np.full(fwd_vol.shape[0], -1, dtype=np.int64)
+    defined = np.isfinite(fwd_vol) & np.isfinite(band)
+    labels[defined] = np.select(
+        [
+            fwd_vol[defined] > volatile,
+            fwd_ret[defined] > band[defined],
+            fwd_ret[defined] < -band[defined],
+        ],
+        [VOLATILE, TRENDING_UP, TRENDING_DOWN],
+        default=RANGING,
+    )
+    return labels
+
+
 def _prepare(
     datas: list[LoadedData], config: FoundationConfig, fitted: Checkpoint | None = None
 ) -> _Prepared:
@@ -151,13 +221,7 @@ def _prepare(
         raw, close = raw[keep], close[keep]
         n = raw.shape[0]
         split = n - math.ceil(config.val_fraction * n)
-        fwd_vol = np.full(n, np.nan)
-        fwd_ret = np.full(n, np.nan)
-        if n > h:
-            sq = np.concatenate([[0.0], np.cumsum(raw[:, RET_COLUMN] ** 2)])
-            last = n - h  # window ends 0..last-1 have H bars ahead
-            fwd_vol[:last] = 0.5 * np.log((sq[h + 1 : n + 1] - sq[1 : last + 1]) / h + VAR_FLOOR)
-            fwd_ret[:last] = np.log(close[h:] / close[:last])
+        fwd_vol, fwd_ret = _forward_targets(raw, close, h)
         ends_train.append(offset + np.arange(length - 1, split - h))
         ends_val.append(offset + np.arange(max(length - 1, split - 1), n - h))
         stat_rows.append(raw[:split])
@@ -174,44 +238,16 @@ def _prepare(
     val_ends = np.concatenate(ends_val).astype(np.int64)
 
     if fitted is None:
-        stats = np.concatenate(stat_rows)
-        mean = np.zeros(N_FEATURES)
-        std = np.ones(N_FEATURES)
-        for j in (RET_COLUMN, LOGVOL_COLUMN):
-            col = stats[:, j]
-            col = col[np.isfinite(col)]
-            if col.size > 1:
-                mean[j], std[j] = col.mean(), max(col.std(), 1e-8)
-        col = stats[stats[:, KNOWN_COLUMN] > 0, VOLREL_COLUMN]
-        if col.size > 1:
-            mean[VOLREL_COLUMN], std[VOLREL_COLUMN] = col.mean(), max(col.std(), 1e-8)
-        train_fwd = fwd_vol_all[train_ends]
-        if train_fwd.size < 2:
-            raise ValueError(
-                f"too few training windows ({train_fwd.size}): each symbol needs more than "
-                f"seq_len + horizon bars in its first {1 - config.val_fraction:.0%}"
-            )
-        vol_mean = float(train_fwd.mean())
-        vol_std = float(max(train_fwd.std(), 1e-8))
-        volatile = float(np.quantile(train_fwd, config.volatile_quantile))
+        mean, std, vol_mean, vol_std, volatile = _fit_statistics(
+            stat_rows, fwd_vol_all[train_ends], config
+        )
     else:
         mean, std = np.asarray(fitted.feature_mean), np.asarray(fitted.feature_std)
         vol_mean, vol_std = fitted.vol_mean, fitted.vol_std
         volatile = fitted.volatile_log_vol
 
-    fwd_ret_all = np.concatenate(fwd_rets)
     band = config.trend_k * np.concatenate(cur_vols) * math.sqrt(h)
-    labels = np.full(raw_all.shape[0], -1, dtype=np.int64)
-    defined = np.isfinite(fwd_vol_all) & np.isfinite(band)
-    labels[defined] = np.select(
-        [
-            fwd_vol_all[defined] > volatile,
-            fwd_ret_all[defined] > band[defined],
-            fwd_ret_all[defined] < -band[defined],
-        ],
-        [VOLATILE, TRENDING_UP, TRENDING_DOWN],
-        default=RANGING,
-    )
+    labels = _regime_labels(fwd_vol_all, np.concatenate(fwd_rets), band, volatile)
     # Only a one-bar window can end where log_vol (and so the trend band) is undefined.
     train_ends = train_ends[labels[train_ends] >= 0]
     val_ends = val_ends[labels[val_ends] >= 0]
@@ -288,6 +324,82 @@ def _evaluate(
 # -- TRAINING --
 
 
+def _bar_lengths(datas: list[LoadedData]) -> list[int]:
+    """The distinct bar lengths of the training data, in seconds (one at most)."""
+    intervals = sorted({d.interval_s for d in datas})
+    if len(intervals) > 1:
+        # The statistics are per bar: mixing bar lengths would blur them all.
+        raise ValueError(f"training data mixes bar lengths {intervals} s; train one per length")
+    return intervals
+
+
+def _optimise(
+    model: FoundationModel,
+    prep: _Prepared,
+    config: FoundationConfig,
+    rng: np.random.Generator,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    on_step: Callable[[int, dict[str, float]], None] | None,
+) -> None:
+    """Run the optimiser steps on batches of training windows sampled with ``rng``."""
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    model.train()
+    for step in range(1, steps + 1):
+        ends = prep.train_ends[rng.integers(0, prep.train_ends.size, batch_size)]
+        hide = rng.random(batch_size) < config.volume_dropout
+        terms, _, _ = _loss_terms(model, _batch(prep, ends, config.seq_len, hide))
+        optimiser.zero_grad(set_to_none=True)
+        terms[0].backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        if on_step is not None:
+            names = ("loss", "next", "vol", "regime")
+            on_step(step, {k: v.item() for k, v in zip(names, terms, strict=True)})
+
+
+def _train_model(
+    prep: _Prepared,
+    config: FoundationConfig,
+    *,
+    seed: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    on_step: Callable[[int, dict[str, float]], None] | None,
+) -> tuple[FoundationModel, dict[str, float], dict[str, float], dict[str, float]]:
+    """Train a fresh model; return it with its initial and final training scores and its
+    validation score. The caller's torch threads, determinism and RNG are restored."""
+    rng = np.random.default_rng(seed)
+    monitor = np.sort(
+        rng.choice(
+            prep.train_ends,
+            size=min(_TRAIN_EVAL_WINDOWS, prep.train_ends.size),
+            replace=False,
+        )
+    )
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = FoundationModel(config)
+            initial, _ = _evaluate(model, prep, monitor)
+            _optimise(
+                model, prep, config, rng, steps=steps, batch_size=batch_size, lr=lr, on_step=on_step
+            )
+            train, _ = _evaluate(model, prep, monitor)
+            val, _ = _evaluate(model, prep, prep.val_ends)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+    return model, initial, train, val
+
+
 def train_foundation(
     data: LoadedData | Sequence[LoadedData],
     config: FoundationConfig | None = None,
@@ -333,46 +445,11 @@ def train_foundation(
     if steps < 0 or batch_size < 1:
         raise ValueError(f"need steps >= 0 and batch_size >= 1, got {steps} and {batch_size}")
     datas = _as_list(data)
-    intervals = sorted({d.interval_s for d in datas})
-    if len(intervals) > 1:
-        # The statistics are per bar: mixing bar lengths would blur them all.
-        raise ValueError(f"training data mixes bar lengths {intervals} s; train one per length")
+    intervals = _bar_lengths(datas)
     prep = _prepare(datas, config)
-    rng = np.random.default_rng(seed)
-    monitor = np.sort(
-        rng.choice(
-            prep.train_ends,
-            size=min(_TRAIN_EVAL_WINDOWS, prep.train_ends.size),
-            replace=False,
-        )
+    model, initial, train, val = _train_model(
+        prep, config, seed=seed, steps=steps, batch_size=batch_size, lr=lr, on_step=on_step
     )
-    threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = FoundationModel(config)
-            initial, _ = _evaluate(model, prep, monitor)
-            optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-            model.train()
-            for step in range(1, steps + 1):
-                ends = prep.train_ends[rng.integers(0, prep.train_ends.size, batch_size)]
-                hide = rng.random(batch_size) < config.volume_dropout
-                terms, _, _ = _loss_terms(model, _batch(prep, ends, config.seq_len, hide))
-                optimiser.zero_grad(set_to_none=True)
-                terms[0].backward()
-                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimiser.step()
-                if on_step is not None:
-                    names = ("loss", "next", "vol", "regime")
-                    on_step(step, {k: v.item() for k, v in zip(names, terms, strict=True)})
-            train, _ = _evaluate(model, prep, monitor)
-            val, _ = _evaluate(model, prep, prep.val_ends)
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
 
     symbols = sorted({s for d in datas for s in d.symbols})
     return Checkpoint(

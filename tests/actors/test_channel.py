@@ -20,15 +20,8 @@ from hypothesis import strategies as st
 
 from sovereign.actors import channel as channel_module
 from sovereign.actors.base import Actor
-from sovereign.actors.channel import (
-    ChannelCall,
-    ChannelError,
-    Channels,
-    ChannelServer,
-    ChannelWorker,
-    connect,
-    wait_all,
-)
+from sovereign.actors.channel import ChannelError, ChannelServer, ChannelWorker
+from sovereign.actors.channel_driver import ChannelCall, Channels, connect, wait_all
 from sovereign.actors.runtime import ActorCallError, ActorSpec, Lenient, RayRuntime
 from sovereign.messages import BarBatch, Message, SessionEnded
 from tests.kit import bars

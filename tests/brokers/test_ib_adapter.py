@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from sovereign.brokers.ib import IBBarSource, IBBroker, IBSettings
+from sovereign.brokers.ib import IBBroker, IBSettings
+from sovereign.brokers.ib_bars import IBBarSource
 from sovereign.data.loaders import load_ohlcv
 from sovereign.messages import OrderAccepted, OrderFilled, OrderRejected
 from sovereign.testing.tws import TwsEmulator

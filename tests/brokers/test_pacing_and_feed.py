@@ -92,7 +92,7 @@ def test_a_failing_source_is_counted_and_the_others_still_trade() -> None:
 
 
 def test_durations_cover_the_span_in_units_ib_accepts() -> None:
-    from sovereign.brokers.ib import duration_setting
+    from sovereign.brokers.ib_bars import duration_setting
 
     assert duration_setting(600, 60) == "600 S"
     assert duration_setting(10, 60) == "120 S"  # at least two bars

@@ -12,13 +12,11 @@ import torch
 import sovereign  # noqa: F401  (pins BLAS/OpenMP threads before torch starts)
 from sovereign.core.foundation import (
     FOUNDATION_VERSION,
-    N_FEATURES,
     Checkpoint,
-    FeatureState,
     FoundationConfig,
     FoundationRegime,
-    feature_matrix,
 )
+from sovereign.core.foundation_features import N_FEATURES, FeatureState, feature_matrix
 from sovereign.data.loaders import LoadedData, load_ohlcv
 from sovereign.messages import REGIME_UNKNOWN
 from sovereign.training.foundation import (

@@ -8,6 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sovereign.core.indicator_series import (
+    atr_series,
+    sr_score_series,
+    volume_percentile_series,
+)
 from sovereign.core.indicators import (
     ATR,
     EMA,
@@ -15,9 +20,6 @@ from sovereign.core.indicators import (
     RollingMedian,
     SupportResistance,
     VolumePercentile,
-    atr_series,
-    sr_score_series,
-    volume_percentile_series,
 )
 
 N_SYMBOLS = 5

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from sovereign.core.codegen import eval_condition
-from sovereign.core.selfmod import RuleBook, SelfModEngine, refusal_lifts
-from sovereign.core.weakness import TradeSample, confirm_weakness, spending
+from sovereign.core.selfmod import RuleBook, refusal_lifts
+from sovereign.core.selfmod_engine import SelfModEngine
+from sovereign.core.weakness import TradeSample
+from sovereign.core.weakness_looks import confirm_weakness, spending
 from sovereign.domain.rules import And, RegimeIs, SkipTrade, VolumeBelow
 from sovereign.memory.stores import Stores
 from sovereign.messages.market import REGIME_NAMES

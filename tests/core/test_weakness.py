@@ -13,11 +13,11 @@ from sovereign.core.codegen import eval_condition
 from sovereign.core.weakness import (
     TradeSample,
     Weakness,
-    benjamini_hochberg,
     counterfactual_pnl,
     find_weaknesses,
     weakness_to_rule,
 )
+from sovereign.core.weakness_stats import benjamini_hochberg
 from sovereign.domain.rules import (
     AdjustStop,
     And,
@@ -35,7 +35,7 @@ from sovereign.domain.rules import (
     condition_problems,
     walk,
 )
-from sovereign.memory.trade_memory import TradeRecord
+from sovereign.memory.trade_rows import TradeRecord
 from sovereign.messages.account import TradeClosed
 from sovereign.messages.market import REGIME_NAMES
 
@@ -426,13 +426,13 @@ def test_profitable_weak_slice_becomes_a_scale_rule() -> None:
 
 
 def test_vectorised_welch_agrees_with_scipy_per_slice() -> None:
-    from sovereign.core import weakness as w
+    from sovereign.core import weakness_stats as w
 
     rng = np.random.default_rng(5)
     x = rng.normal(0.001, 0.02, 400)
     masks = rng.random((30, 400)) < rng.uniform(0.05, 0.5, (30, 1))
-    fast = w._welch_less_many(x, masks.astype(np.float64))
+    fast = w.welch_less_many(x, masks.astype(np.float64))
     for m, (t, p) in zip(masks, fast, strict=True):
-        t_ref, p_ref = w._welch_less(x[m], x[~m])
+        t_ref, p_ref = w.welch_less(x[m], x[~m])
         assert p == pytest.approx(p_ref, abs=1e-12)
         assert t == pytest.approx(t_ref, rel=1e-9)

@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 
 from sovereign.memory.trade_memory import (
-    SCHEMA_VERSION,
     ShardTradeStore,
     TradeMemory,
     TradeMemoryWriteError,
-    TradeRecord,
     shard_path,
 )
+from sovereign.memory.trade_rows import SCHEMA_VERSION, TradeRecord
 from sovereign.messages import Message, TradeClosed, TradesClosed
 
 DAY_NS = 86_400 * 1_000_000_000

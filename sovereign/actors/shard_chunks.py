@@ -1,0 +1,186 @@
+"""The shard's part in speculative chunks (``core.chunks``): run the strategy over a
+chunk of bar times on the assumption that every intent is approved and filled at the next
+open, then commit it or go back to the state before it, as the guardian's verdict says."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from sovereign.core.chunks import (
+    ChunkBars,
+    ChunkOutcome,
+    ChunkUnsupportedError,
+    ClosedColumns,
+    breakout_chunk,
+    checkpoint,
+    commit_trades,
+    restore,
+    strategy_state_names,
+)
+from sovereign.core.signals import ShardStrategy
+from sovereign.core.trades import ClosedTrade
+from sovereign.core.universe import Universe
+from sovereign.messages import (
+    BarChunk,
+    ChunkExecution,
+    ChunkVerdict,
+    IntentChunk,
+    Message,
+    NDArray,
+)
+from sovereign.messages.base import IdSource
+
+
+class ShardChunks:
+    """A part of ``ShardActor``: these are the attributes of it a chunk reads and moves."""
+
+    index: int
+    universe: Universe
+    strategy: ShardStrategy
+    ids: IdSource
+    regime_codes: np.ndarray
+    last_ts: int
+    intents: int
+    fills_booked: int
+    _chunk: tuple[int, dict[str, Any], ChunkOutcome] | None
+    count: Callable[..., None]
+
+    _ACTOR_STATE = ("last_ts", "intents")
+
+    def _on_chunk_message(
+        self,
+        msg: BarChunk | ChunkVerdict | ChunkExecution,
+        messages: list[Message],
+        closed: list[ClosedTrade | ClosedColumns],
+    ) -> list[Message]:
+        if isinstance(msg, ChunkExecution):
+            return []  # read with the verdict that follows it
+        if isinstance(msg, ChunkVerdict):
+            # Its execution report (the commissions charged) travels in the same call.
+            executed = next(
+                (m for m in messages if isinstance(m, ChunkExecution) and m.chunk == msg.chunk),
+                None,
+            )
+            closed.extend(self._settle_chunk(msg, executed))
+            return []
+        return [self._on_bar_chunk(msg)] if msg.shard == self.index else []
+
+    def _on_bar_chunk(self, msg: BarChunk) -> IntentChunk:
+        """Run the strategy over a chunk speculatively (``core.chunks``): every intent is
+        assumed approved and filled at the next open. The state before it is kept until
+        the guardian's verdict commits the chunk or discards it."""
+        self._chunk = None
+        ts = msg.ts.to_numpy()
+        bar_close = ts + msg.interval_s * 1_000_000_000
+        saved_orders = list(self.strategy.orders)
+
+        def refuse(why: str) -> IntentChunk:
+            self.count("chunks_refused")
+            return self._intent_chunk(msg, bar_close, None, saved_orders, why)
+
+        if int(ts[0]) <= self.last_ts or (np.diff(ts) <= 0).any():
+            return refuse("bar times not after the last bar")
+        if self.universe.locate(msg.symbols.to_numpy()) is not self.universe.identity:
+            return refuse("the chunk's symbols are not this shard's universe")
+        bars = ChunkBars(
+            ts=ts,
+            open=msg.open.to_numpy(),
+            high=msg.high.to_numpy(),
+            low=msg.low.to_numpy(),
+            close=msg.close.to_numpy(),
+            volume=msg.volume.to_numpy(),
+        )
+        saved = checkpoint(self.strategy, strategy_state_names())
+        saved.update({name: getattr(self, name) for name in self._ACTOR_STATE})
+        saved["ids"] = self.ids.n
+        try:
+            outcome = breakout_chunk(self.strategy, bars, self.regime_codes)
+        except ChunkUnsupportedError as exc:
+            self._restore(saved)
+            return refuse(str(exc))
+        self._chunk = (msg.chunk, saved, outcome)
+        self.last_ts = int(ts[-1])
+        self.intents += len(outcome.intents)
+        return self._intent_chunk(msg, bar_close, outcome, saved_orders, "")
+
+    def _intent_chunk(
+        self,
+        msg: BarChunk,
+        bar_close: np.ndarray,
+        outcome: ChunkOutcome | None,
+        pending: list[str],
+        refused: str,
+    ) -> IntentChunk:
+        i = outcome.intents if outcome is not None else None
+
+        def col(name: str, dtype: str) -> NDArray:
+            values = getattr(i, name) if i is not None else np.zeros(0)
+            return NDArray.from_numpy(np.asarray(values, dtype=dtype))
+
+        return IntentChunk(
+            msg_id=self.ids.next(),
+            ts_event=msg.ts_event,
+            ts_init=msg.ts_init,
+            correlation_id=msg.msg_id,
+            chunk=msg.chunk,
+            shard=self.index,
+            symbols=NDArray.from_numpy(self.universe.array),
+            bar_close=NDArray.from_numpy(bar_close.astype(np.int64)),
+            bar=col("bar", "<i8"),
+            index=col("index", "<i8"),
+            side=col("side", "|u1"),
+            quantity=col("quantity", "<i8"),
+            ref_price=col("ref_price", "<f8"),
+            confidence=col("confidence", "<f8"),
+            seq=col("seq", "<i8"),
+            pending=pending,
+            refused=refused,
+        )
+
+    def _settle_chunk(
+        self, verdict: ChunkVerdict, executed: ChunkExecution | None
+    ) -> list[ClosedColumns]:
+        """Commit the speculative chunk (its closed trades, with the commissions the broker
+        charged, go to trade memory) or go back to the state before it."""
+        held, self._chunk = self._chunk, None
+        if held is None or held[0] != verdict.chunk:
+            return []
+        _, saved, outcome = held
+        if verdict.valid and executed is None:
+            # The commissions of its fills are in the report: never book without them.
+            raise RuntimeError(f"chunk {verdict.chunk}: a valid verdict without its execution")
+        if not verdict.valid:
+            self._restore(saved)
+            self.count("chunks_discarded")
+            return []
+        fee = None
+        if executed is not None:
+            # The chunk's fills are booked here, as bar by bar each OrderFilled would be.
+            self.fills_booked += int((executed.fill_shard.to_numpy() == self.index).sum())
+            commissions = executed.fill_commission.to_numpy()
+            mine = (executed.fill_shard.to_numpy() == self.index) & (commissions != 0)
+            if mine.any():
+                index = self.universe.index
+                names = executed.fill_symbol.to_numpy()[mine].tolist()
+                seqs = executed.fill_seq.to_numpy()[mine].tolist()
+                charged = {
+                    (index[s.decode()], q): c
+                    for s, q, c in zip(names, seqs, commissions[mine].tolist(), strict=True)
+                }
+
+                def fee(j: int, seq: int) -> float:
+                    return charged.get((j, seq), 0.0)
+
+        self.count("chunks_committed")
+        trades = commit_trades(self.strategy, outcome, fee)
+        return [trades] if len(trades) else []
+
+    def _restore(self, saved: dict[str, object]) -> None:
+        state = dict(saved)
+        self.ids.n = state.pop("ids")  # type: ignore[assignment]
+        for name in self._ACTOR_STATE:
+            setattr(self, name, state.pop(name))
+        restore(self.strategy, state)

@@ -1,0 +1,209 @@
+"""A replayed backtest in speculative chunks where they hold, bar by bar elsewhere.
+
+The engine's replay (``ChunkedReplay``, a part of ``Engine``) and the state its loop over a
+session's steps keeps (``StepLoop``). A chunk goes through the graph as the table
+``stepgraph.CHUNK_STEP`` says; what a chunk is and why its results are the replay's bar by
+bar is ``core.chunks``'s story.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sovereign.actors.runtime import ActorCallError, LocalRuntime, RayRuntime
+from sovereign.config import Config
+from sovereign.data.feeds import ReplayFeed
+from sovereign.messages import ChunkVerdict
+from sovereign.stepgraph import CHUNK_STEP, CHUNK_WATCHED, Graph, results_of, run_step
+
+log = logging.getLogger("sovereign.engine")
+
+Runtime = LocalRuntime | RayRuntime
+
+
+class BacktestStepError(ActorCallError):
+    """A backtest lost a step (an actor died or raised) and stopped there."""
+
+
+CHUNK_MIN_BARS = 16
+"""No chunk is shorter: below this the calls of a chunk cost more than the bars save."""
+CHUNK_MAX_BARS = 8_192
+CHUNK_TARGET_BARS = 1 << 20
+"""Bars (bar times x symbols) an automatically sized chunk aims at."""
+
+
+@dataclass(slots=True)
+class StepLoop:
+    """The engine's running state over one session's steps."""
+
+    rt: Runtime
+    g: Graph
+    total: int
+    batch: int
+    window: int
+    merged: bool
+    regime_on: bool
+    selfmod_on: bool
+    carry: Callable[[Any], Any]
+    prev_selfmod: Any
+    last_ts: int
+    engine_start: float
+    first_ts: int = 0
+    steps: int = 0
+    bars: int = 0
+    notified: int = 0
+    prev_verdicts: Any = field(default_factory=list)
+    prev_acks: Any = field(default_factory=list)
+    # Results the guardian takes in its next call (a committed chunk's closed trades).
+    for_guardian: list[Any] = field(default_factory=list)
+    watched: list[Any] = field(default_factory=list)
+    watched_steps: int = 0
+    in_flight: deque[tuple[int, int, Any]] = field(default_factory=deque)
+    chunk_counters: dict[str, int] = field(
+        default_factory=lambda: {
+            "chunks_committed": 0,
+            "chunks_replayed": 0,
+            "chunked_steps": 0,
+        }
+    )
+
+
+class ChunkedReplay:
+    """The engine's replay of its feed (``Engine`` is one; these are the attributes and
+    steps of it that a replay uses)."""
+
+    config: Config
+    feed: Any
+    live: bool
+    mode: str
+    notify_fills: bool
+    symbols: list[str]
+    step_latencies: list[float] | None
+    stop_requested: bool
+
+    def _bar_step(self, loop: StepLoop, step: int, ts: int, batches: list[Any]) -> None:
+        raise NotImplementedError
+
+    def _watch(self, loop: StepLoop, step: int, ts: int, steps: int) -> None:
+        raise NotImplementedError
+
+    def chunk_limit(self) -> int:
+        """The longest chunk this session replays at once (``core.chunks``); 0: none.
+
+        Chunks need a replayed backtest on the simulated broker (whose executions can be
+        taken back), a strategy that runs in chunks (the breakout, with a fixed quantity),
+        no model or learner that would act between two bars (regime model, self-
+        modification) and nobody waiting for each fill. Slippage would move every fill off
+        the open the shards assume, so with slippage there are no chunks either."""
+        c = self.config
+        if (
+            self.live
+            or self.mode != "backtest"
+            or self.step_latencies is not None
+            or not isinstance(self.feed, ReplayFeed)
+            or c.engine.chunk_bars == 1
+            or c.broker.kind != "sim"
+            or c.strategy.kind != "breakout"
+            or c.strategy.fixed_quantity <= 0
+            or c.regime.model != "none"
+            or c.selfmod.enabled
+            or self.notify_fills
+            or c.notifications.wants("fill")
+            or c.sim.slippage_bps != 0
+        ):
+            return 0
+        if c.engine.chunk_bars:
+            return c.engine.chunk_bars
+        # About a million bars per chunk: long enough that a chunk's fixed costs (its
+        # calls, its checkpoints, its checks) vanish, short enough that one replayed bar by
+        # bar costs little and its columns stay small (~40 MB of bars).
+        size = 1 << int(math.log2(max(1.0, CHUNK_TARGET_BARS / max(1, len(self.symbols)))))
+        return max(CHUNK_MIN_BARS * 4, min(CHUNK_MAX_BARS, size))
+
+    def _replay(self, loop: StepLoop) -> None:
+        """Replay the feed: in speculative chunks where the data and the state allow, bar
+        by bar everywhere else (and wherever a chunk turns out invalid)."""
+        feed, total = self.feed, loop.total
+        limit = self.chunk_limit()
+        length = min(limit, CHUNK_MIN_BARS * 4)
+        step = 0
+        chunk = 0
+        while step < total and not self.stop_requested:
+            # The first bar time goes bar by bar: the guardian learns the account from it.
+            run = min(length, feed.clean_run(step), total - step) if limit and step else 0
+            # No chunk is shorter than CHUNK_MIN_BARS but the last, which ends the data.
+            if run >= CHUNK_MIN_BARS or (run > 1 and step + run == total):
+                chunk += 1
+                if self._chunk_step(loop, chunk, step, run).valid:
+                    step += run
+                    length = min(limit, length * 2)
+                    continue
+                length = max(CHUNK_MIN_BARS, length // 4)
+                for s in range(step, step + run):
+                    self._bar_step(loop, s, int(feed.timestamps[s]), feed.batches(s))
+                step += run
+                continue
+            self._bar_step(loop, step, int(feed.timestamps[step]), feed.batches(step))
+            step += 1
+        if loop.for_guardian:
+            # The last chunk's closed trades: the guardian counts its losing streak on them.
+            loop.watched.append(loop.rt.tell(loop.g.guardian, *loop.for_guardian))
+            loop.for_guardian = []
+
+    def _chunk_step(self, loop: StepLoop, chunk: int, step: int, length: int) -> ChunkVerdict:
+        """One speculative chunk of ``length`` bar times from ``step``: the shards run it,
+        the guardian approves it on condition, the gateway executes it on paper, the
+        guardian validates it. The guardian's verdict: valid, the chunk was committed; not,
+        it was discarded (everyone is back in the state before it) and ``bar`` is its first
+        bar that bar by bar would not have gone as speculated (-1: not known)."""
+        rt, g = loop.rt, loop.g
+        bar_chunks = self.feed.chunk(step, length, chunk)
+        prev = {"verdicts": loop.prev_verdicts}
+        if not loop.merged:
+            prev["acks"] = loop.prev_acks  # sent (and watched) by the last step
+        r = run_step(
+            CHUNK_STEP,
+            rt.tell,
+            lambda role: getattr(g, role),
+            {"orders": loop.merged and bool(loop.prev_verdicts)},
+            bars=bar_chunks,
+            own_bars=bar_chunks,
+            pending=loop.for_guardian,
+            prev=prev,
+            carry=lambda x: x,
+        )
+        try:
+            verdict = next(m for m in rt.fetch([r["verdict"]])[0] if isinstance(m, ChunkVerdict))
+        except ActorCallError as exc:
+            raise BacktestStepError(
+                f"backtest stopped at the chunk of steps {step + 1}-{step + length}: an actor "
+                f"call failed ({exc}); a replay that lost a step is not the replay of its data"
+            ) from exc
+        loop.prev_verdicts, loop.prev_acks = [], []
+        loop.for_guardian = list(r["settles"])
+        loop.watched.extend(results_of(r, CHUNK_WATCHED, CHUNK_STEP))
+        counters = loop.chunk_counters
+        if not verdict.valid:
+            counters["chunks_replayed"] += 1
+            log.debug(
+                "chunk %d (steps %d-%d) replayed bar by bar: %s (bar %d)",
+                chunk,
+                step + 1,
+                step + length,
+                verdict.reason,
+                verdict.bar,
+            )
+            return verdict
+        counters["chunks_committed"] += 1
+        counters["chunked_steps"] += length
+        loop.watched.extend((r["executed"], r["verdict"]))
+        last = step + length - 1
+        loop.last_ts, loop.steps = int(self.feed.timestamps[last]), last + 1
+        loop.bars += length * len(self.symbols)
+        self._watch(loop, last, loop.last_ts, length)
+        return verdict
