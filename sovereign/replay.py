@@ -69,6 +69,7 @@ class StepLoop:
             "chunks_committed": 0,
             "chunks_replayed": 0,
             "chunked_steps": 0,
+            "chunk_prefixes_committed": 0,
         }
     )
 
@@ -139,14 +140,33 @@ class ChunkedReplay:
             # No chunk is shorter than CHUNK_MIN_BARS but the last, which ends the data.
             if run >= CHUNK_MIN_BARS or (run > 1 and step + run == total):
                 chunk += 1
-                if self._chunk_step(loop, chunk, step, run).valid:
+                verdict = self._chunk_step(loop, chunk, step, run)
+                if verdict.valid:
                     step += run
                     length = min(limit, length * 2)
                     continue
                 length = max(CHUNK_MIN_BARS, length // 4)
-                for s in range(step, step + run):
+                # What the chunk did before its first wrong bar holds: those bars go again
+                # as a chunk of their own (validated as any chunk), and bar by bar from the
+                # wrong one, for at least a shortest chunk's worth of bars so that a state
+                # that keeps failing chunks costs one speculation per CHUNK_MIN_BARS bars.
+                good = verdict.bar if 0 <= verdict.bar < run else -1
+                while good >= CHUNK_MIN_BARS:
+                    # The first wrong bar found is the first for the check that found it;
+                    # a check made later in the validation may find an earlier one in the
+                    # shorter chunk: then that one's bars before it, and so on.
+                    chunk += 1
+                    verdict = self._chunk_step(loop, chunk, step, good)
+                    if verdict.valid:
+                        loop.chunk_counters["chunk_prefixes_committed"] += 1
+                        step, run, good = step + good, run - good, 0
+                    else:
+                        good = verdict.bar if 0 <= verdict.bar < good else -1
+                # The bars through the wrong one (all of them when it is not known).
+                through = run if good < 0 else min(run, max(good + 1, CHUNK_MIN_BARS))
+                for s in range(step, step + through):
                     self._bar_step(loop, s, int(feed.timestamps[s]), feed.batches(s))
-                step += run
+                step += through
                 continue
             self._bar_step(loop, step, int(feed.timestamps[step]), feed.batches(step))
             step += 1

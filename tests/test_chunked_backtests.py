@@ -72,7 +72,12 @@ def assert_same_session(tmp: Path, a, b) -> None:
     r1, r2 = one.result, two.result
     for name in ("ts", "equity", "cash", "gross_exposure"):
         assert np.array_equal(getattr(r1, name), getattr(r2, name)), name
-    chunk_keys = {"chunks_committed", "chunks_replayed", "chunked_steps"}
+    chunk_keys = {
+        "chunks_committed",
+        "chunks_replayed",
+        "chunked_steps",
+        "chunk_prefixes_committed",
+    }
     assert {k: v for k, v in r2.counters.items() if k not in chunk_keys} == {
         k: v for k, v in r1.counters.items() if k not in chunk_keys
     }
@@ -104,6 +109,10 @@ SCENARIOS = {
     "crash": ("synthetic:12x1500:crash=900@0.5", {"capital": 150_000.0, "max_drawdown": 0.012}),
     # Commissions on every fill, booked from the execution report when a chunk commits.
     "commission": ("synthetic:12x1500", {"commission": True}),
+    # 100 symbols on $500,000: the gross exposure and the position limit bind often, the
+    # guardian approves entries for less than the strategy's 100 shares, and chunks fail
+    # part way (what they did before the failing bar is committed on its own).
+    "sized": ("synthetic:100x2000", {"capital": 500_000.0}),
 }
 
 
@@ -117,8 +126,10 @@ def test_a_chunked_backtest_is_the_backtest_bar_by_bar(tmp_path, name) -> None:
     counters = chunks[0].result.counters
     assert counters.get("chunks_committed", 0) > 0, counters
     assert "chunks_committed" not in bars[0].result.counters
-    if name in ("tight", "crash"):
+    if name in ("tight", "crash", "sized"):
         assert counters.get("chunks_replayed", 0) > 0, counters
+    if name == "sized":
+        assert counters.get("chunk_prefixes_committed", 0) > 0, counters
     if name == "crash":
         assert any("-> HALTED" in title for _, title, _ in bars[1])
     if name == "roomy":

@@ -272,6 +272,9 @@ class ShardActor(ShardChunks, Actor[ShardInbox]):
                 )
             case RiskVerdict(approved=False) if msg.intent_id in self.strategy.orders:
                 return self.strategy.on_denied(msg.intent_id, msg.ts_event)
+            case RiskVerdict(approved=True) if msg.intent_id in self.strategy.orders:
+                # What the broker will fill is what the guardian approved.
+                self.strategy.orders[msg.intent_id].quantity = msg.quantity
             case OrderRejected(shard=s) if s == self.index:
                 return self.strategy.on_denied(msg.order_id, msg.ts_event)
             case OrderCanceled(shard=s) if s == self.index:

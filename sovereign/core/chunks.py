@@ -211,6 +211,11 @@ def _check_supported(st: Any) -> None:
         want = st.pending_entry[i] if order.purpose == "OPEN" else st.pending_exit[i]
         if not want:
             raise ChunkUnsupportedError("an order is pending without its flag")
+        # The chunk fills a pending entry with the strategy's quantity and an exit with the
+        # whole position: an order the guardian approved for less is filled bar by bar.
+        assumed = cfg.fixed_quantity if order.purpose == "OPEN" else int(st.quantity[i])
+        if order.quantity != assumed:
+            raise ChunkUnsupportedError("an order is pending for another quantity than assumed")
     for i, trade in st.trades.items():
         if st.quantity[i] > 0 and (not trade.filled_once or trade.exit_qty):
             raise ChunkUnsupportedError("a position is partly closed")
@@ -699,7 +704,7 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
         trade = _open_trade(Trade, st, j, b, n, bars, ind, regime_codes)
         st.trades[j] = trade
         if b == k_bars - 1:
-            end_entries.append((j, f"{symbol}-{n}", Order(j, "OPEN", "breakout")))
+            end_entries.append((j, f"{symbol}-{n}", Order(j, "OPEN", "breakout", quantity=qty)))
         else:
             entries_filled[j] = n
 
@@ -748,6 +753,7 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
             st.pending_entry[j] = True
         else:
             st.pending_exit[j] = True
+            od.quantity = int(st.quantity[j])  # the whole position, as bar by bar
     st.max_hold[walk.entry_col] = cfg.max_hold_bars
     holding = st.quantity > 0
     waiting = np.flatnonzero(st.pending_entry & ~holding)

@@ -236,7 +236,7 @@ class ShardStrategy(TradeBook):
             regime = REGIME_NAMES[code] if code < len(REGIME_NAMES) else "Unknown"
             symbol = self.universe.symbols[i]
             intent_id = self._next_id(symbol)
-            self.orders[intent_id] = Order(i, "OPEN", "breakout")
+            self.orders[intent_id] = Order(i, "OPEN", "breakout", quantity=cfg.fixed_quantity)
             self.trades[i] = Trade(
                 trade_id=intent_id,
                 regime_code=code,
@@ -324,7 +324,7 @@ class ShardStrategy(TradeBook):
                         order.cancel_sent = True
                         cancels.append(CancelSignal(order_id, i, symbol, f"exit: {reason}"))
             intent_id = self._next_id(symbol)
-            self.orders[intent_id] = Order(i, "CLOSE", reason)
+            self.orders[intent_id] = Order(i, "CLOSE", reason, quantity=int(self.quantity[i]))
             self.pending_exit[i] = True
             self.trades[i].exit_reason = reason
             code = int(regime_codes[i])

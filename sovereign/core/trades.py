@@ -137,3 +137,6 @@ class Order:
     age: int = 0  # bar closes seen since the order was decided
     cancel_sent: bool = False
     filled: int = 0
+    # The order's quantity as asked (0: the guardian sizes it), then as the guardian
+    # approved it: a speculative chunk assumes it is the strategy's own (``core.chunks``).
+    quantity: int = 0

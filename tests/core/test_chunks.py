@@ -9,6 +9,7 @@ import itertools
 
 import msgspec
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -188,3 +189,26 @@ def test_a_restored_checkpoint_is_the_state_before_the_chunk() -> None:
     assert not same(state_of(s), before)
     restore(s, saved)
     assert same(state_of(s), before)
+
+
+def test_an_entry_the_guardian_approved_for_less_is_not_speculated() -> None:
+    """A chunk fills a pending entry with the strategy's quantity: one approved for fewer
+    shares (the position limit binding at the decision) goes bar by bar, or the shard
+    would book shares the broker never filled."""
+    from sovereign.core.chunks import ChunkUnsupportedError
+
+    bars = make_bars(5, 300, 4, True)
+    codes = np.full(4, REGIME_UNKNOWN, dtype=np.uint8)
+    s = strategy(4)
+    t = 0
+    while not any(o.purpose == "OPEN" for o in s.orders.values()):
+        t += 1
+        step_by_step(s, rows(bars, t - 1, t), codes)
+    entry = next(o for o in s.orders.values() if o.purpose == "OPEN")
+    assert entry.quantity == s.config.fixed_quantity  # asked for
+    saved = checkpoint(s, strategy_state_names())
+    entry.quantity = s.config.fixed_quantity - 1  # what the guardian approved
+    with pytest.raises(ChunkUnsupportedError, match="another quantity"):
+        breakout_chunk(s, rows(bars, t, t + 32), codes)
+    restore(s, saved)
+    breakout_chunk(s, rows(bars, t, t + 32), codes)
