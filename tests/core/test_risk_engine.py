@@ -16,7 +16,6 @@ from sovereign.core.guardian import TradingState
 from sovereign.core.risk import ApprovalVerifier, SizingPolicy
 from sovereign.core.risk_engine import RiskEngine
 from sovereign.messages import (
-    AccountSnapshot,
     BookSnapshot,
     CancelOrder,
     OrderIntent,
@@ -27,7 +26,7 @@ from sovereign.messages import (
 )
 from sovereign.messages.account import BookOrder, BookPosition
 from sovereign.messages.base import IdSource
-from tests.kit import SECRET
+from tests.kit import SECRET, cash_account
 
 T0 = 1_704_205_800 * 1_000_000_000
 C = Constitution()
@@ -59,20 +58,7 @@ class Engine:
         return len(self.audit), f"h{len(self.audit)}"
 
     def account(self, equity: float, ts: int = T0, date: str = "2024-01-02") -> list[Any]:
-        msg = AccountSnapshot(
-            msg_id=f"acct:{ts}",
-            ts_event=ts,
-            ts_init=ts,
-            cash=equity,
-            equity=equity,
-            realized_pnl=0.0,
-            unrealized_pnl=0.0,
-            gross_exposure=0.0,
-            net_exposure=0.0,
-            commissions=0.0,
-            open_positions=0,
-            session_date=date,
-        )
+        msg = cash_account(ts, equity, date)
         self.engine.account_seen(msg)
         return self.engine.observe_account(msg)
 

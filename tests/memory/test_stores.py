@@ -13,8 +13,7 @@ from sovereign.core.risk import SizingPolicy
 from sovereign.memory.account import guardian_state_key
 from sovereign.memory.state_store import SqliteStateStore, state_path
 from sovereign.memory.stores import Stores
-from sovereign.messages import AccountSnapshot
-from tests.kit import SECRET
+from tests.kit import SECRET, cash_account
 
 T0 = 1_704_205_800 * 1_000_000_000
 
@@ -54,30 +53,13 @@ class MemoryStores(Stores):
         return self.memory
 
 
-def account(equity: float, ts: int) -> AccountSnapshot:
-    return AccountSnapshot(
-        msg_id=f"a{ts}",
-        ts_event=ts,
-        ts_init=ts,
-        cash=equity,
-        equity=equity,
-        realized_pnl=0.0,
-        unrealized_pnl=0.0,
-        gross_exposure=0.0,
-        net_exposure=0.0,
-        commissions=0.0,
-        open_positions=0,
-        session_date="2024-01-02",
-    )
-
-
 def test_the_guardian_keeps_its_trading_state_in_the_store_it_is_handed(tmp_path) -> None:
     memory = MemoryState()
     stores = MemoryStores(str(tmp_path), memory=memory)
     g = GuardianActor(
         0, Constitution(), SizingPolicy(), SECRET, 300, stores=stores, state_scope="run/s"
     )
-    g.receive([account(100_000.0, T0), account(85_000.0, T0 + 1)])
+    g.receive([cash_account(T0, 100_000.0), cash_account(T0 + 1, 85_000.0)])
     assert g.machine is not None and g.machine.state is TradingState.HALTED
     doc = memory.docs[guardian_state_key("run/s")]
     assert doc["state"] == "HALTED"
