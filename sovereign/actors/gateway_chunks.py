@@ -115,7 +115,8 @@ class GatewayChunks:
             limit=approved.limit_price.to_numpy(),
             seq=seq,
         )
-        spec = self.broker.speculate_chunk(market, orders, set(approved.expects))  # type: ignore[attr-defined]
+        expects = dict(zip(approved.expects, approved.expects_quantity, strict=True))
+        spec = self.broker.speculate_chunk(market, orders, expects)  # type: ignore[attr-defined]
         if spec.diverged:
             return self._execution(chunk, spec.diverged, spec.bar, None, None)
         self._chunk = Executed(chunk, spec, orders, approved, seq)
@@ -132,8 +133,14 @@ class GatewayChunks:
         if any(b.chunk != approved.chunk for b in bars):
             return "bars of another chunk"
         columns = _approved_columns(approved)
+        if len(approved.expects_quantity) != len(approved.expects):
+            return "the expected orders and their quantities differ in number"
         reason = self.verifier.check_chunk(
-            approved.chunk, columns, approved.expects, approved.signature
+            approved.chunk,
+            columns,
+            approved.expects,
+            approved.expects_quantity,
+            approved.signature,
         )
         if reason is not None:
             self.log.warning("refused chunk %d: %s", approved.chunk, reason)

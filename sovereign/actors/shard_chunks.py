@@ -14,6 +14,7 @@ from sovereign.core.chunks import (
     ChunkOutcome,
     ChunkUnsupportedError,
     ClosedColumns,
+    assumed_fills,
     breakout_chunk,
     checkpoint,
     commit_trades,
@@ -75,7 +76,9 @@ class ShardChunks:
         self._chunk = None
         ts = msg.ts.to_numpy()
         bar_close = ts + msg.interval_s * 1_000_000_000
-        saved_orders = list(self.strategy.orders)
+        # The orders working before the chunk and the quantity each is assumed to fill
+        # (the broker's speculation checks it against what it will fill).
+        saved_orders = assumed_fills(self.strategy)
 
         def refuse(why: str) -> IntentChunk:
             self.count("chunks_refused")
@@ -111,7 +114,7 @@ class ShardChunks:
         msg: BarChunk,
         bar_close: np.ndarray,
         outcome: ChunkOutcome | None,
-        pending: list[str],
+        pending: dict[str, int],
         refused: str,
     ) -> IntentChunk:
         i = outcome.intents if outcome is not None else None
@@ -136,8 +139,9 @@ class ShardChunks:
             ref_price=col("ref_price", "<f8"),
             confidence=col("confidence", "<f8"),
             seq=col("seq", "<i8"),
-            pending=pending,
+            pending=list(pending),
             refused=refused,
+            pending_quantity=list(pending.values()),
         )
 
     def _settle_chunk(

@@ -246,7 +246,7 @@ class SimBroker:
     """This broker can execute a chunk on paper and book it later (``sim_chunk``)."""
 
     def speculate_chunk(
-        self, market: ChunkMarket, orders: ChunkOrders, expects: set[str]
+        self, market: ChunkMarket, orders: ChunkOrders, expects: dict[str, int]
     ) -> Speculation:
         """Execute a chunk's approved orders without booking them (see ``sim_chunk``)."""
         return sim_chunk.speculate(self, market, orders, expects)

@@ -142,18 +142,22 @@ def ordered_row_sums(values: np.ndarray) -> np.ndarray:
 
 
 def speculate(
-    broker: SimBroker, m: ChunkMarket, orders: ChunkOrders, expects: set[str]
+    broker: SimBroker, m: ChunkMarket, orders: ChunkOrders, expects: dict[str, int]
 ) -> Speculation:
-    """Execute the chunk's orders on paper (nothing in ``broker`` changes)."""
+    """Execute the chunk's orders on paper (nothing in ``broker`` changes). ``expects``:
+    the orders the shards assumed working before the chunk, and what each fills."""
     k_bars, n = m.close.shape
     cfg = broker.config
     column = m.column
     started = list(broker._working.values())
-    if {w.order.order_id for w in started} != expects or len(started) != len(expects):
+    if {w.order.order_id for w in started} != set(expects) or len(started) != len(expects):
         return _diverged("the orders working before the chunk are not those the shards assumed", 0)
     for w in started:
         if w.filled or w.submitted_ns > int(m.ts[0]) or w.order.symbol not in column:
             return _diverged(f"order {w.order.order_id} is not a whole order due at the open", 0)
+        if w.order.quantity != expects[w.order.order_id]:
+            # The shards would book another quantity than the broker fills.
+            return _diverged(f"order {w.order.order_id} is for another quantity than assumed", 0)
     if any(s not in column for s in broker.portfolio.open):
         return _diverged("a position is held in a symbol the chunk has no bars for", 0)
 

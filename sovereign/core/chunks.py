@@ -190,6 +190,15 @@ def _median_rows(windows: np.ndarray) -> np.ndarray:
     return 0.5 * (ordered[:, mid - 1] + ordered[:, mid])
 
 
+def assumed_fills(st: Any) -> dict[str, int]:
+    """What the chunk assumes each order working before it fills at its first open: an
+    entry the strategy's quantity, an exit the whole position."""
+    fixed = int(st.config.fixed_quantity)
+    return {
+        k: fixed if o.purpose == "OPEN" else int(st.quantity[o.index]) for k, o in st.orders.items()
+    }
+
+
 def _check_supported(st: Any) -> None:
     """The states the breakout kernel reproduces exactly; anything else is replayed bar by
     bar (partial fills, late fills, canceled entries, orders nobody answered)."""
@@ -211,11 +220,11 @@ def _check_supported(st: Any) -> None:
         want = st.pending_entry[i] if order.purpose == "OPEN" else st.pending_exit[i]
         if not want:
             raise ChunkUnsupportedError("an order is pending without its flag")
-        # The chunk fills a pending entry with the strategy's quantity and an exit with the
-        # whole position: an order the guardian approved for less is filled bar by bar.
-        assumed = cfg.fixed_quantity if order.purpose == "OPEN" else int(st.quantity[i])
-        if order.quantity != assumed:
-            raise ChunkUnsupportedError("an order is pending for another quantity than assumed")
+    # An order the guardian approved for another quantity than the chunk fills it with is
+    # filled bar by bar.
+    assumed = assumed_fills(st)
+    if any(order.quantity != assumed[k] for k, order in st.orders.items()):
+        raise ChunkUnsupportedError("an order is pending for another quantity than assumed")
     for i, trade in st.trades.items():
         if st.quantity[i] > 0 and (not trade.filled_once or trade.exit_qty):
             raise ChunkUnsupportedError("a position is partly closed")

@@ -72,17 +72,24 @@ def sign_approval(
     )
 
 
-def chunk_payload(chunk: int, columns: tuple[NDArray, ...], expects: list[str]) -> bytes:
+def chunk_payload(
+    chunk: int, columns: tuple[NDArray, ...], expects: list[str], quantities: list[int]
+) -> bytes:
     """The canonical bytes a chunk's batch approval signs: its number, every column whole
-    (dtype, shape and bytes) and the orders it expects working before it."""
-    return _canonical.encode(("chunk", chunk, columns, expects))
+    (dtype, shape and bytes) and the orders it expects working before it, with the
+    quantity each is to fill."""
+    return _canonical.encode(("chunk", chunk, columns, expects, quantities))
 
 
 def sign_chunk(
-    secret: bytes, chunk: int, columns: tuple[NDArray, ...], expects: list[str]
+    secret: bytes,
+    chunk: int,
+    columns: tuple[NDArray, ...],
+    expects: list[str],
+    quantities: list[int],
 ) -> bytes:
     """Sign a speculative chunk's orders, all at once (one HMAC for the batch)."""
-    return hmac.digest(secret, chunk_payload(chunk, columns, expects), "sha256")
+    return hmac.digest(secret, chunk_payload(chunk, columns, expects, quantities), "sha256")
 
 
 def sign_verdict(secret: bytes, chunk: int, approval: bytes) -> bytes:
@@ -105,12 +112,18 @@ class ApprovalVerifier:
     __slots__ = ("_secret", "_used", "refused")
 
     def check_chunk(
-        self, chunk: int, columns: tuple[NDArray, ...], expects: list[str], signature: bytes
+        self,
+        chunk: int,
+        columns: tuple[NDArray, ...],
+        expects: list[str],
+        quantities: list[int],
+        signature: bytes,
     ) -> str | None:
         """Verify a chunk's batch approval and accept it once: None, or a reason code
         (``BAD_SIGNATURE``, ``APPROVAL_REPLAYED``). Expiry is per order, against each
         order's own submission time: the caller checks it."""
-        expected = hmac.digest(self._secret, chunk_payload(chunk, columns, expects), "sha256")
+        payload = chunk_payload(chunk, columns, expects, quantities)
+        expected = hmac.digest(self._secret, payload, "sha256")
         reason: str | None = None
         if not hmac.compare_digest(expected, signature):
             reason = "BAD_SIGNATURE"

@@ -104,8 +104,11 @@ def approve_chunk(engine: RiskEngine, chunks: list[IntentChunk]) -> ApprovedChun
             expires.astype(np.int64),
         )
     )
-    expects = sorted({o for c in chunks for o in c.pending})
-    signature = b"" if refused else sign_chunk(engine.secret, chunk, columns, expects)
+    # Each shard's own orders, with the quantity it assumed each fills (an order twice,
+    # for two quantities, is then expected twice: the broker's book matches neither).
+    pairs = sorted({p for c in chunks for p in zip(c.pending, c.pending_quantity, strict=True)})
+    expects, quantities = [o for o, _ in pairs], [q for _, q in pairs]
+    signature = b"" if refused else sign_chunk(engine.secret, chunk, columns, expects, quantities)
     if refused:
         engine.count("chunks_refused", 1)
     else:
@@ -133,6 +136,7 @@ def approve_chunk(engine: RiskEngine, chunks: list[IntentChunk]) -> ApprovedChun
         seq=columns[6],
         expires_ns=columns[7],
         expects=expects,
+        expects_quantity=quantities,
         signature=signature,
         refused=refused,
     )

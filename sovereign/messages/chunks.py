@@ -12,6 +12,8 @@ gateway obey: commit, or discard (the engine then replays those bar times one by
 
 from __future__ import annotations
 
+import msgspec
+
 from sovereign.messages.account import BookOrder
 from sovereign.messages.base import Message, NDArray
 
@@ -73,8 +75,9 @@ class IntentChunk(Message, frozen=True, gc=False):
     ``side`` is 1 for an entry (a BUY opening a position) and 2 for an exit (a SELL
     closing one); ``seq`` numbers the symbol's intents (the intent and order id is
     ``<symbol>-<seq>``). ``pending`` names the orders the shard had working before the
-    chunk, which it assumed fill at the chunk's first open. ``refused`` says why the shard
-    could not speculate this chunk (its columns are then empty).
+    chunk, which it assumed fill at the chunk's first open, ``pending_quantity`` (the same
+    order) the quantity it assumed each fills. ``refused`` says why the shard could not
+    speculate this chunk (its columns are then empty).
     """
 
     chunk: int
@@ -90,9 +93,12 @@ class IntentChunk(Message, frozen=True, gc=False):
     seq: NDArray
     pending: list[str]
     refused: str = ""
+    pending_quantity: list[int] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         _symbols("IntentChunk", "symbols", self.symbols)
+        if len(self.pending_quantity) != len(self.pending):
+            raise ValueError("IntentChunk.pending_quantity must match pending")
         if len(self.bar_close.shape) != 1:
             raise ValueError("IntentChunk.bar_close must be 1-D")
         _column("IntentChunk", "bar_close", self.bar_close, "<i8", self.bar_close.shape)
@@ -124,7 +130,8 @@ class ApprovedChunk(Message, frozen=True, gc=False):
     One row per order, in the order they are to be submitted (by bar; at each bar exits
     first, then by symbol, as the guardian decides bar by bar). ``limit_price`` is NaN
     for a market order. ``expects`` names the orders the shards assumed were working
-    before the chunk (they must fill at its first open). ``signature`` is an HMAC-SHA256
+    before the chunk (they must fill at its first open), ``expects_quantity`` the quantity
+    each must fill (the same order). ``signature`` is an HMAC-SHA256
     under the run's secret over every column and ``expires_ns``; the gateway refuses the
     batch whole if it does not verify, was seen before, or its broker cannot take back a
     speculative execution. An empty ``refused`` means approved; otherwise it says why
@@ -143,6 +150,7 @@ class ApprovedChunk(Message, frozen=True, gc=False):
     expects: list[str]
     signature: bytes
     refused: str = ""
+    expects_quantity: list[int] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         m = (_symbols("ApprovedChunk", "symbol", self.symbol),)

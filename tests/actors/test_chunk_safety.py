@@ -154,7 +154,7 @@ def graph_factory(tmp_path_factory):
 
 @settings(max_examples=40, deadline=None)
 @given(
-    what=st.sampled_from([*COLUMNS, "expects", "chunk", "signature", "refused"]),
+    what=st.sampled_from([*COLUMNS, "expects", "quantities", "chunk", "signature", "refused"]),
     position=st.integers(0, 10_000),
     flip=st.integers(0, 254),
 )
@@ -164,7 +164,17 @@ def test_a_changed_approval_puts_nothing_at_the_broker(graph_factory, what, posi
     if what in COLUMNS:
         forged = _tampered(a, what, position, flip)
     elif what == "expects":
-        forged = msgspec.structs.replace(a, expects=[*a.expects, f"X-{position}"])
+        forged = msgspec.structs.replace(
+            a,
+            expects=[*a.expects, f"X-{position}"],
+            expects_quantity=[*a.expects_quantity, 100],
+        )
+    elif what == "quantities":
+        # What a working order is expected to fill, changed (or invented).
+        quantities = [q + 1 + position for q in a.expects_quantity]
+        forged = msgspec.structs.replace(
+            a, expects=a.expects or ["X-1"], expects_quantity=quantities or [position]
+        )
     elif what == "chunk":
         forged = msgspec.structs.replace(a, chunk=a.chunk + 1 + position)
         forged_chunk = [msgspec.structs.replace(b, chunk=forged.chunk) for b in g.chunk]

@@ -131,3 +131,66 @@ def test_fills_booked_at_once_leave_the_account_as_one_by_one(case) -> None:
         sim_chunk._book_whole_trades = original  # type: ignore[assignment]
     sim_chunk.commit(broker, spec, IdSource("sim"))
     assert state(broker) == state(one)
+
+
+def test_a_working_order_for_another_quantity_than_assumed_is_not_speculated() -> None:
+    """The shards assume what each order working before a chunk fills; the broker's book
+    says what it will fill. Where they differ the chunk goes bar by bar."""
+    from sovereign.brokers.sim_chunk import ChunkOrders
+    from sovereign.messages import Approval, SubmitOrder
+
+    prices = np.full((K, 4), 50.0)
+    ts = np.arange(K, dtype=np.int64) * 60_000_000_000 + 60_000_000_000
+    m = ChunkMarket(
+        ts=ts,
+        ts_event=ts + 60_000_000_000,
+        symbols=SYMBOLS,
+        open=prices,
+        high=prices * 1.01,
+        low=prices * 0.99,
+        close=prices,
+        volume=np.full((K, 4), 1e6),
+        column={s: j for j, s in enumerate(SYMBOLS)},
+        shard_of=np.zeros(4, dtype=np.int64),
+    )
+    broker = SimBroker(SimConfig(slippage_bps=0.0), 1_000_000.0)
+    approval = Approval(
+        order_id="AAA-1",
+        symbol="AAA",
+        side="BUY",
+        quantity=99,
+        limit_price=None,
+        expires_ns=10**18,
+        signature=b"\0" * 32,
+    )
+    broker.submit(
+        SubmitOrder(
+            msg_id="s",
+            ts_event=0,
+            ts_init=0,
+            order_id="AAA-1",
+            intent_id="AAA-1",
+            shard=0,
+            symbol="AAA",
+            side="BUY",
+            quantity=99,
+            order_type="MARKET",
+            approval=approval,
+            purpose="OPEN",
+        ),
+        0,
+    )
+    none = ChunkOrders(
+        order_id=[],
+        symbol=[],
+        shard=np.zeros(0, np.int64),
+        bar=np.zeros(0, np.int64),
+        buy=np.zeros(0, bool),
+        quantity=np.zeros(0, np.int64),
+        limit=np.zeros(0),
+        seq=np.zeros(0, np.int64),
+    )
+    wrong = sim_chunk.speculate(broker, m, none, {"AAA-1": 100})
+    assert wrong.diverged == "order AAA-1 is for another quantity than assumed"
+    assert wrong.bar == 0
+    assert not sim_chunk.speculate(broker, m, none, {"AAA-1": 99}).diverged

@@ -136,7 +136,7 @@ def test_the_check_is_not_vacuous() -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     st.binary(min_size=1, max_size=64),
-    st.integers(0, 6),
+    st.integers(0, 7),
     st.integers(0, 255),
 )
 def test_a_batch_approval_verifies_only_unchanged_and_once(data, which, flip) -> None:
@@ -148,8 +148,8 @@ def test_a_batch_approval_verifies_only_unchanged_and_once(data, which, flip) ->
         NDArray.from_numpy(np.array([1.5, np.nan])),
         NDArray.from_numpy(np.frombuffer(data.ljust(8, b"\0")[:8], dtype="<i8").copy()),
     )
-    expects = ["AAA-1"]
-    signature = sign_chunk(secret, 7, columns, expects)
+    expects, quantities = ["AAA-1"], [100]
+    signature = sign_chunk(secret, 7, columns, expects, quantities)
     verifier = ApprovalVerifier(secret)
     # Tampered: one byte of one column changed, or the expectations, or the chunk number.
     tampered = list(columns)
@@ -158,10 +158,15 @@ def test_a_batch_approval_verifies_only_unchanged_and_once(data, which, flip) ->
         raw = bytearray(col.data)
         raw[flip % len(raw)] ^= 1 + flip % 255
         tampered[which] = NDArray(dtype=col.dtype, shape=col.shape, data=bytes(raw))
-        assert verifier.check_chunk(7, tuple(tampered), expects, signature) == "BAD_SIGNATURE"
+        forged = verifier.check_chunk(7, tuple(tampered), expects, quantities, signature)
+        assert forged == "BAD_SIGNATURE"
     elif which == 5:
-        assert verifier.check_chunk(7, columns, ["AAA-2"], signature) == "BAD_SIGNATURE"
+        assert verifier.check_chunk(7, columns, ["AAA-2"], quantities, signature) == "BAD_SIGNATURE"
+    elif which == 6:
+        # The quantity a working order is expected to fill is signed too.
+        assert verifier.check_chunk(7, columns, expects, [99], signature) == "BAD_SIGNATURE"
     else:
-        assert verifier.check_chunk(8, columns, expects, signature) == "BAD_SIGNATURE"
-    assert verifier.check_chunk(7, columns, expects, signature) is None
-    assert verifier.check_chunk(7, columns, expects, signature) == "APPROVAL_REPLAYED"
+        assert verifier.check_chunk(8, columns, expects, quantities, signature) == "BAD_SIGNATURE"
+    assert verifier.check_chunk(7, columns, expects, quantities, signature) is None
+    again = verifier.check_chunk(7, columns, expects, quantities, signature)
+    assert again == "APPROVAL_REPLAYED"

@@ -195,7 +195,7 @@ def test_an_entry_the_guardian_approved_for_less_is_not_speculated() -> None:
     """A chunk fills a pending entry with the strategy's quantity: one approved for fewer
     shares (the position limit binding at the decision) goes bar by bar, or the shard
     would book shares the broker never filled."""
-    from sovereign.core.chunks import ChunkUnsupportedError
+    from sovereign.core.chunks import ChunkUnsupportedError, assumed_fills
 
     bars = make_bars(5, 300, 4, True)
     codes = np.full(4, REGIME_UNKNOWN, dtype=np.uint8)
@@ -208,6 +208,9 @@ def test_an_entry_the_guardian_approved_for_less_is_not_speculated() -> None:
     assert entry.quantity == s.config.fixed_quantity  # asked for
     saved = checkpoint(s, strategy_state_names())
     entry.quantity = s.config.fixed_quantity - 1  # what the guardian approved
+    # What the shard tells the broker's speculation it assumes (which checks it against
+    # the order it holds): the strategy's quantity, not the approved one.
+    assert set(assumed_fills(s).values()) == {s.config.fixed_quantity}
     with pytest.raises(ChunkUnsupportedError, match="another quantity"):
         breakout_chunk(s, rows(bars, t, t + 32), codes)
     restore(s, saved)

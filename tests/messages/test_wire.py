@@ -148,6 +148,13 @@ def bar_chunks(draw: st.DrawFn) -> BarChunk:
     )
 
 
+def _pending(draw: st.DrawFn, name: str) -> dict[str, list]:
+    """Order ids and the quantity each is to fill, as two lists of one length."""
+    pairs = draw(st.lists(st.tuples(text, st.integers(0, 10**9)), max_size=3))
+    quantity = "pending_quantity" if name == "pending" else "expects_quantity"
+    return {name: [o for o, _ in pairs], quantity: [q for _, q in pairs]}
+
+
 @st.composite
 def intent_chunks(draw: st.DrawFn) -> IntentChunk:
     m = draw(st.integers(0, 5))
@@ -167,7 +174,7 @@ def intent_chunks(draw: st.DrawFn) -> IntentChunk:
             np.array(draw(st.lists(st.floats(0, 1), min_size=m, max_size=m)), dtype="<f8")
         ),
         seq=draw(arrays("<i8", (m,))),
-        pending=draw(st.lists(text, max_size=3)),
+        **_pending(draw, "pending"),
         refused=draw(text),
     )
 
@@ -212,7 +219,7 @@ def approved_chunks(draw: st.DrawFn) -> ApprovedChunk:
         **{c: draw(arrays("<i8", (m,))) for c in ("shard", "bar", "quantity", "seq", "expires_ns")},
         side=draw(arrays("|u1", (m,))),
         limit_price=draw(arrays("<f8", (m,))),
-        expects=draw(st.lists(text, max_size=3)),
+        **_pending(draw, "expects"),
         signature=draw(st.binary(max_size=32)),
         refused=draw(text),
     )
