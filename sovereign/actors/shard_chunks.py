@@ -9,16 +9,14 @@ from typing import Any
 
 import numpy as np
 
+from sovereign.core.chunk_state import assumed_fills, checkpoint, restore
 from sovereign.core.chunks import (
     ChunkBars,
     ChunkOutcome,
     ChunkUnsupportedError,
     ClosedColumns,
-    assumed_fills,
     breakout_chunk,
-    checkpoint,
     commit_trades,
-    restore,
     strategy_state_names,
 )
 from sovereign.core.signals import ShardStrategy

@@ -141,6 +141,23 @@ def ordered_row_sums(values: np.ndarray) -> np.ndarray:
     return np.add.accumulate(np.sort(values, axis=1), axis=1)[:, -1]
 
 
+def _start_problem(
+    broker: SimBroker, m: ChunkMarket, started: list[Working], expects: dict[str, int]
+) -> str:
+    """Why the book before the chunk is not the one the shards assumed ("" when it is)."""
+    if {w.order.order_id for w in started} != set(expects) or len(started) != len(expects):
+        return "the orders working before the chunk are not those the shards assumed"
+    for w in started:
+        if w.filled or w.submitted_ns > int(m.ts[0]) or w.order.symbol not in m.column:
+            return f"order {w.order.order_id} is not a whole order due at the open"
+        if w.order.quantity != expects[w.order.order_id]:
+            # The shards would book another quantity than the broker fills.
+            return f"order {w.order.order_id} is for another quantity than assumed"
+    if any(s not in m.column for s in broker.portfolio.open):
+        return "a position is held in a symbol the chunk has no bars for"
+    return ""
+
+
 def speculate(
     broker: SimBroker, m: ChunkMarket, orders: ChunkOrders, expects: dict[str, int]
 ) -> Speculation:
@@ -150,16 +167,9 @@ def speculate(
     cfg = broker.config
     column = m.column
     started = list(broker._working.values())
-    if {w.order.order_id for w in started} != set(expects) or len(started) != len(expects):
-        return _diverged("the orders working before the chunk are not those the shards assumed", 0)
-    for w in started:
-        if w.filled or w.submitted_ns > int(m.ts[0]) or w.order.symbol not in column:
-            return _diverged(f"order {w.order.order_id} is not a whole order due at the open", 0)
-        if w.order.quantity != expects[w.order.order_id]:
-            # The shards would book another quantity than the broker fills.
-            return _diverged(f"order {w.order.order_id} is for another quantity than assumed", 0)
-    if any(s not in column for s in broker.portfolio.open):
-        return _diverged("a position is held in a symbol the chunk has no bars for", 0)
+    problem = _start_problem(broker, m, started, expects)
+    if problem:
+        return _diverged(problem, 0)
 
     later = orders.bar < k_bars - 1
     in_chunk = np.flatnonzero(later)

@@ -28,7 +28,6 @@ broker's parts live with them (``core.guardian``, ``core.risk``, ``brokers.sim``
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from sovereign.core.chunk_state import assumed_fills
 from sovereign.core.indicators import window_sums
 from sovereign.core.trades import Order, Trade
 from sovereign.domain.orders import SIDE_BUY, SIDE_SELL
@@ -122,43 +122,6 @@ class ChunkUnsupportedError(Exception):
     """The chunk cannot be speculated from this state; the engine replays it bar by bar."""
 
 
-def checkpoint(obj: Any, names: tuple[str, ...]) -> dict[str, Any]:
-    """A deep copy of the named attributes of ``obj``: numpy arrays, dicts of plain values
-    or of flat records (slotted dataclasses whose only container is a dict of plain
-    values, such as a trade's features), and anything else through ``copy.deepcopy``.
-    The records are the bulk of it (a wide shard holds hundreds of open trades), and
-    ``deepcopy`` takes ten times as long over them."""
-    out: dict[str, Any] = {}
-    for name in names:
-        value = getattr(obj, name)
-        if isinstance(value, np.ndarray):
-            out[name] = value.copy()
-        elif isinstance(value, dict) and all(type(v) in _PLAIN for v in value.values()):
-            out[name] = dict(value)
-        elif isinstance(value, dict) and all(hasattr(v, "__slots__") for v in value.values()):
-            out[name] = {k: _clone(v) for k, v in value.items()}
-        else:
-            out[name] = copy.deepcopy(value)
-    return out
-
-
-_PLAIN = (int, float, str, bool, type(None))
-
-
-def _clone(record: Any) -> Any:
-    cls = type(record)
-    new = object.__new__(cls)
-    for field in cls.__slots__:
-        value = getattr(record, field)
-        setattr(new, field, dict(value) if type(value) is dict else value)
-    return new
-
-
-def restore(obj: Any, saved: dict[str, Any]) -> None:
-    for name, value in saved.items():
-        setattr(obj, name, value)
-
-
 def _chronological(buf: np.ndarray, count: np.ndarray) -> np.ndarray:
     """A ring buffer (width, n) whose next write slot is ``count % width``, oldest first.
     Slots never written (a column with fewer values than the width) come first, as NaN
@@ -188,15 +151,6 @@ def _median_rows(windows: np.ndarray) -> np.ndarray:
     if width % 2:
         return ordered[:, mid]
     return 0.5 * (ordered[:, mid - 1] + ordered[:, mid])
-
-
-def assumed_fills(st: Any) -> dict[str, int]:
-    """What the chunk assumes each order working before it fills at its first open: an
-    entry the strategy's quantity, an exit the whole position."""
-    fixed = int(st.config.fixed_quantity)
-    return {
-        k: fixed if o.purpose == "OPEN" else int(st.quantity[o.index]) for k, o in st.orders.items()
-    }
 
 
 def _check_supported(st: Any) -> None:
@@ -760,9 +714,8 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
         st.orders[order_id] = od
         if od.purpose == "OPEN":
             st.pending_entry[j] = True
-        else:
-            st.pending_exit[j] = True
-            od.quantity = int(st.quantity[j])  # the whole position, as bar by bar
+        else:  # an exit: of the whole position, as bar by bar
+            st.pending_exit[j], od.quantity = True, int(st.quantity[j])
     st.max_hold[walk.entry_col] = cfg.max_hold_bars
     holding = st.quantity > 0
     waiting = np.flatnonzero(st.pending_entry & ~holding)
@@ -982,8 +935,6 @@ __all__ = [
     "ChunkUnsupportedError",
     "ClosedColumns",
     "breakout_chunk",
-    "checkpoint",
     "commit_trades",
-    "restore",
     "strategy_state_names",
 ]

@@ -14,15 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sovereign.config import Config, breakout_preset
+from sovereign.core.chunk_state import checkpoint, restore
 from sovereign.core.chunks import (
     SIDE_BUY,
     SIDE_SELL,
     ChunkBars,
     ClosedColumns,
     breakout_chunk,
-    checkpoint,
     commit_trades,
-    restore,
     strategy_state_names,
 )
 from sovereign.core.signals import ShardStrategy
@@ -195,7 +194,8 @@ def test_an_entry_the_guardian_approved_for_less_is_not_speculated() -> None:
     """A chunk fills a pending entry with the strategy's quantity: one approved for fewer
     shares (the position limit binding at the decision) goes bar by bar, or the shard
     would book shares the broker never filled."""
-    from sovereign.core.chunks import ChunkUnsupportedError, assumed_fills
+    from sovereign.core.chunk_state import assumed_fills
+    from sovereign.core.chunks import ChunkUnsupportedError
 
     bars = make_bars(5, 300, 4, True)
     codes = np.full(4, REGIME_UNKNOWN, dtype=np.uint8)
