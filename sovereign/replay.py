@@ -86,12 +86,9 @@ class ChunkedReplay:
     symbols: list[str]
     step_latencies: list[float] | None
     stop_requested: bool
-
-    def _bar_step(self, loop: StepLoop, step: int, ts: int, batches: list[Any]) -> None:
-        raise NotImplementedError
-
-    def _watch(self, loop: StepLoop, step: int, ts: int, steps: int) -> None:
-        raise NotImplementedError
+    # The engine's own steps (declared, not defined: ``Engine`` has them).
+    _bar_step: Callable[[StepLoop, int, int, list[Any]], None]
+    _watch: Callable[[StepLoop, int, int, int], None]
 
     def chunk_limit(self) -> int:
         """The longest chunk this session replays at once (``core.chunks``); 0: none.

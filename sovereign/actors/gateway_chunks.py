@@ -68,9 +68,7 @@ class GatewayChunks:
     _chunk: Executed | None
     _markets: dict[tuple[bytes, ...], tuple[list[str], dict[str, int], np.ndarray]]
     count: Callable[..., None]
-
-    def _track(self, events: list[Message], touched: list[str]) -> list[Message]:
-        raise NotImplementedError
+    _track: Callable[[list[Message], list[str]], list[Message]]  # GatewayActor's
 
     def _execute_chunk(self, approved: ApprovedChunk | None, bars: list[BarChunk]) -> Message:
         """Execute a chunk's batch approval on paper and report the account path; nothing

@@ -7,6 +7,7 @@ the pending flags and the open trades, and close a trade when its position is fl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,9 +53,7 @@ class TradeBook:
     shadow: ShadowBook | None
     losing_streak: int
     counters: StrategyCounters
-
-    def _next_id(self, symbol: str) -> str:
-        raise NotImplementedError
+    _next_id: Callable[[str], str]  # ShardStrategy's
 
     def on_denied(self, order_id: str, ts: int) -> ClosedTrade | None:
         """The guardian denied the intent, or the gateway/broker rejected the order."""
