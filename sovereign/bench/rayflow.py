@@ -211,6 +211,9 @@ def timed_steps(step: Callable[[], None], count: int, gap_s: float) -> list[floa
     return lat
 
 
+COMPILED_TIMEOUT_S = 120.0
+
+
 def compiled_step_flow(ray: Any, steps: int, gap_s: float) -> dict[str, Any]:
     """The same do-nothing step flow as a Ray compiled graph (``ray.dag``, shared-memory
     channels instead of a call and a reply per hop): its latency back to back and
@@ -228,11 +231,13 @@ def compiled_step_flow(ray: Any, steps: int, gap_s: float) -> dict[str, Any]:
         gw = gateway.call.bind(bars)
         outs = [s.call.bind(gw) for s in shards]
         verdicts = guardian.call.bind(*outs, gw)
-        dag = gateway.call.bind(verdicts).experimental_compile()
+        # Ray's 10 s defaults for a step's submit and result are hit on two loaded cores
+        # (a CI run failed so); a step that takes this long is still a figure.
+        dag = gateway.call.bind(verdicts).experimental_compile(_submit_timeout=COMPILED_TIMEOUT_S)
     try:
 
         def step() -> None:
-            ray.get(dag.execute(PAYLOAD))
+            ray.get(dag.execute(PAYLOAD), timeout=COMPILED_TIMEOUT_S)
 
         hot = timed_steps(step, steps, 0.0)
         spaced = timed_steps(step, steps, gap_s)

@@ -217,6 +217,7 @@ def test_the_ping_job_times_every_flow_it_reports() -> None:
 
     r = spawn(Job("ping", steps=40), timeout=300)
     assert "error" not in r, r
+    assert "compiled_error" not in r, r["compiled_error"]
     keys = ("ping", "chain", "spaced_ping", "spaced_chain", "pushed_chain", "compiled_chain")
     on_channels = ("channel_chain", "spaced_channel_chain")
     for key in (*keys, "spaced_compiled_chain", *on_channels):
