@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sovereign.core import hmm_em
 from sovereign.domain.regimes import REGIME_NAMES, REGIME_UNKNOWN
 from sovereign.domain.settings import RegimeConfig
 
@@ -147,6 +148,9 @@ _HMM_FEATURES = 3
 _FILTER_SLICE = 256
 """Symbols filtered together after a refit (a block is symbols x window x 4 x 3 floats)."""
 _LOG_2PI = math.log(2.0 * math.pi)
+# A light prior keeps a state that no bar visits finite instead of NaN (hmmlearn's MAP
+# priors, used by hmmlearn's fits and the batched refits alike).
+_PRIORS = hmm_em.Priors(means_weight=1e-2, covars_prior=1e-2)
 # hmmlearn logs a warning for every state no bar leaves; the fit handles that itself.
 logging.getLogger("hmmlearn").setLevel(logging.ERROR)
 
@@ -187,28 +191,94 @@ def fit_hmm(
     a fresh start; if that fails too, the previous model stays in force (ValueError when
     there is none).
     """
-    mean = features.mean(axis=0)
-    std = features.std(axis=0)
-    std = np.where(std > 1e-12, std, 1.0)
-    x = (features - mean) / std
+    x, mean, std = _standardise(features)
     attempts = [previous, None] if previous is not None else [None, None]
     for attempt, start in enumerate(attempts):
-        # A warm start is already near the optimum: a third of the iterations do.
-        iterations = max(5, n_iter // 3) if start is not None else n_iter
+        iterations = warm_iterations(n_iter) if start is not None else n_iter
         model = _fit_once(x, mean, std, seed=seed + attempt, n_iter=iterations, previous=start)
         if model is not None:
-            order = canonical_order(model.means_)
-            return HmmParams(
-                startprob=_normalise(model.startprob_[order] + 1e-6),
-                transmat=_normalise(model.transmat_[np.ix_(order, order)] + 1e-6, axis=1),
-                means=model.means_[order].copy(),
-                variances=np.asarray(model._covars_)[order].copy(),
-                feature_mean=mean,
-                feature_std=std,
-            )
+            fitted = (model.startprob_, model.transmat_, model.means_, model._covars_)
+            return _canonical(*fitted, mean, std)
     if previous is not None:
         return previous
     raise ValueError("the HMM could not be fitted to this window")
+
+
+def warm_iterations(n_iter: int) -> int:
+    """A warm start is already near the optimum: a third of the iterations do."""
+    return max(5, n_iter // 3)
+
+
+def _standardise(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A window in its own standard scale, with the mean and deviation that define it."""
+    mean = features.mean(axis=0)
+    std = features.std(axis=0)
+    std = np.where(std > 1e-12, std, 1.0)
+    return (features - mean) / std, mean, std
+
+
+def _warm_start(
+    previous: HmmParams, mean: np.ndarray, std: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The previous states, expressed in a new window's standardised scale: start
+    probabilities, transitions, means and variances."""
+    raw_means = previous.means * previous.feature_std + previous.feature_mean
+    raw_vars = previous.variances * previous.feature_std**2
+    return (
+        _normalise(previous.startprob + 1e-6),
+        _normalise(previous.transmat + 1e-6, axis=1),
+        (raw_means - mean) / std,
+        np.maximum(raw_vars / std**2, 1e-3),
+    )
+
+
+def _canonical(
+    startprob: np.ndarray,
+    transmat: np.ndarray,
+    means: np.ndarray,
+    variances: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+) -> HmmParams:
+    """A fitted model in regime-code state order."""
+    order = canonical_order(means)
+    return HmmParams(
+        startprob=_normalise(startprob[order] + 1e-6),
+        transmat=_normalise(transmat[np.ix_(order, order)] + 1e-6, axis=1),
+        means=means[order].copy(),
+        variances=np.asarray(variances)[order].copy(),
+        feature_mean=mean,
+        feature_std=std,
+    )
+
+
+def refit_hmms(
+    windows: list[np.ndarray], previous: list[HmmParams], *, n_iter: int
+) -> list[HmmParams | None]:
+    """Warm-started refits of many models at once (``core.hmm_em``: hmmlearn's EM over a
+    batch of equal-length windows), each what ``fit_hmm``'s first attempt gives. None
+    where that attempt fails (the forward pass underflows, or a parameter is not finite):
+    the caller fits that window alone with ``fit_hmm``."""
+    out: list[HmmParams | None] = [None] * len(windows)
+    by_length: dict[int, list[int]] = {}
+    for r, w in enumerate(windows):
+        by_length.setdefault(len(w), []).append(r)
+    for group in by_length.values():
+        scaled = [_standardise(windows[r]) for r in group]
+        starts = [
+            _warm_start(previous[r], m, s) for r, (_, m, s) in zip(group, scaled, strict=True)
+        ]
+        models, ok = hmm_em.refit(
+            np.stack([x for x, _, _ in scaled]),
+            hmm_em.Models(*(np.stack(parts) for parts in zip(*starts, strict=True))),
+            warm_iterations(n_iter),
+            _PRIORS,
+        )
+        for g, r in enumerate(group):
+            fitted = (models.startprob[g], models.transmat[g], models.means[g], models.variances[g])
+            if ok[g] and all(np.isfinite(a).all() for a in fitted):
+                out[r] = _canonical(*fitted, scaled[g][1], scaled[g][2])
+    return out
 
 
 def _fit_once(
@@ -222,30 +292,24 @@ def _fit_once(
 ) -> object | None:
     from hmmlearn.hmm import GaussianHMM
 
-    k = len(REGIME_NAMES)
-    # A light prior keeps a state that no bar visits finite instead of NaN.
     common = {
-        "n_components": k,
+        "n_components": len(REGIME_NAMES),
         "covariance_type": "diag",
         "n_iter": n_iter,
         "random_state": seed,
         "implementation": "scaling",
         "min_covar": 1e-3,
-        "means_weight": 1e-2,
-        "covars_prior": 1e-2,
+        "means_weight": _PRIORS.means_weight,
+        "covars_prior": _PRIORS.covars_prior,
         "covars_weight": 1.0,
+        "tol": _PRIORS.tol,
     }
     if previous is None:
         model = GaussianHMM(**common)
     else:
         model = GaussianHMM(**common, init_params="", params="stmc")
-        # The previous states, expressed in this window's standardised scale.
-        raw_means = previous.means * previous.feature_std + previous.feature_mean
-        raw_vars = previous.variances * previous.feature_std**2
-        model.startprob_ = _normalise(previous.startprob + 1e-6)
-        model.transmat_ = _normalise(previous.transmat + 1e-6, axis=1)
-        model.means_ = (raw_means - mean) / std
-        model.covars_ = np.maximum(raw_vars / std**2, 1e-3)
+        start = _warm_start(previous, mean, std)
+        model.startprob_, model.transmat_, model.means_, model.covars_ = start
     try:
         with np.errstate(all="ignore"):
             model.fit(x)
@@ -436,10 +500,17 @@ class HmmRegimeModel:
             return
         fitted: list[int] = []
         windows: list[np.ndarray] = []
+        data = {i: self._window(i) for i in rows.tolist()}
+        # Refits of models in force run together (one batched EM); first fits, and a
+        # refit the batch could not make, go through hmmlearn one by one.
+        warm = {i: p for i in data if (p := self.params[i]) is not None}
+        batched = refit_hmms([data[i] for i in warm], list(warm.values()), n_iter=self.n_iter)
+        done_warm = dict(zip(warm, batched, strict=True))
         for i in rows.tolist():
-            data = self._window(i)
             try:
-                params = fit_hmm(data, seed=self.seed, n_iter=self.n_iter, previous=self.params[i])
+                params = done_warm.get(i) or fit_hmm(
+                    data[i], seed=self.seed, n_iter=self.n_iter, previous=self.params[i]
+                )
             except ValueError:
                 # A first fit that failed twice (a refit keeps its model): the symbol stays
                 # unlabelled and tries again ``refit_every`` bars later, alone.
@@ -447,7 +518,7 @@ class HmmRegimeModel:
                 self.retry_at[i] = self.pushed[i] + self.refit_every
                 continue
             fitted.append(i)
-            windows.append(data)
+            windows.append(data[i])
             self.params[i] = params
             self._startprob[i] = params.startprob
             self._transmat[i] = params.transmat
