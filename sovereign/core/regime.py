@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -252,44 +253,53 @@ def _canonical(
     )
 
 
-def refit_hmms(
-    windows: list[np.ndarray], previous: list[HmmParams], *, n_iter: int
+def fit_hmms(
+    windows: list[np.ndarray], previous: list[HmmParams | None], *, seed: int, n_iter: int
 ) -> list[HmmParams | None]:
-    """Warm-started refits of many models at once (``core.hmm_em``: hmmlearn's EM over a
-    batch of equal-length windows), each what ``fit_hmm``'s first attempt gives. None
+    """Many models fitted at once (``core.hmm_em``: hmmlearn's EM over a batch of
+    equal-length windows), each what ``fit_hmm``'s first attempt gives: warm-started from
+    its previous model, or (none) from hmmlearn's own initialisation of that window. None
     where that attempt fails (the forward pass underflows, or a parameter is not finite):
     the caller fits that window alone with ``fit_hmm``."""
     out: list[HmmParams | None] = [None] * len(windows)
-    by_length: dict[int, list[int]] = {}
-    for r, w in enumerate(windows):
-        by_length.setdefault(len(w), []).append(r)
-    for group in by_length.values():
-        scaled = [_standardise(windows[r]) for r in group]
-        starts = [
-            _warm_start(previous[r], m, s) for r, (_, m, s) in zip(group, scaled, strict=True)
-        ]
+    groups: dict[tuple[int, bool], list[int]] = {}
+    scaled = [_standardise(w) for w in windows]
+    starts: dict[int, tuple[np.ndarray, ...]] = {}
+    for r, (x, mean, std) in enumerate(scaled):
+        start = _initial(x, seed) if (p := previous[r]) is None else _warm_start(p, mean, std)
+        if start is not None:
+            starts[r] = start
+            groups.setdefault((len(x), p is not None), []).append(r)
+    for (_, warm), group in groups.items():
+        columns = zip(*(starts[r] for r in group), strict=True)
         models, ok = hmm_em.refit(
-            np.stack([x for x, _, _ in scaled]),
-            hmm_em.Models(*(np.stack(parts) for parts in zip(*starts, strict=True))),
-            warm_iterations(n_iter),
+            np.stack([scaled[r][0] for r in group]),
+            hmm_em.Models(*(np.stack(parts) for parts in columns)),
+            warm_iterations(n_iter) if warm else n_iter,
             _PRIORS,
         )
         for g, r in enumerate(group):
             fitted = (models.startprob[g], models.transmat[g], models.means[g], models.variances[g])
             if ok[g] and all(np.isfinite(a).all() for a in fitted):
-                out[r] = _canonical(*fitted, scaled[g][1], scaled[g][2])
+                out[r] = _canonical(*fitted, scaled[r][1], scaled[r][2])
     return out
 
 
-def _fit_once(
-    x: np.ndarray,
-    mean: np.ndarray,
-    std: np.ndarray,
-    *,
-    seed: int,
-    n_iter: int,
-    previous: HmmParams | None,
-) -> object | None:
+def _initial(x: np.ndarray, seed: int) -> tuple[np.ndarray, ...] | None:
+    """hmmlearn's initialisation of a fresh model on a standardised window (k-means
+    means, the window's variances, random start and transition probabilities), as its
+    ``fit`` makes it before the first EM iteration: a fit of no iterations."""
+    model = _model(seed=seed, n_iter=0)
+    try:
+        with np.errstate(all="ignore"):
+            model.fit(x)
+    except ValueError:
+        return None
+    return (model.startprob_, model.transmat_, model.means_, np.asarray(model._covars_))
+
+
+def _model(*, seed: int, n_iter: int, warm: bool = False) -> Any:
+    """An unfitted ``GaussianHMM`` as the regime model configures it."""
     from hmmlearn.hmm import GaussianHMM
 
     common = {
@@ -304,10 +314,20 @@ def _fit_once(
         "covars_weight": 1.0,
         "tol": _PRIORS.tol,
     }
-    if previous is None:
-        model = GaussianHMM(**common)
-    else:
-        model = GaussianHMM(**common, init_params="", params="stmc")
+    return GaussianHMM(**common, init_params="", params="stmc") if warm else GaussianHMM(**common)
+
+
+def _fit_once(
+    x: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    *,
+    seed: int,
+    n_iter: int,
+    previous: HmmParams | None,
+) -> object | None:
+    model = _model(seed=seed, n_iter=n_iter, warm=previous is not None)
+    if previous is not None:
         start = _warm_start(previous, mean, std)
         model.startprob_, model.transmat_, model.means_, model.covars_ = start
     try:
@@ -501,14 +521,18 @@ class HmmRegimeModel:
         fitted: list[int] = []
         windows: list[np.ndarray] = []
         data = {i: self._window(i) for i in rows.tolist()}
-        # Refits of models in force run together (one batched EM); first fits, and a
-        # refit the batch could not make, go through hmmlearn one by one.
-        warm = {i: p for i in data if (p := self.params[i]) is not None}
-        batched = refit_hmms([data[i] for i in warm], list(warm.values()), n_iter=self.n_iter)
-        done_warm = dict(zip(warm, batched, strict=True))
+        # This bar's fits run together (one batched EM; first fits from hmmlearn's own
+        # initialisation); a fit the batch could not make goes through hmmlearn alone.
+        batched = fit_hmms(
+            list(data.values()),
+            [self.params[i] for i in data],
+            seed=self.seed,
+            n_iter=self.n_iter,
+        )
+        by_row = dict(zip(data, batched, strict=True))
         for i in rows.tolist():
             try:
-                params = done_warm.get(i) or fit_hmm(
+                params = by_row.get(i) or fit_hmm(
                     data[i], seed=self.seed, n_iter=self.n_iter, previous=self.params[i]
                 )
             except ValueError:

@@ -96,6 +96,10 @@ class SelfModEngine:
         # Trades already in the account's store (``unsaved_trades``).
         self._stored = 0
         self._stored_scaled = 0
+        # The population as columns, extended as trades arrive: rebuilding it from every
+        # record at each analysis made a long session's analyses quadratic.
+        self._sample = TradeSample.from_records([])
+        self._sample_of = self.trades
         self.counters: dict[str, int] = {
             "looks": 0,
             "candidates_found": 0,
@@ -211,7 +215,7 @@ class SelfModEngine:
         self._analysed_at = len(self.trades)
         self.analyses += 1
         out = self._retirements(trigger, session_date)
-        sample = TradeSample.from_records(self.trades)
+        sample = self._population()
         free = self._uncovered(sample)
         self._confirm(sample, free)
         out += self._propose_confirmed(trigger, session_date, ts, self.max_proposals - len(out))
@@ -219,6 +223,16 @@ class SelfModEngine:
         if n >= 2 * self.min_trades and n >= self.look_growth * self._look_at:
             self._look(sample, free, n)
         return out
+
+    def _population(self) -> TradeSample:
+        """``TradeSample.from_records(self.trades)``, built once per trade (the trades are
+        immutable and only ever appended)."""
+        have = len(self._sample)
+        if self._sample_of is not self.trades or have > len(self.trades):
+            # The population was replaced: start again.
+            self._sample, self._sample_of, have = TradeSample.from_records([]), self.trades, 0
+        self._sample = self._sample.extended(self.trades[have:])
+        return self._sample
 
     def _uncovered(self, sample: TradeSample) -> np.ndarray:
         """The trades no active skip covers: a new rule is judged by what it would add

@@ -226,6 +226,18 @@ class TradeSample:
             exit_ts=np.array([int(r.exit_ts) for r in rows], dtype=np.int64),
         )
 
+    def extended(self, records: Iterable[TradeLike]) -> TradeSample:
+        """This sample with ``records`` appended (``from_records`` of the new ones only)."""
+        more = TradeSample.from_records(records)
+        if not len(more):
+            return self
+        return TradeSample(
+            **{
+                name: np.concatenate([getattr(self, name), getattr(more, name)])
+                for name in self.__dataclass_fields__
+            }
+        )
+
     def select(self, mask: np.ndarray) -> TradeSample:
         """Return the trades where ``mask`` (bool, one per trade) is true."""
         return TradeSample(

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sovereign.core import hmm_em
-from sovereign.core.regime import HmmFeatureState, fit_hmm, refit_hmms
+from sovereign.core.regime import HmmFeatureState, fit_hmm, fit_hmms
 from sovereign.data.synthetic import generate
 
 
@@ -72,11 +72,12 @@ def test_a_batch_of_refits_gives_hmmlearn_s_models_window_by_window(x: np.ndarra
             assert len(iterations) > 1, "every window stopped on the same iteration"
 
 
-def test_the_regime_model_s_refits_are_fit_hmm_s(x: np.ndarray) -> None:
-    """``refit_hmms`` over windows of two lengths gives what ``fit_hmm`` gives each one."""
-    previous = [fit_hmm(x[:400, j], seed=7, n_iter=30) for j in range(x.shape[1])]
+def test_the_regime_model_s_fits_are_fit_hmm_s(x: np.ndarray) -> None:
+    """``fit_hmms`` over windows of two lengths, refits and first fits mixed, gives what
+    ``fit_hmm`` gives each one."""
+    previous = [fit_hmm(x[:400, j], seed=7, n_iter=30) if j % 3 else None for j in range(6)]
     windows = [x[100 : (600 if j % 2 else 476), j] for j in range(x.shape[1])]
-    batched = refit_hmms(windows, previous, n_iter=30)
+    batched = fit_hmms(windows, previous, seed=7, n_iter=30)
     for w, p, b in zip(windows, previous, batched, strict=True):
         alone = fit_hmm(w, seed=7, n_iter=30, previous=p)
         assert b is not None

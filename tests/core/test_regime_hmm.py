@@ -180,6 +180,8 @@ def test_a_symbol_whose_first_fit_fails_waits_alone_and_tries_again(bars, monkey
         return real(data, **kwargs)
 
     monkeypatch.setattr(regime, "fit_hmm", second_call_fails)
+    # The batched fits make none, so that every fit goes through ``fit_hmm`` alone.
+    monkeypatch.setattr(regime, "fit_hmms", lambda windows, previous, **_: [None] * len(windows))
     model = HmmRegimeModel(3, window=200, min_bars=80, refit_every=60, n_iter=8)
     mask = np.ones(3, dtype=bool)
     ready_at: dict[int, int] = {}
