@@ -95,9 +95,10 @@ class ChunkedReplay:
 
         Chunks need a replayed backtest on the simulated broker (whose executions can be
         taken back), a strategy that runs in chunks (the breakout, with a fixed quantity),
-        no model or learner that would act between two bars (regime model, self-
-        modification) and nobody waiting for each fill. Slippage would move every fill off
-        the open the shards assume, so with slippage there are no chunks either."""
+        no learner that would act between two bars (self-modification) and nobody waiting
+        for each fill. The regime models run in chunks (their answers depend on the bars
+        alone). Slippage would move every fill off the open the shards assume, so with
+        slippage there are no chunks either."""
         c = self.config
         if (
             self.live
@@ -108,7 +109,6 @@ class ChunkedReplay:
             or c.broker.kind != "sim"
             or c.strategy.kind != "breakout"
             or c.strategy.fixed_quantity <= 0
-            or c.regime.model != "none"
             or c.selfmod.enabled
             or self.notify_fills
             or c.notifications.wants("fill")
@@ -187,7 +187,7 @@ class ChunkedReplay:
             CHUNK_STEP,
             rt.tell,
             lambda role: getattr(g, role),
-            {"orders": loop.merged and bool(loop.prev_verdicts)},
+            {"orders": loop.merged and bool(loop.prev_verdicts), "regime": loop.regime_on},
             bars=bar_chunks,
             own_bars=bar_chunks,
             pending=loop.for_guardian,

@@ -107,10 +107,19 @@ CHUNK_STEP: tuple[Node, ...] = (
     # orders travel with the bars; otherwise the last step sent them, and its ``acks``
     # are carried).
     Node("acks", "gateway", (In("verdicts", prev=True),), when="orders"),
+    # Each shard's regimes after every bar time of the chunk (they depend on the bars
+    # alone, so the regime models run the chunk for real, committed or not).
+    Node("regime", "regime", (In(BARS),), when="regime"),
     Node(
         "shards",
         "shards",
-        (In("verdicts", prev=True), In("acks", prev=True), In("acks"), In(OWN_BARS)),
+        (
+            In("verdicts", prev=True),
+            In("acks", prev=True),
+            In("acks"),
+            In("regime"),
+            In(OWN_BARS),
+        ),
     ),
     # The conditional approval; the guardian also takes the last chunk's closed trades.
     Node("approved", "guardian", (In("acks", prev=True), In("acks"), In(PENDING), In("shards"))),

@@ -25,9 +25,24 @@ def config(
     capital: float | None = None,
     commission: bool = False,
     max_drawdown: float | None = None,
+    regimes: bool = False,
 ) -> Config:
     cfg = breakout_preset(Config())
     replace = msgspec.structs.replace
+    if regimes:
+        # The HMM on each symbol, fitted early and refitted often, so that the chunks
+        # cross fits, refits and label changes.
+        cfg = replace(
+            cfg,
+            regime=replace(
+                cfg.regime,
+                model="hmm",
+                hmm_window=300,
+                hmm_min_bars=120,
+                hmm_refit_every=90,
+                hmm_iter=9,
+            ),
+        )
     if max_drawdown is not None:
         cfg = replace(cfg, constitution=ConstitutionOverrides(max_drawdown=max_drawdown))
     engine = replace(cfg.engine, shards=2, chunk_bars=chunk_bars)
@@ -115,6 +130,12 @@ SCENARIOS = {
     # guardian approves entries for less than the strategy's 100 shares, and chunks fail
     # part way (what they did before the failing bar is committed on its own).
     "sized": ("synthetic:100x2000", {"capital": 500_000.0}),
+    # The regime model on: it runs each chunk bar time by bar time, and every entry
+    # records the regime of its signal bar. Every chunk committed...
+    "regimes": ("synthetic:12x1500", {"capital": 600_000.0, "regimes": True}),
+    # ...and on $300,000 most are discarded: their bar times, run by the regime model in
+    # the chunk, are answered again from what it said then.
+    "regimes-replayed": ("synthetic:12x1500", {"capital": 300_000.0, "regimes": True}),
 }
 
 
@@ -128,13 +149,18 @@ def test_a_chunked_backtest_is_the_backtest_bar_by_bar(tmp_path, name) -> None:
     counters = chunks[0].result.counters
     assert counters.get("chunks_committed", 0) > 0, counters
     assert "chunks_committed" not in bars[0].result.counters
-    if name in ("tight", "crash", "sized"):
+    if name in ("tight", "crash", "sized", "regimes-replayed"):
         assert counters.get("chunks_replayed", 0) > 0, counters
+    if name.startswith("regimes"):
+        labels = set(bars[0].trades["regime"])
+        assert len(labels - {"Unknown"}) >= 2, labels
+    if name == "regimes":
+        assert counters["chunked_steps"] > 1000, counters
     if name == "sized":
         assert counters.get("chunk_prefixes_committed", 0) > 0, counters
     if name == "crash":
         assert any("-> HALTED" in title for _, title, _ in bars[1])
-    if name == "roomy":
+    if name in ("roomy", "regimes"):
         assert counters.get("chunks_replayed", 0) == 0, counters
     assert_same_session(tmp_path, bars, chunks)
 
@@ -160,8 +186,8 @@ def test_short_chunks_through_the_wire_change_nothing_either(tmp_path) -> None:
 
 
 def test_chunks_are_only_for_what_they_can_replay_exactly() -> None:
-    """Paper sessions, other strategies, slippage, a regime model, self-modification and
-    per-fill notifications all run bar by bar."""
+    """Paper sessions, other strategies, slippage, self-modification and per-fill
+    notifications all run bar by bar; the regime models run in chunks."""
     from sovereign.actors.runtime import LocalRuntime
     from sovereign.engine import Engine
 
@@ -178,7 +204,8 @@ def test_chunks_are_only_for_what_they_can_replay_exactly() -> None:
     assert limit(base, mode="paper") == 0
     assert limit(Config()) == 0
     assert limit(replace(base, sim=replace(base.sim, slippage_bps=2.0))) == 0
-    assert limit(replace(base, regime=replace(base.regime, model="baseline"))) == 0
+    for model in ("baseline", "hmm", "blend"):
+        assert limit(replace(base, regime=replace(base.regime, model=model))) > 0
     assert limit(replace(base, selfmod=replace(base.selfmod, enabled=True))) == 0
     assert limit(base, notify_fills=True) == 0
     assert limit(config(chunk_bars=1)) == 0
@@ -188,10 +215,11 @@ def test_chunks_are_only_for_what_they_can_replay_exactly() -> None:
 @pytest.mark.ray
 def test_chunks_on_ray_are_the_chunks_in_one_process(tmp_path, ray_session) -> None:
     """The same chunks through named Ray actors (bars, intents, approvals and reports as
-    msgpack bytes between processes): the same session, to the byte."""
+    msgpack bytes between processes), with the regime model answering each chunk: the
+    same session, to the byte."""
     data = load_ohlcv("synthetic:8x1200", seed=13)
-    local = run(tmp_path / "bars", data, config(chunk_bars=0))
-    remote = run(tmp_path / "chunks", data, config(chunk_bars=0), runtime="ray")
+    local = run(tmp_path / "bars", data, config(chunk_bars=0, regimes=True))
+    remote = run(tmp_path / "chunks", data, config(chunk_bars=0, regimes=True), runtime="ray")
     assert remote[0].result.runtime == "ray"
     assert remote[0].result.counters["chunks_committed"] > 0
     assert remote[0].result.counters == local[0].result.counters

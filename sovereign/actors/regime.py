@@ -10,6 +10,12 @@ where both are ready; where only one is, it is used alone. The label is the blen
 argmax passed through hysteresis (``core.regime.Hysteresis``), so it does not flicker. With
 ``hmm_scope = "market"`` one HMM runs on the equal-weight index of the whole universe and
 every symbol gets its probabilities.
+
+A speculative chunk (``BarChunk``, one per shard) is run bar time by bar time through the
+same code, and answered with one ``RegimeChunk`` per shard. Regimes depend on the bars
+alone, so a chunk's answers stand whether the chunk is committed or not: they are kept
+until the session moves past them, and a bar time run again (a discarded chunk replayed
+bar by bar, or its valid part as a chunk of its own) is answered from them.
 """
 
 from __future__ import annotations
@@ -25,7 +31,15 @@ from sovereign.config import RegimeConfig
 from sovereign.core.bars import clean_rows
 from sovereign.core.regime import BaselineRegimeClassifier, HmmRegimeModel, Hysteresis
 from sovereign.core.universe import Universe
-from sovereign.messages import BarBatch, Message, NDArray, RegimeUpdate, SessionEnded
+from sovereign.messages import (
+    BarBatch,
+    BarChunk,
+    Message,
+    NDArray,
+    RegimeChunk,
+    RegimeUpdate,
+    SessionEnded,
+)
 
 
 def bundled_foundation_path() -> Path:
@@ -77,7 +91,7 @@ class _ShardModels:
         self.last_ts = -1
 
 
-RegimeInbox = BarBatch | SessionEnded
+RegimeInbox = BarBatch | BarChunk | SessionEnded
 
 
 class RegimeActor(Actor[RegimeInbox]):
@@ -112,9 +126,23 @@ class RegimeActor(Actor[RegimeInbox]):
         )
         self._index_level = 1.0
         self._last_close: dict[str, float] = {}
+        # Answers of bar times a chunk ran, by (shard, bar start), while they may be asked
+        # again (``_on_chunks``).
+        self._answers: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, str]] = {}
+        self._keep_answers = False
 
     def receive(self, messages: list[RegimeInbox]) -> list[Message]:
+        chunks = [m for m in messages if isinstance(m, BarChunk)]
+        if chunks:
+            return list(self._on_chunks(chunks)) if self.models else []
         out: list[Message] = []
+        if self._answers:
+            bars = [m for m in messages if isinstance(m, BarBatch)]
+            if bars and not self._keep_answers:  # a chunk's own bars keep its answers
+                self._forget_before(min(b.ts for b in bars))
+            ran = {id(m) for m in bars if (m.shard, m.ts) in self._answers}
+            out.extend(self._answer_again(m) for m in bars if id(m) in ran)
+            messages = [m for m in messages if id(m) not in ran]
         batches = [m for m in messages if isinstance(m, BarBatch)]
         if self.market is not None and batches:
             self._update_market(batches)
@@ -139,10 +167,80 @@ class RegimeActor(Actor[RegimeInbox]):
                         m.hmm.fits for m in self.models if m.hmm is not None
                     ) + (self.market.fits if self.market is not None else 0)
                     out.append(self.stats(msg.ts_event))
+                case BarChunk():
+                    pass  # a call with chunks was answered whole, above
                 case _:
                     pass
         self._finish_round(taken, out)
         return out
+
+    def _on_chunks(self, chunks: list[BarChunk]) -> list[RegimeChunk]:
+        """Every shard's chunk, one bar time at a time through ``receive`` (the bar path
+        itself), answered as one ``RegimeChunk`` per shard."""
+        ts = chunks[0].ts.to_numpy()
+        if any(not np.array_equal(c.ts.to_numpy(), ts) for c in chunks):
+            raise ValueError("the shards' chunks are not of the same bar times")
+        self._forget_before(int(ts[0]))
+        k = ts.size
+        shards = [c.shard for c in chunks]
+        codes = {s: np.empty((k, len(self.models[s].universe)), np.uint8) for s in shards}
+        probs = {s: np.empty((k, len(self.models[s].universe), 4), np.float32) for s in shards}
+        model = ""
+        columns = {c.shard: _chunk_columns(c) for c in chunks}
+        self._keep_answers = True
+        try:
+            for t in range(k):
+                batches = [_bar_of(c, columns[c.shard], t) for c in chunks]
+                for u in self.receive(batches):
+                    if isinstance(u, RegimeUpdate):
+                        codes[u.shard][t] = u.codes.to_numpy()
+                        probs[u.shard][t] = u.probabilities.to_numpy()
+                        model = u.model
+        finally:
+            self._keep_answers = False
+        ts_col = NDArray.from_numpy(np.ascontiguousarray(ts, dtype=np.int64))
+        return [
+            RegimeChunk(
+                msg_id=self.ids.next(),
+                ts_event=c.ts_event,
+                ts_init=c.ts_event,
+                correlation_id=c.msg_id,
+                chunk=c.chunk,
+                shard=c.shard,
+                ts=ts_col,
+                symbols=self._symbol_columns[c.shard],
+                codes=NDArray.from_numpy(codes[c.shard]),
+                probabilities=NDArray.from_numpy(probs[c.shard]),
+                model=model,
+            )
+            for c in chunks
+        ]
+
+    def _answer_again(self, batch: BarBatch) -> RegimeUpdate:
+        codes, probs, model = self._answers[(batch.shard, batch.ts)]
+        self.count("bars_answered_again")
+        return RegimeUpdate(
+            msg_id=self.ids.next(),
+            ts_event=batch.ts_event,
+            ts_init=batch.ts_event,
+            correlation_id=batch.msg_id,
+            ts=batch.ts,
+            symbols=self._symbol_columns[batch.shard],
+            codes=NDArray.from_numpy(codes),
+            probabilities=NDArray.from_numpy(probs),
+            market=_market_label(codes),
+            model=model,
+            shard=batch.shard,
+        )
+
+    def _forget_before(self, ts: int) -> None:
+        """The session never goes back before the bar time it is at: older answers go
+        (they were kept in the order of their bar times)."""
+        while self._answers:
+            key = next(iter(self._answers))
+            if key[1] >= ts:
+                break
+            del self._answers[key]
 
     def _finish_round(self, taken: list[_Step | None], out: list[Message]) -> None:
         steps = [t for t in taken if t is not None]
@@ -223,6 +321,8 @@ class RegimeActor(Actor[RegimeInbox]):
     def _finish(self, step: _Step) -> RegimeUpdate:
         batch, m = step.batch, step.models
         model_name = self._blend(m, step.mask)
+        if self._keep_answers:
+            self._answers[(batch.shard, batch.ts)] = (m.codes, m.probs, model_name)
         return RegimeUpdate(
             msg_id=self.ids.next(),
             ts_event=batch.ts_event,
@@ -284,3 +384,23 @@ def _market_label(codes: np.ndarray) -> str:
     if known.size == 0:
         return "Unknown"
     return REGIME_NAMES[int(np.bincount(known, minlength=4).argmax())]
+
+
+def _chunk_columns(chunk: BarChunk) -> dict[str, np.ndarray]:
+    return {k: getattr(chunk, k).to_numpy() for k in ("open", "high", "low", "close", "volume")}
+
+
+def _bar_of(chunk: BarChunk, columns: dict[str, np.ndarray], t: int) -> BarBatch:
+    """Bar time ``t`` of a shard's chunk, as the shard's batch of that bar time."""
+    ts = int(chunk.ts.to_numpy()[t])
+    close_ns = ts + chunk.interval_s * 1_000_000_000
+    return BarBatch(
+        msg_id=chunk.msg_id,
+        ts_event=close_ns,
+        ts_init=close_ns,
+        ts=ts,
+        interval_s=chunk.interval_s,
+        symbols=chunk.symbols,
+        shard=chunk.shard,
+        **{k: NDArray.from_numpy(np.ascontiguousarray(v[t])) for k, v in columns.items()},
+    )

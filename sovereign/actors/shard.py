@@ -43,6 +43,7 @@ from sovereign.messages import (
     OrderIntent,
     OrderRejected,
     RecentOrderEvents,
+    RegimeChunk,
     RegimeUpdate,
     RiskVerdict,
     RuleSetSnapshot,
@@ -75,6 +76,7 @@ ShardInbox = (
     | SessionStarted
     | SessionEnded
     | BarChunk
+    | RegimeChunk
     | ChunkVerdict
     | ChunkExecution
     | RecentOrderEvents
@@ -128,6 +130,7 @@ class ShardActor(ShardChunks, Actor[ShardInbox]):
         self._mask = np.zeros(n, dtype=bool)
         # A chunk run speculatively: (chunk, checkpoint, outcome) until its verdict.
         self._chunk: tuple[int, dict[str, object], ChunkOutcome] | None = None
+        self._regimes: RegimeChunk | None = None
         # Execution ids of the fills booked, with the call that booked each: a fill
         # delivered twice (in RecentOrderEvents after a restart) is booked once.
         self._booked: dict[str, int] = {}
@@ -148,7 +151,7 @@ class ShardActor(ShardChunks, Actor[ShardInbox]):
         replays = [e for m in messages if isinstance(m, RecentOrderEvents) for e in m.events]
         for msg in [*replays, *messages]:
             match msg:
-                case BarChunk() | ChunkVerdict() | ChunkExecution():
+                case BarChunk() | ChunkVerdict() | ChunkExecution() | RegimeChunk():
                     out.extend(self._on_chunk_message(msg, messages, closed))
                 case OrderFilled() | RiskVerdict() | OrderRejected() | OrderCanceled():
                     trade = self._on_order_event(msg)

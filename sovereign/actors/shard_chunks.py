@@ -29,6 +29,7 @@ from sovereign.messages import (
     IntentChunk,
     Message,
     NDArray,
+    RegimeChunk,
 )
 from sovereign.messages.base import IdSource
 
@@ -41,22 +42,28 @@ class ShardChunks:
     strategy: ShardStrategy
     ids: IdSource
     regime_codes: np.ndarray
+    regime_probs: np.ndarray
+    _regimes: RegimeChunk | None
     last_ts: int
     intents: int
     fills_booked: int
     _chunk: tuple[int, dict[str, Any], ChunkOutcome] | None
     count: Callable[..., None]
 
-    _ACTOR_STATE = ("last_ts", "intents")
+    _ACTOR_STATE = ("last_ts", "intents", "regime_codes", "regime_probs")
 
     def _on_chunk_message(
         self,
-        msg: BarChunk | ChunkVerdict | ChunkExecution,
+        msg: BarChunk | ChunkVerdict | ChunkExecution | RegimeChunk,
         messages: list[Message],
         closed: list[ClosedTrade | ClosedColumns],
     ) -> list[Message]:
         if isinstance(msg, ChunkExecution):
             return []  # read with the verdict that follows it
+        if isinstance(msg, RegimeChunk):
+            if msg.shard == self.index:
+                self._regimes = msg  # read with the bar chunk that follows it
+            return []
         if isinstance(msg, ChunkVerdict):
             # Its execution report (the commissions charged) travels in the same call.
             executed = next(
@@ -94,11 +101,21 @@ class ShardChunks:
             close=msg.close.to_numpy(),
             volume=msg.volume.to_numpy(),
         )
+        regimes, self._regimes = self._regimes, None
+        if (
+            regimes is not None
+            and len(regimes)
+            and (regimes.chunk != msg.chunk or not np.array_equal(regimes.ts.to_numpy(), ts))
+        ):
+            return refuse("the regimes are not of the chunk's bar times")
         saved = checkpoint(self.strategy, strategy_state_names())
         saved.update({name: getattr(self, name) for name in self._ACTOR_STATE})
         saved["ids"] = self.ids.n
+        codes = self.regime_codes
+        if regimes is not None and len(regimes):
+            codes = self._regime_rows(regimes)
         try:
-            outcome = breakout_chunk(self.strategy, bars, self.regime_codes)
+            outcome = breakout_chunk(self.strategy, bars, codes)
         except ChunkUnsupportedError as exc:
             self._restore(saved)
             return refuse(str(exc))
@@ -106,6 +123,19 @@ class ShardChunks:
         self.last_ts = int(ts[-1])
         self.intents += len(outcome.intents)
         return self._intent_chunk(msg, bar_close, outcome, saved_orders, "")
+
+    def _regime_rows(self, regimes: RegimeChunk) -> np.ndarray:
+        """The regime codes after each of a chunk's bar times (K, n) in universe order;
+        the shard is left with the last bar's codes and probabilities, as the last
+        ``RegimeUpdate`` of those bars would have left it."""
+        idx = self.universe.locate(regimes.symbols.to_numpy())
+        ok = idx >= 0
+        codes = np.broadcast_to(self.regime_codes, (len(regimes), self.regime_codes.size)).copy()
+        codes[:, idx[ok]] = regimes.codes.to_numpy()[:, ok]
+        self.regime_codes = codes[-1].copy()
+        self.regime_probs = self.regime_probs.copy()
+        self.regime_probs[idx[ok]] = regimes.probabilities.to_numpy()[-1, ok]
+        return codes
 
     def _intent_chunk(
         self,

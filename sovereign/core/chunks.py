@@ -202,8 +202,7 @@ class _Indicators:
 
 def _indicators(st: Any, bars: ChunkBars) -> _Indicators:
     k_bars = len(bars)
-    o, h, lo, c, v = bars.open, bars.high, bars.low, bars.close, bars.volume
-    del o
+    h, lo, c, v = bars.high, bars.low, bars.close, bars.volume
     rows = np.arange(k_bars)
     atr_ind = st.atr
     period = atr_ind.period
@@ -502,16 +501,17 @@ def breakout_chunk(
 ) -> ChunkOutcome:
     """Run the breakout strategy (``ShardStrategy`` with ``kind = "breakout"``) over a
     chunk, speculatively, and leave ``st`` as a replay bar by bar would (the caller
-    checkpoints it first and restores it if the chunk is abandoned).
+    checkpoints it first and restores it if the chunk is abandoned). ``regime_codes``:
+    each symbol's regime after each bar time (K, n), or one row (n,) for all.
 
     Bar by bar, the shard books the fills at each bar's open, updates its indicators with
     the bar, counts a bar held for every open trade, decides exits (stop, target, maximum
     hold) and then entries (a close above the previous ``breakout_window`` highs on volume
     above their median). Here the indicators are columns over the whole chunk and each
     symbol's trades are walked from event to event (``_walk``); the decisions are then
-    numbered and booked symbol by symbol (``_book``).
-    """
+    numbered and booked symbol by symbol (``_book``)."""
     _check_supported(st)
+    regime_codes = np.broadcast_to(regime_codes, bars.close.shape)
     if st.config.exit_on_regime_change and (regime_codes != REGIME_UNKNOWN).any():
         raise ChunkUnsupportedError("exits on regime changes need the regime of every bar")
     ind = _indicators(st, bars)
@@ -589,7 +589,7 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
             "reason": reason[xp],
             "entry_seq": seq[ep],
             "exit_seq": seq[xp],
-            "regime": regime_codes[j_new].astype(np.int64),
+            "regime": regime_codes[s_new, j_new].astype(np.int64),
             "atr": atr_new,
             "atr_pct": atr_new / c[s_new, j_new] * 100.0,
         }
@@ -719,7 +719,7 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
     st.max_hold[walk.entry_col] = cfg.max_hold_bars
     holding = st.quantity > 0
     waiting = np.flatnonzero(st.pending_entry & ~holding)
-    st.entry_regime[waiting] = regime_codes[waiting]
+    st.entry_regime[waiting] = regime_codes[-1, waiting]
     st.entry_regime[~holding & ~st.pending_entry] = REGIME_UNKNOWN
     for j in np.flatnonzero(holding).tolist():
         st.entry_regime[j] = st.trades[j].regime_code
@@ -756,7 +756,7 @@ def _open_trade(
     a, close = float(ind.atr[signal, j]), float(bars.close[signal, j])
     trade = cls(
         trade_id=f"{st.universe.symbols[j]}-{seq}",
-        regime_code=int(regime_codes[j]),
+        regime_code=int(regime_codes[signal, j]),
         confidence=1.0,
         atr=a,
         features={"atr": a, "atr_pct": a / close * 100.0},

@@ -32,6 +32,7 @@ from sovereign.messages.chunks import (
     ChunkExecution,
     ChunkVerdict,
     IntentChunk,
+    RegimeChunk,
 )
 from sovereign.messages.codec import Codec
 from sovereign.messages.governance import (
@@ -92,6 +93,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     ModificationDecision,
     RollbackRequest,
     BarChunk,
+    RegimeChunk,
     IntentChunk,
     ApprovedChunk,
     ChunkExecution,
@@ -138,6 +140,7 @@ __all__ = [
     "OrderRejected",
     "PositionSnapshot",
     "RecentOrderEvents",
+    "RegimeChunk",
     "RegimeUpdate",
     "RiskVerdict",
     "RollbackRequest",

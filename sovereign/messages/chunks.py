@@ -67,6 +67,38 @@ class BarChunk(Message, frozen=True, gc=False):
         return self.ts.shape[0]
 
 
+class RegimeChunk(Message, frozen=True, gc=False):
+    """The regime actor's answer to a chunk, for one shard: what its ``RegimeUpdate``
+    would have said after each of the chunk's bar times (the models run over the chunk's
+    bars one bar time at a time, as bar by bar; regimes depend on the bars alone, so a
+    chunk later discarded does not change them).
+
+    ``codes`` is ``|u1`` (K, n) and ``probabilities`` ``<f4`` (K, n, 4), row t after the
+    bar time ``ts[t]``, in the order of the shard's ``symbols``. Empty (no bar times) when
+    no regime model runs.
+    """
+
+    chunk: int
+    shard: int
+    ts: NDArray
+    symbols: NDArray
+    codes: NDArray
+    probabilities: NDArray
+    model: str
+
+    def __post_init__(self) -> None:
+        n = _symbols("RegimeChunk", "symbols", self.symbols)
+        if len(self.ts.shape) != 1:
+            raise ValueError("RegimeChunk.ts must be 1-D")
+        k = self.ts.shape[0]
+        _column("RegimeChunk", "ts", self.ts, "<i8", (k,))
+        _column("RegimeChunk", "codes", self.codes, "|u1", (k, n))
+        _column("RegimeChunk", "probabilities", self.probabilities, "<f4", (k, n, 4))
+
+    def __len__(self) -> int:
+        return self.ts.shape[0]
+
+
 class IntentChunk(Message, frozen=True, gc=False):
     """A shard's intents over a chunk, as columns (one row per intent, in the order the
     shard decided them: by bar, exits first, then by universe index).

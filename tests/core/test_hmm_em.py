@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sovereign.core import hmm_em
-from sovereign.core.regime import HmmFeatureState, fit_hmm, fit_hmms
+from sovereign.core.hmm_fit import fit_hmm, fit_hmms
+from sovereign.core.regime import HmmFeatureState
 from sovereign.data.synthetic import generate
 
 

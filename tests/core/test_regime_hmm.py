@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sovereign.core.hmm_fit import canonical_order, fit_hmm
 from sovereign.core.regime import (
     HmmFeatureState,
     HmmRegimeModel,
     Hysteresis,
-    canonical_order,
     emission_logprob,
-    fit_hmm,
     forward_filter,
 )
 from sovereign.data.synthetic import generate

@@ -41,6 +41,7 @@ from sovereign.messages import (
     OrderIntent,
     OrderRejected,
     RecentOrderEvents,
+    RegimeChunk,
     RegimeUpdate,
     RuleSetSnapshot,
     SessionStarted,
@@ -145,6 +146,21 @@ def bar_chunks(draw: st.DrawFn) -> BarChunk:
         ts=draw(arrays("<i8", (k,))),
         symbols=draw(arrays("|S4", (n,))),
         **{c: draw(arrays("<f8", (k, n))) for c in ("open", "high", "low", "close", "volume")},
+    )
+
+
+@st.composite
+def regime_chunks(draw: st.DrawFn) -> RegimeChunk:
+    k, n = draw(st.integers(0, 4)), draw(st.integers(0, 4))
+    return RegimeChunk(
+        **{key: draw(v) for key, v in envelope().items()},
+        chunk=draw(i64),
+        shard=draw(st.integers(0, 64)),
+        ts=draw(arrays("<i8", (k,))),
+        symbols=draw(arrays("|S4", (n,))),
+        codes=draw(arrays("|u1", (k, n))),
+        probabilities=draw(arrays("<f4", (k, n, 4))),
+        model=draw(text),
     )
 
 
@@ -302,6 +318,7 @@ SPECIAL: dict[type, st.SearchStrategy[Message]] = {
     ),
     BarBatch: bar_batches(),
     BarChunk: bar_chunks(),
+    RegimeChunk: regime_chunks(),
     IntentChunk: intent_chunks(),
     TradesClosed: trades_closed(),
     ApprovedChunk: approved_chunks(),
