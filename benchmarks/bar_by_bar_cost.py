@@ -1,5 +1,6 @@
 """What going bar by bar costs: the breakout preset (which runs in speculative chunks)
-with one thing changed that switches chunks off, against the default configuration.
+with one thing changed, against the default configuration: what switches chunks off,
+and the regime models, which run in chunks too.
 
     .venv/bin/python benchmarks/bar_by_bar_cost.py                     # synthetic:100x2000
     .venv/bin/python benchmarks/bar_by_bar_cost.py --data synthetic:100x10000
@@ -23,7 +24,12 @@ VARIANTS: list[tuple[str, str, dict[str, object]]] = [
     ("chunks off (`[engine] chunk_bars = 1`)", "breakout", {"engine.chunk_bars": 1}),
     ("slippage 1 bp", "breakout", {"sim.slippage_bps": 1.0}),
     ("self-modification on", "breakout", {"selfmod.enabled": True}),
-    ("HMM regime model on", "breakout", {"regime.model": "hmm"}),
+    ("HMM regime model on (chunks)", "breakout", {"regime.model": "hmm"}),
+    (
+        "HMM regime model on, chunks off",
+        "breakout",
+        {"regime.model": "hmm", "engine.chunk_bars": 1},
+    ),
     ("(the default configuration)", "default", {}),
 ]
 
