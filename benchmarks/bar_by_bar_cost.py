@@ -1,6 +1,6 @@
 """What going bar by bar costs: the breakout preset (which runs in speculative chunks)
 with one thing changed, against the default configuration: what switches chunks off,
-and the regime models, which run in chunks too.
+and the regime models and slippage, which run in chunks too.
 
     .venv/bin/python benchmarks/bar_by_bar_cost.py                     # synthetic:100x2000
     .venv/bin/python benchmarks/bar_by_bar_cost.py --data synthetic:100x10000
@@ -22,7 +22,7 @@ from sovereign.session import run_session
 VARIANTS: list[tuple[str, str, dict[str, object]]] = [
     ("breakout preset (chunks)", "breakout", {}),
     ("chunks off (`[engine] chunk_bars = 1`)", "breakout", {"engine.chunk_bars": 1}),
-    ("slippage 1 bp", "breakout", {"sim.slippage_bps": 1.0}),
+    ("slippage 1 bp (chunks)", "breakout", {"sim.slippage_bps": 1.0}),
     ("self-modification on", "breakout", {"selfmod.enabled": True}),
     ("HMM regime model on (chunks)", "breakout", {"regime.model": "hmm"}),
     (

@@ -97,8 +97,8 @@ class ChunkedReplay:
         taken back), a strategy that runs in chunks (the breakout, with a fixed quantity),
         no learner that would act between two bars (self-modification) and nobody waiting
         for each fill. The regime models run in chunks (their answers depend on the bars
-        alone). Slippage would move every fill off the open the shards assume, so with
-        slippage there are no chunks either."""
+        alone), and so does slippage (the shards book market sells where the fill model
+        fills them)."""
         c = self.config
         if (
             self.live
@@ -112,7 +112,6 @@ class ChunkedReplay:
             or c.selfmod.enabled
             or self.notify_fills
             or c.notifications.wants("fill")
-            or c.sim.slippage_bps != 0
         ):
             return 0
         if c.engine.chunk_bars:

@@ -338,6 +338,8 @@ def _shard_specs(
                 else None,
                 # A real broker's positions may be the owner's own: never sold unasked.
                 "adopt_carried": bool(account) and config.broker.kind == "sim",
+                # What the simulated broker fills at, for the chunks' speculation.
+                "fill_model": config.sim if config.broker.kind == "sim" else None,
             },
             spread=True,
             checkpoints=checkpoints,

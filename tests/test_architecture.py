@@ -27,10 +27,10 @@ MAX_FILE_LINES = 600
 LONG_FILES: dict[str, int] = {
     # The breakout's speculative chunk kernel: a second copy of the strategy, to go when the
     # strategy itself runs on blocks (issue 19, item 1), not to be split meanwhile.
-    "sovereign/core/chunks.py": 940,
+    "sovereign/core/chunks.py": 939,
 }
 LONG_FUNCTIONS: dict[str, int] = {
-    "sovereign/brokers/sim_chunk.py:speculate": 167,
+    "sovereign/brokers/sim_chunk.py:speculate": 166,
     "sovereign/core/chunks.py:_walk": 127,
     "sovereign/core/chunks.py:_walk_scalar": 105,
     "sovereign/core/chunks.py:_book": 207,

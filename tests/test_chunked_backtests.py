@@ -26,6 +26,7 @@ def config(
     commission: bool = False,
     max_drawdown: float | None = None,
     regimes: bool = False,
+    slippage_bps: float = 0.0,
 ) -> Config:
     cfg = breakout_preset(Config())
     replace = msgspec.structs.replace
@@ -49,6 +50,8 @@ def config(
     if capital is not None:
         engine = replace(engine, initial_capital=capital)
     cfg = replace(cfg, engine=engine)
+    if slippage_bps:
+        cfg = replace(cfg, sim=replace(cfg.sim, slippage_bps=slippage_bps))
     if commission:
         cfg = replace(
             cfg,
@@ -130,6 +133,9 @@ SCENARIOS = {
     # guardian approves entries for less than the strategy's 100 shares, and chunks fail
     # part way (what they did before the failing bar is committed on its own).
     "sized": ("synthetic:100x2000", {"capital": 500_000.0}),
+    # Slippage: every exit (a market sell) fills below the open, booked so in the chunk,
+    # with commissions on top.
+    "slippage": ("synthetic:12x1500", {"slippage_bps": 7.0, "commission": True}),
     # The regime model on: it runs each chunk bar time by bar time, and every entry
     # records the regime of its signal bar. Every chunk committed...
     "regimes": ("synthetic:12x1500", {"capital": 600_000.0, "regimes": True}),
@@ -160,8 +166,14 @@ def test_a_chunked_backtest_is_the_backtest_bar_by_bar(tmp_path, name) -> None:
         assert counters.get("chunk_prefixes_committed", 0) > 0, counters
     if name == "crash":
         assert any("-> HALTED" in title for _, title, _ in bars[1])
-    if name in ("roomy", "regimes"):
+    if name in ("roomy", "regimes", "slippage"):
         assert counters.get("chunks_replayed", 0) == 0, counters
+    if name == "slippage":
+        # Every exit filled at its bar's open less 7 bp, bar by bar and in the chunks.
+        f = data.frame.set_index(["symbol", "ts"])["open"]
+        t = bars[0].trades
+        opens = f.loc[list(zip(t["symbol"], t["exit_ts"], strict=True))].to_numpy()
+        assert np.allclose(t["exit_price"].to_numpy(), opens * (1 - 7e-4), rtol=1e-12)
     assert_same_session(tmp_path, bars, chunks)
 
 
@@ -186,8 +198,8 @@ def test_short_chunks_through_the_wire_change_nothing_either(tmp_path) -> None:
 
 
 def test_chunks_are_only_for_what_they_can_replay_exactly() -> None:
-    """Paper sessions, other strategies, slippage, self-modification and per-fill
-    notifications all run bar by bar; the regime models run in chunks."""
+    """Paper sessions, other strategies, self-modification and per-fill notifications
+    all run bar by bar; the regime models and slippage run in chunks."""
     from sovereign.actors.runtime import LocalRuntime
     from sovereign.engine import Engine
 
@@ -203,7 +215,7 @@ def test_chunks_are_only_for_what_they_can_replay_exactly() -> None:
     assert limit(base) > 0
     assert limit(base, mode="paper") == 0
     assert limit(Config()) == 0
-    assert limit(replace(base, sim=replace(base.sim, slippage_bps=2.0))) == 0
+    assert limit(replace(base, sim=replace(base.sim, slippage_bps=2.0))) > 0
     for model in ("baseline", "hmm", "blend"):
         assert limit(replace(base, regime=replace(base.regime, model=model))) > 0
     assert limit(replace(base, selfmod=replace(base.selfmod, enabled=True))) == 0

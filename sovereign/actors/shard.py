@@ -16,7 +16,7 @@ import numpy as np
 from sovereign.actors.base import Actor, accepting
 from sovereign.actors.shard_chunks import ShardChunks
 from sovereign.actors.trade_messages import trade_closed, trades_closed
-from sovereign.config import StrategyConfig
+from sovereign.config import SimConfig, StrategyConfig
 from sovereign.core.bars import clean_rows
 from sovereign.core.chunks import (
     ChunkOutcome,
@@ -100,6 +100,7 @@ class ShardActor(ShardChunks, Actor[ShardInbox]):
         replay_window: int = 0,
         shadow: ShadowCosts | None = None,
         adopt_carried: bool = False,
+        fill_model: SimConfig | None = None,
     ) -> None:
         super().__init__(index)
         self.universe = Universe(symbols)
@@ -131,6 +132,9 @@ class ShardActor(ShardChunks, Actor[ShardInbox]):
         # A chunk run speculatively: (chunk, checkpoint, outcome) until its verdict.
         self._chunk: tuple[int, dict[str, object], ChunkOutcome] | None = None
         self._regimes: RegimeChunk | None = None
+        # The simulated broker's fill model, when it is the broker: a chunk's speculation
+        # books market sells where it fills them.
+        self.fill_model = fill_model
         # Execution ids of the fills booked, with the call that booked each: a fill
         # delivered twice (in RecentOrderEvents after a restart) is booked once.
         self._booked: dict[str, int] = {}

@@ -19,9 +19,11 @@ from sovereign.core.chunks import (
     commit_trades,
     strategy_state_names,
 )
+from sovereign.core.fills import market_price
 from sovereign.core.signals import ShardStrategy
 from sovereign.core.trades import ClosedTrade
 from sovereign.core.universe import Universe
+from sovereign.domain.settings import SimConfig
 from sovereign.messages import (
     BarChunk,
     ChunkExecution,
@@ -44,6 +46,7 @@ class ShardChunks:
     regime_codes: np.ndarray
     regime_probs: np.ndarray
     _regimes: RegimeChunk | None
+    fill_model: SimConfig | None
     last_ts: int
     intents: int
     fills_booked: int
@@ -93,13 +96,17 @@ class ShardChunks:
             return refuse("bar times not after the last bar")
         if self.universe.locate(msg.symbols.to_numpy()) is not self.universe.identity:
             return refuse("the chunk's symbols are not this shard's universe")
+        open_ = msg.open.to_numpy()
         bars = ChunkBars(
             ts=ts,
-            open=msg.open.to_numpy(),
+            open=open_,
             high=msg.high.to_numpy(),
             low=msg.low.to_numpy(),
             close=msg.close.to_numpy(),
             volume=msg.volume.to_numpy(),
+            sell_open=None
+            if self.fill_model is None
+            else market_price(open_, "SELL", self.fill_model),
         )
         regimes, self._regimes = self._regimes, None
         if (

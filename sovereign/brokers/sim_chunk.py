@@ -2,15 +2,16 @@
 
 ``speculate`` executes a chunk's approved orders without touching the account: it checks
 that every order fills as the shards assumed (in full, at the open of the bar after its
-decision, at exactly the open price) and computes the account at every bar close, with
-the arithmetic ``SimBroker.on_bars`` uses bar by bar, so the path is the same to the last
-bit. ``commit`` then books the fills through the account's own ``apply_fill``, in the same
-order, and leaves the broker as the bars one at a time would have.
+decision: at the open, or a market sell at the open less its slippage) and computes the
+account at every bar close, with the arithmetic ``SimBroker.on_bars`` uses bar by bar, so
+the path is the same to the last bit. ``commit`` then books the fills through the
+account's own ``apply_fill``, in the same order, and leaves the broker as the bars one at
+a time would have.
 
-Anything the fill model would do differently (a limit the open crosses, slippage, a
-volume cap, a position cap that could cut a fill) makes the execution *diverge*: nothing
-is booked and the engine replays those bar times one at a time, where the broker decides
-each fill exactly.
+Anything the fill model would do differently (a limit the open crosses, a market buy's
+slippage, a volume cap, a position cap that could cut a fill) makes the execution
+*diverge*: nothing is booked and the engine replays those bar times one at a time, where
+the broker decides each fill exactly.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 
 from sovereign.brokers.base import _about
 from sovereign.core.calendar import session_days
-from sovereign.core.fills import commission_for
+from sovereign.core.fills import commission_for, market_price
 from sovereign.messages import BookOrder, IdSource, OrderFilled, SubmitOrder
 
 if TYPE_CHECKING:
@@ -212,23 +213,22 @@ def speculate(
     fill_shard = fill_shard[order]
     fill_seq = fill_seq[order]
 
-    # The fill model, as _try_fill applies it, must give the open price, in full.
-    o = m.open[fill_bar, fill_col]
-    hi = m.high[fill_bar, fill_col]
-    lo = m.low[fill_bar, fill_col]
-    vol = m.volume[fill_bar, fill_col]
-    slip = cfg.slippage_bps / 10_000.0
-    market = np.isnan(fill_limit)
+    # The fill model (_try_fill's) must fill in full where the shards assumed: the open,
+    # a market sell at the open less its slippage.
+    o, hi = m.open[fill_bar, fill_col], m.high[fill_bar, fill_col]
+    lo, vol = m.low[fill_bar, fill_col], m.volume[fill_bar, fill_col]
+    market, sell_open = np.isnan(fill_limit), market_price(o, "SELL", cfg)
     with np.errstate(invalid="ignore"):
         price = np.where(
             market,
-            np.where(fill_buy, o * (1 + slip), o * (1 - slip)),
+            np.where(fill_buy, market_price(o, "BUY", cfg), sell_open),
             np.where(fill_buy, np.minimum(o, fill_limit), np.maximum(o, fill_limit)),
         )
         reaches = market | np.where(fill_buy, lo <= fill_limit, hi >= fill_limit)
         unknown = np.isnan(vol)
         room = np.where(unknown, fill_qty, np.floor(vol * cfg.max_volume_share))
-        ok = reaches & (price == o) & (room > 0) & (room >= fill_qty)
+        assumed = np.where(market & ~fill_buy, sell_open, o)
+        ok = reaches & (price == assumed) & (room > 0) & (room >= fill_qty)
     if not ok.all():
         bad = int(np.argmax(~ok))
         return _diverged("an order would not fill in full at the open", int(fill_bar[bad]))

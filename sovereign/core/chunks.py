@@ -5,9 +5,9 @@ reaches the outside world until it is committed. So instead of one round trip th
 actor graph per bar time, a backtest can hand each actor a *chunk* of K bar times:
 
 1. the shard runs its strategy over the chunk **speculatively**: it assumes every intent
-   is approved as asked and fills in full at the next bar's open, at the open price (the
-   simulated broker's model for market orders and for entries whose limit the open does
-   not cross), and reports its intents as columns;
+   is approved as asked and fills in full at the next bar's open (the simulated broker's
+   fill model: a market sell at the open less its slippage, an entry whose limit the open
+   does not cross at the open), and reports its intents as columns;
 2. the guardian approves the chunk's orders **conditionally** (one signature over the
    batch), checking everything it can without the account path;
 3. the gateway executes the batch on the simulated broker **without committing**: it
@@ -17,13 +17,11 @@ actor graph per bar time, a backtest can hand each actor a *chunk* of K bar time
    (drawdown, daily loss, new session) and every decision exactly what it would have been
    bar by bar (sizing against the equity, cash and exposure of its bar);
 5. everyone commits; or, if anything differed, everyone discards the chunk and the engine
-   replays those bar times one by one, which is exact by construction.
+   replays those bar times one by one (exact by construction).
 
-The results are identical to a replay bar by bar, to the last bit of every price and
-equity figure (tests check it), so chunks are a way of running the same backtest, not a
-model of it. This module holds the shard's part for the breakout strategy
-(``breakout_chunk``) and the pure helpers of the other parts; the guardian's and the
-broker's parts live with them (``core.guardian``, ``core.risk``, ``brokers.sim``).
+The results are identical to a replay bar by bar, to the last bit of every figure (tests check
+it): chunks run the same backtest, they do not model it. This module holds the shard's part for
+the breakout strategy (``breakout_chunk``) and pure helpers; the others live with their actors.
 """
 
 from __future__ import annotations
@@ -49,8 +47,8 @@ class ChunkBars:
     """K consecutive bar times of one shard's universe, every symbol at every time.
 
     ``ts`` (K,) are the bar starts (ns); the price and volume arrays are (K, n), row t
-    the bar time ``ts[t]``, column j the universe's symbol j.
-    """
+    the bar time ``ts[t]``, column j the universe's symbol j. ``sell_open``: what a market
+    sell fills at, each bar's open (``core.fills.market_price``; None: the open)."""
 
     ts: np.ndarray
     open: np.ndarray
@@ -58,6 +56,7 @@ class ChunkBars:
     low: np.ndarray
     close: np.ndarray
     volume: np.ndarray
+    sell_open: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
@@ -541,7 +540,7 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
     cfg = st.config
     symbols = st.universe.symbols
     k_bars = len(bars)
-    o, c, ts = bars.open, bars.close, bars.ts
+    o, c, ts, sell = bars.open, bars.close, bars.ts, bars.sell_open
     qty = int(cfg.fixed_quantity)
     pending: dict[int, tuple[str, Any]] = {od.index: (oid, od) for oid, od in st.orders.items()}
 
@@ -689,7 +688,7 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
         entry_ts=cols["entry_ts"][order].astype(np.int64),
         quantity=quantity,
         entry_cost=cols["entry_cost"][order].astype(np.float64),
-        exit_proceeds=0.0 + quantity * o[exit_bar, index],
+        exit_proceeds=0.0 + quantity * (o if sell is None else sell)[exit_bar, index],
         commission=cols["commission"][order].astype(np.float64),
         bars_held=cols["bars_held"][order].astype(np.int64),
         reason=cols["reason"][order].astype(np.int64),

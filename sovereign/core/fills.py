@@ -8,8 +8,13 @@ One definition for everything that fills on paper: the simulated broker
 from __future__ import annotations
 
 import math
+from typing import TypeVar
+
+import numpy as np
 
 from sovereign.domain.settings import SimConfig
+
+F = TypeVar("F", float, np.ndarray)
 
 
 def commission_for(quantity: int, price: float, config: SimConfig) -> float:
@@ -21,8 +26,9 @@ def commission_for(quantity: int, price: float, config: SimConfig) -> float:
     return round(fee, 6)
 
 
-def market_price(open_: float, side: str, config: SimConfig) -> float:
-    """A market order's fill price: the open, moved against the order by the slippage."""
+def market_price(open_: F, side: str, config: SimConfig) -> F:
+    """A market order's fill price: the open, moved against the order by the slippage
+    (of one open, or of an array of them, element by element: the same arithmetic)."""
     slip = config.slippage_bps / 10_000.0
     return open_ * (1 + slip) if side == "BUY" else open_ * (1 - slip)
 

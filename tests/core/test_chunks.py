@@ -51,9 +51,8 @@ def strategy(n: int, max_hold: int = 50) -> ShardStrategy:
 
 
 def rows(bars: ChunkBars, a: int, b: int) -> ChunkBars:
-    return ChunkBars(
-        *(np.ascontiguousarray(getattr(bars, f.name)[a:b]) for f in dataclasses.fields(bars))
-    )
+    columns = (getattr(bars, f.name) for f in dataclasses.fields(bars))
+    return ChunkBars(*(None if c is None else np.ascontiguousarray(c[a:b]) for c in columns))
 
 
 def step_by_step(s: ShardStrategy, bars: ChunkBars, codes: np.ndarray):
