@@ -220,6 +220,6 @@ class ChunkedReplay:
         loop.watched.extend((r["executed"], r["verdict"]))
         last = step + length - 1
         loop.last_ts, loop.steps = int(self.feed.timestamps[last]), last + 1
-        loop.bars += length * len(self.symbols)
+        loop.bars += self.feed.bars_in(step, length)
         self._watch(loop, last, loop.last_ts, length)
         return verdict

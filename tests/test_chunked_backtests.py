@@ -177,14 +177,44 @@ def test_a_chunked_backtest_is_the_backtest_bar_by_bar(tmp_path, name) -> None:
     assert_same_session(tmp_path, bars, chunks)
 
 
-def test_bars_missing_from_the_data_go_bar_by_bar_and_the_rest_in_chunks(tmp_path) -> None:
-    """The bundled daily sample has symbols that start late (FB in 2012): the bar times
-    without a bar for every symbol are replayed one by one, the others in chunks."""
+def test_symbols_that_start_late_run_in_chunks_too(tmp_path) -> None:
+    """The bundled daily sample has symbols that start late (GOOG in 2004, FB in 2012):
+    the runs of bar times in which the same symbols trade go in chunks, the symbols not
+    listed yet sitting them out, and only where the set changes does a bar time go alone."""
     data = load_ohlcv("sample")
     bars = run(tmp_path / "bars", data, config(chunk_bars=1))
     chunks = run(tmp_path / "chunks", data, config(chunk_bars=0))
     counters = chunks[0].result.counters
-    assert 0 < counters["chunked_steps"] < chunks[0].result.steps
+    assert counters["chunked_steps"] > 0.95 * chunks[0].result.steps, counters
+    assert_same_session(tmp_path, bars, chunks)
+
+
+def test_a_symbol_delisted_with_a_position_open_runs_in_chunks(tmp_path) -> None:
+    """A symbol that stops trading while a position in it is open (the account keeps
+    valuing it at its last mark), one listed late and one bar missing once: the session
+    is the bar-by-bar one, and most of it runs in chunks."""
+    base = load_ohlcv("synthetic:20x1500", seed=5)  # ten a shard: the vectorised walk
+    ts = np.sort(base.frame["ts"].unique())
+    first = run(tmp_path / "first", base, config(chunk_bars=1))[0].trades
+    held = first[(first["symbol"] == "S0003") & (first["entry_ts"] > ts[700])].iloc[0]
+    gone = int(held["entry_ts"]) + 1  # no bar of S0003 after its entry: it is held to the end
+    f = base.frame
+    drop = (
+        ((f["symbol"] == "S0003") & (f["ts"] >= gone))
+        | ((f["symbol"] == "S0005") & (f["ts"] < ts[300]))
+        | ((f["symbol"] == "S0001") & (f["ts"] == ts[1100]))
+    )
+    path = tmp_path / "bars.csv"
+    f[~drop].to_csv(path, index=False)
+    data = load_ohlcv(path, split_adjust="off")
+    bars = run(tmp_path / "bars", data, config(chunk_bars=1))
+    chunks = run(tmp_path / "chunks", data, config(chunk_bars=0))
+    # Its entry filled at the last bar it had, and nothing ever closed it.
+    t = bars[0].trades
+    assert not ((t["symbol"] == "S0003") & (t["entry_ts"] >= int(held["entry_ts"]))).any()
+    assert bars[0].result.final_account.open_positions >= 1
+    counters = chunks[0].result.counters
+    assert counters["chunked_steps"] > 0.9 * chunks[0].result.steps, counters
     assert_same_session(tmp_path, bars, chunks)
 
 

@@ -18,9 +18,9 @@ from sovereign.actors.shard_chunks import ShardChunks
 from sovereign.actors.trade_messages import trade_closed, trades_closed
 from sovereign.config import SimConfig, StrategyConfig
 from sovereign.core.bars import clean_rows
+from sovereign.core.chunk_trades import ClosedColumns
 from sovereign.core.chunks import (
     ChunkOutcome,
-    ClosedColumns,
 )
 from sovereign.core.shadow import ShadowCosts
 from sovereign.core.signals import CancelSignal, EntrySignal, ExitSignal, ShardStrategy

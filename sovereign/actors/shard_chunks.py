@@ -10,13 +10,12 @@ from typing import Any
 import numpy as np
 
 from sovereign.core.chunk_state import assumed_fills, checkpoint, restore
+from sovereign.core.chunk_trades import ClosedColumns, commit_trades
 from sovereign.core.chunks import (
     ChunkBars,
     ChunkOutcome,
     ChunkUnsupportedError,
-    ClosedColumns,
     breakout_chunk,
-    commit_trades,
     strategy_state_names,
 )
 from sovereign.core.fills import market_price

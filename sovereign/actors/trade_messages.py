@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sovereign.core.chunks import ClosedColumns
+from sovereign.core.chunk_trades import ClosedColumns
 from sovereign.core.trades import ClosedTrade
 from sovereign.messages import NDArray, TradeClosed, TradesClosed
 from sovereign.messages.base import IdSource

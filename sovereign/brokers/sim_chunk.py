@@ -16,7 +16,7 @@ the broker decides each fill exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -74,6 +74,9 @@ class ChunkMarket:
     volume: np.ndarray
     column: dict[str, int]
     shard_of: np.ndarray  # (N,) the shard (bar batch) each column's bars come in
+    # (N,) symbols without a bar in the chunk (listed later, or no more): their prices
+    # hold the account's mark throughout (``_marked``).
+    absent: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +162,26 @@ def _start_problem(
     return ""
 
 
+def _prepared(
+    broker: SimBroker,
+    m: ChunkMarket,
+    orders: ChunkOrders,
+    started: list[Working],
+    expects: dict[str, int],
+) -> tuple[str, ChunkMarket]:
+    """Why the chunk cannot be speculated ("" when it can), and its bars with the symbols
+    that have none holding their marks (``_marked``)."""
+    problem = _start_problem(broker, m, started, expects)
+    if problem or not len(m.ts) or not np.isnan(m.close[0]).any():
+        return problem, m
+    m = _marked(broker, m, np.isnan(m.close[0]))
+    assert m.absent is not None
+    symbols = [w.order.symbol for w in started] + list(orders.symbol)
+    if any(m.absent[m.column[s]] for s in symbols if s in m.column):
+        return "an order for a symbol without bars in the chunk", m
+    return "", m
+
+
 def speculate(
     broker: SimBroker, m: ChunkMarket, orders: ChunkOrders, expects: dict[str, int]
 ) -> Speculation:
@@ -168,7 +191,7 @@ def speculate(
     cfg = broker.config
     column = m.column
     started = list(broker._working.values())
-    problem = _start_problem(broker, m, started, expects)
+    problem, m = _prepared(broker, m, orders, started, expects)
     if problem:
         return _diverged(problem, 0)
 
@@ -327,6 +350,23 @@ def speculate(
     )
 
 
+def _marked(broker: SimBroker, m: ChunkMarket, absent: np.ndarray) -> ChunkMarket:
+    """The chunk's bars with each symbol that has none holding its mark throughout (what
+    the account values a position at between its bars, bar by bar; 0 if none is held),
+    so that the account path values it as bar by bar does."""
+    marks = np.zeros(int(absent.sum()))
+    for k, j in enumerate(np.flatnonzero(absent).tolist()):
+        pos = broker.portfolio.open.get(m.symbols[j])
+        if pos is not None:
+            marks[k] = pos.market_price if np.isfinite(pos.market_price) else pos.avg_price
+    prices = {}
+    for name in ("open", "high", "low", "close"):
+        a = getattr(m, name).copy()
+        a[:, absent] = marks
+        prices[name] = a
+    return replace(m, absent=absent, **prices)
+
+
 def _cap_might_cut(
     broker: SimBroker,
     m: ChunkMarket,
@@ -378,7 +418,8 @@ def commit(broker: SimBroker, spec: Speculation, ids: IdSource) -> list[OrderFil
             events.append(_started_fill(broker, spec, m, ids, w, i))
     last = m.close[-1]
     for symbol, pos in p.open.items():
-        pos.market_price = float(last[m.column[symbol]])
+        if m.absent is None or not m.absent[m.column[symbol]]:
+            pos.market_price = float(last[m.column[symbol]])
     broker.counters["fills"] += int(spec.fill_col.size)
     broker.counters["uncapped_unknown_volume"] += spec.unknown_volume
     broker.last_ts = max(broker.last_ts, int(m.ts[-1]))

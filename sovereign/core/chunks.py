@@ -26,7 +26,6 @@ the breakout strategy (``breakout_chunk``) and pure helpers; the others live wit
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +36,7 @@ from sovereign.core.chunk_state import assumed_fills
 from sovereign.core.indicators import window_sums
 from sovereign.core.trades import Order, Trade
 from sovereign.domain.orders import SIDE_BUY, SIDE_SELL
-from sovereign.domain.regimes import REGIME_NAMES, REGIME_UNKNOWN
+from sovereign.domain.regimes import REGIME_UNKNOWN
 
 EXIT_REASONS: tuple[str, ...] = ("stop", "target", "max_hold")
 
@@ -197,6 +196,7 @@ class _Indicators:
     prior_high: np.ndarray  # (K, n)
     ready: tuple[np.ndarray, np.ndarray, np.ndarray]  # ATR, prior high, median: (K, n)
     signal: np.ndarray  # (K, n) entry signal (were the symbol flat)
+    present: np.ndarray  # (n,) symbols with bars in the chunk (the others have none at all)
 
 
 def _indicators(st: Any, bars: ChunkBars) -> _Indicators:
@@ -235,6 +235,7 @@ def _indicators(st: Any, bars: ChunkBars) -> _Indicators:
         prior_high=prior_high,
         ready=(atr_ready, ph_ready, vm_ready),
         signal=signal,
+        present=~np.isnan(c[0]) if k_bars else np.ones(c.shape[1], dtype=bool),
     )
 
 
@@ -270,8 +271,7 @@ def _walk(st: Any, bars: ChunkBars, ind: _Indicators) -> _Walk:
     seek, trading, done = 0, 1, 2
     mode = np.full(n, seek if k_bars else done, dtype=np.int64)
     cursor = np.zeros(n, dtype=np.int64)
-    stop = st.stop.copy()
-    target = st.target.copy()
+    stop, target = st.stop.copy(), st.target.copy()
     held = st.bars_held.astype(np.int64).copy()
     limit = st.max_hold.astype(np.int64).copy()
     position = st.quantity.astype(np.int64).copy()
@@ -312,6 +312,7 @@ def _walk(st: Any, bars: ChunkBars, ind: _Indicators) -> _Walk:
                 mult,
             )
         mode[(st.quantity > 0) & ~st.pending_exit] = trading
+    mode[~ind.present] = done  # no bar, no decision (and no bar held)
 
     while (mode != done).any():
         flat = np.flatnonzero(mode == seek)
@@ -391,7 +392,7 @@ costs ~150 µs of numpy calls whatever its width, so with one symbol it loses to
 def _walk_scalar(st: Any, bars: ChunkBars, ind: _Indicators) -> _Walk:  # noqa: C901
     """``_walk`` for narrow shards: the same decisions, one symbol at a time."""
     cfg = st.config
-    k_bars, n = bars.close.shape
+    k_bars = len(bars)
     qty = int(cfg.fixed_quantity)
     stop = st.stop.copy()
     target = st.target.copy()
@@ -407,7 +408,7 @@ def _walk_scalar(st: Any, bars: ChunkBars, ind: _Indicators) -> _Walk:  # noqa: 
     x_reason: list[int] = []
     x_held: list[int] = []
     sm, tm, max_hold = cfg.stop_atr_mult, cfg.target_atr_mult, int(cfg.max_hold_bars)
-    for j in range(n):
+    for j in np.flatnonzero(ind.present).tolist():
         nxt = [*next_signal[:, j].tolist(), k_bars]
         if not k_bars or (nxt[0] >= k_bars and not position[j] and not st.pending_entry[j]):
             continue
@@ -514,13 +515,15 @@ def breakout_chunk(
     if st.config.exit_on_regime_change and (regime_codes != REGIME_UNKNOWN).any():
         raise ChunkUnsupportedError("exits on regime changes need the regime of every bar")
     ind = _indicators(st, bars)
+    if ((st.pending_entry | st.pending_exit) & ~ind.present).any():
+        raise ChunkUnsupportedError("an order is pending for a symbol without bars")
     if scalar is None:
         scalar = bars.close.shape[1] <= SCALAR_WALK_MAX_SYMBOLS
     walk = (_walk_scalar if scalar else _walk)(st, bars, ind)
     outcome = _book(st, bars, regime_codes, ind, walk)
     _advance_indicators(st, bars, ind)
-    k_bars, n = bars.close.shape
-    st.counters.bars += k_bars * n
+    k_bars = len(bars)
+    st.counters.bars += k_bars * int(ind.present.sum())
     st.counters.entries += int(walk.entry_bar.size)
     st.counters.exits += int(walk.exit_bar.size)
     return outcome
@@ -772,33 +775,35 @@ def _open_trade(
 
 
 def _advance_indicators(st: Any, bars: ChunkBars, ind: _Indicators) -> None:
-    """Leave each indicator as K updates bar by bar would."""
+    """Leave each indicator as K updates bar by bar would (a symbol without bars: as it
+    was)."""
     k_bars = len(bars)
     if not k_bars:
         return
+    p = slice(None) if ind.present.all() else ind.present
     atr_ind = st.atr
-    atr_ind.window[:] = ind.tr_history[-atr_ind.period :]
-    atr_ind.count += k_bars
-    atr_ind.prev_close[:] = bars.close[-1]
-    atr_ind.tr[:] = ind.tr[-1]
-    atr_ready = ind.ready[0][-1]
-    atr_ind.ready[:] = atr_ready
+    atr_ind.window[:, p] = ind.tr_history[-atr_ind.period :, p]
+    atr_ind.count[p] += k_bars
+    atr_ind.prev_close[p] = bars.close[-1, p]
+    atr_ind.tr[p] = ind.tr[-1, p]
+    atr_ready = ind.ready[0][-1] & ind.present
+    atr_ind.ready[p] = atr_ready[p]
     np.copyto(atr_ind.value, ind.atr[-1], where=atr_ready)
 
     ph = st.prior_high
-    ph_ready = ind.ready[1][-1]
+    ph_ready = ind.ready[1][-1] & ind.present
     np.copyto(ph.value, ind.prior_high[-1], where=ph_ready)
-    ph.ready[:] = ph_ready
-    ph._ring.count += k_bars
-    ph._ring.buf[:] = _ring_after(ind.high_history[-ph.window :], ph._ring.count)
+    ph.ready[p] = ph_ready[p]
+    ph._ring.count[p] += k_bars
+    ph._ring.buf[:, p] = _ring_after(ind.high_history[-ph.window :], ph._ring.count)[:, p]
 
     vm = st.volume_median
-    vm_ready = ind.ready[2][-1]
+    vm_ready = ind.ready[2][-1] & ind.present
     last = ind.vol_history[k_bars - 1 : k_bars - 1 + vm.window].T  # (n, window) before the last bar
     np.copyto(vm.value, _median_rows(last), where=vm_ready)
-    vm.ready[:] = vm_ready
-    vm._ring.count += k_bars
-    vm._ring.buf[:] = _ring_after(ind.vol_history[-vm.window :], vm._ring.count)
+    vm.ready[p] = vm_ready[p]
+    vm._ring.count[p] += k_bars
+    vm._ring.buf[:, p] = _ring_after(ind.vol_history[-vm.window :], vm._ring.count)[:, p]
 
 
 def strategy_state_names() -> tuple[str, ...]:
@@ -824,105 +829,6 @@ def strategy_state_names() -> tuple[str, ...]:
     )
 
 
-@dataclass(slots=True)
-class ClosedColumns:
-    """A committed chunk's closed trades as columns, in the order their fills closed
-    them: row ``i`` holds the fields of the ``ClosedTrade`` the strategy would have made
-    of that trade one bar at a time (same names, same arithmetic)."""
-
-    trade_id: list[str]
-    symbol: list[str]
-    quantity: np.ndarray  # int64
-    entry_ts: np.ndarray  # int64
-    exit_ts: np.ndarray  # int64
-    entry_price: np.ndarray  # float64
-    exit_price: np.ndarray
-    pnl: np.ndarray
-    commission: np.ndarray
-    return_pct: np.ndarray
-    bars_held: np.ndarray  # int64
-    exit_reason: list[str]
-    regime: list[str]
-    confidence: np.ndarray  # float64
-    features: list[dict[str, Any]]
-
-    def __len__(self) -> int:
-        return len(self.trade_id)
-
-
-_REGIME_LABELS = np.array([*REGIME_NAMES, "Unknown"], dtype=object)
-
-
-def commit_trades(
-    st: Any, outcome: ChunkOutcome, commission: Callable[[int, int], float] | None = None
-) -> ClosedColumns:
-    """Book what a chunk left for its commit: the commissions of its fills (by universe
-    index and order seq; None: no commissions) and the losing streak. Returns the chunk's
-    closed trades as columns, in the order their fills closed them, each figure with the
-    strategy's own arithmetic (``ShardStrategy._close``: element by element, in the same
-    order of operations, so every value is the same to the last bit)."""
-    if commission is not None:
-        for j, seq in outcome.entries_filled.items():
-            st.trades[j].commission += commission(j, seq)
-    t = outcome.trades
-    if commission is None:
-        paid = t.commission.astype(np.float64)
-    else:
-        fees = t.commission.tolist()
-        columns = zip(t.index.tolist(), t.entry_seq.tolist(), t.exit_seq.tolist(), strict=True)
-        for i, (j, e, x) in enumerate(columns):
-            if e:
-                fees[i] += commission(j, e)
-            fees[i] += commission(j, x)
-        paid = np.array(fees, dtype=np.float64)
-    q, cost, proceeds = t.quantity.astype(np.int64), t.entry_cost, t.exit_proceeds
-    pnl = proceeds - cost - paid
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return_pct = np.where(cost != 0, pnl / cost, 0.0)
-        entry_price = cost / q
-        exit_price = proceeds / q
-    # The losing streak, as one trade after another would leave it.
-    gains = np.flatnonzero(~(pnl < 0))
-    m = int(pnl.size)
-    st.losing_streak = m - 1 - int(gains[-1]) if gains.size else st.losing_streak + m
-
-    why = t.reason.tolist()
-    codes = t.regime.astype(np.int64)
-    regime = _REGIME_LABELS[np.where((codes >= 0) & (codes < len(REGIME_NAMES)), codes, -1)]
-    names = st.universe.names[t.index]
-    trade_id = [f"{s}-{e}" for s, e in zip(names.tolist(), t.entry_seq.tolist(), strict=True)]
-    confidence = np.ones(m)
-    features: list[dict[str, Any]] = [
-        {"atr": a, "atr_pct": p} for a, p in zip(t.atr.tolist(), t.atr_pct.tolist(), strict=True)
-    ]
-    reason = [EXIT_REASONS[w] for w in why]
-    for i, before in t.earlier.items():
-        trade_id[i], confidence[i], features[i] = (
-            before.trade_id,
-            before.confidence,
-            before.features,
-        )
-        if why[i] < 0:
-            reason[i] = before.exit_reason or "unknown"
-    return ClosedColumns(
-        trade_id=trade_id,
-        symbol=names.tolist(),
-        quantity=q,
-        entry_ts=t.entry_ts.astype(np.int64),
-        exit_ts=t.exit_ts.astype(np.int64),
-        entry_price=entry_price,
-        exit_price=exit_price,
-        pnl=pnl,
-        commission=paid,
-        return_pct=return_pct,
-        bars_held=t.bars_held.astype(np.int64),
-        exit_reason=reason,
-        regime=regime.tolist(),
-        confidence=confidence,
-        features=features,
-    )
-
-
 __all__ = [
     "EXIT_REASONS",
     "SIDE_BUY",
@@ -932,8 +838,6 @@ __all__ = [
     "ChunkOutcome",
     "ChunkTrades",
     "ChunkUnsupportedError",
-    "ClosedColumns",
     "breakout_chunk",
-    "commit_trades",
     "strategy_state_names",
 ]

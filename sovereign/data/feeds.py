@@ -62,25 +62,35 @@ class ReplayFeed:
         return len(self.timestamps)
 
     def clean_run(self, step: int) -> int:
-        """How many bar times from ``step`` on have a clean bar (finite, passing the
-        shards' bar checks, with a finite volume) for every symbol of every shard: the
-        bar times that can travel in a ``BarChunk``."""
+        """How many bar times from ``step`` on can travel in one ``BarChunk``: every bar
+        present is clean (finite, passing the shards' bar checks, with a finite volume),
+        the same symbols have a bar at each of them (a symbol not listed yet, or no more,
+        is absent from the whole run: its columns are NaN), and every shard has a bar."""
         if self._clean_run is None:
-            clean = np.ones(len(self.timestamps), dtype=bool)
+            n = len(self.timestamps)
+            clean = np.ones(n, dtype=bool)
+            same = np.ones(n, dtype=bool)  # the symbols present are those of the bar before
             for present, arrays, _, _ in self._shards:
                 o, h, lo, c, v = (arrays[k] for k in _COLUMNS)
                 good, _ = clean_rows(o, h, lo, c, v)
-                clean &= (present & good & np.isfinite(v)).all(axis=1)
-            # run[t]: the length of the clean run starting at t (0 where t is not clean):
-            # the distance to the next bar time that is not clean.
-            n = len(clean)
-            marks = np.where(clean, n, np.arange(n))
-            next_bad = np.minimum.accumulate(marks[::-1])[::-1] if n else marks
-            self._clean_run = np.r_[next_bad - np.arange(n), 0].astype(np.int64)
+                clean &= (~present | (good & np.isfinite(v))).all(axis=1) & present.any(axis=1)
+                same[1:] &= (present[1:] == present[:-1]).all(axis=1)
+            # run[t]: from a clean t, up to the next bar time that is not clean or whose
+            # symbols differ from those of the bar before it.
+            breaks = ~(clean & same)
+            marks = np.where(breaks, np.arange(n), n)
+            next_break = np.r_[np.minimum.accumulate(marks[::-1])[::-1][1:], n] if n else marks
+            self._clean_run = np.r_[np.where(clean, next_break - np.arange(n), 0), 0].astype(
+                np.int64
+            )
         return int(self._clean_run[step])
 
+    def bars_in(self, step: int, length: int) -> int:
+        """How many bars the ``length`` bar times from ``step`` hold, all shards."""
+        return sum(int(p[step : step + length].sum()) for p, _, _, _ in self._shards)
+
     def chunk(self, step: int, length: int, chunk: int) -> list[BarChunk]:
-        """One ``BarChunk`` per shard: ``length`` bar times from ``step`` (all clean)."""
+        """One ``BarChunk`` per shard: ``length`` bar times from ``step`` (a clean run)."""
         ts = np.ascontiguousarray(self.timestamps[step : step + length], dtype=np.int64)
         ts_col = NDArray.from_numpy(ts)
         end = int(ts[-1]) + self.interval_s * 1_000_000_000

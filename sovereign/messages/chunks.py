@@ -35,10 +35,11 @@ class BarChunk(Message, frozen=True, gc=False):
     """K consecutive bar times of one shard: every symbol of its universe at every time.
 
     ``ts`` is ``<i8`` (K,), the bar starts, strictly increasing; the prices and volume are
-    ``<f8`` (K, n), row t the bar time ``ts[t]``. Only clean bars are chunked (the engine
-    replays any bar time with a missing or rejected bar one at a time), so every value is
-    finite and every row passes the shard's bar checks. ``ts_event`` is the last bar's
-    close.
+    ``<f8`` (K, n), row t the bar time ``ts[t]``. Only clean runs are chunked: every bar
+    passes the shard's bar checks, and the same symbols have a bar at every bar time (a
+    symbol without one, not listed yet or no more, has NaN columns throughout; the engine
+    replays any other bar time with a missing or rejected bar one at a time).
+    ``ts_event`` is the last bar's close.
     """
 
     chunk: int

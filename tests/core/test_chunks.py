@@ -15,13 +15,12 @@ from hypothesis import strategies as st
 
 from sovereign.config import Config, breakout_preset
 from sovereign.core.chunk_state import checkpoint, restore
+from sovereign.core.chunk_trades import ClosedColumns, commit_trades
 from sovereign.core.chunks import (
     SIDE_BUY,
     SIDE_SELL,
     ChunkBars,
-    ClosedColumns,
     breakout_chunk,
-    commit_trades,
     strategy_state_names,
 )
 from sovereign.core.signals import ShardStrategy
