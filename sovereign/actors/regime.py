@@ -217,8 +217,13 @@ class RegimeActor(Actor[RegimeInbox]):
         ]
 
     def _answer_again(self, batch: BarBatch) -> RegimeUpdate:
-        codes, probs, model = self._answers[(batch.shard, batch.ts)]
         self.count("bars_answered_again")
+        return self._update(batch, *self._answers[(batch.shard, batch.ts)])
+
+    def _update(
+        self, batch: BarBatch, codes: np.ndarray, probs: np.ndarray, model: str
+    ) -> RegimeUpdate:
+        """A shard's regimes after its bar at ``batch.ts``."""
         return RegimeUpdate(
             msg_id=self.ids.next(),
             ts_event=batch.ts_event,
@@ -323,19 +328,7 @@ class RegimeActor(Actor[RegimeInbox]):
         model_name = self._blend(m, step.mask)
         if self._keep_answers:
             self._answers[(batch.shard, batch.ts)] = (m.codes, m.probs, model_name)
-        return RegimeUpdate(
-            msg_id=self.ids.next(),
-            ts_event=batch.ts_event,
-            ts_init=batch.ts_event,
-            correlation_id=batch.msg_id,
-            ts=batch.ts,
-            symbols=self._symbol_columns[batch.shard],
-            codes=NDArray.from_numpy(m.codes),
-            probabilities=NDArray.from_numpy(m.probs),
-            market=_market_label(m.codes),
-            model=model_name,
-            shard=batch.shard,
-        )
+        return self._update(batch, m.codes, m.probs, model_name)
 
     def _blend(self, m: _ShardModels, mask: np.ndarray) -> str:
         """The shard's probabilities and labels after this bar (its models are updated)."""
