@@ -103,8 +103,9 @@ class ShardChunks:
             low=msg.low.to_numpy(),
             close=msg.close.to_numpy(),
             volume=msg.volume.to_numpy(),
+            # Without slippage a market sell fills at the open itself (None).
             sell_open=None
-            if self.fill_model is None
+            if self.fill_model is None or not self.fill_model.slippage_bps
             else market_price(open_, "SELL", self.fill_model),
         )
         regimes, self._regimes = self._regimes, None
