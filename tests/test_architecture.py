@@ -27,7 +27,7 @@ MAX_FILE_LINES = 600
 LONG_FILES: dict[str, int] = {
     # The breakout's speculative chunk kernel: a second copy of the strategy, to go when the
     # strategy itself runs on blocks (issue 19, item 1), not to be split meanwhile.
-    "sovereign/core/chunks.py": 843,
+    "sovereign/core/chunks.py": 747,
 }
 LONG_FUNCTIONS: dict[str, int] = {
     "sovereign/brokers/sim_chunk.py:speculate": 166,

@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from sovereign.core.chunk_state import assumed_fills
-from sovereign.core.indicators import window_sums
+from sovereign.core.entries import breakout_signal
 from sovereign.core.trades import Order, Trade
 from sovereign.domain.orders import SIDE_BUY, SIDE_SELL
 from sovereign.domain.regimes import REGIME_UNKNOWN
@@ -120,37 +119,6 @@ class ChunkUnsupportedError(Exception):
     """The chunk cannot be speculated from this state; the engine replays it bar by bar."""
 
 
-def _chronological(buf: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """A ring buffer (width, n) whose next write slot is ``count % width``, oldest first.
-    Slots never written (a column with fewer values than the width) come first, as NaN
-    or whatever the ring was filled with."""
-    width = buf.shape[0]
-    slots = (count[None, :] - width + np.arange(width)[:, None]) % width
-    return np.take_along_axis(buf, slots, axis=0)
-
-
-def _ring_after(history: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """The ring buffer holding the last ``width`` rows of ``history`` (oldest first) after
-    ``count`` pushes in all: value ``k`` of the tail sits in slot
-    ``(count - width + k) % width``, where the bar-by-bar pushes put it."""
-    width = history.shape[0]
-    slots = (count[None, :] - width + np.arange(width)[:, None]) % width
-    buf = np.empty_like(history)
-    np.put_along_axis(buf, slots, history, axis=0)
-    return buf
-
-
-def _median_rows(windows: np.ndarray) -> np.ndarray:
-    """The median of each row, as ``RollingMedian`` takes it (a full sort, then the middle
-    value or the half-sum of the middle two)."""
-    ordered = np.sort(windows, axis=1)
-    width = windows.shape[1]
-    mid = width // 2
-    if width % 2:
-        return ordered[:, mid]
-    return 0.5 * (ordered[:, mid - 1] + ordered[:, mid])
-
-
 def _check_supported(st: Any) -> None:
     """The states the breakout kernel reproduces exactly; anything else is replayed bar by
     bar (partial fills, late fills, canceled entries, orders nobody answered)."""
@@ -189,54 +157,22 @@ class _Indicators:
     """The breakout's indicators over a chunk, each bar's value as bar by bar."""
 
     atr: np.ndarray  # (K, n), NaN until ready
-    tr: np.ndarray  # (K, n)
-    tr_history: np.ndarray  # (period - 1 + K, n), oldest first
-    high_history: np.ndarray  # (high window + K, n)
-    vol_history: np.ndarray  # (volume window + K, n)
-    prior_high: np.ndarray  # (K, n)
-    ready: tuple[np.ndarray, np.ndarray, np.ndarray]  # ATR, prior high, median: (K, n)
     signal: np.ndarray  # (K, n) entry signal (were the symbol flat)
     present: np.ndarray  # (n,) symbols with bars in the chunk (the others have none at all)
 
 
-def _indicators(st: Any, bars: ChunkBars) -> _Indicators:
-    k_bars = len(bars)
-    h, lo, c, v = bars.high, bars.low, bars.close, bars.volume
-    rows = np.arange(k_bars)
-    atr_ind = st.atr
-    period = atr_ind.period
-    prev_close = np.vstack([atr_ind.prev_close[None, :], c[:-1]])
-    tr = np.fmax(h, prev_close) - np.fmin(lo, prev_close)
-    tr_history = np.vstack([atr_ind.window[1:], tr])
-    atr_ready = (atr_ind.count[None, :] + rows[:, None] + 1) >= period
-    atr = np.where(atr_ready, window_sums(tr_history, period) / period, np.nan)
-
-    ph = st.prior_high
-    high_history = np.vstack([_chronological(ph._ring.buf, ph._ring.count), h])
-    ph_ready = (ph._ring.count[None, :] + rows[:, None]) >= ph.window
-    prior_high = sliding_window_view(high_history, ph.window, axis=0)[:k_bars].max(axis=-1)
-
-    vm = st.volume_median
-    vol_history = np.vstack([_chronological(vm._ring.buf, vm._ring.count), v])
-    vm_ready = (vm._ring.count[None, :] + rows[:, None]) >= vm.window
-
+def _indicators(st: Any, bars: ChunkBars, present: np.ndarray) -> _Indicators:
+    """The chunk's indicators, by the indicators' own ``block`` (which leaves them as the
+    chunk's bars one at a time would), and its entry signals."""
+    h, c, v = bars.high, bars.close, bars.volume
+    atr, atr_ready = st.atr.block(present, h, bars.low, c)
+    prior_high, ph_ready = st.prior_high.block(present, h)
     with np.errstate(invalid="ignore"):
-        signal = atr_ready & ph_ready & vm_ready & (c > prior_high)
-        cand_t, cand_j = np.nonzero(signal)
-        if cand_t.size:
-            windows = vol_history[cand_t[:, None] + np.arange(vm.window)[None, :], cand_j[:, None]]
-            signal[cand_t, cand_j] = v[cand_t, cand_j] > _median_rows(windows)
-    return _Indicators(
-        atr=atr,
-        tr=tr,
-        tr_history=tr_history,
-        high_history=high_history,
-        vol_history=vol_history,
-        prior_high=prior_high,
-        ready=(atr_ready, ph_ready, vm_ready),
-        signal=signal,
-        present=~np.isnan(c[0]) if k_bars else np.ones(c.shape[1], dtype=bool),
-    )
+        maybe = atr_ready & ph_ready & (c > prior_high)
+    # The median only where the other conditions hold (a sort per bar and symbol).
+    median, vm_ready = st.volume_median.block(present, v, need=maybe)
+    signal = breakout_signal(atr_ready & ph_ready & vm_ready, c, prior_high, v, median)
+    return _Indicators(atr=atr, signal=signal, present=present)
 
 
 @dataclass(slots=True)
@@ -514,14 +450,14 @@ def breakout_chunk(
     regime_codes = np.broadcast_to(regime_codes, bars.close.shape)
     if st.config.exit_on_regime_change and (regime_codes != REGIME_UNKNOWN).any():
         raise ChunkUnsupportedError("exits on regime changes need the regime of every bar")
-    ind = _indicators(st, bars)
-    if ((st.pending_entry | st.pending_exit) & ~ind.present).any():
+    present = ~np.isnan(bars.close[0]) if len(bars) else np.ones(bars.close.shape[1], bool)
+    if ((st.pending_entry | st.pending_exit) & ~present).any():
         raise ChunkUnsupportedError("an order is pending for a symbol without bars")
+    ind = _indicators(st, bars, present)
     if scalar is None:
         scalar = bars.close.shape[1] <= SCALAR_WALK_MAX_SYMBOLS
     walk = (_walk_scalar if scalar else _walk)(st, bars, ind)
     outcome = _book(st, bars, regime_codes, ind, walk)
-    _advance_indicators(st, bars, ind)
     k_bars = len(bars)
     st.counters.bars += k_bars * int(ind.present.sum())
     st.counters.entries += int(walk.entry_bar.size)
@@ -772,38 +708,6 @@ def _open_trade(
         trade.entry_qty = qty
         trade.entry_cost += qty * float(bars.open[signal + 1, j])
     return trade
-
-
-def _advance_indicators(st: Any, bars: ChunkBars, ind: _Indicators) -> None:
-    """Leave each indicator as K updates bar by bar would (a symbol without bars: as it
-    was)."""
-    k_bars = len(bars)
-    if not k_bars:
-        return
-    p = slice(None) if ind.present.all() else ind.present
-    atr_ind = st.atr
-    atr_ind.window[:, p] = ind.tr_history[-atr_ind.period :, p]
-    atr_ind.count[p] += k_bars
-    atr_ind.prev_close[p] = bars.close[-1, p]
-    atr_ind.tr[p] = ind.tr[-1, p]
-    atr_ready = ind.ready[0][-1] & ind.present
-    atr_ind.ready[p] = atr_ready[p]
-    np.copyto(atr_ind.value, ind.atr[-1], where=atr_ready)
-
-    ph = st.prior_high
-    ph_ready = ind.ready[1][-1] & ind.present
-    np.copyto(ph.value, ind.prior_high[-1], where=ph_ready)
-    ph.ready[p] = ph_ready[p]
-    ph._ring.count[p] += k_bars
-    ph._ring.buf[:, p] = _ring_after(ind.high_history[-ph.window :], ph._ring.count)[:, p]
-
-    vm = st.volume_median
-    vm_ready = ind.ready[2][-1] & ind.present
-    last = ind.vol_history[k_bars - 1 : k_bars - 1 + vm.window].T  # (n, window) before the last bar
-    np.copyto(vm.value, _median_rows(last), where=vm_ready)
-    vm.ready[p] = vm_ready[p]
-    vm._ring.count[p] += k_bars
-    vm._ring.buf[:, p] = _ring_after(ind.vol_history[-vm.window :], vm._ring.count)[:, p]
 
 
 def strategy_state_names() -> tuple[str, ...]:

@@ -19,6 +19,16 @@ These conventions hold for every indicator:
 - ``reset()`` puts the indicator back in its freshly constructed state.
 
 Each step costs a fixed handful of numpy operations; there is no Python loop over symbols.
+
+``block`` is the same indicator over a block of K consecutive bar times at once (inputs
+(K, N)) for the symbols in ``present``, each of which has a bar at every one of them (the
+others have none and are left as they were): it returns each bar's ``value`` and ``ready``
+as (K, N) and leaves the indicator as K updates would. It is the one definition of the
+rolling windows and of the simple ATR: ``update`` is ``block`` on a block of one, so a
+speculative chunk of a backtest (``core.chunks``) and a bar-by-bar replay compute every
+value with the same arithmetic, to the last bit. Wilder's ATR and the support/resistance
+score are recursions: their ``block`` runs ``update`` bar after bar.
+
 The batch references over the bars of one symbol, the ``*_series`` functions, live in
 `sovereign.core.indicator_series`.
 """
@@ -28,6 +38,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 __all__ = [
     "ATR",
@@ -42,6 +53,32 @@ __all__ = [
 def _check_size(name: str, value: int, minimum: int) -> None:
     if int(value) != value or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _columns(present: np.ndarray) -> slice | np.ndarray:
+    """The columns of ``present``: all of them as a slice (no gathers), else their indices."""
+    return slice(None) if present.all() else np.flatnonzero(present)
+
+
+def _as_read(
+    indicator: ATR | SimpleATR | SupportResistance | _PreviousWindow, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """K rows of the indicator's ``value`` and ``ready`` as they read now (a block's
+    answer for the symbols without bars, which keep them)."""
+    return np.repeat(indicator.value[None], k, axis=0), np.repeat(indicator.ready[None], k, axis=0)
+
+
+def _bar_after_bar(
+    indicator: ATR | SupportResistance, present: np.ndarray, *inputs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``block`` for a recursion: ``update`` at each of the K bar times in turn."""
+    k = inputs[0].shape[0]
+    value, ready = _as_read(indicator, k)
+    for t in range(k):
+        indicator.update(present, *(x[t] for x in inputs))  # type: ignore[arg-type]
+        value[t] = indicator.value
+        ready[t] = indicator.ready
+    return value, ready
 
 
 class _Ring:
@@ -146,6 +183,13 @@ class ATR:
         # Readiness never reverts, so rows that are not ready still hold their initial NaN.
         np.copyto(self.value, self._state, where=self.ready)
 
+    def block(
+        self, present: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``update`` at each of K bar times ((K, N) inputs): ``value`` and ``ready`` after
+        each, (K, N). A recursion, so bar after bar."""
+        return _bar_after_bar(self, present, high, low, close)
+
 
 class SimpleATR:
     """Average True Range as the simple mean of the last ``period`` true ranges.
@@ -188,38 +232,33 @@ class SimpleATR:
         self, mask: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray
     ) -> None:
         valid = mask & np.isfinite(high + low + close)
-        if valid.all():
-            self._update_all(high, low, close)
-            return
-        rows = np.flatnonzero(valid)
-        if rows.size == 0:
-            return
-        prev = self.prev_close[rows]
-        tr = np.fmax(high[rows], prev) - np.fmin(low[rows], prev)
-        self.tr[rows] = tr
-        w = self.window
-        w[:-1, rows] = w[1:, rows]
-        w[-1, rows] = tr
-        self.count[rows] += 1
-        self.prev_close[rows] = close[rows]
-        ready = self.count[rows] >= self.period
-        self.ready[rows] = ready
+        self.block(valid, high[None], low[None], close[None])
+
+    def block(
+        self, present: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ATR at each of K bar times ((K, N) inputs; see the module doc)."""
+        k = high.shape[0]
+        value, ready = _as_read(self, k)
+        p = _columns(present)
+        c = close[:, p]
+        if k == 0 or c.size == 0:
+            return value, ready
+        prev = np.concatenate([self.prev_close[p][None], c[:-1]])
+        # fmax/fmin skip the NaN previous close, so a first bar's range is high - low.
+        tr = np.fmax(high[:, p], prev) - np.fmin(low[:, p], prev)
+        history = np.concatenate([self.window[1:, p], tr])
         # Summed from the window each time (not a running sum, which drifts over millions
         # of bars and would move stops by a rounding error).
-        self.value[rows] = np.where(ready, w[:, rows].cumsum(axis=0)[-1] / self.period, np.nan)
-
-    def _update_all(self, high: np.ndarray, low: np.ndarray, close: np.ndarray) -> None:
-        # Every symbol has a bar (the usual case): whole-array operations, no gathers. The
-        # same sums in the same order as the masked path, so the values are identical.
-        tr = np.fmax(high, self.prev_close) - np.fmin(low, self.prev_close)
-        self.tr[:] = tr
-        w = self.window
-        w[:-1] = w[1:]
-        w[-1] = tr
-        self.count += 1
-        self.prev_close[:] = close
-        np.greater_equal(self.count, self.period, out=self.ready)
-        np.copyto(self.value, w.cumsum(axis=0)[-1] / self.period, where=self.ready)
+        now = (self.count[p][None] + np.arange(1, k + 1)[:, None]) >= self.period
+        mean = np.where(now, window_sums(history, self.period) / self.period, np.nan)
+        value[:, p], ready[:, p] = mean, now
+        self.window[:, p] = history[-self.period :]
+        self.count[p] += k
+        self.prev_close[p] = c[-1]
+        self.tr[p] = tr[-1]
+        self.value[p], self.ready[p] = mean[-1], now[-1]
+        return value, ready
 
 
 def window_sums(x: np.ndarray, width: int) -> np.ndarray:
@@ -291,42 +330,61 @@ class _PreviousWindow:
         self.window = window
         self.value = np.full(n, np.nan)
         self.ready = np.zeros(n, dtype=bool)
-        self._ring = _Ring(n, window)
-        self._columns = np.arange(n)
+        # Each symbol's last ``window`` values, oldest first (NaN before its first ones),
+        # and how many it has had.
+        self.history = np.full((window, n), np.nan)
+        self.count = np.zeros(n, dtype=np.intp)
 
     def reset(self) -> None:
         """Forget all history."""
         self.value.fill(np.nan)
         self.ready.fill(False)
-        self._ring.reset()
+        self.history.fill(np.nan)
+        self.count.fill(0)
 
     def update(self, mask: np.ndarray, x: np.ndarray) -> None:
         """Advance by one bar time; rows with ``mask`` False or ``x`` NaN keep their state."""
-        self._step(mask & ~np.isnan(x), x)
+        self.block(mask & ~np.isnan(x), x[None])
 
-    def _step(self, valid: np.ndarray, x: np.ndarray) -> None:
-        ring = self._ring
-        if valid.all():
-            # Every symbol has a value (the usual case): whole-array operations, no
-            # gathers. The statistic is the same one over the same window, so the values
-            # are those of the masked path; rows not ready keep their NaN (readiness
-            # never reverts).
-            np.greater_equal(ring.count, self.window, out=self.ready)
-            np.copyto(self.value, self._statistic(ring.buf, x), where=self.ready)
-            ring.buf[ring.count % self.window, self._columns] = x
-            ring.count += 1
-            return
-        rows = np.flatnonzero(valid)
-        if rows.size == 0:
-            return
-        ready = ring.count[rows] >= self.window
-        self.value[rows] = np.where(ready, self._statistic(ring.buf, x)[rows], np.nan)
-        self.ready[rows] = ready
-        ring.push(rows, x[rows])
+    def block(
+        self, present: np.ndarray, x: np.ndarray, need: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The statistic at each of K bar times (``x`` is (K, N); see the module doc).
 
-    def _statistic(self, window: np.ndarray, x: np.ndarray) -> np.ndarray:
-        # ``window`` is (width, n) and ``x`` is the current input; return one value per
-        # column. Columns without a bar are computed too and then discarded.
+        ``need`` (K, N), optional: the bars whose value is wanted; the others read NaN
+        (a statistic that is dear to take everywhere, such as the median, is then taken
+        only where a strategy looks at it). The last bar's is always taken: it is the
+        indicator's ``value`` afterwards."""
+        k = x.shape[0]
+        value, ready = _as_read(self, k)
+        p = _columns(present)
+        xs = x[:, p]
+        if k == 0 or xs.size == 0:
+            return value, ready
+        w = self.window
+        history = np.concatenate([self.history[:, p], xs])
+        now = (self.count[p][None] + np.arange(k)[:, None]) >= w
+        stat = np.full(xs.shape, np.nan)
+        with np.errstate(invalid="ignore"):
+            if need is None:
+                windows = sliding_window_view(history, w, axis=0)[:k]  # (K, m, window)
+                stat[:] = self._statistic(windows, xs)
+            else:
+                wanted = need[:, p] & now
+                wanted[-1] = True
+                t, j = np.nonzero(wanted)
+                windows = history[t[:, None] + np.arange(w)[None, :], j[:, None]]
+                stat[t, j] = self._statistic(windows, xs[t, j])
+        mean = np.where(now, stat, np.nan)
+        value[:, p], ready[:, p] = mean, now
+        self.history[:, p] = history[-w:]
+        self.count[p] += k
+        self.value[p], self.ready[p] = mean[-1], now[-1]
+        return value, ready
+
+    def _statistic(self, windows: np.ndarray, x: np.ndarray) -> np.ndarray:
+        # ``windows`` is (..., window), oldest first, and ``x`` (...) the value after each
+        # window; one statistic per window.
         raise NotImplementedError
 
 
@@ -353,8 +411,8 @@ class RollingExtreme(_PreviousWindow):
         self.kind = kind
         self._reduce = np.max if kind == "max" else np.min
 
-    def _statistic(self, window: np.ndarray, x: np.ndarray) -> np.ndarray:
-        return self._reduce(window, axis=0)
+    def _statistic(self, windows: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return self._reduce(windows, axis=-1)
 
 
 class RollingMedian(_PreviousWindow):
@@ -370,14 +428,14 @@ class RollingMedian(_PreviousWindow):
         Number of previous values. Default 20.
     """
 
-    def _statistic(self, window: np.ndarray, x: np.ndarray) -> np.ndarray:
-        # A full sort of these short columns costs half of np.median and a third of
+    def _statistic(self, windows: np.ndarray, x: np.ndarray) -> np.ndarray:
+        # A full sort of these short windows costs half of np.median and a third of
         # np.partition, whose introselect branches badly on fresh data.
-        ordered = np.sort(window, axis=0)
+        ordered = np.sort(windows, axis=-1)
         mid = self.window // 2
         if self.window % 2:
-            return ordered[mid]
-        return 0.5 * (ordered[mid - 1] + ordered[mid])
+            return ordered[..., mid]
+        return 0.5 * (ordered[..., mid - 1] + ordered[..., mid])
 
 
 class VolumePercentile(_PreviousWindow):
@@ -406,11 +464,11 @@ class VolumePercentile(_PreviousWindow):
         if blank.any():
             self.value[blank] = np.nan
             self.ready[blank] = False
-        self._step(mask & ~unknown, volume)
+        self.block(mask & ~unknown, volume[None])
 
-    def _statistic(self, window: np.ndarray, x: np.ndarray) -> np.ndarray:
-        below = (window < x).sum(axis=0)
-        tied = (window == x).sum(axis=0)
+    def _statistic(self, windows: np.ndarray, x: np.ndarray) -> np.ndarray:
+        below = (windows < x[..., None]).sum(axis=-1)
+        tied = (windows == x[..., None]).sum(axis=-1)
         return (below + 0.5 * tied) * (100.0 / self.window)
 
 
@@ -527,3 +585,16 @@ class SupportResistance:
         self.score[rows] = hits
         self.value[rows] = np.where(scored, hits, np.nan)
         self.ready[rows] = scored
+
+    def block(
+        self,
+        present: np.ndarray,
+        high: np.ndarray,
+        low: np.ndarray,
+        close: np.ndarray,
+        atr: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``update`` at each of K bar times ((K, N) inputs, ``atr`` each bar's): the
+        score as ``value`` and ``ready`` after each, (K, N). A recursion (swings are
+        confirmed and remembered in turn), so bar after bar."""
+        return _bar_after_bar(self, present, high, low, close, atr)

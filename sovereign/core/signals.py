@@ -41,6 +41,7 @@ from sovereign.core.codegen import (
     compile_ruleset,
     eval_condition,
 )
+from sovereign.core.entries import breakout_signal
 from sovereign.core.indicators import (
     ATR,
     RollingExtreme,
@@ -225,9 +226,9 @@ class ShardStrategy(TradeBook):
         if not flat.any():
             return []
         ready = self.atr.ready & self.prior_high.ready & self.volume_median.ready
-        with np.errstate(invalid="ignore"):
-            fire = flat & ready & (close > self.prior_high.value)
-            fire &= volume > self.volume_median.value
+        fire = flat & breakout_signal(
+            ready, close, self.prior_high.value, volume, self.volume_median.value
+        )
         out: list[EntrySignal] = []
         cfg = self.config
         for i in np.flatnonzero(fire).tolist():

@@ -124,8 +124,6 @@ def state_of(s: ShardStrategy) -> dict:
                 for k, v in vars(value).items()
                 if k != "_reduce"
             }
-            if hasattr(value, "_ring"):
-                out[name]["_ring"] = (value._ring.buf.tolist(), value._ring.count.tolist())
         else:
             out[name] = value
     return out
