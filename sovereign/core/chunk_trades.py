@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from sovereign.core.chunks import EXIT_REASONS, ChunkOutcome
+from sovereign.core.chunks import ChunkOutcome
+from sovereign.core.trades import EXIT_REASONS
 from sovereign.domain.regimes import REGIME_NAMES
 
 

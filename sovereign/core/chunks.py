@@ -32,12 +32,11 @@ from typing import Any
 import numpy as np
 
 from sovereign.core.chunk_state import assumed_fills
+from sovereign.core.chunk_walk import Signals, Walk, walk_trades
 from sovereign.core.entries import breakout_signal
-from sovereign.core.trades import Order, Trade
+from sovereign.core.trades import EXIT_REASONS, Order, Trade
 from sovereign.domain.orders import SIDE_BUY, SIDE_SELL
 from sovereign.domain.regimes import REGIME_UNKNOWN
-
-EXIT_REASONS: tuple[str, ...] = ("stop", "target", "max_hold")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,16 +151,7 @@ def _check_supported(st: Any) -> None:
         raise ChunkUnsupportedError("short positions are not modelled")
 
 
-@dataclass(slots=True)
-class _Indicators:
-    """The breakout's indicators over a chunk, each bar's value as bar by bar."""
-
-    atr: np.ndarray  # (K, n), NaN until ready
-    signal: np.ndarray  # (K, n) entry signal (were the symbol flat)
-    present: np.ndarray  # (n,) symbols with bars in the chunk (the others have none at all)
-
-
-def _indicators(st: Any, bars: ChunkBars, present: np.ndarray) -> _Indicators:
+def _indicators(st: Any, bars: ChunkBars, present: np.ndarray) -> Signals:
     """The chunk's indicators, by the indicators' own ``block`` (which leaves them as the
     chunk's bars one at a time would), and its entry signals."""
     h, c, v = bars.high, bars.close, bars.volume
@@ -172,264 +162,7 @@ def _indicators(st: Any, bars: ChunkBars, present: np.ndarray) -> _Indicators:
     # The median only where the other conditions hold (a sort per bar and symbol).
     median, vm_ready = st.volume_median.block(present, v, need=maybe)
     signal = breakout_signal(atr_ready & ph_ready & vm_ready, c, prior_high, v, median)
-    return _Indicators(atr=atr, signal=signal, present=present)
-
-
-@dataclass(slots=True)
-class _Walk:
-    """Every decision of a chunk, found symbol by symbol, and the trade state at its end."""
-
-    entry_bar: np.ndarray
-    entry_col: np.ndarray
-    exit_bar: np.ndarray
-    exit_col: np.ndarray
-    exit_reason: np.ndarray  # index into EXIT_REASONS
-    exit_held: np.ndarray  # bars held at the decision
-    position: np.ndarray  # (n,) at the end
-    stop: np.ndarray
-    target: np.ndarray
-    held: np.ndarray
-
-
-def _walk(st: Any, bars: ChunkBars, ind: _Indicators) -> _Walk:
-    """Each symbol's trades, from event to event, all symbols at once.
-
-    A round takes every flat symbol to its next entry signal (its fill, at the next open,
-    sets the stop and target from the signal bar's ATR) and every open trade to its exit:
-    the first bar whose low reaches the stop or whose high reaches the target, or the bar
-    that completes the maximum hold. Exits filled at an open leave the symbol flat at that
-    bar, free to enter again at its close.
-    """
-    cfg = st.config
-    k_bars, n = bars.close.shape
-    o, h, lo = bars.open, bars.high, bars.low
-    qty = int(cfg.fixed_quantity)
-    seek, trading, done = 0, 1, 2
-    mode = np.full(n, seek if k_bars else done, dtype=np.int64)
-    cursor = np.zeros(n, dtype=np.int64)
-    stop, target = st.stop.copy(), st.target.copy()
-    held = st.bars_held.astype(np.int64).copy()
-    limit = st.max_hold.astype(np.int64).copy()
-    position = st.quantity.astype(np.int64).copy()
-    rows = np.arange(k_bars)
-    marks = np.where(ind.signal, rows[:, None], k_bars)
-    next_signal = np.vstack(
-        [np.minimum.accumulate(marks[::-1], axis=0)[::-1], np.full((1, n), k_bars)]
-    )
-    log_e: list[tuple[np.ndarray, np.ndarray]] = []
-    log_x: list[tuple[np.ndarray, ...]] = []
-
-    def enter(cols: np.ndarray, fill: np.ndarray, atr: np.ndarray, mult: tuple[Any, Any]) -> None:
-        # The stop and target follow the average price, as the strategy books a fill.
-        avg = (qty * o[fill, cols]) / qty
-        stop[cols] = avg - mult[0] * atr
-        target[cols] = avg + mult[1] * atr
-        held[cols] = 0
-        cursor[cols] = fill
-        position[cols] = qty
-        mode[cols] = trading
-
-    if k_bars:
-        pre_exit = np.flatnonzero(st.pending_exit)
-        position[pre_exit] = 0
-        stop[pre_exit] = target[pre_exit] = np.nan
-        held[pre_exit] = 0
-        pre_entry = np.flatnonzero(st.pending_entry)
-        if pre_entry.size:
-            trades = [st.trades[i] for i in pre_entry.tolist()]
-            mult = (
-                np.array([t.stop_mult for t in trades]),
-                np.array([t.target_mult for t in trades]),
-            )
-            enter(
-                pre_entry,
-                np.zeros(pre_entry.size, dtype=np.int64),
-                np.array([t.atr for t in trades]),
-                mult,
-            )
-        mode[(st.quantity > 0) & ~st.pending_exit] = trading
-    mode[~ind.present] = done  # no bar, no decision (and no bar held)
-
-    while (mode != done).any():
-        flat = np.flatnonzero(mode == seek)
-        if flat.size:
-            s = next_signal[cursor[flat], flat]
-            mode[flat[s >= k_bars]] = done
-            go, s = flat[s < k_bars], s[s < k_bars]
-            if go.size:
-                log_e.append((s, go))
-                limit[go] = cfg.max_hold_bars
-                mode[go[s == k_bars - 1]] = done  # pending at the chunk's end
-                go, s = go[s < k_bars - 1], s[s < k_bars - 1]
-                if go.size:
-                    enter(go, s + 1, ind.atr[s, go], (cfg.stop_atr_mult, cfg.target_atr_mult))
-        active = np.flatnonzero(mode == trading)
-        if not active.size:
-            continue
-        start = cursor[active]
-        forced = start + np.maximum(0, limit[active] - held[active] - 1)
-        width = np.minimum(forced, k_bars - 1) - start + 1
-        offsets = np.arange(int(width.max()))
-        at = np.minimum(start[:, None] + offsets[None, :], k_bars - 1)
-        cols = active[:, None]
-        stop_hit = lo[at, cols] <= stop[active, None]
-        target_hit = h[at, cols] >= target[active, None]
-        hit = (stop_hit | target_hit) & (offsets[None, :] < width[:, None])
-        any_hit = hit.any(axis=1)
-        first = hit.argmax(axis=1)
-        decided = any_hit | (forced <= k_bars - 1)
-        still = active[~decided]
-        held[still] += k_bars - cursor[still]
-        mode[still] = done
-        sel = np.flatnonzero(decided)
-        if not sel.size:
-            continue
-        x_cols = active[sel]
-        e = np.where(any_hit[sel], start[sel] + first[sel], forced[sel])
-        on_stop = any_hit[sel] & stop_hit[sel, first[sel]]
-        on_target = any_hit[sel] & target_hit[sel, first[sel]]
-        held[x_cols] += e - cursor[x_cols] + 1
-        log_x.append(
-            (e, x_cols, np.where(on_stop, 0, np.where(on_target, 1, 2)), held[x_cols].copy())
-        )
-        last = e == k_bars - 1
-        mode[x_cols[last]] = done  # the exit fills after the chunk
-        closing, e = x_cols[~last], e[~last]
-        position[closing] = 0
-        stop[closing] = target[closing] = np.nan
-        held[closing] = 0
-        cursor[closing] = e + 1
-        mode[closing] = seek
-
-    def cat(parts: list[tuple[np.ndarray, ...]], k: int) -> np.ndarray:
-        if not parts:
-            return np.zeros(0, dtype=np.int64)
-        return np.concatenate([p[k] for p in parts]).astype(np.int64)
-
-    return _Walk(
-        entry_bar=cat(log_e, 0),
-        entry_col=cat(log_e, 1),
-        exit_bar=cat(log_x, 0),
-        exit_col=cat(log_x, 1),
-        exit_reason=cat(log_x, 2),
-        exit_held=cat(log_x, 3),
-        position=position,
-        stop=stop,
-        target=target,
-        held=held,
-    )
-
-
-SCALAR_WALK_MAX_SYMBOLS = 8
-"""Shards this narrow walk their symbols one at a time in plain Python: a vectorised round
-costs ~150 µs of numpy calls whatever its width, so with one symbol it loses to a loop."""
-
-
-def _walk_scalar(st: Any, bars: ChunkBars, ind: _Indicators) -> _Walk:  # noqa: C901
-    """``_walk`` for narrow shards: the same decisions, one symbol at a time."""
-    cfg = st.config
-    k_bars = len(bars)
-    qty = int(cfg.fixed_quantity)
-    stop = st.stop.copy()
-    target = st.target.copy()
-    held_out = st.bars_held.astype(np.int64).copy()
-    position = st.quantity.astype(np.int64).copy()
-    rows = np.arange(k_bars)
-    marks = np.where(ind.signal, rows[:, None], k_bars)
-    next_signal = np.minimum.accumulate(marks[::-1], axis=0)[::-1]
-    e_bar: list[int] = []
-    e_col: list[int] = []
-    x_bar: list[int] = []
-    x_col: list[int] = []
-    x_reason: list[int] = []
-    x_held: list[int] = []
-    sm, tm, max_hold = cfg.stop_atr_mult, cfg.target_atr_mult, int(cfg.max_hold_bars)
-    for j in np.flatnonzero(ind.present).tolist():
-        nxt = [*next_signal[:, j].tolist(), k_bars]
-        if not k_bars or (nxt[0] >= k_bars and not position[j] and not st.pending_entry[j]):
-            continue
-        o = bars.open[:, j].tolist()
-        lo = bars.low[:, j].tolist()
-        hi = bars.high[:, j].tolist()
-        atr = ind.atr[:, j].tolist()
-        limit = int(st.max_hold[j])
-        cursor = 0
-        s_ = float(stop[j])
-        t_ = float(target[j])
-        held = int(held_out[j])
-        trading = False
-        if st.pending_exit[j]:
-            position[j] = 0
-            s_ = t_ = float("nan")
-            held = 0
-        elif st.pending_entry[j]:
-            trade = st.trades[j]
-            avg = (qty * o[0]) / qty
-            s_ = avg - trade.stop_mult * trade.atr
-            t_ = avg + trade.target_mult * trade.atr
-            held, trading = 0, True
-            position[j] = qty
-        elif position[j] > 0:
-            trading = True
-        while True:
-            if not trading:
-                sig = nxt[cursor]
-                if sig >= k_bars:
-                    break
-                e_bar.append(sig)
-                e_col.append(j)
-                limit = max_hold
-                if sig == k_bars - 1:
-                    break
-                fill = sig + 1
-                avg = (qty * o[fill]) / qty
-                a = atr[sig]
-                s_, t_ = avg - sm * a, avg + tm * a
-                held, cursor, trading = 0, fill, True
-                position[j] = qty
-            forced = cursor + max(0, limit - held - 1)
-            end = min(forced, k_bars - 1)
-            exit_at = -1
-            reason = 2
-            for t in range(cursor, end + 1):
-                if lo[t] <= s_:
-                    exit_at, reason = t, 0
-                    break
-                if hi[t] >= t_:
-                    exit_at, reason = t, 1
-                    break
-            if exit_at < 0:
-                if forced > k_bars - 1:
-                    held += k_bars - cursor
-                    break
-                exit_at = forced
-            held += exit_at - cursor + 1
-            x_bar.append(exit_at)
-            x_col.append(j)
-            x_reason.append(reason)
-            x_held.append(held)
-            if exit_at == k_bars - 1:
-                break
-            position[j] = 0
-            s_ = t_ = float("nan")
-            held, cursor, trading = 0, exit_at + 1, False
-        stop[j], target[j], held_out[j] = s_, t_, held
-
-    def arr(x: list[int]) -> np.ndarray:
-        return np.asarray(x, dtype=np.int64)
-
-    return _Walk(
-        entry_bar=arr(e_bar),
-        entry_col=arr(e_col),
-        exit_bar=arr(x_bar),
-        exit_col=arr(x_col),
-        exit_reason=arr(x_reason),
-        exit_held=arr(x_held),
-        position=position,
-        stop=stop,
-        target=target,
-        held=held_out,
-    )
+    return Signals(atr=atr, signal=signal, present=present)
 
 
 def breakout_chunk(
@@ -444,19 +177,21 @@ def breakout_chunk(
     the bar, counts a bar held for every open trade, decides exits (stop, target, maximum
     hold) and then entries (a close above the previous ``breakout_window`` highs on volume
     above their median). Here the indicators are columns over the whole chunk and each
-    symbol's trades are walked from event to event (``_walk``); the decisions are then
+    symbol's trades are walked from event to event (``walk_trades``); the decisions are then
     numbered and booked symbol by symbol (``_book``)."""
     _check_supported(st)
-    regime_codes = np.broadcast_to(regime_codes, bars.close.shape)
-    if st.config.exit_on_regime_change and (regime_codes != REGIME_UNKNOWN).any():
+    if (
+        regime_codes.ndim == 1
+        and st.config.exit_on_regime_change
+        and (regime_codes != REGIME_UNKNOWN).any()
+    ):
         raise ChunkUnsupportedError("exits on regime changes need the regime of every bar")
+    regime_codes = np.broadcast_to(regime_codes, bars.close.shape)
     present = ~np.isnan(bars.close[0]) if len(bars) else np.ones(bars.close.shape[1], bool)
     if ((st.pending_entry | st.pending_exit) & ~present).any():
         raise ChunkUnsupportedError("an order is pending for a symbol without bars")
     ind = _indicators(st, bars, present)
-    if scalar is None:
-        scalar = bars.close.shape[1] <= SCALAR_WALK_MAX_SYMBOLS
-    walk = (_walk_scalar if scalar else _walk)(st, bars, ind)
+    walk = walk_trades(st, bars, ind, regime_codes, scalar=scalar)
     outcome = _book(st, bars, regime_codes, ind, walk)
     k_bars = len(bars)
     st.counters.bars += k_bars * int(ind.present.sum())
@@ -470,7 +205,7 @@ def _order_seq(order_id: str) -> int:
 
 
 def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
-    st: Any, bars: ChunkBars, regime_codes: np.ndarray, ind: _Indicators, walk: _Walk
+    st: Any, bars: ChunkBars, regime_codes: np.ndarray, ind: Signals, walk: Walk
 ) -> ChunkOutcome:
     """Number the chunk's intents, pair each exit with its entry into a closed trade, and
     leave the strategy's records as its bars one at a time would, all as columns; only the
@@ -685,7 +420,7 @@ def _open_trade(
     signal: int,
     seq: int,
     bars: ChunkBars,
-    ind: _Indicators,
+    ind: Signals,
     regime_codes: np.ndarray,
 ) -> Any:
     """The record of a trade entered at ``signal`` in the chunk: filled at the next open,

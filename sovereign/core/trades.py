@@ -38,6 +38,40 @@ class ClosedTrade(NamedTuple):
     features: dict[str, float | int | str | bool | None]
 
 
+EXIT_REASONS: tuple[str, ...] = ("late_fill", "stop", "target", "regime_change", "max_hold")
+"""Why a trade is left, in the order the reasons take precedence (``exit_code``'s codes)."""
+
+
+def exit_code(
+    high: np.ndarray,
+    low: np.ndarray,
+    regime: np.ndarray,
+    *,
+    stop: np.ndarray,
+    target: np.ndarray,
+    entry_regime: np.ndarray,
+    held: np.ndarray,
+    max_hold: np.ndarray,
+    on_regime_change: bool,
+    late: np.ndarray | None = None,
+) -> np.ndarray:
+    """The one definition of an exit, element by element over arrays of any (broadcast)
+    shape: the index in ``EXIT_REASONS`` of the first reason for a trade to leave at a bar
+    close, -1 for none. ``held`` is the bars held through that bar. The trade book and the
+    shadow book ask it for one bar (``exit_reasons``); a speculative chunk (``core.chunks``)
+    asks it for each open trade's bars ahead at once."""
+    # Written from the last reason to the first, so that the first that applies stands.
+    code = np.where(held >= max_hold, EXIT_REASONS.index("max_hold"), -1)
+    if on_regime_change:
+        changed = (regime != entry_regime) & (regime != REGIME_UNKNOWN)
+        code = np.where(changed, EXIT_REASONS.index("regime_change"), code)
+    code = np.where(high >= target, EXIT_REASONS.index("target"), code)
+    code = np.where(low <= stop, EXIT_REASONS.index("stop"), code)
+    if late is not None:
+        code = np.where(late, EXIT_REASONS.index("late_fill"), code)
+    return code
+
+
 def exit_reasons(
     candidates: np.ndarray,
     high: np.ndarray,
@@ -53,34 +87,21 @@ def exit_reasons(
     late: np.ndarray | None = None,
 ) -> list[tuple[int, str]]:
     """The exits of one bar: ``(symbol index, reason)`` for every candidate (a symbol in a
-    trade with no exit pending) that must leave, by the first reason that applies (see the
-    module docstring). The one definition of an exit: the trade book and the shadow book
-    (``core.shadow``) both decide with it."""
-    stop_hit = low <= stop
-    target_hit = high >= target
-    changed = (
-        (regime_codes != entry_regime) & (regime_codes != REGIME_UNKNOWN)
-        if on_regime_change
-        else np.zeros_like(candidates)
+    trade with no exit pending) that must leave (``exit_code``)."""
+    code = exit_code(
+        high,
+        low,
+        regime_codes,
+        stop=stop,
+        target=target,
+        entry_regime=entry_regime,
+        held=bars_held,
+        max_hold=max_hold,
+        on_regime_change=on_regime_change,
+        late=late,
     )
-    timeout = bars_held >= max_hold
-    fire = candidates & (stop_hit | target_hit | changed | timeout)
-    if late is not None:
-        fire |= candidates & late
-    out: list[tuple[int, str]] = []
-    for i in np.flatnonzero(fire).tolist():
-        if late is not None and late[i]:
-            reason = "late_fill"
-        elif stop_hit[i]:
-            reason = "stop"
-        elif target_hit[i]:
-            reason = "target"
-        elif changed[i]:
-            reason = "regime_change"
-        else:
-            reason = "max_hold"
-        out.append((i, reason))
-    return out
+    fire = np.flatnonzero(candidates & (code >= 0))
+    return [(i, EXIT_REASONS[c]) for i, c in zip(fire.tolist(), code[fire].tolist(), strict=True)]
 
 
 @dataclass(slots=True)

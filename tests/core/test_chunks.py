@@ -43,10 +43,24 @@ def make_bars(seed: int, t: int, n: int, cents: bool) -> ChunkBars:
     return ChunkBars(ts=ts, open=open_, high=high, low=low, close=close, volume=volume)
 
 
-def strategy(n: int, max_hold: int = 50) -> ShardStrategy:
+def strategy(n: int, max_hold: int = 50, *, on_regime_change: bool = False) -> ShardStrategy:
     config = breakout_preset(Config())
-    cfg = msgspec.structs.replace(config.strategy, max_hold_bars=max_hold)
+    cfg = msgspec.structs.replace(
+        config.strategy, max_hold_bars=max_hold, exit_on_regime_change=on_regime_change
+    )
     return ShardStrategy(Universe([f"S{j:02d}" for j in range(n)]), cfg, shard=0)
+
+
+def regime_path(seed: int, t: int, n: int) -> np.ndarray:
+    """Each symbol's regime code after each bar: persistent, with the odd unknown bar."""
+    rng = np.random.default_rng(seed + 1)
+    codes = np.zeros((t, n), dtype=np.uint8)
+    codes[0] = rng.integers(0, len(REGIME_NAMES), n)
+    for k in range(1, t):
+        move = rng.random(n) < 0.08
+        codes[k] = np.where(move, rng.integers(0, len(REGIME_NAMES), n), codes[k - 1])
+    codes[rng.random((t, n)) < 0.02] = REGIME_UNKNOWN
+    return codes
 
 
 def rows(bars: ChunkBars, a: int, b: int) -> ChunkBars:
@@ -60,6 +74,7 @@ def step_by_step(s: ShardStrategy, bars: ChunkBars, codes: np.ndarray):
     mask = np.ones(n, dtype=bool)
     probs = np.full((n, len(REGIME_NAMES)), 0.25, dtype=np.float32)
     intents, trades = [], []
+    codes = np.broadcast_to(codes, bars.close.shape)
     for t in range(len(bars)):
         for order_id, order in list(s.orders.items()):
             i = order.index
@@ -74,7 +89,7 @@ def step_by_step(s: ShardStrategy, bars: ChunkBars, codes: np.ndarray):
             bars.low[t],
             bars.close[t],
             bars.volume[t],
-            codes,
+            codes[t],
             probs,
         )
         assert not cancels
@@ -143,19 +158,22 @@ def same(a, b) -> bool:
     cents=st.booleans(),
     max_hold=st.sampled_from([3, 12, 50]),
     scalar=st.booleans(),
+    regimes=st.booleans(),
 )
 def test_a_chunk_leaves_what_the_bars_one_at_a_time_leave(
-    seed, n, t, cuts, cents, max_hold, scalar
+    seed, n, t, cuts, cents, max_hold, scalar, regimes
 ):
-    """Both walks (vectorised across symbols, and one symbol at a time)."""
+    """Both walks (vectorised across symbols, and one symbol at a time); with
+    ``regimes``, each bar has its regime and a trade leaves when its regime changes."""
     bars = make_bars(seed, t, n, cents)
-    codes = np.full(n, REGIME_UNKNOWN, dtype=np.uint8)
-    ref, mine = strategy(n, max_hold), strategy(n, max_hold)
+    codes = regime_path(seed, t, n) if regimes else np.full((t, n), REGIME_UNKNOWN, np.uint8)
+    ref = strategy(n, max_hold, on_regime_change=regimes)
+    mine = strategy(n, max_hold, on_regime_change=regimes)
     edges = sorted({0, t, *(int(c * t) for c in cuts)})
     for a, b in itertools.pairwise(edges):
         part = rows(bars, a, b)
-        want_intents, want_trades = step_by_step(ref, part, codes)
-        got_intents, out = chunked(mine, part, codes, scalar)
+        want_intents, want_trades = step_by_step(ref, part, codes[a:b])
+        got_intents, out = chunked(mine, part, codes[a:b], scalar)
         assert got_intents == want_intents
         closed = records(commit_trades(mine, out))
         assert sorted(closed, key=lambda c: (c.exit_ts, c.symbol)) == [
@@ -163,6 +181,23 @@ def test_a_chunk_leaves_what_the_bars_one_at_a_time_leave(
         ]
         assert [c.trade_id for c in closed] == [c.trade_id for _, c in want_trades]
         assert same(state_of(mine), state_of(ref))
+
+
+def test_a_chunk_leaves_trades_on_a_change_of_regime_as_the_bars_do() -> None:
+    """The walk asks the one exit definition with each bar's regime: trades leave on a
+    change of regime inside the chunk, on the same bars as bar by bar."""
+    t, n = 400, 6
+    bars, codes = make_bars(11, t, n, True), regime_path(11, t, n)
+    ref = strategy(n, 50, on_regime_change=True)
+    mine = strategy(n, 50, on_regime_change=True)
+    want_intents, want_trades = step_by_step(ref, bars, codes)
+    got_intents, out = chunked(mine, bars, codes, False)
+    assert got_intents == want_intents
+    closed = records(commit_trades(mine, out))
+    assert sorted(c.trade_id for c in closed) == sorted(c.trade_id for _, c in want_trades)
+    reasons = [c.exit_reason for c in closed]
+    assert reasons.count("regime_change") >= 5, reasons
+    assert reasons == [c.exit_reason for _, c in want_trades]
 
 
 def records(cols: ClosedColumns) -> list[ClosedTrade]:

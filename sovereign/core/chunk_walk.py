@@ -1,0 +1,314 @@
+"""A speculative chunk's trades, walked from event to event (``core.chunks``).
+
+Given each bar's entry signal and ATR over a chunk, a walk finds every symbol's entries and
+exits as a replay bar by bar would, in the world the chunk assumes (every order approved as
+asked and filled in full at the next bar's open). Exits are ``core.trades.exit_code``'s,
+the one definition of an exit, asked for each open trade's bars ahead at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sovereign.core.trades import exit_code
+
+
+@dataclass(slots=True)
+class Signals:
+    """What a walk needs of a chunk's indicators: each bar's ATR and entry signal."""
+
+    atr: np.ndarray  # (K, n), NaN until ready
+    signal: np.ndarray  # (K, n) entry signal (were the symbol flat)
+    present: np.ndarray  # (n,) symbols with bars in the chunk (the others have none at all)
+
+
+@dataclass(slots=True)
+class Walk:
+    """Every decision of a chunk, found symbol by symbol, and the trade state at its end."""
+
+    entry_bar: np.ndarray
+    entry_col: np.ndarray
+    exit_bar: np.ndarray
+    exit_col: np.ndarray
+    exit_reason: np.ndarray  # index into EXIT_REASONS
+    exit_held: np.ndarray  # bars held at the decision
+    position: np.ndarray  # (n,) at the end
+    stop: np.ndarray
+    target: np.ndarray
+    held: np.ndarray
+
+
+def _walk(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
+    """Each symbol's trades, from event to event, all symbols at once.
+
+    A round takes every flat symbol to its next entry signal (its fill, at the next open,
+    sets the stop and target from the signal bar's ATR) and every open trade to its exit:
+    the first bar at which ``exit_code`` (the one definition of an exit) gives a reason,
+    over the trade's bars ahead at once. Exits filled at an open leave the symbol flat at
+    that bar, free to enter again at its close. ``regime``: each bar's codes (K, n).
+    """
+    cfg = st.config
+    k_bars, n = bars.close.shape
+    o, h, lo = bars.open, bars.high, bars.low
+    qty = int(cfg.fixed_quantity)
+    seek, trading, done = 0, 1, 2
+    mode = np.full(n, seek if k_bars else done, dtype=np.int64)
+    cursor = np.zeros(n, dtype=np.int64)
+    stop, target = st.stop.copy(), st.target.copy()
+    held = st.bars_held.astype(np.int64).copy()
+    limit = st.max_hold.astype(np.int64).copy()
+    position = st.quantity.astype(np.int64).copy()
+    entry_regime = st.entry_regime.copy()
+    rows = np.arange(k_bars)
+    marks = np.where(ind.signal, rows[:, None], k_bars)
+    next_signal = np.vstack(
+        [np.minimum.accumulate(marks[::-1], axis=0)[::-1], np.full((1, n), k_bars)]
+    )
+    log_e: list[tuple[np.ndarray, np.ndarray]] = []
+    log_x: list[tuple[np.ndarray, ...]] = []
+
+    def enter(cols: np.ndarray, fill: np.ndarray, atr: np.ndarray, mult: tuple[Any, Any]) -> None:
+        # The stop and target follow the average price, as the strategy books a fill.
+        avg = (qty * o[fill, cols]) / qty
+        stop[cols] = avg - mult[0] * atr
+        target[cols] = avg + mult[1] * atr
+        held[cols] = 0
+        cursor[cols] = fill
+        position[cols] = qty
+        mode[cols] = trading
+
+    if k_bars:
+        pre_exit = np.flatnonzero(st.pending_exit)
+        position[pre_exit] = 0
+        stop[pre_exit] = target[pre_exit] = np.nan
+        held[pre_exit] = 0
+        pre_entry = np.flatnonzero(st.pending_entry)
+        if pre_entry.size:
+            trades = [st.trades[i] for i in pre_entry.tolist()]
+            sm, tm, atr = (
+                np.array([getattr(t, f) for t in trades])
+                for f in ("stop_mult", "target_mult", "atr")
+            )
+            enter(pre_entry, np.zeros(pre_entry.size, dtype=np.int64), atr, (sm, tm))
+        mode[(st.quantity > 0) & ~st.pending_exit] = trading
+    mode[~ind.present] = done  # no bar, no decision (and no bar held)
+
+    while (mode != done).any():
+        flat = np.flatnonzero(mode == seek)
+        if flat.size:
+            s = next_signal[cursor[flat], flat]
+            mode[flat[s >= k_bars]] = done
+            go, s = flat[s < k_bars], s[s < k_bars]
+            if go.size:
+                log_e.append((s, go))
+                limit[go] = cfg.max_hold_bars
+                entry_regime[go] = regime[s, go]
+                mode[go[s == k_bars - 1]] = done  # pending at the chunk's end
+                go, s = go[s < k_bars - 1], s[s < k_bars - 1]
+                if go.size:
+                    enter(go, s + 1, ind.atr[s, go], (cfg.stop_atr_mult, cfg.target_atr_mult))
+        active = np.flatnonzero(mode == trading)
+        if not active.size:
+            continue
+        start = cursor[active]
+        forced = start + np.maximum(0, limit[active] - held[active] - 1)
+        width = np.minimum(forced, k_bars - 1) - start + 1
+        offsets = np.arange(int(width.max()))
+        at = np.minimum(start[:, None] + offsets[None, :], k_bars - 1)
+        cols = active[:, None]
+        ahead = (h[at, cols], lo[at, cols], regime[at, cols])
+        code = _exits(
+            st,
+            ahead,
+            stop[cols],
+            target[cols],
+            entry_regime[cols],
+            held[cols] + offsets + 1,
+            limit[cols],
+        )
+        # The maximum hold bounds the window: a trade is decided within it or runs on.
+        hit = (code >= 0) & (offsets[None, :] < width[:, None])
+        decided = hit.any(axis=1)
+        first = hit.argmax(axis=1)
+        still = active[~decided]  # they run on past the chunk
+        held[still], mode[still] = held[still] + k_bars - cursor[still], done
+        sel = np.flatnonzero(decided)
+        if not sel.size:
+            continue
+        x_cols = active[sel]
+        e = start[sel] + first[sel]
+        held[x_cols] += e - cursor[x_cols] + 1
+        log_x.append((e, x_cols, code[sel, first[sel]], held[x_cols].copy()))
+        last = e == k_bars - 1
+        mode[x_cols[last]] = done  # the exit fills after the chunk
+        closing, e = x_cols[~last], e[~last]
+        position[closing] = 0
+        stop[closing] = target[closing] = np.nan
+        held[closing] = 0
+        cursor[closing] = e + 1
+        mode[closing] = seek
+
+    def cat(parts: list[tuple[np.ndarray, ...]], k: int) -> np.ndarray:
+        if not parts:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([p[k] for p in parts]).astype(np.int64)
+
+    return Walk(
+        entry_bar=cat(log_e, 0),
+        entry_col=cat(log_e, 1),
+        exit_bar=cat(log_x, 0),
+        exit_col=cat(log_x, 1),
+        exit_reason=cat(log_x, 2),
+        exit_held=cat(log_x, 3),
+        position=position,
+        stop=stop,
+        target=target,
+        held=held,
+    )
+
+
+SCALAR_WALK_MAX_SYMBOLS = 8
+"""Shards this narrow walk their symbols one at a time in plain Python: a vectorised round
+costs ~150 µs of numpy calls whatever its width, so with one symbol it loses to a loop."""
+
+
+def _walk_scalar(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
+    """``_walk`` for narrow shards: the same decisions, one symbol at a time."""
+    cfg = st.config
+    k_bars = len(bars)
+    qty = int(cfg.fixed_quantity)
+    stop = st.stop.copy()
+    target = st.target.copy()
+    held_out = st.bars_held.astype(np.int64).copy()
+    position = st.quantity.astype(np.int64).copy()
+    rows = np.arange(k_bars)
+    marks = np.where(ind.signal, rows[:, None], k_bars)
+    next_signal = np.minimum.accumulate(marks[::-1], axis=0)[::-1]
+    e_bar: list[int] = []
+    e_col: list[int] = []
+    x_bar: list[int] = []
+    x_col: list[int] = []
+    x_reason: list[int] = []
+    x_held: list[int] = []
+    sm, tm, max_hold = cfg.stop_atr_mult, cfg.target_atr_mult, int(cfg.max_hold_bars)
+    for j in np.flatnonzero(ind.present).tolist():
+        nxt = [*next_signal[:, j].tolist(), k_bars]
+        if not k_bars or (nxt[0] >= k_bars and not position[j] and not st.pending_entry[j]):
+            continue
+        o = bars.open[:, j].tolist()
+        lo, hi, reg = bars.low[:, j], bars.high[:, j], regime[:, j]
+        atr = ind.atr[:, j].tolist()
+        limit = int(st.max_hold[j])
+        entered_in = int(st.entry_regime[j])
+        cursor = 0
+        s_ = float(stop[j])
+        t_ = float(target[j])
+        held = int(held_out[j])
+        trading = False
+        if st.pending_exit[j]:
+            position[j] = 0
+            s_ = t_ = float("nan")
+            held = 0
+        elif st.pending_entry[j]:
+            trade = st.trades[j]
+            avg = (qty * o[0]) / qty
+            s_ = avg - trade.stop_mult * trade.atr
+            t_ = avg + trade.target_mult * trade.atr
+            held, trading = 0, True
+            position[j] = qty
+        elif position[j] > 0:
+            trading = True
+        while True:
+            if not trading:
+                sig = nxt[cursor]
+                if sig >= k_bars:
+                    break
+                e_bar.append(sig)
+                e_col.append(j)
+                limit = max_hold
+                entered_in = int(reg[sig])
+                if sig == k_bars - 1:
+                    break
+                fill = sig + 1
+                avg = (qty * o[fill]) / qty
+                a = atr[sig]
+                s_, t_ = avg - sm * a, avg + tm * a
+                held, cursor, trading = 0, fill, True
+                position[j] = qty
+            # The maximum hold bounds the window: the trade is decided within it or runs on.
+            end = min(cursor + max(0, limit - held - 1), k_bars - 1)
+            ahead = slice(cursor, end + 1)
+            bars_ahead = (hi[ahead], lo[ahead], reg[ahead])
+            code = _exits(
+                st, bars_ahead, s_, t_, entered_in, held + np.arange(1, end - cursor + 2), limit
+            )
+            hits = np.flatnonzero(code >= 0)
+            if not hits.size:
+                held += k_bars - cursor
+                break
+            exit_at, reason = cursor + int(hits[0]), int(code[hits[0]])
+            held += exit_at - cursor + 1
+            x_bar.append(exit_at)
+            x_col.append(j)
+            x_reason.append(reason)
+            x_held.append(held)
+            if exit_at == k_bars - 1:
+                break
+            position[j] = 0
+            s_ = t_ = float("nan")
+            held, cursor, trading = 0, exit_at + 1, False
+        stop[j], target[j], held_out[j] = s_, t_, held
+
+    def arr(x: list[int]) -> np.ndarray:
+        return np.asarray(x, dtype=np.int64)
+
+    return Walk(
+        entry_bar=arr(e_bar),
+        entry_col=arr(e_col),
+        exit_bar=arr(x_bar),
+        exit_col=arr(x_col),
+        exit_reason=arr(x_reason),
+        exit_held=arr(x_held),
+        position=position,
+        stop=stop,
+        target=target,
+        held=held_out,
+    )
+
+
+def _exits(
+    st: Any,
+    bars_ahead: tuple[np.ndarray, ...],
+    stop: Any,
+    target: Any,
+    entry_regime: Any,
+    held: Any,
+    limit: Any,
+) -> np.ndarray:
+    """``exit_code`` for trades over their bars ahead (high, low, regime), with the
+    strategy's setting for exits on a change of regime."""
+    high, low, regime = bars_ahead
+    return exit_code(
+        high,
+        low,
+        regime,
+        stop=stop,
+        target=target,
+        entry_regime=entry_regime,
+        held=held,
+        max_hold=limit,
+        on_regime_change=st.config.exit_on_regime_change,
+    )
+
+
+def walk_trades(
+    st: Any, bars: Any, ind: Signals, regime: np.ndarray, *, scalar: bool | None = None
+) -> Walk:
+    """The chunk's decisions: across all symbols at once, or symbol by symbol for narrow
+    shards (``scalar``; by default when the shard has few symbols)."""
+    if scalar is None:
+        scalar = bars.close.shape[1] <= SCALAR_WALK_MAX_SYMBOLS
+    return (_walk_scalar if scalar else _walk)(st, bars, ind, regime)
