@@ -9,6 +9,8 @@ trade.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -24,3 +26,60 @@ def breakout_signal(
     (not taken at that bar) never signals."""
     with np.errstate(invalid="ignore"):
         return ready & (close > prior_high) & (volume > volume_median)
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineSignal:
+    """The baseline strategy's entry conditions at each bar and symbol (K, n)."""
+
+    fire: np.ndarray  # bool: every condition holds (whether the symbol is flat aside)
+    # bool: every condition but the volume holds, and the volume percentile is unknown
+    # (the strategy counts these: an entry blocked for want of volume data)
+    no_volume: np.ndarray
+    strength: np.ndarray  # the breakout's strength in ATRs, clipped to [0, 1]
+    confidence: np.ndarray  # ``transparent_confidence`` of the entry
+
+
+def baseline_signal(
+    *,
+    ready: np.ndarray,
+    regime: np.ndarray,
+    entry_codes: np.ndarray,
+    close: np.ndarray,
+    prior_high: np.ndarray,
+    atr: np.ndarray,
+    volume_pct: np.ndarray,
+    volume_ready: np.ndarray,
+    sr_score: np.ndarray,
+    volume_confirmation: bool,
+    volume_threshold: float,
+) -> BaselineSignal:
+    """The baseline strategy's entry (``core.signals``' module doc): the indicators
+    ``ready``, the symbol's regime one of ``entry_codes``, a close above the previous
+    highs and, with volume confirmation, a known volume percentile at or above the
+    threshold; and its confidence."""
+    with np.errstate(invalid="ignore"):
+        base = ready & np.isin(regime, entry_codes) & (close > prior_high)
+        if volume_confirmation:
+            known = volume_ready & ~np.isnan(volume_pct)
+            no_volume = base & ~known
+            fire = base & known & (volume_pct >= volume_threshold)
+            volume_term = np.nan_to_num(volume_pct, nan=50.0)
+        else:
+            no_volume = np.zeros_like(base)
+            fire = base
+            volume_term = np.full(close.shape, 50.0)
+        strength = np.clip(np.where(atr > 0, (close - prior_high) / atr, 0.0), 0.0, 1.0)
+    confidence = transparent_confidence(strength, volume_term, sr_score.astype(np.int64))
+    return BaselineSignal(fire, no_volume, strength, confidence)
+
+
+def transparent_confidence(
+    strength: np.ndarray, volume_pct: np.ndarray, sr: np.ndarray
+) -> np.ndarray:
+    """The entry's confidence until the learner calibrates it (``core.signals``' formula)."""
+    return np.clip(
+        0.30 + 0.30 * strength + 0.25 * volume_pct / 100.0 + 0.15 * (1.0 - np.minimum(sr, 4) / 4.0),
+        0.0,
+        1.0,
+    )

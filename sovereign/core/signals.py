@@ -41,7 +41,7 @@ from sovereign.core.codegen import (
     compile_ruleset,
     eval_condition,
 )
-from sovereign.core.entries import breakout_signal
+from sovereign.core.entries import baseline_signal, breakout_signal
 from sovereign.core.indicators import (
     ATR,
     RollingExtreme,
@@ -93,17 +93,6 @@ class CancelSignal:
     index: int
     symbol: str
     reason: str
-
-
-def transparent_confidence(
-    strength: np.ndarray, volume_pct: np.ndarray, sr: np.ndarray
-) -> np.ndarray:
-    """The entry's confidence until the learner calibrates it (the module doc's formula)."""
-    return np.clip(
-        0.30 + 0.30 * strength + 0.25 * volume_pct / 100.0 + 0.15 * (1.0 - np.minimum(sr, 4) / 4.0),
-        0.0,
-        1.0,
-    )
 
 
 def _probability(regime_probs: np.ndarray, i: int, code: int) -> float | None:
@@ -356,30 +345,28 @@ class ShardStrategy(TradeBook):
         flat = mask & (self.quantity == 0) & ~self.pending_entry & ~self.pending_exit
         if not flat.any():
             return []
-        ready = self.atr.ready & self.prior_high.ready & np.isin(regime_codes, self.entry_codes)
-        prior_high = self.prior_high.value
-        with np.errstate(invalid="ignore"):
-            breakout = close > prior_high
-        candidates = flat & ready & breakout
-        if not candidates.any():
-            return []
-        vol_pct = self.volume_pct.value
-        if cfg.volume_confirmation:
-            known = self.volume_pct.ready & ~np.isnan(vol_pct)
-            self.counters.no_volume_blocked += int((candidates & ~known).sum())
-            threshold = self.param("volume_threshold", cfg.volume_threshold)
-            with np.errstate(invalid="ignore"):
-                candidates &= known & (vol_pct >= threshold)
-            vol_term = np.nan_to_num(vol_pct, nan=50.0)
-        else:
-            vol_term = np.full(len(close), 50.0)
-        idx = np.flatnonzero(candidates)
+        prior_high, vol_pct = self.prior_high.value, self.volume_pct.value
+        # The entry's one definition, over a block of one bar.
+        signal = baseline_signal(
+            ready=(self.atr.ready & self.prior_high.ready)[None],
+            regime=regime_codes[None],
+            entry_codes=self.entry_codes,
+            close=close[None],
+            prior_high=prior_high[None],
+            atr=atr[None],
+            volume_pct=vol_pct[None],
+            volume_ready=self.volume_pct.ready[None],
+            sr_score=self.sr.score[None],
+            volume_confirmation=cfg.volume_confirmation,
+            volume_threshold=self.param("volume_threshold", cfg.volume_threshold),
+        )
+        self.counters.no_volume_blocked += int((flat & signal.no_volume[0]).sum())
+        idx = np.flatnonzero(flat & signal.fire[0])
         if idx.size == 0:
             return []
         a, c = atr[idx], close[idx]
-        strength = np.clip(np.where(a > 0, (c - prior_high[idx]) / a, 0.0), 0.0, 1.0)
+        strength, confidence = signal.strength[0, idx], signal.confidence[0, idx]
         sr = self.sr.score[idx].astype(np.int64)
-        confidence = transparent_confidence(strength, vol_term[idx], sr)
         minute, weekday = new_york_time(ts)
         effects = acted = None
         if self.compiled is not None:
