@@ -4,9 +4,10 @@ bind.
 With the preset's default capital ($1 billion) 100 shares never reach a limit and every
 chunk is committed. On a $250,000 account the gross-exposure room and the 5 % position
 limit bind: the guardian cuts or denies entries the shards assumed approved, and a chunk
-whose speculation is wrong at some bar is discarded. What such a chunk did before its
-first wrong bar is committed as a chunk of its own (``sovereign/replay.py``), and only
-the bars from the wrong one go bar by bar.
+whose speculation is wrong at some bar is discarded. Such a chunk is speculated again with
+the sizes the guardian gave its entries on the discarded path (up to its first denial);
+what a chunk that still fails did before its first wrong bar is committed as a chunk of its
+own (``sovereign/replay.py``), and only the bars from the wrong one go bar by bar.
 
     .venv/bin/python benchmarks/account_size.py                        # synthetic:100x2000
     .venv/bin/python benchmarks/account_size.py --base d661983          # and a commit
@@ -59,6 +60,7 @@ def one(data: str, capital: float, chunk_bars: int) -> dict[str, object]:
         "steps": r.steps,
         "replayed": r.counters.get("chunks_replayed", 0),
         "prefixes": r.counters.get("chunk_prefixes_committed", 0),
+        "resized": r.counters.get("chunks_resized", 0),
         "trades": len(out.trades),
         "digest": hashlib.sha256(trades).hexdigest()[:12],
     }
@@ -100,9 +102,9 @@ def main() -> None:
                 print(f"\n{label}, {args.data}\n")
                 print(
                     "| account | chunks off bars/s | chunks on bars/s | steps in chunks "
-                    "| chunks discarded | prefixes committed | trades (same?) |"
+                    "| chunks discarded | chunks resized | prefixes committed | trades (same?) |"
                 )
-                print("|---|---:|---:|---:|---:|---:|---|")
+                print("|---|---:|---:|---:|---:|---:|---:|---|")
                 for capital in CAPITALS:
                     off = measure(tree, args.data, capital, 1)
                     on = measure(tree, args.data, capital, 0)
@@ -111,7 +113,7 @@ def main() -> None:
                         f"| ${capital:,.0f} | {off['bars_per_second']:,.0f} "
                         f"| {on['bars_per_second']:,.0f} "
                         f"| {on['chunked_steps']:,} of {on['steps']:,} | {on['replayed']:,} "
-                        f"| {on['prefixes']:,} | {on['trades']:,} ({same}) |",
+                        f"| {on['resized']:,} | {on['prefixes']:,} | {on['trades']:,} ({same}) |",
                         flush=True,
                     )
         finally:

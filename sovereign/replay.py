@@ -35,6 +35,24 @@ CHUNK_MIN_BARS = 16
 CHUNK_MAX_BARS = 8_192
 CHUNK_TARGET_BARS = 1 << 20
 """Bars (bar times x symbols) an automatically sized chunk aims at."""
+SIZING_ROUNDS = 3
+"""Speculations of the same bars with the guardian's sizes from the one before, at most:
+each makes the entries up to the first wrong one exact, and on most chunks the first
+round already sizes every entry as bar by bar will."""
+
+Sizes = dict[tuple[bytes, int], int]
+
+
+def _sized(sizes: Sizes | None, verdict: ChunkVerdict) -> Sizes:
+    """The sizes of a verdict's entries (symbol, bar) over those known before."""
+    out = dict(sizes or {})
+    assert verdict.sized_symbols is not None and verdict.sized_bars is not None
+    assert verdict.sized_quantities is not None
+    names = verdict.sized_symbols.to_numpy().tolist()
+    bars = verdict.sized_bars.to_numpy().tolist()
+    quantities = verdict.sized_quantities.to_numpy().tolist()
+    out.update(zip(zip(names, bars, strict=True), quantities, strict=True))
+    return out
 
 
 @dataclass(slots=True)
@@ -70,6 +88,7 @@ class StepLoop:
             "chunks_replayed": 0,
             "chunked_steps": 0,
             "chunk_prefixes_committed": 0,
+            "chunks_resized": 0,
         }
     )
 
@@ -137,6 +156,22 @@ class ChunkedReplay:
             if run >= CHUNK_MIN_BARS or (run > 1 and step + run == total):
                 chunk += 1
                 verdict = self._chunk_step(loop, chunk, step, run)
+                sizes: Sizes | None = None
+                rounds = 0
+                while not verdict.valid and verdict.sized_bars is not None:
+                    # The guardian sizes entries otherwise than speculated: the same bars
+                    # again with its sizes, up to the first entry it would deny (a denied
+                    # entry is not speculated; bar by bar decides it).
+                    sizes = _sized(sizes, verdict)
+                    denied = [bar for (_, bar), q in sizes.items() if q <= 0]
+                    shorter = min([run, *denied])
+                    if rounds == SIZING_ROUNDS or (
+                        shorter < CHUNK_MIN_BARS and not (shorter > 1 and step + shorter == total)
+                    ):
+                        break
+                    rounds, run, chunk = rounds + 1, shorter, chunk + 1
+                    loop.chunk_counters["chunks_resized"] += 1
+                    verdict = self._chunk_step(loop, chunk, step, run, sizes)
                 if verdict.valid:
                     step += run
                     length = min(limit, length * 2)
@@ -152,7 +187,7 @@ class ChunkedReplay:
                     # a check made later in the validation may find an earlier one in the
                     # shorter chunk: then that one's bars before it, and so on.
                     chunk += 1
-                    verdict = self._chunk_step(loop, chunk, step, good)
+                    verdict = self._chunk_step(loop, chunk, step, good, sizes)
                     if verdict.valid:
                         loop.chunk_counters["chunk_prefixes_committed"] += 1
                         step, run, good = step + good, run - good, 0
@@ -171,14 +206,16 @@ class ChunkedReplay:
             loop.watched.append(loop.rt.tell(loop.g.guardian, *loop.for_guardian))
             loop.for_guardian = []
 
-    def _chunk_step(self, loop: StepLoop, chunk: int, step: int, length: int) -> ChunkVerdict:
+    def _chunk_step(
+        self, loop: StepLoop, chunk: int, step: int, length: int, sizes: Sizes | None = None
+    ) -> ChunkVerdict:
         """One speculative chunk of ``length`` bar times from ``step``: the shards run it,
         the guardian approves it on condition, the gateway executes it on paper, the
         guardian validates it. The guardian's verdict: valid, the chunk was committed; not,
         it was discarded (everyone is back in the state before it) and ``bar`` is its first
         bar that bar by bar would not have gone as speculated (-1: not known)."""
         rt, g = loop.rt, loop.g
-        bar_chunks = self.feed.chunk(step, length, chunk)
+        bar_chunks = self.feed.chunk(step, length, chunk, sizes)
         prev = {"verdicts": loop.prev_verdicts}
         if not loop.merged:
             prev["acks"] = loop.prev_acks  # sent (and watched) by the last step

@@ -122,7 +122,8 @@ class ShardChunks:
         if regimes is not None and len(regimes):
             codes = self._regime_rows(regimes)
         try:
-            outcome = breakout_chunk(self.strategy, bars, codes)
+            sizes = None if msg.sizes is None else msg.sizes.to_numpy()
+            outcome = breakout_chunk(self.strategy, bars, codes, sizes=sizes)
         except ChunkUnsupportedError as exc:
             self._restore(saved)
             return refuse(str(exc))
@@ -177,6 +178,7 @@ class ShardChunks:
             pending=list(pending),
             refused=refused,
             pending_quantity=list(pending.values()),
+            asked=col("asked", "<i8"),
         )
 
     def _settle_chunk(

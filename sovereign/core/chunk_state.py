@@ -49,8 +49,10 @@ def restore(obj: Any, saved: dict[str, Any]) -> None:
 
 def assumed_fills(st: Any) -> dict[str, int]:
     """What the chunk assumes each order working before it fills at its first open: an
-    entry the strategy's quantity, an exit the whole position."""
+    entry what the guardian approved (the strategy's quantity until it has), an exit the
+    whole position."""
     fixed = int(st.config.fixed_quantity)
     return {
-        k: fixed if o.purpose == "OPEN" else int(st.quantity[o.index]) for k, o in st.orders.items()
+        k: (o.quantity or fixed) if o.purpose == "OPEN" else int(st.quantity[o.index])
+        for k, o in st.orders.items()
     }

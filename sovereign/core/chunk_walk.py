@@ -22,6 +22,9 @@ class Signals:
 
     atr: np.ndarray  # (K, n), NaN until ready
     signal: np.ndarray  # (K, n) entry signal (were the symbol flat)
+    # (K, n) int64: the shares an entry decided at that bar fills (the strategy's own, or
+    # what the guardian sized it at on an earlier speculation of the same bars)
+    quantity: np.ndarray
     present: np.ndarray  # (n,) symbols with bars in the chunk (the others have none at all)
 
 
@@ -53,7 +56,6 @@ def _walk(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
     cfg = st.config
     k_bars, n = bars.close.shape
     o, h, lo = bars.open, bars.high, bars.low
-    qty = int(cfg.fixed_quantity)
     seek, trading, done = 0, 1, 2
     mode = np.full(n, seek if k_bars else done, dtype=np.int64)
     cursor = np.zeros(n, dtype=np.int64)
@@ -70,7 +72,9 @@ def _walk(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
     log_e: list[tuple[np.ndarray, np.ndarray]] = []
     log_x: list[tuple[np.ndarray, ...]] = []
 
-    def enter(cols: np.ndarray, fill: np.ndarray, atr: np.ndarray, mult: tuple[Any, Any]) -> None:
+    def enter(
+        cols: np.ndarray, fill: np.ndarray, atr: np.ndarray, mult: tuple[Any, Any], qty: Any
+    ) -> None:
         # The stop and target follow the average price, as the strategy books a fill.
         avg = (qty * o[fill, cols]) / qty
         stop[cols] = avg - mult[0] * atr
@@ -92,7 +96,8 @@ def _walk(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
                 np.array([getattr(t, f) for t in trades])
                 for f in ("stop_mult", "target_mult", "atr")
             )
-            enter(pre_entry, np.zeros(pre_entry.size, dtype=np.int64), atr, (sm, tm))
+            fills = np.array([opening_quantity(st, j) for j in pre_entry.tolist()], np.int64)
+            enter(pre_entry, np.zeros(pre_entry.size, dtype=np.int64), atr, (sm, tm), fills)
         mode[(st.quantity > 0) & ~st.pending_exit] = trading
     mode[~ind.present] = done  # no bar, no decision (and no bar held)
 
@@ -109,7 +114,8 @@ def _walk(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
                 mode[go[s == k_bars - 1]] = done  # pending at the chunk's end
                 go, s = go[s < k_bars - 1], s[s < k_bars - 1]
                 if go.size:
-                    enter(go, s + 1, ind.atr[s, go], (cfg.stop_atr_mult, cfg.target_atr_mult))
+                    mult = (cfg.stop_atr_mult, cfg.target_atr_mult)
+                    enter(go, s + 1, ind.atr[s, go], mult, ind.quantity[s, go])
         active = np.flatnonzero(mode == trading)
         if not active.size:
             continue
@@ -179,7 +185,6 @@ def _walk_scalar(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
     """``_walk`` for narrow shards: the same decisions, one symbol at a time."""
     cfg = st.config
     k_bars = len(bars)
-    qty = int(cfg.fixed_quantity)
     stop = st.stop.copy()
     target = st.target.copy()
     held_out = st.bars_held.astype(np.int64).copy()
@@ -213,7 +218,7 @@ def _walk_scalar(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
             s_ = t_ = float("nan")
             held = 0
         elif st.pending_entry[j]:
-            trade = st.trades[j]
+            trade, qty = st.trades[j], opening_quantity(st, j)
             avg = (qty * o[0]) / qty
             s_ = avg - trade.stop_mult * trade.atr
             t_ = avg + trade.target_mult * trade.atr
@@ -232,7 +237,7 @@ def _walk_scalar(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
                 entered_in = int(reg[sig])
                 if sig == k_bars - 1:
                     break
-                fill = sig + 1
+                fill, qty = sig + 1, int(ind.quantity[sig, j])
                 avg = (qty * o[fill]) / qty
                 a = atr[sig]
                 s_, t_ = avg - sm * a, avg + tm * a
@@ -277,6 +282,13 @@ def _walk_scalar(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
         target=target,
         held=held_out,
     )
+
+
+def opening_quantity(st: Any, j: int) -> int:
+    """What the entry pending for symbol ``j`` fills: the quantity the guardian approved
+    (the strategy's own until it has)."""
+    order = next(o for o in st.orders.values() if o.index == j and o.purpose == "OPEN")
+    return int(order.quantity or st.config.fixed_quantity)
 
 
 def _exits(

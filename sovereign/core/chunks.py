@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from sovereign.core.chunk_state import assumed_fills
-from sovereign.core.chunk_walk import Signals, Walk, walk_trades
+from sovereign.core.chunk_walk import Signals, Walk, opening_quantity, walk_trades
 from sovereign.core.entries import breakout_signal
 from sovereign.core.trades import EXIT_REASONS, Order, Trade
 from sovereign.domain.orders import SIDE_BUY, SIDE_SELL
@@ -67,10 +67,11 @@ class ChunkIntents:
     bar: np.ndarray  # int64, the bar time (index in the chunk) the intent was decided at
     index: np.ndarray  # int64, universe index
     side: np.ndarray  # uint8, SIDE_BUY (an entry) or SIDE_SELL (an exit)
-    quantity: np.ndarray  # int64
+    quantity: np.ndarray  # int64, the shares it is speculated to fill
     ref_price: np.ndarray  # float64, the decision bar's close
     confidence: np.ndarray  # float64
     seq: np.ndarray  # int64, the intent's number for its symbol ("SYM-<seq>")
+    asked: np.ndarray  # int64, the shares it asks for bar by bar (the guardian may cut it)
 
     def __len__(self) -> int:
         return int(self.bar.shape[0])
@@ -151,9 +152,9 @@ def _check_supported(st: Any) -> None:
         raise ChunkUnsupportedError("short positions are not modelled")
 
 
-def _indicators(st: Any, bars: ChunkBars, present: np.ndarray) -> Signals:
+def _indicators(st: Any, bars: ChunkBars, present: np.ndarray, sizes: np.ndarray | None) -> Signals:
     """The chunk's indicators, by the indicators' own ``block`` (which leaves them as the
-    chunk's bars one at a time would), and its entry signals."""
+    chunk's bars one at a time would), its entry signals and their quantities."""
     h, c, v = bars.high, bars.close, bars.volume
     atr, atr_ready = st.atr.block(present, h, bars.low, c)
     prior_high, ph_ready = st.prior_high.block(present, h)
@@ -162,16 +163,26 @@ def _indicators(st: Any, bars: ChunkBars, present: np.ndarray) -> Signals:
     # The median only where the other conditions hold (a sort per bar and symbol).
     median, vm_ready = st.volume_median.block(present, v, need=maybe)
     signal = breakout_signal(atr_ready & ph_ready & vm_ready, c, prior_high, v, median)
-    return Signals(atr=atr, signal=signal, present=present)
+    quantity = np.full(c.shape, int(st.config.fixed_quantity), dtype=np.int64)
+    if sizes is not None:
+        quantity = np.where(sizes > 0, sizes, quantity)
+    return Signals(atr=atr, signal=signal, present=present, quantity=quantity)
 
 
 def breakout_chunk(
-    st: Any, bars: ChunkBars, regime_codes: np.ndarray, *, scalar: bool | None = None
+    st: Any,
+    bars: ChunkBars,
+    regime_codes: np.ndarray,
+    *,
+    scalar: bool | None = None,
+    sizes: np.ndarray | None = None,
 ) -> ChunkOutcome:
     """Run the breakout strategy (``ShardStrategy`` with ``kind = "breakout"``) over a
     chunk, speculatively, and leave ``st`` as a replay bar by bar would (the caller
     checkpoints it first and restores it if the chunk is abandoned). ``regime_codes``:
-    each symbol's regime after each bar time (K, n), or one row (n,) for all.
+    each symbol's regime after each bar time (K, n), or one row (n,) for all. ``sizes``
+    (K, n), optional: the shares the guardian sized an entry decided at that bar and
+    symbol at, on an earlier speculation of the same bars (0 or less: the strategy's own).
 
     Bar by bar, the shard books the fills at each bar's open, updates its indicators with
     the bar, counts a bar held for every open trade, decides exits (stop, target, maximum
@@ -190,7 +201,7 @@ def breakout_chunk(
     present = ~np.isnan(bars.close[0]) if len(bars) else np.ones(bars.close.shape[1], bool)
     if ((st.pending_entry | st.pending_exit) & ~present).any():
         raise ChunkUnsupportedError("an order is pending for a symbol without bars")
-    ind = _indicators(st, bars, present)
+    ind = _indicators(st, bars, present, sizes)
     walk = walk_trades(st, bars, ind, regime_codes, scalar=scalar)
     outcome = _book(st, bars, regime_codes, ind, walk)
     k_bars = len(bars)
@@ -215,7 +226,7 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
     symbols = st.universe.symbols
     k_bars = len(bars)
     o, c, ts, sell = bars.open, bars.close, bars.ts, bars.sell_open
-    qty = int(cfg.fixed_quantity)
+    qtab = ind.quantity
     pending: dict[int, tuple[str, Any]] = {od.index: (oid, od) for oid, od in st.orders.items()}
 
     # Every decision, by symbol then time: entries and exits alternate in a column.
@@ -242,7 +253,8 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
     x_pos = np.flatnonzero(is_exit)
     paired = np.r_[False, ~is_exit[:-1] & (col[1:] == col[:-1])][x_pos] if m else np.zeros(0, bool)
     e_pos = x_pos - 1
-    exit_qty = np.full(x_pos.size, qty, dtype=np.int64)
+    # An exit sells the position its entry (the event before it in its column) bought.
+    exit_qty = qtab[bar[e_pos], col[e_pos]].astype(np.int64)
     closes = bar[x_pos] < k_bars - 1
 
     # Trades opened and closed inside the chunk, all columns at once.
@@ -255,8 +267,8 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
             "index": j_new,
             "exit_bar": bar[xp] + 1,
             "entry_ts": ts[s_new + 1],
-            "quantity": np.full(j_new.size, qty, np.int64),
-            "entry_cost": 0.0 + qty * o[s_new + 1, j_new],
+            "quantity": qtab[s_new, j_new].astype(np.int64),
+            "entry_cost": 0.0 + qtab[s_new, j_new] * o[s_new + 1, j_new],
             "commission": np.zeros(j_new.size),
             "bars_held": held[xp],
             "reason": reason[xp],
@@ -303,6 +315,7 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
             continue
         trade.filled_once = True
         trade.entry_ts = int(ts[0])
+        qty = opening_quantity(st, j)
         trade.entry_qty += qty
         trade.entry_cost += qty * float(o[0, j])
         entry_seq_of[j] = _order_seq(order_id)
@@ -340,7 +353,8 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
         trade = _open_trade(Trade, st, j, b, n, bars, ind, regime_codes)
         st.trades[j] = trade
         if b == k_bars - 1:
-            end_entries.append((j, f"{symbol}-{n}", Order(j, "OPEN", "breakout", quantity=qty)))
+            order = Order(j, "OPEN", "breakout", quantity=int(qtab[b, j]))
+            end_entries.append((j, f"{symbol}-{n}", order))
         else:
             entries_filled[j] = n
 
@@ -398,7 +412,7 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
         st.entry_regime[j] = st.trades[j].regime_code
 
     side = np.where(is_exit, SIDE_SELL, SIDE_BUY).astype(np.uint8)
-    quantities = np.full(m, qty, dtype=np.int64)
+    quantities = qtab[bar, col].astype(np.int64)
     quantities[x_pos] = exit_qty
     out = np.lexsort((col, side == SIDE_BUY, bar))
     intents = ChunkIntents(
@@ -409,6 +423,7 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
         ref_price=c[bar[out], col[out]].astype(np.float64),
         confidence=np.ones(m),
         seq=seq[out],
+        asked=np.where(is_exit, quantities, int(cfg.fixed_quantity))[out],
     )
     return ChunkOutcome(intents=intents, trades=trades, entries_filled=entries_filled)
 
@@ -437,7 +452,7 @@ def _open_trade(
         target_mult=cfg.target_atr_mult,
     )
     if signal + 1 < len(bars):
-        qty = int(cfg.fixed_quantity)
+        qty = int(ind.quantity[signal, j])
         trade.filled_once = True
         trade.entry_ts = int(bars.ts[signal + 1])
         trade.entry_qty = qty

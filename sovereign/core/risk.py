@@ -27,6 +27,7 @@ from __future__ import annotations
 import hmac
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -383,7 +384,13 @@ def evaluate_intent(
     )
 
 
-def first_unsafe_order(
+def first_unsafe_order(**columns: Any) -> int:
+    """The first of ``unsafe_orders``; -1 if there is none."""
+    bad = unsafe_orders(**columns)
+    return int(np.argmax(bad)) if bad.any() else -1
+
+
+def unsafe_orders(
     *,
     bar: np.ndarray,
     buy: np.ndarray,
@@ -396,10 +403,10 @@ def first_unsafe_order(
     gross: np.ndarray,
     constitution: Constitution,
     policy: SizingPolicy,
-) -> int:
+) -> np.ndarray:
     """Of a speculative chunk's orders (one row each, in decision order, with the account
-    of its decision bar), the first that ``evaluate_intent``, deciding bar by bar, might
-    not approve in full; -1 if it would approve every one.
+    of its decision bar), those that ``evaluate_intent``, deciding bar by bar, might not
+    approve in full (a boolean mask).
 
     Exits must close exactly the position held. Entries get a sufficient condition: each
     one's room under the position, gross-exposure and cash limits, with *all* of its bar's
@@ -407,9 +414,8 @@ def first_unsafe_order(
     its notional by a margin far above rounding. Where that does not hold, the chunk is
     replayed bar by bar, which decides exactly.
     """
-    n = int(bar.shape[0])
-    if n == 0:
-        return -1
+    if bar.shape[0] == 0:
+        return np.zeros(0, dtype=bool)
     bad = ~(np.isfinite(equity) & (equity > 0))
     sell = ~buy
     bad |= sell & ((held != quantity) | (quantity <= 0))
@@ -435,4 +441,4 @@ def first_unsafe_order(
             | ~(slack > tolerance)
         )
     bad |= buy & entry_bad
-    return int(np.argmax(bad)) if bad.any() else -1
+    return bad

@@ -18,9 +18,10 @@ from sovereign.core.guardian import TradingState, TradingStateMachine
 from sovereign.core.risk import (
     RiskBook,
     SizingPolicy,
-    first_unsafe_order,
+    evaluate_intent,
     sign_chunk,
     sign_verdict,
+    unsafe_orders,
 )
 from sovereign.messages import (
     ApprovedChunk,
@@ -28,6 +29,7 @@ from sovereign.messages import (
     ChunkVerdict,
     IntentChunk,
     NDArray,
+    OrderIntent,
 )
 from sovereign.messages.base import IdSource
 
@@ -35,7 +37,8 @@ from sovereign.messages.base import IdSource
 @dataclass(frozen=True, slots=True)
 class PendingChunk:
     """A chunk approved on condition: its orders in decision order (the price is the
-    entry's limit, or the exit's reference price)."""
+    entry's limit, or the exit's reference price; ``asked`` what each asks bar by bar,
+    ``quantity`` what the chunk speculates it fills)."""
 
     chunk: int
     signature: bytes
@@ -44,6 +47,8 @@ class PendingChunk:
     quantity: np.ndarray
     price: np.ndarray
     confidence: np.ndarray
+    symbol: np.ndarray
+    asked: np.ndarray
 
 
 class RiskEngine(Protocol):
@@ -81,10 +86,14 @@ def approve_chunk(engine: RiskEngine, chunks: list[IntentChunk]) -> ApprovedChun
         k: np.concatenate([getattr(c, k).to_numpy() for c in chunks])
         for k in ("bar", "side", "quantity", "ref_price", "confidence", "seq")
     }
+    cols["asked"] = np.concatenate(
+        [(c.quantity if c.asked is None else c.asked).to_numpy() for c in chunks]
+    )
     order = np.lexsort((names, cols["side"] == 1, cols["bar"]))
     names, shard = names[order], shard[order]
-    bar, side, quantity, ref, confidence, seq = (
-        cols[k][order] for k in ("bar", "side", "quantity", "ref_price", "confidence", "seq")
+    bar, side, quantity, ref, confidence, seq, asked = (
+        cols[k][order]
+        for k in ("bar", "side", "quantity", "ref_price", "confidence", "seq", "asked")
     )
     buy = side == 1
     bar_close = chunks[0].bar_close.to_numpy()
@@ -120,6 +129,8 @@ def approve_chunk(engine: RiskEngine, chunks: list[IntentChunk]) -> ApprovedChun
             quantity=quantity,
             price=np.where(buy, limit, ref),
             confidence=confidence,
+            symbol=names,
+            asked=asked,
         )
     now = int(bar_close[-1]) if bar_close.size else 0
     return ApprovedChunk(
@@ -174,6 +185,12 @@ def _chunk_refusal(
         return "an intent's bar is outside the chunk"
     if ((side != 1) & (side != 2)).any() or (quantity <= 0).any():
         return "malformed intents"
+    asked = np.concatenate(
+        [(c.quantity if c.asked is None else c.asked).to_numpy() for c in chunks]
+    )
+    if (asked <= 0).any():
+        # An entry the guardian sizes itself (no quantity asked) is decided bar by bar.
+        return "an entry asks the guardian to size it"
     with np.errstate(invalid="ignore"):
         if not (np.isfinite(ref) & (ref > 0)).all():
             return "BAD_PRICE"
@@ -191,7 +208,13 @@ def validate_chunk(engine: RiskEngine, ex: ChunkExecution) -> ChunkVerdict:
     ts = ex.ts.to_numpy()
     now = int(ts[-1]) if ts.size else ex.ts_event
 
-    def verdict(valid: bool, reason: str = "", bar: int = -1, n: int = 0) -> ChunkVerdict:
+    def verdict(
+        valid: bool,
+        reason: str = "",
+        bar: int = -1,
+        n: int = 0,
+        sized: dict[str, Any] | None = None,
+    ) -> ChunkVerdict:
         engine.count("chunks_valid" if valid else "chunks_invalid", 1)
         assert pending is not None or not valid
         signature = (
@@ -210,15 +233,16 @@ def validate_chunk(engine: RiskEngine, ex: ChunkExecution) -> ChunkVerdict:
             approved=n,
             fills=ex.fills if valid else 0,
             signature=signature,
+            **(sized or {}),
         )
 
     if pending is None or pending.chunk != ex.chunk:
         return verdict(False, "no conditional approval for this chunk")
     if ex.diverged:
         return verdict(False, ex.diverged, ex.bar)
-    problem, bar = _chunk_problem(engine, pending, ex, ts)
+    problem, bar, sized = _chunk_problem(engine, pending, ex, ts)
     if problem:
-        return verdict(False, problem, bar)
+        return verdict(False, problem, bar, sized=sized)
     _commit_chunk(engine, ex, now)
     n = int(pending.bar.size)
     engine.reasons["APPROVED"] = engine.reasons.get("APPROVED", 0) + n
@@ -227,17 +251,18 @@ def validate_chunk(engine: RiskEngine, ex: ChunkExecution) -> ChunkVerdict:
 
 def _chunk_problem(
     engine: RiskEngine, pending: PendingChunk, ex: ChunkExecution, ts: np.ndarray
-) -> tuple[str, int]:
+) -> tuple[str, int, dict[str, Any] | None]:
     """Why the executed chunk is not what bar by bar would have done, and at which bar
-    ("" when it is)."""
+    ("" when it is); when an entry's size is what differs, every entry's size on the
+    speculated path (the ``sized_*`` columns of the verdict)."""
     machine = engine.machine
     assert machine is not None  # a chunk is only approved with an account state
     equity, cash = ex.equity.to_numpy(), ex.cash.to_numpy()
     gross, held = ex.gross_exposure.to_numpy(), ex.held.to_numpy()
     if held.shape != pending.bar.shape or equity.shape != ts.shape or not ts.size:
-        return "the execution report does not match the approval", -1
+        return "the execution report does not match the approval", -1, None
     b = pending.bar
-    first = first_unsafe_order(
+    unsafe = unsafe_orders(
         bar=b,
         buy=pending.buy,
         quantity=pending.quantity,
@@ -250,12 +275,65 @@ def _chunk_problem(
         constitution=engine.constitution,
         policy=engine.policy,
     )
-    if first >= 0:
-        return "an order might not be approved in full", int(b[first])
+    bad_exit = np.flatnonzero(unsafe & ~pending.buy)
+    # The entries the sufficient condition does not clear, or speculated at another size
+    # than they ask, are sized as ``evaluate_intent`` sizes them bar by bar.
+    doubt = pending.buy & (unsafe | (pending.asked != pending.quantity))
+    exact = _exact_sizes(engine, pending, ex, np.unique(b[doubt])) if doubt.any() else None
+    wrong = np.flatnonzero(exact != pending.quantity) if exact is not None else bad_exit[:0]
+    if bad_exit.size and (not wrong.size or bad_exit[0] < wrong[0]):
+        return "an order might not be approved in full", int(b[bad_exit[0]]), None
+    if wrong.size:
+        assert exact is not None
+        entries = np.flatnonzero(pending.buy)
+        sized = {
+            "sized_symbols": NDArray.from_numpy(np.ascontiguousarray(pending.symbol[entries])),
+            "sized_bars": NDArray.from_numpy(b[entries].astype(np.int64)),
+            "sized_quantities": NDArray.from_numpy(exact[entries].astype(np.int64)),
+        }
+        return "the guardian would size an entry otherwise", int(b[wrong[0]]), sized
     moved = machine.observe_path(equity, ex.day.to_numpy(), ex.session_dates)
     if moved >= 0:
-        return "the trading state would change", moved
-    return "", -1
+        return "the trading state would change", moved, None
+    return "", -1, None
+
+
+def _exact_sizes(
+    engine: RiskEngine, pending: PendingChunk, ex: ChunkExecution, bars: np.ndarray
+) -> np.ndarray:
+    """Each order's quantity as bar by bar would approve it on the speculated path: for
+    every entry of ``bars``, ``evaluate_intent`` (the one definition of sizing) with the
+    account of its bar and the entries decided before it at that bar pending, as the
+    guardian's book holds them then; the others as speculated (0: denied)."""
+    exact = pending.quantity.astype(np.int64).copy()
+    equity, cash = ex.equity.to_numpy(), ex.cash.to_numpy()
+    gross, held = ex.gross_exposure.to_numpy(), ex.held.to_numpy()
+    for bar in bars.tolist():
+        book = RiskBook(equity=float(equity[bar]), cash=float(cash[bar]))
+        book.gross_exposure = float(gross[bar])
+        for k in np.flatnonzero((pending.bar == bar) & pending.buy).tolist():
+            symbol, price = pending.symbol[k].decode(), float(pending.price[k])
+            book.held = {symbol: int(held[k])}
+            intent = OrderIntent(
+                msg_id="",
+                ts_event=0,
+                ts_init=0,
+                intent_id=str(k),
+                shard=0,
+                symbol=symbol,
+                side="BUY",
+                purpose="OPEN",
+                quantity=int(pending.asked[k]),
+                ref_price=price,
+                confidence=float(pending.confidence[k]),
+                regime="",
+                reason="",
+            )
+            d = evaluate_intent(intent, book, engine.constitution, engine.policy, price=price)
+            exact[k] = d.quantity if d.approved else 0
+            if exact[k]:
+                book.add_pending(str(k), symbol, "BUY", int(exact[k]), price)
+    return exact
 
 
 def _commit_chunk(engine: RiskEngine, ex: ChunkExecution, now: int) -> None:

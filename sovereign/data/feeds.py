@@ -89,13 +89,17 @@ class ReplayFeed:
         """How many bars the ``length`` bar times from ``step`` hold, all shards."""
         return sum(int(p[step : step + length].sum()) for p, _, _, _ in self._shards)
 
-    def chunk(self, step: int, length: int, chunk: int) -> list[BarChunk]:
-        """One ``BarChunk`` per shard: ``length`` bar times from ``step`` (a clean run)."""
+    def chunk(
+        self, step: int, length: int, chunk: int, sizes: dict[tuple[bytes, int], int] | None = None
+    ) -> list[BarChunk]:
+        """One ``BarChunk`` per shard: ``length`` bar times from ``step`` (a clean run).
+        ``sizes``: the guardian's sizes of entries (symbol, bar in the chunk) from an
+        earlier speculation of these bars, handed to the shards that trade them."""
         ts = np.ascontiguousarray(self.timestamps[step : step + length], dtype=np.int64)
         ts_col = NDArray.from_numpy(ts)
         end = int(ts[-1]) + self.interval_s * 1_000_000_000
         out = []
-        for shard, (_, arrays, _, all_names) in enumerate(self._shards):
+        for shard, (_, arrays, names, all_names) in enumerate(self._shards):
             cols = {k: NDArray.from_numpy(v[step : step + length]) for k, v in arrays.items()}
             out.append(
                 BarChunk(
@@ -107,10 +111,26 @@ class ReplayFeed:
                     interval_s=self.interval_s,
                     ts=ts_col,
                     symbols=all_names,
+                    sizes=self._sizes(names, length, sizes),
                     **cols,
                 )
             )
         return out
+
+    @staticmethod
+    def _sizes(
+        names: np.ndarray, length: int, sizes: dict[tuple[bytes, int], int] | None
+    ) -> NDArray | None:
+        """A shard's entry sizes as a (length, n) column (0: none known)."""
+        if not sizes:
+            return None
+        out = np.zeros((length, names.shape[0]), dtype=np.int64)
+        column = {name: j for j, name in enumerate(names.tolist())}
+        for (symbol, bar), quantity in sizes.items():
+            j = column.get(symbol)
+            if j is not None and 0 <= bar < length:
+                out[bar, j] = quantity
+        return NDArray.from_numpy(out)
 
     def panel(self, shard: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """A shard's bars as (time x symbol) arrays: which cells have a bar, and the OHLCV

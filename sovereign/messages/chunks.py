@@ -39,7 +39,9 @@ class BarChunk(Message, frozen=True, gc=False):
     passes the shard's bar checks, and the same symbols have a bar at every bar time (a
     symbol without one, not listed yet or no more, has NaN columns throughout; the engine
     replays any other bar time with a missing or rejected bar one at a time).
-    ``ts_event`` is the last bar's close.
+    ``ts_event`` is the last bar's close. ``sizes`` (optional, ``<i8`` (K, n)): the shares
+    the guardian sized an entry decided at that bar and symbol at, on an earlier
+    speculation of the same bars (0: none known; the shard speculates its own quantity).
     """
 
     chunk: int
@@ -52,6 +54,7 @@ class BarChunk(Message, frozen=True, gc=False):
     low: NDArray
     close: NDArray
     volume: NDArray
+    sizes: NDArray | None = None
 
     def __post_init__(self) -> None:
         n = _symbols("BarChunk", "symbols", self.symbols)
@@ -61,6 +64,8 @@ class BarChunk(Message, frozen=True, gc=False):
         _column("BarChunk", "ts", self.ts, "<i8", (k,))
         for name in ("open", "high", "low", "close", "volume"):
             _column("BarChunk", name, getattr(self, name), "<f8", (k, n))
+        if self.sizes is not None:
+            _column("BarChunk", "sizes", self.sizes, "<i8", (k, n))
         if self.interval_s <= 0:
             raise ValueError(f"BarChunk.interval_s must be positive, got {self.interval_s}")
 
@@ -110,7 +115,10 @@ class IntentChunk(Message, frozen=True, gc=False):
     ``<symbol>-<seq>``). ``pending`` names the orders the shard had working before the
     chunk, which it assumed fill at the chunk's first open, ``pending_quantity`` (the same
     order) the quantity it assumed each fills. ``refused`` says why the shard could not
-    speculate this chunk (its columns are then empty).
+    speculate this chunk (its columns are then empty). ``quantity`` is what the shard
+    speculates each order fills; ``asked`` (optional, the same when absent) what the
+    intent would ask bar by bar (an entry the strategy's quantity, which the guardian may
+    cut: ``quantity`` is then the guardian's size from an earlier speculation).
     """
 
     chunk: int
@@ -127,6 +135,7 @@ class IntentChunk(Message, frozen=True, gc=False):
     pending: list[str]
     refused: str = ""
     pending_quantity: list[int] = msgspec.field(default_factory=list)
+    asked: NDArray | None = None
 
     def __post_init__(self) -> None:
         _symbols("IntentChunk", "symbols", self.symbols)
@@ -148,6 +157,8 @@ class IntentChunk(Message, frozen=True, gc=False):
             ("seq", "<i8"),
         ):
             _column("IntentChunk", name, getattr(self, name), dtype, m)
+        if self.asked is not None:
+            _column("IntentChunk", "asked", self.asked, "<i8", m)
         confidence = self.confidence.to_numpy()
         if confidence.size and not ((confidence >= 0.0) & (confidence <= 1.0)).all():
             # As OrderIntent: a confidence is a probability; NaN is none.
@@ -279,7 +290,12 @@ class ChunkVerdict(Message, frozen=True, gc=False):
     engine replays its bar times one at a time). ``reason`` and ``bar`` say what made it
     invalid; ``approved`` and ``fills`` count its orders and fills when it is valid.
     ``signature`` (valid verdicts only) is the guardian's HMAC over the chunk and its
-    approval's signature: the gateway books a chunk on nothing less."""
+    approval's signature: the gateway books a chunk on nothing less.
+
+    ``sized_*`` (an invalid verdict only, when the guardian would size entries otherwise
+    than the chunk speculated): each entry's symbol, bar and the shares the guardian
+    would approve on the speculated path (0: denied), for the engine to speculate the
+    same bars again with them."""
 
     chunk: int
     valid: bool
@@ -288,3 +304,17 @@ class ChunkVerdict(Message, frozen=True, gc=False):
     approved: int = 0
     fills: int = 0
     signature: bytes = b""
+    sized_symbols: NDArray | None = None
+    sized_bars: NDArray | None = None
+    sized_quantities: NDArray | None = None
+
+    def __post_init__(self) -> None:
+        given = [
+            x is not None for x in (self.sized_symbols, self.sized_bars, self.sized_quantities)
+        ]
+        if any(given) and not all(given):
+            raise ValueError("ChunkVerdict's sized columns come together")
+        if self.sized_symbols is not None:
+            m = (_symbols("ChunkVerdict", "sized_symbols", self.sized_symbols),)
+            _column("ChunkVerdict", "sized_bars", self.sized_bars, "<i8", m)  # type: ignore[arg-type]
+            _column("ChunkVerdict", "sized_quantities", self.sized_quantities, "<i8", m)  # type: ignore[arg-type]

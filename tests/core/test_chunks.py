@@ -9,7 +9,6 @@ import itertools
 
 import msgspec
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -68,8 +67,12 @@ def rows(bars: ChunkBars, a: int, b: int) -> ChunkBars:
     return ChunkBars(*(None if c is None else np.ascontiguousarray(c[a:b]) for c in columns))
 
 
-def step_by_step(s: ShardStrategy, bars: ChunkBars, codes: np.ndarray):
-    """The bars one at a time, every order approved and filled at the next open."""
+def step_by_step(
+    s: ShardStrategy, bars: ChunkBars, codes: np.ndarray, sizes: np.ndarray | None = None
+):
+    """The bars one at a time, every order approved and filled at the next open: an entry
+    for the strategy's quantity, or for ``sizes[t, j]`` shares if given (what the guardian
+    sized an entry decided at bar t for symbol j at)."""
     n = bars.close.shape[1]
     mask = np.ones(n, dtype=bool)
     probs = np.full((n, len(REGIME_NAMES)), 0.25, dtype=np.float32)
@@ -78,7 +81,7 @@ def step_by_step(s: ShardStrategy, bars: ChunkBars, codes: np.ndarray):
     for t in range(len(bars)):
         for order_id, order in list(s.orders.items()):
             i = order.index
-            q = s.config.fixed_quantity if order.purpose == "OPEN" else int(s.quantity[i])
+            q = order.quantity if order.purpose == "OPEN" else int(s.quantity[i])
             closed = s.on_fill(order_id, q, float(bars.open[t, i]), 0.0, 0, int(bars.ts[t]))
             if closed is not None:
                 trades.append((t, closed))
@@ -96,12 +99,20 @@ def step_by_step(s: ShardStrategy, bars: ChunkBars, codes: np.ndarray):
         for x in exits:
             intents.append((t, x.index, SIDE_SELL, x.quantity, x.ref_price, x.intent_id))
         for e in entries:
-            intents.append((t, e.index, SIDE_BUY, e.quantity, e.ref_price, e.intent_id))
+            q = e.quantity if sizes is None else int(sizes[t, e.index])
+            s.orders[e.intent_id].quantity = q  # the guardian's verdict, as the shard books it
+            intents.append((t, e.index, SIDE_BUY, q, e.ref_price, e.intent_id))
     return intents, trades
 
 
-def chunked(s: ShardStrategy, bars: ChunkBars, codes: np.ndarray, scalar: bool | None = None):
-    out = breakout_chunk(s, bars, codes, scalar=scalar)
+def chunked(
+    s: ShardStrategy,
+    bars: ChunkBars,
+    codes: np.ndarray,
+    scalar: bool | None = None,
+    sizes: np.ndarray | None = None,
+):
+    out = breakout_chunk(s, bars, codes, scalar=scalar, sizes=sizes)
     names = s.universe.symbols
     intents = [
         (int(b), int(j), int(side), int(q), float(p), f"{names[j]}-{seq}")
@@ -159,21 +170,26 @@ def same(a, b) -> bool:
     max_hold=st.sampled_from([3, 12, 50]),
     scalar=st.booleans(),
     regimes=st.booleans(),
+    sized=st.booleans(),
 )
 def test_a_chunk_leaves_what_the_bars_one_at_a_time_leave(
-    seed, n, t, cuts, cents, max_hold, scalar, regimes
+    seed, n, t, cuts, cents, max_hold, scalar, regimes, sized
 ):
     """Both walks (vectorised across symbols, and one symbol at a time); with
-    ``regimes``, each bar has its regime and a trade leaves when its regime changes."""
+    ``regimes``, each bar has its regime and a trade leaves when its regime changes; with
+    ``sized``, each entry fills the shares the guardian sized it at (given to the chunk as
+    the sizes of an earlier speculation), not the strategy's own."""
     bars = make_bars(seed, t, n, cents)
+    sizes = np.random.default_rng(seed).integers(1, 150, (t, n)) if sized else None
     codes = regime_path(seed, t, n) if regimes else np.full((t, n), REGIME_UNKNOWN, np.uint8)
     ref = strategy(n, max_hold, on_regime_change=regimes)
     mine = strategy(n, max_hold, on_regime_change=regimes)
     edges = sorted({0, t, *(int(c * t) for c in cuts)})
     for a, b in itertools.pairwise(edges):
         part = rows(bars, a, b)
-        want_intents, want_trades = step_by_step(ref, part, codes[a:b])
-        got_intents, out = chunked(mine, part, codes[a:b], scalar)
+        part_sizes = None if sizes is None else sizes[a:b]
+        want_intents, want_trades = step_by_step(ref, part, codes[a:b], part_sizes)
+        got_intents, out = chunked(mine, part, codes[a:b], scalar, part_sizes)
         assert got_intents == want_intents
         closed = records(commit_trades(mine, out))
         assert sorted(closed, key=lambda c: (c.exit_ts, c.symbol)) == [
@@ -221,28 +237,30 @@ def test_a_restored_checkpoint_is_the_state_before_the_chunk() -> None:
     assert same(state_of(s), before)
 
 
-def test_an_entry_the_guardian_approved_for_less_is_not_speculated() -> None:
-    """A chunk fills a pending entry with the strategy's quantity: one approved for fewer
-    shares (the position limit binding at the decision) goes bar by bar, or the shard
-    would book shares the broker never filled."""
+def test_an_entry_the_guardian_approved_for_less_fills_what_was_approved() -> None:
+    """An entry still working when a chunk begins fills what the guardian approved (here
+    one share fewer than asked, the position limit binding at the decision), as the
+    broker fills it: the shard books that, not the strategy's quantity, and tells the
+    broker's speculation so."""
     from sovereign.core.chunk_state import assumed_fills
-    from sovereign.core.chunks import ChunkUnsupportedError
 
     bars = make_bars(5, 300, 4, True)
     codes = np.full(4, REGIME_UNKNOWN, dtype=np.uint8)
-    s = strategy(4)
+    ref, mine = strategy(4), strategy(4)
     t = 0
-    while not any(o.purpose == "OPEN" for o in s.orders.values()):
+    while not any(o.purpose == "OPEN" for o in ref.orders.values()):
         t += 1
-        step_by_step(s, rows(bars, t - 1, t), codes)
-    entry = next(o for o in s.orders.values() if o.purpose == "OPEN")
-    assert entry.quantity == s.config.fixed_quantity  # asked for
-    saved = checkpoint(s, strategy_state_names())
-    entry.quantity = s.config.fixed_quantity - 1  # what the guardian approved
-    # What the shard tells the broker's speculation it assumes (which checks it against
-    # the order it holds): the strategy's quantity, not the approved one.
-    assert set(assumed_fills(s).values()) == {s.config.fixed_quantity}
-    with pytest.raises(ChunkUnsupportedError, match="another quantity"):
-        breakout_chunk(s, rows(bars, t, t + 32), codes)
-    restore(s, saved)
-    breakout_chunk(s, rows(bars, t, t + 32), codes)
+        step_by_step(ref, rows(bars, t - 1, t), codes)
+        step_by_step(mine, rows(bars, t - 1, t), codes)
+    for s in (ref, mine):
+        entry = next(o for o in s.orders.values() if o.purpose == "OPEN")
+        assert entry.quantity == s.config.fixed_quantity  # asked for
+        entry.quantity = s.config.fixed_quantity - 1  # what the guardian approved
+    assert set(assumed_fills(mine).values()) == {mine.config.fixed_quantity - 1}
+    want_intents, want_trades = step_by_step(ref, rows(bars, t, t + 64), codes)
+    got_intents, out = chunked(mine, rows(bars, t, t + 64), codes)
+    assert got_intents == want_intents
+    closed = records(commit_trades(mine, out))
+    assert closed[0].quantity == mine.config.fixed_quantity - 1
+    assert closed == [c for _, c in want_trades]
+    assert same(state_of(mine), state_of(ref))

@@ -29,6 +29,7 @@ from sovereign.messages import (
     BookOrder,
     CancelOrder,
     ChunkExecution,
+    ChunkVerdict,
     DailySummary,
     EquityCurve,
     IntentChunk,
@@ -146,6 +147,7 @@ def bar_chunks(draw: st.DrawFn) -> BarChunk:
         ts=draw(arrays("<i8", (k,))),
         symbols=draw(arrays("|S4", (n,))),
         **{c: draw(arrays("<f8", (k, n))) for c in ("open", "high", "low", "close", "volume")},
+        sizes=draw(st.none() | arrays("<i8", (k, n))),
     )
 
 
@@ -192,6 +194,30 @@ def intent_chunks(draw: st.DrawFn) -> IntentChunk:
         seq=draw(arrays("<i8", (m,))),
         **_pending(draw, "pending"),
         refused=draw(text),
+        asked=draw(st.none() | arrays("<i8", (m,))),
+    )
+
+
+@st.composite
+def chunk_verdicts(draw: st.DrawFn) -> ChunkVerdict:
+    sized = {}
+    if draw(st.booleans()):
+        m = draw(st.integers(0, 4))
+        sized = {
+            "sized_symbols": draw(arrays("|S4", (m,))),
+            "sized_bars": draw(arrays("<i8", (m,))),
+            "sized_quantities": draw(arrays("<i8", (m,))),
+        }
+    return ChunkVerdict(
+        **{key: draw(v) for key, v in envelope().items()},
+        chunk=draw(i64),
+        valid=draw(st.booleans()),
+        reason=draw(text),
+        bar=draw(i64),
+        approved=draw(i64),
+        fills=draw(i64),
+        signature=draw(st.binary(max_size=32)),
+        **sized,
     )
 
 
@@ -320,6 +346,7 @@ SPECIAL: dict[type, st.SearchStrategy[Message]] = {
     BarChunk: bar_chunks(),
     RegimeChunk: regime_chunks(),
     IntentChunk: intent_chunks(),
+    ChunkVerdict: chunk_verdicts(),
     TradesClosed: trades_closed(),
     ApprovedChunk: approved_chunks(),
     ChunkExecution: chunk_executions(),
