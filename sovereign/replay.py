@@ -35,12 +35,21 @@ CHUNK_MIN_BARS = 16
 CHUNK_MAX_BARS = 8_192
 CHUNK_TARGET_BARS = 1 << 20
 """Bars (bar times x symbols) an automatically sized chunk aims at."""
-SIZING_ROUNDS = 3
+SIZING_ROUNDS = 10
 """Speculations of the same bars with the guardian's sizes from the one before, at most:
 each makes the entries up to the first wrong one exact, and on most chunks the first
 round already sizes every entry as bar by bar will."""
 
 Sizes = dict[tuple[bytes, int], int]
+
+
+def _before_last_denials(length: int, sizes: Sizes | None) -> int:
+    """The longest chunk of at most ``length`` bars whose last bar decides no entry the
+    guardian denies (its verdict would come after the chunk)."""
+    denied = {bar for (_, bar), q in (sizes or {}).items() if q <= 0}
+    while length - 1 in denied:
+        length -= 1
+    return length
 
 
 def _sized(sizes: Sizes | None, verdict: ChunkVerdict) -> Sizes:
@@ -160,11 +169,10 @@ class ChunkedReplay:
                 rounds = 0
                 while not verdict.valid and verdict.sized_bars is not None:
                     # The guardian sizes entries otherwise than speculated: the same bars
-                    # again with its sizes, up to the first entry it would deny (a denied
-                    # entry is not speculated; bar by bar decides it).
+                    # again with its sizes (a denial too), but for an entry it denies at
+                    # the last bar (its verdict would come after the chunk).
                     sizes = _sized(sizes, verdict)
-                    denied = [bar for (_, bar), q in sizes.items() if q <= 0]
-                    shorter = min([run, *denied])
+                    shorter = _before_last_denials(run, sizes)
                     if rounds == SIZING_ROUNDS or (
                         shorter < CHUNK_MIN_BARS and not (shorter > 1 and step + shorter == total)
                     ):
@@ -182,6 +190,7 @@ class ChunkedReplay:
                 # wrong one, for at least a shortest chunk's worth of bars so that a state
                 # that keeps failing chunks costs one speculation per CHUNK_MIN_BARS bars.
                 good = verdict.bar if 0 <= verdict.bar < run else -1
+                good = _before_last_denials(good, sizes) if good > 0 else good
                 while good >= CHUNK_MIN_BARS:
                     # The first wrong bar found is the first for the check that found it;
                     # a check made later in the validation may find an earlier one in the
@@ -193,6 +202,7 @@ class ChunkedReplay:
                         step, run, good = step + good, run - good, 0
                     else:
                         good = verdict.bar if 0 <= verdict.bar < good else -1
+                        good = _before_last_denials(good, sizes) if good > 0 else good
                 # The bars through the wrong one (all of them when it is not known).
                 through = run if good < 0 else min(run, max(good + 1, CHUNK_MIN_BARS))
                 for s in range(step, step + through):

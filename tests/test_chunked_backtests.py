@@ -135,6 +135,10 @@ SCENARIOS = {
     # speculated again with the guardian's sizes (and where it still fails part way,
     # what it did before the failing bar is committed on its own).
     "sized": ("synthetic:100x2000", {"capital": 500_000.0}),
+    # ...and on $250,000 the guardian denies entries often (no room left under the gross
+    # exposure limit): a chunk speculates the denials it was told of, which the guardian
+    # counts by their reasons as bar by bar does.
+    "denied": ("synthetic:100x2000", {"capital": 250_000.0}),
     # Slippage: every exit (a market sell) fills below the open, booked so in the chunk,
     # with commissions on top.
     "slippage": ("synthetic:12x1500", {"slippage_bps": 7.0, "commission": True}),
@@ -164,6 +168,10 @@ def test_a_chunked_backtest_is_the_backtest_bar_by_bar(tmp_path, name) -> None:
         assert len(labels - {"Unknown"}) >= 2, labels
     if name == "regimes":
         assert counters["chunked_steps"] > 1000, counters
+    if name == "denied":
+        assert counters.get("intents_denied", 0) > 20, counters
+        assert counters.get("chunks_resized", 0) > 0, counters
+        assert counters["chunked_steps"] > 1500, counters
     if name == "sized":
         # Chunks speculated again with the guardian's sizes, and committed.
         assert counters.get("chunks_resized", 0) > 0, counters

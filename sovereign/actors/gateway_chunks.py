@@ -116,7 +116,8 @@ class GatewayChunks:
         expects = dict(zip(approved.expects, approved.expects_quantity, strict=True))
         spec = self.broker.speculate_chunk(market, orders, expects)  # type: ignore[attr-defined]
         if spec.diverged:
-            return self._execution(chunk, spec.diverged, spec.bar, None, None)
+            path = (market.ts_event, spec)
+            return self._execution(chunk, spec.diverged, spec.bar, None, None, path=path)
         self._chunk = Executed(chunk, spec, orders, approved, seq)
         return self._execution(chunk, "", -1, spec, orders, seq)
 
@@ -173,6 +174,54 @@ class GatewayChunks:
             shard_of=shard_of,
         )
 
+    def _not_executed(
+        self,
+        chunk: int,
+        diverged: str,
+        bar: int,
+        path: tuple[np.ndarray, Speculation] | None,
+    ) -> ChunkExecution:
+        """The report of a chunk refused or diverged: no fills; the account path as
+        speculated where there is one (``path``: its bar closes and the speculation)."""
+        i8, f8 = np.int64, np.float64
+        empty_s = NDArray.from_numpy(np.zeros(0, dtype="S1"))
+        z8 = NDArray.from_numpy(np.zeros(0, i8))
+        zf = NDArray.from_numpy(np.zeros(0, f8))
+        ts, equity, cash, gross, held, opened, day = z8, zf, zf, zf, z8, z8, z8
+        dates: list[str] = []
+        if path is not None and path[1].equity.size:
+            when, p = path
+            ts = NDArray.from_numpy(when.astype(i8))
+            equity, cash = NDArray.from_numpy(p.equity), NDArray.from_numpy(p.cash)
+            gross, held = NDArray.from_numpy(p.gross), NDArray.from_numpy(p.held.astype(i8))
+            opened = NDArray.from_numpy(p.open_positions.astype(i8))
+            day, dates = NDArray.from_numpy(p.day.astype(i8)), p.dates
+        return ChunkExecution(
+            msg_id=self.ids.next(),
+            ts_event=self.clock,
+            ts_init=self.clock,
+            chunk=chunk,
+            diverged=diverged,
+            bar=bar,
+            ts=ts,
+            equity=equity,
+            cash=cash,
+            gross_exposure=gross,
+            open_positions=opened,
+            day=day,
+            session_dates=dates,
+            held=held,
+            fill_symbol=empty_s,
+            fill_seq=z8,
+            fill_shard=z8,
+            fill_bar=z8,
+            fill_price=zf,
+            fill_commission=zf,
+            position_symbols=empty_s,
+            positions=z8,
+            working=[],
+        )
+
     def _execution(
         self,
         chunk: int,
@@ -181,39 +230,16 @@ class GatewayChunks:
         spec: Speculation | None,
         orders: ChunkOrders | None,
         seq: np.ndarray | None = None,
+        *,
+        path: tuple[np.ndarray, Speculation] | None = None,
     ) -> ChunkExecution:
+        """The execution report; for a chunk that diverged, ``path``: the account path
+        as speculated, where the speculation computed one (the guardian sizes from it)."""
         if diverged:
             self.count("chunks_diverged")
         i8, f8 = np.int64, np.float64
-        empty_s = NDArray.from_numpy(np.zeros(0, dtype="S1"))
         if spec is None or orders is None or seq is None:
-            z8 = NDArray.from_numpy(np.zeros(0, i8))
-            zf = NDArray.from_numpy(np.zeros(0, f8))
-            return ChunkExecution(
-                msg_id=self.ids.next(),
-                ts_event=self.clock,
-                ts_init=self.clock,
-                chunk=chunk,
-                diverged=diverged,
-                bar=bar,
-                ts=z8,
-                equity=zf,
-                cash=zf,
-                gross_exposure=zf,
-                open_positions=z8,
-                day=z8,
-                session_dates=[],
-                held=z8,
-                fill_symbol=empty_s,
-                fill_seq=z8,
-                fill_shard=z8,
-                fill_bar=z8,
-                fill_price=zf,
-                fill_commission=zf,
-                position_symbols=empty_s,
-                positions=z8,
-                working=[],
-            )
+            return self._not_executed(chunk, diverged, bar, path)
         m = spec.market
         assert m is not None
         symbols_of_fills = [m.symbols[j] for j in spec.fill_col.tolist()]

@@ -99,6 +99,8 @@ class MonitorActor(Actor[MonitorInbox]):
         self._segments.append(tuple(col.to_numpy() for col in path))
         self.count("fills", verdict.fills)
         self.count("intents_approved", verdict.approved)
+        if verdict.denied:
+            self.count("intents_denied", verdict.denied)
 
     def _seal(self) -> None:
         """Close the bars taken one at a time into a segment."""

@@ -17,7 +17,7 @@ the broker decides each fill exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -197,36 +197,26 @@ def speculate(
 
     later = orders.bar < k_bars - 1
     in_chunk = np.flatnonzero(later)
-    fill_col = np.array(
-        [column[w.order.symbol] for w in started]
-        + [column[orders.symbol[i]] for i in in_chunk.tolist()],
-        dtype=np.int64,
+
+    def both(before: list[Any], now: np.ndarray, dtype: Any) -> np.ndarray:
+        # The orders working before the chunk, then those approved in it.
+        return np.r_[np.array(before, dtype=dtype), now].astype(dtype)
+
+    work = [w.order for w in started]
+    fill_col = both(
+        [column[o.symbol] for o in work],
+        np.array([column[orders.symbol[i]] for i in in_chunk.tolist()], np.int64),
+        np.int64,
     )
-    fill_bar = np.r_[np.zeros(len(started), np.int64), orders.bar[in_chunk] + 1].astype(np.int64)
-    fill_buy = np.r_[
-        np.array([w.order.side == "BUY" for w in started], bool), orders.buy[in_chunk]
-    ].astype(bool)
-    fill_qty = np.r_[
-        np.array([w.order.quantity for w in started], np.int64), orders.quantity[in_chunk]
-    ].astype(np.int64)
-    fill_limit = np.r_[
-        np.array(
-            [w.order.limit_price if w.order.limit_price is not None else np.nan for w in started]
-        ),
-        orders.limit[in_chunk],
-    ].astype(np.float64)
-    fill_open = np.r_[
-        np.array([w.order.purpose == "OPEN" for w in started], bool), orders.buy[in_chunk]
-    ].astype(bool)
-    fill_order = [w.order.order_id for w in started] + [
-        orders.order_id[i] for i in in_chunk.tolist()
-    ]
-    fill_shard = np.r_[
-        np.array([w.order.shard for w in started], np.int64), orders.shard[in_chunk]
-    ].astype(np.int64)
-    fill_seq = np.r_[
-        np.array([_seq_of(w.order.order_id) for w in started], np.int64), orders.seq[in_chunk]
-    ].astype(np.int64)
+    fill_bar = both([0] * len(work), orders.bar[in_chunk] + 1, np.int64)
+    fill_buy = both([o.side == "BUY" for o in work], orders.buy[in_chunk], bool)
+    fill_qty = both([o.quantity for o in work], orders.quantity[in_chunk], np.int64)
+    limits = [np.nan if o.limit_price is None else o.limit_price for o in work]
+    fill_limit = both(limits, orders.limit[in_chunk], np.float64)
+    fill_open = both([o.purpose == "OPEN" for o in work], orders.buy[in_chunk], bool)
+    fill_order = [o.order_id for o in work] + [orders.order_id[i] for i in in_chunk.tolist()]
+    fill_shard = both([o.shard for o in work], orders.shard[in_chunk], np.int64)
+    fill_seq = both([_seq_of(o.order_id) for o in work], orders.seq[in_chunk], np.int64)
     # Bar by bar the broker takes each shard's batch in turn and fills, in submission
     # order, the orders of that batch's symbols: so fills go by bar, then shard.
     order = np.lexsort((np.arange(fill_col.size), m.shard_of[fill_col], fill_bar))
@@ -285,8 +275,9 @@ def speculate(
         else np.full(k_bars, broker.portfolio.cash)
     )
 
+    capped = -1
     if broker.position_cap is not None:
-        bad = _cap_might_cut(
+        capped = _cap_might_cut(
             broker,
             m,
             before,
@@ -299,8 +290,6 @@ def speculate(
             commission,
             held_before,
         )
-        if bad >= 0:
-            return _diverged("the position cap might cut an opening fill", int(fill_bar[bad]))
 
     values = after * m.close
     net = ordered_row_sums(values)
@@ -324,7 +313,7 @@ def speculate(
         )
         for i in np.flatnonzero(~later).tolist()
     ]
-    return Speculation(
+    spec = Speculation(
         equity=equity,
         cash=cash,
         gross=gross,
@@ -348,6 +337,13 @@ def speculate(
         working=working,
         market=m,
     )
+    if capped >= 0:
+        # The account path as speculated comes with it: up to the bar before that fill it
+        # is the path, and the guardian sizes the entries decided there from it (an entry
+        # it cuts is what the broker's cap would cut). It is never committed.
+        why = "the position cap might cut an opening fill"
+        return replace(spec, diverged=why, bar=int(fill_bar[capped]))
+    return spec
 
 
 def _marked(broker: SimBroker, m: ChunkMarket, absent: np.ndarray) -> ChunkMarket:

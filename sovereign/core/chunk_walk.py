@@ -23,7 +23,8 @@ class Signals:
     atr: np.ndarray  # (K, n), NaN until ready
     signal: np.ndarray  # (K, n) entry signal (were the symbol flat)
     # (K, n) int64: the shares an entry decided at that bar fills (the strategy's own, or
-    # what the guardian sized it at on an earlier speculation of the same bars)
+    # what the guardian sized it at on an earlier speculation of the same bars; 0: the
+    # guardian denies it, and the symbol is free to enter again from the next bar)
     quantity: np.ndarray
     present: np.ndarray  # (n,) symbols with bars in the chunk (the others have none at all)
 
@@ -72,9 +73,7 @@ def _walk(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
     log_e: list[tuple[np.ndarray, np.ndarray]] = []
     log_x: list[tuple[np.ndarray, ...]] = []
 
-    def enter(
-        cols: np.ndarray, fill: np.ndarray, atr: np.ndarray, mult: tuple[Any, Any], qty: Any
-    ) -> None:
+    def enter(cols: Any, fill: Any, atr: Any, mult: tuple[Any, Any], qty: Any) -> None:
         # The stop and target follow the average price, as the strategy books a fill.
         avg = (qty * o[fill, cols]) / qty
         stop[cols] = avg - mult[0] * atr
@@ -113,6 +112,9 @@ def _walk(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
                 entry_regime[go] = regime[s, go]
                 mode[go[s == k_bars - 1]] = done  # pending at the chunk's end
                 go, s = go[s < k_bars - 1], s[s < k_bars - 1]
+                denied = ind.quantity[s, go] <= 0
+                cursor[go[denied]] = s[denied] + 1
+                go, s = go[~denied], s[~denied]
                 if go.size:
                     mult = (cfg.stop_atr_mult, cfg.target_atr_mult)
                     enter(go, s + 1, ind.atr[s, go], mult, ind.quantity[s, go])
@@ -157,23 +159,7 @@ def _walk(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
         cursor[closing] = e + 1
         mode[closing] = seek
 
-    def cat(parts: list[tuple[np.ndarray, ...]], k: int) -> np.ndarray:
-        if not parts:
-            return np.zeros(0, dtype=np.int64)
-        return np.concatenate([p[k] for p in parts]).astype(np.int64)
-
-    return Walk(
-        entry_bar=cat(log_e, 0),
-        entry_col=cat(log_e, 1),
-        exit_bar=cat(log_x, 0),
-        exit_col=cat(log_x, 1),
-        exit_reason=cat(log_x, 2),
-        exit_held=cat(log_x, 3),
-        position=position,
-        stop=stop,
-        target=target,
-        held=held,
-    )
+    return _walked(log_e, log_x, position, stop, target, held)
 
 
 SCALAR_WALK_MAX_SYMBOLS = 8
@@ -238,6 +224,9 @@ def _walk_scalar(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
                 if sig == k_bars - 1:
                     break
                 fill, qty = sig + 1, int(ind.quantity[sig, j])
+                if qty <= 0:  # denied: free to enter again from the next bar
+                    cursor = fill
+                    continue
                 avg = (qty * o[fill]) / qty
                 a = atr[sig]
                 s_, t_ = avg - sm * a, avg + tm * a
@@ -267,20 +256,37 @@ def _walk_scalar(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
             held, cursor, trading = 0, exit_at + 1, False
         stop[j], target[j], held_out[j] = s_, t_, held
 
-    def arr(x: list[int]) -> np.ndarray:
-        return np.asarray(x, dtype=np.int64)
+    entries = [(np.asarray(e_bar), np.asarray(e_col))]
+    exits = [tuple(np.asarray(x) for x in (x_bar, x_col, x_reason, x_held))]
+    return _walked(entries, exits, position, stop, target, held_out)
 
+
+def _walked(
+    entries: list[tuple[np.ndarray, ...]],
+    exits: list[tuple[np.ndarray, ...]],
+    *end: np.ndarray,
+) -> Walk:
+    """A walk's decisions, logged in parts ((bar, column) of entries; (bar, column,
+    reason, bars held) of exits), and the position, stop, target and bars held at its
+    end."""
+
+    def cat(parts: list[tuple[np.ndarray, ...]], k: int) -> np.ndarray:
+        if not parts:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([p[k] for p in parts]).astype(np.int64)
+
+    position, stop, target, held = end
     return Walk(
-        entry_bar=arr(e_bar),
-        entry_col=arr(e_col),
-        exit_bar=arr(x_bar),
-        exit_col=arr(x_col),
-        exit_reason=arr(x_reason),
-        exit_held=arr(x_held),
+        entry_bar=cat(entries, 0),
+        entry_col=cat(entries, 1),
+        exit_bar=cat(exits, 0),
+        exit_col=cat(exits, 1),
+        exit_reason=cat(exits, 2),
+        exit_held=cat(exits, 3),
         position=position,
         stop=stop,
         target=target,
-        held=held_out,
+        held=held,
     )
 
 

@@ -165,7 +165,7 @@ def _indicators(st: Any, bars: ChunkBars, present: np.ndarray, sizes: np.ndarray
     signal = breakout_signal(atr_ready & ph_ready & vm_ready, c, prior_high, v, median)
     quantity = np.full(c.shape, int(st.config.fixed_quantity), dtype=np.int64)
     if sizes is not None:
-        quantity = np.where(sizes > 0, sizes, quantity)
+        quantity = np.where(sizes >= 0, sizes, quantity)
     return Signals(atr=atr, signal=signal, present=present, quantity=quantity)
 
 
@@ -182,7 +182,8 @@ def breakout_chunk(
     checkpoints it first and restores it if the chunk is abandoned). ``regime_codes``:
     each symbol's regime after each bar time (K, n), or one row (n,) for all. ``sizes``
     (K, n), optional: the shares the guardian sized an entry decided at that bar and
-    symbol at, on an earlier speculation of the same bars (0 or less: the strategy's own).
+    symbol at, on an earlier speculation of the same bars (0: it denies it; -1: not known,
+    the strategy's own).
 
     Bar by bar, the shard books the fills at each bar's open, updates its indicators with
     the bar, counts a bar held for every open trade, decides exits (stop, target, maximum
@@ -203,8 +204,13 @@ def breakout_chunk(
         raise ChunkUnsupportedError("an order is pending for a symbol without bars")
     ind = _indicators(st, bars, present, sizes)
     walk = walk_trades(st, bars, ind, regime_codes, scalar=scalar)
-    outcome = _book(st, bars, regime_codes, ind, walk)
     k_bars = len(bars)
+    denied = ind.quantity[walk.entry_bar, walk.entry_col] <= 0
+    if (denied & (walk.entry_bar == k_bars - 1)).any():
+        # Its verdict would come after the chunk, to an order the chunk leaves pending.
+        raise ChunkUnsupportedError("an entry the guardian denies is the chunk's last decision")
+    outcome = _book(st, bars, regime_codes, ind, walk)
+    st.counters.denied += int(denied.sum())
     st.counters.bars += k_bars * int(ind.present.sum())
     st.counters.entries += int(walk.entry_bar.size)
     st.counters.exits += int(walk.exit_bar.size)
@@ -215,21 +221,12 @@ def _order_seq(order_id: str) -> int:
     return int(order_id.rsplit("-", 1)[1])
 
 
-def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
-    st: Any, bars: ChunkBars, regime_codes: np.ndarray, ind: Signals, walk: Walk
-) -> ChunkOutcome:
-    """Number the chunk's intents, pair each exit with its entry into a closed trade, and
-    leave the strategy's records as its bars one at a time would, all as columns; only the
-    trades open (or orders pending) at the chunk's edges are handled one by one."""
-
-    cfg = st.config
+def _numbered(st: Any, walk: Walk) -> tuple[np.ndarray, ...]:
+    """Every decision of a walk, by symbol then time (entries and exits alternate in a
+    column): bar, column, is an exit, exit reason, bars held, the intent's number for its
+    symbol (the strategy's sequences move on past them), and each column's first and last
+    decision."""
     symbols = st.universe.symbols
-    k_bars = len(bars)
-    o, c, ts, sell = bars.open, bars.close, bars.ts, bars.sell_open
-    qtab = ind.quantity
-    pending: dict[int, tuple[str, Any]] = {od.index: (oid, od) for oid, od in st.orders.items()}
-
-    # Every decision, by symbol then time: entries and exits alternate in a column.
     n_e = walk.entry_bar.size
     bar = np.concatenate([walk.entry_bar, walk.exit_bar]).astype(np.int64)
     col = np.concatenate([walk.entry_col, walk.exit_col]).astype(np.int64)
@@ -247,6 +244,25 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
     seq = base[group] + np.arange(m) - start[group] + 1 if m else np.zeros(0, np.int64)
     for j, n in zip(col[last_of].tolist(), seq[last_of].tolist(), strict=True):
         st._seq[symbols[j]] = n
+    return bar, col, is_exit, reason, held, seq, first_of, last_of
+
+
+def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
+    st: Any, bars: ChunkBars, regime_codes: np.ndarray, ind: Signals, walk: Walk
+) -> ChunkOutcome:
+    """Number the chunk's intents, pair each exit with its entry into a closed trade, and
+    leave the strategy's records as its bars one at a time would, all as columns; only the
+    trades open (or orders pending) at the chunk's edges are handled one by one."""
+
+    cfg = st.config
+    symbols = st.universe.symbols
+    k_bars = len(bars)
+    o, c, ts, sell = bars.open, bars.close, bars.ts, bars.sell_open
+    qtab = ind.quantity
+    pending: dict[int, tuple[str, Any]] = {od.index: (oid, od) for oid, od in st.orders.items()}
+
+    bar, col, is_exit, reason, held, seq, first_of, last_of = _numbered(st, walk)
+    m = int(bar.size)
     touched = set(col[first_of].tolist())
 
     # Exits, and the entries right before them in their column (else: a trade from before).
@@ -335,6 +351,9 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
     for p in np.flatnonzero(last_of).tolist():
         j, b, n = int(col[p]), int(bar[p]), int(seq[p])
         symbol = symbols[j]
+        if not is_exit[p] and qtab[b, j] <= 0:  # an entry the guardian denies: flat
+            st.trades.pop(j, None)
+            continue
         if is_exit[p]:
             if b < k_bars - 1:
                 st.trades.pop(j, None)

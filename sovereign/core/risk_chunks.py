@@ -38,7 +38,8 @@ from sovereign.messages.base import IdSource
 class PendingChunk:
     """A chunk approved on condition: its orders in decision order (the price is the
     entry's limit, or the exit's reference price; ``asked`` what each asks bar by bar,
-    ``quantity`` what the chunk speculates it fills)."""
+    ``quantity`` what the chunk speculates it fills, 0 for an entry it speculates the
+    guardian denies; ``sent`` the orders the approval lets through to the broker)."""
 
     chunk: int
     signature: bytes
@@ -49,6 +50,11 @@ class PendingChunk:
     confidence: np.ndarray
     symbol: np.ndarray
     asked: np.ndarray
+    sent: np.ndarray
+
+
+Sized = dict[str, Any]
+"""The ``sized_*`` columns of a verdict."""
 
 
 class RiskEngine(Protocol):
@@ -80,28 +86,16 @@ def approve_chunk(engine: RiskEngine, chunks: list[IntentChunk]) -> ApprovedChun
     and the engine replays it bar by bar, where each intent is decided on its own."""
     engine.chunk = None
     chunk = chunks[0].chunk
-    names = np.concatenate([c.symbols.to_numpy()[c.index.to_numpy()] for c in chunks])
-    shard = np.concatenate([np.full(len(c), c.shard, dtype=np.int64) for c in chunks])
-    cols = {
-        k: np.concatenate([getattr(c, k).to_numpy() for c in chunks])
-        for k in ("bar", "side", "quantity", "ref_price", "confidence", "seq")
-    }
-    cols["asked"] = np.concatenate(
-        [(c.quantity if c.asked is None else c.asked).to_numpy() for c in chunks]
-    )
-    order = np.lexsort((names, cols["side"] == 1, cols["bar"]))
-    names, shard = names[order], shard[order]
-    bar, side, quantity, ref, confidence, seq, asked = (
-        cols[k][order]
-        for k in ("bar", "side", "quantity", "ref_price", "confidence", "seq", "asked")
-    )
+    names, shard, bar, side, quantity, ref, confidence, seq, asked = _in_decision_order(chunks)
     buy = side == 1
     bar_close = chunks[0].bar_close.to_numpy()
     refused = _chunk_refusal(engine, chunks, bar_close, bar, side, buy, quantity, ref, confidence)
     limit = np.where(buy, engine.policy.entry_limits(ref), np.nan)
     expires = bar_close[bar] + engine.ttl_ns if not refused else np.zeros(bar.size, dtype=np.int64)
+    # An entry speculated as denied reaches no broker: it is validated, not approved.
+    sent = quantity > 0
     columns = tuple(
-        NDArray.from_numpy(np.ascontiguousarray(x))
+        NDArray.from_numpy(np.ascontiguousarray(x[sent]))
         for x in (
             names,
             shard.astype(np.int64),
@@ -131,6 +125,7 @@ def approve_chunk(engine: RiskEngine, chunks: list[IntentChunk]) -> ApprovedChun
             confidence=confidence,
             symbol=names,
             asked=asked,
+            sent=sent,
         )
     now = int(bar_close[-1]) if bar_close.size else 0
     return ApprovedChunk(
@@ -151,6 +146,23 @@ def approve_chunk(engine: RiskEngine, chunks: list[IntentChunk]) -> ApprovedChun
         signature=signature,
         refused=refused,
     )
+
+
+def _in_decision_order(chunks: list[IntentChunk]) -> list[np.ndarray]:
+    """The shards' intents as one set of columns in the order the guardian decides them
+    bar by bar (by bar, exits first, then by symbol): symbol, shard, bar, side, quantity,
+    reference price, confidence, seq and the quantity asked."""
+    names = np.concatenate([c.symbols.to_numpy()[c.index.to_numpy()] for c in chunks])
+    shard = np.concatenate([np.full(len(c), c.shard, dtype=np.int64) for c in chunks])
+    cols = {
+        k: np.concatenate([getattr(c, k).to_numpy() for c in chunks])
+        for k in ("bar", "side", "quantity", "ref_price", "confidence", "seq")
+    }
+    cols["asked"] = np.concatenate(
+        [(c.quantity if c.asked is None else c.asked).to_numpy() for c in chunks]
+    )
+    order = np.lexsort((names, cols["side"] == 1, cols["bar"]))
+    return [names[order], shard[order], *(v[order] for v in cols.values())]
 
 
 def _chunk_refusal(
@@ -183,7 +195,9 @@ def _chunk_refusal(
         return f"trading is {engine.machine.state.value}"
     if bar.size and ((bar < 0).any() or (bar >= bar_close.size).any()):
         return "an intent's bar is outside the chunk"
-    if ((side != 1) & (side != 2)).any() or (quantity <= 0).any():
+    # An entry may be speculated as denied (0 shares: the guardian's size from an earlier
+    # speculation of these bars); nothing else is ever for no shares.
+    if ((side != 1) & (side != 2)).any() or (quantity < 0).any() or (quantity[~buy] == 0).any():
         return "malformed intents"
     asked = np.concatenate(
         [(c.quantity if c.asked is None else c.asked).to_numpy() for c in chunks]
@@ -232,6 +246,7 @@ def validate_chunk(engine: RiskEngine, ex: ChunkExecution) -> ChunkVerdict:
             bar=bar,
             approved=n,
             fills=ex.fills if valid else 0,
+            denied=int((~pending.sent).sum()) if valid and pending is not None else 0,
             signature=signature,
             **(sized or {}),
         )
@@ -239,28 +254,68 @@ def validate_chunk(engine: RiskEngine, ex: ChunkExecution) -> ChunkVerdict:
     if pending is None or pending.chunk != ex.chunk:
         return verdict(False, "no conditional approval for this chunk")
     if ex.diverged:
+        # With the account path up to the divergence (the broker's cap would cut an
+        # opening fill): an entry decided before it that the guardian sizes otherwise is
+        # what went wrong, and its sizes are what to speculate with.
+        checked = _orders_checked(engine, pending, ex, ts) if ex.equity.shape[0] else None
+        if checked is not None and checked[2] is not None and checked[1] < ex.bar:
+            return verdict(False, checked[0], checked[1], sized=checked[2])
         return verdict(False, ex.diverged, ex.bar)
-    problem, bar, sized = _chunk_problem(engine, pending, ex, ts)
+    problem, bar, sized, denials = _chunk_problem(engine, pending, ex, ts)
     if problem:
         return verdict(False, problem, bar, sized=sized)
     _commit_chunk(engine, ex, now)
-    n = int(pending.bar.size)
-    engine.reasons["APPROVED"] = engine.reasons.get("APPROVED", 0) + n
+    n = int(pending.sent.sum())
+    for code, k in (("APPROVED", n), *denials.items()):
+        engine.reasons[code] = engine.reasons.get(code, 0) + k
     return verdict(True, n=n)
+
+
+def _held(pending: PendingChunk, ex: ChunkExecution) -> np.ndarray | None:
+    """Each order's symbol's position at its decision: the broker's report for the orders
+    sent; none for an entry speculated as denied (a shard enters only when flat)."""
+    sent = ex.held.to_numpy()
+    if sent.shape != (int(pending.sent.sum()),):
+        return None
+    held = np.zeros(pending.bar.shape, dtype=np.int64)
+    held[pending.sent] = sent
+    return held
 
 
 def _chunk_problem(
     engine: RiskEngine, pending: PendingChunk, ex: ChunkExecution, ts: np.ndarray
-) -> tuple[str, int, dict[str, Any] | None]:
+) -> tuple[str, int, Sized | None, dict[str, int]]:
     """Why the executed chunk is not what bar by bar would have done, and at which bar
     ("" when it is); when an entry's size is what differs, every entry's size on the
-    speculated path (the ``sized_*`` columns of the verdict)."""
+    speculated path (the ``sized_*`` columns of the verdict); and the reasons for the
+    entries it denies, as bar by bar would count them."""
     machine = engine.machine
     assert machine is not None  # a chunk is only approved with an account state
+    checked = _orders_checked(engine, pending, ex, ts)
+    if checked is None:
+        return "the execution report does not match the approval", -1, None, {}
+    problem, bar, sized, codes = checked
+    if problem:
+        return problem, bar, sized, {}
+    moved = machine.observe_path(ex.equity.to_numpy(), ex.day.to_numpy(), ex.session_dates)
+    if moved >= 0:
+        return "the trading state would change", moved, None, {}
+    denials: dict[str, int] = {}
+    for code in codes[~pending.sent].tolist():
+        denials[code] = denials.get(code, 0) + 1
+    return "", -1, None, denials
+
+
+def _orders_checked(
+    engine: RiskEngine, pending: PendingChunk, ex: ChunkExecution, ts: np.ndarray
+) -> tuple[str, int, Sized | None, np.ndarray] | None:
+    """Every order of the chunk against what bar by bar would decide on its account path:
+    the first that differs (why, its bar, and the guardian's sizes where an entry's size
+    is what differs), and each entry's reason code. None: no path to check against."""
     equity, cash = ex.equity.to_numpy(), ex.cash.to_numpy()
-    gross, held = ex.gross_exposure.to_numpy(), ex.held.to_numpy()
-    if held.shape != pending.bar.shape or equity.shape != ts.shape or not ts.size:
-        return "the execution report does not match the approval", -1, None
+    gross, held = ex.gross_exposure.to_numpy(), _held(pending, ex)
+    if held is None or equity.shape != ts.shape or not ts.size:
+        return None
     b = pending.bar
     unsafe = unsafe_orders(
         bar=b,
@@ -279,39 +334,49 @@ def _chunk_problem(
     # The entries the sufficient condition does not clear, or speculated at another size
     # than they ask, are sized as ``evaluate_intent`` sizes them bar by bar.
     doubt = pending.buy & (unsafe | (pending.asked != pending.quantity))
-    exact = _exact_sizes(engine, pending, ex, np.unique(b[doubt])) if doubt.any() else None
-    wrong = np.flatnonzero(exact != pending.quantity) if exact is not None else bad_exit[:0]
+    exact, codes = pending.quantity, np.full(b.shape, "", dtype=object)
+    if doubt.any():
+        exact, codes = _exact_sizes(engine, pending, held, ex, np.unique(b[doubt]))
+    wrong = np.flatnonzero(exact != pending.quantity)
     if bad_exit.size and (not wrong.size or bad_exit[0] < wrong[0]):
-        return "an order might not be approved in full", int(b[bad_exit[0]]), None
+        return "an order might not be approved in full", int(b[bad_exit[0]]), None, codes
     if wrong.size:
-        assert exact is not None
         entries = np.flatnonzero(pending.buy)
         sized = {
             "sized_symbols": NDArray.from_numpy(np.ascontiguousarray(pending.symbol[entries])),
             "sized_bars": NDArray.from_numpy(b[entries].astype(np.int64)),
             "sized_quantities": NDArray.from_numpy(exact[entries].astype(np.int64)),
         }
-        return "the guardian would size an entry otherwise", int(b[wrong[0]]), sized
-    moved = machine.observe_path(equity, ex.day.to_numpy(), ex.session_dates)
-    if moved >= 0:
-        return "the trading state would change", moved, None
-    return "", -1, None
+        return "the guardian would size an entry otherwise", int(b[wrong[0]]), sized, codes
+    return "", -1, None, codes
 
 
 def _exact_sizes(
-    engine: RiskEngine, pending: PendingChunk, ex: ChunkExecution, bars: np.ndarray
-) -> np.ndarray:
-    """Each order's quantity as bar by bar would approve it on the speculated path: for
-    every entry of ``bars``, ``evaluate_intent`` (the one definition of sizing) with the
-    account of its bar and the entries decided before it at that bar pending, as the
-    guardian's book holds them then; the others as speculated (0: denied)."""
+    engine: RiskEngine,
+    pending: PendingChunk,
+    held: np.ndarray,
+    ex: ChunkExecution,
+    bars: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each order's quantity as bar by bar would approve it on the speculated path (0:
+    denied), and the reason code of each entry's decision: for every entry of ``bars``,
+    ``evaluate_intent`` (the one definition of sizing) with the account of its bar and
+    the entries decided before it at that bar pending, as the guardian's book holds them
+    then; the others as speculated."""
     exact = pending.quantity.astype(np.int64).copy()
+    codes = np.full(exact.shape, "", dtype=object)
     equity, cash = ex.equity.to_numpy(), ex.cash.to_numpy()
-    gross, held = ex.gross_exposure.to_numpy(), ex.held.to_numpy()
-    for bar in bars.tolist():
+    gross = ex.gross_exposure.to_numpy()
+    # The orders are in decision order, so by bar: each bar's are one slice.
+    first = np.searchsorted(pending.bar, bars, side="left").tolist()
+    last = np.searchsorted(pending.bar, bars, side="right").tolist()
+    buy = pending.buy.tolist()
+    for bar, lo, hi in zip(bars.tolist(), first, last, strict=True):
         book = RiskBook(equity=float(equity[bar]), cash=float(cash[bar]))
         book.gross_exposure = float(gross[bar])
-        for k in np.flatnonzero((pending.bar == bar) & pending.buy).tolist():
+        for k in range(lo, hi):
+            if not buy[k]:
+                continue
             symbol, price = pending.symbol[k].decode(), float(pending.price[k])
             book.held = {symbol: int(held[k])}
             intent = OrderIntent(
@@ -330,10 +395,10 @@ def _exact_sizes(
                 reason="",
             )
             d = evaluate_intent(intent, book, engine.constitution, engine.policy, price=price)
-            exact[k] = d.quantity if d.approved else 0
+            exact[k], codes[k] = (d.quantity if d.approved else 0), d.reason_code
             if exact[k]:
                 book.add_pending(str(k), symbol, "BUY", int(exact[k]), price)
-    return exact
+    return exact, codes
 
 
 def _commit_chunk(engine: RiskEngine, ex: ChunkExecution, now: int) -> None:

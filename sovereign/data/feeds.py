@@ -121,10 +121,10 @@ class ReplayFeed:
     def _sizes(
         names: np.ndarray, length: int, sizes: dict[tuple[bytes, int], int] | None
     ) -> NDArray | None:
-        """A shard's entry sizes as a (length, n) column (0: none known)."""
+        """A shard's entry sizes as a (length, n) column (-1: none known)."""
         if not sizes:
             return None
-        out = np.zeros((length, names.shape[0]), dtype=np.int64)
+        out = np.full((length, names.shape[0]), -1, dtype=np.int64)
         column = {name: j for j, name in enumerate(names.tolist())}
         for (symbol, bar), quantity in sizes.items():
             j = column.get(symbol)

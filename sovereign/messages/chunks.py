@@ -41,7 +41,8 @@ class BarChunk(Message, frozen=True, gc=False):
     replays any other bar time with a missing or rejected bar one at a time).
     ``ts_event`` is the last bar's close. ``sizes`` (optional, ``<i8`` (K, n)): the shares
     the guardian sized an entry decided at that bar and symbol at, on an earlier
-    speculation of the same bars (0: none known; the shard speculates its own quantity).
+    speculation of the same bars (0: the guardian denies it; -1: not known, the shard
+    speculates its own quantity).
     """
 
     chunk: int
@@ -288,7 +289,8 @@ class ChunkExecution(Message, frozen=True, gc=False):
 class ChunkVerdict(Message, frozen=True, gc=False):
     """The guardian's last word on a chunk: ``valid`` (commit it) or not (discard it; the
     engine replays its bar times one at a time). ``reason`` and ``bar`` say what made it
-    invalid; ``approved`` and ``fills`` count its orders and fills when it is valid.
+    invalid; ``approved`` and ``fills`` count its orders and fills when it is valid, and
+    ``denied`` the entries the guardian denies in it (speculated as denied).
     ``signature`` (valid verdicts only) is the guardian's HMAC over the chunk and its
     approval's signature: the gateway books a chunk on nothing less.
 
@@ -304,6 +306,7 @@ class ChunkVerdict(Message, frozen=True, gc=False):
     approved: int = 0
     fills: int = 0
     signature: bytes = b""
+    denied: int = 0
     sized_symbols: NDArray | None = None
     sized_bars: NDArray | None = None
     sized_quantities: NDArray | None = None

@@ -6,7 +6,7 @@ only unchanged, once."""
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from sovereign.core.constitution import Constitution
@@ -170,3 +170,114 @@ def test_a_batch_approval_verifies_only_unchanged_and_once(data, which, flip) ->
     assert verifier.check_chunk(7, columns, expects, quantities, signature) is None
     again = verifier.check_chunk(7, columns, expects, quantities, signature)
     assert again == "APPROVAL_REPLAYED"
+
+
+def sized_one_at_a_time(rows) -> list[tuple[int, str]]:
+    """Bar by bar, exits first then by symbol: what the guardian approves of each order
+    (the quantity, 0 if denied) and its reason code, in the rows' order."""
+    out: dict[int, tuple[int, str]] = {}
+    for b in sorted({r["bar"] for r in rows}):
+        decisions = [(k, r) for k, r in enumerate(rows) if r["bar"] == b]
+        first = decisions[0][1]
+        book = RiskBook(equity=first["equity"], cash=first["cash"], gross_exposure=first["gross"])
+        book.held = {r["symbol"]: r["held"] for _, r in decisions}
+        for k, r in sorted(decisions, key=lambda x: (x[1]["buy"], x[1]["symbol"])):
+            intent = OrderIntent(
+                msg_id=f"i{k}",
+                ts_event=0,
+                ts_init=0,
+                intent_id=f"{r['symbol']}-{k}",
+                shard=0,
+                symbol=r["symbol"],
+                side="BUY" if r["buy"] else "SELL",
+                purpose="OPEN" if r["buy"] else "CLOSE",
+                quantity=r["quantity"],
+                ref_price=r["price"],
+                confidence=r["confidence"],
+                regime="Unknown",
+                reason="test",
+            )
+            d = evaluate_intent(intent, book, C, POLICY, price=r["price"])
+            q = d.quantity if d.approved else 0
+            out[k] = (q, d.reason_code)
+            if q:
+                book.add_pending(intent.intent_id, r["symbol"], intent.side, q, r["price"])
+    return [out[k] for k in range(len(rows))]
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunks(), st.data())
+def test_the_guardian_sizes_a_chunk_as_it_decides_one_order_at_a_time(rows, data) -> None:
+    """Speculated with the guardian's sizes (an entry cut or denied as it decides), a
+    chunk passes the guardian's check, which counts each denial's reason as bar by bar
+    does; speculated otherwise, it fails at the first entry sized otherwise and hands
+    back the sizes of every entry on that path."""
+    from types import SimpleNamespace
+
+    from sovereign.core.risk_chunks import PendingChunk, _chunk_problem
+
+    rows = sorted(rows, key=lambda r: (r["bar"], r["buy"], r["symbol"]))
+    rows = [r for r in rows if r["buy"] or r["held"] == r["quantity"] > 0]  # exits in full
+    rows = [r for r in rows if r["held"] == 0 or not r["buy"]]  # a shard enters when flat
+    if not rows:
+        return
+    truth = sized_one_at_a_time(rows)
+    speculated = [
+        q if data.draw(st.integers(0, 3)) else data.draw(st.integers(0, 400)) for q, _ in truth
+    ]
+    speculated = [s if r["buy"] else r["quantity"] for s, r in zip(speculated, rows, strict=True)]
+    col = {k: np.array([r[k] for r in rows]) for k in rows[0]}
+    buy = col["buy"].astype(bool)
+    quantity = np.array(speculated, dtype=np.int64)
+    pending = PendingChunk(
+        chunk=1,
+        signature=b"",
+        bar=col["bar"].astype(np.int64),
+        buy=buy,
+        quantity=quantity,
+        price=col["price"].astype(float),
+        confidence=col["confidence"].astype(float),
+        symbol=np.array([r["symbol"].encode() for r in rows]),
+        asked=col["quantity"].astype(np.int64),
+        sent=quantity > 0,
+    )
+    n_bars = int(col["bar"].max()) + 1
+    per_bar = {r["bar"]: r for r in rows}
+    path = {
+        k: NDArray.from_numpy(
+            np.array([per_bar[b][k] if b in per_bar else 1.0 for b in range(n_bars)])
+        )
+        for k in ("equity", "cash", "gross")
+    }
+    ex = SimpleNamespace(
+        equity=path["equity"],
+        cash=path["cash"],
+        gross_exposure=path["gross"],
+        held=NDArray.from_numpy(col["held"].astype(np.int64)[quantity > 0]),
+        day=NDArray.from_numpy(np.zeros(n_bars, np.int64)),
+        session_dates=["2026-01-02"],
+    )
+    machine = SimpleNamespace(observe_path=lambda *a: -1)
+    engine = SimpleNamespace(constitution=C, policy=POLICY, machine=machine)
+    ts = np.arange(n_bars, dtype=np.int64)
+    problem, bar, sized, denials = _chunk_problem(engine, pending, ex, ts)  # type: ignore[arg-type]
+    wrong = [k for k, (q, _) in enumerate(truth) if rows[k]["buy"] and q != speculated[k]]
+    event("valid" if not wrong else "sized otherwise")
+    if not wrong:
+        assert problem == "", problem
+        want: dict[str, int] = {}
+        for (q, code), r in zip(truth, rows, strict=True):
+            if r["buy"] and q == 0:
+                want[code] = want.get(code, 0) + 1
+        assert denials == want
+        event("with denials" if want else "no denials")
+    else:
+        assert problem == "the guardian would size an entry otherwise"
+        assert bar == rows[wrong[0]]["bar"]
+        assert sized is not None
+        entries = [k for k, r in enumerate(rows) if r["buy"]]
+        got = sized["sized_quantities"].to_numpy().tolist()
+        # On the speculated path, up to the first wrong bar, the sizes are bar by bar's.
+        for k, q in zip(entries, got, strict=True):
+            if rows[k]["bar"] <= bar:
+                assert q == truth[k][0]

@@ -72,13 +72,18 @@ def step_by_step(
 ):
     """The bars one at a time, every order approved and filled at the next open: an entry
     for the strategy's quantity, or for ``sizes[t, j]`` shares if given (what the guardian
-    sized an entry decided at bar t for symbol j at)."""
+    sized an entry decided at bar t for symbol j at; 0: denied, which the shard hears
+    before the next bar)."""
     n = bars.close.shape[1]
     mask = np.ones(n, dtype=bool)
     probs = np.full((n, len(REGIME_NAMES)), 0.25, dtype=np.float32)
     intents, trades = [], []
     codes = np.broadcast_to(codes, bars.close.shape)
+    denied: list[str] = []
     for t in range(len(bars)):
+        for order_id in denied:
+            s.on_denied(order_id, int(bars.ts[t]))
+        denied = []
         for order_id, order in list(s.orders.items()):
             i = order.index
             q = order.quantity if order.purpose == "OPEN" else int(s.quantity[i])
@@ -101,6 +106,8 @@ def step_by_step(
         for e in entries:
             q = e.quantity if sizes is None else int(sizes[t, e.index])
             s.orders[e.intent_id].quantity = q  # the guardian's verdict, as the shard books it
+            if q == 0:
+                denied.append(e.intent_id)
             intents.append((t, e.index, SIDE_BUY, q, e.ref_price, e.intent_id))
     return intents, trades
 
@@ -180,11 +187,16 @@ def test_a_chunk_leaves_what_the_bars_one_at_a_time_leave(
     ``sized``, each entry fills the shares the guardian sized it at (given to the chunk as
     the sizes of an earlier speculation), not the strategy's own."""
     bars = make_bars(seed, t, n, cents)
-    sizes = np.random.default_rng(seed).integers(1, 150, (t, n)) if sized else None
+    sizes = None
+    edges = sorted({0, t, *(int(c * t) for c in cuts)})
+    if sized:
+        # Some entries denied (0), never at a chunk's last bar (its verdict would come after).
+        rng = np.random.default_rng(seed)
+        sizes = np.where(rng.random((t, n)) < 0.2, 0, rng.integers(1, 150, (t, n)))
+        sizes[[b - 1 for b in edges[1:]]] = 100
     codes = regime_path(seed, t, n) if regimes else np.full((t, n), REGIME_UNKNOWN, np.uint8)
     ref = strategy(n, max_hold, on_regime_change=regimes)
     mine = strategy(n, max_hold, on_regime_change=regimes)
-    edges = sorted({0, t, *(int(c * t) for c in cuts)})
     for a, b in itertools.pairwise(edges):
         part = rows(bars, a, b)
         part_sizes = None if sizes is None else sizes[a:b]
@@ -221,6 +233,28 @@ def records(cols: ClosedColumns) -> list[ClosedTrade]:
     fields = [getattr(cols, name) for name in ClosedTrade._fields]
     plain = [f.tolist() if isinstance(f, np.ndarray) else f for f in fields]
     return [ClosedTrade(*row) for row in zip(*plain, strict=True)]
+
+
+def test_a_chunk_speculates_the_entries_the_guardian_cuts_and_denies() -> None:
+    """Given the guardian's sizes from an earlier speculation, a chunk fills each entry
+    with them and leaves a denied one's symbol flat, free to enter again from the next
+    bar: the intents, trades and state of the bars one at a time."""
+    t, n = 400, 6
+    bars = make_bars(7, t, n, True)
+    codes = np.full((t, n), REGIME_UNKNOWN, np.uint8)
+    rng = np.random.default_rng(7)
+    sizes = np.where(rng.random((t, n)) < 0.3, 0, rng.integers(1, 150, (t, n)))
+    sizes[-1] = 100
+    for scalar in (False, True):
+        ref, mine = strategy(n), strategy(n)
+        want_intents, want_trades = step_by_step(ref, bars, codes, sizes)
+        got_intents, out = chunked(mine, bars, codes, scalar, sizes)
+        assert got_intents == want_intents
+        assert records(commit_trades(mine, out)) == [c for _, c in want_trades]
+        assert same(state_of(mine), state_of(ref))
+        assert mine.counters.denied >= 5
+        asked = {q for *_, side, q, _, _ in got_intents if side == SIDE_BUY}
+        assert 0 in asked and len(asked) > 5  # denials, and many sizes
 
 
 def test_a_restored_checkpoint_is_the_state_before_the_chunk() -> None:

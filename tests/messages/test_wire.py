@@ -217,6 +217,7 @@ def chunk_verdicts(draw: st.DrawFn) -> ChunkVerdict:
         approved=draw(i64),
         fills=draw(i64),
         signature=draw(st.binary(max_size=32)),
+        denied=draw(i64),
         **sized,
     )
 
