@@ -59,12 +59,16 @@ def baseline_signal(
     highs and, with volume confirmation, a known volume percentile at or above the
     threshold; and its confidence."""
     with np.errstate(invalid="ignore"):
-        base = ready & np.isin(regime, entry_codes) & (close > prior_high)
+        in_regime = (regime[..., None] == entry_codes).any(axis=-1)
+        base = ready & in_regime & (close > prior_high)
+        if not base.any():  # the usual bar: nothing to size, nothing to count
+            nothing = np.zeros(close.shape)
+            return BaselineSignal(base, base, nothing, nothing)
         if volume_confirmation:
             known = volume_ready & ~np.isnan(volume_pct)
             no_volume = base & ~known
             fire = base & known & (volume_pct >= volume_threshold)
-            volume_term = np.nan_to_num(volume_pct, nan=50.0)
+            volume_term = np.where(np.isnan(volume_pct), 50.0, volume_pct)
         else:
             no_volume = np.zeros_like(base)
             fire = base

@@ -65,6 +65,8 @@ def _as_read(
 ) -> tuple[np.ndarray, np.ndarray]:
     """K rows of the indicator's ``value`` and ``ready`` as they read now (a block's
     answer for the symbols without bars, which keep them)."""
+    if k == 1:
+        return indicator.value[None].copy(), indicator.ready[None].copy()
     return np.repeat(indicator.value[None], k, axis=0), np.repeat(indicator.ready[None], k, axis=0)
 
 
@@ -269,6 +271,9 @@ def window_sums(x: np.ndarray, width: int) -> np.ndarray:
     k = x.shape[0] - width + 1
     if k <= 0:
         return np.zeros((0, *x.shape[1:]))
+    if k == 1:
+        # One window (the bar path): cumsum adds its rows in the same order, in one call.
+        return x.cumsum(axis=0)[-1:]
     acc = x[:k].copy()
     for j in range(1, width):
         acc += x[j : j + k]
@@ -364,12 +369,17 @@ class _PreviousWindow:
         w = self.window
         history = np.concatenate([self.history[:, p], xs])
         now = (self.count[p][None] + np.arange(k)[:, None]) >= w
-        stat = np.full(xs.shape, np.nan)
         with np.errstate(invalid="ignore"):
             if need is None:
-                windows = sliding_window_view(history, w, axis=0)[:k]  # (K, m, window)
-                stat[:] = self._statistic(windows, xs)
+                # (K, m, window) views of the history; a bar at a time (the bar path),
+                # the one window as such (the same values, without the view's overhead).
+                if k == 1:
+                    windows = history[:w].T[None]
+                else:
+                    windows = sliding_window_view(history, w, axis=0)[:k]
+                stat = self._statistic(windows, xs)
             else:
+                stat = np.full(xs.shape, np.nan)
                 wanted = need[:, p] & now
                 wanted[-1] = True
                 t, j = np.nonzero(wanted)
