@@ -27,9 +27,12 @@ def config(
     max_drawdown: float | None = None,
     regimes: bool = False,
     slippage_bps: float = 0.0,
+    fixed_quantity: int | None = None,
 ) -> Config:
     cfg = breakout_preset(Config())
     replace = msgspec.structs.replace
+    if fixed_quantity is not None:
+        cfg = replace(cfg, strategy=replace(cfg.strategy, fixed_quantity=fixed_quantity))
     if regimes:
         # The HMM on each symbol, fitted early and refitted often, so that the chunks
         # cross fits, refits and label changes.
@@ -139,6 +142,9 @@ SCENARIOS = {
     # exposure limit): a chunk speculates the denials it was told of, which the guardian
     # counts by their reasons as bar by bar does.
     "denied": ("synthetic:100x2000", {"capital": 250_000.0}),
+    # Entries the guardian sizes (no fixed quantity): each is speculated at one share
+    # until the guardian's sizes from a first speculation come back.
+    "guardian-sized": ("synthetic:30x1500", {"capital": 1_000_000.0, "fixed_quantity": 0}),
     # Slippage: every exit (a market sell) fills below the open, booked so in the chunk,
     # with commissions on top.
     "slippage": ("synthetic:12x1500", {"slippage_bps": 7.0, "commission": True}),
@@ -167,6 +173,10 @@ def test_a_chunked_backtest_is_the_backtest_bar_by_bar(tmp_path, name) -> None:
         labels = set(bars[0].trades["regime"])
         assert len(labels - {"Unknown"}) >= 2, labels
     if name == "regimes":
+        assert counters["chunked_steps"] > 1000, counters
+    if name == "guardian-sized":
+        assert len(set(bars[0].trades["quantity"])) > 20  # sized, not a fixed quantity
+        assert counters.get("chunks_resized", 0) > 0, counters
         assert counters["chunked_steps"] > 1000, counters
     if name == "denied":
         assert counters.get("intents_denied", 0) > 20, counters
@@ -241,7 +251,8 @@ def test_short_chunks_through_the_wire_change_nothing_either(tmp_path) -> None:
 
 def test_chunks_are_only_for_what_they_can_replay_exactly() -> None:
     """Paper sessions, other strategies, self-modification and per-fill notifications
-    all run bar by bar; the regime models and slippage run in chunks."""
+    all run bar by bar; the regime models, slippage and entries the guardian sizes run in
+    chunks."""
     from sovereign.actors.runtime import LocalRuntime
     from sovereign.engine import Engine
 
@@ -258,6 +269,7 @@ def test_chunks_are_only_for_what_they_can_replay_exactly() -> None:
     assert limit(base, mode="paper") == 0
     assert limit(Config()) == 0
     assert limit(replace(base, sim=replace(base.sim, slippage_bps=2.0))) > 0
+    assert limit(config(chunk_bars=0, fixed_quantity=0)) > 0
     for model in ("baseline", "hmm", "blend"):
         assert limit(replace(base, regime=replace(base.regime, model=model))) > 0
     assert limit(replace(base, selfmod=replace(base.selfmod, enabled=True))) == 0

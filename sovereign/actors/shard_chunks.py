@@ -179,6 +179,7 @@ class ShardChunks:
             refused=refused,
             pending_quantity=list(pending.values()),
             asked=col("asked", "<i8"),
+            regime=col("regime", "|u1"),
         )
 
     def _settle_chunk(

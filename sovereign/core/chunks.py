@@ -71,7 +71,8 @@ class ChunkIntents:
     ref_price: np.ndarray  # float64, the decision bar's close
     confidence: np.ndarray  # float64
     seq: np.ndarray  # int64, the intent's number for its symbol ("SYM-<seq>")
-    asked: np.ndarray  # int64, the shares it asks for bar by bar (the guardian may cut it)
+    asked: np.ndarray  # int64, the shares it asks for bar by bar (0: the guardian sizes it)
+    regime: np.ndarray  # uint8, the symbol's regime code at the decision (sizing reads it)
 
     def __len__(self) -> int:
         return int(self.bar.shape[0])
@@ -122,11 +123,8 @@ class ChunkUnsupportedError(Exception):
 def _check_supported(st: Any) -> None:
     """The states the breakout kernel reproduces exactly; anything else is replayed bar by
     bar (partial fills, late fills, canceled entries, orders nobody answered)."""
-    cfg = st.config
-    if not st.breakout or cfg.fixed_quantity <= 0:
-        raise ChunkUnsupportedError(
-            "only the breakout strategy with a fixed quantity runs in chunks"
-        )
+    if not st.breakout:
+        raise ChunkUnsupportedError("only the breakout strategy runs in chunks")
     if st.exit_late_fill.any():
         raise ChunkUnsupportedError("a late entry fill is waiting to be sold")
     if (st.pending_entry & (st.quantity > 0)).any() or (st.pending_exit & (st.quantity <= 0)).any():
@@ -145,6 +143,8 @@ def _check_supported(st: Any) -> None:
     assumed = assumed_fills(st)
     if any(order.quantity != assumed[k] for k, order in st.orders.items()):
         raise ChunkUnsupportedError("an order is pending for another quantity than assumed")
+    if any(q <= 0 for q in assumed.values()):
+        raise ChunkUnsupportedError("an entry is pending that the guardian has not sized")
     for i, trade in st.trades.items():
         if st.quantity[i] > 0 and (not trade.filled_once or trade.exit_qty):
             raise ChunkUnsupportedError("a position is partly closed")
@@ -163,7 +163,9 @@ def _indicators(st: Any, bars: ChunkBars, present: np.ndarray, sizes: np.ndarray
     # The median only where the other conditions hold (a sort per bar and symbol).
     median, vm_ready = st.volume_median.block(present, v, need=maybe)
     signal = breakout_signal(atr_ready & ph_ready & vm_ready, c, prior_high, v, median)
-    quantity = np.full(c.shape, int(st.config.fixed_quantity), dtype=np.int64)
+    # An entry the guardian sizes (no fixed quantity) is speculated at one share until a
+    # speculation of these bars has told its size.
+    quantity = np.full(c.shape, max(1, int(st.config.fixed_quantity)), dtype=np.int64)
     if sizes is not None:
         quantity = np.where(sizes >= 0, sizes, quantity)
     return Signals(atr=atr, signal=signal, present=present, quantity=quantity)
@@ -430,8 +432,7 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
     for j in np.flatnonzero(holding).tolist():
         st.entry_regime[j] = st.trades[j].regime_code
 
-    side = np.where(is_exit, SIDE_SELL, SIDE_BUY).astype(np.uint8)
-    quantities = qtab[bar, col].astype(np.int64)
+    side, quantities = np.where(is_exit, SIDE_SELL, SIDE_BUY).astype(np.uint8), qtab[bar, col]
     quantities[x_pos] = exit_qty
     out = np.lexsort((col, side == SIDE_BUY, bar))
     intents = ChunkIntents(
@@ -443,6 +444,7 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
         confidence=np.ones(m),
         seq=seq[out],
         asked=np.where(is_exit, quantities, int(cfg.fixed_quantity))[out],
+        regime=regime_codes[bar, col].astype(np.uint8)[out],
     )
     return ChunkOutcome(intents=intents, trades=trades, entries_filled=entries_filled)
 

@@ -23,6 +23,7 @@ from sovereign.core.risk import (
     sign_verdict,
     unsafe_orders,
 )
+from sovereign.domain.regimes import REGIME_UNKNOWN, regime_name
 from sovereign.messages import (
     ApprovedChunk,
     ChunkExecution,
@@ -51,6 +52,7 @@ class PendingChunk:
     symbol: np.ndarray
     asked: np.ndarray
     sent: np.ndarray
+    regime: np.ndarray
 
 
 Sized = dict[str, Any]
@@ -86,7 +88,9 @@ def approve_chunk(engine: RiskEngine, chunks: list[IntentChunk]) -> ApprovedChun
     and the engine replays it bar by bar, where each intent is decided on its own."""
     engine.chunk = None
     chunk = chunks[0].chunk
-    names, shard, bar, side, quantity, ref, confidence, seq, asked = _in_decision_order(chunks)
+    names, shard, bar, side, quantity, ref, confidence, seq, asked, regime = _in_decision_order(
+        chunks
+    )
     buy = side == 1
     bar_close = chunks[0].bar_close.to_numpy()
     refused = _chunk_refusal(engine, chunks, bar_close, bar, side, buy, quantity, ref, confidence)
@@ -126,6 +130,7 @@ def approve_chunk(engine: RiskEngine, chunks: list[IntentChunk]) -> ApprovedChun
             symbol=names,
             asked=asked,
             sent=sent,
+            regime=regime,
         )
     now = int(bar_close[-1]) if bar_close.size else 0
     return ApprovedChunk(
@@ -151,7 +156,7 @@ def approve_chunk(engine: RiskEngine, chunks: list[IntentChunk]) -> ApprovedChun
 def _in_decision_order(chunks: list[IntentChunk]) -> list[np.ndarray]:
     """The shards' intents as one set of columns in the order the guardian decides them
     bar by bar (by bar, exits first, then by symbol): symbol, shard, bar, side, quantity,
-    reference price, confidence, seq and the quantity asked."""
+    reference price, confidence, seq, the quantity asked and the regime code."""
     names = np.concatenate([c.symbols.to_numpy()[c.index.to_numpy()] for c in chunks])
     shard = np.concatenate([np.full(len(c), c.shard, dtype=np.int64) for c in chunks])
     cols = {
@@ -160,6 +165,10 @@ def _in_decision_order(chunks: list[IntentChunk]) -> list[np.ndarray]:
     }
     cols["asked"] = np.concatenate(
         [(c.quantity if c.asked is None else c.asked).to_numpy() for c in chunks]
+    )
+    unknown = np.uint8(REGIME_UNKNOWN)
+    cols["regime"] = np.concatenate(
+        [np.full(len(c), unknown) if c.regime is None else c.regime.to_numpy() for c in chunks]
     )
     order = np.lexsort((names, cols["side"] == 1, cols["bar"]))
     return [names[order], shard[order], *(v[order] for v in cols.values())]
@@ -199,12 +208,6 @@ def _chunk_refusal(
     # speculation of these bars); nothing else is ever for no shares.
     if ((side != 1) & (side != 2)).any() or (quantity < 0).any() or (quantity[~buy] == 0).any():
         return "malformed intents"
-    asked = np.concatenate(
-        [(c.quantity if c.asked is None else c.asked).to_numpy() for c in chunks]
-    )
-    if (asked <= 0).any():
-        # An entry the guardian sizes itself (no quantity asked) is decided bar by bar.
-        return "an entry asks the guardian to size it"
     with np.errstate(invalid="ignore"):
         if not (np.isfinite(ref) & (ref > 0)).all():
             return "BAD_PRICE"
@@ -391,7 +394,7 @@ def _exact_sizes(
                 quantity=int(pending.asked[k]),
                 ref_price=price,
                 confidence=float(pending.confidence[k]),
-                regime="",
+                regime=regime_name(int(pending.regime[k])),
                 reason="",
             )
             d = evaluate_intent(intent, book, engine.constitution, engine.policy, price=price)

@@ -47,10 +47,10 @@ from sovereign.core.indicators import (
     RollingExtreme,
     RollingMedian,
     SimpleATR,
-    SupportResistance,
     VolumePercentile,
 )
 from sovereign.core.shadow import ShadowBook, ShadowCosts
+from sovereign.core.support_resistance import SupportResistance
 from sovereign.core.trade_book import StrategyCounters, TradeBook
 from sovereign.core.trades import Order, Trade, exit_reasons
 from sovereign.core.universe import Universe

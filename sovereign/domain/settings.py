@@ -155,7 +155,7 @@ class StrategyConfig(Section, frozen=True):
     entry_regimes
         Regimes in which entries are allowed. Default ["TrendingUp"].
     sr_swing, sr_memory, sr_band_atr
-        Support/resistance score parameters (see ``core.indicators.SupportResistance``).
+        Support/resistance score parameters (see ``core.support_resistance.SupportResistance``).
     entry_timeout_bars
         An entry order not completely filled after this many bars is canceled (its signal
         is stale). Default 1.

@@ -119,7 +119,8 @@ class IntentChunk(Message, frozen=True, gc=False):
     speculate this chunk (its columns are then empty). ``quantity`` is what the shard
     speculates each order fills; ``asked`` (optional, the same when absent) what the
     intent would ask bar by bar (an entry the strategy's quantity, which the guardian may
-    cut: ``quantity`` is then the guardian's size from an earlier speculation).
+    cut: ``quantity`` is then the guardian's size from an earlier speculation; 0: the
+    guardian sizes it); ``regime`` (optional) each intent's regime code at its decision.
     """
 
     chunk: int
@@ -137,6 +138,7 @@ class IntentChunk(Message, frozen=True, gc=False):
     refused: str = ""
     pending_quantity: list[int] = msgspec.field(default_factory=list)
     asked: NDArray | None = None
+    regime: NDArray | None = None
 
     def __post_init__(self) -> None:
         _symbols("IntentChunk", "symbols", self.symbols)
@@ -160,6 +162,8 @@ class IntentChunk(Message, frozen=True, gc=False):
             _column("IntentChunk", name, getattr(self, name), dtype, m)
         if self.asked is not None:
             _column("IntentChunk", "asked", self.asked, "<i8", m)
+        if self.regime is not None:
+            _column("IntentChunk", "regime", self.regime, "|u1", m)
         confidence = self.confidence.to_numpy()
         if confidence.size and not ((confidence >= 0.0) & (confidence <= 1.0)).all():
             # As OrderIntent: a confidence is a probability; NaN is none.

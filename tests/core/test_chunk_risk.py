@@ -18,6 +18,7 @@ from sovereign.core.risk import (
     first_unsafe_order,
     sign_chunk,
 )
+from sovereign.domain.regimes import regime_name
 from sovereign.messages import NDArray, OrderIntent
 
 C = Constitution()
@@ -172,7 +173,7 @@ def test_a_batch_approval_verifies_only_unchanged_and_once(data, which, flip) ->
     assert again == "APPROVAL_REPLAYED"
 
 
-def sized_one_at_a_time(rows) -> list[tuple[int, str]]:
+def sized_one_at_a_time(rows, regimes=None) -> list[tuple[int, str]]:
     """Bar by bar, exits first then by symbol: what the guardian approves of each order
     (the quantity, 0 if denied) and its reason code, in the rows' order."""
     out: dict[int, tuple[int, str]] = {}
@@ -194,7 +195,7 @@ def sized_one_at_a_time(rows) -> list[tuple[int, str]]:
                 quantity=r["quantity"],
                 ref_price=r["price"],
                 confidence=r["confidence"],
-                regime="Unknown",
+                regime="Unknown" if regimes is None else regime_name(regimes[k]),
                 reason="test",
             )
             d = evaluate_intent(intent, book, C, POLICY, price=r["price"])
@@ -221,7 +222,12 @@ def test_the_guardian_sizes_a_chunk_as_it_decides_one_order_at_a_time(rows, data
     rows = [r for r in rows if r["held"] == 0 or not r["buy"]]  # a shard enters when flat
     if not rows:
         return
-    truth = sized_one_at_a_time(rows)
+    # Some entries ask the guardian to size them (no quantity), in any regime.
+    for r in rows:
+        if r["buy"] and data.draw(st.booleans()):
+            r["quantity"] = 0
+    regimes = [data.draw(st.sampled_from([0, 1, 2, 3, 255])) for _ in rows]
+    truth = sized_one_at_a_time(rows, regimes)
     speculated = [
         q if data.draw(st.integers(0, 3)) else data.draw(st.integers(0, 400)) for q, _ in truth
     ]
@@ -240,6 +246,7 @@ def test_the_guardian_sizes_a_chunk_as_it_decides_one_order_at_a_time(rows, data
         symbol=np.array([r["symbol"].encode() for r in rows]),
         asked=col["quantity"].astype(np.int64),
         sent=quantity > 0,
+        regime=np.array(regimes, dtype=np.uint8),
     )
     n_bars = int(col["bar"].max()) + 1
     per_bar = {r["bar"]: r for r in rows}

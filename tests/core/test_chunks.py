@@ -42,10 +42,15 @@ def make_bars(seed: int, t: int, n: int, cents: bool) -> ChunkBars:
     return ChunkBars(ts=ts, open=open_, high=high, low=low, close=close, volume=volume)
 
 
-def strategy(n: int, max_hold: int = 50, *, on_regime_change: bool = False) -> ShardStrategy:
+def strategy(
+    n: int, max_hold: int = 50, *, on_regime_change: bool = False, fixed_quantity: int = 100
+) -> ShardStrategy:
     config = breakout_preset(Config())
     cfg = msgspec.structs.replace(
-        config.strategy, max_hold_bars=max_hold, exit_on_regime_change=on_regime_change
+        config.strategy,
+        max_hold_bars=max_hold,
+        exit_on_regime_change=on_regime_change,
+        fixed_quantity=fixed_quantity,
     )
     return ShardStrategy(Universe([f"S{j:02d}" for j in range(n)]), cfg, shard=0)
 
@@ -255,6 +260,28 @@ def test_a_chunk_speculates_the_entries_the_guardian_cuts_and_denies() -> None:
         assert mine.counters.denied >= 5
         asked = {q for *_, side, q, _, _ in got_intents if side == SIDE_BUY}
         assert 0 in asked and len(asked) > 5  # denials, and many sizes
+
+
+def test_entries_the_guardian_sizes_are_speculated_at_its_sizes() -> None:
+    """With no fixed quantity the guardian sizes every entry: a first speculation
+    assumes one share each (asking for none), and given the guardian's sizes the chunk is
+    the bars one at a time with them."""
+    t, n = 300, 5
+    bars = make_bars(3, t, n, True)
+    codes = np.full((t, n), REGIME_UNKNOWN, np.uint8)
+    unsized = strategy(n, fixed_quantity=0)
+    first = breakout_chunk(unsized, bars, codes)
+    buys = first.intents.side == SIDE_BUY
+    assert buys.sum() > 5
+    assert set(first.intents.quantity[buys].tolist()) == {1}
+    assert set(first.intents.asked[buys].tolist()) == {0}
+    sizes = np.random.default_rng(3).integers(1, 400, (t, n))
+    ref, mine = strategy(n, fixed_quantity=0), strategy(n, fixed_quantity=0)
+    want_intents, want_trades = step_by_step(ref, bars, codes, sizes)
+    got_intents, out = chunked(mine, bars, codes, None, sizes)
+    assert got_intents == want_intents
+    assert records(commit_trades(mine, out)) == [c for _, c in want_trades]
+    assert same(state_of(mine), state_of(ref))
 
 
 def test_a_restored_checkpoint_is_the_state_before_the_chunk() -> None:

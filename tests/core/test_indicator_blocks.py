@@ -17,9 +17,9 @@ from sovereign.core.indicators import (
     RollingExtreme,
     RollingMedian,
     SimpleATR,
-    SupportResistance,
     VolumePercentile,
 )
+from sovereign.core.support_resistance import SupportResistance
 
 
 def panel(seed: int, t: int, n: int) -> dict[str, np.ndarray]:

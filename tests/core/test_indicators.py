@@ -18,9 +18,9 @@ from sovereign.core.indicators import (
     EMA,
     RollingExtreme,
     RollingMedian,
-    SupportResistance,
     VolumePercentile,
 )
+from sovereign.core.support_resistance import SupportResistance
 
 N_SYMBOLS = 5
 N_STEPS = 300

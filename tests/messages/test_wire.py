@@ -195,6 +195,7 @@ def intent_chunks(draw: st.DrawFn) -> IntentChunk:
         **_pending(draw, "pending"),
         refused=draw(text),
         asked=draw(st.none() | arrays("<i8", (m,))),
+        regime=draw(st.none() | arrays("|u1", (m,))),
     )
 
 
