@@ -11,6 +11,7 @@ own (``sovereign/replay.py``), and only the bars from the wrong one go bar by ba
 
     .venv/bin/python benchmarks/account_size.py                        # synthetic:100x2000
     .venv/bin/python benchmarks/account_size.py --base d661983          # and a commit
+    .venv/bin/python benchmarks/account_size.py --fixed-quantity 0      # guardian-sized
 
 Local runtime, one shard; each run in a fresh process (``--one``); bars/s is the
 engine's. Prints a Markdown table per tree; the trades of chunks on and off are compared.
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CAPITALS = (250_000.0, 500_000.0, 1_000_000.0, 1e9)
 
 
-def one(data: str, capital: float, chunk_bars: int) -> dict[str, object]:
+def one(data: str, capital: float, chunk_bars: int, fixed: int = 100) -> dict[str, object]:
     import msgspec
 
     from sovereign.bench.runner import _config, load_workload
@@ -41,6 +42,7 @@ def one(data: str, capital: float, chunk_bars: int) -> dict[str, object]:
     c = msgspec.structs.replace(
         c,
         engine=msgspec.structs.replace(c.engine, initial_capital=capital, chunk_bars=chunk_bars),
+        strategy=msgspec.structs.replace(c.strategy, fixed_quantity=fixed),
     )
     with tempfile.TemporaryDirectory() as tmp:
         out = run_session(
@@ -66,10 +68,12 @@ def one(data: str, capital: float, chunk_bars: int) -> dict[str, object]:
     }
 
 
-def measure(tree: Path, data: str, capital: float, chunk_bars: int) -> dict[str, object]:
+def measure(
+    tree: Path, data: str, capital: float, chunk_bars: int, fixed: int
+) -> dict[str, object]:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
     p = subprocess.run(
-        [sys.executable, __file__, "--one", json.dumps([data, capital, chunk_bars])],
+        [sys.executable, __file__, "--one", json.dumps([data, capital, chunk_bars, fixed])],
         env=env,
         capture_output=True,
         text=True,
@@ -82,11 +86,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="synthetic:100x2000")
     ap.add_argument("--base", default="", help="an earlier commit to compare with")
+    ap.add_argument(
+        "--fixed-quantity",
+        type=int,
+        default=100,
+        help="shares per entry (the preset's 100; 0: the guardian sizes every entry)",
+    )
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        data, capital, chunk_bars = json.loads(args.one)
-        print(json.dumps(one(data, capital, chunk_bars)))
+        print(json.dumps(one(*json.loads(args.one))))
         return
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"this tree": ROOT}
@@ -99,15 +108,15 @@ def main() -> None:
             trees = {args.base: base, **trees}
         try:
             for label, tree in trees.items():
-                print(f"\n{label}, {args.data}\n")
+                print(f"\n{label}, {args.data}, fixed quantity {args.fixed_quantity}\n")
                 print(
                     "| account | chunks off bars/s | chunks on bars/s | steps in chunks "
                     "| chunks discarded | chunks resized | prefixes committed | trades (same?) |"
                 )
                 print("|---|---:|---:|---:|---:|---:|---:|---|")
                 for capital in CAPITALS:
-                    off = measure(tree, args.data, capital, 1)
-                    on = measure(tree, args.data, capital, 0)
+                    off = measure(tree, args.data, capital, 1, args.fixed_quantity)
+                    on = measure(tree, args.data, capital, 0, args.fixed_quantity)
                     same = "same" if off["digest"] == on["digest"] else "DIFFERENT"
                     print(
                         f"| ${capital:,.0f} | {off['bars_per_second']:,.0f} "
