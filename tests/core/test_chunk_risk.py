@@ -62,34 +62,8 @@ def chunks(draw):
 
 def one_at_a_time(rows) -> bool:
     """Bar by bar, exits first then by symbol: is every order approved in full?"""
-    by_bar: dict[int, list[dict]] = {}
-    for r in rows:
-        by_bar.setdefault(r["bar"], []).append(r)
-    for decisions in by_bar.values():
-        first = decisions[0]
-        book = RiskBook(equity=first["equity"], cash=first["cash"], gross_exposure=first["gross"])
-        book.held = {r["symbol"]: r["held"] for r in decisions}
-        for k, r in enumerate(sorted(decisions, key=lambda r: (r["buy"], r["symbol"]))):
-            intent = OrderIntent(
-                msg_id=f"i{k}",
-                ts_event=0,
-                ts_init=0,
-                intent_id=f"{r['symbol']}-{k}",
-                shard=0,
-                symbol=r["symbol"],
-                side="BUY" if r["buy"] else "SELL",
-                purpose="OPEN" if r["buy"] else "CLOSE",
-                quantity=r["quantity"],
-                ref_price=r["price"],
-                confidence=r["confidence"],
-                regime="Unknown",
-                reason="test",
-            )
-            d = evaluate_intent(intent, book, C, POLICY, price=r["price"])
-            if not d.approved or d.quantity != r["quantity"]:
-                return False
-            book.add_pending(intent.intent_id, r["symbol"], intent.side, d.quantity, r["price"])
-    return True
+    decided = sized_one_at_a_time(rows)
+    return all(q == r["quantity"] for (q, _), r in zip(decided, rows, strict=True))
 
 
 @settings(max_examples=500, deadline=None)
