@@ -163,12 +163,25 @@ def _indicators(st: Any, bars: ChunkBars, present: np.ndarray, sizes: np.ndarray
     # The median only where the other conditions hold (a sort per bar and symbol).
     median, vm_ready = st.volume_median.block(present, v, need=maybe)
     signal = breakout_signal(atr_ready & ph_ready & vm_ready, c, prior_high, v, median)
-    # An entry the guardian sizes (no fixed quantity) is speculated at one share until a
-    # speculation of these bars has told its size.
-    quantity = np.full(c.shape, max(1, int(st.config.fixed_quantity)), dtype=np.int64)
+    quantity = np.full(c.shape, int(st.config.fixed_quantity), dtype=np.int64)
+    if st.config.fixed_quantity <= 0:
+        quantity = _first_guess(st, c)
     if sizes is not None:
         quantity = np.where(sizes >= 0, sizes, quantity)
     return Signals(atr=atr, signal=signal, present=present, quantity=quantity)
+
+
+def _first_guess(st: Any, close: np.ndarray) -> np.ndarray:
+    """What an entry the guardian sizes (no fixed quantity) is speculated at until a
+    speculation of these bars has told its size: the notional of the trades open now (the
+    guardian sizes from a share of the equity, which moves slowly), at each bar's close; one
+    share when none is open. Only a guess: the guardian checks every size exactly."""
+    costs = [t.entry_cost for t in st.trades.values() if t.filled_once and t.entry_qty > 0]
+    if not costs:
+        return np.ones(close.shape, dtype=np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        guess = np.floor(float(np.median(costs)) / close)
+    return np.where(np.isfinite(guess) & (guess >= 1), guess, 1).astype(np.int64)
 
 
 def breakout_chunk(

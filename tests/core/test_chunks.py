@@ -325,3 +325,22 @@ def test_an_entry_the_guardian_approved_for_less_fills_what_was_approved() -> No
     assert closed[0].quantity == mine.config.fixed_quantity - 1
     assert closed == [c for _, c in want_trades]
     assert same(state_of(mine), state_of(ref))
+
+
+def test_the_first_guess_of_a_guardian_size_is_the_open_trades_notional() -> None:
+    """Before the guardian has sized a chunk's entries, each is guessed at the median
+    notional of the trades open, at its bar's close (one share with none open, or where
+    the close is unknown): a guess close to the guardian's saves speculations."""
+    from types import SimpleNamespace
+
+    from sovereign.core.chunks import _first_guess
+    from sovereign.core.trades import Trade
+
+    def trade(cost: float) -> Trade:
+        return Trade("T", 0, 1.0, 1.0, {}, entry_qty=10, entry_cost=cost, filled_once=True)
+
+    close = np.array([[10.0, 40.0, np.nan], [3000.0, 7.0, 20.0]])
+    none_open = SimpleNamespace(trades={})
+    assert _first_guess(none_open, close).tolist() == [[1, 1, 1], [1, 1, 1]]
+    st_ = SimpleNamespace(trades={0: trade(1000.0), 1: trade(2000.0), 2: trade(9000.0)})
+    assert _first_guess(st_, close).tolist() == [[200, 50, 1], [1, 285, 100]]
