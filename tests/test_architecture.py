@@ -27,8 +27,8 @@ MAX_FILE_LINES = 600
 LONG_FILES: dict[str, int] = {}
 LONG_FUNCTIONS: dict[str, int] = {
     "sovereign/brokers/sim_chunk.py:speculate": 162,
-    "sovereign/core/chunk_walk.py:_walk": 115,
-    "sovereign/core/chunk_walk.py:_walk_scalar": 92,
+    "sovereign/core/chunk_walk.py:_walk": 114,
+    "sovereign/core/chunk_walk.py:_walk_scalar": 91,
     "sovereign/core/chunks.py:_book": 198,
 }
 

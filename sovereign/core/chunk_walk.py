@@ -26,6 +26,11 @@ class Signals:
     # what the guardian sized it at on an earlier speculation of the same bars; 0: the
     # guardian denies it, and the symbol is free to enter again from the next bar)
     quantity: np.ndarray
+    # (K, n): an entry's stop and target (ATR multiples) and maximum hold, by its decision
+    # bar (the strategy's ``_exit_parameters`` for the regime there)
+    stop_mult: np.ndarray
+    target_mult: np.ndarray
+    max_hold: np.ndarray
     present: np.ndarray  # (n,) symbols with bars in the chunk (the others have none at all)
 
 
@@ -54,7 +59,6 @@ def _walk(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
     over the trade's bars ahead at once. Exits filled at an open leave the symbol flat at
     that bar, free to enter again at its close. ``regime``: each bar's codes (K, n).
     """
-    cfg = st.config
     k_bars, n = bars.close.shape
     o, h, lo = bars.open, bars.high, bars.low
     seek, trading, done = 0, 1, 2
@@ -108,7 +112,7 @@ def _walk(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
             go, s = flat[s < k_bars], s[s < k_bars]
             if go.size:
                 log_e.append((s, go))
-                limit[go] = cfg.max_hold_bars
+                limit[go] = ind.max_hold[s, go]
                 entry_regime[go] = regime[s, go]
                 mode[go[s == k_bars - 1]] = done  # pending at the chunk's end
                 go, s = go[s < k_bars - 1], s[s < k_bars - 1]
@@ -116,7 +120,7 @@ def _walk(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
                 cursor[go[denied]] = s[denied] + 1
                 go, s = go[~denied], s[~denied]
                 if go.size:
-                    mult = (cfg.stop_atr_mult, cfg.target_atr_mult)
+                    mult = (ind.stop_mult[s, go], ind.target_mult[s, go])
                     enter(go, s + 1, ind.atr[s, go], mult, ind.quantity[s, go])
         active = np.flatnonzero(mode == trading)
         if not active.size:
@@ -169,7 +173,6 @@ costs ~150 µs of numpy calls whatever its width, so with one symbol it loses to
 
 def _walk_scalar(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
     """``_walk`` for narrow shards: the same decisions, one symbol at a time."""
-    cfg = st.config
     k_bars = len(bars)
     stop = st.stop.copy()
     target = st.target.copy()
@@ -184,7 +187,6 @@ def _walk_scalar(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
     x_col: list[int] = []
     x_reason: list[int] = []
     x_held: list[int] = []
-    sm, tm, max_hold = cfg.stop_atr_mult, cfg.target_atr_mult, int(cfg.max_hold_bars)
     for j in np.flatnonzero(ind.present).tolist():
         nxt = [*next_signal[:, j].tolist(), k_bars]
         if not k_bars or (nxt[0] >= k_bars and not position[j] and not st.pending_entry[j]):
@@ -219,7 +221,7 @@ def _walk_scalar(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
                     break
                 e_bar.append(sig)
                 e_col.append(j)
-                limit = max_hold
+                limit = int(ind.max_hold[sig, j])
                 entered_in = int(reg[sig])
                 if sig == k_bars - 1:
                     break
@@ -229,7 +231,8 @@ def _walk_scalar(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
                     continue
                 avg = (qty * o[fill]) / qty
                 a = atr[sig]
-                s_, t_ = avg - sm * a, avg + tm * a
+                s_ = avg - float(ind.stop_mult[sig, j]) * a
+                t_ = avg + float(ind.target_mult[sig, j]) * a
                 held, cursor, trading = 0, fill, True
                 position[j] = qty
             # The maximum hold bounds the window: the trade is decided within it or runs on.

@@ -152,7 +152,9 @@ def _check_supported(st: Any) -> None:
         raise ChunkUnsupportedError("short positions are not modelled")
 
 
-def _indicators(st: Any, bars: ChunkBars, present: np.ndarray, sizes: np.ndarray | None) -> Signals:
+def _indicators(
+    st: Any, bars: ChunkBars, present: np.ndarray, sizes: np.ndarray | None, regime: np.ndarray
+) -> Signals:
     """The chunk's indicators, by the indicators' own ``block`` (which leaves them as the
     chunk's bars one at a time would), its entry signals and their quantities."""
     h, c, v = bars.high, bars.close, bars.volume
@@ -168,7 +170,20 @@ def _indicators(st: Any, bars: ChunkBars, present: np.ndarray, sizes: np.ndarray
         quantity = _first_guess(st, c)
     if sizes is not None:
         quantity = np.where(sizes >= 0, sizes, quantity)
-    return Signals(atr=atr, signal=signal, present=present, quantity=quantity)
+    # Each entry's exits as the strategy sets them for the regime of its decision bar: its
+    # own ``_exit_parameters``, asked once for each regime the chunk has.
+    codes = np.unique(regime)
+    table = np.array([st._exit_parameters(int(code), None, 0)[:3] for code in codes.tolist()])
+    at = np.searchsorted(codes, regime)
+    return Signals(
+        atr=atr,
+        signal=signal,
+        present=present,
+        quantity=quantity,
+        stop_mult=table[at, 0],
+        target_mult=table[at, 1],
+        max_hold=table[at, 2].astype(np.int64),
+    )
 
 
 def _first_guess(st: Any, close: np.ndarray) -> np.ndarray:
@@ -217,7 +232,7 @@ def breakout_chunk(
     present = ~np.isnan(bars.close[0]) if len(bars) else np.ones(bars.close.shape[1], bool)
     if ((st.pending_entry | st.pending_exit) & ~present).any():
         raise ChunkUnsupportedError("an order is pending for a symbol without bars")
-    ind = _indicators(st, bars, present, sizes)
+    ind = _indicators(st, bars, present, sizes, regime_codes)
     walk = walk_trades(st, bars, ind, regime_codes, scalar=scalar)
     k_bars = len(bars)
     denied = ind.quantity[walk.entry_bar, walk.entry_col] <= 0
@@ -437,7 +452,7 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
             st.pending_entry[j] = True
         else:  # an exit: of the whole position, as bar by bar
             st.pending_exit[j], od.quantity = True, int(st.quantity[j])
-    st.max_hold[walk.entry_col] = cfg.max_hold_bars
+    _set_max_hold(st, walk, ind)
     holding = st.quantity > 0
     waiting = np.flatnonzero(st.pending_entry & ~holding)
     st.entry_regime[waiting] = regime_codes[-1, waiting]
@@ -462,6 +477,15 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
     return ChunkOutcome(intents=intents, trades=trades, entries_filled=entries_filled)
 
 
+def _set_max_hold(st: Any, walk: Walk, ind: Signals) -> None:
+    """Each symbol's maximum hold as its last entry in the chunk set it (bar by bar, each
+    decision sets it, and a later one overrides)."""
+    by = np.lexsort((walk.entry_bar, walk.entry_col))
+    e_col, e_bar = walk.entry_col[by], walk.entry_bar[by]
+    last = np.r_[e_col[1:] != e_col[:-1], True] if by.size else np.zeros(0, bool)
+    st.max_hold[e_col[last]] = ind.max_hold[e_bar[last], e_col[last]]
+
+
 def _open_trade(
     cls: Any,
     st: Any,
@@ -474,7 +498,6 @@ def _open_trade(
 ) -> Any:
     """The record of a trade entered at ``signal`` in the chunk: filled at the next open,
     or still pending if the signal came at the chunk's last bar."""
-    cfg = st.config
     a, close = float(ind.atr[signal, j]), float(bars.close[signal, j])
     trade = cls(
         trade_id=f"{st.universe.symbols[j]}-{seq}",
@@ -482,8 +505,8 @@ def _open_trade(
         confidence=1.0,
         atr=a,
         features={"atr": a, "atr_pct": a / close * 100.0},
-        stop_mult=cfg.stop_atr_mult,
-        target_mult=cfg.target_atr_mult,
+        stop_mult=float(ind.stop_mult[signal, j]),
+        target_mult=float(ind.target_mult[signal, j]),
     )
     if signal + 1 < len(bars):
         qty = int(ind.quantity[signal, j])

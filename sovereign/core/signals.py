@@ -227,16 +227,17 @@ class ShardStrategy(TradeBook):
             symbol = self.universe.symbols[i]
             intent_id = self._next_id(symbol)
             self.orders[intent_id] = Order(i, "OPEN", "breakout", quantity=cfg.fixed_quantity)
+            stop_mult, target_mult, max_hold, _ = self._exit_parameters(code, None, 0)
             self.trades[i] = Trade(
                 trade_id=intent_id,
                 regime_code=code,
                 confidence=1.0,
                 atr=a,
                 features={"atr": a, "atr_pct": a / c * 100.0},
-                stop_mult=cfg.stop_atr_mult,
-                target_mult=cfg.target_atr_mult,
+                stop_mult=stop_mult,
+                target_mult=target_mult,
             )
-            self.max_hold[i] = cfg.max_hold_bars
+            self.max_hold[i] = max_hold
             self.pending_entry[i] = True
             self.entry_regime[i] = code
             self.counters.entries += 1
@@ -246,7 +247,7 @@ class ShardStrategy(TradeBook):
                     index=i,
                     symbol=symbol,
                     ref_price=c,
-                    stop_price=c - cfg.stop_atr_mult * a,
+                    stop_price=c - stop_mult * a,
                     confidence=1.0,
                     regime=regime,
                     reason="breakout",

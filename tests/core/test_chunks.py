@@ -43,14 +43,22 @@ def make_bars(seed: int, t: int, n: int, cents: bool) -> ChunkBars:
 
 
 def strategy(
-    n: int, max_hold: int = 50, *, on_regime_change: bool = False, fixed_quantity: int = 100
+    n: int,
+    max_hold: int = 50,
+    *,
+    on_regime_change: bool = False,
+    fixed_quantity: int = 100,
+    per_regime: bool = False,
 ) -> ShardStrategy:
+    """The breakout preset's strategy; with ``per_regime``, the baseline's exits by regime
+    (wider stops and quicker exits in Volatile, tighter targets in Ranging)."""
     config = breakout_preset(Config())
     cfg = msgspec.structs.replace(
         config.strategy,
         max_hold_bars=max_hold,
         exit_on_regime_change=on_regime_change,
         fixed_quantity=fixed_quantity,
+        per_regime=Config().strategy.per_regime if per_regime else {},
     )
     return ShardStrategy(Universe([f"S{j:02d}" for j in range(n)]), cfg, shard=0)
 
@@ -200,8 +208,10 @@ def test_a_chunk_leaves_what_the_bars_one_at_a_time_leave(
         sizes = np.where(rng.random((t, n)) < 0.2, 0, rng.integers(1, 150, (t, n)))
         sizes[[b - 1 for b in edges[1:]]] = 100
     codes = regime_path(seed, t, n) if regimes else np.full((t, n), REGIME_UNKNOWN, np.uint8)
-    ref = strategy(n, max_hold, on_regime_change=regimes)
-    mine = strategy(n, max_hold, on_regime_change=regimes)
+    # With regimes, entries in Volatile and Ranging exit by their own stops, targets and
+    # holds (the strategy's per-regime exits).
+    ref = strategy(n, max_hold, on_regime_change=regimes, per_regime=regimes)
+    mine = strategy(n, max_hold, on_regime_change=regimes, per_regime=regimes)
     for a, b in itertools.pairwise(edges):
         part = rows(bars, a, b)
         part_sizes = None if sizes is None else sizes[a:b]
@@ -221,8 +231,8 @@ def test_a_chunk_leaves_trades_on_a_change_of_regime_as_the_bars_do() -> None:
     change of regime inside the chunk, on the same bars as bar by bar."""
     t, n = 400, 6
     bars, codes = make_bars(11, t, n, True), regime_path(11, t, n)
-    ref = strategy(n, 50, on_regime_change=True)
-    mine = strategy(n, 50, on_regime_change=True)
+    ref = strategy(n, 50, on_regime_change=True, per_regime=True)
+    mine = strategy(n, 50, on_regime_change=True, per_regime=True)
     want_intents, want_trades = step_by_step(ref, bars, codes)
     got_intents, out = chunked(mine, bars, codes, False)
     assert got_intents == want_intents
@@ -230,6 +240,9 @@ def test_a_chunk_leaves_trades_on_a_change_of_regime_as_the_bars_do() -> None:
     assert sorted(c.trade_id for c in closed) == sorted(c.trade_id for _, c in want_trades)
     reasons = [c.exit_reason for c in closed]
     assert reasons.count("regime_change") >= 5, reasons
+    # Entries in Volatile held at most its 10 bars; some of them exited on that hold.
+    volatile = [c for c in closed if c.regime == "Volatile"]
+    assert volatile and max(c.bars_held for c in volatile) <= 10
     assert reasons == [c.exit_reason for _, c in want_trades]
 
 
