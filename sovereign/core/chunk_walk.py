@@ -27,7 +27,7 @@ class Signals:
     # guardian denies it, and the symbol is free to enter again from the next bar)
     quantity: np.ndarray
     # (K, n): an entry's stop and target (ATR multiples) and maximum hold, by its decision
-    # bar (the strategy's ``_exit_parameters`` for the regime there)
+    # bar (the strategy's ``exit_parameters`` for the regime there)
     stop_mult: np.ndarray
     target_mult: np.ndarray
     max_hold: np.ndarray

@@ -171,9 +171,9 @@ def _indicators(
     if sizes is not None:
         quantity = np.where(sizes >= 0, sizes, quantity)
     # Each entry's exits as the strategy sets them for the regime of its decision bar: its
-    # own ``_exit_parameters``, asked once for each regime the chunk has.
+    # own ``exit_parameters``, asked once for each regime the chunk has.
     codes = np.unique(regime)
-    table = np.array([st._exit_parameters(int(code), None, 0)[:3] for code in codes.tolist()])
+    table = np.array([st.exit_parameters(int(code), None, 0)[:3] for code in codes.tolist()])
     at = np.searchsorted(codes, regime)
     return Signals(
         atr=atr,

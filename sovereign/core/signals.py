@@ -227,7 +227,7 @@ class ShardStrategy(TradeBook):
             symbol = self.universe.symbols[i]
             intent_id = self._next_id(symbol)
             self.orders[intent_id] = Order(i, "OPEN", "breakout", quantity=cfg.fixed_quantity)
-            stop_mult, target_mult, max_hold, _ = self._exit_parameters(code, None, 0)
+            stop_mult, target_mult, max_hold, _ = self.exit_parameters(code, None, 0)
             self.trades[i] = Trade(
                 trade_id=intent_id,
                 regime_code=code,
@@ -472,7 +472,7 @@ class ShardStrategy(TradeBook):
     ) -> EntrySignal | None:
         """Record an entry decision and return its signal; with ``shadow`` (a rule
         prevented it) the decision goes to the shadow book instead, and no signal."""
-        stop_mult, target_mult, max_hold, scale = self._exit_parameters(code, effects, k)
+        stop_mult, target_mult, max_hold, scale = self.exit_parameters(code, effects, k)
         symbol = self.universe.symbols[i]
         # A prevented entry takes no intent id: the real ids (and trades.csv) stay as
         # they are without rules.
@@ -531,7 +531,7 @@ class ShardStrategy(TradeBook):
             size_scale=scale,
         )
 
-    def _exit_parameters(
+    def exit_parameters(
         self, code: int, effects: Effects | None, k: int
     ) -> tuple[float, float, int, float]:
         """An entry's stop and target (ATR multiples), maximum hold and size scale: the
