@@ -1,9 +1,10 @@
 """A speculative chunk's trades, walked from event to event (``core.chunks``).
 
-Given each bar's entry signal and ATR over a chunk, a walk finds every symbol's entries and
-exits as a replay bar by bar would, in the world the chunk assumes (every order approved as
-asked and filled in full at the next bar's open). Exits are ``core.trades.exit_code``'s,
-the one definition of an exit, asked for each open trade's bars ahead at once.
+Given each bar's entry signal, ATR, entry size and exit parameters over a chunk, a walk
+finds every symbol's entries and exits as a replay bar by bar would, in the world the chunk
+assumes (every entry approved for its size, or denied where that size is 0, and filled in
+full at the next bar's open). Exits are ``core.trades.exit_code``'s, the one definition of
+an exit, asked for each open trade's bars ahead at once.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from sovereign.core.trades import exit_code
 
 @dataclass(slots=True)
 class Signals:
-    """What a walk needs of a chunk's indicators: each bar's ATR and entry signal."""
+    """What a walk needs of a chunk: each bar's ATR, entry signal, and an entry's size and
+    exit parameters were it decided there."""
 
     atr: np.ndarray  # (K, n), NaN until ready
     signal: np.ndarray  # (K, n) entry signal (were the symbol flat)
@@ -167,8 +169,9 @@ def _walk(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:
 
 
 SCALAR_WALK_MAX_SYMBOLS = 8
-"""Shards this narrow walk their symbols one at a time in plain Python: a vectorised round
-costs ~150 µs of numpy calls whatever its width, so with one symbol it loses to a loop."""
+"""Shards this narrow walk their symbols one at a time (one small ``exit_code`` call a
+trade): a vectorised round costs ~150 µs of numpy calls whatever its width, so with one
+symbol it loses to a loop."""
 
 
 def _walk_scalar(st: Any, bars: Any, ind: Signals, regime: np.ndarray) -> Walk:

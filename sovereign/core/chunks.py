@@ -5,9 +5,11 @@ reaches the outside world until it is committed. So instead of one round trip th
 actor graph per bar time, a backtest can hand each actor a *chunk* of K bar times:
 
 1. the shard runs its strategy over the chunk **speculatively**: it assumes every intent
-   is approved as asked and fills in full at the next bar's open (the simulated broker's
-   fill model: a market sell at the open less its slippage, an entry whose limit the open
-   does not cross at the open), and reports its intents as columns;
+   is approved (an entry for its own quantity, or for the size the guardian gave it on an
+   earlier speculation of these bars, or denied if that size is 0) and fills in full at the
+   next bar's open (the simulated broker's fill model: a market sell at the open less its
+   slippage, an entry whose limit the open does not cross at the open), and reports its
+   intents as columns;
 2. the guardian approves the chunk's orders **conditionally** (one signature over the
    batch), checking everything it can without the account path;
 3. the gateway executes the batch on the simulated broker **without committing**: it

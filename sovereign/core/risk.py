@@ -27,7 +27,6 @@ from __future__ import annotations
 import hmac
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgspec
 import numpy as np
@@ -382,12 +381,6 @@ def evaluate_intent(
         f"{quantity * price / book.equity:.2%} of equity)",
         quantity,
     )
-
-
-def first_unsafe_order(**columns: Any) -> int:
-    """The first of ``unsafe_orders``; -1 if there is none."""
-    bad = unsafe_orders(**columns)
-    return int(np.argmax(bad)) if bad.any() else -1
 
 
 def unsafe_orders(

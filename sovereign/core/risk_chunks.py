@@ -230,7 +230,7 @@ def validate_chunk(engine: RiskEngine, ex: ChunkExecution) -> ChunkVerdict:
         reason: str = "",
         bar: int = -1,
         n: int = 0,
-        sized: dict[str, Any] | None = None,
+        sized: Sized | None = None,
     ) -> ChunkVerdict:
         engine.count("chunks_valid" if valid else "chunks_invalid", 1)
         assert pending is not None or not valid

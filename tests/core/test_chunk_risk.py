@@ -15,8 +15,8 @@ from sovereign.core.risk import (
     RiskBook,
     SizingPolicy,
     evaluate_intent,
-    first_unsafe_order,
     sign_chunk,
+    unsafe_orders,
 )
 from sovereign.domain.regimes import regime_name
 from sovereign.messages import NDArray, OrderIntent
@@ -73,7 +73,7 @@ def test_a_chunk_that_passes_is_approved_in_full_one_order_at_a_time(rows) -> No
     col = {k: np.array([r[k] for r in rows]) for k in rows[0]} if rows else None
     if col is None:
         return
-    first = first_unsafe_order(
+    unsafe = unsafe_orders(
         bar=col["bar"].astype(np.int64),
         buy=col["buy"].astype(bool),
         quantity=col["quantity"].astype(np.int64),
@@ -86,7 +86,7 @@ def test_a_chunk_that_passes_is_approved_in_full_one_order_at_a_time(rows) -> No
         constitution=C,
         policy=POLICY,
     )
-    if first < 0:
+    if not unsafe.any():
         assert one_at_a_time(rows)
 
 
@@ -104,8 +104,8 @@ def test_the_check_is_not_vacuous() -> None:
         constitution=C,
         policy=POLICY,
     )
-    assert first_unsafe_order(equity=np.array([1e6, 1e6]), **args) == -1
-    assert first_unsafe_order(equity=np.array([30_000.0, 30_000.0]), **args) == 0
+    assert unsafe_orders(equity=np.array([1e6, 1e6]), **args).tolist() == [False, False]
+    assert unsafe_orders(equity=np.array([30_000.0, 30_000.0]), **args).tolist() == [True, False]
 
 
 @settings(max_examples=200, deadline=None)
