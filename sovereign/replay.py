@@ -122,9 +122,9 @@ class ChunkedReplay:
         """The longest chunk this session replays at once (``core.chunks``); 0: none.
 
         Chunks need a replayed backtest on the simulated broker (whose executions can be
-        taken back), a strategy that runs in chunks (the breakout, with a fixed quantity or
-        sized by the guardian), no learner that would act between two bars
-        (self-modification) and nobody waiting for each fill. The regime models run in
+        taken back), no learner that would act between two bars (self-modification)
+        and nobody waiting for each fill. Both strategies run in chunks (the baseline with
+        its rules, the breakout preset with a fixed quantity or sized by the guardian). The regime models run in
         chunks (their answers depend on the bars alone), and so does slippage (the shards
         book market sells where the fill model fills them); entries the guardian cuts,
         denies or sizes are speculated with its sizes (``_replay``)."""
@@ -136,7 +136,6 @@ class ChunkedReplay:
             or not isinstance(self.feed, ReplayFeed)
             or c.engine.chunk_bars == 1
             or c.broker.kind != "sim"
-            or c.strategy.kind != "breakout"
             or c.selfmod.enabled
             or self.notify_fills
             or c.notifications.wants("fill")

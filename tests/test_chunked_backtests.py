@@ -28,9 +28,14 @@ def config(
     regimes: bool = False,
     slippage_bps: float = 0.0,
     fixed_quantity: int | None = None,
+    baseline: bool = False,
 ) -> Config:
-    cfg = breakout_preset(Config())
     replace = msgspec.structs.replace
+    # The baseline: the default configuration (its strategy, the HMM, slippage, entries
+    # sized by the guardian) without self-modification.
+    cfg = replace(Config(), selfmod=replace(Config().selfmod, enabled=False))
+    if not baseline:
+        cfg = breakout_preset(cfg)
     if fixed_quantity is not None:
         cfg = replace(cfg, strategy=replace(cfg.strategy, fixed_quantity=fixed_quantity))
     if regimes:
@@ -154,6 +159,10 @@ SCENARIOS = {
     # ...and on $300,000 most are discarded: their bar times, run by the regime model in
     # the chunk, are answered again from what it said then.
     "regimes-replayed": ("synthetic:12x1500", {"capital": 300_000.0, "regimes": True}),
+    # The default strategy and regime model (self-modification off): entries in some
+    # regimes, exits on a change of regime, every entry sized by the guardian and
+    # recording its features.
+    "baseline": ("synthetic:12x2000", {"baseline": True, "regimes": True}),
 }
 
 
@@ -172,7 +181,7 @@ def test_a_chunked_backtest_is_the_backtest_bar_by_bar(tmp_path, name) -> None:
     if name.startswith("regimes"):
         labels = set(bars[0].trades["regime"])
         assert len(labels - {"Unknown"}) >= 2, labels
-    if name == "regimes":
+    if name in ("regimes", "baseline"):
         assert counters["chunked_steps"] > 1000, counters
     if name == "guardian-sized":
         assert len(set(bars[0].trades["quantity"])) > 20  # sized, not a fixed quantity
@@ -250,8 +259,8 @@ def test_short_chunks_through_the_wire_change_nothing_either(tmp_path) -> None:
 
 
 def test_chunks_are_only_for_what_they_can_replay_exactly() -> None:
-    """Paper sessions, other strategies, self-modification and per-fill notifications
-    all run bar by bar; the regime models, slippage and entries the guardian sizes run in
+    """Paper sessions, self-modification and per-fill notifications all run bar by bar;
+    both strategies, the regime models, slippage and entries the guardian sizes run in
     chunks."""
     from sovereign.actors.runtime import LocalRuntime
     from sovereign.engine import Engine
@@ -267,7 +276,9 @@ def test_chunks_are_only_for_what_they_can_replay_exactly() -> None:
     base = config(chunk_bars=0)
     assert limit(base) > 0
     assert limit(base, mode="paper") == 0
-    assert limit(Config()) == 0
+    assert limit(Config()) == 0  # self-modification acts between bars
+    no_selfmod = replace(Config(), selfmod=replace(Config().selfmod, enabled=False))
+    assert limit(no_selfmod) > 0
     assert limit(replace(base, sim=replace(base.sim, slippage_bps=2.0))) > 0
     assert limit(config(chunk_bars=0, fixed_quantity=0)) > 0
     for model in ("baseline", "hmm", "blend"):

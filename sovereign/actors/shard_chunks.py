@@ -15,7 +15,7 @@ from sovereign.core.chunks import (
     ChunkBars,
     ChunkOutcome,
     ChunkUnsupportedError,
-    breakout_chunk,
+    strategy_chunk,
     strategy_state_names,
 )
 from sovereign.core.fills import market_price
@@ -118,12 +118,14 @@ class ShardChunks:
         saved = checkpoint(self.strategy, strategy_state_names())
         saved.update({name: getattr(self, name) for name in self._ACTOR_STATE})
         saved["ids"] = self.ids.n
-        codes = self.regime_codes
+        codes, probs = self.regime_codes, self.regime_probs
         if regimes is not None and len(regimes):
-            codes = self._regime_rows(regimes)
+            codes, probs = self._regime_rows(regimes)
         try:
             sizes = None if msg.sizes is None else msg.sizes.to_numpy()
-            outcome = breakout_chunk(self.strategy, bars, codes, sizes=sizes)
+            outcome = strategy_chunk(
+                self.strategy, bars, codes, regime_probs=probs, sizes=sizes
+            )
         except ChunkUnsupportedError as exc:
             self._restore(saved)
             return refuse(str(exc))
@@ -132,18 +134,20 @@ class ShardChunks:
         self.intents += len(outcome.intents)
         return self._intent_chunk(msg, bar_close, outcome, saved_orders, "")
 
-    def _regime_rows(self, regimes: RegimeChunk) -> np.ndarray:
-        """The regime codes after each of a chunk's bar times (K, n) in universe order;
-        the shard is left with the last bar's codes and probabilities, as the last
+    def _regime_rows(self, regimes: RegimeChunk) -> tuple[np.ndarray, np.ndarray]:
+        """The regime codes (K, n) and probabilities (K, n, 4) after each of a chunk's bar
+        times in universe order; the shard is left with the last bar's, as the last
         ``RegimeUpdate`` of those bars would have left it."""
         idx = self.universe.locate(regimes.symbols.to_numpy())
         ok = idx >= 0
-        codes = np.broadcast_to(self.regime_codes, (len(regimes), self.regime_codes.size)).copy()
+        k, n = len(regimes), self.regime_codes.size
+        codes = np.broadcast_to(self.regime_codes, (k, n)).copy()
         codes[:, idx[ok]] = regimes.codes.to_numpy()[:, ok]
+        probs = np.broadcast_to(self.regime_probs, (k, *self.regime_probs.shape)).copy()
+        probs[:, idx[ok]] = regimes.probabilities.to_numpy()[:, ok]
         self.regime_codes = codes[-1].copy()
-        self.regime_probs = self.regime_probs.copy()
-        self.regime_probs[idx[ok]] = regimes.probabilities.to_numpy()[-1, ok]
-        return codes
+        self.regime_probs = probs[-1].copy()
+        return codes, probs
 
     def _intent_chunk(
         self,
@@ -180,6 +184,7 @@ class ShardChunks:
             pending_quantity=list(pending.values()),
             asked=col("asked", "<i8"),
             regime=col("regime", "|u1"),
+            size_scale=col("size_scale", "<f8"),
         )
 
     def _settle_chunk(

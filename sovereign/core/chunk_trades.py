@@ -81,10 +81,8 @@ def commit_trades(
     regime = _REGIME_LABELS[np.where((codes >= 0) & (codes < len(REGIME_NAMES)), codes, -1)]
     names = st.universe.names[t.index]
     trade_id = [f"{s}-{e}" for s, e in zip(names.tolist(), t.entry_seq.tolist(), strict=True)]
-    confidence = np.ones(m)
-    features: list[dict[str, Any]] = [
-        {"atr": a, "atr_pct": p} for a, p in zip(t.atr.tolist(), t.atr_pct.tolist(), strict=True)
-    ]
+    confidence = t.confidence.astype(np.float64)
+    features: list[dict[str, Any]] = list(t.features)
     reason = [EXIT_REASONS[w] for w in why]
     for i, before in t.earlier.items():
         trade_id[i], confidence[i], features[i] = (

@@ -9,6 +9,7 @@ an exit, asked for each open trade's bars ahead at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,21 @@ class Signals:
     target_mult: np.ndarray
     max_hold: np.ndarray
     present: np.ndarray  # (n,) symbols with bars in the chunk (the others have none at all)
+    # (K, n): an entry's confidence and the rules' size scale, were it decided there
+    # (None: 1 everywhere, as the breakout preset's)
+    confidence: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    # What an entry decided at (bar, column) records of its signal bar (its ``features``)
+    record: Callable[[int, int], dict[str, Any]] | None = None
+
+    def features(self, t: int, j: int) -> dict[str, Any]:
+        assert self.record is not None, "the strategy's signals say what an entry records"
+        return self.record(t, j)
+
+    def confidence_at(self, t: np.ndarray, j: np.ndarray) -> np.ndarray:
+        if self.confidence is None:
+            return np.ones(np.shape(t))
+        return self.confidence[t, j].astype(np.float64)
 
 
 @dataclass(slots=True)

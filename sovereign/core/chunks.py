@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from sovereign.core.chunk_baseline import BaselineUnsupportedError, baseline_signals, count_flat
 from sovereign.core.chunk_state import assumed_fills
 from sovereign.core.chunk_walk import Signals, Walk, opening_quantity, walk_trades
 from sovereign.core.entries import breakout_signal
@@ -75,6 +76,7 @@ class ChunkIntents:
     seq: np.ndarray  # int64, the intent's number for its symbol ("SYM-<seq>")
     asked: np.ndarray  # int64, the shares it asks for bar by bar (0: the guardian sizes it)
     regime: np.ndarray  # uint8, the symbol's regime code at the decision (sizing reads it)
+    size_scale: np.ndarray  # float64, the rules' scale of an entry's size (sizing reads it)
 
     def __len__(self) -> int:
         return int(self.bar.shape[0])
@@ -99,8 +101,8 @@ class ChunkTrades:
     entry_seq: np.ndarray  # int64, the entry order's seq if it filled in the chunk, else 0
     exit_seq: np.ndarray  # int64
     regime: np.ndarray  # int64, the regime code at the entry
-    atr: np.ndarray  # float64, at the signal (entries decided in the chunk)
-    atr_pct: np.ndarray  # float64
+    confidence: np.ndarray  # float64, the entry's (entries decided in the chunk)
+    features: list[dict[str, Any]]  # what the entry recorded of its signal bar (same)
     # Trades opened before the chunk, by row: their records (trade id, features, ...).
     earlier: dict[int, Any]
 
@@ -123,10 +125,11 @@ class ChunkUnsupportedError(Exception):
 
 
 def _check_supported(st: Any) -> None:
-    """The states the breakout kernel reproduces exactly; anything else is replayed bar by
-    bar (partial fills, late fills, canceled entries, orders nobody answered)."""
-    if not st.breakout:
-        raise ChunkUnsupportedError("only the breakout strategy runs in chunks")
+    """The states the kernel reproduces exactly; anything else is replayed bar by bar
+    (partial fills, late fills, canceled entries, orders nobody answered, shadow trades
+    open)."""
+    if st.shadow is not None and st.shadow.trades:
+        raise ChunkUnsupportedError("the shadow book follows a prevented trade")
     if st.exit_late_fill.any():
         raise ChunkUnsupportedError("a late entry fill is waiting to be sold")
     if (st.pending_entry & (st.quantity > 0)).any() or (st.pending_exit & (st.quantity <= 0)).any():
@@ -154,11 +157,23 @@ def _check_supported(st: Any) -> None:
         raise ChunkUnsupportedError("short positions are not modelled")
 
 
+def _quantities(st: Any, close: np.ndarray, sizes: np.ndarray | None) -> np.ndarray:
+    """What an entry decided at each bar and symbol is speculated to fill: the strategy's
+    fixed quantity, or a first guess of the guardian's size, or the guardian's size from
+    an earlier speculation of these bars (``sizes``)."""
+    quantity = np.full(close.shape, int(st.config.fixed_quantity), dtype=np.int64)
+    if not st.breakout or st.config.fixed_quantity <= 0:
+        quantity = _first_guess(st, close)
+    if sizes is not None:
+        quantity = np.where(sizes >= 0, sizes, quantity)
+    return quantity
+
+
 def _indicators(
-    st: Any, bars: ChunkBars, present: np.ndarray, sizes: np.ndarray | None, regime: np.ndarray
+    st: Any, bars: ChunkBars, present: np.ndarray, quantity: np.ndarray, regime: np.ndarray
 ) -> Signals:
-    """The chunk's indicators, by the indicators' own ``block`` (which leaves them as the
-    chunk's bars one at a time would), its entry signals and their quantities."""
+    """The breakout preset's indicators over the chunk, by the indicators' own ``block``
+    (which leaves them as the chunk's bars one at a time would), and its entry signals."""
     h, c, v = bars.high, bars.close, bars.volume
     atr, atr_ready = st.atr.block(present, h, bars.low, c)
     prior_high, ph_ready = st.prior_high.block(present, h)
@@ -167,16 +182,16 @@ def _indicators(
     # The median only where the other conditions hold (a sort per bar and symbol).
     median, vm_ready = st.volume_median.block(present, v, need=maybe)
     signal = breakout_signal(atr_ready & ph_ready & vm_ready, c, prior_high, v, median)
-    quantity = np.full(c.shape, int(st.config.fixed_quantity), dtype=np.int64)
-    if st.config.fixed_quantity <= 0:
-        quantity = _first_guess(st, c)
-    if sizes is not None:
-        quantity = np.where(sizes >= 0, sizes, quantity)
     # Each entry's exits as the strategy sets them for the regime of its decision bar: its
     # own ``exit_parameters``, asked once for each regime the chunk has.
     codes = np.unique(regime)
     table = np.array([st.exit_parameters(int(code), None, 0)[:3] for code in codes.tolist()])
     at = np.searchsorted(codes, regime)
+
+    def record(t: int, j: int) -> dict[str, Any]:
+        a = float(atr[t, j])
+        return {"atr": a, "atr_pct": a / float(c[t, j]) * 100.0}
+
     return Signals(
         atr=atr,
         signal=signal,
@@ -185,6 +200,7 @@ def _indicators(
         stop_mult=table[at, 0],
         target_mult=table[at, 1],
         max_hold=table[at, 2].astype(np.int64),
+        record=record,
     )
 
 
@@ -201,28 +217,29 @@ def _first_guess(st: Any, close: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(guess) & (guess >= 1), guess, 1).astype(np.int64)
 
 
-def breakout_chunk(
+def strategy_chunk(
     st: Any,
     bars: ChunkBars,
     regime_codes: np.ndarray,
     *,
+    regime_probs: np.ndarray | None = None,
     scalar: bool | None = None,
     sizes: np.ndarray | None = None,
 ) -> ChunkOutcome:
-    """Run the breakout strategy (``ShardStrategy`` with ``kind = "breakout"``) over a
-    chunk, speculatively, and leave ``st`` as a replay bar by bar would (the caller
+    """Run the shard's strategy (``ShardStrategy``: the baseline or the breakout preset)
+    over a chunk, speculatively, and leave ``st`` as a replay bar by bar would (the caller
     checkpoints it first and restores it if the chunk is abandoned). ``regime_codes``:
-    each symbol's regime after each bar time (K, n), or one row (n,) for all. ``sizes``
-    (K, n), optional: the shares the guardian sized an entry decided at that bar and
-    symbol at, on an earlier speculation of the same bars (0: it denies it; -1: not known,
-    the strategy's own).
+    each symbol's regime after each bar time (K, n), or one row (n,) for all;
+    ``regime_probs`` (K, n, 4) or (n, 4): their probabilities (the strategy's own when
+    None). ``sizes`` (K, n), optional: the shares the guardian sized an entry decided at
+    that bar and symbol at, on an earlier speculation of the same bars (0: it denies it;
+    -1: not known, the strategy's first guess).
 
     Bar by bar, the shard books the fills at each bar's open, updates its indicators with
-    the bar, counts a bar held for every open trade, decides exits (stop, target, maximum
-    hold) and then entries (a close above the previous ``breakout_window`` highs on volume
-    above their median). Here the indicators are columns over the whole chunk and each
-    symbol's trades are walked from event to event (``walk_trades``); the decisions are then
-    numbered and booked symbol by symbol (``_book``)."""
+    the bar, counts a bar held for every open trade, decides exits (stop, target, regime
+    change, maximum hold) and then entries. Here the indicators are columns over the whole
+    chunk and each symbol's trades are walked from event to event (``walk_trades``); the
+    decisions are then numbered and booked symbol by symbol (``_book``)."""
     _check_supported(st)
     if (
         regime_codes.ndim == 1
@@ -234,9 +251,25 @@ def breakout_chunk(
     present = ~np.isnan(bars.close[0]) if len(bars) else np.ones(bars.close.shape[1], bool)
     if ((st.pending_entry | st.pending_exit) & ~present).any():
         raise ChunkUnsupportedError("an order is pending for a symbol without bars")
-    ind = _indicators(st, bars, present, sizes, regime_codes)
+    quantity = _quantities(st, bars.close, sizes)
+    cells = None
+    if st.breakout:
+        ind = _indicators(st, bars, present, quantity, regime_codes)
+    else:
+        if regime_probs is None:
+            raise ChunkUnsupportedError("the baseline's entries record regime probabilities")
+        probs = np.broadcast_to(regime_probs, (*bars.close.shape, regime_probs.shape[-1]))
+        try:
+            ind, cells = baseline_signals(st, bars, present, regime_codes, probs, quantity)
+        except BaselineUnsupportedError as exc:
+            raise ChunkUnsupportedError(str(exc)) from exc
     walk = walk_trades(st, bars, ind, regime_codes, scalar=scalar)
     k_bars = len(bars)
+    if cells is not None:
+        try:
+            count_flat(st, walk, cells, ind.quantity, present)
+        except BaselineUnsupportedError as exc:
+            raise ChunkUnsupportedError(str(exc)) from exc
     denied = ind.quantity[walk.entry_bar, walk.entry_col] <= 0
     if (denied & (walk.entry_bar == k_bars - 1)).any():
         # Its verdict would come after the chunk, to an order the chunk leaves pending.
@@ -309,7 +342,6 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
     new = paired & closes
     xp, ep = x_pos[new], e_pos[new]
     j_new, s_new = col[xp], bar[ep]
-    atr_new = ind.atr[s_new, j_new]
     rows: list[dict[str, np.ndarray]] = [
         {
             "index": j_new,
@@ -323,8 +355,7 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
             "entry_seq": seq[ep],
             "exit_seq": seq[xp],
             "regime": regime_codes[s_new, j_new].astype(np.int64),
-            "atr": atr_new,
-            "atr_pct": atr_new / c[s_new, j_new] * 100.0,
+            "signal": s_new,
         }
     ]
     earlier_rows: list[tuple[dict[str, Any], Any]] = []
@@ -345,8 +376,7 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
                     "entry_seq": entry_seq_of.get(j, 0),
                     "exit_seq": exit_seq,
                     "regime": trade.regime_code,
-                    "atr": np.nan,
-                    "atr_pct": np.nan,
+                    "signal": -1,
                 },
                 trade,
             )
@@ -420,6 +450,7 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
     exit_bar = cols["exit_bar"][order].astype(np.int64)
     index = cols["index"][order].astype(np.int64)
     quantity = cols["quantity"][order].astype(np.int64)
+    signal = cols["signal"][order].astype(np.int64)
     trades = ChunkTrades(
         index=index,
         exit_bar=exit_bar,
@@ -434,8 +465,11 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
         entry_seq=cols["entry_seq"][order].astype(np.int64),
         exit_seq=cols["exit_seq"][order].astype(np.int64),
         regime=cols["regime"][order].astype(np.int64),
-        atr=cols["atr"][order].astype(np.float64),
-        atr_pct=cols["atr_pct"][order].astype(np.float64),
+        confidence=np.where(signal >= 0, ind.confidence_at(signal, index), 1.0),
+        features=[
+            ind.features(t, j) if t >= 0 else {}
+            for t, j in zip(signal.tolist(), index.tolist(), strict=True)
+        ],
         earlier={int(position[first_earlier + i]): t for i, (_, t) in enumerate(earlier_rows)},
     )
 
@@ -465,16 +499,20 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
     side, quantities = np.where(is_exit, SIDE_SELL, SIDE_BUY).astype(np.uint8), qtab[bar, col]
     quantities[x_pos] = exit_qty
     out = np.lexsort((col, side == SIDE_BUY, bar))
+    bar, col, is_exit = bar[out], col[out], is_exit[out]
+    # An entry asks for the strategy's quantity (the baseline's: none, the guardian sizes).
+    asked = int(cfg.fixed_quantity) if st.breakout else 0
     intents = ChunkIntents(
-        bar=bar[out],
-        index=col[out],
+        bar=bar,
+        index=col,
         side=side[out],
         quantity=quantities[out],
-        ref_price=c[bar[out], col[out]].astype(np.float64),
-        confidence=np.ones(m),
+        ref_price=c[bar, col].astype(np.float64),
+        confidence=np.where(is_exit, 1.0, ind.confidence_at(bar, col)),
         seq=seq[out],
-        asked=np.where(is_exit, quantities, int(cfg.fixed_quantity))[out],
-        regime=regime_codes[bar, col].astype(np.uint8)[out],
+        asked=np.where(is_exit, quantities[out], asked),
+        regime=regime_codes[bar, col].astype(np.uint8),
+        size_scale=np.where(is_exit, 1.0, 1.0 if ind.scale is None else ind.scale[bar, col]),
     )
     return ChunkOutcome(intents=intents, trades=trades, entries_filled=entries_filled)
 
@@ -500,13 +538,12 @@ def _open_trade(
 ) -> Any:
     """The record of a trade entered at ``signal`` in the chunk: filled at the next open,
     or still pending if the signal came at the chunk's last bar."""
-    a, close = float(ind.atr[signal, j]), float(bars.close[signal, j])
     trade = cls(
         trade_id=f"{st.universe.symbols[j]}-{seq}",
         regime_code=int(regime_codes[signal, j]),
-        confidence=1.0,
-        atr=a,
-        features={"atr": a, "atr_pct": a / close * 100.0},
+        confidence=float(ind.confidence_at(np.array(signal), np.array(j))),
+        atr=float(ind.atr[signal, j]),
+        features=ind.features(signal, j),
         stop_mult=float(ind.stop_mult[signal, j]),
         target_mult=float(ind.target_mult[signal, j]),
     )
@@ -539,6 +576,8 @@ def strategy_state_names() -> tuple[str, ...]:
         "_seq",
         "counters",
         "losing_streak",
+        "volume_pct",
+        "sr",
     )
 
 
@@ -551,6 +590,6 @@ __all__ = [
     "ChunkOutcome",
     "ChunkTrades",
     "ChunkUnsupportedError",
-    "breakout_chunk",
+    "strategy_chunk",
     "strategy_state_names",
 ]

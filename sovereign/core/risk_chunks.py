@@ -53,6 +53,7 @@ class PendingChunk:
     asked: np.ndarray
     sent: np.ndarray
     regime: np.ndarray
+    size_scale: np.ndarray
 
 
 Sized = dict[str, Any]
@@ -88,8 +89,8 @@ def approve_chunk(engine: RiskEngine, chunks: list[IntentChunk]) -> ApprovedChun
     and the engine replays it bar by bar, where each intent is decided on its own."""
     engine.chunk = None
     chunk = chunks[0].chunk
-    names, shard, bar, side, quantity, ref, confidence, seq, asked, regime = _in_decision_order(
-        chunks
+    names, shard, bar, side, quantity, ref, confidence, seq, asked, regime, scale = (
+        _in_decision_order(chunks)
     )
     buy = side == 1
     bar_close = chunks[0].bar_close.to_numpy()
@@ -131,6 +132,7 @@ def approve_chunk(engine: RiskEngine, chunks: list[IntentChunk]) -> ApprovedChun
             asked=asked,
             sent=sent,
             regime=regime,
+            size_scale=scale,
         )
     now = int(bar_close[-1]) if bar_close.size else 0
     return ApprovedChunk(
@@ -156,7 +158,8 @@ def approve_chunk(engine: RiskEngine, chunks: list[IntentChunk]) -> ApprovedChun
 def _in_decision_order(chunks: list[IntentChunk]) -> list[np.ndarray]:
     """The shards' intents as one set of columns in the order the guardian decides them
     bar by bar (by bar, exits first, then by symbol): symbol, shard, bar, side, quantity,
-    reference price, confidence, seq, the quantity asked and the regime code."""
+    reference price, confidence, seq, the quantity asked, the regime code and the size
+    scale."""
     names = np.concatenate([c.symbols.to_numpy()[c.index.to_numpy()] for c in chunks])
     shard = np.concatenate([np.full(len(c), c.shard, dtype=np.int64) for c in chunks])
     cols = {
@@ -169,6 +172,9 @@ def _in_decision_order(chunks: list[IntentChunk]) -> list[np.ndarray]:
     unknown = np.uint8(REGIME_UNKNOWN)
     cols["regime"] = np.concatenate(
         [np.full(len(c), unknown) if c.regime is None else c.regime.to_numpy() for c in chunks]
+    )
+    cols["size_scale"] = np.concatenate(
+        [np.ones(len(c)) if c.size_scale is None else c.size_scale.to_numpy() for c in chunks]
     )
     order = np.lexsort((names, cols["side"] == 1, cols["bar"]))
     return [names[order], shard[order], *(v[order] for v in cols.values())]
@@ -396,6 +402,7 @@ def _exact_sizes(
                 confidence=float(pending.confidence[k]),
                 regime=regime_name(int(pending.regime[k])),
                 reason="",
+                size_scale=float(pending.size_scale[k]),
             )
             d = evaluate_intent(intent, book, engine.constitution, engine.policy, price=price)
             exact[k], codes[k] = (d.quantity if d.approved else 0), d.reason_code

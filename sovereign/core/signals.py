@@ -100,6 +100,39 @@ def _probability(regime_probs: np.ndarray, i: int, code: int) -> float | None:
     return float(regime_probs[i, code]) if code < len(REGIME_NAMES) else None
 
 
+Features = dict[str, float | int | str | bool | None]
+
+
+def entry_features(
+    atr: float,
+    close: float,
+    volume_pct: float,
+    sr: int,
+    strength: float,
+    regime_probability: float | None,
+    minute: int,
+    weekday: int,
+    size_scale: float,
+    rules_version: int,
+    acted: tuple[str, ...] = (),
+) -> Features:
+    """What a baseline entry records of its signal bar (its trade's ``features``): the
+    bar path's and a chunk's entries alike."""
+    return {
+        "atr": atr,
+        "atr_pct": atr / close * 100.0,
+        "volume_pct": None if np.isnan(volume_pct) else volume_pct,
+        "sr_score": sr,
+        "breakout_strength": strength,
+        "regime_probability": regime_probability,
+        "minute_of_day": minute,
+        "day_of_week": weekday,
+        "size_scale": size_scale,
+        "rules_version": rules_version,
+        **({"rules_acting": ",".join(acted)} if acted else {}),
+    }
+
+
 def _skipped(effects: Effects, k: int, confidence: float) -> bool:
     """Whether the rules skip candidate ``k``: a skip, or a confidence below their floor."""
     floor = effects.min_confidence[k]
@@ -375,7 +408,7 @@ class ShardStrategy(TradeBook):
                 idx, regime_codes, vol_pct, sr, a / c * 100.0, minute, confidence
             )
             effects = self.compiled(features)
-            acted = self._rules_acting(features, confidence, effects)
+            acted = self.rules_acting(features, confidence, effects)
         out: list[EntrySignal] = []
         for k, i in enumerate(idx.tolist()):
             skipped = effects is not None and _skipped(effects, k, float(confidence[k]))
@@ -405,7 +438,7 @@ class ShardStrategy(TradeBook):
                 out.append(signal)
         return out
 
-    def _rules_acting(
+    def rules_acting(
         self, features: RuleFeatures, confidence: np.ndarray, effects: Effects
     ) -> list[tuple[str, ...]] | None:
         """For each candidate, the ids of the rules that skipped or scaled it down (what a
@@ -477,19 +510,19 @@ class ShardStrategy(TradeBook):
         # A prevented entry takes no intent id: the real ids (and trades.csv) stay as
         # they are without rules.
         intent_id = "" if shadow else self._next_id(symbol)
-        features: dict[str, float | int | str | bool | None] = {
-            "atr": a,
-            "atr_pct": a / c * 100.0,
-            "volume_pct": None if np.isnan(vol_pct[i]) else float(vol_pct[i]),
-            "sr_score": sr,
-            "breakout_strength": strength,
-            "regime_probability": _probability(regime_probs, i, code),
-            "minute_of_day": minute,
-            "day_of_week": weekday,
-            "size_scale": scale,
-            "rules_version": self.rules_version,
-            **({"rules_acting": ",".join(acted)} if acted else {}),
-        }
+        features = entry_features(
+            a,
+            c,
+            float(vol_pct[i]),
+            sr,
+            strength,
+            _probability(regime_probs, i, code),
+            minute,
+            weekday,
+            scale,
+            self.rules_version,
+            acted,
+        )
         if shadow:
             assert self.shadow is not None
             self.shadow.open(

@@ -120,7 +120,8 @@ class IntentChunk(Message, frozen=True, gc=False):
     speculates each order fills; ``asked`` (optional, the same when absent) what the
     intent would ask bar by bar (an entry the strategy's quantity, which the guardian may
     cut: ``quantity`` is then the guardian's size from an earlier speculation; 0: the
-    guardian sizes it); ``regime`` (optional) each intent's regime code at its decision.
+    guardian sizes it); ``regime`` (optional) each intent's regime code at its decision;
+    ``size_scale`` (optional, 1 when absent) the rules' scale of an entry's size.
     """
 
     chunk: int
@@ -139,6 +140,7 @@ class IntentChunk(Message, frozen=True, gc=False):
     pending_quantity: list[int] = msgspec.field(default_factory=list)
     asked: NDArray | None = None
     regime: NDArray | None = None
+    size_scale: NDArray | None = None
 
     def __post_init__(self) -> None:
         _symbols("IntentChunk", "symbols", self.symbols)
@@ -164,6 +166,11 @@ class IntentChunk(Message, frozen=True, gc=False):
             _column("IntentChunk", "asked", self.asked, "<i8", m)
         if self.regime is not None:
             _column("IntentChunk", "regime", self.regime, "|u1", m)
+        if self.size_scale is not None:
+            _column("IntentChunk", "size_scale", self.size_scale, "<f8", m)
+            scale = self.size_scale.to_numpy()
+            if scale.size and not ((scale >= 0.0) & (scale <= 1.0)).all():
+                raise ValueError("IntentChunk.size_scale must be in [0, 1]")
         confidence = self.confidence.to_numpy()
         if confidence.size and not ((confidence >= 0.0) & (confidence <= 1.0)).all():
             # As OrderIntent: a confidence is a probability; NaN is none.

@@ -171,6 +171,7 @@ def sized_one_at_a_time(rows, regimes=None) -> list[tuple[int, str]]:
                 confidence=r["confidence"],
                 regime="Unknown" if regimes is None else regime_name(regimes[k]),
                 reason="test",
+                size_scale=r.get("size_scale", 1.0),
             )
             d = evaluate_intent(intent, book, C, POLICY, price=r["price"])
             q = d.quantity if d.approved else 0
@@ -201,6 +202,9 @@ def test_the_guardian_sizes_a_chunk_as_it_decides_one_order_at_a_time(rows, data
         if r["buy"] and data.draw(st.booleans()):
             r["quantity"] = 0
     regimes = [data.draw(st.sampled_from([0, 1, 2, 3, 255])) for _ in rows]
+    # The rules scale some entries down (the baseline strategy's ``ScaleSize``).
+    for r in rows:
+        r["size_scale"] = data.draw(st.sampled_from([1.0, 1.0, 0.5, 0.25]))
     truth = sized_one_at_a_time(rows, regimes)
     speculated = [
         q if data.draw(st.integers(0, 3)) else data.draw(st.integers(0, 400)) for q, _ in truth
@@ -221,6 +225,7 @@ def test_the_guardian_sizes_a_chunk_as_it_decides_one_order_at_a_time(rows, data
         asked=col["quantity"].astype(np.int64),
         sent=quantity > 0,
         regime=np.array(regimes, dtype=np.uint8),
+        size_scale=np.array([r["size_scale"] for r in rows]),
     )
     n_bars = int(col["bar"].max()) + 1
     per_bar = {r["bar"]: r for r in rows}

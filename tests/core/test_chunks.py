@@ -1,5 +1,5 @@
-"""The breakout strategy over a speculative chunk leaves exactly the state, intents and
-trades of the same bars run one at a time, in the world the chunk assumes (every intent
+"""A strategy (the breakout preset, the baseline with its rules) over a speculative chunk
+leaves exactly the state, intents and trades of the same bars run one at a time, in the world the chunk assumes (every intent
 approved as asked, every order filled in full at the next bar's open)."""
 
 from __future__ import annotations
@@ -19,12 +19,27 @@ from sovereign.core.chunks import (
     SIDE_BUY,
     SIDE_SELL,
     ChunkBars,
-    breakout_chunk,
+    strategy_chunk,
     strategy_state_names,
 )
 from sovereign.core.signals import ShardStrategy
 from sovereign.core.trades import ClosedTrade
 from sovereign.core.universe import Universe
+from sovereign.domain.rules import (
+    AdjustStop,
+    AdjustTarget,
+    ATRPercentAbove,
+    MaxHold,
+    RegimeIs,
+    RequireConfidence,
+    Rule,
+    ScaleSize,
+    SkipTrade,
+    SRScoreAbove,
+    SymbolIn,
+    TimeOfDayBetween,
+    VolumeBelow,
+)
 from sovereign.messages import REGIME_NAMES, REGIME_UNKNOWN
 
 
@@ -81,15 +96,20 @@ def rows(bars: ChunkBars, a: int, b: int) -> ChunkBars:
 
 
 def step_by_step(
-    s: ShardStrategy, bars: ChunkBars, codes: np.ndarray, sizes: np.ndarray | None = None
+    s: ShardStrategy,
+    bars: ChunkBars,
+    codes: np.ndarray,
+    sizes: np.ndarray | None = None,
+    probs: np.ndarray | None = None,
 ):
     """The bars one at a time, every order approved and filled at the next open: an entry
     for the strategy's quantity, or for ``sizes[t, j]`` shares if given (what the guardian
     sized an entry decided at bar t for symbol j at; 0: denied, which the shard hears
-    before the next bar)."""
+    before the next bar). ``probs`` (K, n, 4): the regime probabilities of each bar."""
     n = bars.close.shape[1]
     mask = np.ones(n, dtype=bool)
-    probs = np.full((n, len(REGIME_NAMES)), 0.25, dtype=np.float32)
+    if probs is None:
+        probs = np.full((len(bars), n, len(REGIME_NAMES)), 0.25, dtype=np.float32)
     intents, trades = [], []
     codes = np.broadcast_to(codes, bars.close.shape)
     denied: list[str] = []
@@ -111,7 +131,7 @@ def step_by_step(
             bars.close[t],
             bars.volume[t],
             codes[t],
-            probs,
+            probs[t],
         )
         assert not cancels
         for x in exits:
@@ -131,8 +151,9 @@ def chunked(
     codes: np.ndarray,
     scalar: bool | None = None,
     sizes: np.ndarray | None = None,
+    probs: np.ndarray | None = None,
 ):
-    out = breakout_chunk(s, bars, codes, scalar=scalar, sizes=sizes)
+    out = strategy_chunk(s, bars, codes, regime_probs=probs, scalar=scalar, sizes=sizes)
     names = s.universe.symbols
     intents = [
         (int(b), int(j), int(side), int(q), float(p), f"{names[j]}-{seq}")
@@ -164,15 +185,20 @@ def state_of(s: ShardStrategy) -> dict:
             out[name] = dict(sorted(value.items()))
         elif dataclasses.is_dataclass(value):
             out[name] = dataclasses.asdict(value)
-        elif hasattr(value, "__dict__") or hasattr(value, "__slots__"):
-            out[name] = {
-                k: (v.tolist() if isinstance(v, np.ndarray) else repr(v))
-                for k, v in vars(value).items()
-                if k != "_reduce"
-            }
         else:
-            out[name] = value
+            out[name] = plain(value)
     return out
+
+
+def plain(value, depth: int = 0):
+    """An indicator (and the ring buffers inside it) as plain comparable values."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    slots = getattr(type(value), "__slots__", None)
+    if depth < 3 and (hasattr(value, "__dict__") or slots):
+        names = list(vars(value)) if hasattr(value, "__dict__") else list(slots)
+        return {k: plain(getattr(value, k), depth + 1) for k in names if k != "_reduce"}
+    return repr(value) if depth else value
 
 
 def same(a, b) -> bool:
@@ -283,7 +309,7 @@ def test_entries_the_guardian_sizes_are_speculated_at_its_sizes() -> None:
     bars = make_bars(3, t, n, True)
     codes = np.full((t, n), REGIME_UNKNOWN, np.uint8)
     unsized = strategy(n, fixed_quantity=0)
-    first = breakout_chunk(unsized, bars, codes)
+    first = strategy_chunk(unsized, bars, codes)
     buys = first.intents.side == SIDE_BUY
     assert buys.sum() > 5
     assert set(first.intents.quantity[buys].tolist()) == {1}
@@ -301,10 +327,10 @@ def test_a_restored_checkpoint_is_the_state_before_the_chunk() -> None:
     bars = make_bars(5, 300, 4, True)
     codes = np.full(4, REGIME_UNKNOWN, dtype=np.uint8)
     s = strategy(4)
-    breakout_chunk(s, rows(bars, 0, 150), codes)
+    strategy_chunk(s, rows(bars, 0, 150), codes)
     before = state_of(s)
     saved = checkpoint(s, strategy_state_names())
-    out = breakout_chunk(s, rows(bars, 150, 300), codes)
+    out = strategy_chunk(s, rows(bars, 150, 300), codes)
     assert len(out.intents) > 0
     assert not same(state_of(s), before)
     restore(s, saved)
@@ -357,3 +383,105 @@ def test_the_first_guess_of_a_guardian_size_is_the_open_trades_notional() -> Non
     assert _first_guess(none_open, close).tolist() == [[1, 1, 1], [1, 1, 1]]
     st_ = SimpleNamespace(trades={0: trade(1000.0), 1: trade(2000.0), 2: trade(9000.0)})
     assert _first_guess(st_, close).tolist() == [[200, 50, 1], [1, 285, 100]]
+
+
+def baseline(n: int, volume_confirmation: bool, max_hold: int) -> ShardStrategy:
+    """The default strategy, with short windows so that short series trade."""
+    cfg = msgspec.structs.replace(
+        Config().strategy,
+        atr_period=5,
+        breakout_window=8,
+        volume_window=10,
+        sr_swing=2,
+        sr_memory=6,
+        volume_threshold=40.0,
+        volume_confirmation=volume_confirmation,
+        max_hold_bars=max_hold,
+        entry_regimes=("TrendingUp", "Ranging"),
+    )
+    return ShardStrategy(Universe([f"S{j:02d}" for j in range(n)]), cfg, shard=0)
+
+
+RULES = [
+    Rule(rule_id="LOWVOL", condition=VolumeBelow(percentile=60.0), action=SkipTrade(reason="t")),
+    Rule(rule_id="HALF", condition=SRScoreAbove(score=0), action=ScaleSize(factor=0.5)),
+    Rule(
+        rule_id="WIDE",
+        condition=RegimeIs(regime="Ranging"),
+        action=AdjustStop(atr_mult=3.0),
+    ),
+    Rule(rule_id="NEAR", condition=ATRPercentAbove(percent=0.5), action=AdjustTarget(atr_mult=1.0)),
+    Rule(rule_id="QUICK", condition=SymbolIn(symbols=("S01", "S03")), action=MaxHold(bars=4)),
+    Rule(
+        rule_id="SURE",
+        condition=TimeOfDayBetween(start_minute=0, end_minute=720),
+        action=RequireConfidence(minimum=0.62),
+    ),
+]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 6),
+    t=st.integers(30, 300),
+    cuts=st.lists(st.floats(0.0, 1.0), max_size=3),
+    rules=st.lists(st.sampled_from(RULES), max_size=4, unique_by=lambda r: r.rule_id),
+    volume_confirmation=st.booleans(),
+    max_hold=st.sampled_from([3, 20]),
+    scalar=st.booleans(),
+)
+def test_the_baseline_in_chunks_leaves_what_its_bars_one_at_a_time_leave(
+    seed, n, t, cuts, rules, volume_confirmation, max_hold, scalar
+):
+    """The default strategy: its regimes (entries in some, exits on a change), the
+    regime probabilities its entries record, its rules (skip, scale, stops, targets, holds,
+    a confidence floor), every entry sized by the guardian (some denied): intents, closed
+    trades with every feature, and state, as the bars one at a time."""
+    bars = make_bars(seed, t, n, True)
+    edges = sorted({0, t, *(int(c * t) for c in cuts)})
+    rng = np.random.default_rng(seed)
+    sizes = np.where(rng.random((t, n)) < 0.15, 0, rng.integers(1, 300, (t, n)))
+    sizes[[b - 1 for b in edges[1:]]] = 50  # never a denial at a chunk's last bar
+    codes = regime_path(seed, t, n)
+    probs = rng.dirichlet(np.ones(len(REGIME_NAMES)), (t, n)).astype(np.float32)
+    ref = baseline(n, volume_confirmation, max_hold)
+    mine = baseline(n, volume_confirmation, max_hold)
+    for s in (ref, mine):
+        s.set_rules(3, list(rules), {})
+    for a, b in itertools.pairwise(edges):
+        part = rows(bars, a, b)
+        want_intents, want_trades = step_by_step(ref, part, codes[a:b], sizes[a:b], probs[a:b])
+        got_intents, out = chunked(mine, part, codes[a:b], scalar, sizes[a:b], probs[a:b])
+        assert got_intents == want_intents
+        closed = records(commit_trades(mine, out))
+        assert same(
+            sorted(closed, key=lambda c: (c.exit_ts, c.symbol)),
+            [c for _, c in sorted(want_trades, key=lambda x: (x[1].exit_ts, x[1].symbol))],
+        )
+        assert same(state_of(mine), state_of(ref))
+        assert mine.counters == ref.counters
+
+
+def test_the_baseline_chunks_trade_and_their_rules_act() -> None:
+    """The property above is not vacuous: over these bars the baseline enters, exits,
+    is denied, and its rules skip and scale entries."""
+    t, n = 400, 6
+    bars = make_bars(3, t, n, True)
+    rng = np.random.default_rng(3)
+    sizes = np.where(rng.random((t, n)) < 0.3, 0, rng.integers(1, 300, (t, n)))
+    sizes[-1] = 50
+    codes = regime_path(3, t, n)
+    probs = rng.dirichlet(np.ones(len(REGIME_NAMES)), (t, n)).astype(np.float32)
+    ref, mine = baseline(n, True, 20), baseline(n, True, 20)
+    for s in (ref, mine):
+        s.set_rules(1, RULES[:2], {})
+    want_intents, want_trades = step_by_step(ref, bars, codes, sizes, probs)
+    got_intents, out = chunked(mine, bars, codes, None, sizes, probs)
+    assert got_intents == want_intents
+    closed = records(commit_trades(mine, out))
+    assert same(closed, [c for _, c in want_trades])
+    assert mine.counters == ref.counters
+    assert mine.counters.rule_skips > 0 and mine.counters.denied > 0 and len(closed) > 5
+    assert 0.5 in {c.features["size_scale"] for c in closed}
+    assert all(c.features["regime_probability"] is not None for c in closed)
