@@ -124,10 +124,10 @@ class ChunkedReplay:
         Chunks need a replayed backtest on the simulated broker (whose executions can be
         taken back), no learner that would act between two bars (self-modification)
         and nobody waiting for each fill. Both strategies run in chunks (the baseline with
-        its rules, the breakout preset with a fixed quantity or sized by the guardian). The regime models run in
-        chunks (their answers depend on the bars alone), and so does slippage (the shards
-        book market sells where the fill model fills them); entries the guardian cuts,
-        denies or sizes are speculated with its sizes (``_replay``)."""
+        its rules, the breakout preset with a fixed quantity or sized by the guardian). The
+        regime models run in chunks (their answers depend on the bars alone), and so does
+        slippage (the shards book market sells where the fill model fills them); entries
+        the guardian cuts, denies or sizes are speculated with its sizes (``_replay``)."""
         c = self.config
         if (
             self.live

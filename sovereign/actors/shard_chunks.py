@@ -123,9 +123,7 @@ class ShardChunks:
             codes, probs = self._regime_rows(regimes)
         try:
             sizes = None if msg.sizes is None else msg.sizes.to_numpy()
-            outcome = strategy_chunk(
-                self.strategy, bars, codes, regime_probs=probs, sizes=sizes
-            )
+            outcome = strategy_chunk(self.strategy, bars, codes, regime_probs=probs, sizes=sizes)
         except ChunkUnsupportedError as exc:
             self._restore(saved)
             return refuse(str(exc))

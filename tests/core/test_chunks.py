@@ -1,6 +1,7 @@
 """A strategy (the breakout preset, the baseline with its rules) over a speculative chunk
-leaves exactly the state, intents and trades of the same bars run one at a time, in the world the chunk assumes (every intent
-approved as asked, every order filled in full at the next bar's open)."""
+leaves exactly the state, intents and trades of the same bars run one at a time, in the
+world the chunk assumes (every intent approved as asked, every order filled in full at the
+next bar's open)."""
 
 from __future__ import annotations
 
