@@ -29,7 +29,7 @@ LONG_FUNCTIONS: dict[str, int] = {
     "sovereign/brokers/sim_chunk.py:speculate": 162,
     "sovereign/core/chunk_walk.py:_walk": 114,
     "sovereign/core/chunk_walk.py:_walk_scalar": 91,
-    "sovereign/core/chunks.py:_book": 198,
+    "sovereign/core/chunks.py:_book": 187,
 }
 
 

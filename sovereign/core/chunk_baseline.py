@@ -4,7 +4,7 @@ entry signals, rule effects and entry records over K bar times at once.
 Every piece is the bar path's own definition asked for a block: the indicators' ``block``,
 ``core.entries.baseline_signal``, the compiled rule set (element-wise over candidates, so
 one call over the chunk's candidate cells answers what one call a bar would), the
-strategy's ``exit_parameters`` and ``core.signals.entry_features``. What the bar path
+strategy's ``exit_parameters`` and ``core.entries.entry_features``. What the bar path
 decides from state the chunk cannot know before its walk (whether a symbol was flat at a
 bar) is counted after the walk, from it (``count_flat``).
 
@@ -24,8 +24,7 @@ import numpy as np
 from sovereign.core.calendar import new_york_time
 from sovereign.core.chunk_walk import Signals, Walk
 from sovereign.core.codegen import RuleFeatures
-from sovereign.core.entries import baseline_signal
-from sovereign.core.signals import Features, entry_features
+from sovereign.core.entries import Features, baseline_signal, entry_features
 from sovereign.domain.regimes import REGIME_NAMES
 from sovereign.domain.rules import And, ConsecutiveLossesAbove, Not, Or, Rule
 
@@ -101,8 +100,8 @@ def baseline_signals(
     scale = np.ones(c.shape)
     fire = signal.fire.copy()
     skipped = np.zeros(c.shape, dtype=bool)
+    acted = np.zeros(c.shape, dtype=bool)
     cells = np.nonzero(fire)
-    effects = None
     if st.compiled is not None and cells[0].size:
         if rules_use_losses(st.rules):
             raise BaselineUnsupportedError("a rule reads the losing streak")
@@ -111,16 +110,14 @@ def baseline_signals(
         floor = effects.min_confidence
         with np.errstate(invalid="ignore"):
             skip = effects.skip | (~np.isnan(floor) & (signal.confidence[cells] < floor))
-        skipped[cells] = skip
-        fire[cells] = ~skip
-        scale[cells] = effects.scale
-        stop_mult[cells] = np.where(
-            np.isnan(effects.stop_mult), stop_mult[cells], effects.stop_mult
-        )
-        target_mult[cells] = np.where(
-            np.isnan(effects.target_mult), target_mult[cells], effects.target_mult
-        )
+        skipped[cells], fire[cells], scale[cells] = skip, ~skip, effects.scale
+        for mine, theirs in ((stop_mult, effects.stop_mult), (target_mult, effects.target_mult)):
+            mine[cells] = np.where(np.isnan(theirs), mine[cells], theirs)
         max_hold[cells] = np.where(effects.max_hold > 0, effects.max_hold, max_hold[cells])
+        if st.shadow is not None:
+            tags = st.rules_acting(features, signal.confidence[cells], effects)
+            if tags is not None:
+                acted[cells] = np.array([bool(x) for x in tags], dtype=bool)
 
     def record(t: int, j: int) -> Features:
         code = int(regime[t, j])
@@ -150,11 +147,6 @@ def baseline_signals(
         scale=scale,
         record=record,
     )
-    acted = np.zeros(c.shape, dtype=bool)
-    if effects is not None and st.shadow is not None:
-        tags = st.rules_acting(features, signal.confidence[cells], effects)
-        if tags is not None:
-            acted[cells] = np.array([bool(x) for x in tags], dtype=bool)
     return signals, BaselineCells(skipped, signal.no_volume, acted)
 
 

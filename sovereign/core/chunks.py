@@ -319,10 +319,9 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
     leave the strategy's records as its bars one at a time would, all as columns; only the
     trades open (or orders pending) at the chunk's edges are handled one by one."""
 
-    cfg = st.config
     symbols = st.universe.symbols
     k_bars = len(bars)
-    o, c, ts, sell = bars.open, bars.close, bars.ts, bars.sell_open
+    o, ts, sell = bars.open, bars.ts, bars.sell_open
     qtab = ind.quantity
     pending: dict[int, tuple[str, Any]] = {od.index: (oid, od) for oid, od in st.orders.items()}
 
@@ -496,25 +495,39 @@ def _book(  # noqa: C901 - the bookkeeping of one chunk, in one place
     for j in np.flatnonzero(holding).tolist():
         st.entry_regime[j] = st.trades[j].regime_code
 
-    side, quantities = np.where(is_exit, SIDE_SELL, SIDE_BUY).astype(np.uint8), qtab[bar, col]
+    quantities = qtab[bar, col]
     quantities[x_pos] = exit_qty
+    intents = _intents(st, ind, bars, regime_codes, bar, col, is_exit, seq, quantities)
+    return ChunkOutcome(intents=intents, trades=trades, entries_filled=entries_filled)
+
+
+def _intents(
+    st: Any,
+    ind: Signals,
+    bars: ChunkBars,
+    regime_codes: np.ndarray,
+    *decisions: np.ndarray,
+) -> ChunkIntents:
+    """The chunk's decisions (bar, column, is an exit, seq, quantity; by symbol then
+    time) as intents in the order the shard emits them bar by bar."""
+    bar, col, is_exit, seq, quantities = decisions
+    side = np.where(is_exit, SIDE_SELL, SIDE_BUY).astype(np.uint8)
     out = np.lexsort((col, side == SIDE_BUY, bar))
     bar, col, is_exit = bar[out], col[out], is_exit[out]
     # An entry asks for the strategy's quantity (the baseline's: none, the guardian sizes).
-    asked = int(cfg.fixed_quantity) if st.breakout else 0
-    intents = ChunkIntents(
+    asked = int(st.config.fixed_quantity) if st.breakout else 0
+    return ChunkIntents(
         bar=bar,
         index=col,
         side=side[out],
         quantity=quantities[out],
-        ref_price=c[bar, col].astype(np.float64),
+        ref_price=bars.close[bar, col].astype(np.float64),
         confidence=np.where(is_exit, 1.0, ind.confidence_at(bar, col)),
         seq=seq[out],
         asked=np.where(is_exit, quantities[out], asked),
         regime=regime_codes[bar, col].astype(np.uint8),
         size_scale=np.where(is_exit, 1.0, 1.0 if ind.scale is None else ind.scale[bar, col]),
     )
-    return ChunkOutcome(intents=intents, trades=trades, entries_filled=entries_filled)
 
 
 def _set_max_hold(st: Any, walk: Walk, ind: Signals) -> None:

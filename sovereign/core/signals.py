@@ -41,7 +41,7 @@ from sovereign.core.codegen import (
     compile_ruleset,
     eval_condition,
 )
-from sovereign.core.entries import baseline_signal, breakout_signal
+from sovereign.core.entries import baseline_signal, breakout_signal, entry_features
 from sovereign.core.indicators import (
     ATR,
     RollingExtreme,
@@ -98,39 +98,6 @@ class CancelSignal:
 def _probability(regime_probs: np.ndarray, i: int, code: int) -> float | None:
     """Symbol ``i``'s probability of the regime ``code`` (None: no regime known)."""
     return float(regime_probs[i, code]) if code < len(REGIME_NAMES) else None
-
-
-Features = dict[str, float | int | str | bool | None]
-
-
-def entry_features(
-    atr: float,
-    close: float,
-    volume_pct: float,
-    sr: int,
-    strength: float,
-    regime_probability: float | None,
-    minute: int,
-    weekday: int,
-    size_scale: float,
-    rules_version: int,
-    acted: tuple[str, ...] = (),
-) -> Features:
-    """What a baseline entry records of its signal bar (its trade's ``features``): the
-    bar path's and a chunk's entries alike."""
-    return {
-        "atr": atr,
-        "atr_pct": atr / close * 100.0,
-        "volume_pct": None if np.isnan(volume_pct) else volume_pct,
-        "sr_score": sr,
-        "breakout_strength": strength,
-        "regime_probability": regime_probability,
-        "minute_of_day": minute,
-        "day_of_week": weekday,
-        "size_scale": size_scale,
-        "rules_version": rules_version,
-        **({"rules_acting": ",".join(acted)} if acted else {}),
-    }
 
 
 def _skipped(effects: Effects, k: int, confidence: float) -> bool:
