@@ -352,3 +352,28 @@ def walk_trades(
     if scalar is None:
         scalar = bars.close.shape[1] <= SCALAR_WALK_MAX_SYMBOLS
     return (_walk_scalar if scalar else _walk)(st, bars, ind, regime)
+
+
+def entry_quantities(st: Any, close: np.ndarray, sizes: np.ndarray | None) -> np.ndarray:
+    """What an entry decided at each bar and symbol is speculated to fill: the strategy's
+    fixed quantity, or a first guess of the guardian's size, or the guardian's size from
+    an earlier speculation of these bars (``sizes``)."""
+    quantity = np.full(close.shape, int(st.config.fixed_quantity), dtype=np.int64)
+    if not st.breakout or st.config.fixed_quantity <= 0:
+        quantity = _first_guess(st, close)
+    if sizes is not None:
+        quantity = np.where(sizes >= 0, sizes, quantity)
+    return quantity
+
+
+def _first_guess(st: Any, close: np.ndarray) -> np.ndarray:
+    """What an entry the guardian sizes (no fixed quantity) is speculated at until a
+    speculation of these bars has told its size: the notional of the trades open now (the
+    guardian sizes from a share of the equity, which moves slowly), at each bar's close; one
+    share when none is open. Only a guess: the guardian checks every size exactly."""
+    costs = [t.entry_cost for t in st.trades.values() if t.filled_once and t.entry_qty > 0]
+    if not costs:
+        return np.ones(close.shape, dtype=np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        guess = np.floor(float(np.median(costs)) / close)
+    return np.where(np.isfinite(guess) & (guess >= 1), guess, 1).astype(np.int64)

@@ -35,7 +35,13 @@ import numpy as np
 
 from sovereign.core.chunk_baseline import BaselineUnsupportedError, baseline_signals, count_flat
 from sovereign.core.chunk_state import assumed_fills
-from sovereign.core.chunk_walk import Signals, Walk, opening_quantity, walk_trades
+from sovereign.core.chunk_walk import (
+    Signals,
+    Walk,
+    entry_quantities,
+    opening_quantity,
+    walk_trades,
+)
 from sovereign.core.entries import breakout_signal
 from sovereign.core.trades import EXIT_REASONS, Order, Trade
 from sovereign.domain.orders import SIDE_BUY, SIDE_SELL
@@ -157,18 +163,6 @@ def _check_supported(st: Any) -> None:
         raise ChunkUnsupportedError("short positions are not modelled")
 
 
-def _quantities(st: Any, close: np.ndarray, sizes: np.ndarray | None) -> np.ndarray:
-    """What an entry decided at each bar and symbol is speculated to fill: the strategy's
-    fixed quantity, or a first guess of the guardian's size, or the guardian's size from
-    an earlier speculation of these bars (``sizes``)."""
-    quantity = np.full(close.shape, int(st.config.fixed_quantity), dtype=np.int64)
-    if not st.breakout or st.config.fixed_quantity <= 0:
-        quantity = _first_guess(st, close)
-    if sizes is not None:
-        quantity = np.where(sizes >= 0, sizes, quantity)
-    return quantity
-
-
 def _indicators(
     st: Any, bars: ChunkBars, present: np.ndarray, quantity: np.ndarray, regime: np.ndarray
 ) -> Signals:
@@ -202,19 +196,6 @@ def _indicators(
         max_hold=table[at, 2].astype(np.int64),
         record=record,
     )
-
-
-def _first_guess(st: Any, close: np.ndarray) -> np.ndarray:
-    """What an entry the guardian sizes (no fixed quantity) is speculated at until a
-    speculation of these bars has told its size: the notional of the trades open now (the
-    guardian sizes from a share of the equity, which moves slowly), at each bar's close; one
-    share when none is open. Only a guess: the guardian checks every size exactly."""
-    costs = [t.entry_cost for t in st.trades.values() if t.filled_once and t.entry_qty > 0]
-    if not costs:
-        return np.ones(close.shape, dtype=np.int64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        guess = np.floor(float(np.median(costs)) / close)
-    return np.where(np.isfinite(guess) & (guess >= 1), guess, 1).astype(np.int64)
 
 
 def strategy_chunk(
@@ -251,7 +232,7 @@ def strategy_chunk(
     present = ~np.isnan(bars.close[0]) if len(bars) else np.ones(bars.close.shape[1], bool)
     if ((st.pending_entry | st.pending_exit) & ~present).any():
         raise ChunkUnsupportedError("an order is pending for a symbol without bars")
-    quantity = _quantities(st, bars.close, sizes)
+    quantity = entry_quantities(st, bars.close, sizes)
     cells = None
     if st.breakout:
         ind = _indicators(st, bars, present, quantity, regime_codes)

@@ -373,7 +373,7 @@ def test_the_first_guess_of_a_guardian_size_is_the_open_trades_notional() -> Non
     the close is unknown): a guess close to the guardian's saves speculations."""
     from types import SimpleNamespace
 
-    from sovereign.core.chunks import _first_guess
+    from sovereign.core.chunk_walk import _first_guess
     from sovereign.core.trades import Trade
 
     def trade(cost: float) -> Trade:
