@@ -103,21 +103,9 @@ def baseline_signals(
     acted = np.zeros(c.shape, dtype=bool)
     cells = np.nonzero(fire)
     if st.compiled is not None and cells[0].size:
-        if rules_use_losses(st.rules):
-            raise BaselineUnsupportedError("a rule reads the losing streak")
         features = _rule_features(st, bars, cells, regime, vol_pct, sr, atr, signal.confidence)
-        effects = st.compiled(features)
-        floor = effects.min_confidence
-        with np.errstate(invalid="ignore"):
-            skip = effects.skip | (~np.isnan(floor) & (signal.confidence[cells] < floor))
-        skipped[cells], fire[cells], scale[cells] = skip, ~skip, effects.scale
-        for mine, theirs in ((stop_mult, effects.stop_mult), (target_mult, effects.target_mult)):
-            mine[cells] = np.where(np.isnan(theirs), mine[cells], theirs)
-        max_hold[cells] = np.where(effects.max_hold > 0, effects.max_hold, max_hold[cells])
-        if st.shadow is not None:
-            tags = st.rules_acting(features, signal.confidence[cells], effects)
-            if tags is not None:
-                acted[cells] = np.array([bool(x) for x in tags], dtype=bool)
+        exits = (stop_mult, target_mult, max_hold)
+        _apply_rules(st, cells, features, fire, skipped, acted, scale, *exits)
 
     def record(t: int, j: int) -> Features:
         code = int(regime[t, j])
@@ -148,6 +136,29 @@ def baseline_signals(
         record=record,
     )
     return signals, BaselineCells(skipped, signal.no_volume, acted)
+
+
+def _apply_rules(
+    st: Any, cells: tuple[np.ndarray, np.ndarray], features: RuleFeatures, *out: np.ndarray
+) -> None:
+    """The rules' effects on the candidate ``cells``, into the (K, n) arrays ``out``:
+    entry signal, skipped, acted on (with a shadow book), size scale, stop and target
+    multiples, maximum hold."""
+    fire, skipped, acted, scale, stop_mult, target_mult, max_hold = out
+    if rules_use_losses(st.rules):
+        raise BaselineUnsupportedError("a rule reads the losing streak")
+    effects = st.compiled(features)
+    floor = effects.min_confidence
+    with np.errstate(invalid="ignore"):
+        skip = effects.skip | (~np.isnan(floor) & (features.confidence < floor))
+    skipped[cells], fire[cells], scale[cells] = skip, ~skip, effects.scale
+    for mine, theirs in ((stop_mult, effects.stop_mult), (target_mult, effects.target_mult)):
+        mine[cells] = np.where(np.isnan(theirs), mine[cells], theirs)
+    max_hold[cells] = np.where(effects.max_hold > 0, effects.max_hold, max_hold[cells])
+    if st.shadow is not None:
+        tags = st.rules_acting(features, features.confidence, effects)
+        if tags is not None:
+            acted[cells] = np.array([bool(x) for x in tags], dtype=bool)
 
 
 def _rule_features(
