@@ -284,9 +284,9 @@ def speculate(
             cash,
             fill_bar,
             fill_col,
-            fill_buy & fill_open,
+            (fill_buy, fill_buy & fill_open),
             fill_qty,
-            price,
+            (price, o),
             commission,
             held_before,
         )
@@ -370,29 +370,49 @@ def _cap_might_cut(
     cash_end: np.ndarray,
     fill_bar: np.ndarray,
     fill_col: np.ndarray,
-    opening: np.ndarray,
+    side: tuple[np.ndarray, np.ndarray],
     qty: np.ndarray,
-    price: np.ndarray,
+    prices: tuple[np.ndarray, np.ndarray],
     commission: np.ndarray,
     held_before: np.ndarray,
 ) -> int:
-    """The first opening fill that the position cap at fill could cut, or -1.
+    """The first opening fill that the position cap at fill could cut, or -1. ``side``:
+    each fill's (is a buy, opens a position); ``prices``: its (fill price, bar's open).
 
     Bar by bar, the cap is measured against the equity at that moment of the bar's fills
-    (positions marked at the open). That equity is at least the equity at the open less
-    everything the bar's fills pay out (each purchase counted as cash gone, nothing
-    gained; each commission): a lower bound that holds in any fill order."""
-    k_bars = before.shape[0]
+    (positions marked at the open). A fill moves that equity by no less than minus its
+    commission and minus what it trades worse than the mark: a position bought from flat
+    is marked at its fill price (``Portfolio.apply_fill``); shares added to one or sold
+    from one held at the open's mark gain or lose the difference to the open. The equity
+    at the open less the sum of those worst moves over the bar's fills is a lower bound
+    that holds in any fill order."""
+    buy, opening = side
+    price, mark = prices
     cash_open = np.r_[broker.portfolio.cash, cash_end[:-1]]
     equity_open = cash_open + (before * m.open).sum(axis=1)
-    outlay = np.where(opening, qty * price, 0.0) + commission
-    spent = np.bincount(fill_bar, weights=outlay, minlength=k_bars)
-    low = equity_open - spent - 1e-9 * (np.abs(equity_open) + spent) - 1e-6
+    low = equity_floor(equity_open, fill_bar, buy, qty, price, mark, commission)
     cap = broker.position_cap
     assert cap is not None
     room = cap * (low[fill_bar] - commission) - held_before * price - qty * price
     unsafe = opening & ~(room > 1e-9 * qty * price + 1e-6)
     return int(np.argmax(unsafe)) if unsafe.any() else -1
+
+
+def equity_floor(
+    equity_open: np.ndarray,
+    fill_bar: np.ndarray,
+    buy: np.ndarray,
+    qty: np.ndarray,
+    price: np.ndarray,
+    mark: np.ndarray,
+    commission: np.ndarray,
+) -> np.ndarray:
+    """A lower bound of the equity at any moment of each bar's fills, in any order:
+    the equity at the open (positions marked there) less each fill's commission and what
+    it trades worse than its mark (``_cap_might_cut``), with room for rounding."""
+    worse = np.maximum(0.0, np.where(buy, qty * (price - mark), qty * (mark - price)))
+    spent = np.bincount(fill_bar, weights=commission + worse, minlength=equity_open.size)
+    return equity_open - spent - 1e-9 * (np.abs(equity_open) + spent) - 1e-6
 
 
 def commit(broker: SimBroker, spec: Speculation, ids: IdSource) -> list[OrderFilled]:

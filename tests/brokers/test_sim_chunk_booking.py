@@ -194,3 +194,52 @@ def test_a_working_order_for_another_quantity_than_assumed_is_not_speculated() -
     assert wrong.diverged == "order AAA-1 is for another quantity than assumed"
     assert wrong.bar == 0
     assert not sim_chunk.speculate(broker, m, none, {"AAA-1": 99}).diverged
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    cash=st.floats(1_000.0, 1e6),
+    held=st.lists(st.tuples(st.integers(1, 500), st.floats(5.0, 500.0)), min_size=0, max_size=4),
+    buys=st.lists(
+        st.tuples(st.integers(1, 500), st.floats(5.0, 500.0), st.floats(0.0, 0.02), st.booleans()),
+        max_size=4,
+    ),
+    sells=st.lists(st.tuples(st.floats(0.0, 0.02), st.floats(0.0, 1.0)), max_size=4),
+    order=st.randoms(use_true_random=False),
+)
+def test_the_equity_floor_holds_at_every_fill_in_any_order(cash, held, buys, sells, order):
+    """What the position cap is checked against in a chunk: the equity at the open less
+    each fill's commission and what it trades worse than its mark is never above the
+    account's equity (``Portfolio``, positions marked at the open) at any moment of the
+    bar's fills, whatever their order: buys from flat at or below the open (a limit) or
+    above it (a market buy's slippage), sells of held positions below their mark."""
+    from sovereign.brokers.sim_chunk import equity_floor
+    from sovereign.core.portfolio import Portfolio
+
+    p = Portfolio(cash)
+    for k, (q, px) in enumerate(held):
+        p.apply_fill(f"H{k}", "BUY", q, px * 1.1, 0.0)
+        p.mark(f"H{k}", px)  # marked at this bar's open
+    equity_open = p.equity
+    fills = []  # (symbol, side, quantity, price, mark, commission)
+    for k, (q, px, move, above) in enumerate(buys):
+        fills.append((f"B{k}", "BUY", q, px * (1 + move if above else 1 - move), px, 1.0))
+    for k, (slip, share) in enumerate(sells[: len(held)]):
+        q, px = held[k]
+        sold = max(1, int(q * share))
+        fills.append((f"H{k}", "SELL", sold, px * (1 - slip), px, 0.35 + slip))
+    if not fills:
+        return
+    floor = equity_floor(
+        np.array([equity_open]),
+        np.zeros(len(fills), dtype=np.int64),
+        np.array([f[1] == "BUY" for f in fills]),
+        np.array([f[2] for f in fills], dtype=np.int64),
+        np.array([f[3] for f in fills]),
+        np.array([f[4] for f in fills]),
+        np.array([f[5] for f in fills]),
+    )[0]
+    order.shuffle(fills)
+    for symbol, side, q, px, _, fee in fills:
+        p.apply_fill(symbol, side, q, px, fee)
+        assert floor <= p.equity, (floor, p.equity)
