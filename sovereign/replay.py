@@ -18,7 +18,7 @@ from typing import Any
 from sovereign.actors.runtime import ActorCallError, LocalRuntime, RayRuntime
 from sovereign.config import Config
 from sovereign.data.feeds import ReplayFeed
-from sovereign.messages import ChunkVerdict
+from sovereign.messages import ChunkVerdict, ModificationProposal, RuleSetSnapshot
 from sovereign.stepgraph import CHUNK_STEP, CHUNK_WATCHED, Graph, results_of, run_step
 
 log = logging.getLogger("sovereign.engine")
@@ -122,9 +122,10 @@ class ChunkedReplay:
         """The longest chunk this session replays at once (``core.chunks``); 0: none.
 
         Chunks need a replayed backtest on the simulated broker (whose executions can be
-        taken back), no learner that would act between two bars (self-modification)
-        and nobody waiting for each fill. Both strategies run in chunks (the baseline with
-        its rules, the breakout preset with a fixed quantity or sized by the guardian). The
+        taken back) and nobody waiting for each fill. Both strategies run in chunks (the
+        baseline with its rules, the breakout preset with a fixed quantity or sized by the
+        guardian), and self-modification, which reviews the rules when a session changes:
+        a chunk is cut at a review (``ChunkHorizon``). The
         regime models run in chunks (their answers depend on the bars alone), and so does
         slippage (the shards book market sells where the fill model fills them); entries
         the guardian cuts, denies or sizes are speculated with its sizes (``_replay``)."""
@@ -136,7 +137,6 @@ class ChunkedReplay:
             or not isinstance(self.feed, ReplayFeed)
             or c.engine.chunk_bars == 1
             or c.broker.kind != "sim"
-            or c.selfmod.enabled
             or self.notify_fills
             or c.notifications.wants("fill")
         ):
@@ -159,7 +159,8 @@ class ChunkedReplay:
         chunk = 0
         while step < total and not self.stop_requested:
             # The first bar time goes bar by bar: the guardian learns the account from it.
-            run = min(length, feed.clean_run(step), total - step) if limit and step else 0
+            quiet = limit and step and self._selfmod_quiet(loop)
+            run = min(length, feed.clean_run(step), total - step) if quiet else 0
             # No chunk is shorter than CHUNK_MIN_BARS but the last, which ends the data.
             if run >= CHUNK_MIN_BARS or (run > 1 and step + run == total):
                 chunk += 1
@@ -215,6 +216,15 @@ class ChunkedReplay:
             loop.watched.append(loop.rt.tell(loop.g.guardian, *loop.for_guardian))
             loop.for_guardian = []
 
+    def _selfmod_quiet(self, loop: StepLoop) -> bool:
+        """Whether the last step left self-modification with nothing for the next one (a
+        proposal for the guardian, a rule set for the shards): a chunk starts only then
+        (what it carries would reach its actors at the chunk's end, not the next bar)."""
+        if not loop.selfmod_on:
+            return True
+        messages = loop.rt.fetch([loop.prev_selfmod])[0]
+        return not any(isinstance(m, RuleSetSnapshot | ModificationProposal) for m in messages)
+
     def _chunk_step(
         self, loop: StepLoop, chunk: int, step: int, length: int, sizes: Sizes | None = None
     ) -> ChunkVerdict:
@@ -232,7 +242,11 @@ class ChunkedReplay:
             CHUNK_STEP,
             rt.tell,
             lambda role: getattr(g, role),
-            {"orders": loop.merged and bool(loop.prev_verdicts), "regime": loop.regime_on},
+            {
+                "orders": loop.merged and bool(loop.prev_verdicts),
+                "regime": loop.regime_on,
+                "selfmod": loop.selfmod_on,
+            },
             bars=bar_chunks,
             own_bars=bar_chunks,
             pending=loop.for_guardian,
@@ -247,7 +261,8 @@ class ChunkedReplay:
                 f"call failed ({exc}); a replay that lost a step is not the replay of its data"
             ) from exc
         loop.prev_verdicts, loop.prev_acks = [], []
-        loop.for_guardian = list(r["settles"])
+        # With self-modification the guardian took the closed trades in the step itself.
+        loop.for_guardian = [] if loop.selfmod_on else list(r["settles"])
         loop.watched.extend(results_of(r, CHUNK_WATCHED, CHUNK_STEP))
         counters = loop.chunk_counters
         if not verdict.valid:
@@ -264,6 +279,9 @@ class ChunkedReplay:
         counters["chunks_committed"] += 1
         counters["chunked_steps"] += length
         loop.watched.extend((r["executed"], r["verdict"]))
+        if loop.selfmod_on:
+            loop.watched.extend((r["reviewed"], r["selfmod"]))
+            loop.prev_selfmod = r["selfmod"]
         last = step + length - 1
         loop.last_ts, loop.steps = int(self.feed.timestamps[last]), last + 1
         loop.bars += self.feed.bars_in(step, length)

@@ -245,18 +245,24 @@ def replay(trades: list[EvidenceTrade], config: Config) -> tuple[list[str], list
         for c in engine.candidates.values():
             found.setdefault(msgspec.msgpack.encode(c.weakness.condition), c.weakness)
 
+    # As the actor: a losing streak asks for a review, which runs when the session changes.
+    review_due = False
     for t in trades:
         d = session_date(t.exit_ts)
         if d != day:
             if day:
                 day = d
-                analyse("end_of_day", False)
+                if review_due:
+                    analyse("losing_streak", True)
+                else:
+                    analyse("end_of_day", False)
+                review_due = False
             day = d
         engine.on_trade(t)
         streak = streak + 1 if t.pnl < 0 else 0
         if streak >= review:
             streak = 0
-            analyse("losing_streak", True)
+            review_due = True
     return deployed, list(found.values())
 
 

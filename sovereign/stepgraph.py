@@ -124,11 +124,24 @@ CHUNK_STEP: tuple[Node, ...] = (
     # The conditional approval; the guardian also takes the last chunk's closed trades.
     Node("approved", "guardian", (In("acks", prev=True), In("acks"), In(PENDING), In("shards"))),
     Node("executed", "gateway", (In("approved"), In(BARS))),
-    Node("verdict", "guardian", (In("executed"),)),
+    # Where self-modification would review the rules in the chunk (on the shards'
+    # speculated trades): the guardian cuts the chunk there.
+    Node("horizon", "selfmod", (In("shards"), In("executed")), when="selfmod"),
+    Node("verdict", "guardian", (In("executed"), In("horizon"))),
     # Commit or discard, everywhere: the shards (with the commissions in the report) and
-    # the gateway. The shards' closed trades reach the guardian in its next call.
+    # the gateway. The shards' closed trades reach the guardian in its next call...
     Node("settles", "shards", (In("executed"), In("verdict"))),
     Node("settled", "gateway", (In("verdict"),)),
+    # ...or, with self-modification, now: its losing streaks' review requests, then the
+    # chunk's sessions, requests and trades to self-modification, whose review (at the
+    # chunk's last bar) the next step carries as the bar by bar step would.
+    Node("reviewed", "guardian", (In("settles"),), when="selfmod"),
+    Node(
+        "selfmod",
+        "selfmod",
+        (In("executed"), In("verdict"), In("reviewed"), In("settles")),
+        when="selfmod",
+    ),
 )
 """One speculative chunk of bar times through the graph (``core.chunks``): ``BARS`` are
 the shards' bar chunks, ``OWN_BARS`` a shard's own."""
@@ -136,7 +149,7 @@ the shards' bar chunks, ``OWN_BARS`` a shard's own."""
 CHUNK_WATCHED: tuple[str, ...] = ("acks", "shards", "approved", "settles", "settled")
 """What the watchers see of every chunk (the shards' first answers may hold trades closed
 by the acknowledgements, booked before the chunk); a committed one's ``executed`` and
-``verdict`` follow."""
+``verdict`` follow, then (with self-modification) ``reviewed`` and ``selfmod``."""
 
 POLL_STEP: tuple[Node, ...] = (Node("polled", "gateway", ()),)
 """A live session's end: ask the broker for what is still on its way."""
@@ -189,6 +202,7 @@ def run_step(
     one that is not there is not passed); ``own_bars[i]`` shard i's batch (None: no bar).
     ``flags`` say which nodes run (see the module docstring)."""
     made = produced(flags, table)
+    per_shard = {n.name for n in table if n.actor == "shards"}
     bars, pending, prev = bars or [], pending or [], prev or {}
     out: dict[str, Any] = {}
     for node in table:
@@ -208,13 +222,14 @@ def run_step(
                         bars,
                         own_bars[i] if own_bars else None,
                         pending,
+                        per_shard,
                     ),
                 )
                 for i, h in enumerate(handles)
             ]
         else:
             out[node.name] = tell(
-                handles, *_inputs(node, made, out, prev, carry, bars, None, pending)
+                handles, *_inputs(node, made, out, prev, carry, bars, None, pending, per_shard)
             )
     return out
 
@@ -228,7 +243,9 @@ def _inputs(
     bars: list[Any],
     own: Any,
     pending: list[Any],
+    per_shard: set[str],
 ) -> list[Any]:
+    """A node's inputs, in its order (a node on the shards gave one result per shard)."""
     args: list[Any] = []
     for i in node.inputs:
         if i.source == BARS:
@@ -244,5 +261,5 @@ def _inputs(
             continue  # that node does not run in this session
         else:
             value = out[i.source]
-            args.extend(value if i.source == "shards" else [value])
+            args.extend(value if i.source in per_shard else [value])
     return args

@@ -29,11 +29,12 @@ def config(
     slippage_bps: float = 0.0,
     fixed_quantity: int | None = None,
     baseline: bool = False,
+    selfmod: bool = False,
 ) -> Config:
     replace = msgspec.structs.replace
     # The baseline: the default configuration (its strategy, the HMM, slippage, entries
-    # sized by the guardian) without self-modification.
-    cfg = replace(Config(), selfmod=replace(Config().selfmod, enabled=False))
+    # sized by the guardian), with self-modification or without.
+    cfg = replace(Config(), selfmod=replace(Config().selfmod, enabled=selfmod))
     if not baseline:
         cfg = breakout_preset(cfg)
     if fixed_quantity is not None:
@@ -163,6 +164,9 @@ SCENARIOS = {
     # regimes, exits on a change of regime, every entry sized by the guardian and
     # recording its features.
     "baseline": ("synthetic:12x2000", {"baseline": True, "regimes": True}),
+    # ...and the default configuration whole: self-modification reviews the rules when a
+    # session changes (a chunk is cut there) and after losing streaks.
+    "default": ("synthetic:12x3000", {"baseline": True, "regimes": True, "selfmod": True}),
 }
 
 
@@ -181,8 +185,12 @@ def test_a_chunked_backtest_is_the_backtest_bar_by_bar(tmp_path, name) -> None:
     if name.startswith("regimes"):
         labels = set(bars[0].trades["regime"])
         assert len(labels - {"Unknown"}) >= 2, labels
-    if name in ("regimes", "baseline"):
+    if name in ("regimes", "baseline", "default"):
         assert counters["chunked_steps"] > 1000, counters
+    if name == "default":
+        sm = selfmod_counters(chunks[0].result)
+        assert sm.get("analyses", 0) >= 1 and sm.get("reviews_requested", 0) >= 5, sm
+        assert sm == selfmod_counters(bars[0].result)
     if name == "guardian-sized":
         assert len(set(bars[0].trades["quantity"])) > 20  # sized, not a fixed quantity
         assert counters.get("chunks_resized", 0) > 0, counters
@@ -205,6 +213,35 @@ def test_a_chunked_backtest_is_the_backtest_bar_by_bar(tmp_path, name) -> None:
         t = bars[0].trades
         opens = f.loc[list(zip(t["symbol"], t["exit_ts"], strict=True))].to_numpy()
         assert np.allclose(t["exit_price"].to_numpy(), opens * (1 - 7e-4), rtol=1e-12)
+    assert_same_session(tmp_path, bars, chunks)
+
+
+def selfmod_counters(result) -> dict[str, int]:
+    (stats,) = [s for s in result.actor_stats if s.role == "selfmod"]
+    return {k: v for k, v in stats.counters.items() if v}
+
+
+def test_a_rule_self_modification_deploys_in_chunks_is_deployed_bar_by_bar(tmp_path) -> None:
+    """The README's self-modification demo (a weakness planted in the data): the rules it
+    finds, confirms and deploys part way through, and every trade after them, are those
+    of the same session bar by bar. Chunks are cut where a review is due, and the rule set
+    it deploys reaches the shards at the same bar."""
+    from sovereign.config import load_config
+
+    demo = load_config(Path(__file__).resolve().parents[1] / "examples" / "selfmod-demo.toml")
+    replace = msgspec.structs.replace
+    demo = replace(demo, selfmod=replace(demo.selfmod, compare_without_rules=False))
+    data = load_ohlcv("synthetic:20x16000:drift=Volatile@-1")
+
+    def with_chunks(chunk_bars: int) -> Config:
+        return replace(demo, engine=replace(demo.engine, chunk_bars=chunk_bars))
+
+    bars = run(tmp_path / "bars", data, with_chunks(1))
+    chunks = run(tmp_path / "chunks", data, with_chunks(0))
+    sm = selfmod_counters(chunks[0].result)
+    assert sm.get("auto_deployed", 0) >= 1, sm
+    assert sm == selfmod_counters(bars[0].result)
+    assert chunks[0].result.counters["chunked_steps"] > 5000
     assert_same_session(tmp_path, bars, chunks)
 
 
@@ -259,8 +296,8 @@ def test_short_chunks_through_the_wire_change_nothing_either(tmp_path) -> None:
 
 
 def test_chunks_are_only_for_what_they_can_replay_exactly() -> None:
-    """Paper sessions, self-modification and per-fill notifications all run bar by bar;
-    both strategies, the regime models, slippage and entries the guardian sizes run in
+    """Paper sessions and per-fill notifications run bar by bar; both strategies, the
+    regime models, self-modification, slippage and entries the guardian sizes run in
     chunks."""
     from sovereign.actors.runtime import LocalRuntime
     from sovereign.engine import Engine
@@ -276,14 +313,14 @@ def test_chunks_are_only_for_what_they_can_replay_exactly() -> None:
     base = config(chunk_bars=0)
     assert limit(base) > 0
     assert limit(base, mode="paper") == 0
-    assert limit(Config()) == 0  # self-modification acts between bars
+    assert limit(Config()) > 0  # the default configuration, self-modification and all
     no_selfmod = replace(Config(), selfmod=replace(Config().selfmod, enabled=False))
     assert limit(no_selfmod) > 0
     assert limit(replace(base, sim=replace(base.sim, slippage_bps=2.0))) > 0
     assert limit(config(chunk_bars=0, fixed_quantity=0)) > 0
     for model in ("baseline", "hmm", "blend"):
         assert limit(replace(base, regime=replace(base.regime, model=model))) > 0
-    assert limit(replace(base, selfmod=replace(base.selfmod, enabled=True))) == 0
+    assert limit(replace(base, selfmod=replace(base.selfmod, enabled=True))) > 0
     assert limit(base, notify_fills=True) == 0
     assert limit(config(chunk_bars=1)) == 0
     assert limit(config(chunk_bars=40)) == 40
@@ -300,6 +337,24 @@ def test_chunks_on_ray_are_the_chunks_in_one_process(tmp_path, ray_session) -> N
     assert remote[0].result.runtime == "ray"
     assert remote[0].result.counters["chunks_committed"] > 0
     assert remote[0].result.counters == local[0].result.counters
+    assert_same_session(tmp_path, local, remote)
+
+
+@pytest.mark.ray
+def test_the_default_configuration_in_chunks_on_ray_is_the_session_bar_by_bar(
+    tmp_path, ray_session
+) -> None:
+    """The default configuration (the baseline, the HMM, self-modification's reviews) in
+    chunks through Ray actors: the same session as bar by bar in one process."""
+    data = load_ohlcv("synthetic:6x1500", seed=17)
+    cfg = config(chunk_bars=0, baseline=True, regimes=True, selfmod=True)
+    local = run(
+        tmp_path / "bars", data, config(chunk_bars=1, baseline=True, regimes=True, selfmod=True)
+    )
+    remote = run(tmp_path / "chunks", data, cfg, runtime="ray")
+    assert remote[0].result.runtime == "ray"
+    assert remote[0].result.counters["chunked_steps"] > 1000
+    assert selfmod_counters(remote[0].result) == selfmod_counters(local[0].result)
     assert_same_session(tmp_path, local, remote)
 
 

@@ -44,6 +44,7 @@ from sovereign.messages import (
     BookSnapshot,
     CancelOrder,
     ChunkExecution,
+    ChunkHorizon,
     IntentChunk,
     Message,
     ModificationDecision,
@@ -75,6 +76,7 @@ GuardianInbox = (
     | SessionEnded
     | IntentChunk
     | ChunkExecution
+    | ChunkHorizon
 )
 
 
@@ -199,6 +201,8 @@ class GuardianActor(Actor[GuardianInbox]):
         chunk_intents: list[IntentChunk] = []
         # (exit time, P&L, trade id, message id) of each closed trade.
         closed: list[tuple[int, float, str, str]] = []
+        # Where self-modification would review the rules in a chunk it validates.
+        horizon = next((m for m in messages if isinstance(m, ChunkHorizon)), None)
         for msg in messages:
             match msg:
                 case OrderIntent():
@@ -206,7 +210,9 @@ class GuardianActor(Actor[GuardianInbox]):
                 case IntentChunk():
                     chunk_intents.append(msg)
                 case ChunkExecution():
-                    out.append(engine.validate_chunk(msg))
+                    out.append(engine.validate_chunk(msg, horizon))
+                case ChunkHorizon():
+                    pass  # read with the execution report it comes with, above
                 case AccountSnapshot():
                     out.extend(self._on_account(msg))
                 case (

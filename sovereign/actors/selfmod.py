@@ -1,12 +1,14 @@
 """SelfModActor: finds where the system trades badly and changes its rules — within the
 constitution, with no human approval.
 
-Triggers: the end of each trading day (when enough new trades have closed) and the
-guardian's losing-streak request. Each proposal goes to the guardian; an approved one is
-applied, stored as a new rule-set version with its evidence, audited, and sent to the shards
-as a ``RuleSetSnapshot`` (AutoDeployed); a refused one is stored and reported with every
-limit it broke (AutoRejected). A rollback made with ``sovereign rollback`` (or an
-operator's request) reaches the running shards through the same snapshot.
+Triggers: the end of each trading day, when enough new trades have closed or the guardian
+asked for a review after a losing streak during the day (rules change between sessions
+only, so that a speculative chunk is cut at most once a session). Each proposal goes to
+the guardian; an approved one is applied, stored as a new rule-set version with its
+evidence, audited, and sent to the shards as a ``RuleSetSnapshot`` (AutoDeployed); a
+refused one is stored and reported with every limit it broke (AutoRejected). A rollback
+made with ``sovereign rollback`` (or an operator's request) reaches the running shards
+through the same snapshot.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 
 import msgspec
+import numpy as np
 
 from sovereign.actors.base import Actor, accepting
 from sovereign.core.selfmod import (
@@ -32,9 +35,14 @@ from sovereign.memory.governance import (
 from sovereign.memory.stores import Stores
 from sovereign.messages import (
     AccountSnapshot,
+    ChunkExecution,
+    ChunkHorizon,
+    ChunkVerdict,
+    IntentChunk,
     Message,
     ModificationDecision,
     ModificationProposal,
+    NDArray,
     Notification,
     RollbackRequest,
     RuleEvaluationRequested,
@@ -60,6 +68,9 @@ SelfModInbox = (
     | RollbackRequest
     | SessionEnded
     | ShadowTradeClosed
+    | IntentChunk
+    | ChunkExecution
+    | ChunkVerdict
 )
 
 
@@ -123,6 +134,9 @@ class SelfModActor(Actor[SelfModInbox]):
         self.now = 0
         self._data_version = -1
         self.deployed: list[int] = []
+        # A losing streak asked for a review of the rules: it runs when the session
+        # changes (rules change between sessions only, bar by bar and in chunks alike).
+        self.review_due = False
 
     def release(self) -> None:
         if self.store is not None:
@@ -138,6 +152,8 @@ class SelfModActor(Actor[SelfModInbox]):
             # Restarted in the middle of a session (its start is not coming again): go on
             # from the account's stored rules and evidence, never from nothing.
             self._load()
+        if any(isinstance(m, (IntentChunk, ChunkVerdict)) for m in messages):
+            return [*self._on_chunk(messages), *self._external_changes()]
         for msg in messages:
             match msg:
                 case SessionStarted():
@@ -154,7 +170,7 @@ class SelfModActor(Actor[SelfModInbox]):
                     out.extend(self._on_session(msg.session_date))
                 case RuleEvaluationRequested():
                     self.count("reviews_requested")
-                    out.extend(self._propose("losing_streak", force=True))
+                    self.review_due = True
                 case ModificationDecision():
                     out.extend(self._on_decision(msg))
                 case RollbackRequest():
@@ -162,6 +178,8 @@ class SelfModActor(Actor[SelfModInbox]):
                 case SessionEnded():
                     self._save_evidence()
                     out.append(self.stats(msg.ts_event))
+                case IntentChunk() | ChunkExecution() | ChunkVerdict():
+                    pass  # a chunk's call is answered whole (``_on_chunk``), above
                 case _:
                     pass
         out.extend(self._external_changes())
@@ -203,11 +221,123 @@ class SelfModActor(Actor[SelfModInbox]):
         return [self.stats(m.ts_event) for m in messages if isinstance(m, SessionEnded)]
 
     def _on_session(self, session_date: str) -> list[Message]:
+        """A new session: the rules are reviewed if a losing streak asked for it (whatever
+        the new trades), or if enough new trades have closed (``SelfModEngine.analyse``)."""
         if not session_date or session_date == self.session_date:
             return []
         ended = bool(self.session_date)
         self.session_date = session_date
-        return self._propose("end_of_day") if ended else []
+        if not ended:
+            return []
+        if self.review_due:
+            self.review_due = False
+            return self._propose("losing_streak", force=True)
+        return self._propose("end_of_day")
+
+    # -- CHUNKS -------------------------------------------------------------------------
+
+    def _on_chunk(self, messages: list[Message]) -> list[Message]:
+        """A speculative chunk (``core.chunks``): before its verdict, where this actor
+        would review the rules in it (``ChunkHorizon``); after a valid one, its bars'
+        sessions, review requests and closed trades, in the order the bars one at a time
+        would bring them (a review only ever at its last bar: the guardian cuts a chunk
+        there)."""
+        ex = next((m for m in messages if isinstance(m, ChunkExecution)), None)
+        verdict = next((m for m in messages if isinstance(m, ChunkVerdict)), None)
+        if ex is None:
+            return []
+        if verdict is None:
+            intents = [m for m in messages if isinstance(m, IntentChunk)]
+            return [self._horizon(intents, ex)]
+        if not verdict.valid:
+            return []
+        return self._committed(messages, ex)
+
+    def _session_changes(self, ex: ChunkExecution) -> list[tuple[int, str]]:
+        """The chunk's bars at which ``_on_session`` would see a new session after an
+        earlier one, with its date."""
+        days, dates = ex.day.to_numpy(), ex.session_dates
+        if not days.size:
+            return []
+        moved = np.flatnonzero(np.r_[True, days[1:] != days[:-1]]).tolist()
+        out: list[tuple[int, str]] = []
+        current = self.session_date
+        for t in moved:
+            date = dates[int(days[t])]
+            if not date or date == current:
+                continue
+            if current:
+                out.append((t, date))
+            current = date
+        return out
+
+    def _horizon(self, intents: list[IntentChunk], ex: ChunkExecution) -> ChunkHorizon:
+        changes = [t for t, _ in self._session_changes(ex)]
+        due = -1
+        closed = [c.closed_bar.to_numpy() for c in intents if c.closed_bar is not None]
+        if len(closed) != len(intents):
+            due = changes[0] if changes else -1  # no count of the trades: the first change
+        elif changes:
+            # Trades closed at a bar reach this actor after that bar's session change.
+            before = np.searchsorted(np.sort(np.concatenate(closed)), changes, side="left")
+            new = self.engine.new_trades() + before
+            due_at = [
+                t
+                for t, n in zip(changes, new.tolist(), strict=True)
+                if self.review_due or n >= self.engine.min_new_trades
+            ]
+            due = due_at[0] if due_at else -1
+        return ChunkHorizon(
+            msg_id=self.ids.next(),
+            ts_event=ex.ts_event,
+            ts_init=ex.ts_event,
+            chunk=ex.chunk,
+            changes=NDArray.from_numpy(np.array(changes, dtype=np.int64)),
+            due=due,
+        )
+
+    def _committed(self, messages: list[Message], ex: ChunkExecution) -> list[Message]:
+        closes = ex.ts.to_numpy()
+        k_bars = int(closes.size)
+
+        def bar_of(ts: int) -> int:
+            # The bar whose open a fill came at: the first to close after it starts.
+            return min(int(np.searchsorted(closes, ts, side="right")), k_bars - 1)
+
+        events: dict[int, list[Message | object]] = {}
+        for t, date in self._session_changes(ex):
+            events.setdefault(t, []).append(date)
+        for m in messages:
+            if isinstance(m, RuleEvaluationRequested):
+                events.setdefault(bar_of(m.ts_event), []).append(m)
+        for m in messages:
+            if isinstance(m, TradesClosed):
+                for trade in m.trades():
+                    events.setdefault(bar_of(trade.exit_ts), []).append(trade)
+        out: list[Message] = []
+        for t in sorted(events):
+            self.now = int(closes[t])
+            # A bar's session first, then the reviews asked for, then its closed trades.
+            ordered = sorted(
+                events[t],
+                key=lambda e: (
+                    0 if isinstance(e, str) else 1 if isinstance(e, RuleEvaluationRequested) else 2
+                ),
+            )
+            for e in ordered:
+                if isinstance(e, str):
+                    analyses = self.engine.analyses
+                    out.extend(self._on_session(e))
+                    if self.engine.analyses != analyses and t < k_bars - 1:
+                        # The guardian cuts a chunk at a review: never seen, counted.
+                        self.count("reviews_inside_chunks")
+                elif isinstance(e, RuleEvaluationRequested):
+                    self.count("reviews_requested")
+                    self.review_due = True
+                else:
+                    self.engine.on_trade(e)
+        self.now = int(closes[-1]) if k_bars else self.now
+        return out
 
     # -- PROPOSALS ----------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from sovereign.core.chunk_state import assumed_fills, checkpoint, restore
-from sovereign.core.chunk_trades import ClosedColumns, commit_trades
+from sovereign.core.chunk_trades import ClosedColumns, closed_pnl, commit_trades
 from sovereign.core.chunks import (
     ChunkBars,
     ChunkOutcome,
@@ -18,7 +18,7 @@ from sovereign.core.chunks import (
     strategy_chunk,
     strategy_state_names,
 )
-from sovereign.core.fills import market_price
+from sovereign.core.fills import commission_for, market_price
 from sovereign.core.signals import ShardStrategy
 from sovereign.core.trades import ClosedTrade
 from sovereign.core.universe import Universe
@@ -130,7 +130,11 @@ class ShardChunks:
         self._chunk = (msg.chunk, saved, outcome)
         self.last_ts = int(ts[-1])
         self.intents += len(outcome.intents)
-        return self._intent_chunk(msg, bar_close, outcome, saved_orders, "")
+        opens = {k: saved["orders"][k].purpose == "OPEN" for k in saved_orders}
+        working = {k: (q, opens[k]) for k, q in saved_orders.items()}
+        fee = _fill_fees(bars, outcome, working, self.universe, self.fill_model)
+        pnl = closed_pnl(outcome, fee)
+        return self._intent_chunk(msg, bar_close, outcome, saved_orders, "", pnl)
 
     def _regime_rows(self, regimes: RegimeChunk) -> tuple[np.ndarray, np.ndarray]:
         """The regime codes (K, n) and probabilities (K, n, 4) after each of a chunk's bar
@@ -154,8 +158,15 @@ class ShardChunks:
         outcome: ChunkOutcome | None,
         pending: dict[str, int],
         refused: str,
+        pnl: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> IntentChunk:
         i = outcome.intents if outcome is not None else None
+        closed = {}
+        if outcome is not None and pnl is not None:
+            closed = {
+                "closed_bar": NDArray.from_numpy(outcome.trades.exit_bar.astype("<i8")),
+                "closed_pnl": NDArray.from_numpy(pnl[1].astype("<f8")),
+            }
 
         def col(name: str, dtype: str) -> NDArray:
             values = getattr(i, name) if i is not None else np.zeros(0)
@@ -183,6 +194,7 @@ class ShardChunks:
             asked=col("asked", "<i8"),
             regime=col("regime", "|u1"),
             size_scale=col("size_scale", "<f8"),
+            **closed,
         )
 
     def _settle_chunk(
@@ -229,3 +241,44 @@ class ShardChunks:
         for name in self._ACTOR_STATE:
             setattr(self, name, state.pop(name))
         restore(self.strategy, state)
+
+
+def _fill_fees(
+    bars: ChunkBars,
+    outcome: ChunkOutcome,
+    pending: dict[str, tuple[int, bool]],
+    universe: Universe,
+    fill_model: SimConfig | None,
+) -> Callable[[int, int], float] | None:
+    """What the fill model charges each order the chunk fills, by universe index and
+    order seq, as the broker will (the commissions of a committed chunk come from its
+    report): every intent fills in full at the next bar's open (an exit at the market's
+    sell price there), the orders pending before the chunk (quantity, whether it opens)
+    at its first."""
+    if fill_model is None:
+        return None
+    sell = bars.open if bars.sell_open is None else bars.sell_open
+    k_bars = len(bars)
+    fills: dict[tuple[int, int], tuple[int, float]] = {}
+    i = outcome.intents
+    for b, j, side, q, seq in zip(
+        i.bar.tolist(),
+        i.index.tolist(),
+        i.side.tolist(),
+        i.quantity.tolist(),
+        i.seq.tolist(),
+        strict=True,
+    ):
+        if b + 1 < k_bars and q > 0:
+            prices = bars.open if side == 1 else sell
+            fills[(j, seq)] = (q, float(prices[b + 1, j]))
+    for order_id, (q, opens) in pending.items():
+        symbol, seq = order_id.rsplit("-", 1)
+        j = universe.index[symbol]
+        fills[(j, int(seq))] = (q, float((bars.open if opens else sell)[0, j]))
+    charged = {k: commission_for(q, p, fill_model) for k, (q, p) in fills.items()}
+
+    def fee(j: int, seq: int) -> float:
+        return charged.get((j, seq), 0.0)
+
+    return fee

@@ -43,6 +43,26 @@ class ClosedColumns:
 _REGIME_LABELS = np.array([*REGIME_NAMES, "Unknown"], dtype=object)
 
 
+def closed_pnl(
+    outcome: ChunkOutcome, commission: Callable[[int, int], float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The commissions paid and the P&L of each trade a chunk closes, in the order its
+    fills close them (``ShardStrategy._close``'s arithmetic): what the fills charged, by
+    universe index and order seq (None: no commissions beyond those booked before)."""
+    t = outcome.trades
+    if commission is None:
+        paid = t.commission.astype(np.float64)
+    else:
+        fees = t.commission.tolist()
+        columns = zip(t.index.tolist(), t.entry_seq.tolist(), t.exit_seq.tolist(), strict=True)
+        for i, (j, e, x) in enumerate(columns):
+            if e:
+                fees[i] += commission(j, e)
+            fees[i] += commission(j, x)
+        paid = np.array(fees, dtype=np.float64)
+    return paid, t.exit_proceeds - t.entry_cost - paid
+
+
 def commit_trades(
     st: Any, outcome: ChunkOutcome, commission: Callable[[int, int], float] | None = None
 ) -> ClosedColumns:
@@ -55,18 +75,8 @@ def commit_trades(
         for j, seq in outcome.entries_filled.items():
             st.trades[j].commission += commission(j, seq)
     t = outcome.trades
-    if commission is None:
-        paid = t.commission.astype(np.float64)
-    else:
-        fees = t.commission.tolist()
-        columns = zip(t.index.tolist(), t.entry_seq.tolist(), t.exit_seq.tolist(), strict=True)
-        for i, (j, e, x) in enumerate(columns):
-            if e:
-                fees[i] += commission(j, e)
-            fees[i] += commission(j, x)
-        paid = np.array(fees, dtype=np.float64)
+    paid, pnl = closed_pnl(outcome, commission)
     q, cost, proceeds = t.quantity.astype(np.int64), t.entry_cost, t.exit_proceeds
-    pnl = proceeds - cost - paid
     with np.errstate(divide="ignore", invalid="ignore"):
         return_pct = np.where(cost != 0, pnl / cost, 0.0)
         entry_price = cost / q
@@ -111,4 +121,4 @@ def commit_trades(
     )
 
 
-__all__ = ["ClosedColumns", "commit_trades"]
+__all__ = ["ClosedColumns", "closed_pnl", "commit_trades"]

@@ -292,14 +292,32 @@ class TradingStateMachine:
 
     def on_trade_closed(self, pnl: float) -> bool:
         """Count a closed trade; True when a losing streak asks for a rule evaluation."""
-        if pnl < 0:
-            self.s.consecutive_losses += 1
-            if self.s.consecutive_losses >= self.review_after_losses:
-                self.s.consecutive_losses = 0
-                return True
-        else:
-            self.s.consecutive_losses = 0
-        return False
+        self.s.consecutive_losses, review = streak_step(
+            self.s.consecutive_losses, pnl, self.review_after_losses
+        )
+        return review
+
+    def first_review(self, pnl: np.ndarray) -> int:
+        """Which of these closed trades (P&L in the order they close) would be the first
+        to ask for a rule evaluation (-1: none), counted as ``on_trade_closed`` counts
+        them, without counting them."""
+        count = self.s.consecutive_losses
+        for k, x in enumerate(pnl.tolist()):
+            count, review = streak_step(count, x, self.review_after_losses)
+            if review:
+                return k
+        return -1
+
+
+def streak_step(count: int, pnl: float, review_after: int) -> tuple[int, bool]:
+    """A losing streak after one more closed trade, and whether it asks for a rule
+    evaluation (``review_after`` losses in a row; the count starts again after it)."""
+    if pnl < 0:
+        count += 1
+        if count >= review_after:
+            return 0, True
+        return count, False
+    return 0, False
 
 
 def replacement_refusal(old: GuardianState, new: GuardianState) -> str | None:

@@ -27,6 +27,7 @@ from sovereign.domain.regimes import REGIME_UNKNOWN, regime_name
 from sovereign.messages import (
     ApprovedChunk,
     ChunkExecution,
+    ChunkHorizon,
     ChunkVerdict,
     IntentChunk,
     NDArray,
@@ -54,6 +55,11 @@ class PendingChunk:
     sent: np.ndarray
     regime: np.ndarray
     size_scale: np.ndarray
+    # The trades the chunk closes, every shard's in the order the guardian counts them
+    # (by bar; shard order within one): the bar whose open closes each and its P&L. None:
+    # a shard did not say (then no review of the rules may be due in the chunk).
+    closed_bar: np.ndarray | None = None
+    closed_pnl: np.ndarray | None = None
 
 
 Sized = dict[str, Any]
@@ -133,6 +139,7 @@ def approve_chunk(engine: RiskEngine, chunks: list[IntentChunk]) -> ApprovedChun
             sent=sent,
             regime=regime,
             size_scale=scale,
+            **_closed_columns(chunks),
         )
     now = int(bar_close[-1]) if bar_close.size else 0
     return ApprovedChunk(
@@ -153,6 +160,37 @@ def approve_chunk(engine: RiskEngine, chunks: list[IntentChunk]) -> ApprovedChun
         signature=signature,
         refused=refused,
     )
+
+
+def _closed_columns(chunks: list[IntentChunk]) -> dict[str, np.ndarray]:
+    """The shards' closed trades (``PendingChunk.closed_*``), in the order their closing
+    reaches the guardian: by bar, the shards' order kept within one."""
+    if any(c.closed_bar is None or c.closed_pnl is None for c in chunks):
+        return {}
+    bar = np.concatenate([c.closed_bar.to_numpy() for c in chunks if c.closed_bar is not None])
+    pnl = np.concatenate([c.closed_pnl.to_numpy() for c in chunks if c.closed_pnl is not None])
+    order = np.argsort(bar, kind="stable")
+    return {"closed_bar": bar[order], "closed_pnl": pnl[order]}
+
+
+def _review_cut(engine: RiskEngine, pending: PendingChunk, horizon: ChunkHorizon | None) -> int:
+    """The bar of the chunk at which self-modification would review the rules (-1: none
+    in it): the first session change at which a review is due (``horizon``), or the first
+    after a losing streak asks for one (``TradingStateMachine.first_review``). Only a
+    chunk's last bar may hold one: the rules it deploys would change the bars after it."""
+    if horizon is None:
+        return -1
+    assert engine.machine is not None
+    cut = horizon.due
+    changes = horizon.changes.to_numpy()
+    if pending.closed_bar is None or pending.closed_pnl is None:
+        return int(changes[0]) if changes.size else cut  # a shard did not say: the first
+    first = engine.machine.first_review(pending.closed_pnl)
+    if first >= 0:
+        later = changes[changes > pending.closed_bar[first]]
+        if later.size and (cut < 0 or int(later[0]) < cut):
+            cut = int(later[0])
+    return cut
 
 
 def _in_decision_order(chunks: list[IntentChunk]) -> list[np.ndarray]:
@@ -223,10 +261,14 @@ def _chunk_refusal(
     return ""
 
 
-def validate_chunk(engine: RiskEngine, ex: ChunkExecution) -> ChunkVerdict:
+def validate_chunk(
+    engine: RiskEngine, ex: ChunkExecution, horizon: ChunkHorizon | None = None
+) -> ChunkVerdict:
     """Decide a chunk against its execution report: valid if every order would have
-    been approved in full bar by bar and no bar moves the trading state. A valid chunk
-    is taken into the guardian's state here, as its bars one at a time would have."""
+    been approved in full bar by bar, no bar moves the trading state and no review of the
+    rules by self-modification (``horizon``, when it runs) comes before its last bar. A
+    valid chunk is taken into the guardian's state here, as its bars one at a time would
+    have."""
     pending, engine.chunk = engine.chunk, None
     ts = ex.ts.to_numpy()
     now = int(ts[-1]) if ts.size else ex.ts_event
@@ -273,6 +315,12 @@ def validate_chunk(engine: RiskEngine, ex: ChunkExecution) -> ChunkVerdict:
     problem, bar, sized, denials = _chunk_problem(engine, pending, ex, ts)
     if problem:
         return verdict(False, problem, bar, sized=sized)
+    if horizon is not None and horizon.chunk != ex.chunk:
+        return verdict(False, "the review horizon is of another chunk")
+    cut = _review_cut(engine, pending, horizon)
+    if 0 <= cut < ts.size - 1:
+        # The chunk through that bar is what bar by bar would do; the review follows it.
+        return verdict(False, "self-modification would review the rules inside it", cut + 1)
     _commit_chunk(engine, ex, now)
     n = int(pending.sent.sum())
     for code, k in (("APPROVED", n), *denials.items()):

@@ -30,6 +30,7 @@ from sovereign.messages import (
     BookSnapshot,
     CancelOrder,
     ChunkExecution,
+    ChunkHorizon,
     ChunkVerdict,
     IntentChunk,
     Message,
@@ -455,5 +456,7 @@ class RiskEngine:
     def approve_chunk(self, chunks: list[IntentChunk]) -> ApprovedChunk:
         return approve_chunk(self, chunks)
 
-    def validate_chunk(self, ex: ChunkExecution) -> ChunkVerdict:
-        return validate_chunk(self, ex)
+    def validate_chunk(
+        self, ex: ChunkExecution, horizon: ChunkHorizon | None = None
+    ) -> ChunkVerdict:
+        return validate_chunk(self, ex, horizon)

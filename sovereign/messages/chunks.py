@@ -122,6 +122,10 @@ class IntentChunk(Message, frozen=True, gc=False):
     cut: ``quantity`` is then the guardian's size from an earlier speculation; 0: the
     guardian sizes it); ``regime`` (optional) each intent's regime code at its decision;
     ``size_scale`` (optional, 1 when absent) the rules' scale of an entry's size.
+    ``closed_bar`` and ``closed_pnl`` (optional, together): the trades the chunk closes,
+    in the order their fills close them: the bar whose open filled the exit and the P&L
+    with the commissions the fill model charges (the guardian counts losing streaks on
+    them before the chunk is committed).
     """
 
     chunk: int
@@ -141,6 +145,8 @@ class IntentChunk(Message, frozen=True, gc=False):
     asked: NDArray | None = None
     regime: NDArray | None = None
     size_scale: NDArray | None = None
+    closed_bar: NDArray | None = None
+    closed_pnl: NDArray | None = None
 
     def __post_init__(self) -> None:
         _symbols("IntentChunk", "symbols", self.symbols)
@@ -166,6 +172,14 @@ class IntentChunk(Message, frozen=True, gc=False):
             _column("IntentChunk", "asked", self.asked, "<i8", m)
         if self.regime is not None:
             _column("IntentChunk", "regime", self.regime, "|u1", m)
+        if (self.closed_bar is None) != (self.closed_pnl is None):
+            raise ValueError("IntentChunk's closed columns come together")
+        if self.closed_bar is not None and self.closed_pnl is not None:
+            c = self.closed_bar.shape
+            if len(c) != 1:
+                raise ValueError("IntentChunk.closed_bar must be 1-D")
+            _column("IntentChunk", "closed_bar", self.closed_bar, "<i8", c)
+            _column("IntentChunk", "closed_pnl", self.closed_pnl, "<f8", c)
         if self.size_scale is not None:
             _column("IntentChunk", "size_scale", self.size_scale, "<f8", m)
             scale = self.size_scale.to_numpy()
@@ -295,6 +309,25 @@ class ChunkExecution(Message, frozen=True, gc=False):
     @property
     def fills(self) -> int:
         return self.fill_symbol.shape[0]
+
+
+class ChunkHorizon(Message, frozen=True, gc=False):
+    """Where self-modification would act in a chunk, on the trades its shards speculate:
+    ``changes`` (``<i8``), the chunk's bars at which a new session begins after an earlier
+    one (each is a review of the rules if one is due); ``due`` the first of them at which
+    a review is due whatever the losing streaks do (enough new trades, or a review asked
+    for before the chunk), -1 if none. The guardian adds the reviews its losing streaks
+    would ask for, and a chunk whose review would come before its last bar is cut there."""
+
+    chunk: int
+    changes: NDArray
+    due: int = -1
+
+    def __post_init__(self) -> None:
+        c = self.changes.shape
+        if len(c) != 1:
+            raise ValueError("ChunkHorizon.changes must be 1-D")
+        _column("ChunkHorizon", "changes", self.changes, "<i8", c)
 
 
 class ChunkVerdict(Message, frozen=True, gc=False):

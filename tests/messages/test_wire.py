@@ -29,6 +29,7 @@ from sovereign.messages import (
     BookOrder,
     CancelOrder,
     ChunkExecution,
+    ChunkHorizon,
     ChunkVerdict,
     DailySummary,
     EquityCurve,
@@ -196,6 +197,32 @@ def intent_chunks(draw: st.DrawFn) -> IntentChunk:
         refused=draw(text),
         asked=draw(st.none() | arrays("<i8", (m,))),
         regime=draw(st.none() | arrays("|u1", (m,))),
+        size_scale=draw(
+            st.none()
+            | st.builds(
+                lambda x: NDArray.from_numpy(np.array(x, dtype="<f8")),
+                st.lists(st.floats(0, 1), min_size=m, max_size=m),
+            )
+        ),
+        **_closed(draw),
+    )
+
+
+def _closed(draw: st.DrawFn) -> dict[str, NDArray]:
+    """A chunk's closed trades (bar, P&L), or none."""
+    if not draw(st.booleans()):
+        return {}
+    c = draw(st.integers(0, 4))
+    return {"closed_bar": draw(arrays("<i8", (c,))), "closed_pnl": draw(arrays("<f8", (c,)))}
+
+
+@st.composite
+def chunk_horizons(draw: st.DrawFn) -> ChunkHorizon:
+    return ChunkHorizon(
+        **{key: draw(v) for key, v in envelope().items()},
+        chunk=draw(i64),
+        changes=draw(arrays("<i8", (draw(st.integers(0, 4)),))),
+        due=draw(i64),
     )
 
 
@@ -349,6 +376,7 @@ SPECIAL: dict[type, st.SearchStrategy[Message]] = {
     RegimeChunk: regime_chunks(),
     IntentChunk: intent_chunks(),
     ChunkVerdict: chunk_verdicts(),
+    ChunkHorizon: chunk_horizons(),
     TradesClosed: trades_closed(),
     ApprovedChunk: approved_chunks(),
     ChunkExecution: chunk_executions(),
