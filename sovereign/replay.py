@@ -32,6 +32,11 @@ class BacktestStepError(ActorCallError):
 
 CHUNK_MIN_BARS = 16
 """No chunk is shorter: below this the calls of a chunk cost more than the bars save."""
+BACKOFF_DOUBLINGS = 6
+"""After this many speculations in a row that committed nothing, the wait before the next
+stops growing (CHUNK_MIN_BARS x 63 bar times): a state where chunks keep failing (an
+account the guardian sizes otherwise at almost every bar, say) costs about one wasted
+speculation in a thousand bar times, and one that turns favourable is found again."""
 CHUNK_MAX_BARS = 8_192
 CHUNK_TARGET_BARS = 1 << 20
 """Bars (bar times x symbols) an automatically sized chunk aims at."""
@@ -157,9 +162,12 @@ class ChunkedReplay:
         length = min(limit, CHUNK_MIN_BARS * 4)
         step = 0
         chunk = 0
+        # Speculations in a row that committed nothing, and the step at which the next
+        # may start: a state that keeps failing chunks is tried ever less often.
+        misses, resume_at = 0, 0
         while step < total and not self.stop_requested:
             # The first bar time goes bar by bar: the guardian learns the account from it.
-            quiet = limit and step and self._selfmod_quiet(loop)
+            quiet = limit and step >= max(1, resume_at) and self._selfmod_quiet(loop)
             run = min(length, feed.clean_run(step), total - step) if quiet else 0
             # No chunk is shorter than CHUNK_MIN_BARS but the last, which ends the data.
             if run >= CHUNK_MIN_BARS or (run > 1 and step + run == total):
@@ -183,31 +191,20 @@ class ChunkedReplay:
                 if verdict.valid:
                     step += run
                     length = min(limit, length * 2)
+                    misses = 0
                     continue
                 length = max(CHUNK_MIN_BARS, length // 4)
-                # What the chunk did before its first wrong bar holds: those bars go again
-                # as a chunk of their own (validated as any chunk), and bar by bar from the
-                # wrong one, for at least a shortest chunk's worth of bars so that a state
-                # that keeps failing chunks costs one speculation per CHUNK_MIN_BARS bars.
-                good = verdict.bar if 0 <= verdict.bar < run else -1
-                good = _before_last_denials(good, sizes) if good > 0 else good
-                while good >= CHUNK_MIN_BARS:
-                    # The first wrong bar found is the first for the check that found it;
-                    # a check made later in the validation may find an earlier one in the
-                    # shorter chunk: then that one's bars before it, and so on.
-                    chunk += 1
-                    verdict = self._chunk_step(loop, chunk, step, good, sizes)
-                    if verdict.valid:
-                        loop.chunk_counters["chunk_prefixes_committed"] += 1
-                        step, run, good = step + good, run - good, 0
-                    else:
-                        good = verdict.bar if 0 <= verdict.bar < good else -1
-                        good = _before_last_denials(good, sizes) if good > 0 else good
-                # The bars through the wrong one (all of them when it is not known).
+                chunk, done, good = self._prefix(loop, chunk, step, run, verdict, sizes)
+                step, run = step + done, run - done
+                misses = 0 if done else misses + 1
+                # The bars through the wrong one (all of them when it is not known), for at
+                # least a shortest chunk's worth of bars, and then, after misses in a row,
+                # twice as many bar times as the last wait before the next speculation.
                 through = run if good < 0 else min(run, max(good + 1, CHUNK_MIN_BARS))
                 for s in range(step, step + through):
                     self._bar_step(loop, s, int(feed.timestamps[s]), feed.batches(s))
                 step += through
+                resume_at = step + CHUNK_MIN_BARS * ((1 << min(misses, BACKOFF_DOUBLINGS)) - 1)
                 continue
             self._bar_step(loop, step, int(feed.timestamps[step]), feed.batches(step))
             step += 1
@@ -215,6 +212,36 @@ class ChunkedReplay:
             # The last chunk's closed trades: the guardian counts its losing streak on them.
             loop.watched.append(loop.rt.tell(loop.g.guardian, *loop.for_guardian))
             loop.for_guardian = []
+
+    def _prefix(
+        self,
+        loop: StepLoop,
+        chunk: int,
+        step: int,
+        run: int,
+        verdict: ChunkVerdict,
+        sizes: Sizes | None,
+    ) -> tuple[int, int, int]:
+        """After an invalid chunk: what it did before its first wrong bar holds, so those
+        bars go again as a chunk of their own (validated as any chunk). Returns the last
+        chunk number, the bar times committed, and the first wrong bar after them (-1:
+        not known)."""
+        good = verdict.bar if 0 <= verdict.bar < run else -1
+        good = _before_last_denials(good, sizes) if good > 0 else good
+        done = 0
+        while good >= CHUNK_MIN_BARS:
+            # The first wrong bar found is the first for the check that found it; a check
+            # made later in the validation may find an earlier one in the shorter chunk:
+            # then that one's bars before it, and so on.
+            chunk += 1
+            verdict = self._chunk_step(loop, chunk, step + done, good, sizes)
+            if verdict.valid:
+                loop.chunk_counters["chunk_prefixes_committed"] += 1
+                done, good = done + good, 0
+            else:
+                good = verdict.bar if 0 <= verdict.bar < good else -1
+                good = _before_last_denials(good, sizes) if good > 0 else good
+        return chunk, done, good
 
     def _selfmod_quiet(self, loop: StepLoop) -> bool:
         """Whether the last step left self-modification with nothing for the next one (a
