@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from sovereign.core.calendar import new_york_time
-from sovereign.core.chunk_walk import Signals, Walk
+from sovereign.core.chunk_walk import Signals, Walk, regime_exits
 from sovereign.core.codegen import RuleFeatures
 from sovereign.core.entries import Features, baseline_signal, entry_features
 from sovereign.domain.regimes import REGIME_NAMES
@@ -92,11 +92,7 @@ def baseline_signals(
         volume_confirmation=cfg.volume_confirmation,
         volume_threshold=st.param("volume_threshold", cfg.volume_threshold),
     )
-    codes = np.unique(regime)
-    table = np.array([st.exit_parameters(int(code), None, 0)[:3] for code in codes.tolist()])
-    at = np.searchsorted(codes, regime)
-    stop_mult, target_mult = table[at, 0], table[at, 1]
-    max_hold = table[at, 2].astype(np.int64)
+    stop_mult, target_mult, max_hold = regime_exits(st, regime)
     scale = np.ones(c.shape)
     fire = signal.fire.copy()
     skipped = np.zeros(c.shape, dtype=bool)

@@ -377,3 +377,13 @@ def _first_guess(st: Any, close: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         guess = np.floor(float(np.median(costs)) / close)
     return np.where(np.isfinite(guess) & (guess >= 1), guess, 1).astype(np.int64)
+
+
+def regime_exits(st: Any, regime: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each bar's stop and target (ATR multiples) and maximum hold for an entry decided
+    there (K, n): the strategy's own ``exit_parameters``, asked once per regime the chunk
+    holds (the rules' overrides are the caller's)."""
+    codes = np.unique(regime)
+    table = np.array([st.exit_parameters(int(code), None, 0)[:3] for code in codes.tolist()])
+    at = np.searchsorted(codes, regime)
+    return table[at, 0], table[at, 1], table[at, 2].astype(np.int64)

@@ -40,6 +40,7 @@ from sovereign.core.chunk_walk import (
     Walk,
     entry_quantities,
     opening_quantity,
+    regime_exits,
     walk_trades,
 )
 from sovereign.core.entries import breakout_signal
@@ -178,9 +179,7 @@ def _indicators(
     signal = breakout_signal(atr_ready & ph_ready & vm_ready, c, prior_high, v, median)
     # Each entry's exits as the strategy sets them for the regime of its decision bar: its
     # own ``exit_parameters``, asked once for each regime the chunk has.
-    codes = np.unique(regime)
-    table = np.array([st.exit_parameters(int(code), None, 0)[:3] for code in codes.tolist()])
-    at = np.searchsorted(codes, regime)
+    stop_mult, target_mult, max_hold = regime_exits(st, regime)
 
     def record(t: int, j: int) -> dict[str, Any]:
         a = float(atr[t, j])
@@ -191,9 +190,9 @@ def _indicators(
         signal=signal,
         present=present,
         quantity=quantity,
-        stop_mult=table[at, 0],
-        target_mult=table[at, 1],
-        max_hold=table[at, 2].astype(np.int64),
+        stop_mult=stop_mult,
+        target_mult=target_mult,
+        max_hold=max_hold,
         record=record,
     )
 
