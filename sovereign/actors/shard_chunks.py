@@ -232,6 +232,8 @@ class ShardChunks:
                     return charged.get((j, seq), 0.0)
 
         self.count("chunks_committed")
+        # The indicators' blocks kept for a re-speculation of these bars are done with.
+        self.strategy._blocks_kept = None
         trades = commit_trades(self.strategy, outcome, fee)
         return [trades] if len(trades) else []
 

@@ -22,11 +22,15 @@ from typing import Any
 import numpy as np
 
 from sovereign.core.calendar import new_york_time
+from sovereign.core.chunk_state import blocks_once
 from sovereign.core.chunk_walk import Signals, Walk, regime_exits
 from sovereign.core.codegen import RuleFeatures
 from sovereign.core.entries import Features, baseline_signal, entry_features
 from sovereign.domain.regimes import REGIME_NAMES
 from sovereign.domain.rules import And, ConsecutiveLossesAbove, Not, Or, Rule
+
+_INDICATORS = ("atr", "volume_pct", "prior_high", "sr")
+"""The baseline's indicators: they depend on the bars alone."""
 
 
 class BaselineUnsupportedError(Exception):
@@ -71,12 +75,11 @@ def baseline_signals(
     would. ``regime`` (K, n) and ``probs`` (K, n, 4): each symbol's regime codes and
     probabilities after each bar; ``quantity`` (K, n): what an entry is speculated to
     fill."""
-    cfg = st.config
-    h, lo, c, v = bars.high, bars.low, bars.close, bars.volume
-    atr, atr_ready = st.atr.block(present, h, lo, c)
-    vol_pct, vol_ready = st.volume_pct.block(present, v)
-    prior_high, ph_ready = st.prior_high.block(present, h)
-    sr_value, _ = st.sr.block(present, h, lo, c, atr)
+    cfg, c = st.config, bars.close
+    key = (int(bars.ts[0]), int(bars.ts[-1]), len(bars), present.tobytes())
+    atr, atr_ready, vol_pct, vol_ready, prior_high, ph_ready, sr_value = blocks_once(
+        st, key, _INDICATORS, lambda: _indicator_blocks(st, bars, present)
+    )
     # The strategy reads the score, which is the value where scored and 0 elsewhere.
     sr = np.where(np.isnan(sr_value), 0, sr_value).astype(np.int64)
     signal = baseline_signal(
@@ -132,6 +135,16 @@ def baseline_signals(
         record=record,
     )
     return signals, BaselineCells(skipped, signal.no_volume, acted)
+
+
+def _indicator_blocks(st: Any, bars: Any, present: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The baseline's indicators over the chunk (values and readiness), by their blocks."""
+    h, lo, c, v = bars.high, bars.low, bars.close, bars.volume
+    atr, atr_ready = st.atr.block(present, h, lo, c)
+    vol_pct, vol_ready = st.volume_pct.block(present, v)
+    prior_high, ph_ready = st.prior_high.block(present, h)
+    sr_value, _ = st.sr.block(present, h, lo, c, atr)
+    return atr, atr_ready, vol_pct, vol_ready, prior_high, ph_ready, sr_value
 
 
 def _apply_rules(

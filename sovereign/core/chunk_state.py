@@ -5,6 +5,7 @@ before it fill."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -56,3 +57,22 @@ def assumed_fills(st: Any) -> dict[str, int]:
         k: (o.quantity or fixed) if o.purpose == "OPEN" else int(st.quantity[o.index])
         for k, o in st.orders.items()
     }
+
+
+def blocks_once(
+    st: Any, key: tuple[Any, ...], names: tuple[str, ...], compute: Callable[[], Any]
+) -> Any:
+    """``compute()`` (indicator blocks over a chunk, which leave the indicators ``names``
+    of ``st`` as the chunk's bars would), or what it gave the last time for the same
+    ``key`` (the same bar times, from the same state): a chunk speculated again (with the
+    guardian's sizes) starts from the state restored to before it, and its indicators
+    depend on the bars alone, so their blocks and end state are taken from then instead
+    of running their recursions again."""
+    kept = getattr(st, "_blocks_kept", None)
+    if kept is not None and kept[0] == key:
+        for name, state in kept[2].items():
+            setattr(st, name, copy.deepcopy(state))
+        return kept[1]
+    out = compute()
+    st._blocks_kept = (key, out, {name: copy.deepcopy(getattr(st, name)) for name in names})
+    return out

@@ -486,3 +486,37 @@ def test_the_baseline_chunks_trade_and_their_rules_act() -> None:
     assert mine.counters.rule_skips > 0 and mine.counters.denied > 0 and len(closed) > 5
     assert 0.5 in {c.features["size_scale"] for c in closed}
     assert all(c.features["regime_probability"] is not None for c in closed)
+
+
+def test_a_chunk_speculated_again_takes_its_indicators_from_the_first_time(monkeypatch) -> None:
+    """A chunk speculated again with the guardian's sizes (from the state restored to
+    before it) reads its indicators' blocks and end state from the first speculation,
+    without running their recursions again, and does what a fresh speculation does."""
+    from sovereign.core.support_resistance import SupportResistance
+
+    runs: list[int] = []
+    block = SupportResistance.block
+
+    def counted(self, *args):
+        runs.append(1)
+        return block(self, *args)
+
+    monkeypatch.setattr(SupportResistance, "block", counted)
+    t, n = 300, 5
+    bars = make_bars(11, t, n, True)
+    rng = np.random.default_rng(11)
+    codes = regime_path(11, t, n)
+    probs = rng.dirichlet(np.ones(len(REGIME_NAMES)), (t, n)).astype(np.float32)
+    first = rng.integers(1, 300, (t, n))
+    again = np.where(rng.random((t, n)) < 0.3, 0, rng.integers(1, 300, (t, n)))
+    again[-1] = 50
+    mine, fresh = baseline(n, True, 20), baseline(n, True, 20)
+    saved = checkpoint(mine, strategy_state_names())
+    chunked(mine, bars, codes, None, first, probs)
+    restore(mine, saved)
+    got_intents, got = chunked(mine, bars, codes, None, again, probs)
+    assert len(runs) == 1  # the second speculation ran no recursion
+    want_intents, want = chunked(fresh, bars, codes, None, again, probs)
+    assert got_intents == want_intents
+    assert same(records(commit_trades(mine, got)), records(commit_trades(fresh, want)))
+    assert same(state_of(mine), state_of(fresh))
