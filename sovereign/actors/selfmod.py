@@ -279,7 +279,8 @@ class SelfModActor(Actor[SelfModInbox]):
             due = changes[0] if changes else -1  # no count of the trades: the first change
         elif changes:
             # Trades closed at a bar reach this actor after that bar's session change.
-            before = np.searchsorted(np.sort(np.concatenate(closed)), changes, side="left")
+            bars = np.sort(np.concatenate(closed)) if closed else np.zeros(0, np.int64)
+            before = np.searchsorted(bars, changes, side="left")
             new = self.engine.new_trades() + before
             due_at = [
                 t
