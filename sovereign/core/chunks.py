@@ -43,7 +43,7 @@ from sovereign.core.chunk_walk import (
     regime_exits,
     walk_trades,
 )
-from sovereign.core.entries import breakout_signal
+from sovereign.core.entries import breakout_features, breakout_signal
 from sovereign.core.trades import EXIT_REASONS, Order, Trade
 from sovereign.domain.orders import SIDE_BUY, SIDE_SELL
 from sovereign.domain.regimes import REGIME_UNKNOWN
@@ -182,8 +182,7 @@ def _indicators(
     stop_mult, target_mult, max_hold = regime_exits(st, regime)
 
     def record(t: int, j: int) -> dict[str, Any]:
-        a = float(atr[t, j])
-        return {"atr": a, "atr_pct": a / float(c[t, j]) * 100.0}
+        return breakout_features(float(atr[t, j]), float(c[t, j]))
 
     return Signals(
         atr=atr,

@@ -120,3 +120,8 @@ def entry_features(
         "rules_version": rules_version,
         **({"rules_acting": ",".join(acted)} if acted else {}),
     }
+
+
+def breakout_features(atr: float, close: float) -> Features:
+    """What a breakout-preset entry records of its signal bar (bar path and chunk alike)."""
+    return {"atr": atr, "atr_pct": atr / close * 100.0}

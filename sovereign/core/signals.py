@@ -41,7 +41,12 @@ from sovereign.core.codegen import (
     compile_ruleset,
     eval_condition,
 )
-from sovereign.core.entries import baseline_signal, breakout_signal, entry_features
+from sovereign.core.entries import (
+    baseline_signal,
+    breakout_features,
+    breakout_signal,
+    entry_features,
+)
 from sovereign.core.indicators import (
     ATR,
     RollingExtreme,
@@ -233,7 +238,7 @@ class ShardStrategy(TradeBook):
                 regime_code=code,
                 confidence=1.0,
                 atr=a,
-                features={"atr": a, "atr_pct": a / c * 100.0},
+                features=breakout_features(a, c),
                 stop_mult=stop_mult,
                 target_mult=target_mult,
             )
